@@ -1,0 +1,83 @@
+//! The optional access log: one line per request, handed to a writer thread through a bounded
+//! queue, so a slow disk drops (and counts) lines instead of stalling requests.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use pingora::proxy::Session;
+
+use crate::config::schema::AccessLogSection;
+use crate::metrics::METRICS;
+
+const DEFAULT_BUFFER: usize = 8192;
+
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+}
+
+impl AccessLog {
+    /// Opens the destination and starts the writer thread.
+    pub fn start(cfg: &AccessLogSection) -> io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match cfg.path.as_str() {
+            "stdout" => Box::new(io::stdout()),
+            "stderr" => Box::new(io::stderr()),
+            path => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = sync_channel(cfg.buffer.unwrap_or(DEFAULT_BUFFER));
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok(AccessLog { tx })
+    }
+
+    pub fn record(
+        &self,
+        session: &Session,
+        status: u16,
+        elapsed: Duration,
+        route: Option<&str>,
+        backend: Option<SocketAddr>,
+    ) {
+        let req = session.req_header();
+        let client = session
+            .client_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let line = format!(
+            "{} {} \"{} {} {:?}\" {} {} {:.3}ms route={} backend={}\n",
+            humantime::format_rfc3339_millis(SystemTime::now()),
+            client,
+            req.method,
+            req.uri,
+            req.version,
+            status,
+            session.body_bytes_sent(),
+            elapsed.as_secs_f64() * 1000.0,
+            route.unwrap_or("-"),
+            backend.map_or_else(|| "-".to_owned(), |b| b.to_string()),
+        );
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                METRICS.access_log_dropped.inc()
+            }
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let mut ok = out.write_all(line.as_bytes()).is_ok();
+        // Drain what is queued before flushing, so a busy log writes in large blocks.
+        while let Ok(line) = rx.try_recv() {
+            ok &= out.write_all(line.as_bytes()).is_ok();
+        }
+        if !ok || out.flush().is_err() {
+            log::warn!("access log write failed");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` and `/config`.
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::metrics;
+use crate::snapshot::Shared;
+
+pub struct Admin {
+    shared: Shared,
+}
+
+impl Admin {
+    pub fn new(shared: Shared) -> Self {
+        Admin { shared }
+    }
+
+    fn upstreams(&self) -> serde_json::Value {
+        let snap = self.shared.load();
+        let list: Vec<_> = snap
+            .upstreams
+            .iter()
+            .map(|u| {
+                let set = u.load();
+                json!({
+                    "name": &*u.name,
+                    "balance": u.balance,
+                    "hash_key": u.definition.hash_key,
+                    "backends": set.backends().iter().map(|b| json!({
+                        "addr": b.spec.addr.to_string(),
+                        "weight": b.spec.weight,
+                        "state": if b.spec.weight > 0 { "active" } else { "drained" },
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({ "upstreams": list })
+    }
+
+    fn readiness(&self) -> (StatusCode, serde_json::Value) {
+        let snap = self.shared.load();
+        let missing = snap.upstreams_without_backends();
+        let ready = missing.is_empty();
+        let body = json!({
+            "ready": ready,
+            "config_generation": snap.generation,
+            "upstreams_without_backends": missing,
+        });
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, body)
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method != http::Method::GET && req.method != http::Method::HEAD {
+            return reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"only GET\n".to_vec(),
+            );
+        }
+        match req.uri.path() {
+            "/metrics" => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics::render(),
+            ),
+            "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let (status, body) = self.readiness();
+                json_reply(status, body)
+            }
+            "/upstreams" => json_reply(StatusCode::OK, self.upstreams()),
+            "/config" => {
+                let snap = self.shared.load();
+                json_reply(
+                    StatusCode::OK,
+                    json!({ "generation": snap.generation, "config": &snap.raw }),
+                )
+            }
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                b"not found: try /metrics /healthz /readyz /upstreams /config\n".to_vec(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The command line: `run`, `check` and `explain`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Method, Uri};
+
+use crate::config::{self, Source};
+use crate::route::{normalize_host, normalize_path, Action, RequestView};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "zkgate",
+    version,
+    about = "Declarative reverse-proxy gateway on Pingora"
+)]
+pub struct Cli {
+    /// Log level for stderr: error, warn, info, debug or trace (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (without -c: the embedded quickstart config).
+    Run {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Take over the listeners of a running zkgate (send it SIGQUIT).
+        #[arg(short, long)]
+        upgrade: bool,
+    },
+    /// Validate a config: print every error with its YAML path; exit 1 if there is any.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Show which route serves a request, its rewritten path and its upstream.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        method: String,
+        /// `http://host/path?query`, or `/path?query` (then pass the host with -H host:...).
+        url: String,
+        /// Extra request header, `name: value`; repeatable.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+    },
+}
+
+fn source(path: Option<PathBuf>) -> Source {
+    path.map_or(Source::Embedded, Source::File)
+}
+
+pub fn check(path: PathBuf) -> ExitCode {
+    let src = source(Some(path));
+    match config::load(&src, None) {
+        Ok(s) => {
+            println!(
+                "{}: ok ({} listener(s), {} upstream(s), {} route(s))",
+                src.describe(),
+                s.settings.listeners.len(),
+                s.upstreams.len(),
+                s.routes.routes().len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: {} error(s)", src.describe(), errors.len());
+            for e in errors.iter() {
+                eprintln!("  {e}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub fn explain(path: PathBuf, method: &str, url: &str, headers: &[String]) -> ExitCode {
+    let src = source(Some(path));
+    let snapshot = match config::load(&src, None) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{}: {} error(s)\n{errors}", src.describe(), errors.len());
+            return ExitCode::from(1);
+        }
+    };
+    let fail = |msg: String| {
+        eprintln!("{msg}");
+        ExitCode::from(2)
+    };
+    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return fail(format!("`{method}` is not an HTTP method"));
+    };
+    let Ok(uri) = url.parse::<Uri>() else {
+        return fail(format!("`{url}` is not a URL"));
+    };
+    let mut map = HeaderMap::new();
+    for h in headers {
+        let Some((k, v)) = h.split_once(':') else {
+            return fail(format!("header `{h}` is not `name: value`"));
+        };
+        match (
+            HeaderName::from_bytes(k.trim().as_bytes()),
+            HeaderValue::from_str(v.trim()),
+        ) {
+            (Ok(k), Ok(v)) => {
+                map.append(k, v);
+            }
+            _ => return fail(format!("header `{h}` is not valid")),
+        }
+    }
+    if let Some(a) = uri.authority() {
+        if !map.contains_key(HOST) {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                map.insert(HOST, v);
+            }
+        }
+    }
+    let host = map.get(HOST).and_then(|v| normalize_host(v.as_bytes()));
+    let path = normalize_path(uri.path());
+    let view = RequestView {
+        method: &method,
+        host: host.as_deref(),
+        path: &path,
+        headers: &map,
+    };
+    let Some(id) = snapshot.routes.find(&view) else {
+        println!("no route matches: the gateway answers 404");
+        return ExitCode::from(1);
+    };
+    let route = snapshot.routes.get(id);
+    println!("route:     {}", route.name);
+    match &route.action {
+        Action::Respond(r) => println!("respond:   {} ({} byte body)", r.status, r.body.len()),
+        Action::Proxy(u) => {
+            let rewritten = route
+                .rewrite
+                .as_ref()
+                .and_then(|rw| rw.apply(&path, uri.query()))
+                .unwrap_or_else(|| match uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                });
+            println!("upstream:  {} ({:?})", u.name, u.balance);
+            let set = u.load();
+            for b in set.backends() {
+                println!("backend:   {} weight={}", b.spec.addr, b.spec.weight);
+            }
+            println!("forwarded: {method} {rewritten}");
+        }
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,577 @@
+//! Validation and build: a parsed [`RawConfig`] becomes a [`Snapshot`], or every problem found
+//! is returned, each with its YAML path.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Method, StatusCode};
+use regex::Regex;
+
+use super::error::ConfigErrors;
+use super::schema::*;
+use crate::metrics::RouteMetrics;
+use crate::route::rewrite::check_replacement;
+use crate::route::{
+    Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
+    PathRewrite, Respond, Route, RouteTable,
+};
+use crate::snapshot::{Listener, Settings, Snapshot};
+use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream};
+
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
+const DEFAULT_READ: Duration = Duration::from_secs(60);
+const DEFAULT_WRITE: Duration = Duration::from_secs(60);
+const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+/// Pingora refuses more headers than this whatever we allow.
+const PINGORA_MAX_HEADERS: usize = 256;
+
+/// Builds a snapshot. Upstreams whose definition did not change since `prev` are carried over
+/// as they are, with their live membership and counters.
+pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let settings = settings(&raw, &mut errors);
+    let upstreams = upstreams(&raw.upstreams, prev, &mut errors);
+    let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let routes = routes(&raw.routes, &declared, &upstreams, &mut errors);
+    if raw.routes.is_empty() {
+        errors.push("routes", "at least one route is needed");
+    }
+    errors.into_result(())?;
+    Ok(Snapshot {
+        routes: RouteTable::new(routes),
+        upstreams,
+        settings,
+        raw,
+        generation: prev.map_or(1, |p| p.generation + 1),
+    })
+}
+
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    SocketAddr::from_str(text)
+        .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:8080 or [::1]:8080"))
+}
+
+fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
+    let mut seen = HashSet::new();
+    let admin = match socket_addr(raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN)) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errors.push("admin.listen", e);
+            None
+        }
+    };
+    if let Some(a) = admin {
+        seen.insert(a);
+    }
+    if raw.listeners.is_empty() {
+        errors.push("listeners", "at least one listener is needed");
+    }
+    let mut names = HashSet::new();
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let at = format!("listeners[{i}]");
+        if !names.insert(l.name.as_str()) {
+            errors.push(
+                format!("{at}.name"),
+                format!("listener `{}` is defined twice", l.name),
+            );
+        }
+        let addr = match socket_addr(&l.listen) {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(format!("{at}.listen"), e);
+                continue;
+            }
+        };
+        if !seen.insert(addr) {
+            errors.push(
+                format!("{at}.listen"),
+                format!("{addr} is already used by another listener or the admin listener"),
+            );
+        }
+        let max_headers = l.max_request_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+        if max_headers == 0 || max_headers > PINGORA_MAX_HEADERS {
+            errors.push(
+                format!("{at}.max_request_headers"),
+                format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
+            );
+        }
+        listeners.push(Listener {
+            name: l.name.clone(),
+            addr,
+            max_request_headers: max_headers,
+            max_request_header_bytes: l
+                .max_request_header_bytes
+                .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
+            keepalive_requests: l.keepalive_requests,
+        });
+    }
+    if raw.server.threads == Some(0) {
+        errors.push("server.threads", "must be at least 1");
+    }
+    if let Some(a) = &raw.access_log {
+        if a.path.is_empty() {
+            errors.push("access_log.path", "must name a file, `stdout` or `stderr`");
+        }
+        if a.buffer == Some(0) {
+            errors.push("access_log.buffer", "must be at least 1");
+        }
+    }
+    Settings {
+        listeners,
+        admin: admin.unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
+        server: raw.server.clone(),
+        access_log: raw.access_log.clone(),
+    }
+}
+
+/// `host:port` or `host:port weight=N`; a host name resolves to all of its addresses.
+fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
+    let mut parts = text.split_whitespace();
+    let addr = parts.next().ok_or("empty backend")?;
+    let mut weight = 1u32;
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("weight", w)) => {
+                weight = w.parse().map_err(|_| {
+                    format!("weight `{w}` is not a whole number from 0 to {}", u32::MAX)
+                })?
+            }
+            _ => {
+                return Err(format!(
+                    "unknown backend option `{opt}` (expected weight=N)"
+                ))
+            }
+        }
+    }
+    let addrs: Vec<SocketAddr> = match SocketAddr::from_str(addr) {
+        Ok(a) => vec![a],
+        Err(_) => {
+            if !addr.contains(':') {
+                return Err(format!("`{addr}` has no port (write host:port)"));
+            }
+            addr.to_socket_addrs()
+                .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
+                .collect()
+        }
+    };
+    if addrs.is_empty() {
+        return Err(format!("`{addr}` resolves to no address"));
+    }
+    Ok(addrs
+        .into_iter()
+        .map(|addr| BackendSpec { addr, weight })
+        .collect())
+}
+
+fn upstreams(
+    raw: &[UpstreamSection],
+    prev: Option<&Snapshot>,
+    errors: &mut ConfigErrors,
+) -> Vec<Arc<Upstream>> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, u) in raw.iter().enumerate() {
+        let at = format!("upstreams[{i}]");
+        let before = errors.len();
+        if u.name.is_empty() {
+            errors.push(format!("{at}.name"), "must not be empty");
+        } else if !names.insert(u.name.as_str()) {
+            errors.push(
+                format!("{at}.name"),
+                format!("upstream `{}` is defined twice", u.name),
+            );
+        }
+        let mut specs = Vec::new();
+        let mut addrs = HashSet::new();
+        for (j, b) in u.backends.iter().enumerate() {
+            match backend(b) {
+                Ok(list) => {
+                    for s in list {
+                        if !addrs.insert(s.addr) {
+                            errors.push(
+                                format!("{at}.backends[{j}]"),
+                                format!("{} is listed twice", s.addr),
+                            );
+                        }
+                        specs.push(s);
+                    }
+                }
+                Err(e) => errors.push(format!("{at}.backends[{j}]"), e),
+            }
+        }
+        if u.backends.is_empty() {
+            errors.push(format!("{at}.backends"), "at least one backend is needed");
+        }
+        let hash_key = match (u.balance, &u.hash_key) {
+            (Balance::ConsistentHash, Some(k)) => HashKey::parse(k)
+                .map_err(|e| errors.push(format!("{at}.hash_key"), e))
+                .ok(),
+            (Balance::ConsistentHash, None) => {
+                errors.push(format!("{at}.hash_key"), "consistent_hash needs a hash_key: client_ip, path, header:NAME, cookie:NAME or query:NAME");
+                None
+            }
+            (_, Some(_)) => {
+                errors.push(
+                    format!("{at}.hash_key"),
+                    "only used with balance: consistent_hash",
+                );
+                None
+            }
+            (_, None) => None,
+        };
+        let t = &u.timeouts;
+        let mut timeout =
+            |key: &str, v: Option<super::units::Dur>, default: Duration, zero_ok: bool| {
+                let d = v.map_or(default, |d| d.0);
+                if d.is_zero() && !zero_ok {
+                    errors.push(format!("{at}.timeouts.{key}"), "must be above zero");
+                }
+                d
+            };
+        let settings = PeerSettings {
+            connect_timeout: timeout("connect", t.connect, DEFAULT_CONNECT, false),
+            read_timeout: timeout("read", t.read, DEFAULT_READ, false),
+            write_timeout: timeout("write", t.write, DEFAULT_WRITE, false),
+            idle_timeout: timeout("idle", t.idle, DEFAULT_IDLE, true),
+            tls: u.tls.as_ref().map(|tls| TlsSettings {
+                sni: tls.sni.clone().unwrap_or_default(),
+                verify: tls.verify,
+            }),
+        };
+        if errors.len() > before {
+            continue;
+        }
+        let reused = prev.and_then(|p| p.upstreams.iter().find(|x| x.definition == *u));
+        out.push(match reused {
+            Some(existing) => existing.clone(),
+            None => Arc::new(Upstream::new(u.clone(), hash_key, settings, specs)),
+        });
+    }
+    out
+}
+
+fn header_name(text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("`{text}` is not a valid header name"))
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(text).map_err(|_| format!("`{text}` is not a valid header value"))
+}
+
+fn regex(text: &str) -> Result<Regex, String> {
+    Regex::new(text).map_err(|e| format!("invalid regex: {e}"))
+}
+
+fn header_ops(raw: &HeaderEdits, at: &str, errors: &mut ConfigErrors) -> HeaderOps {
+    let mut pairs = |kind: &str,
+                     map: &std::collections::BTreeMap<String, String>|
+     -> Box<[(HeaderName, HeaderValue)]> {
+        map.iter()
+            .filter_map(|(k, v)| match (header_name(k), header_value(v)) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                (Err(e), _) | (_, Err(e)) => {
+                    errors.push(format!("{at}.{kind}.{k}"), e);
+                    None
+                }
+            })
+            .collect()
+    };
+    let set = pairs("set", &raw.set);
+    let add = pairs("add", &raw.add);
+    let remove = raw
+        .remove
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            header_name(n)
+                .map_err(|e| errors.push(format!("{at}.remove[{i}]"), e))
+                .ok()
+        })
+        .collect();
+    HeaderOps { remove, set, add }
+}
+
+fn host_match(text: &str) -> Result<HostMatch, String> {
+    let host = text.to_ascii_lowercase();
+    let bad = |why: &str| Err(format!("`{text}` {why}"));
+    if host.contains(':') && !host.starts_with('[') {
+        return bad("must not carry a port: routes match the host name only");
+    }
+    if let Some(rest) = host.strip_prefix("*.") {
+        if rest.is_empty() || rest.contains('*') {
+            return bad("is not a valid wildcard (write *.example.com)");
+        }
+        return Ok(HostMatch::Suffix(format!(".{rest}").into()));
+    }
+    if host.is_empty() || host.contains('*') || host.contains('/') {
+        return bad("is not a host name (write example.com or *.example.com)");
+    }
+    Ok(HostMatch::Exact(host.trim_end_matches('.').into()))
+}
+
+fn path_match(m: &MatchSection, at: &str, errors: &mut ConfigErrors) -> Option<PathMatch> {
+    let given = [
+        m.path.is_some(),
+        m.path_prefix.is_some(),
+        m.path_regex.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        errors.push(
+            at.to_owned(),
+            "use only one of path, path_prefix and path_regex",
+        );
+        return None;
+    }
+    let must_be_absolute = |key: &str, p: &str, errors: &mut ConfigErrors| {
+        if !p.starts_with('/') {
+            errors.push(format!("{at}.{key}"), format!("`{p}` must start with `/`"));
+        }
+    };
+    if let Some(p) = &m.path {
+        must_be_absolute("path", p, errors);
+        return Some(PathMatch::Exact(p.as_str().into()));
+    }
+    if let Some(p) = &m.path_prefix {
+        must_be_absolute("path_prefix", p, errors);
+        return Some(PathMatch::Prefix(p.as_str().into()));
+    }
+    if let Some(p) = &m.path_regex {
+        return regex(p)
+            .map(PathMatch::Regex)
+            .map_err(|e| errors.push(format!("{at}.path_regex"), e))
+            .ok();
+    }
+    Some(PathMatch::Prefix("/".into()))
+}
+
+fn rewrite(raw: &RewriteSection, at: &str, errors: &mut ConfigErrors) -> Option<PathRewrite> {
+    let regex_form = raw.pattern.is_some() || raw.replace.is_some();
+    let prefix_form = raw.strip_prefix.is_some() || raw.add_prefix.is_some();
+    if regex_form && prefix_form {
+        errors.push(
+            at.to_owned(),
+            "use either pattern/replace or strip_prefix/add_prefix, not both",
+        );
+        return None;
+    }
+    if regex_form {
+        let (Some(p), Some(r)) = (&raw.pattern, &raw.replace) else {
+            errors.push(at.to_owned(), "pattern and replace go together");
+            return None;
+        };
+        let pattern = regex(p)
+            .map_err(|e| errors.push(format!("{at}.pattern"), e))
+            .ok()?;
+        if let Err(e) = check_replacement(&pattern, r) {
+            errors.push(format!("{at}.replace"), e);
+            return None;
+        }
+        if !r.starts_with('/') && !r.starts_with('$') {
+            errors.push(
+                format!("{at}.replace"),
+                "must produce a path starting with `/`",
+            );
+        }
+        return Some(PathRewrite::Regex {
+            pattern,
+            replace: r.as_str().into(),
+        });
+    }
+    for (key, v) in [
+        ("strip_prefix", &raw.strip_prefix),
+        ("add_prefix", &raw.add_prefix),
+    ] {
+        if let Some(v) = v {
+            if !v.starts_with('/') {
+                errors.push(format!("{at}.{key}"), format!("`{v}` must start with `/`"));
+            }
+        }
+    }
+    if !prefix_form {
+        errors.push(
+            at.to_owned(),
+            "give pattern and replace, or strip_prefix and/or add_prefix",
+        );
+        return None;
+    }
+    Some(PathRewrite::Prefix {
+        strip: raw
+            .strip_prefix
+            .as_deref()
+            .map(|s| s.trim_end_matches('/').into()),
+        add: raw.add_prefix.as_deref().map(Into::into),
+    })
+}
+
+fn respond(raw: &RespondSection, at: &str, errors: &mut ConfigErrors) -> Option<Respond> {
+    let status = match StatusCode::from_u16(raw.status) {
+        Ok(s) if raw.status >= 200 => s,
+        _ => {
+            errors.push(
+                format!("{at}.status"),
+                format!("`{}` is not a final HTTP status (200 to 999)", raw.status),
+            );
+            return None;
+        }
+    };
+    let mut headers = Vec::new();
+    for (k, v) in &raw.headers {
+        match (header_name(k), header_value(v)) {
+            (Ok(n), Ok(v)) => headers.push((n, v)),
+            (Err(e), _) | (_, Err(e)) => errors.push(format!("{at}.headers.{k}"), e),
+        }
+    }
+    if !raw.body.is_empty() && !headers.iter().any(|(n, _)| n == CONTENT_TYPE) {
+        headers.push((
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        ));
+    }
+    Some(Respond {
+        status,
+        headers: headers.into(),
+        body: Bytes::from(raw.body.clone()),
+    })
+}
+
+fn routes(
+    raw: &[RouteSection],
+    declared: &HashSet<&str>,
+    upstreams: &[Arc<Upstream>],
+    errors: &mut ConfigErrors,
+) -> Vec<Route> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        let before = errors.len();
+        if r.name.is_empty() {
+            errors.push(format!("{at}.name"), "must not be empty");
+        } else if !names.insert(r.name.as_str()) {
+            errors.push(
+                format!("{at}.name"),
+                format!("route `{}` is defined twice", r.name),
+            );
+        }
+        let m = &r.matches;
+        let host = match &m.host {
+            None => Some(HostMatch::Any),
+            Some(h) => host_match(h)
+                .map_err(|e| errors.push(format!("{at}.match.host"), e))
+                .ok(),
+        };
+        let path = path_match(m, &format!("{at}.match"), errors);
+        let mut methods = Vec::new();
+        for (j, name) in m.methods.iter().enumerate() {
+            let upper = name.to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) => methods.push(method),
+                Err(_) => errors.push(
+                    format!("{at}.match.methods[{j}]"),
+                    format!("`{name}` is not an HTTP method"),
+                ),
+            }
+        }
+        let mut headers = Vec::new();
+        for (j, h) in m.headers.iter().enumerate() {
+            let hat = format!("{at}.match.headers[{j}]");
+            let Ok(name) = header_name(&h.name).map_err(|e| errors.push(format!("{hat}.name"), e))
+            else {
+                continue;
+            };
+            let value = match (&h.value, &h.regex) {
+                (Some(_), Some(_)) => {
+                    errors.push(hat, "use value or regex, not both");
+                    continue;
+                }
+                (Some(v), None) => match header_value(v) {
+                    Ok(v) => HeaderValueMatch::Exact(v),
+                    Err(e) => {
+                        errors.push(format!("{hat}.value"), e);
+                        continue;
+                    }
+                },
+                (None, Some(re)) => match regex(re) {
+                    Ok(re) => HeaderValueMatch::Regex(re),
+                    Err(e) => {
+                        errors.push(format!("{hat}.regex"), e);
+                        continue;
+                    }
+                },
+                (None, None) => HeaderValueMatch::Present,
+            };
+            headers.push(HeaderCondition { name, value });
+        }
+        let action = match (&r.upstream, &r.respond) {
+            (Some(_), Some(_)) => {
+                errors.push(at.clone(), "give either upstream or respond, not both");
+                None
+            }
+            (None, None) => {
+                errors.push(at.clone(), "needs an action: upstream or respond");
+                None
+            }
+            (Some(name), None) => match upstreams.iter().find(|u| *u.name == **name) {
+                Some(u) => Some(Action::Proxy(u.clone())),
+                None => {
+                    // One that is declared but failed its own checks has been reported already.
+                    if !declared.contains(name.as_str()) {
+                        errors.push(
+                            format!("{at}.upstream"),
+                            format!("no upstream named `{name}`"),
+                        );
+                    }
+                    None
+                }
+            },
+            (None, Some(resp)) => {
+                respond(resp, &format!("{at}.respond"), errors).map(Action::Respond)
+            }
+        };
+        let rewrite = r
+            .rewrite
+            .as_ref()
+            .and_then(|rw| rewrite(rw, &format!("{at}.rewrite"), errors));
+        if rewrite.is_some() && r.respond.is_some() {
+            errors.push(format!("{at}.rewrite"), "has no effect on a respond route");
+        }
+        let request_headers =
+            header_ops(&r.request_headers, &format!("{at}.request_headers"), errors);
+        let response_headers = header_ops(
+            &r.response_headers,
+            &format!("{at}.response_headers"),
+            errors,
+        );
+        if errors.len() > before {
+            continue;
+        }
+        let (Some(host), Some(path), Some(action)) = (host, path, action) else {
+            continue;
+        };
+        out.push(Route {
+            name: r.name.as_str().into(),
+            host,
+            path,
+            methods: MethodSet::new(methods),
+            headers: headers.into(),
+            action,
+            rewrite,
+            request_headers,
+            response_headers,
+            max_request_body: r.max_request_body.map(|s| s.0),
+            max_error_body: r.max_error_body.map(|s| s.0),
+            metrics: RouteMetrics::new(&r.name),
+        });
+    }
+    out
+}

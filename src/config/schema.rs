@@ -1,0 +1,195 @@
+//! The YAML schema: plain serde types, one per config section, with unknown keys rejected.
+//!
+//! These types say what may be written; `build` says what it means. Nothing here is read on the
+//! request path.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Dur, Size};
+
+/// Pingora's server settings. Only the keys zkgate knows are accepted, so a typo is an error
+/// rather than a silently ignored default (Pingora's own loader ignores unknown keys).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
+    /// Pingora sleeps this long after SIGTERM/SIGQUIT before stopping the runtimes; its own
+    /// default is 300 s, far longer than any container runtime waits.
+    pub grace_period: Option<Dur>,
+    pub graceful_shutdown_timeout: Option<Dur>,
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub ca_file: Option<String>,
+    pub listener_tasks_per_fd: Option<usize>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub listen: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// A file path, or `stdout` / `stderr`.
+    pub path: String,
+    /// Lines that may wait for the writer before new ones are dropped (and counted).
+    pub buffer: Option<usize>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub name: String,
+    pub listen: String,
+    #[serde(default)]
+    pub kind: ListenerKind,
+    pub max_request_headers: Option<usize>,
+    pub max_request_header_bytes: Option<Size>,
+    pub keepalive_requests: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    #[default]
+    Http,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    pub name: String,
+    #[serde(default)]
+    pub backends: Vec<String>,
+    #[serde(default)]
+    pub balance: Balance,
+    pub hash_key: Option<String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    Random,
+    ConsistentHash,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    pub connect: Option<Dur>,
+    pub read: Option<Dur>,
+    pub write: Option<Dur>,
+    /// How long an unused upstream connection stays in the keepalive pool; `0` disables reuse.
+    pub idle: Option<Dur>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    pub sni: Option<String>,
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: String,
+    #[serde(default, rename = "match")]
+    pub matches: MatchSection,
+    pub upstream: Option<String>,
+    pub respond: Option<RespondSection>,
+    pub rewrite: Option<RewriteSection>,
+    #[serde(default)]
+    pub request_headers: HeaderEdits,
+    #[serde(default)]
+    pub response_headers: HeaderEdits,
+    pub max_request_body: Option<Size>,
+    pub max_error_body: Option<Size>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// With neither `value` nor `regex`, the header only has to be present.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: Option<String>,
+    pub regex: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    #[serde(default = "ok")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSection {
+    pub pattern: Option<String>,
+    pub replace: Option<String>,
+    pub strip_prefix: Option<String>,
+    pub add_prefix: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The whole file, once every section parsed.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RawConfig {
+    pub server: ServerSection,
+    pub admin: AdminSection,
+    pub access_log: Option<AccessLogSection>,
+    pub listeners: Vec<ListenerSection>,
+    pub upstreams: Vec<UpstreamSection>,
+    pub routes: Vec<RouteSection>,
+}

@@ -1,0 +1,17 @@
+//! zkgate: a declarative reverse-proxy gateway on Pingora.
+//!
+//! Config ([`config`]) becomes an immutable [`snapshot::Snapshot`] of compiled routes
+//! ([`route`]) and upstreams ([`upstream`]); the proxy phases ([`proxy`]) read the snapshot a
+//! request started with; [`server`] assembles the Pingora services.
+
+pub mod access_log;
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

@@ -1,0 +1,452 @@
+//! The HTTP proxy: Pingora's `ProxyHttp` phases, each a thin step over the route table and the
+//! upstreams of the snapshot the request started with.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::{ErrorSource, ErrorType};
+
+use crate::access_log::AccessLog;
+use crate::metrics::RouteMetrics;
+use crate::route::{normalize_host, normalize_path, Action, RequestView, Respond, Route};
+use crate::snapshot::{Listener, Shared, Snapshot};
+
+/// Attempts per request when connecting fails before anything was sent (each on another backend).
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+pub struct Gateway {
+    shared: Shared,
+    listener: Listener,
+    access_log: Option<AccessLog>,
+}
+
+impl Gateway {
+    pub fn new(shared: Shared, listener: Listener, access_log: Option<AccessLog>) -> Self {
+        Gateway {
+            shared,
+            listener,
+            access_log,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<u32>,
+    /// The path after dot-segment removal, when it differs from the request's.
+    normalized_path: Option<String>,
+    tried: [Option<SocketAddr>; MAX_CONNECT_ATTEMPTS],
+    attempts: usize,
+    upstream_started: Option<Instant>,
+    upstream_time: Option<Duration>,
+    request_body_bytes: u64,
+    /// Bytes of a capped 5xx body that may still be forwarded.
+    error_body_room: Option<u64>,
+    /// Why the gateway itself failed the request, for the error body.
+    failure: Option<&'static str>,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&Route> {
+        Some(self.snapshot.as_ref()?.routes.get(self.route?))
+    }
+
+    fn tried(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.tried.iter().flatten().copied()
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr()?.as_inet().map(|a| a.ip())
+}
+
+/// Writes a short plain-text answer from the gateway itself.
+async fn answer(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(CONTENT_LENGTH, body.len())?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn respond(session: &mut Session, r: &Respond, route: &Route) -> Result<()> {
+    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
+    for (k, v) in r.headers.iter() {
+        resp.insert_header(k.clone(), v.clone())?;
+    }
+    resp.insert_header(CONTENT_LENGTH, r.body.len())?;
+    route.response_headers.apply_response(&mut resp)?;
+    let head_only = session.req_header().method == http::Method::HEAD || r.body.is_empty();
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(r.body.clone()), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Header count and total size, checked against the listener's limits.
+fn headers_too_large(req: &RequestHeader, l: &Listener) -> bool {
+    if req.headers.len() > l.max_request_headers {
+        return true;
+    }
+    let bytes: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    bytes as u64 > l.max_request_header_bytes
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            snapshot: None,
+            route: None,
+            normalized_path: None,
+            tried: [None; MAX_CONNECT_ATTEMPTS],
+            attempts: 0,
+            upstream_started: None,
+            upstream_time: None,
+            request_body_bytes: 0,
+            error_body_room: None,
+            failure: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(n) = self.listener.keepalive_requests {
+            session.set_keepalive_reuses_remaining(Some(n));
+        }
+        if headers_too_large(session.req_header(), &self.listener) {
+            session.set_keepalive(None);
+            answer(session, 431, "request header fields too large\n").await?;
+            return Ok(true);
+        }
+        let snapshot = self.shared.load_full();
+        let req = session.req_header();
+        let host_raw = req
+            .headers
+            .get(HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let host = host_raw.and_then(normalize_host);
+        let path = normalize_path(req.uri.path());
+        let view = RequestView {
+            method: &req.method,
+            host: host.as_deref(),
+            path: &path,
+            headers: &req.headers,
+        };
+        let found = snapshot.routes.find(&view);
+        if let std::borrow::Cow::Owned(p) = path {
+            ctx.normalized_path = Some(p);
+        }
+        ctx.snapshot = Some(snapshot);
+        let Some(id) = found else {
+            answer(session, 404, "no route matches this request\n").await?;
+            return Ok(true);
+        };
+        ctx.route = Some(id);
+        let snapshot = ctx.snapshot.clone().expect("set above");
+        let route = snapshot.routes.get(id);
+        match &route.action {
+            Action::Respond(r) => {
+                respond(session, r, route).await?;
+                Ok(true)
+            }
+            Action::Proxy(_) => {
+                if let Some(limit) = route.max_request_body {
+                    let declared = session
+                        .req_header()
+                        .headers
+                        .get(CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                    if declared.is_some_and(|n| n > limit) {
+                        // The body is left unread, so the connection cannot carry another request.
+                        session.set_keepalive(None);
+                        answer(session, 413, "request body too large\n").await?;
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chunk) = body else { return Ok(()) };
+        ctx.request_body_bytes += chunk.len() as u64;
+        if let Some(limit) = ctx.route().and_then(|r| r.max_request_body) {
+            if ctx.request_body_bytes > limit {
+                ctx.failure = Some("request body too large\n");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over max_request_body",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let snapshot = ctx
+            .snapshot
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
+        let Some(Action::Proxy(upstream)) = ctx.route.map(|id| &snapshot.routes.get(id).action)
+        else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "upstream_peer without a proxy route",
+            );
+        };
+        let req = session.req_header();
+        let mut ip_buf = [0u8; 16];
+        let key = upstream.hash_key.as_ref().and_then(|k| {
+            k.extract(
+                client_ip(session),
+                req.uri.path(),
+                req.uri.query(),
+                &req.headers,
+                &mut ip_buf,
+            )
+        });
+        let mut avoid = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
+        let n = ctx
+            .tried()
+            .zip(avoid.iter_mut())
+            .map(|(a, slot)| *slot = a)
+            .count();
+        let Some(peer) = upstream.select(key, &avoid[..n]) else {
+            ctx.failure = Some(if n == 0 {
+                "no backend available\n"
+            } else {
+                "no backend could be reached\n"
+            });
+            let code = if n == 0 { 503 } else { 502 };
+            return Err(
+                Error::explain(ErrorType::HTTPStatus(code), "no backend to pick")
+                    .more_context(format!("upstream {}", upstream.name)),
+            );
+        };
+        if let Some(addr) = peer.address().as_inet() {
+            if ctx.attempts < MAX_CONNECT_ATTEMPTS {
+                ctx.tried[ctx.attempts] = Some(*addr);
+            }
+        }
+        ctx.attempts += 1;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet, so any method may go to another backend.
+        if ctx.attempts < MAX_CONNECT_ATTEMPTS {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
+        let uri = &session.req_header().uri;
+        let path = ctx.normalized_path.as_deref().unwrap_or(uri.path());
+        let new = match &route.rewrite {
+            Some(rw) => rw.apply(path, uri.query()),
+            None => None,
+        }
+        .or_else(|| {
+            ctx.normalized_path.as_ref().map(|p| match uri.query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p.clone(),
+            })
+        });
+        if let Some(new) = new {
+            let uri = http::Uri::try_from(new).map_err(|e| {
+                Error::because(
+                    ErrorType::HTTPStatus(400),
+                    "rewritten path is not a valid URI",
+                    e,
+                )
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        if let Some(ip) = client_ip(session) {
+            let xff = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.to_str())
+            {
+                Some(Ok(prev)) => format!("{prev}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", xff)?;
+        }
+        route.request_headers.apply_request(upstream_request)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
+        let mut room = None;
+        if upstream_response.status.is_server_error() {
+            if let Some(cap) = route.max_error_body {
+                let declared = upstream_response
+                    .headers
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if declared.is_some_and(|n| n > cap) {
+                    upstream_response.insert_header(CONTENT_LENGTH, cap)?;
+                }
+                room = Some(cap);
+            }
+        }
+        route.response_headers.apply_response(upstream_response)?;
+        ctx.error_body_room = room;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let (Some(room), Some(chunk)) = (ctx.error_body_room.as_mut(), body.as_mut()) {
+            // Past the cap, chunks are dropped as they arrive: nothing accumulates.
+            let keep = (chunk.len() as u64).min(*room) as usize;
+            *room -= keep as u64;
+            if keep < chunk.len() {
+                *body = (keep > 0).then(|| chunk.slice(..keep));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = ctx.failure.unwrap_or(match code {
+                502 => "bad gateway: the backend failed\n",
+                504 => "gateway timeout: the backend did not answer in time\n",
+                _ => "",
+            });
+            let mut text = String::with_capacity(body.len() + 32);
+            text.push_str(body);
+            if let (503 | 502, Some(Action::Proxy(u))) = (code, ctx.route().map(|r| &r.action)) {
+                text.truncate(text.trim_end().len());
+                text.push_str(": upstream ");
+                text.push_str(&u.name);
+                text.push('\n');
+            }
+            let _ = session
+                .respond_error_with_body(code, Bytes::from(text))
+                .await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(if e.is_some() { 502 } else { 0 });
+        let elapsed = ctx.started.elapsed();
+        let route = ctx.route();
+        let metrics = route.map_or(RouteMetrics::unmatched(), |r| &r.metrics);
+        metrics.observe(status, elapsed, ctx.upstream_time);
+        if let Some(log) = &self.access_log {
+            log.record(
+                session,
+                status,
+                elapsed,
+                route.map(|r| &*r.name),
+                ctx.tried().last(),
+            );
+        }
+    }
+}

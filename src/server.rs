@@ -1,0 +1,139 @@
+//! Process assembly: Pingora's server with one proxy service per listener, the admin listener,
+//! the reloader and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::config::schema::ServerSection;
+use crate::config::Source;
+use crate::metrics::METRICS;
+use crate::proxy::Gateway;
+use crate::reload::Reloader;
+use crate::snapshot::{Settings, Snapshot};
+
+/// zkgate's defaults where Pingora's do not suit a container: its 300 s grace period outlives
+/// every orchestrator's kill timeout.
+const DEFAULT_GRACE_SECS: u64 = 5;
+const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 3;
+
+pub fn server_conf(s: &ServerSection) -> ServerConf {
+    let mut c = ServerConf::default();
+    if let Some(t) = s.threads {
+        c.threads = t;
+    }
+    if let Some(w) = s.work_stealing {
+        c.work_stealing = w;
+    }
+    c.grace_period_seconds = Some(s.grace_period.map_or(DEFAULT_GRACE_SECS, |d| d.0.as_secs()));
+    c.graceful_shutdown_timeout_seconds = Some(
+        s.graceful_shutdown_timeout
+            .map_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS, |d| d.0.as_secs()),
+    );
+    if let Some(p) = &s.upgrade_sock {
+        c.upgrade_sock = p.clone();
+    }
+    if let Some(p) = &s.pid_file {
+        c.pid_file = p.clone();
+    }
+    if let Some(n) = s.upstream_keepalive_pool_size {
+        c.upstream_keepalive_pool_size = n;
+    }
+    c.ca_file = s.ca_file.clone();
+    if let Some(n) = s.listener_tasks_per_fd {
+        c.listener_tasks_per_fd = n;
+    }
+    c.user = s.user.clone();
+    c.group = s.group.clone();
+    c
+}
+
+/// Counts open client connections around Pingora's own HTTP handling.
+struct CountConnections<A> {
+    inner: Arc<A>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountConnections<A> {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                METRICS.downstream_connections.dec();
+            }
+        }
+        METRICS.downstream_connections.inc();
+        let _open = Open;
+        // Keep-alive reuse is looped here rather than by the caller, so that one connection
+        // counts once for its whole life.
+        let mut next = Some(io);
+        while let Some(io) = next {
+            next = self.inner.process_new(io, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Starts the gateway and never returns; Pingora exits the process on shutdown.
+pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
+    let settings: Settings = snapshot.settings.clone();
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let conf = server_conf(&settings.server);
+    let opt = Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let access_log = settings
+        .access_log
+        .as_ref()
+        .and_then(|cfg| match AccessLog::start(cfg) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::error!(
+                    "access log {} cannot be opened, logging disabled: {e}",
+                    cfg.path
+                );
+                None
+            }
+        });
+
+    for l in &settings.listeners {
+        let gateway = Gateway::new(shared.clone(), l.clone(), access_log.clone());
+        let proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
+        let mut svc = Service::new(
+            format!("proxy {}", l.name),
+            CountConnections {
+                inner: Arc::new(proxy),
+            },
+        );
+        svc.add_tcp(&l.addr.to_string());
+        log::info!("listener {} on {}", l.name, l.addr);
+        server.add_service(svc);
+    }
+
+    let mut admin = Service::new("admin".to_string(), Admin::new(shared.clone()));
+    admin.threads = Some(1);
+    admin.add_tcp(&settings.admin.to_string());
+    log::info!("admin on {}", settings.admin);
+    server.add_service(admin);
+
+    server.add_service(background_service("reload", Reloader::new(source, shared)));
+    server.run_forever()
+}

@@ -1,0 +1,64 @@
+//! The immutable runtime state built from one config: routes, upstreams and the settings that
+//! only a restart or upgrade can change. Published with one atomic store; a request holds the
+//! snapshot it started with until it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
+use crate::route::RouteTable;
+use crate::upstream::Upstream;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub routes: RouteTable,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub settings: Settings,
+    /// What it was built from, for `/config`.
+    pub raw: RawConfig,
+    /// 1 for the first config, one more for each successful reload.
+    pub generation: u64,
+}
+
+/// Listener and process settings, read once at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listeners: Vec<Listener>,
+    pub admin: SocketAddr,
+    pub server: ServerSection,
+    pub access_log: Option<AccessLogSection>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub max_request_headers: usize,
+    pub max_request_header_bytes: u64,
+    pub keepalive_requests: Option<u32>,
+}
+
+impl Snapshot {
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| &*u.name == name)
+    }
+
+    /// Upstreams that some route sends to but that have no pickable backend.
+    pub fn upstreams_without_backends(&self) -> Vec<&str> {
+        self.upstreams
+            .iter()
+            .filter(|u| {
+                self.routes.routes().iter().any(
+                    |r| matches!(&r.action, crate::route::Action::Proxy(x) if Arc::ptr_eq(x, u)),
+                )
+            })
+            .filter(|u| !u.has_backends())
+            .map(|u| &*u.name)
+            .collect()
+    }
+}
+
+/// The live snapshot, shared by the proxy, the admin listener and the reloader.
+pub type Shared = Arc<ArcSwap<Snapshot>>;

@@ -1,0 +1,215 @@
+//! Backend selection, prepared when a backend set is built so that a pick is an index
+//! computation: no lock, no allocation.
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::config::schema::Balance;
+
+/// Bounds the precomputed weighted schedule; larger weight sums are scaled down.
+const MAX_SCHEDULE: u64 = 1 << 16;
+/// Ring points per unit of (gcd-reduced) weight, as in ketama.
+const POINTS_PER_WEIGHT: u64 = 160;
+const MAX_POINTS: u64 = 1 << 20;
+
+#[derive(Debug)]
+pub enum Selector {
+    /// No backend with a weight above zero.
+    Empty,
+    /// Indexes of the pickable backends, each once.
+    RoundRobin(Box<[u32]>),
+    /// Indexes in smooth weighted round-robin order (each backend appears in proportion to its
+    /// weight, spread out rather than in runs), used by `weighted_round_robin` in order and by
+    /// `random` at a random position.
+    Schedule(Box<[u32]>),
+    /// Ketama-style hash ring: sorted `(point, backend index)`.
+    Ring(Box<[(u64, u32)]>),
+}
+
+impl Selector {
+    /// `weights[i]` of zero means backend `i` is drained: never picked.
+    pub fn build(balance: Balance, weights: &[u32], names: &[String]) -> Selector {
+        let live: Vec<u32> = (0..weights.len() as u32)
+            .filter(|&i| weights[i as usize] > 0)
+            .collect();
+        if live.is_empty() {
+            return Selector::Empty;
+        }
+        match balance {
+            Balance::RoundRobin => Selector::RoundRobin(live.into()),
+            Balance::WeightedRoundRobin | Balance::Random => {
+                Selector::Schedule(smooth_schedule(&reduced_weights(weights, MAX_SCHEDULE)).into())
+            }
+            Balance::ConsistentHash => Selector::Ring(ring(weights, names).into()),
+        }
+    }
+
+    /// Picks a backend index. `turn` is a shared counter's next value; `key` is the request's
+    /// hash key (consistent hashing only; without one, a random point is used).
+    #[inline]
+    pub fn pick(&self, turn: usize, key: Option<&[u8]>) -> Option<u32> {
+        match self {
+            Selector::Empty => None,
+            Selector::RoundRobin(live) => Some(live[turn % live.len()]),
+            Selector::Schedule(s) => Some(s[turn % s.len()]),
+            Selector::Ring(points) => {
+                let h = match key {
+                    Some(k) => xxh3_64(k),
+                    None => fastrand::u64(..),
+                };
+                let i = points.partition_point(|&(p, _)| p < h);
+                Some(points[if i == points.len() { 0 } else { i }].1)
+            }
+        }
+    }
+
+    /// Whether `pick` reads `turn` from a counter (as opposed to a random draw or a key).
+    pub fn wants_counter(balance: Balance) -> bool {
+        matches!(balance, Balance::RoundRobin | Balance::WeightedRoundRobin)
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Weights divided by their gcd, then scaled so that they sum to at most `cap`; a backend with
+/// a weight above zero keeps at least one.
+fn reduced_weights(weights: &[u32], cap: u64) -> Vec<u64> {
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, w as u64)).max(1);
+    let mut w: Vec<u64> = weights.iter().map(|&x| x as u64 / g).collect();
+    let sum: u64 = w.iter().sum();
+    if sum > cap {
+        for x in w.iter_mut().filter(|x| **x > 0) {
+            *x = (*x * cap / sum).max(1);
+        }
+    }
+    w
+}
+
+/// nginx's smooth weighted round robin, unrolled over one full cycle.
+fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
+    let total: i64 = weights.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; weights.len()];
+    let mut out = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = usize::MAX;
+        for (i, &w) in weights.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            current[i] += w as i64;
+            if best == usize::MAX || current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        out.push(best as u32);
+    }
+    out
+}
+
+fn ring(weights: &[u32], names: &[String]) -> Vec<(u64, u32)> {
+    let reduced = reduced_weights(weights, MAX_POINTS / POINTS_PER_WEIGHT);
+    let mut points = Vec::new();
+    for (i, (&w, name)) in reduced.iter().zip(names).enumerate() {
+        for p in 0..w * POINTS_PER_WEIGHT {
+            let h = xxh3_64(format!("{name}-{p}").as_bytes());
+            points.push((h, i as u32));
+        }
+    }
+    points.sort_unstable();
+    points
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("10.0.0.{i}:80")).collect()
+    }
+
+    fn counts(sel: &Selector, n: usize, picks: usize) -> Vec<usize> {
+        let mut c = vec![0; n];
+        for t in 0..picks {
+            c[sel.pick(t, None).unwrap() as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn round_robin_ignores_weight_but_skips_drained() {
+        let s = Selector::build(Balance::RoundRobin, &[1, 0, 5], &names(3));
+        assert_eq!(counts(&s, 3, 100), [50, 0, 50]);
+    }
+
+    #[test]
+    fn weighted_schedule_is_proportional_and_smooth() {
+        let s = Selector::build(Balance::WeightedRoundRobin, &[5, 1, 1], &names(3));
+        let Selector::Schedule(order) = &s else {
+            panic!("{s:?}")
+        };
+        assert_eq!(order.as_ref(), &[0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(counts(&s, 3, 700), [500, 100, 100]);
+    }
+
+    #[test]
+    fn all_drained_is_empty_not_a_panic() {
+        for b in [
+            Balance::RoundRobin,
+            Balance::WeightedRoundRobin,
+            Balance::Random,
+            Balance::ConsistentHash,
+        ] {
+            let s = Selector::build(b, &[0, 0], &names(2));
+            assert!(s.pick(3, Some(b"k")).is_none());
+            let s = Selector::build(b, &[], &[]);
+            assert!(s.pick(0, None).is_none());
+        }
+    }
+
+    #[test]
+    fn huge_weights_are_scaled() {
+        let s = Selector::build(
+            Balance::WeightedRoundRobin,
+            &[u32::MAX, 1, u32::MAX / 2],
+            &names(3),
+        );
+        let Selector::Schedule(order) = &s else {
+            panic!()
+        };
+        assert!(order.len() as u64 <= MAX_SCHEDULE + 3);
+        assert!(order.contains(&1));
+    }
+
+    #[test]
+    fn ring_is_sticky_and_moves_little_on_removal() {
+        let n = names(5);
+        let full = Selector::build(Balance::ConsistentHash, &[1; 5], &n);
+        // The same key always lands on the same backend.
+        for k in 0..100u32 {
+            let key = k.to_be_bytes();
+            assert_eq!(full.pick(0, Some(&key)), full.pick(99, Some(&key)));
+        }
+        // Draining backend 4 only moves the keys that were on it.
+        let less = Selector::build(Balance::ConsistentHash, &[1, 1, 1, 1, 0], &n);
+        let mut moved = 0;
+        for k in 0..10_000u32 {
+            let key = k.to_be_bytes();
+            let (a, b) = (
+                full.pick(0, Some(&key)).unwrap(),
+                less.pick(0, Some(&key)).unwrap(),
+            );
+            if a != 4 {
+                assert_eq!(a, b);
+            } else {
+                moved += 1;
+            }
+        }
+        assert!((1000..3000).contains(&moved), "{moved}");
+    }
+}
