@@ -1,0 +1,445 @@
+//! Test harness: the real gateway binary on free loopback ports, small real backends, and a
+//! minimal HTTP/1.1 client. Everything started here is stopped when its handle drops.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zkgate")
+}
+
+// ---------------------------------------------------------------------------------------------
+// client
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("host: test.local\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        head.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    head.push_str("connection: close\r\n\r\n");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    read_response(&mut BufReader::new(s), method == "HEAD")
+}
+
+pub fn get(addr: SocketAddr, target: &str) -> Response {
+    request(addr, "GET", target, &[], b"").unwrap_or_else(|e| panic!("GET {target}: {e}"))
+}
+
+fn read_head(r: &mut impl BufRead) -> std::io::Result<(String, BTreeMap<String, String>)> {
+    let mut first = String::new();
+    if r.read_line(&mut first)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    Ok((first.trim_end().to_owned(), headers))
+}
+
+fn read_body(
+    r: &mut impl BufRead,
+    headers: &BTreeMap<String, String>,
+    until_eof: bool,
+) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
+            if n == 0 {
+                let mut end = String::new();
+                r.read_line(&mut end)?;
+                break;
+            }
+            let mut chunk = vec![0; n];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
+            let mut crlf = [0; 2];
+            r.read_exact(&mut crlf)?;
+        }
+    } else if let Some(n) = headers.get("content-length") {
+        let n: usize = n.parse().map_err(std::io::Error::other)?;
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    } else if until_eof {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(body)
+}
+
+fn read_response(r: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
+    let (status_line, headers) = read_head(r)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let body = if head_only {
+        Vec::new()
+    } else {
+        read_body(r, &headers, true)?
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A keep-alive client connection.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn {
+            reader: BufReader::new(s),
+        })
+    }
+
+    pub fn get(&mut self, target: &str) -> std::io::Result<Response> {
+        let req = format!("GET {target} HTTP/1.1\r\nhost: test.local\r\n\r\n");
+        self.reader.get_mut().write_all(req.as_bytes())?;
+        let (status_line, headers) = read_head(&mut self.reader)?;
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = read_body(&mut self.reader, &headers, false)?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// backends
+
+/// A real HTTP/1.1 backend on a loopback port. `GET /status/{code}?size={n}` answers with that
+/// status and n bytes (`?chunked=1` for a chunked body); anything else is echoed back as JSON.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let b = Backend {
+            addr,
+            name: name.to_owned(),
+            connections: Arc::default(),
+            requests: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (name, conns, reqs, stop) = (
+            b.name.clone(),
+            b.connections.clone(),
+            b.requests.clone(),
+            b.stop.clone(),
+        );
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (name, reqs) = (name.clone(), reqs.clone());
+                thread::spawn(move || serve(stream, &name, &reqs));
+            }
+        });
+        b
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let mut r = BufReader::new(stream);
+    loop {
+        let Ok((line, headers)) = read_head(&mut r) else {
+            return;
+        };
+        let mut parts = line.split_whitespace();
+        let (method, target) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
+        let Ok(body) = read_body(&mut r, &headers, false) else {
+            return;
+        };
+        reqs.fetch_add(1, Ordering::SeqCst);
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let resp = if let Some(code) = path.strip_prefix("/status/") {
+            let size: usize = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("size="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let payload = vec![b'x'; size];
+            let chunked = query.contains("chunked=1");
+            let mut resp = format!("HTTP/1.1 {code} Status\r\ncontent-type: text/plain\r\n");
+            let mut bytes = Vec::new();
+            if chunked {
+                resp.push_str("transfer-encoding: chunked\r\n\r\n");
+                bytes.extend_from_slice(resp.as_bytes());
+                for piece in payload.chunks(4096) {
+                    bytes.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                    bytes.extend_from_slice(piece);
+                    bytes.extend_from_slice(b"\r\n");
+                }
+                bytes.extend_from_slice(b"0\r\n\r\n");
+            } else {
+                resp.push_str(&format!("content-length: {size}\r\n\r\n"));
+                bytes.extend_from_slice(resp.as_bytes());
+                bytes.extend_from_slice(&payload);
+            }
+            bytes
+        } else {
+            let echo = serde_json::json!({
+                "backend": name,
+                "method": method,
+                "target": target,
+                "headers": headers,
+                "body_bytes": body.len(),
+            });
+            let text = echo.to_string();
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{text}", text.len()).into_bytes()
+        };
+        if out.write_all(&resp).is_err() {
+            return;
+        }
+        if headers
+            .get("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+        {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the gateway
+
+pub struct Gateway {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+/// `{HTTP}` and `{ADMIN}` in `yaml` are replaced with free ports; a `server` section with short
+/// grace periods and private pid/upgrade paths is prepended unless `yaml` has one.
+pub fn config_text(
+    yaml: &str,
+    http: SocketAddr,
+    admin: SocketAddr,
+    dir: &std::path::Path,
+) -> String {
+    let mut text = yaml
+        .replace("{HTTP}", &http.to_string())
+        .replace("{ADMIN}", &admin.to_string());
+    if !text.contains("server:") {
+        text = format!(
+            "server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {0}/zkgate.pid\n  upgrade_sock: {0}/upgrade.sock\n{text}",
+            dir.display()
+        );
+    }
+    if !text.contains("admin:") {
+        text.push_str(&format!("\nadmin:\n  listen: {admin}\n"));
+    }
+    if !text.contains("listeners:") {
+        text.push_str(&format!(
+            "\nlisteners:\n  - name: web\n    listen: {http}\n"
+        ));
+    }
+    text
+}
+
+impl Gateway {
+    pub fn start(yaml: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("zkgate.yaml");
+        std::fs::write(&config, config_text(yaml, http, admin, dir.path())).expect("write config");
+        let log = std::fs::File::create(dir.path().join("zkgate.log")).expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "-c"])
+            .arg(&config)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start zkgate");
+        let mut gw = Gateway {
+            child,
+            http,
+            admin,
+            dir,
+            config,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("zkgate exited with {status}:\n{}", self.log());
+            }
+            if request(self.admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+                && TcpStream::connect(self.http).is_ok()
+            {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("zkgate not ready in time:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("zkgate.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, target: &str) -> Response {
+        get(self.http, target)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Rewrites the config file (same port substitution as `start`).
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(
+            &self.config,
+            config_text(yaml, self.http, self.admin, self.dir.path()),
+        )
+        .expect("write config");
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.admin, "/metrics").text()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
