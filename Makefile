@@ -1,0 +1,63 @@
+# zkgate: the one entry point. `make run` and `make test` install what they need themselves.
+
+CARGO        ?= cargo
+MUSL_TARGET  := x86_64-unknown-linux-musl
+STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
+CONFIG       ?= conf/zkgate.yaml
+ENSURE       := scripts/ensure-packages.sh
+
+.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-compare docker deps deps-musl clean
+
+deps:
+	@$(ENSURE) cmake build-essential curl
+
+deps-musl: deps
+	@$(ENSURE) musl-tools file
+	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
+
+build: deps
+	$(CARGO) build --release
+
+## run: build and start the gateway on conf/zkgate.yaml, with the two demo backends it routes to
+run: build
+	@python3 scripts/demo-backend.py 9001 backend-one & echo $$! > /tmp/zkgate-demo-9001.pid; \
+	 python3 scripts/demo-backend.py 9002 backend-two & echo $$! > /tmp/zkgate-demo-9002.pid; \
+	 trap 'kill $$(cat /tmp/zkgate-demo-9001.pid /tmp/zkgate-demo-9002.pid) 2>/dev/null' EXIT INT TERM; \
+	 echo "try: curl http://127.0.0.1:8080/ping ; curl http://127.0.0.1:8080/demo/hello ; curl http://127.0.0.1:9901/metrics"; \
+	 ./target/release/zkgate run -c $(CONFIG)
+
+## test: formatting, lints, unit and end-to-end tests, and the static binary in an empty root
+test: lint unit-and-e2e test-static
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit-and-e2e: deps
+	$(CARGO) test --all-targets
+
+test-static: build-optimized
+	scripts/test-static.sh $(STATIC_BIN)
+
+## build-optimized: static, stripped musl binary with LTO
+build-optimized: deps-musl
+	$(CARGO) build --profile dist --target $(MUSL_TARGET)
+	@ls -l $(STATIC_BIN) | awk '{printf "static binary: %s (%.1f MB)\n", $$9, $$5/1048576}'
+
+load-test: build
+	ZKGATE_BIN=target/release/zkgate scripts/load-test.sh
+
+## bench: criterion micro-benchmarks of the request-path pieces
+bench: deps
+	$(CARGO) bench --bench hot_path
+
+bench-compare: build
+	ZKGATE_BIN=target/release/zkgate benches/compare.sh
+
+## docker: the scratch image (needs a container engine; see README)
+docker: build-optimized
+	mkdir -p dist && cp $(STATIC_BIN) dist/zkgate
+	docker build -f Dockerfile.scratch -t zkgate:latest .
+
+clean:
+	$(CARGO) clean

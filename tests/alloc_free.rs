@@ -1,0 +1,108 @@
+//! The request-path pieces that must not allocate: route matching and backend picks. A counting
+//! allocator counts this thread's allocations around the calls.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use http::{HeaderMap, Method};
+use zkgate::route::RequestView;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn allocations(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.with(Cell::get);
+    f();
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+const CONFIG: &str = r#"
+listeners: [{ name: web, listen: "127.0.0.1:1" }]
+upstreams:
+  - { name: rr, backends: ["127.0.0.1:2", "127.0.0.1:3 weight=0", "127.0.0.1:4"] }
+  - { name: wrr, balance: weighted_round_robin, backends: ["127.0.0.1:2 weight=5", "127.0.0.1:3"] }
+  - { name: rnd, balance: random, backends: ["127.0.0.1:2 weight=5", "127.0.0.1:3"] }
+  - { name: ch, balance: consistent_hash, hash_key: client_ip, backends: ["127.0.0.1:2", "127.0.0.1:3"] }
+routes:
+  - { name: exact, match: { path: /a/b }, upstream: rr }
+  - { name: prefix, match: { path_prefix: /a/ }, upstream: rr }
+  - { name: deeper, match: { path_prefix: /a/b/c/, headers: [{ name: x-k, value: v }] }, upstream: rr }
+  - { name: host, match: { host: "*.example.com", path_prefix: /, methods: [GET, POST] }, upstream: rr }
+  - { name: regex, match: { path_regex: "^/r/[0-9]+$" }, upstream: rr }
+"#;
+
+#[test]
+fn route_matching_and_backend_picks_do_not_allocate() {
+    let snap = zkgate::config::load_str(CONFIG, None).expect("config");
+    let headers = HeaderMap::new();
+    let requests = [
+        (None, "/a/b", Some("exact")),
+        (None, "/a/b/c/d", Some("prefix")),
+        (Some("x.example.com"), "/z", Some("host")),
+        (None, "/r/123", Some("regex")),
+        (None, "/zzz", None),
+    ];
+    // Warm up lazily initialised state (regex caches) outside the count.
+    for (host, path, _) in requests {
+        snap.routes.find(&RequestView {
+            method: &Method::GET,
+            host,
+            path,
+            headers: &headers,
+        });
+    }
+    for (host, path, expected) in requests {
+        let view = RequestView {
+            method: &Method::GET,
+            host,
+            path,
+            headers: &headers,
+        };
+        let mut found = None;
+        let n = allocations(|| {
+            for _ in 0..1000 {
+                found = snap.routes.find(&view);
+            }
+        });
+        assert_eq!(
+            found.map(|id| &*snap.routes.get(id).name),
+            expected,
+            "{path}"
+        );
+        assert_eq!(n, 0, "matching {path} allocated {n} times in 1000 calls");
+    }
+    for u in &snap.upstreams {
+        let set = u.load();
+        let key: &[u8] = b"10.0.0.1";
+        let n = allocations(|| {
+            for turn in 0..1000 {
+                assert!(set.pick(turn, Some(key)).is_some());
+            }
+        });
+        assert_eq!(
+            n, 0,
+            "picking from {} allocated {n} times in 1000 calls",
+            u.name
+        );
+    }
+}
