@@ -56,7 +56,7 @@ bench-compare: build
 
 ## docker: the scratch image (needs a container engine; see README)
 docker: build-optimized
-	mkdir -p dist && cp $(STATIC_BIN) dist/zkgate
+	mkdir -p dist/tmp && cp $(STATIC_BIN) dist/zkgate && cp /etc/ssl/certs/ca-certificates.crt dist/
 	docker build -f Dockerfile.scratch -t zkgate:latest .
 
 clean:

@@ -18,6 +18,7 @@ trap cleanup EXIT
 
 http=$(port); admin=$(port); backend=$(port)
 python3 "$(dirname "$0")/demo-backend.py" "$backend" outside-the-root >/dev/null & pids+=($!)
+for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$backend/" >/dev/null 2>&1 && break; sleep 0.1; done
 cp "$bin" "$root/zkgate"
 cat > "$root/zkgate.yaml" <<YAML
 server: { threads: 1, grace_period: 1s, graceful_shutdown_timeout: 1s, pid_file: /zkgate.pid, upgrade_sock: /upgrade.sock }
@@ -30,7 +31,8 @@ routes:
 YAML
 echo "root holds: $(cd "$root" && ls)"
 
-if [ "$(id -u)" -eq 0 ]; then runner=(chroot "$root"); else runner=(unshare -r chroot "$root"); fi
+chroot_bin=$(command -v chroot || echo /usr/sbin/chroot)
+if [ "$(id -u)" -eq 0 ]; then runner=("$chroot_bin" "$root"); else runner=(unshare -r "$chroot_bin" "$root"); fi
 env -i "${runner[@]}" /zkgate run -c /zkgate.yaml > "$root.log" 2>&1 & pids+=($!)
 
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$admin/healthz" >/dev/null 2>&1 && break; sleep 0.1; done

@@ -141,9 +141,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some(n) = self.listener.keepalive_requests {
-            session.set_keepalive_reuses_remaining(Some(n));
-        }
         if headers_too_large(session.req_header(), &self.listener) {
             session.set_keepalive(None);
             answer(session, 431, "request header fields too large\n").await?;

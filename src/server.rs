@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::Stream;
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -116,7 +116,10 @@ pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
 
     for l in &settings.listeners {
         let gateway = Gateway::new(shared.clone(), l.clone(), access_log.clone());
-        let proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
+        let mut proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
+        let mut options = HttpServerOptions::default();
+        options.keepalive_request_limit = l.keepalive_requests;
+        proxy.server_options = Some(options);
         let mut svc = Service::new(
             format!("proxy {}", l.name),
             CountConnections {

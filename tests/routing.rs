@@ -270,3 +270,26 @@ routes: [{{ name: all, upstream: echo }}]
         1
     );
 }
+
+#[test]
+fn keepalive_requests_closes_a_connection_after_its_budget() {
+    let gw = Gateway::start(
+        r#"
+listeners:
+  - { name: web, listen: "{HTTP}", keepalive_requests: 3 }
+routes: [{ name: all, respond: { body: ok } }]
+"#,
+    );
+    let mut c = Conn::open(gw.http).unwrap();
+    let mut served = 0;
+    for _ in 0..10 {
+        match c.get("/") {
+            Ok(r) if r.status == 200 => served += 1,
+            _ => break,
+        }
+    }
+    assert!(
+        (3..=4).contains(&served),
+        "served {served} requests on one connection"
+    );
+}

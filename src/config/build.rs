@@ -575,3 +575,83 @@ fn routes(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let text = format!("listeners: [{{ name: web, listen: \"127.0.0.1:1\" }}]\n{yaml}");
+        match load_str(&text, None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn semantic_errors_are_all_collected_with_paths() {
+        let errs = errors(
+            r#"
+upstreams:
+  - { name: a, backends: ["127.0.0.1:1", "127.0.0.1:1"] }
+  - { name: a, backends: ["nope"] }
+  - { name: b, backends: ["127.0.0.1:2 speed=3"], hash_key: path }
+  - { name: c, backends: [], timeouts: { connect: 0 } }
+routes:
+  - { name: r, match: { host: "api.example.com:80" }, upstream: a }
+  - { name: r, match: { path: /x, path_prefix: /y }, respond: { body: x } }
+  - { name: t, upstream: a, respond: { body: x } }
+  - { name: u }
+  - { name: v, match: { headers: [{ name: "bad header", value: x }] }, upstream: a, rewrite: { strip_prefix: api } }
+  - { name: w, upstream: a, request_headers: { set: { x-ok: "line\nbreak" } }, rewrite: { pattern: "^/(.*)$" } }
+  - { name: x, match: { methods: ["G T"], host: "*." }, respond: { status: 99 } }
+"#,
+        );
+        let expected = [
+            "upstreams[0].backends[1]: 127.0.0.1:1 is listed twice",
+            "upstreams[1].name: upstream `a` is defined twice",
+            "upstreams[1].backends[0]: `nope` has no port",
+            "upstreams[2].backends[0]: unknown backend option `speed=3`",
+            "upstreams[2].hash_key: only used with balance: consistent_hash",
+            "upstreams[3].backends: at least one backend is needed",
+            "upstreams[3].timeouts.connect: must be above zero",
+            "routes[0].match.host: `api.example.com:80` must not carry a port",
+            "routes[1].name: route `r` is defined twice",
+            "routes[1].match: use only one of path, path_prefix and path_regex",
+            "routes[2]: give either upstream or respond, not both",
+            "routes[3]: needs an action: upstream or respond",
+            "routes[4].match.headers[0].name: `bad header` is not a valid header name",
+            "routes[4].rewrite.strip_prefix: `api` must start with `/`",
+            "routes[5].rewrite: pattern and replace go together",
+            "routes[5].request_headers.set.x-ok: `line\nbreak` is not a valid header value",
+            "routes[6].match.host: `*.` is not a valid wildcard",
+            "routes[6].match.methods[0]: `G T` is not an HTTP method",
+            "routes[6].respond.status: `99` is not a final HTTP status",
+        ];
+        for want in expected {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn a_valid_config_builds_and_reuses_unchanged_upstreams() {
+        let yaml = "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nupstreams: [{ name: a, backends: [\"127.0.0.1:2\"] }, { name: b, backends: [\"127.0.0.1:3\"] }]\nroutes: [{ name: r, upstream: a }]\n";
+        let first = load_str(yaml, None).expect("valid");
+        let second =
+            load_str(&yaml.replace("127.0.0.1:3", "127.0.0.1:4"), Some(&first)).expect("valid");
+        assert_eq!(second.generation, 2);
+        assert!(std::sync::Arc::ptr_eq(
+            first.upstream("a").unwrap(),
+            second.upstream("a").unwrap()
+        ));
+        assert!(!std::sync::Arc::ptr_eq(
+            first.upstream("b").unwrap(),
+            second.upstream("b").unwrap()
+        ));
+    }
+}

@@ -120,9 +120,9 @@ bogus: 1
         assert_eq!(
             paths,
             [
-                "listeners[0]",
-                "routes[0].match",
-                "routes[1].rewrite",
+                "listeners[0].colour",
+                "routes[0].match.path_prefx",
+                "routes[1].rewrite.replace",
                 "routes[2].max_request_body",
                 "bogus"
             ],
