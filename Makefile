@@ -52,7 +52,8 @@ bench: deps
 	$(CARGO) bench --bench hot_path
 
 bench-compare: build
-	ZKGATE_BIN=target/release/zkgate benches/compare.sh
+	$(CARGO) build --release --example bare_pingora
+	ZKGATE_BIN=target/release/zkgate BARE_BIN=target/release/examples/bare_pingora benches/compare.sh
 
 ## docker: the scratch image (needs a container engine; see README)
 docker: build-optimized

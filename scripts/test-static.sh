@@ -21,7 +21,7 @@ python3 "$(dirname "$0")/demo-backend.py" "$backend" outside-the-root >/dev/null
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$backend/" >/dev/null 2>&1 && break; sleep 0.1; done
 cp "$bin" "$root/zkgate"
 cat > "$root/zkgate.yaml" <<YAML
-server: { threads: 1, grace_period: 1s, graceful_shutdown_timeout: 1s, pid_file: /zkgate.pid, upgrade_sock: /upgrade.sock }
+server: { threads: 1, grace_period: 1s, graceful_shutdown_timeout: 1s, upgrade_sock: /upgrade.sock }
 admin: { listen: "127.0.0.1:$admin" }
 listeners: [{ name: web, listen: "127.0.0.1:$http" }]
 upstreams: [{ name: demo, backends: ["127.0.0.1:$backend"] }]

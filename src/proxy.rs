@@ -71,6 +71,14 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr()?.as_inet().map(|a| a.ip())
 }
 
+fn client_went_away(e: &Error) -> bool {
+    e.esource() == &ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
 /// Writes a short plain-text answer from the gateway itself.
 async fn answer(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(3))?;
@@ -123,6 +131,10 @@ fn headers_too_large(req: &RequestHeader, l: &Listener) -> bool {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    /// No downstream modules: Pingora's default installs a (disabled) compression module whose
+    /// per-request context costs allocations on every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -381,6 +393,12 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A client closing its connection early is routine (a browser navigating away, a load
+    /// generator stopping): it is counted as 499, not logged as an error.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        client_went_away(error)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -428,10 +446,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(if e.is_some() { 502 } else { 0 });
+        let status = match (session.response_written(), e) {
+            (Some(r), _) => r.status.as_u16(),
+            // nginx's code for a client that went away before its answer.
+            (None, Some(e)) if client_went_away(e) => 499,
+            (None, Some(_)) => 502,
+            (None, None) => 0,
+        };
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();
         let metrics = route.map_or(RouteMetrics::unmatched(), |r| &r.metrics);

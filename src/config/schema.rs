@@ -21,7 +21,6 @@ pub struct ServerSection {
     pub grace_period: Option<Dur>,
     pub graceful_shutdown_timeout: Option<Dur>,
     pub upgrade_sock: Option<String>,
-    pub pid_file: Option<String>,
     pub upstream_keepalive_pool_size: Option<usize>,
     pub ca_file: Option<String>,
     pub listener_tasks_per_fd: Option<usize>,

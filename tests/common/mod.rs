@@ -336,7 +336,7 @@ pub fn config_text(
         .replace("{ADMIN}", &admin.to_string());
     if !text.contains("server:") {
         text = format!(
-            "server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  pid_file: {0}/zkgate.pid\n  upgrade_sock: {0}/upgrade.sock\n{text}",
+            "server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  upgrade_sock: {0}/upgrade.sock\n{text}",
             dir.display()
         );
     }

@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# Compare zkgate with nginx and HAProxy as reverse proxies in front of the same nginx backend.
+#
+#   benches/compare.sh                          # 3 rounds of 10 s per proxy
+#   DURATION=5s ROUNDS=1 benches/compare.sh     # quick look
+#   ZKGATE_BIN=target/release/zkgate benches/compare.sh   # skip cargo build
+#
+# Environment: DURATION (wrk -d, default 10s), ROUNDS (default 3), WARMUP (default 2s),
+# CONNECTIONS (wrk -c, default 64), ZKGATE_BIN, KEEP_TMP=1 (keep configs and logs).
+#
+# Each proxy gets one thread/worker; the backend is one nginx worker answering a fixed 19-byte
+# body. Nothing is pinned, so on a small machine wrk, the proxy and the backend share cores:
+# compare the ratios, not the absolute numbers. Exits non-zero if any run saw non-2xx/3xx
+# responses or socket errors.
+set -euo pipefail
+
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-64}
+WRK_ARGS=(-t1 "-c$CONNECTIONS" "-d$DURATION" --latency)
+WARMUP_ARGS=(-t1 "-c$CONNECTIONS" "-d$WARMUP")
+
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || zk_die "ROUNDS must be a positive integer"
+
+zk_init zkgate-compare
+
+zk_ensure_cmd nginx nginx-light
+zk_ensure_cmd haproxy haproxy
+zk_ensure_cmd wrk wrk
+command -v python3 >/dev/null 2>&1 || zk_die "python3 is needed"
+NGINX="$(zk_nginx_bin)"
+HAPROXY="$(zk_haproxy_bin)"
+ZKGATE="$(zk_zkgate_bin)" || exit 1
+BARE="${BARE_BIN:-$ZK_REPO_ROOT/target/release/examples/bare_pingora}"
+if [[ -z "${BARE_BIN:-}" ]]; then
+    (cd "$ZK_REPO_ROOT" && cargo build --release --example bare_pingora >&2) || zk_die "cannot build examples/bare_pingora"
+fi
+
+RES="$ZK_TMP/results"
+mkdir -p "$RES"
+FAILED=0
+
+BACKEND_PORT="$(zk_free_port)"
+zk_start_nginx_backend "$BACKEND_PORT"
+
+# ---------------------------------------------------------------------------------------------
+# Proxies. Each start_* sets PROXY_PID, PROXY_PORT and PROXY_LOG.
+
+start_zkgate() { # VARIANT: "zkgate" or "zkgate-nows" (work_stealing: false)
+    local variant=$1 dir admin
+    dir="$ZK_TMP/$variant"
+    rm -rf "$dir" && mkdir -p "$dir"
+    PROXY_PORT="$(zk_free_port)"
+    admin="$(zk_free_port)"
+    {
+        printf 'server:\n  threads: 1\n'
+        if [[ "$variant" == zkgate-nows ]]; then printf '  work_stealing: false\n'; else printf '  work_stealing: true\n'; fi
+        cat <<EOF
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  upgrade_sock: $dir/upgrade.sock
+admin:
+  listen: 127.0.0.1:$admin
+listeners:
+  - name: web
+    listen: 127.0.0.1:$PROXY_PORT
+upstreams:
+  - name: backend
+    backends: ["127.0.0.1:$BACKEND_PORT"]
+routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: backend
+EOF
+    } >"$dir/zkgate.yaml"
+    "$ZKGATE" check -c "$dir/zkgate.yaml" >"$dir/check.log" 2>&1 \
+        || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected $dir/zkgate.yaml"; }
+    PROXY_LOG="$dir/zkgate.log"
+    zk_spawn "$PROXY_LOG" "$ZKGATE" run -c "$dir/zkgate.yaml"
+    PROXY_PID=$ZK_LAST_PID
+    zk_wait_http_200 "http://127.0.0.1:$admin/readyz" 30 "$PROXY_PID" "$PROXY_LOG" \
+        || zk_die "$variant did not become ready"
+    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "$variant listener did not open"
+}
+
+start_bare() { # VARIANT: "pingora" or "pingora-nows": the engine alone (examples/bare_pingora.rs)
+    local variant=$1 dir ws=true
+    dir="$ZK_TMP/$variant"
+    rm -rf "$dir" && mkdir -p "$dir"
+    [[ "$variant" == pingora-nows ]] && ws=false
+    PROXY_PORT="$(zk_free_port)"
+    PROXY_LOG="$dir/bare.log"
+    zk_spawn "$PROXY_LOG" "$BARE" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$BACKEND_PORT" 1 "$ws"
+    PROXY_PID=$ZK_LAST_PID
+    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "$variant did not start"
+}
+
+start_nginx_proxy() {
+    local dir="$ZK_TMP/nginx-proxy"
+    rm -rf "$dir" && mkdir -p "$dir"
+    PROXY_PORT="$(zk_free_port)"
+    # keepalive_requests is raised on both sides because zkgate and HAProxy put no per-connection
+    # request cap on keepalive; nginx's default of 1000 would make it reconnect more often.
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    keepalive_requests 1000000;
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$PROXY_PORT backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "$NGINX" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
+        || { cat "$dir/error.log" >&2; zk_die "nginx proxy config rejected"; }
+    PROXY_LOG="$dir/error.log"
+    zk_spawn "$dir/stderr.log" "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+    PROXY_PID=$ZK_LAST_PID
+    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "nginx proxy did not start"
+}
+
+start_haproxy() {
+    local dir="$ZK_TMP/haproxy"
+    rm -rf "$dir" && mkdir -p "$dir"
+    PROXY_PORT="$(zk_free_port)"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend web
+    bind 127.0.0.1:$PROXY_PORT
+    default_backend backend
+
+backend backend
+    server b1 127.0.0.1:$BACKEND_PORT
+EOF
+    "$HAPROXY" -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 \
+        || { cat "$dir/check.log" >&2; zk_die "haproxy config rejected"; }
+    PROXY_LOG="$dir/haproxy.log"
+    zk_spawn "$PROXY_LOG" "$HAPROXY" -db -f "$dir/haproxy.cfg"
+    PROXY_PID=$ZK_LAST_PID
+    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "haproxy did not start"
+}
+
+# ---------------------------------------------------------------------------------------------
+# wrk output parsing.
+
+# wrk_errors FILE: print "non2xx socket_errors" from a wrk report.
+wrk_errors() {
+    awk '
+        /Non-2xx or 3xx responses:/ { non2xx += $NF }
+        /Socket errors:/ { gsub(/,/, ""); sock += $4 + $6 + $8 + $10 }
+        END { printf "%d %d\n", non2xx, sock }' "$1"
+}
+
+# wrk_rps FILE / wrk_p99_ms FILE
+wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+wrk_p99_ms() {
+    awk '$1 == "99%" {
+        v = $2; u = v; sub(/^[0-9.]+/, "", u); n = v + 0
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000
+        else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000
+        printf "%.3f\n", n }' "$1"
+}
+
+# check_wrk FILE LABEL: record a failure if the report shows errors or no throughput.
+check_wrk() {
+    local file=$1 label=$2 non2xx sock
+    read -r non2xx sock < <(wrk_errors "$file")
+    if ((non2xx > 0 || sock > 0)); then
+        zk_log "FAIL $label: $non2xx non-2xx/3xx responses, $sock socket errors"
+        grep -E 'Socket errors|Non-2xx' "$file" >&2 || true
+        FAILED=1
+        echo "$label: non2xx=$non2xx socket_errors=$sock" >>"$RES/failures"
+    fi
+    if [[ -z "$(wrk_rps "$file")" ]]; then
+        zk_log "FAIL $label: wrk printed no Requests/sec"
+        cat "$file" >&2
+        FAILED=1
+        echo "$label: no result" >>"$RES/failures"
+    fi
+}
+
+# bench NAME ROUND: warm up, then load the running proxy on PROXY_PORT and record the figures.
+bench() {
+    local name=$1 round=$2 url="http://127.0.0.1:$PROXY_PORT/" out body
+    body="$(zk_http_body "$url")" || true
+    [[ "$body" == "$ZK_BACKEND_BODY" ]] || {
+        zk_log "FAIL $name: GET $url answered '$body'"
+        FAILED=1
+        echo "$name round $round: bad body" >>"$RES/failures"
+    }
+    out="$RES/$name.warmup.$round.txt"
+    timeout 120 wrk "${WARMUP_ARGS[@]}" "$url" >"$out" 2>&1 || zk_log "wrk warm-up for $name exited $?"
+    check_wrk "$out" "$name warm-up round $round"
+    out="$RES/$name.$round.txt"
+    timeout 600 wrk "${WRK_ARGS[@]}" "$url" >"$out" 2>&1 || zk_log "wrk for $name exited $?"
+    check_wrk "$out" "$name round $round"
+    local rps p99
+    rps="$(wrk_rps "$out")"
+    p99="$(wrk_p99_ms "$out")"
+    [[ -n "$rps" ]] && echo "$rps" >>"$RES/$name.rps"
+    [[ -n "$p99" ]] && echo "$p99" >>"$RES/$name.p99"
+    zk_log "$name round $round: ${rps:-?} req/s, p99 ${p99:-?} ms"
+}
+
+# stop_proxy NAME: stop the proxy and show any warnings/errors it logged.
+stop_proxy() {
+    local name=$1 round=$2 n
+    zk_stop "$PROXY_PID" 15
+    case "$name" in
+        zkgate*) n="$(grep -cE ' (WARN|ERROR) ' "$PROXY_LOG" || true)" ;;
+        *) n="$(grep -ciE 'warn|error|alert|emerg|crit' "$PROXY_LOG" || true)" ;;
+    esac
+    if ((n > 0)); then
+        # Group the lines by message, with timestamps and numbers (ports, counts) blanked out.
+        zk_log "$name logged $n warning/error lines:"
+        grep -iE 'warn|error|alert|emerg|crit' "$PROXY_LOG" \
+            | sed -E 's/^\[[0-9T:.Z-]+ /[/; s/^[0-9\/]+ [0-9:]+ //; s/[0-9]+/N/g' | cut -c1-200 \
+            | sort | uniq -c | sort -rn | head -n 5 >&2 || true
+        echo "$name round $round: $n warning/error log lines (log: ${PROXY_LOG#"$ZK_TMP"/})" >>"$RES/log-warnings"
+    fi
+}
+
+PROXIES=(zkgate zkgate-nows pingora pingora-nows nginx haproxy)
+
+zk_log "wrk ${WRK_ARGS[*]} (warm-up ${WARMUP}), $ROUNDS round(s), backend nginx on :$BACKEND_PORT"
+for ((round = 1; round <= ROUNDS; round++)); do
+    for name in "${PROXIES[@]}"; do
+        case "$name" in
+            zkgate | zkgate-nows)
+                start_zkgate "$name"
+                sleep 1
+                idle="$(zk_rss_mb "$PROXY_PID")"
+                echo "$idle" >>"$RES/$name.rss_idle"
+                bench "$name" "$round"
+                loaded="$(zk_rss_mb "$PROXY_PID")"
+                echo "$loaded" >>"$RES/$name.rss_loaded"
+                zk_log "$name round $round: RSS idle ${idle} MB, after load ${loaded} MB"
+                ;;
+            pingora | pingora-nows) start_bare "$name" && bench "$name" "$round" ;;
+            nginx) start_nginx_proxy && bench "$name" "$round" ;;
+            haproxy) start_haproxy && bench "$name" "$round" ;;
+        esac
+        stop_proxy "$name" "$round"
+    done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+med() { if [[ -s "$1" ]]; then zk_median $(cat "$1"); else echo n/a; fi; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f\n", a / b }'; }
+
+label() {
+    case "$1" in
+        zkgate) echo "zkgate (threads: 1)" ;;
+        zkgate-nows) echo "zkgate (threads: 1, work_stealing: false)" ;;
+        pingora) echo "bare Pingora (threads: 1)" ;;
+        pingora-nows) echo "bare Pingora (threads: 1, no work stealing)" ;;
+        nginx) echo "nginx (1 worker, keepalive 256)" ;;
+        haproxy) echo "haproxy (nbthread 1, http-reuse always)" ;;
+    esac
+}
+
+nginx_rps="$(med "$RES/nginx.rps")"
+nginx_p99="$(med "$RES/nginx.p99")"
+
+echo
+echo "wrk ${WRK_ARGS[*]} http://127.0.0.1:PORT/  -- median of $ROUNDS round(s), $(nproc) CPUs, nothing pinned"
+echo "backend: nginx, 1 worker, 19-byte body, keepalive"
+printf '%-44s %12s %10s %14s %14s\n' proxy "requests/s" "p99 (ms)" "req/s / nginx" "p99 / nginx"
+printf '%-44s %12s %10s %14s %14s\n' "$(printf '%.0s-' {1..44})" "------------" "----------" "--------------" "--------------"
+for name in "${PROXIES[@]}"; do
+    rps="$(med "$RES/$name.rps")"
+    p99="$(med "$RES/$name.p99")"
+    printf '%-44s %12s %10s %14s %14s\n' "$(label "$name")" "$rps" "$p99" \
+        "$(ratio "$rps" "$nginx_rps")" "$(ratio "$p99" "$nginx_p99")"
+done
+echo
+echo "zkgate resident memory (VmRSS, MB, median):"
+for name in zkgate zkgate-nows; do
+    printf '  %-44s idle after start-up: %6s   after load: %6s\n' "$(label "$name")" \
+        "$(med "$RES/$name.rss_idle")" "$(med "$RES/$name.rss_loaded")"
+done
+if [[ -s "$RES/log-warnings" ]]; then
+    echo
+    echo "log warnings/errors (KEEP_TMP=1 keeps the logs):"
+    sed 's/^/  /' "$RES/log-warnings"
+fi
+if [[ "$FAILED" != 0 ]]; then
+    echo
+    echo "FAILED:"
+    sed 's/^/  /' "$RES/failures"
+    exit 1
+fi
