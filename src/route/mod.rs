@@ -158,6 +158,69 @@ struct HostRoutes {
     exact: FxHashMap<Box<str>, Vec<u32>>,
     prefixes: PrefixTree,
     regexes: Vec<u32>,
+    /// All of `regexes` in one automaton, pattern `i` being route `regexes[i]`: one pass over
+    /// the path finds every regex route that matches, however many there are.
+    regex_set: Option<regex_automata::meta::Regex>,
+}
+
+thread_local! {
+    /// Reused across requests so that a regex lookup allocates nothing (it grows once per thread).
+    static MATCHED: std::cell::RefCell<regex_automata::PatternSet> =
+        std::cell::RefCell::new(regex_automata::PatternSet::new(0));
+}
+
+impl HostRoutes {
+    fn compile(&mut self, routes: &[Route]) {
+        if self.regexes.is_empty() {
+            return;
+        }
+        let patterns: Vec<&str> = self
+            .regexes
+            .iter()
+            .filter_map(|&id| match &routes[id as usize].path {
+                PathMatch::Regex(re) => Some(re.as_str()),
+                _ => None,
+            })
+            .collect();
+        let built = regex_automata::meta::Regex::builder()
+            .configure(
+                regex_automata::meta::Config::new().match_kind(regex_automata::MatchKind::All),
+            )
+            .build_many(&patterns);
+        // Each pattern already compiled on its own; should the combined build fail (a size
+        // limit), matching falls back to trying them one by one.
+        match built {
+            Ok(set) => self.regex_set = Some(set),
+            Err(e) => log::warn!("{} regex routes tried one by one: {e}", patterns.len()),
+        }
+    }
+
+    /// The first regex route, in declaration order, whose regex matches and that `accept`s.
+    #[inline]
+    fn find_regex(
+        &self,
+        routes: &[Route],
+        path: &str,
+        accept: &mut impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
+        let Some(set) = &self.regex_set else {
+            return self.regexes.iter().copied().find(|&id| {
+                matches!(&routes[id as usize].path, PathMatch::Regex(re) if re.is_match(path))
+                    && accept(id)
+            });
+        };
+        MATCHED.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.capacity() < set.pattern_len() {
+                *m = regex_automata::PatternSet::new(set.pattern_len());
+            }
+            m.clear();
+            set.which_overlapping_matches(&regex_automata::Input::new(path), &mut m);
+            m.iter()
+                .map(|p| self.regexes[p.as_usize()])
+                .find(|&id| accept(id))
+        })
+    }
 }
 
 /// All routes of one snapshot.
@@ -165,27 +228,21 @@ struct HostRoutes {
 pub struct RouteTable {
     routes: Box<[Route]>,
     hosts: FxHashMap<Box<str>, HostRoutes>,
-    /// Longest suffix first.
-    wildcards: Box<[(Box<str>, HostRoutes)]>,
+    /// Keyed by suffix with its leading dot (`.example.com`).
+    wildcards: FxHashMap<Box<str>, HostRoutes>,
     any_host: HostRoutes,
 }
 
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let mut hosts: FxHashMap<Box<str>, HostRoutes> = FxHashMap::default();
-        let mut wildcards: Vec<(Box<str>, HostRoutes)> = Vec::new();
+        let mut wildcards: FxHashMap<Box<str>, HostRoutes> = FxHashMap::default();
         let mut any_host = HostRoutes::default();
         for (i, route) in routes.iter().enumerate() {
             let group = match &route.host {
                 HostMatch::Any => &mut any_host,
                 HostMatch::Exact(h) => hosts.entry(h.clone()).or_default(),
-                HostMatch::Suffix(s) => match wildcards.iter().position(|(w, _)| w == s) {
-                    Some(p) => &mut wildcards[p].1,
-                    None => {
-                        wildcards.push((s.clone(), HostRoutes::default()));
-                        &mut wildcards.last_mut().expect("just pushed").1
-                    }
-                },
+                HostMatch::Suffix(s) => wildcards.entry(s.clone()).or_default(),
             };
             let id = i as u32;
             match &route.path {
@@ -194,11 +251,17 @@ impl RouteTable {
                 PathMatch::Regex(_) => group.regexes.push(id),
             }
         }
-        wildcards.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        any_host.compile(&routes);
+        for group in hosts.values_mut() {
+            group.compile(&routes);
+        }
+        for group in wildcards.values_mut() {
+            group.compile(&routes);
+        }
         RouteTable {
             routes: routes.into(),
             hosts,
-            wildcards: wildcards.into(),
+            wildcards,
             any_host,
         }
     }
@@ -220,10 +283,17 @@ impl RouteTable {
                     return Some(id);
                 }
             }
-            for (suffix, group) in self.wildcards.iter() {
-                if host.len() > suffix.len() && host.ends_with(suffix.as_ref()) {
-                    if let Some(id) = self.find_in(group, req) {
-                        return Some(id);
+            if !self.wildcards.is_empty() {
+                // Longest suffix first: `.b.example.com` before `.example.com`. The label
+                // before the first dot is never a suffix (`*.x` needs something before `.x`).
+                let mut rest = host;
+                // Bytes, not chars: a non-ASCII host must not be cut inside a character.
+                while let Some(dot) = rest.bytes().skip(1).position(|b| b == b'.') {
+                    rest = &rest[dot + 1..];
+                    if let Some(group) = self.wildcards.get(rest) {
+                        if let Some(id) = self.find_in(group, req) {
+                            return Some(id);
+                        }
                     }
                 }
             }
@@ -247,10 +317,7 @@ impl RouteTable {
         if let Some(id) = group.prefixes.find(req.path.as_bytes(), &mut accept) {
             return Some(id);
         }
-        group.regexes.iter().copied().find(|&id| {
-            matches!(&self.routes[id as usize].path, PathMatch::Regex(re) if re.is_match(req.path))
-                && accept(id)
-        })
+        group.find_regex(&self.routes, req.path, &mut accept)
     }
 }
 
@@ -345,6 +412,85 @@ mod tests {
         assert_eq!(normalize_path("/a/b/."), "/a/b/");
         assert_eq!(normalize_path("/a..b/c"), "/a..b/c");
         assert!(matches!(normalize_path("/x/y"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn regex_routes_match_in_declaration_order_like_a_linear_scan() {
+        let patterns = [
+            "^/a/[0-9]+$",
+            "^/a/",
+            "b$",
+            "^/(a|b)/x",
+            "[0-9]{3}",
+            "^/c/.*\\.png$",
+            "^/$",
+        ];
+        let mut yaml =
+            String::from("listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nroutes:\n");
+        for (i, p) in patterns.iter().enumerate() {
+            let methods = if i == 1 { ", methods: [POST]" } else { "" };
+            yaml += &format!("  - {{ name: r{i}, match: {{ path_regex: '{p}'{methods} }}, respond: {{ body: x }} }}\n");
+        }
+        let snap = crate::config::load_str(&yaml, None).expect("config");
+        let compiled: Vec<Regex> = patterns.iter().map(|p| Regex::new(p).unwrap()).collect();
+        let headers = HeaderMap::new();
+        for path in [
+            "/a/12",
+            "/a/x",
+            "/b/x",
+            "/zzb",
+            "/q/1234",
+            "/c/d/e.png",
+            "/",
+            "/none",
+            "/a/123b",
+        ] {
+            for method in [Method::GET, Method::POST] {
+                let expected = compiled
+                    .iter()
+                    .enumerate()
+                    .find(|(i, re)| re.is_match(path) && (*i != 1 || method == Method::POST))
+                    .map(|(i, _)| format!("r{i}"));
+                let view = RequestView {
+                    method: &method,
+                    host: None,
+                    path,
+                    headers: &headers,
+                };
+                let got = snap
+                    .routes
+                    .find(&view)
+                    .map(|id| snap.routes.get(id).name.to_string());
+                assert_eq!(got, expected, "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn wildcard_hosts_take_the_longest_suffix_and_survive_odd_hosts() {
+        let yaml = "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nroutes:\n  - { name: short, match: { host: \"*.example.com\" }, respond: { body: x } }\n  - { name: long, match: { host: \"*.eu.example.com\" }, respond: { body: x } }\n";
+        let snap = crate::config::load_str(yaml, None).expect("config");
+        let headers = HeaderMap::new();
+        let find = |host: &str| {
+            let view = RequestView {
+                method: &Method::GET,
+                host: Some(host),
+                path: "/",
+                headers: &headers,
+            };
+            snap.routes
+                .find(&view)
+                .map(|id| snap.routes.get(id).name.to_string())
+        };
+        assert_eq!(find("a.eu.example.com").as_deref(), Some("long"));
+        assert_eq!(find("a.b.example.com").as_deref(), Some("short"));
+        assert_eq!(find("eu.example.com").as_deref(), Some("short"));
+        assert_eq!(find("example.com"), None);
+        assert_eq!(find(".example.com"), None);
+        assert_eq!(find("ä.example.com").as_deref(), Some("short"));
+        assert_eq!(find("ä"), None);
+        assert_eq!(find("."), None);
+        assert_eq!(find("..."), None);
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub enum Selector {
     /// weight, spread out rather than in runs), used by `weighted_round_robin` in order and by
     /// `random` at a random position.
     Schedule(Box<[u32]>),
-    /// Ketama-style hash ring: sorted `(point, backend index)`.
-    Ring(Box<[(u64, u32)]>),
+    /// Ketama-style hash ring.
+    Ring(Ring),
 }
 
 impl Selector {
@@ -39,7 +39,7 @@ impl Selector {
             Balance::WeightedRoundRobin | Balance::Random => {
                 Selector::Schedule(smooth_schedule(&reduced_weights(weights, MAX_SCHEDULE)).into())
             }
-            Balance::ConsistentHash => Selector::Ring(ring(weights, names).into()),
+            Balance::ConsistentHash => Selector::Ring(Ring::new(ring_points(weights, names))),
         }
     }
 
@@ -51,14 +51,10 @@ impl Selector {
             Selector::Empty => None,
             Selector::RoundRobin(live) => Some(live[turn % live.len()]),
             Selector::Schedule(s) => Some(s[turn % s.len()]),
-            Selector::Ring(points) => {
-                let h = match key {
-                    Some(k) => xxh3_64(k),
-                    None => fastrand::u64(..),
-                };
-                let i = points.partition_point(|&(p, _)| p < h);
-                Some(points[if i == points.len() { 0 } else { i }].1)
-            }
+            Selector::Ring(ring) => Some(ring.owner(match key {
+                Some(k) => xxh3_64(k),
+                None => fastrand::u64(..),
+            })),
         }
     }
 
@@ -112,7 +108,49 @@ fn smooth_schedule(weights: &[u64]) -> Vec<u32> {
     out
 }
 
-fn ring(weights: &[u32], names: &[String]) -> Vec<(u64, u32)> {
+/// Sorted `(point, backend index)`, plus an index from the top bits of a hash to the first
+/// point at or after that bucket, so that a lookup scans about one point instead of a binary
+/// search over thousands.
+#[derive(Debug)]
+pub struct Ring {
+    points: Box<[(u64, u32)]>,
+    start: Box<[u32]>,
+    shift: u32,
+}
+
+impl Ring {
+    fn new(points: Vec<(u64, u32)>) -> Ring {
+        // About two buckets per point.
+        let bits = (usize::BITS - points.len().leading_zeros()).clamp(1, 24) + 1;
+        let shift = 64 - bits;
+        let mut start = Vec::with_capacity(1 << bits);
+        let mut i = 0usize;
+        for bucket in 0..(1u64 << bits) {
+            let floor = bucket << shift;
+            while i < points.len() && points[i].0 < floor {
+                i += 1;
+            }
+            start.push(i as u32);
+        }
+        Ring {
+            points: points.into(),
+            start: start.into(),
+            shift,
+        }
+    }
+
+    /// The backend owning hash `h`: the first point at or after it, wrapping around.
+    #[inline]
+    fn owner(&self, h: u64) -> u32 {
+        let mut i = self.start[(h >> self.shift) as usize] as usize;
+        while i < self.points.len() && self.points[i].0 < h {
+            i += 1;
+        }
+        self.points[if i == self.points.len() { 0 } else { i }].1
+    }
+}
+
+fn ring_points(weights: &[u32], names: &[String]) -> Vec<(u64, u32)> {
     let reduced = reduced_weights(weights, MAX_POINTS / POINTS_PER_WEIGHT);
     let mut points = Vec::new();
     for (i, (&w, name)) in reduced.iter().zip(names).enumerate() {
@@ -184,6 +222,28 @@ mod tests {
         };
         assert!(order.len() as u64 <= MAX_SCHEDULE + 3);
         assert!(order.contains(&1));
+    }
+
+    #[test]
+    fn ring_index_agrees_with_a_binary_search() {
+        let n = names(7);
+        let Selector::Ring(ring) =
+            Selector::build(Balance::ConsistentHash, &[1, 2, 3, 1, 1, 5, 1], &n)
+        else {
+            panic!()
+        };
+        let mut rng = fastrand::Rng::with_seed(3);
+        let probes = (0..20_000).map(|_| rng.u64(..)).chain([
+            0,
+            u64::MAX,
+            ring.points[0].0,
+            ring.points[ring.points.len() - 1].0 + 1,
+        ]);
+        for h in probes {
+            let i = ring.points.partition_point(|&(p, _)| p < h);
+            let expected = ring.points[if i == ring.points.len() { 0 } else { i }].1;
+            assert_eq!(ring.owner(h), expected, "{h}");
+        }
     }
 
     #[test]
