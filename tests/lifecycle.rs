@@ -132,6 +132,18 @@ fn reload_carries_unchanged_upstreams_and_applies_changed_backends() {
     );
 }
 
+fn check(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("zkgate check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_reports_every_error_with_its_path_and_binds_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,26 +165,16 @@ routes:
         ),
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&bad);
+    assert_eq!(code, Some(1));
     assert!(err.contains("routes[3].max_request_body: "), "{err}");
     // Parsing errors come first; fix that one and the semantic errors all appear together.
     let text = std::fs::read_to_string(&bad)
         .unwrap()
         .replace(", max_request_body: 1XB", "");
     std::fs::write(&bad, text).unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&bad);
+    assert_eq!(code, Some(1));
     for path in [
         "upstreams[0].backends[0]",
         "upstreams[0].hash_key",
@@ -192,16 +194,8 @@ routes:
 
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nroutes: [{ name: r, respond: { body: hi } }]\n").unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = check(&good);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 #[test]

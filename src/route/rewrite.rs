@@ -116,36 +116,52 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
     pub fn apply_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
-        for name in self.remove.iter() {
-            req.remove_header(name);
-        }
-        for (name, value) in self.set.iter() {
-            req.insert_header(name.clone(), value.clone())?;
-        }
-        for (name, value) in self.add.iter() {
-            req.append_header(name.clone(), value.clone())?;
-        }
-        Ok(())
+        self.apply(req)
     }
 
     pub fn apply_response(&self, resp: &mut ResponseHeader) -> pingora::Result<()> {
+        self.apply(resp)
+    }
+
+    fn apply(&self, h: &mut impl EditHeaders) -> pingora::Result<()> {
         for name in self.remove.iter() {
-            resp.remove_header(name);
+            h.remove(name);
         }
         for (name, value) in self.set.iter() {
-            resp.insert_header(name.clone(), value.clone())?;
+            h.insert(name, value)?;
         }
         for (name, value) in self.add.iter() {
-            resp.append_header(name.clone(), value.clone())?;
+            h.append(name, value)?;
         }
         Ok(())
     }
 }
+
+/// Pingora's request and response headers edit alike but share no trait.
+trait EditHeaders {
+    fn remove(&mut self, name: &HeaderName);
+    fn insert(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora::Result<()>;
+    fn append(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora::Result<()>;
+}
+
+macro_rules! edit_headers {
+    ($t:ty) => {
+        impl EditHeaders for $t {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn insert(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora::Result<()> {
+                self.insert_header(name.clone(), value.clone())
+            }
+            fn append(&mut self, name: &HeaderName, value: &HeaderValue) -> pingora::Result<()> {
+                self.append_header(name.clone(), value.clone()).map(|_| ())
+            }
+        }
+    };
+}
+edit_headers!(RequestHeader);
+edit_headers!(ResponseHeader);
 
 #[cfg(test)]
 mod tests {
