@@ -9,7 +9,7 @@ ENSURE       := scripts/ensure-packages.sh
 .PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-compare docker deps deps-musl clean
 
 deps:
-	@$(ENSURE) cmake build-essential curl
+	@$(ENSURE) cmake build-essential curl openssl python3
 
 deps-musl: deps
 	@$(ENSURE) musl-tools file
