@@ -405,3 +405,36 @@ fn sigquit_upgrade_hands_over_the_listeners_without_a_failed_request() {
         &failures[..failures.len().min(5)]
     );
 }
+
+#[test]
+fn access_log_writes_one_line_per_request_when_enabled() {
+    let backend = Backend::start("b");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        "access_log: {{ path: \"{}\" }}\n{}",
+        path.display(),
+        config(&backend, "hi")
+    ));
+    assert_eq!(gw.get("/api/x?q=1").status, 200);
+    assert_eq!(gw.get("/hello").status, 200);
+    assert_eq!(gw.get("/nope").status, 404);
+    let lines = || std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || lines().lines().count() == 3),
+        "{}",
+        lines()
+    );
+    let text = lines();
+    let first = text.lines().next().unwrap();
+    assert!(first.contains("\"GET /api/x?q=1 HTTP/1.1\" 200"), "{first}");
+    assert!(first.contains("route=api"), "{first}");
+    assert!(
+        first.contains(&format!("backend={}", backend.addr)),
+        "{first}"
+    );
+    assert!(
+        text.contains("\"GET /nope HTTP/1.1\" 404") && text.contains("route=-"),
+        "{text}"
+    );
+}
