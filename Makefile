@@ -20,11 +20,7 @@ build: deps
 
 ## run: build and start the gateway on conf/zkgate.yaml, with the two demo backends it routes to
 run: build
-	@python3 scripts/demo-backend.py 9001 backend-one & echo $$! > /tmp/zkgate-demo-9001.pid; \
-	 python3 scripts/demo-backend.py 9002 backend-two & echo $$! > /tmp/zkgate-demo-9002.pid; \
-	 trap 'kill $$(cat /tmp/zkgate-demo-9001.pid /tmp/zkgate-demo-9002.pid) 2>/dev/null' EXIT INT TERM; \
-	 echo "try: curl http://127.0.0.1:8080/ping ; curl http://127.0.0.1:8080/demo/hello ; curl http://127.0.0.1:9901/metrics"; \
-	 ./target/release/zkgate run -c $(CONFIG)
+	CONFIG=$(CONFIG) scripts/quickstart.sh
 
 ## test: formatting, lints, unit and end-to-end tests, and the static binary in an empty root
 test: lint unit-and-e2e test-static
