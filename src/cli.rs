@@ -145,7 +145,7 @@ pub fn explain(path: PathBuf, method: &str, url: &str, headers: &[String]) -> Ex
                     Some(q) => format!("{path}?{q}"),
                     None => path.to_string(),
                 });
-            println!("upstream:  {} ({:?})", u.name, u.balance);
+            println!("upstream:  {} ({})", u.name, u.balance.as_str());
             let set = u.load();
             for b in set.backends() {
                 println!("backend:   {} weight={}", b.spec.addr, b.spec.weight);

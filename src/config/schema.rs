@@ -183,6 +183,17 @@ pub struct HeaderEdits {
 }
 
 /// The whole file, once every section parsed.
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::WeightedRoundRobin => "weighted_round_robin",
+            Balance::Random => "random",
+            Balance::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RawConfig {
     pub server: ServerSection,
