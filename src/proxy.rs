@@ -46,8 +46,12 @@ pub struct RequestCtx {
     route: Option<u32>,
     /// The path after dot-segment removal, when it differs from the request's.
     normalized_path: Option<String>,
-    tried: [Option<SocketAddr>; MAX_CONNECT_ATTEMPTS],
-    attempts: usize,
+    /// The backend of the current attempt.
+    backend: Option<SocketAddr>,
+    /// Backends that refused or timed out a connection, `failed` of them: a retry avoids them.
+    /// (A retry after a stale pooled connection goes back to the same backend.)
+    unreachable: [SocketAddr; MAX_CONNECT_ATTEMPTS],
+    failed: usize,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
     request_body_bytes: u64,
@@ -62,8 +66,8 @@ impl RequestCtx {
         Some(self.snapshot.as_ref()?.routes.get(self.route?))
     }
 
-    fn tried(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.tried.iter().flatten().copied()
+    fn unreachable(&self) -> &[SocketAddr] {
+        &self.unreachable[..self.failed]
     }
 }
 
@@ -142,8 +146,9 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             route: None,
             normalized_path: None,
-            tried: [None; MAX_CONNECT_ATTEMPTS],
-            attempts: 0,
+            backend: None,
+            unreachable: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS],
+            failed: 0,
             upstream_started: None,
             upstream_time: None,
             request_body_bytes: 0,
@@ -220,7 +225,7 @@ impl ProxyHttp for Gateway {
         ctx.request_body_bytes += chunk.len() as u64;
         if let Some(limit) = ctx.route().and_then(|r| r.max_request_body) {
             if ctx.request_body_bytes > limit {
-                ctx.failure = Some("request body too large\n");
+                ctx.failure = Some("request body too large");
                 return Error::e_explain(
                     ErrorType::HTTPStatus(413),
                     "request body over max_request_body",
@@ -257,30 +262,18 @@ impl ProxyHttp for Gateway {
                 &mut ip_buf,
             )
         });
-        let mut avoid = [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS];
-        let n = ctx
-            .tried()
-            .zip(avoid.iter_mut())
-            .map(|(a, slot)| *slot = a)
-            .count();
-        let Some(peer) = upstream.select(key, &avoid[..n]) else {
-            ctx.failure = Some(if n == 0 {
-                "no backend available\n"
+        let avoid = ctx.unreachable();
+        let Some(peer) = upstream.select(key, avoid) else {
+            let (code, why) = if avoid.is_empty() {
+                (503, "no backend available")
             } else {
-                "no backend could be reached\n"
-            });
-            let code = if n == 0 { 503 } else { 502 };
-            return Err(
-                Error::explain(ErrorType::HTTPStatus(code), "no backend to pick")
-                    .more_context(format!("upstream {}", upstream.name)),
-            );
+                (502, "no backend could be reached")
+            };
+            ctx.failure = Some(why);
+            return Err(Error::explain(ErrorType::HTTPStatus(code), why)
+                .more_context(format!("upstream {}", upstream.name)));
         };
-        if let Some(addr) = peer.address().as_inet() {
-            if ctx.attempts < MAX_CONNECT_ATTEMPTS {
-                ctx.tried[ctx.attempts] = Some(*addr);
-            }
-        }
-        ctx.attempts += 1;
+        ctx.backend = peer.address().as_inet().copied();
         ctx.upstream_started = Some(Instant::now());
         Ok(peer)
     }
@@ -292,8 +285,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(addr), Some(slot)) = (ctx.backend, ctx.unreachable.get_mut(ctx.failed)) {
+            *slot = addr;
+            ctx.failed += 1;
+        }
         // Nothing was sent yet, so any method may go to another backend.
-        if ctx.attempts < MAX_CONNECT_ATTEMPTS {
+        if ctx.failed < MAX_CONNECT_ATTEMPTS {
             e.set_retry(true);
         }
         e
@@ -422,21 +419,18 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 && session.response_written().is_none() {
-            let body = ctx.failure.unwrap_or(match code {
-                502 => "bad gateway: the backend failed\n",
-                504 => "gateway timeout: the backend did not answer in time\n",
+            let why = ctx.failure.unwrap_or(match code {
+                502 => "bad gateway: the backend failed",
+                504 => "gateway timeout: the backend did not answer in time",
                 _ => "",
             });
-            let mut text = String::with_capacity(body.len() + 32);
-            text.push_str(body);
-            if let (503 | 502, Some(Action::Proxy(u))) = (code, ctx.route().map(|r| &r.action)) {
-                text.truncate(text.trim_end().len());
-                text.push_str(": upstream ");
-                text.push_str(&u.name);
-                text.push('\n');
-            }
+            let body = match ctx.route().map(|r| &r.action) {
+                Some(Action::Proxy(u)) if code >= 500 => format!("{why}: upstream {}\n", u.name),
+                _ if why.is_empty() => String::new(),
+                _ => format!("{why}\n"),
+            };
             let _ = session
-                .respond_error_with_body(code, Bytes::from(text))
+                .respond_error_with_body(code, Bytes::from(body))
                 .await;
         }
         FailToProxy {
@@ -463,7 +457,7 @@ impl ProxyHttp for Gateway {
                 status,
                 elapsed,
                 route.map(|r| &*r.name),
-                ctx.tried().last(),
+                ctx.backend,
             );
         }
     }
