@@ -119,6 +119,33 @@ async fn respond(session: &mut Session, r: &Respond, route: &Route) -> Result<()
     Ok(())
 }
 
+/// What `request_filter` decides once the route is known: answer from the gateway (no route,
+/// a `respond` route, a body over the limit), returning `true`, or go on to the upstream.
+async fn answer_early(session: &mut Session, route: Option<&Route>) -> Result<bool> {
+    let Some(route) = route else {
+        answer(session, 404, "no route matches this request\n").await?;
+        return Ok(true);
+    };
+    if let Action::Respond(r) = &route.action {
+        respond(session, r, route).await?;
+        return Ok(true);
+    }
+    if let Some(limit) = route.max_request_body {
+        let declared = session
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            // The body is left unread, so the connection cannot carry another request.
+            session.set_keepalive(None);
+            answer(session, 413, "request body too large\n").await?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Header count and total size, checked against the listener's limits.
 fn headers_too_large(req: &RequestHeader, l: &Listener) -> bool {
     if req.headers.len() > l.max_request_headers {
@@ -182,36 +209,10 @@ impl ProxyHttp for Gateway {
         if let std::borrow::Cow::Owned(p) = path {
             ctx.normalized_path = Some(p);
         }
+        ctx.route = found;
+        let outcome = answer_early(session, found.map(|id| snapshot.routes.get(id))).await;
         ctx.snapshot = Some(snapshot);
-        let Some(id) = found else {
-            answer(session, 404, "no route matches this request\n").await?;
-            return Ok(true);
-        };
-        ctx.route = Some(id);
-        let snapshot = ctx.snapshot.clone().expect("set above");
-        let route = snapshot.routes.get(id);
-        match &route.action {
-            Action::Respond(r) => {
-                respond(session, r, route).await?;
-                Ok(true)
-            }
-            Action::Proxy(_) => {
-                if let Some(limit) = route.max_request_body {
-                    let declared = session
-                        .req_header()
-                        .headers
-                        .get(CONTENT_LENGTH)
-                        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-                    if declared.is_some_and(|n| n > limit) {
-                        // The body is left unread, so the connection cannot carry another request.
-                        session.set_keepalive(None);
-                        answer(session, 413, "request body too large\n").await?;
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            }
-        }
+        outcome
     }
 
     async fn request_body_filter(
