@@ -285,8 +285,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b + 0
 
 label() {
     case "$1" in
-        zkgate) echo "zkgate (threads: 1)" ;;
-        zkgate-nows) echo "zkgate (threads: 1, work_stealing: false)" ;;
+        zkgate) echo "zkgate (threads: 1, work_stealing: true)" ;;
+        zkgate-nows) echo "zkgate (threads: 1, work_stealing: false: default)" ;;
         pingora) echo "bare Pingora (threads: 1)" ;;
         pingora-nows) echo "bare Pingora (threads: 1, no work stealing)" ;;
         nginx) echo "nginx (1 worker, keepalive 256)" ;;
