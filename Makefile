@@ -27,10 +27,10 @@ test: lint unit-and-e2e test-static
 
 lint: deps
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit-and-e2e: deps
-	$(CARGO) test --all-targets
+	$(CARGO) test --workspace --all-targets
 
 test-static: build-optimized
 	scripts/test-static.sh $(STATIC_BIN)
