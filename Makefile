@@ -6,10 +6,14 @@ STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
 CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
-.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-compare docker deps deps-musl clean
+.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-compare docker deps deps-test deps-musl clean
 
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
+
+# The end-to-end tests start real servers: ZooKeeper (with its JRE) among them.
+deps-test: deps
+	@$(ENSURE) zookeeper
 
 deps-musl: deps
 	@$(ENSURE) musl-tools file
@@ -29,7 +33,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit-and-e2e: deps
+unit-and-e2e: deps-test
 	$(CARGO) test --workspace --all-targets
 
 test-static: build-optimized

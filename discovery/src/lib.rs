@@ -1,7 +1,11 @@
 //! ZooKeeper service discovery for zkgate, free of any Pingora dependency: how registered
-//! instances are read from znodes (native JSON, Curator `ServiceInstance`, `host:port` names).
-//! The watcher and registrar come next (issue 3).
+//! instances are read from znodes (native JSON, Curator `ServiceInstance`, `host:port` names) and
+//! a watcher that follows them live.
 
 pub mod instance;
+pub mod watcher;
 
 pub use instance::{parse_instance, Instance, InstanceError};
+pub use watcher::{watch, Publish, SessionEvent, WatchSpec};
+#[doc(hidden)]
+pub mod testkit;

@@ -1,0 +1,113 @@
+//! A real ZooKeeper server for tests (Debian's `zookeeper` package), on a free loopback port
+//! with its own data directory, stopped when dropped.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+
+pub struct ZkServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl ZkServer {
+    /// Starts a standalone server and waits until it answers `ruok`. `tickTime` is 500 ms, so
+    /// sessions as short as 1 s are allowed.
+    pub fn start() -> ZkServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        let cfg = dir.path().join("zoo.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,stat,mntr\nmaxSessionTimeout=60000\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("zoo.cfg");
+        let child = spawn(dir.path());
+        let mut server = ZkServer { port, dir, child };
+        server.wait_up();
+        server
+    }
+
+    /// Kills the server (as a crash would); `restart` brings it back with the same data.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(self.dir.path());
+        self.wait_up();
+    }
+
+    fn wait_up(&mut self) {
+        let server = self;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !server.is_ok() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("ZooKeeper exited with {status}:\n{}", server.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ZooKeeper not up in 30 s:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn connect_string(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("zk.log")).unwrap_or_default()
+    }
+
+    fn is_ok(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut out = String::new();
+        s.write_all(b"ruok").is_ok() && s.read_to_string(&mut out).is_ok() && out == "imok"
+    }
+}
+
+fn spawn(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("zk.log"))
+        .expect("zk.log");
+    Command::new("java")
+        .args([
+            "-Xmx256m",
+            "-cp",
+            CLASSPATH,
+            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+        ])
+        .arg(dir.join("zoo.cfg"))
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start ZooKeeper (java; Debian package `zookeeper`)")
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

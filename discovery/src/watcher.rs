@@ -1,0 +1,201 @@
+//! Follows service paths in ZooKeeper with persistent recursive watches and publishes each
+//! path's instance list when it changes. A lost connection or session publishes nothing: the
+//! consumer keeps serving the last list it got; a new session starts with a full resync.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use zookeeper_client as zk;
+
+use crate::instance::{parse_instance, Instance, InstanceError};
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    /// `host:port[,host:port...][/chroot]`.
+    pub connect: String,
+    pub session_timeout: Duration,
+    /// Absolute paths whose children are instances.
+    pub paths: Vec<String>,
+}
+
+/// The session as the consumer needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEvent {
+    Connected,
+    Disconnected,
+    /// The session ended (expired, closed, or could not be established); reconnecting.
+    Lost,
+}
+
+/// Where the watcher delivers what it reads.
+pub trait Publish: Send + Sync + 'static {
+    /// The full current instance list under `path`.
+    fn instances(&self, path: &str, instances: Vec<Instance>);
+    /// A child of `path` that is none of the accepted formats; it is left out of the list.
+    fn rejected(&self, path: &str, child: &str, error: &InstanceError) {
+        log::warn!("zookeeper: {path}/{child} skipped: {error}");
+    }
+    fn session(&self, _event: SessionEvent) {}
+    /// Every path was read once in the current session.
+    fn synced(&self) {}
+}
+
+/// Bursts of node events within this window cost one re-read.
+const COALESCE: Duration = Duration::from_millis(20);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` turns true.
+pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match session(&spec, &*sink, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                log::warn!(
+                    "zookeeper {}: {e}; keeping the last known instances and reconnecting",
+                    spec.connect
+                );
+                sink.session(SessionEvent::Lost);
+            }
+        }
+        // Jitter keeps a fleet of gateways from reconnecting in step.
+        let wait = backoff.mul_f64(0.5 + fastrand::f64());
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// One ZooKeeper session: `Ok` on shutdown, `Err` when the session is gone.
+async fn session(
+    spec: &WatchSpec,
+    sink: &dyn Publish,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), zk::Error> {
+    let client = zk::Client::connector()
+        .with_session_timeout(spec.session_timeout)
+        .connect(&spec.connect)
+        .await?;
+    sink.session(SessionEvent::Connected);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut forwarders = Vec::new();
+    for (i, path) in spec.paths.iter().enumerate() {
+        // Armed before the first read, so no change falls in between.
+        let mut watcher = client
+            .watch(path, zk::AddWatchMode::PersistentRecursive)
+            .await?;
+        let tx = tx.clone();
+        forwarders.push(tokio::spawn(async move {
+            loop {
+                let event = watcher.changed().await;
+                let terminal = event.event_type == zk::EventType::Session
+                    && event.session_state.is_terminated();
+                // A terminated watcher must not be polled again.
+                if tx.send((i, event)).is_err() || terminal {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let result = follow(&client, spec, sink, shutdown, &mut rx).await;
+    for f in forwarders {
+        f.abort();
+    }
+    result
+}
+
+async fn follow(
+    client: &zk::Client,
+    spec: &WatchSpec,
+    sink: &dyn Publish,
+    shutdown: &mut watch::Receiver<bool>,
+    rx: &mut mpsc::UnboundedReceiver<(usize, zk::WatchedEvent)>,
+) -> Result<(), zk::Error> {
+    let mut dirty = vec![true; spec.paths.len()];
+    loop {
+        if dirty.iter().any(|d| *d) {
+            let full = dirty.iter().all(|d| *d);
+            for (i, path) in spec.paths.iter().enumerate() {
+                if std::mem::take(&mut dirty[i]) {
+                    resync(client, path, sink).await?;
+                }
+            }
+            if full {
+                sink.synced();
+            }
+        }
+        let first = tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            ev = rx.recv() => ev,
+        };
+        let Some(first) = first else {
+            return Err(zk::Error::ConnectionLoss);
+        };
+        mark(first, &mut dirty, sink)?;
+        // Coalesce a burst into one re-read per path.
+        let deadline = tokio::time::Instant::now() + COALESCE;
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            mark(ev, &mut dirty, sink)?;
+        }
+    }
+}
+
+fn mark(
+    (i, ev): (usize, zk::WatchedEvent),
+    dirty: &mut [bool],
+    sink: &dyn Publish,
+) -> Result<(), zk::Error> {
+    if ev.event_type != zk::EventType::Session {
+        dirty[i] = true;
+        return Ok(());
+    }
+    match ev.session_state {
+        s if s.is_terminated() => Err(zk::Error::SessionExpired),
+        // Events may be lost across a reconnect (ZOOKEEPER-4698): read everything again.
+        zk::SessionState::SyncConnected => {
+            sink.session(SessionEvent::Connected);
+            dirty.iter_mut().for_each(|d| *d = true);
+            Ok(())
+        }
+        _ => {
+            sink.session(SessionEvent::Disconnected);
+            Ok(())
+        }
+    }
+}
+
+async fn resync(client: &zk::Client, path: &str, sink: &dyn Publish) -> Result<(), zk::Error> {
+    let children = match client.list_children(path).await {
+        Ok(c) => c,
+        Err(zk::Error::NoNode) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let mut instances = Vec::with_capacity(children.len());
+    for child in children {
+        let node = if path == "/" {
+            format!("/{child}")
+        } else {
+            format!("{path}/{child}")
+        };
+        let data = match client.get_data(&node).await {
+            Ok((data, _)) => data,
+            Err(zk::Error::NoNode) => continue,
+            Err(e) => return Err(e),
+        };
+        match parse_instance(&child, &data) {
+            Ok(i) => instances.push(i),
+            Err(e) => sink.rejected(path, &child, &e),
+        }
+    }
+    sink.instances(path, instances);
+    Ok(())
+}

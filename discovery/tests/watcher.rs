@@ -1,0 +1,235 @@
+//! The watcher against a real ZooKeeper: every format, changes followed, bursts coalesced, and
+//! the last list kept while ZooKeeper is unreachable.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use zkgate_discovery::testkit::ZkServer;
+use zkgate_discovery::{watch, Instance, Publish, SessionEvent, WatchSpec};
+use zookeeper_client as zk;
+
+#[derive(Default)]
+struct Seen {
+    lists: Mutex<BTreeMap<String, Vec<Instance>>>,
+    publishes: Mutex<usize>,
+    sessions: Mutex<Vec<SessionEvent>>,
+}
+
+impl Publish for Seen {
+    fn instances(&self, path: &str, instances: Vec<Instance>) {
+        self.lists
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), instances);
+        *self.publishes.lock().unwrap() += 1;
+    }
+    fn session(&self, event: SessionEvent) {
+        self.sessions.lock().unwrap().push(event);
+    }
+}
+
+impl Seen {
+    fn addrs(&self, path: &str) -> Vec<String> {
+        let lists = self.lists.lock().unwrap();
+        let mut v: Vec<String> = lists
+            .get(path)
+            .map(|l| {
+                l.iter()
+                    .map(|i| format!("{}:{} w{}", i.host, i.port, i.weight))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+async fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_every_format_and_keeps_the_last_list_through_an_outage() {
+    let server = ZkServer::start();
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    client
+        .mkdir("/zkgate/services/api", &persistent())
+        .await
+        .unwrap();
+
+    let seen = Arc::new(Seen::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let spec = WatchSpec {
+        connect: server.connect_string(),
+        session_timeout: Duration::from_secs(2),
+        paths: vec!["/zkgate/services/api".into(), "/real_server".into()],
+    };
+    let mut server = server;
+    let task = tokio::spawn(watch(spec, seen.clone(), stop_rx));
+    // Both paths are published at once, the missing one as empty.
+    assert!(
+        until(Duration::from_secs(10), || seen.lists.lock().unwrap().len()
+            == 2)
+        .await
+    );
+    assert!(seen.addrs("/real_server").is_empty());
+
+    let eph = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    client
+        .create(
+            "/zkgate/services/api/a",
+            br#"{"host":"10.0.0.1","port":80,"weight":3}"#,
+            &eph,
+        )
+        .await
+        .unwrap();
+    client
+        .create("/zkgate/services/api/b", br#"{"name":"api","id":"b","address":"10.0.0.2","port":81,"payload":{"metadata":{"weight":"2"}}}"#, &eph)
+        .await
+        .unwrap();
+    client
+        .create("/zkgate/services/api/junk", b"not json", &eph)
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(5), || seen
+            .addrs("/zkgate/services/api")
+            == ["10.0.0.1:80 w3", "10.0.0.2:81 w2"])
+        .await,
+        "{:?}",
+        seen.addrs("/zkgate/services/api")
+    );
+
+    // The go_gateway convention: a host:port name with no data, parent created later.
+    client.mkdir("/real_server", &persistent()).await.unwrap();
+    client
+        .create("/real_server/127.0.0.1:2003", b"", &eph)
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(5), || seen.addrs("/real_server")
+            == ["127.0.0.1:2003 w1"])
+        .await
+    );
+
+    // A weight change is a data change.
+    client
+        .set_data(
+            "/zkgate/services/api/a",
+            br#"{"host":"10.0.0.1","port":80,"weight":7}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(5), || seen
+            .addrs("/zkgate/services/api")
+            .contains(&"10.0.0.1:80 w7".to_owned()))
+        .await
+    );
+
+    // A burst of 50 registrations costs a handful of re-reads, not 50.
+    let before = *seen.publishes.lock().unwrap();
+    for i in 0..50 {
+        client
+            .create(
+                &format!("/zkgate/services/api/n{i}"),
+                format!(r#"{{"host":"10.1.0.{i}","port":80}}"#).as_bytes(),
+                &eph,
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        until(Duration::from_secs(5), || seen
+            .addrs("/zkgate/services/api")
+            .len()
+            == 52)
+        .await
+    );
+    let rereads = *seen.publishes.lock().unwrap() - before;
+    assert!(rereads < 25, "{rereads} re-reads for 50 creations");
+
+    // Deregistration of everything empties the list: that is a real answer, not an outage.
+    for i in 0..50 {
+        client
+            .delete(&format!("/zkgate/services/api/n{i}"), None)
+            .await
+            .unwrap();
+    }
+    client.delete("/zkgate/services/api/a", None).await.unwrap();
+    client.delete("/zkgate/services/api/b", None).await.unwrap();
+    assert!(
+        until(Duration::from_secs(5), || seen
+            .addrs("/zkgate/services/api")
+            .is_empty())
+        .await
+    );
+    client
+        .create(
+            "/zkgate/services/api/c",
+            br#"{"host":"10.0.0.3","port":80}"#,
+            &persistent(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(5), || seen
+            .addrs("/zkgate/services/api")
+            == ["10.0.0.3:80 w1"])
+        .await
+    );
+
+    // ZooKeeper goes away for longer than the session: the last list stands, nothing is published.
+    drop(client);
+    let publishes = *seen.publishes.lock().unwrap();
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(*seen.publishes.lock().unwrap(), publishes);
+    assert_eq!(seen.addrs("/zkgate/services/api"), ["10.0.0.3:80 w1"]);
+    assert!(seen
+        .sessions
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| *e == SessionEvent::Lost || *e == SessionEvent::Disconnected));
+
+    // Back, with a change made while the watcher was away: a new session resyncs and sees it.
+    server.restart();
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    client
+        .create(
+            "/zkgate/services/api/d",
+            br#"{"host":"10.0.0.4","port":80}"#,
+            &persistent(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(20), || seen
+            .addrs("/zkgate/services/api")
+            == ["10.0.0.3:80 w1", "10.0.0.4:80 w1"])
+        .await,
+        "{:?}\n{}",
+        seen.addrs("/zkgate/services/api"),
+        server.log()
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("watcher stops on shutdown")
+        .unwrap();
+}
