@@ -29,6 +29,7 @@ impl Admin {
                     "name": &*u.name,
                     "balance": u.balance,
                     "hash_key": u.definition.hash_key,
+                    "zookeeper_path": u.discovery,
                     "backends": set.backends().iter().map(|b| json!({
                         "addr": b.spec.addr.to_string(),
                         "weight": b.spec.weight,
@@ -48,6 +49,7 @@ impl Admin {
             "ready": ready,
             "config_generation": snap.generation,
             "upstreams_without_backends": missing,
+            "zookeeper_connected": crate::metrics::METRICS.zk_connected.get() == 1,
         });
         let status = if ready {
             StatusCode::OK

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub backends: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    pub zk_connected: IntGauge,
+    pub zk_sessions_lost: IntCounter,
+    pub zk_last_sync: IntGauge,
+    pub zk_rejected: IntCounter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -71,6 +75,26 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Access log lines dropped because the writer fell behind."
         )
         .expect("register zkgate_access_log_dropped_total"),
+        zk_connected: register_int_gauge!(
+            "zkgate_zookeeper_connected",
+            "1 while the discovery session is connected to ZooKeeper."
+        )
+        .expect("register zkgate_zookeeper_connected"),
+        zk_sessions_lost: register_int_counter!(
+            "zkgate_zookeeper_sessions_lost_total",
+            "ZooKeeper sessions lost (expired, closed or never established); each is followed by a reconnect."
+        )
+        .expect("register zkgate_zookeeper_sessions_lost_total"),
+        zk_last_sync: register_int_gauge!(
+            "zkgate_zookeeper_last_sync_timestamp_seconds",
+            "Unix time of the last instance list read from ZooKeeper."
+        )
+        .expect("register zkgate_zookeeper_last_sync_timestamp_seconds"),
+        zk_rejected: register_int_counter!(
+            "zkgate_zookeeper_rejected_instances_total",
+            "Instance znodes skipped because they are in none of the accepted formats."
+        )
+        .expect("register zkgate_zookeeper_rejected_instances_total"),
     }
 });
 

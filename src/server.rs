@@ -21,6 +21,7 @@ use crate::metrics::METRICS;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::{Settings, Snapshot};
+use crate::upstream::discovery::DiscoveryService;
 
 /// zkgate's defaults where Pingora's do not suit a container: its 300 s grace period outlives
 /// every orchestrator's kill timeout.
@@ -111,6 +112,14 @@ pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
             }
         });
 
+    // Discovered upstreams are filled before the proxy accepts: a restart or an upgrade never
+    // answers 503 for want of backends it could have read.
+    let discovery = settings
+        .zookeeper
+        .as_ref()
+        .and_then(|zk| DiscoveryService::new(shared.clone(), zk))
+        .map(|svc| server.add_service(background_service("zookeeper", svc)));
+
     for l in &settings.listeners {
         let gateway = Gateway::new(shared.clone(), l.clone(), access_log.clone());
         let mut proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
@@ -125,7 +134,10 @@ pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
         );
         svc.add_tcp(&l.addr.to_string());
         log::info!("listener {} on {}", l.name, l.addr);
-        server.add_service(svc);
+        let handle = server.add_service(svc);
+        if let Some(d) = &discovery {
+            handle.add_dependency(d);
+        }
     }
 
     let mut admin = Service::new("admin".to_string(), Admin::new(shared.clone()));

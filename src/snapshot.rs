@@ -29,6 +29,13 @@ pub struct Settings {
     pub admin: SocketAddr,
     pub server: ServerSection,
     pub access_log: Option<AccessLogSection>,
+    pub zookeeper: Option<ZookeeperSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZookeeperSettings {
+    pub connect: String,
+    pub session_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

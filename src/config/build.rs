@@ -20,7 +20,7 @@ use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
     PathRewrite, Respond, Route, RouteTable,
 };
-use crate::snapshot::{Listener, Settings, Snapshot};
+use crate::snapshot::{Listener, Settings, Snapshot, ZookeeperSettings};
 use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -30,6 +30,8 @@ const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 const DEFAULT_READ: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+pub const DEFAULT_ZK_ROOT: &str = "/zkgate";
 /// Pingora refuses more headers than this whatever we allow.
 const PINGORA_MAX_HEADERS: usize = 256;
 
@@ -38,7 +40,7 @@ const PINGORA_MAX_HEADERS: usize = 256;
 pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let settings = settings(&raw, &mut errors);
-    let upstreams = upstreams(&raw.upstreams, prev, &mut errors);
+    let upstreams = upstreams(&raw, prev, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(&raw.routes, &declared, &upstreams, &mut errors);
     if raw.routes.is_empty() {
@@ -130,6 +132,51 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         admin: admin.unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
         server: raw.server.clone(),
         access_log: raw.access_log.clone(),
+        zookeeper: raw.zookeeper.as_ref().map(|z| {
+            if z.connect.trim().is_empty() {
+                errors.push("zookeeper.connect", "must name at least one host:port");
+            }
+            let session_timeout = z.session_timeout.map_or(DEFAULT_SESSION_TIMEOUT, |d| d.0);
+            if session_timeout < Duration::from_secs(1) {
+                errors.push("zookeeper.session_timeout", "must be at least 1s");
+            }
+            if let Err(e) = absolute_path(zk_root(raw)) {
+                errors.push("zookeeper.root", e);
+            }
+            ZookeeperSettings {
+                connect: z.connect.trim().to_owned(),
+                session_timeout,
+            }
+        }),
+    }
+}
+
+fn zk_root(raw: &RawConfig) -> &str {
+    raw.zookeeper
+        .as_ref()
+        .and_then(|z| z.root.as_deref())
+        .unwrap_or(DEFAULT_ZK_ROOT)
+}
+
+/// A ZooKeeper path: absolute, no trailing slash, no empty segment.
+fn absolute_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) || p.contains("//") {
+        return Err(format!(
+            "`{p}` is not an absolute ZooKeeper path like /zkgate/services/api"
+        ));
+    }
+    Ok(())
+}
+
+/// The path a `zookeeper:` upstream watches.
+fn discovery_path(z: &UpstreamZookeeper, root: &str) -> Result<String, String> {
+    match (&z.service, &z.path) {
+        (Some(s), None) if !s.is_empty() && !s.contains('/') => {
+            Ok(format!("{}/services/{s}", root.trim_end_matches('/')))
+        }
+        (Some(s), None) => Err(format!("service `{s}` must be a plain name, without `/`")),
+        (None, Some(p)) => absolute_path(p).map(|()| p.clone()),
+        _ => Err("give either service: NAME or path: /absolute/path".into()),
     }
 }
 
@@ -173,10 +220,11 @@ fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
 }
 
 fn upstreams(
-    raw: &[UpstreamSection],
+    config: &RawConfig,
     prev: Option<&Snapshot>,
     errors: &mut ConfigErrors,
 ) -> Vec<Arc<Upstream>> {
+    let raw = &config.upstreams;
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, u) in raw.iter().enumerate() {
@@ -208,9 +256,31 @@ fn upstreams(
                 Err(e) => errors.push(format!("{at}.backends[{j}]"), e),
             }
         }
-        if u.backends.is_empty() {
-            errors.push(format!("{at}.backends"), "at least one backend is needed");
-        }
+        let discovery = match (&u.zookeeper, u.backends.is_empty()) {
+            (Some(_), false) => {
+                errors.push(at.clone(), "give either backends or zookeeper, not both");
+                None
+            }
+            (None, true) => {
+                errors.push(
+                    format!("{at}.backends"),
+                    "at least one backend is needed (or zookeeper: to discover them)",
+                );
+                None
+            }
+            (None, false) => None,
+            (Some(z), true) => {
+                if config.zookeeper.is_none() {
+                    errors.push(
+                        format!("{at}.zookeeper"),
+                        "needs the top-level zookeeper: section (connect: ...)",
+                    );
+                }
+                discovery_path(z, zk_root(config))
+                    .map_err(|e| errors.push(format!("{at}.zookeeper"), e))
+                    .ok()
+            }
+        };
         let hash_key = match (u.balance, &u.hash_key) {
             (Balance::ConsistentHash, Some(k)) => HashKey::parse(k)
                 .map_err(|e| errors.push(format!("{at}.hash_key"), e))
@@ -250,10 +320,30 @@ fn upstreams(
         if errors.len() > before {
             continue;
         }
-        let reused = prev.and_then(|p| p.upstreams.iter().find(|x| x.definition == *u));
+        let reused = prev.and_then(|p| {
+            p.upstreams
+                .iter()
+                .find(|x| x.definition == *u && x.discovery == discovery)
+        });
         out.push(match reused {
             Some(existing) => existing.clone(),
-            None => Arc::new(Upstream::new(u.clone(), hash_key, settings, specs)),
+            None => {
+                if discovery.is_some() {
+                    // A changed definition over the same path keeps the discovered members
+                    // until the watcher publishes again.
+                    specs = prev
+                        .and_then(|p| p.upstreams.iter().find(|x| x.discovery == discovery))
+                        .map(|x| x.load().backends().iter().map(|b| b.spec.clone()).collect())
+                        .unwrap_or_default();
+                }
+                Arc::new(Upstream::new(
+                    u.clone(),
+                    hash_key,
+                    settings,
+                    specs,
+                    discovery,
+                ))
+            }
         });
     }
     out

@@ -43,6 +43,25 @@ pub struct AccessLogSection {
     pub buffer: Option<usize>,
 }
 
+/// The ZooKeeper ensemble that `zookeeper:` upstreams follow.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ZookeeperSection {
+    /// `h1:2181,h2:2181,h3:2181`, optionally followed by a chroot (`/chroot`).
+    pub connect: String,
+    /// `<root>/services/<service>` holds a service's instances; default `/zkgate`.
+    pub root: Option<String>,
+    pub session_timeout: Option<Dur>,
+}
+
+/// Where a `zookeeper:` upstream finds its instances: `{ service: NAME }` or `{ path: /abs }`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamZookeeper {
+    pub service: Option<String>,
+    pub path: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
@@ -68,6 +87,7 @@ pub struct UpstreamSection {
     pub name: String,
     #[serde(default)]
     pub backends: Vec<String>,
+    pub zookeeper: Option<UpstreamZookeeper>,
     #[serde(default)]
     pub balance: Balance,
     pub hash_key: Option<String>,
@@ -199,6 +219,7 @@ pub struct RawConfig {
     pub server: ServerSection,
     pub admin: AdminSection,
     pub access_log: Option<AccessLogSection>,
+    pub zookeeper: Option<ZookeeperSection>,
     pub listeners: Vec<ListenerSection>,
     pub upstreams: Vec<UpstreamSection>,
     pub routes: Vec<RouteSection>,

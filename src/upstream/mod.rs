@@ -4,6 +4,7 @@
 //! [`BackendSet`], so a config file (now) or a discovery source (later) can publish a new set
 //! with one store, while requests keep picking from the set they loaded, without locks.
 
+pub mod discovery;
 pub mod hash_key;
 pub mod select;
 
@@ -128,6 +129,8 @@ pub struct Upstream {
     pub settings: PeerSettings,
     /// What this upstream was built from; a reload that leaves it equal keeps this object.
     pub definition: UpstreamSection,
+    /// The ZooKeeper path its members come from; `None` for static backends.
+    pub discovery: Option<String>,
     set: ArcSwap<BackendSet>,
     turn: AtomicUsize,
     backends_gauge: IntGauge,
@@ -139,6 +142,7 @@ impl Upstream {
         hash_key: Option<HashKey>,
         settings: PeerSettings,
         specs: Vec<BackendSpec>,
+        discovery: Option<String>,
     ) -> Upstream {
         let balance = definition.balance;
         let name: Arc<str> = definition.name.as_str().into();
@@ -151,6 +155,7 @@ impl Upstream {
             hash_key,
             settings,
             definition,
+            discovery,
             set: ArcSwap::from_pointee(set),
             turn: AtomicUsize::new(0),
             backends_gauge,

@@ -1,0 +1,153 @@
+//! Bridges ZooKeeper discovery into upstreams: each instance list the watcher publishes becomes
+//! the backend set of every upstream that follows that path, with one atomic store.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
+use tokio::sync::Notify;
+use zkgate_discovery::{Instance, InstanceError, Publish, SessionEvent, WatchSpec};
+
+use super::BackendSpec;
+use crate::metrics::METRICS;
+use crate::snapshot::{Shared, ZookeeperSettings};
+
+/// How long the proxy waits for the first full read before it starts anyway (answering 503
+/// for discovered upstreams until ZooKeeper is reached).
+const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(30);
+
+pub struct DiscoveryService {
+    shared: Shared,
+    spec: WatchSpec,
+}
+
+impl DiscoveryService {
+    /// `None` when no upstream is discovered.
+    pub fn new(shared: Shared, zk: &ZookeeperSettings) -> Option<DiscoveryService> {
+        let mut paths: Vec<String> = shared
+            .load()
+            .upstreams
+            .iter()
+            .filter_map(|u| u.discovery.clone())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        if paths.is_empty() {
+            return None;
+        }
+        Some(DiscoveryService {
+            shared,
+            spec: WatchSpec {
+                connect: zk.connect.clone(),
+                session_timeout: zk.session_timeout,
+                paths,
+            },
+        })
+    }
+}
+
+struct Bridge {
+    shared: Shared,
+    first_sync: Notify,
+}
+
+/// An instance's address; host names are resolved here, on the discovery thread, never on the
+/// request path.
+fn resolve(i: &Instance) -> Vec<SocketAddr> {
+    if let Ok(ip) = i.host.parse::<IpAddr>() {
+        return vec![SocketAddr::new(ip, i.port)];
+    }
+    match (i.host.as_str(), i.port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => {
+            log::warn!(
+                "zookeeper: cannot resolve {}:{}, skipped: {e}",
+                i.host,
+                i.port
+            );
+            Vec::new()
+        }
+    }
+}
+
+impl Publish for Bridge {
+    fn instances(&self, path: &str, instances: Vec<Instance>) {
+        let mut specs: Vec<BackendSpec> = Vec::with_capacity(instances.len());
+        for i in &instances {
+            for addr in resolve(i) {
+                // Two registrations of one address: the later one wins.
+                specs.retain(|s| s.addr != addr);
+                specs.push(BackendSpec {
+                    addr,
+                    weight: i.weight,
+                });
+            }
+        }
+        let snapshot = self.shared.load();
+        for u in snapshot
+            .upstreams
+            .iter()
+            .filter(|u| u.discovery.as_deref() == Some(path))
+        {
+            u.update(specs.clone());
+        }
+        log::info!("zookeeper {path}: {} backend(s)", specs.len());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        METRICS.zk_last_sync.set(now as i64);
+    }
+
+    fn rejected(&self, path: &str, child: &str, error: &InstanceError) {
+        METRICS.zk_rejected.inc();
+        log::warn!("zookeeper: {path}/{child} skipped: {error}");
+    }
+
+    fn session(&self, event: SessionEvent) {
+        match event {
+            SessionEvent::Connected => METRICS.zk_connected.set(1),
+            SessionEvent::Disconnected => METRICS.zk_connected.set(0),
+            SessionEvent::Lost => {
+                METRICS.zk_connected.set(0);
+                METRICS.zk_sessions_lost.inc();
+            }
+        }
+    }
+
+    fn synced(&self) {
+        // A stored permit: the waiter may start waiting after this.
+        self.first_sync.notify_one();
+    }
+}
+
+#[async_trait]
+impl BackgroundService for DiscoveryService {
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let bridge = Arc::new(Bridge {
+            shared: self.shared.clone(),
+            first_sync: Notify::new(),
+        });
+        let waiter = bridge.clone();
+        let connect = self.spec.connect.clone();
+        tokio::spawn(async move {
+            if tokio::time::timeout(FIRST_SYNC_LIMIT, waiter.first_sync.notified())
+                .await
+                .is_err()
+            {
+                log::error!(
+                    "zookeeper {connect}: no full read after {FIRST_SYNC_LIMIT:?}; accepting traffic anyway, discovered upstreams answer 503 until it succeeds"
+                );
+            }
+            ready.notify_ready();
+        });
+        zkgate_discovery::watch(self.spec.clone(), bridge, shutdown).await
+    }
+}

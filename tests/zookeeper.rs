@@ -1,0 +1,198 @@
+//! End to end with a real ZooKeeper: upstreams follow registrations in every format under
+//! continuous traffic, the proxy starts only after the first read, and a deregistration of
+//! everything empties the upstream.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use zkgate_discovery::testkit::ZkServer;
+use zookeeper_client as zk;
+
+fn who(gw: &Gateway, target: &str) -> Option<String> {
+    let r = gw.get(target);
+    (r.status == 200).then(|| r.json()["backend"].as_str().unwrap_or("").to_owned())
+}
+
+fn seen_backends(gw: &Gateway, target: &str, n: usize) -> HashSet<String> {
+    (0..n).filter_map(|_| who(gw, target)).collect()
+}
+
+fn names(list: &[&str]) -> HashSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_follow_registrations_in_every_format_without_failed_requests() {
+    let server = ZkServer::start();
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    client
+        .mkdir("/zkgate/services/api", &persistent)
+        .await
+        .unwrap();
+    client.mkdir("/real_server", &persistent).await.unwrap();
+    let native = |addr: std::net::SocketAddr, weight: u32| {
+        format!(
+            r#"{{"host":"{}","port":{},"weight":{weight}}}"#,
+            addr.ip(),
+            addr.port()
+        )
+        .into_bytes()
+    };
+    // Registered before the gateway starts: its very first request must find it.
+    client
+        .create("/zkgate/services/api/a", &native(a.addr, 1), &ephemeral)
+        .await
+        .unwrap();
+
+    let gw = Gateway::start(&format!(
+        r#"
+zookeeper: {{ connect: "{}", session_timeout: 3s }}
+upstreams:
+  - {{ name: api, zookeeper: {{ service: api }} }}
+  - {{ name: legacy, zookeeper: {{ path: /real_server }} }}
+routes:
+  - {{ name: api, match: {{ path_prefix: /api/ }}, upstream: api }}
+  - {{ name: legacy, match: {{ path_prefix: /legacy/ }}, upstream: legacy }}
+"#,
+        server.connect_string()
+    ));
+    assert_eq!(who(&gw, "/api/x").as_deref(), Some("a"), "{}", gw.log());
+    assert_eq!(
+        gw.get("/legacy/x").status,
+        503,
+        "nothing registered under /real_server yet"
+    );
+
+    // Continuous traffic on /api/ while its membership changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, stop) = (gw.http, stop.clone());
+            thread::spawn(move || {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match request(addr, "GET", "/api/load", &[], b"") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    // Curator ServiceInstance (Spring Cloud Zookeeper) joins.
+    let curator = format!(
+        r#"{{"name":"api","id":"b","address":"{}","port":{},"payload":{{"@class":"org.springframework.cloud.zookeeper.discovery.ZookeeperInstance","metadata":{{"instance_status":"UP"}}}}}}"#,
+        b.addr.ip(),
+        b.addr.port()
+    );
+    client
+        .create("/zkgate/services/api/b", curator.as_bytes(), &ephemeral)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || seen_backends(
+        &gw, "/api/x", 10
+    ) == names(&[
+        "a", "b"
+    ])));
+
+    // a leaves; then b is re-weighted against a newcomer c.
+    client.delete("/zkgate/services/api/a", None).await.unwrap();
+    assert!(eventually(Duration::from_secs(5), || seen_backends(
+        &gw, "/api/x", 10
+    ) == names(&["b"])));
+    client
+        .create("/zkgate/services/api/c", &native(c.addr, 0), &ephemeral)
+        .await
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        seen_backends(&gw, "/api/x", 10),
+        names(&["b"]),
+        "weight 0 must not be picked"
+    );
+    client
+        .set_data("/zkgate/services/api/c", &native(c.addr, 1), None)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || seen_backends(
+        &gw, "/api/x", 10
+    ) == names(&[
+        "b", "c"
+    ])));
+
+    // Many membership changes in a row.
+    for i in 0..40 {
+        let data = native(a.addr, 1);
+        if i % 2 == 0 {
+            client
+                .create("/zkgate/services/api/a", &data, &ephemeral)
+                .await
+                .unwrap();
+        } else {
+            client.delete("/zkgate/services/api/a", None).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for h in load {
+        let (o, f) = h.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "too little traffic: {ok}");
+
+    // The go_gateway convention: a host:port node with no data.
+    client
+        .create(&format!("/real_server/{}", a.addr), b"", &ephemeral)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || who(&gw, "/legacy/x")
+        .as_deref()
+        == Some("a")));
+
+    // Every instance deregistered: a real, empty answer (503), unlike an outage.
+    for node in ["b", "c"] {
+        client
+            .delete(&format!("/zkgate/services/api/{node}"), None)
+            .await
+            .unwrap();
+    }
+    assert!(eventually(Duration::from_secs(5), || gw
+        .get("/api/x")
+        .status
+        == 503));
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("zkgate_zookeeper_connected 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zkgate_upstream_backends{upstream=\"legacy\"} 1"),
+        "{metrics}"
+    );
+}
