@@ -6,7 +6,7 @@ STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
 CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
-.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-compare docker deps deps-test deps-musl clean
+.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-compare docker deps deps-test deps-musl zk-up zk-down clean
 
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
@@ -59,6 +59,13 @@ bench-compare: build
 docker: build-optimized
 	mkdir -p dist/tmp && cp $(STATIC_BIN) dist/zkgate && cp /etc/ssl/certs/ca-certificates.crt dist/
 	docker build -f Dockerfile.scratch -t zkgate:latest .
+
+## zk-up / zk-down: a local ZooKeeper on 127.0.0.1:2181 for trying discovery by hand
+zk-up:
+	scripts/zk.sh up
+
+zk-down:
+	scripts/zk.sh down
 
 clean:
 	$(CARGO) clean

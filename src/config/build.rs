@@ -729,6 +729,62 @@ routes:
     }
 
     #[test]
+    fn zookeeper_upstreams_are_checked() {
+        let errs = errors(
+            r#"
+upstreams:
+  - { name: a, zookeeper: { service: api } }
+routes: [{ name: r, upstream: a }]
+"#,
+        );
+        assert_eq!(
+            errs,
+            ["upstreams[0].zookeeper: needs the top-level zookeeper: section (connect: ...)"]
+        );
+        let errs = errors(
+            r#"
+zookeeper: { connect: "", root: zkgate/, session_timeout: 100ms }
+upstreams:
+  - { name: a, zookeeper: { service: api }, backends: ["127.0.0.1:1"] }
+  - { name: b, zookeeper: { service: "x/y" } }
+  - { name: c, zookeeper: { path: "relative" } }
+  - { name: d, zookeeper: { service: s, path: /p } }
+routes: [{ name: r, upstream: a }]
+"#,
+        );
+        let expected = [
+            "zookeeper.connect: must name at least one host:port",
+            "zookeeper.session_timeout: must be at least 1s",
+            "zookeeper.root: `zkgate/` is not an absolute ZooKeeper path",
+            "upstreams[0]: give either backends or zookeeper, not both",
+            "upstreams[1].zookeeper: service `x/y` must be a plain name",
+            "upstreams[2].zookeeper: `relative` is not an absolute ZooKeeper path",
+            "upstreams[3].zookeeper: give either service: NAME or path: /absolute/path",
+        ];
+        for want in expected {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+        let ok = load_str(
+            "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nzookeeper: { connect: \"127.0.0.1:2181\", root: /r }\nupstreams: [{ name: a, zookeeper: { service: api } }, { name: b, zookeeper: { path: /real_server } }]\nroutes: [{ name: r, upstream: a }]\n",
+            None,
+        )
+        .expect("valid");
+        assert_eq!(
+            ok.upstream("a").unwrap().discovery.as_deref(),
+            Some("/r/services/api")
+        );
+        assert_eq!(
+            ok.upstream("b").unwrap().discovery.as_deref(),
+            Some("/real_server")
+        );
+    }
+
+    #[test]
     fn a_valid_config_builds_and_reuses_unchanged_upstreams() {
         let yaml = "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nupstreams: [{ name: a, backends: [\"127.0.0.1:2\"] }, { name: b, backends: [\"127.0.0.1:3\"] }]\nroutes: [{ name: r, upstream: a }]\n";
         let first = load_str(yaml, None).expect("valid");
