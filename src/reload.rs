@@ -32,6 +32,19 @@ impl Reloader {
                         "config reload: listener, admin, server or access_log settings changed; they take effect on restart or upgrade, the rest applies now"
                     );
                 }
+                let watched: Vec<&str> = prev
+                    .upstreams
+                    .iter()
+                    .filter_map(|u| u.discovery.as_deref())
+                    .collect();
+                for u in &next.upstreams {
+                    if let Some(path) = u.discovery.as_deref().filter(|p| !watched.contains(p)) {
+                        log::warn!(
+                            "config reload: upstream {} follows {path}, which this process does not watch yet; it stays empty until a restart or upgrade",
+                            u.name
+                        );
+                    }
+                }
                 let generation = next.generation;
                 self.shared.store(Arc::new(next));
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
