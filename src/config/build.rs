@@ -678,6 +678,18 @@ mod tests {
         }
     }
 
+    /// Each expected error starts one reported error, and nothing else is reported.
+    fn assert_exactly(errs: &[String], expected: &[&str]) {
+        for want in expected {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+    }
+
     #[test]
     fn semantic_errors_are_all_collected_with_paths() {
         let errs = errors(
@@ -718,14 +730,7 @@ routes:
             "routes[6].match.methods[0]: `G T` is not an HTTP method",
             "routes[6].respond.status: `99` is not a final HTTP status",
         ];
-        for want in expected {
-            assert!(
-                errs.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+        assert_exactly(&errs, &expected);
     }
 
     #[test]
@@ -761,14 +766,7 @@ routes: [{ name: r, upstream: a }]
             "upstreams[2].zookeeper: `relative` is not an absolute ZooKeeper path",
             "upstreams[3].zookeeper: give either service: NAME or path: /absolute/path",
         ];
-        for want in expected {
-            assert!(
-                errs.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+        assert_exactly(&errs, &expected);
         let ok = load_str(
             "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nzookeeper: { connect: \"127.0.0.1:2181\", root: /r }\nupstreams: [{ name: a, zookeeper: { service: api } }, { name: b, zookeeper: { path: /real_server } }]\nroutes: [{ name: r, upstream: a }]\n",
             None,
