@@ -39,6 +39,30 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Keep one backend registered in ZooKeeper (native JSON, ephemeral) until SIGTERM/SIGINT.
+    Register {
+        /// ZooKeeper hosts, `h1:2181,h2:2181`.
+        #[arg(long)]
+        zk: String,
+        #[arg(long)]
+        service: String,
+        /// The backend's `host:port`, as gateways should reach it.
+        #[arg(long)]
+        addr: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        #[arg(long)]
+        zone: Option<String>,
+        #[arg(long, default_value = crate::config::build::DEFAULT_ZK_ROOT)]
+        root: String,
+        /// Registered only while this `http://` URL answers 2xx; checked every --health-interval.
+        #[arg(long)]
+        health: Option<String>,
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        health_interval: std::time::Duration,
+        #[arg(long, default_value = "6s", value_parser = duration)]
+        session_timeout: std::time::Duration,
+    },
     /// Show which route serves a request, its rewritten path and its upstream.
     Explain {
         #[arg(short, long)]
@@ -50,6 +74,81 @@ pub enum Command {
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
     },
+}
+
+fn duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::units::parse_duration(text)
+}
+
+/// Arguments of `zkgate register`, checked.
+pub struct RegisterArgs {
+    pub zk: String,
+    pub service: String,
+    pub addr: String,
+    pub weight: u32,
+    pub zone: Option<String>,
+    pub root: String,
+    pub health: Option<String>,
+    pub health_interval: std::time::Duration,
+    pub session_timeout: std::time::Duration,
+}
+
+pub fn register(a: RegisterArgs) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("zkgate register: {msg}");
+        ExitCode::from(2)
+    };
+    let Some((host, port)) = a.addr.rsplit_once(':') else {
+        return fail(format!("--addr `{}` is not host:port", a.addr));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return fail(format!("--addr `{}` has no valid port", a.addr));
+    };
+    if a.service.is_empty() || a.service.contains('/') || !a.root.starts_with('/') {
+        return fail("--service must be a plain name and --root an absolute path".into());
+    }
+    let spec = zkgate_discovery::RegisterSpec {
+        connect: a.zk,
+        session_timeout: a.session_timeout,
+        service_path: format!("{}/services/{}", a.root.trim_end_matches('/'), a.service),
+        host: host.trim_matches(|c| c == '[' || c == ']').to_owned(),
+        port,
+        weight: a.weight,
+        zone: a.zone,
+        health: a.health,
+        health_interval: a.health_interval,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start a runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return fail("cannot listen for SIGTERM/SIGINT".into());
+        };
+        let task = tokio::spawn(zkgate_discovery::register(spec, rx));
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+        // Deleting the node before exiting is the point: wait for it, but not forever.
+        if tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .is_err()
+        {
+            return fail("could not deregister within 10 s; the node goes with the session".into());
+        }
+        ExitCode::SUCCESS
+    })
 }
 
 fn source(path: Option<PathBuf>) -> Source {

@@ -207,7 +207,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::start_at(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    pub fn start_at(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let b = Backend {
             addr,
