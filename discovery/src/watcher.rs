@@ -43,7 +43,7 @@ pub trait Publish: Send + Sync + 'static {
 }
 
 /// Bursts of node events within this window cost one re-read.
-const COALESCE: Duration = Duration::from_millis(20);
+const COALESCE: Duration = Duration::from_millis(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
