@@ -196,3 +196,89 @@ routes:
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_session() {
+    let mut ensemble = zkgate_discovery::testkit::ZkEnsemble::start();
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let client = zk::Client::connect(&ensemble.connect_string())
+        .await
+        .unwrap();
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let json = |addr: std::net::SocketAddr| {
+        format!(r#"{{"host":"{}","port":{}}}"#, addr.ip(), addr.port()).into_bytes()
+    };
+    client
+        .mkdir("/zkgate/services/api", &persistent)
+        .await
+        .unwrap();
+    client
+        .create("/zkgate/services/api/a", &json(a.addr), &persistent)
+        .await
+        .unwrap();
+    let gw = Gateway::start(&format!(
+        "zookeeper: {{ connect: \"{}\", session_timeout: 6s }}\nupstreams: [{{ name: api, zookeeper: {{ service: api }} }}]\nroutes: [{{ name: api, upstream: api }}]\n",
+        ensemble.connect_string()
+    ));
+    assert_eq!(who(&gw, "/x").as_deref(), Some("a"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, stop) = (gw.http, stop.clone());
+            thread::spawn(move || {
+                let (mut ok, mut failed) = (0usize, Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match request(addr, "GET", "/load", &[], b"") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = ensemble.leader().expect("a leader");
+    ensemble.nodes[leader].kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ensemble.leader().is_none_or(|l| l == leader) {
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Discovery still follows changes after the fail-over.
+    let client = zk::Client::connect(&ensemble.connect_string())
+        .await
+        .unwrap();
+    client
+        .create("/zkgate/services/api/b", &json(b.addr), &persistent)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || seen_backends(&gw, "/x", 10)
+            == names(&["a", "b"])),
+        "{}",
+        gw.log()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for h in load {
+        let (o, f) = h.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("zkgate_zookeeper_sessions_lost_total 0"),
+        "the session did not survive:\n{metrics}"
+    );
+}

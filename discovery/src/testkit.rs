@@ -76,11 +76,90 @@ impl ZkServer {
     }
 
     fn is_ok(&self) -> bool {
+        self.four_letter("ruok") == "imok"
+    }
+
+    /// A ZooKeeper four-letter command's answer, empty when the server does not answer.
+    pub fn four_letter(&self, cmd: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
+            return String::new();
         };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let mut out = String::new();
-        s.write_all(b"ruok").is_ok() && s.read_to_string(&mut out).is_ok() && out == "imok"
+        if s.write_all(cmd.as_bytes()).is_err() || s.read_to_string(&mut out).is_err() {
+            return String::new();
+        }
+        out
+    }
+}
+
+/// A 3-node ensemble on loopback, each node with its own directory.
+pub struct ZkEnsemble {
+    pub nodes: Vec<ZkServer>,
+}
+
+impl ZkEnsemble {
+    pub fn start() -> ZkEnsemble {
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free(), free(), free())).collect();
+        let servers: String = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer, election))| {
+                format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1)
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (client, _, _)) in ports.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let data = dir.path().join("data");
+            std::fs::create_dir_all(&data).expect("data dir");
+            std::fs::write(data.join("myid"), format!("{}\n", i + 1)).expect("myid");
+            std::fs::write(
+                dir.path().join("zoo.cfg"),
+                format!(
+                    "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={client}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,stat,mntr\nmaxSessionTimeout=60000\n{servers}",
+                    data.display()
+                ),
+            )
+            .expect("zoo.cfg");
+            let child = spawn(dir.path());
+            nodes.push(ZkServer {
+                port: *client,
+                dir,
+                child,
+            });
+        }
+        for n in &mut nodes {
+            n.wait_up();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ensemble = ZkEnsemble { nodes };
+        while ensemble.leader().is_none() {
+            assert!(Instant::now() < deadline, "no leader elected in 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ensemble
+    }
+
+    pub fn connect_string(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.connect_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the node that reports `Mode: leader`.
+    pub fn leader(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.four_letter("srvr").contains("Mode: leader"))
     }
 }
 

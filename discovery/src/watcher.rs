@@ -74,6 +74,14 @@ pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch:
     }
 }
 
+/// Why following stopped short of a session loss.
+enum Stop {
+    Shutdown,
+    /// Reconnected (possibly to another server of the ensemble): arm the watches again rather
+    /// than trust that they moved along, then read everything.
+    Reconnected,
+}
+
 /// One ZooKeeper session: `Ok` on shutdown, `Err` when the session is gone.
 async fn session(
     spec: &WatchSpec,
@@ -85,32 +93,38 @@ async fn session(
         .connect(&spec.connect)
         .await?;
     sink.session(SessionEvent::Connected);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut forwarders = Vec::new();
-    for (i, path) in spec.paths.iter().enumerate() {
-        // Armed before the first read, so no change falls in between.
-        let mut watcher = client
-            .watch(path, zk::AddWatchMode::PersistentRecursive)
-            .await?;
-        let tx = tx.clone();
-        forwarders.push(tokio::spawn(async move {
-            loop {
-                let event = watcher.changed().await;
-                let terminal = event.event_type == zk::EventType::Session
-                    && event.session_state.is_terminated();
-                // A terminated watcher must not be polled again.
-                if tx.send((i, event)).is_err() || terminal {
-                    return;
+    loop {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut forwarders = Vec::new();
+        for (i, path) in spec.paths.iter().enumerate() {
+            // Armed before the first read, so no change falls in between.
+            let mut watcher = client
+                .watch(path, zk::AddWatchMode::PersistentRecursive)
+                .await?;
+            let tx = tx.clone();
+            forwarders.push(tokio::spawn(async move {
+                loop {
+                    let event = watcher.changed().await;
+                    let terminal = event.event_type == zk::EventType::Session
+                        && event.session_state.is_terminated();
+                    // A terminated watcher must not be polled again.
+                    if tx.send((i, event)).is_err() || terminal {
+                        return;
+                    }
                 }
-            }
-        }));
+            }));
+        }
+        drop(tx);
+        let result = follow(&client, spec, sink, shutdown, &mut rx).await;
+        // Dropping a watcher removes its watch.
+        for f in forwarders {
+            f.abort();
+        }
+        match result? {
+            Stop::Shutdown => return Ok(()),
+            Stop::Reconnected => continue,
+        }
     }
-    drop(tx);
-    let result = follow(&client, spec, sink, shutdown, &mut rx).await;
-    for f in forwarders {
-        f.abort();
-    }
-    result
 }
 
 async fn follow(
@@ -119,8 +133,9 @@ async fn follow(
     sink: &dyn Publish,
     shutdown: &mut watch::Receiver<bool>,
     rx: &mut mpsc::UnboundedReceiver<(usize, zk::WatchedEvent)>,
-) -> Result<(), zk::Error> {
+) -> Result<Stop, zk::Error> {
     let mut dirty = vec![true; spec.paths.len()];
+    let mut disconnected = false;
     loop {
         if dirty.iter().any(|d| *d) {
             let full = dirty.iter().all(|d| *d);
@@ -134,41 +149,37 @@ async fn follow(
             }
         }
         let first = tokio::select! {
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return Ok(Stop::Shutdown),
             ev = rx.recv() => ev,
         };
         let Some(first) = first else {
             return Err(zk::Error::ConnectionLoss);
         };
-        mark(first, &mut dirty, sink)?;
+        let mut batch = vec![first];
         // Coalesce a burst into one re-read per path.
         let deadline = tokio::time::Instant::now() + COALESCE;
         while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-            mark(ev, &mut dirty, sink)?;
+            batch.push(ev);
         }
-    }
-}
-
-fn mark(
-    (i, ev): (usize, zk::WatchedEvent),
-    dirty: &mut [bool],
-    sink: &dyn Publish,
-) -> Result<(), zk::Error> {
-    if ev.event_type != zk::EventType::Session {
-        dirty[i] = true;
-        return Ok(());
-    }
-    match ev.session_state {
-        s if s.is_terminated() => Err(zk::Error::SessionExpired),
-        // Events may be lost across a reconnect (ZOOKEEPER-4698): read everything again.
-        zk::SessionState::SyncConnected => {
-            sink.session(SessionEvent::Connected);
-            dirty.iter_mut().for_each(|d| *d = true);
-            Ok(())
-        }
-        _ => {
-            sink.session(SessionEvent::Disconnected);
-            Ok(())
+        for (i, ev) in batch {
+            if ev.event_type != zk::EventType::Session {
+                dirty[i] = true;
+                continue;
+            }
+            match ev.session_state {
+                s if s.is_terminated() => return Err(zk::Error::SessionExpired),
+                zk::SessionState::SyncConnected if disconnected => {
+                    sink.session(SessionEvent::Connected);
+                    return Ok(Stop::Reconnected);
+                }
+                zk::SessionState::SyncConnected => {}
+                _ => {
+                    if !disconnected {
+                        sink.session(SessionEvent::Disconnected);
+                    }
+                    disconnected = true;
+                }
+            }
         }
     }
 }
