@@ -39,15 +39,21 @@ impl RegisterSpec {
     }
 }
 
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` turns true, then deletes the node.
 pub async fn register(spec: RegisterSpec, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = BACKOFF_MIN;
     loop {
-        match session(&spec, &mut shutdown).await {
+        let mut connected = false;
+        match session(&spec, &mut shutdown, &mut connected).await {
             Ok(()) => return,
             Err(e) => log::warn!("registrar {}: {e}; reconnecting", spec.node()),
+        }
+        if connected {
+            // The last session did come up: start the backoff over.
+            backoff = BACKOFF_MIN;
         }
         let wait = backoff.mul_f64(0.5 + fastrand::f64());
         tokio::select! {
@@ -61,11 +67,13 @@ pub async fn register(spec: RegisterSpec, mut shutdown: watch::Receiver<bool>) {
 async fn session(
     spec: &RegisterSpec,
     shutdown: &mut watch::Receiver<bool>,
+    connected: &mut bool,
 ) -> Result<(), zk::Error> {
     let client = zk::Client::connector()
         .with_session_timeout(spec.session_timeout)
         .connect(&spec.connect)
         .await?;
+    *connected = true;
     let mut state = client.state_watcher();
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     match client.mkdir(&spec.service_path, &persistent).await {

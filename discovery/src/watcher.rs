@@ -51,7 +51,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        match session(&spec, &*sink, &mut shutdown).await {
+        let mut connected = false;
+        match session(&spec, &*sink, &mut shutdown, &mut connected).await {
             Ok(()) => return,
             Err(e) => {
                 log::warn!(
@@ -62,6 +63,10 @@ pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch:
             }
         }
         // Jitter keeps a fleet of gateways from reconnecting in step.
+        if connected {
+            // The last session did come up: start the backoff over.
+            backoff = BACKOFF_MIN;
+        }
         let wait = backoff.mul_f64(0.5 + fastrand::f64());
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -87,11 +92,13 @@ async fn session(
     spec: &WatchSpec,
     sink: &dyn Publish,
     shutdown: &mut watch::Receiver<bool>,
+    connected: &mut bool,
 ) -> Result<(), zk::Error> {
     let client = zk::Client::connector()
         .with_session_timeout(spec.session_timeout)
         .connect(&spec.connect)
         .await?;
+    *connected = true;
     sink.session(SessionEvent::Connected);
     loop {
         let (tx, mut rx) = mpsc::unbounded_channel();
