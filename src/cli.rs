@@ -40,29 +40,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Keep one backend registered in ZooKeeper (native JSON, ephemeral) until SIGTERM/SIGINT.
-    Register {
-        /// ZooKeeper hosts, `h1:2181,h2:2181`.
-        #[arg(long)]
-        zk: String,
-        #[arg(long)]
-        service: String,
-        /// The backend's `host:port`, as gateways should reach it.
-        #[arg(long)]
-        addr: String,
-        #[arg(long, default_value_t = 1)]
-        weight: u32,
-        #[arg(long)]
-        zone: Option<String>,
-        #[arg(long, default_value = crate::config::build::DEFAULT_ZK_ROOT)]
-        root: String,
-        /// Registered only while this `http://` URL answers 2xx; checked every --health-interval.
-        #[arg(long)]
-        health: Option<String>,
-        #[arg(long, default_value = "2s", value_parser = duration)]
-        health_interval: std::time::Duration,
-        #[arg(long, default_value = "6s", value_parser = duration)]
-        session_timeout: std::time::Duration,
-    },
+    Register(RegisterArgs),
     /// Show which route serves a request, its rewritten path and its upstream.
     Explain {
         #[arg(short, long)]
@@ -80,16 +58,28 @@ fn duration(text: &str) -> Result<std::time::Duration, String> {
     crate::config::units::parse_duration(text)
 }
 
-/// Arguments of `zkgate register`, checked.
+#[derive(clap::Args, Debug)]
 pub struct RegisterArgs {
+    /// ZooKeeper hosts, `h1:2181,h2:2181`.
+    #[arg(long)]
     pub zk: String,
+    #[arg(long)]
     pub service: String,
+    /// The backend's `host:port`, as gateways should reach it.
+    #[arg(long)]
     pub addr: String,
+    #[arg(long, default_value_t = 1)]
     pub weight: u32,
+    #[arg(long)]
     pub zone: Option<String>,
+    #[arg(long, default_value = crate::config::build::DEFAULT_ZK_ROOT)]
     pub root: String,
+    /// Registered only while this `http://` URL answers 2xx; checked every --health-interval.
+    #[arg(long)]
     pub health: Option<String>,
+    #[arg(long, default_value = "2s", value_parser = duration)]
     pub health_interval: std::time::Duration,
+    #[arg(long, default_value = "6s", value_parser = duration)]
     pub session_timeout: std::time::Duration,
 }
 

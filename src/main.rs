@@ -15,27 +15,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Check { config } => cli::check(config),
-        Command::Register {
-            zk,
-            service,
-            addr,
-            weight,
-            zone,
-            root,
-            health,
-            health_interval,
-            session_timeout,
-        } => cli::register(cli::RegisterArgs {
-            zk,
-            service,
-            addr,
-            weight,
-            zone,
-            root,
-            health,
-            health_interval,
-            session_timeout,
-        }),
+        Command::Register(args) => cli::register(args),
         Command::Explain {
             config,
             method,

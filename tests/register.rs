@@ -3,29 +3,21 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use zkgate_discovery::testkit::ZkServer;
 use zookeeper_client as zk;
 
-struct Registrar(Child);
-impl Drop for Registrar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn registrar(zk: &ZkServer, addr: &str, extra: &[&str]) -> Registrar {
+fn registrar(zk: &ZkServer, addr: &str, extra: &[&str]) -> KillOnDrop {
     let log = std::fs::File::create(
         zk.dir
             .path()
             .join(format!("register-{}.log", addr.replace(':', "_"))),
     )
     .unwrap();
-    Registrar(
+    KillOnDrop(
         Command::new(bin())
             .args([
                 "register",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -25,14 +25,6 @@ ctx.load_cert_chain(sys.argv[2], sys.argv[3])
 srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 srv.serve_forever()
 "#;
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn tls_upstream_is_verified_by_default_and_reachable_when_told_not_to() {
@@ -59,7 +51,7 @@ fn tls_upstream_is_verified_by_default_and_reachable_when_told_not_to() {
         .expect("openssl");
     assert!(made.success());
     let port = free_port();
-    let _server = Killed(
+    let _server = KillOnDrop(
         Command::new("python3")
             .args(["-c", SERVER, &port.to_string()])
             .arg(&cert)

@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -77,24 +75,7 @@ routes:
     );
 
     // Continuous traffic on /api/ while its membership changes.
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, stop) = (gw.http, stop.clone());
-            thread::spawn(move || {
-                let (mut ok, mut failed) = (0usize, Vec::new());
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    match request(addr, "GET", "/api/load", &[], b"") {
-                        Ok(r) if r.status == 200 => ok += 1,
-                        Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = Load::start(gw.http, &["/api/load"], 3);
 
     // Curator ServiceInstance (Spring Cloud Zookeeper) joins.
     let curator = format!(
@@ -150,21 +131,7 @@ routes:
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for h in load {
-        let (o, f) = h.join().unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 50, "too little traffic: {ok}");
+    load.finish_without_failures(50);
 
     // The go_gateway convention: a host:port node with no data.
     client
@@ -222,24 +189,7 @@ async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_sess
     ));
     assert_eq!(who(&gw, "/x").as_deref(), Some("a"));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, stop) = (gw.http, stop.clone());
-            thread::spawn(move || {
-                let (mut ok, mut failed) = (0usize, Vec::new());
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    match request(addr, "GET", "/load", &[], b"") {
-                        Ok(r) if r.status == 200 => ok += 1,
-                        Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = Load::start(gw.http, &["/load"], 3);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let leader = ensemble.leader().expect("a leader");
     ensemble.nodes[leader].kill();
@@ -262,20 +212,7 @@ async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_sess
         "{}",
         gw.log()
     );
-    stop.store(true, Ordering::SeqCst);
-    let (mut ok, mut failed) = (0, Vec::new());
-    for h in load {
-        let (o, f) = h.join().unwrap();
-        ok += o;
-        failed.extend(f);
-    }
-    assert!(
-        failed.is_empty(),
-        "{} of {} failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    load.finish_without_failures(50);
     let metrics = gw.metrics();
     assert!(
         metrics.contains("zkgate_zookeeper_sessions_lost_total 0"),

@@ -2,6 +2,7 @@
 //! instances are read from znodes (native JSON, Curator `ServiceInstance`, `host:port` names) and
 //! a watcher that follows them live, and a registrar for backends without a client of their own.
 
+mod backoff;
 pub mod instance;
 pub mod registrar;
 pub mod watcher;

@@ -9,6 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use zookeeper_client as zk;
 
+use crate::backoff::Backoff;
+
 #[derive(Debug, Clone)]
 pub struct RegisterSpec {
     pub connect: String,
@@ -39,12 +41,9 @@ impl RegisterSpec {
     }
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Runs until `shutdown` turns true, then deletes the node.
 pub async fn register(spec: RegisterSpec, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         let mut connected = false;
         match session(&spec, &mut shutdown, &mut connected).await {
@@ -52,15 +51,11 @@ pub async fn register(spec: RegisterSpec, mut shutdown: watch::Receiver<bool>) {
             Err(e) => log::warn!("registrar {}: {e}; reconnecting", spec.node()),
         }
         if connected {
-            // The last session did come up: start the backoff over.
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
-        let wait = backoff.mul_f64(0.5 + fastrand::f64());
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(wait) => {}
+        if !backoff.wait(&mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use zookeeper_client as zk;
 
+use crate::backoff::Backoff;
 use crate::instance::{parse_instance, Instance, InstanceError};
 
 /// What to watch.
@@ -44,12 +45,10 @@ pub trait Publish: Send + Sync + 'static {
 
 /// Bursts of node events within this window cost one re-read.
 const COALESCE: Duration = Duration::from_millis(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` turns true.
 pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         let mut connected = false;
         match session(&spec, &*sink, &mut shutdown, &mut connected).await {
@@ -62,18 +61,10 @@ pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch:
                 sink.session(SessionEvent::Lost);
             }
         }
-        // Jitter keeps a fleet of gateways from reconnecting in step.
         if connected {
-            // The last session did come up: start the backoff over.
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
-        let wait = backoff.mul_f64(0.5 + fastrand::f64());
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-        if *shutdown.borrow() {
+        if !backoff.wait(&mut shutdown).await {
             return;
         }
     }

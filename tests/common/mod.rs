@@ -447,3 +447,63 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Client threads sending GETs in a loop (a fresh connection each) until `finish`, at most 60 s.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Load {
+    /// One thread per target, cycling through `targets` if there are more threads.
+    pub fn start(addr: SocketAddr, targets: &[&'static str], threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|i| {
+                let (stop, target) = (stop.clone(), targets[i % targets.len()]);
+                thread::spawn(move || {
+                    let (mut ok, mut failures) = (0, Vec::new());
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        match request(addr, "GET", target, &[], b"") {
+                            Ok(r) if r.status == 200 => ok += 1,
+                            Ok(r) => failures.push(format!("{target}: {} {}", r.status, r.text())),
+                            Err(e) => failures.push(format!("{target}: {e}")),
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    /// Stops the clients; asserts that no request failed and that some traffic flowed.
+    pub fn finish_without_failures(self, min_ok: usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        let (mut ok, mut failures) = (0, Vec::new());
+        for t in self.threads {
+            let (o, f) = t.join().expect("load thread");
+            ok += o;
+            failures.extend(f);
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} requests failed: {:?}",
+            failures.len(),
+            ok + failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(ok >= min_ok, "too little traffic: {ok} requests");
+    }
+}
+
+/// A child process killed when the test ends, pass or fail.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
