@@ -56,29 +56,9 @@ start_zkgate() { # VARIANT: "zkgate" or "zkgate-nows" (work_stealing: false)
     rm -rf "$dir" && mkdir -p "$dir"
     PROXY_PORT="$(zk_free_port)"
     admin="$(zk_free_port)"
-    {
-        printf 'server:\n  threads: 1\n'
-        if [[ "$variant" == zkgate-nows ]]; then printf '  work_stealing: false\n'; else printf '  work_stealing: true\n'; fi
-        cat <<EOF
-  grace_period: 1s
-  graceful_shutdown_timeout: 1s
-  upgrade_sock: $dir/upgrade.sock
-admin:
-  listen: 127.0.0.1:$admin
-listeners:
-  - name: web
-    listen: 127.0.0.1:$PROXY_PORT
-upstreams:
-  - name: backend
-    backends: ["127.0.0.1:$BACKEND_PORT"]
-routes:
-  - name: all
-    match: { path_prefix: / }
-    upstream: backend
-EOF
-    } >"$dir/zkgate.yaml"
-    "$ZKGATE" check -c "$dir/zkgate.yaml" >"$dir/check.log" 2>&1 \
-        || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected $dir/zkgate.yaml"; }
+    local ws=true
+    [[ "$variant" == zkgate-nows ]] && ws=false
+    zk_gateway_config "$dir/zkgate.yaml" "$dir" "$admin" "$PROXY_PORT" "$BACKEND_PORT" 1 "$ws"
     PROXY_LOG="$dir/zkgate.log"
     zk_spawn "$PROXY_LOG" "$ZKGATE" run -c "$dir/zkgate.yaml"
     PROXY_PID=$ZK_LAST_PID

@@ -268,3 +268,31 @@ zk_median() {
         if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]
         else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+
+# zk_gateway_config FILE DIR ADMIN_PORT PORT BACKEND_PORT THREADS WORK_STEALING: the config both
+# benchmarks run zkgate ($ZKGATE) with: one catch-all route to one backend, checked with `zkgate check`.
+zk_gateway_config() {
+    local file=$1 dir=$2 admin=$3 port=$4 backend=$5 threads=$6 ws=$7
+    cat >"$file" <<EOF
+server:
+  threads: $threads
+  work_stealing: $ws
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  upgrade_sock: $dir/upgrade.sock
+admin:
+  listen: 127.0.0.1:$admin
+listeners:
+  - name: web
+    listen: 127.0.0.1:$port
+upstreams:
+  - name: backend
+    backends: ["127.0.0.1:$backend"]
+routes:
+  - name: all
+    match: { path_prefix: / }
+    upstream: backend
+EOF
+    "$ZKGATE" check -c "$file" >"$dir/check.log" 2>&1 \
+        || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected $file"; }
+}

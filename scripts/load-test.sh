@@ -40,27 +40,7 @@ PORT="$(zk_free_port)"
 ADMIN="$(zk_free_port)"
 CONF="$ZK_TMP/zkgate.yaml"
 LOG="$ZK_TMP/zkgate.log"
-cat >"$CONF" <<EOF
-server:
-  threads: $THREADS
-  grace_period: 1s
-  graceful_shutdown_timeout: 1s
-  upgrade_sock: $ZK_TMP/upgrade.sock
-admin:
-  listen: 127.0.0.1:$ADMIN
-listeners:
-  - name: web
-    listen: 127.0.0.1:$PORT
-upstreams:
-  - name: backend
-    backends: ["127.0.0.1:$BACKEND_PORT"]
-routes:
-  - name: all
-    match: { path_prefix: / }
-    upstream: backend
-EOF
-"$ZKGATE" check -c "$CONF" >"$ZK_TMP/check.log" 2>&1 \
-    || { cat "$ZK_TMP/check.log" >&2; zk_die "zkgate check rejected the generated config"; }
+zk_gateway_config "$CONF" "$ZK_TMP" "$ADMIN" "$PORT" "$BACKEND_PORT" "$THREADS" false
 zk_spawn "$LOG" "$ZKGATE" run -c "$CONF"
 GATEWAY_PID=$ZK_LAST_PID
 zk_wait_http_200 "http://127.0.0.1:$ADMIN/readyz" 30 "$GATEWAY_PID" "$LOG" || zk_die "zkgate did not become ready"

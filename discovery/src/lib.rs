@@ -12,3 +12,14 @@ pub use registrar::{register, RegisterSpec};
 pub use watcher::{watch, Publish, SessionEvent, WatchSpec};
 #[doc(hidden)]
 pub mod testkit;
+
+/// A new ZooKeeper session: what the watcher and the registrar open on each (re)connect.
+async fn connect(
+    hosts: &str,
+    session_timeout: std::time::Duration,
+) -> Result<zookeeper_client::Client, zookeeper_client::Error> {
+    zookeeper_client::Client::connector()
+        .with_session_timeout(session_timeout)
+        .connect(hosts)
+        .await
+}

@@ -64,10 +64,7 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), zk::Error> {
-    let client = zk::Client::connector()
-        .with_session_timeout(spec.session_timeout)
-        .connect(&spec.connect)
-        .await?;
+    let client = crate::connect(&spec.connect, spec.session_timeout).await?;
     *connected = true;
     let mut state = client.state_watcher();
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
