@@ -5,9 +5,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Gauge, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Latency buckets from 250 µs to 30 s.
@@ -28,6 +28,7 @@ pub struct Metrics {
     pub zk_sessions_lost: IntCounter,
     pub zk_last_sync: IntGauge,
     pub zk_rejected: IntCounter,
+    pub zk_full_sync: Gauge,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -95,6 +96,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Instance znodes skipped because they are in none of the accepted formats."
         )
         .expect("register zkgate_zookeeper_rejected_instances_total"),
+        zk_full_sync: register_gauge!(
+            "zkgate_zookeeper_full_sync_duration_seconds",
+            "How long the last full read of every watched path took."
+        )
+        .expect("register zkgate_zookeeper_full_sync_duration_seconds"),
     }
 });
 

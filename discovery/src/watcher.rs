@@ -39,8 +39,8 @@ pub trait Publish: Send + Sync + 'static {
         log::warn!("zookeeper: {path}/{child} skipped: {error}");
     }
     fn session(&self, _event: SessionEvent) {}
-    /// Every path was read once in the current session.
-    fn synced(&self) {}
+    /// Every path was read once in the current session; `took` is how long that read took.
+    fn synced(&self, _took: Duration) {}
 }
 
 /// Bursts of node events within this window cost one re-read.
@@ -134,13 +134,14 @@ async fn follow(
     loop {
         if dirty.iter().any(|d| *d) {
             let full = dirty.iter().all(|d| *d);
+            let started = tokio::time::Instant::now();
             for (i, path) in spec.paths.iter().enumerate() {
                 if std::mem::take(&mut dirty[i]) {
                     resync(client, path, sink).await?;
                 }
             }
             if full {
-                sink.synced();
+                sink.synced(started.elapsed());
             }
         }
         let first = tokio::select! {

@@ -118,7 +118,8 @@ impl Publish for Bridge {
         }
     }
 
-    fn synced(&self) {
+    fn synced(&self, took: Duration) {
+        METRICS.zk_full_sync.set(took.as_secs_f64());
         // A stored permit: the waiter may start waiting after this.
         self.first_sync.notify_one();
     }
