@@ -6,8 +6,8 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::live::Shared;
 use crate::metrics;
-use crate::snapshot::Shared;
 
 pub struct Admin {
     shared: Shared,

@@ -2,12 +2,14 @@
 //!
 //! Config ([`config`]) becomes an immutable [`snapshot::Snapshot`] of compiled routes
 //! ([`route`]) and upstreams ([`upstream`]); the proxy phases ([`proxy`]) read the snapshot a
-//! request started with; [`server`] assembles the Pingora services.
+//! request started with; [`live`] holds the current snapshot and the members discovery
+//! publishes into it; [`server`] assembles the Pingora services.
 
 pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use zkgate::cli::{self, Cli, Command};
-use zkgate::config::{self, Source};
+use zkgate::cli::{self, Cli, Command, ConfigCommand};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -22,25 +21,13 @@ fn main() -> ExitCode {
             url,
             headers,
         } => cli::explain(config, &method, &url, &headers),
-        Command::Run { config, upgrade } => {
-            let source = config.map_or(Source::Embedded, Source::File);
-            match config::load(&source, None) {
-                Ok(snapshot) => {
-                    log::info!(
-                        "zkgate {} starting with {}",
-                        env!("CARGO_PKG_VERSION"),
-                        source.describe()
-                    );
-                    zkgate::server::run(source, snapshot, upgrade)
-                }
-                Err(errors) => {
-                    eprintln!("{}: {} error(s)", source.describe(), errors.len());
-                    for e in errors.iter() {
-                        eprintln!("  {e}");
-                    }
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::Run { config, upgrade } => cli::run(config, upgrade),
+        Command::Config(ConfigCommand::Push {
+            config,
+            zk,
+            node,
+            expect_version,
+        }) => cli::config_push(&config, &zk, node, expect_version),
+        Command::Config(ConfigCommand::Get { zk, node }) => cli::config_get(&zk, node),
     }
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     pub backends: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub config_node_version: IntGauge,
     pub access_log_dropped: IntCounter,
     pub zk_connected: IntGauge,
     pub zk_sessions_lost: IntCounter,
@@ -71,6 +72,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["result"]
         )
         .expect("register zkgate_config_reloads_total"),
+        config_node_version: register_int_gauge!(
+            "zkgate_config_node_version",
+            "Version of the ZooKeeper config node now serving (replicas that agree have converged); -1 without one."
+        )
+        .expect("register zkgate_config_node_version"),
         access_log_dropped: register_int_counter!(
             "zkgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind."

@@ -16,9 +16,10 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
+use crate::live::Shared;
 use crate::metrics::RouteMetrics;
 use crate::route::{normalize_host, normalize_path, Action, RequestView, Respond, Route};
-use crate::snapshot::{Listener, Shared, Snapshot};
+use crate::snapshot::{Listener, Snapshot};
 
 /// Attempts per request when connecting fails before anything was sent (each on another backend).
 const MAX_CONNECT_ATTEMPTS: usize = 3;

@@ -1,52 +1,60 @@
-//! Config reload on SIGHUP: read, validate and build off the request path, then publish with
-//! one atomic store. A config that fails keeps the old one serving.
+//! Config reload: on SIGHUP, and on every change of the node for a ZooKeeper config.
+//! Read, validate and build off the request path, then install with one atomic store; a
+//! config that fails keeps the old one serving.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
+use zkgate_discovery::config_node::{self, Versioned};
 
-use crate::config::{self, Source};
+use crate::config::{self, ConfigErrors, Source, ZkNode};
+use crate::live::Shared;
 use crate::metrics::METRICS;
-use crate::snapshot::Shared;
 
+#[derive(Clone)]
 pub struct Reloader {
     source: Source,
     shared: Shared,
+    /// The config text last tried, good or bad: a node delivered again after a reconnect is
+    /// not rebuilt, and a rejected one is not rejected again until it changes.
+    last: Arc<Mutex<String>>,
 }
 
 impl Reloader {
-    pub fn new(source: Source, shared: Shared) -> Self {
-        Reloader { source, shared }
+    /// `current` is the text the running snapshot was built from.
+    pub fn new(source: Source, shared: Shared, current: String) -> Self {
+        Reloader {
+            source,
+            shared,
+            last: Arc::new(Mutex::new(current)),
+        }
     }
 
-    /// One reload attempt; `true` when the new config was published.
+    /// Reads the source again and applies it; `true` when a new config was installed.
     pub fn reload(&self) -> bool {
+        self.apply(self.source.read())
+    }
+
+    /// Validates and installs `text`; `true` when it was installed.
+    fn apply(&self, text: Result<String, ConfigErrors>) -> bool {
         let prev = self.shared.load_full();
-        match config::load(&self.source, Some(&prev)) {
+        let built = text.and_then(|text| {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            *last = text;
+            config::load_str(&last, Some(&prev))
+        });
+        match built {
             Ok(next) => {
                 if next.settings != prev.settings {
                     log::warn!(
-                        "config reload: listener, admin, server or access_log settings changed; they take effect on restart or upgrade, the rest applies now"
+                        "config reload: listener, admin, server, access_log or zookeeper settings changed; they take effect on restart or upgrade, the rest applies now"
                     );
                 }
-                let watched: Vec<&str> = prev
-                    .upstreams
-                    .iter()
-                    .filter_map(|u| u.discovery.as_deref())
-                    .collect();
-                for u in &next.upstreams {
-                    if let Some(path) = u.discovery.as_deref().filter(|p| !watched.contains(p)) {
-                        log::warn!(
-                            "config reload: upstream {} follows {path}, which this process does not watch yet; it stays empty until a restart or upgrade",
-                            u.name
-                        );
-                    }
-                }
                 let generation = next.generation;
-                self.shared.store(Arc::new(next));
+                self.shared.install(next);
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 log::info!(
                     "config reloaded from {} (generation {generation})",
@@ -66,11 +74,27 @@ impl Reloader {
             }
         }
     }
-}
 
-#[async_trait]
-impl BackgroundService for Reloader {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    /// One delivery of the config node.
+    fn node_changed(&self, zk: &ZkNode, node: Option<Versioned>) {
+        let Some(Versioned { data, version }) = node else {
+            log::error!("config node {zk} was deleted; still serving the current config");
+            return;
+        };
+        let text = config::source::text(zk, data);
+        if let Ok(t) = &text {
+            if *self.last.lock().unwrap_or_else(|p| p.into_inner()) == *t {
+                METRICS.config_node_version.set(version.into());
+                return;
+            }
+        }
+        log::info!("config node {zk} changed (version {version})");
+        if self.apply(text) {
+            METRICS.config_node_version.set(version.into());
+        }
+    }
+
+    async fn on_sighup(&self, mut shutdown: ShutdownWatch) {
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => s,
             Err(e) => {
@@ -85,10 +109,33 @@ impl BackgroundService for Reloader {
                     if got.is_none() { return; }
                     log::info!("SIGHUP: reloading config");
                     // Building may resolve host names: keep it off this runtime's worker.
-                    let this = Reloader { source: self.source.clone(), shared: self.shared.clone() };
+                    let this = self.clone();
                     let _ = tokio::task::spawn_blocking(move || this.reload()).await;
                 }
             }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        match &self.source {
+            Source::Zookeeper(zk) => {
+                log::info!("following config node {zk}");
+                let this = self.clone();
+                let node = zk.clone();
+                let follow = config_node::follow(
+                    zk.ensemble.clone(),
+                    zk.node.clone(),
+                    move |delivered| this.node_changed(&node, delivered),
+                    shutdown.clone(),
+                );
+                // SIGHUP still forces a read and rebuild, and must be handled anyway: its
+                // default action ends the process.
+                tokio::join!(follow, self.on_sighup(shutdown));
+            }
+            Source::File(_) | Source::Embedded => self.on_sighup(shutdown).await,
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::Stream;
@@ -17,6 +16,7 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::schema::ServerSection;
 use crate::config::Source;
+use crate::live::Live;
 use crate::metrics::METRICS;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -87,9 +87,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountConnections<A> {
 }
 
 /// Starts the gateway and never returns; Pingora exits the process on shutdown.
-pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
+/// `text` is what `snapshot` was built from.
+pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> ! {
     let settings: Settings = snapshot.settings.clone();
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    let shared = Live::new(snapshot);
     let conf = server_conf(&settings.server);
     let opt = Opt {
         upgrade,
@@ -117,7 +118,7 @@ pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
     let discovery = settings
         .zookeeper
         .as_ref()
-        .and_then(|zk| DiscoveryService::new(shared.clone(), zk))
+        .map(|zk| DiscoveryService::new(shared.clone(), zk.clone()))
         .map(|svc| server.add_service(background_service("zookeeper", svc)));
 
     for l in &settings.listeners {
@@ -146,6 +147,9 @@ pub fn run(source: Source, snapshot: Snapshot, upgrade: bool) -> ! {
     log::info!("admin on {}", settings.admin);
     server.add_service(admin);
 
-    server.add_service(background_service("reload", Reloader::new(source, shared)));
+    server.add_service(background_service(
+        "reload",
+        Reloader::new(source, shared, text),
+    ));
     server.run_forever()
 }

@@ -5,8 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
@@ -29,13 +27,8 @@ pub struct Settings {
     pub admin: SocketAddr,
     pub server: ServerSection,
     pub access_log: Option<AccessLogSection>,
-    pub zookeeper: Option<ZookeeperSettings>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ZookeeperSettings {
-    pub connect: String,
-    pub session_timeout: std::time::Duration,
+    /// The ensemble that discovered upstreams follow.
+    pub zookeeper: Option<zkgate_discovery::Ensemble>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +59,3 @@ impl Snapshot {
             .collect()
     }
 }
-
-/// The live snapshot, shared by the proxy, the admin listener and the reloader.
-pub type Shared = Arc<ArcSwap<Snapshot>>;

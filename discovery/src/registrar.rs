@@ -10,11 +10,11 @@ use tokio::sync::watch;
 use zookeeper_client as zk;
 
 use crate::backoff::Backoff;
+use crate::ensemble::Ensemble;
 
 #[derive(Debug, Clone)]
 pub struct RegisterSpec {
-    pub connect: String,
-    pub session_timeout: Duration,
+    pub ensemble: Ensemble,
     /// The service directory, e.g. `/zkgate/services/api`.
     pub service_path: String,
     pub host: String,
@@ -64,10 +64,10 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), zk::Error> {
-    let client = crate::connect(&spec.connect, spec.session_timeout).await?;
+    let client = spec.ensemble.connect().await?;
     *connected = true;
     let mut state = client.state_watcher();
-    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let persistent = zk::CreateMode::Persistent.with_acls(spec.ensemble.acls());
     match client.mkdir(&spec.service_path, &persistent).await {
         Ok(()) | Err(zk::Error::NodeExists) => {}
         Err(e) => return Err(e),
@@ -80,7 +80,7 @@ async fn session(
             Some(url) => healthy(url, spec.health_interval).await,
         };
         if healthy && !registered {
-            create(&client, &node, &spec.data()).await?;
+            create(&client, &node, &spec.data(), spec.ensemble.acls()).await?;
             registered = true;
             log::info!("registered {node}");
         } else if !healthy && registered {
@@ -108,8 +108,13 @@ async fn session(
 
 /// Creates the ephemeral node; one left by an earlier session of ours (lingering until its
 /// timeout) is replaced.
-async fn create(client: &zk::Client, node: &str, data: &[u8]) -> Result<(), zk::Error> {
-    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+async fn create(
+    client: &zk::Client,
+    node: &str,
+    data: &[u8],
+    acls: zk::Acls<'static>,
+) -> Result<(), zk::Error> {
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(acls);
     match client.create(node, data, &ephemeral).await {
         Ok(_) => Ok(()),
         Err(zk::Error::NodeExists) => {

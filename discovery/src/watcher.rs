@@ -1,25 +1,19 @@
 //! Follows service paths in ZooKeeper with persistent recursive watches and publishes each
-//! path's instance list when it changes. A lost connection or session publishes nothing: the
-//! consumer keeps serving the last list it got; a new session starts with a full resync.
+//! path's instance list when it changes. The set of paths can change while it runs (a config
+//! reload adds an upstream). A lost connection or session publishes nothing: the consumer keeps
+//! serving the last list it got; a new session starts with a full resync.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 use zookeeper_client as zk;
 
 use crate::backoff::Backoff;
+use crate::ensemble::Ensemble;
 use crate::instance::{parse_instance, Instance, InstanceError};
-
-/// What to watch.
-#[derive(Debug, Clone)]
-pub struct WatchSpec {
-    /// `host:port[,host:port...][/chroot]`.
-    pub connect: String,
-    pub session_timeout: Duration,
-    /// Absolute paths whose children are instances.
-    pub paths: Vec<String>,
-}
 
 /// The session as the consumer needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,17 +40,28 @@ pub trait Publish: Send + Sync + 'static {
 /// Bursts of node events within this window cost one re-read.
 const COALESCE: Duration = Duration::from_millis(5);
 
-/// Runs until `shutdown` turns true.
-pub async fn watch(spec: WatchSpec, sink: Arc<dyn Publish>, mut shutdown: watch::Receiver<bool>) {
+/// Paths whose reads are in flight at once during a resync: ZooKeeper answers pipelined
+/// requests on one connection in order, so a full resync costs a few round trips, not one per
+/// node, while the number of outstanding requests stays bounded.
+const PIPELINE_PATHS: usize = 64;
+
+/// Follows the absolute paths in `paths` (each one's children are instances) until `shutdown`
+/// turns true.
+pub async fn watch(
+    ensemble: Ensemble,
+    mut paths: watch::Receiver<Vec<String>>,
+    sink: Arc<dyn Publish>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new();
     loop {
         let mut connected = false;
-        match session(&spec, &*sink, &mut shutdown, &mut connected).await {
+        match session(&ensemble, &mut paths, &*sink, &mut shutdown, &mut connected).await {
             Ok(()) => return,
             Err(e) => {
                 log::warn!(
                     "zookeeper {}: {e}; keeping the last known instances and reconnecting",
-                    spec.connect
+                    ensemble.connect
                 );
                 sink.session(SessionEvent::Lost);
             }
@@ -80,41 +85,20 @@ enum Stop {
 
 /// One ZooKeeper session: `Ok` on shutdown, `Err` when the session is gone.
 async fn session(
-    spec: &WatchSpec,
+    ensemble: &Ensemble,
+    paths: &mut watch::Receiver<Vec<String>>,
     sink: &dyn Publish,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
 ) -> Result<(), zk::Error> {
-    let client = crate::connect(&spec.connect, spec.session_timeout).await?;
+    let client = ensemble.connect().await?;
     *connected = true;
     sink.session(SessionEvent::Connected);
     loop {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut forwarders = Vec::new();
-        for (i, path) in spec.paths.iter().enumerate() {
-            // Armed before the first read, so no change falls in between.
-            let mut watcher = client
-                .watch(path, zk::AddWatchMode::PersistentRecursive)
-                .await?;
-            let tx = tx.clone();
-            forwarders.push(tokio::spawn(async move {
-                loop {
-                    let event = watcher.changed().await;
-                    let terminal = event.event_type == zk::EventType::Session
-                        && event.session_state.is_terminated();
-                    // A terminated watcher must not be polled again.
-                    if tx.send((i, event)).is_err() || terminal {
-                        return;
-                    }
-                }
-            }));
-        }
-        drop(tx);
-        let result = follow(&client, spec, sink, shutdown, &mut rx).await;
+        let mut watches = Watches::new();
+        let result = follow(&client, &mut watches, paths, sink, shutdown).await;
         // Dropping a watcher removes its watch.
-        for f in forwarders {
-            f.abort();
-        }
+        watches.clear();
         match result? {
             Stop::Shutdown => return Ok(()),
             Stop::Reconnected => continue,
@@ -122,31 +106,120 @@ async fn session(
     }
 }
 
+type Event = (Arc<str>, zk::WatchedEvent);
+
+/// The armed watches of one connection, each forwarding its events tagged with its path.
+struct Watches {
+    armed: HashMap<Arc<str>, AbortHandle>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Watches {
+    fn new() -> Watches {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Watches {
+            armed: HashMap::new(),
+            tx,
+            rx,
+        }
+    }
+
+    /// Arms the paths of `want` not armed yet and drops the others; returns the newly armed,
+    /// which need a first read. Each watch is armed before that read, so no change falls in
+    /// between.
+    async fn set(
+        &mut self,
+        client: &zk::Client,
+        want: &[String],
+    ) -> Result<Vec<Arc<str>>, zk::Error> {
+        let keep: HashSet<&str> = want.iter().map(String::as_str).collect();
+        self.armed.retain(|path, task| {
+            let keep = keep.contains(&**path);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let mut added = Vec::new();
+        for path in want {
+            if self.armed.contains_key(path.as_str()) {
+                continue;
+            }
+            let path: Arc<str> = path.as_str().into();
+            let mut watcher = match client
+                .watch(&path, zk::AddWatchMode::PersistentRecursive)
+                .await
+            {
+                Ok(w) => w,
+                // One forbidden path must not stop the others; it is retried on reconnect.
+                Err(zk::Error::NoAuth) => {
+                    log::error!("zookeeper {path}: not allowed to watch it (check zookeeper.digest); its upstreams keep their last members");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let tx = self.tx.clone();
+            let tag = path.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let event = watcher.changed().await;
+                    let terminal = event.event_type == zk::EventType::Session
+                        && event.session_state.is_terminated();
+                    // A terminated watcher must not be polled again.
+                    if tx.send((tag.clone(), event)).is_err() || terminal {
+                        return;
+                    }
+                }
+            });
+            self.armed.insert(path.clone(), task.abort_handle());
+            added.push(path);
+        }
+        Ok(added)
+    }
+
+    fn clear(&mut self) {
+        for task in self.armed.values() {
+            task.abort();
+        }
+        self.armed.clear();
+    }
+}
+
 async fn follow(
     client: &zk::Client,
-    spec: &WatchSpec,
+    watches: &mut Watches,
+    paths: &mut watch::Receiver<Vec<String>>,
     sink: &dyn Publish,
     shutdown: &mut watch::Receiver<bool>,
-    rx: &mut mpsc::UnboundedReceiver<(usize, zk::WatchedEvent)>,
 ) -> Result<Stop, zk::Error> {
-    let mut dirty = vec![true; spec.paths.len()];
+    let want = paths.borrow_and_update().clone();
+    let mut dirty: Vec<Arc<str>> = watches.set(client, &want).await?;
+    let mut full = true;
     let mut disconnected = false;
     loop {
-        if dirty.iter().any(|d| *d) {
-            let full = dirty.iter().all(|d| *d);
+        if !dirty.is_empty() || full {
             let started = tokio::time::Instant::now();
-            for (i, path) in spec.paths.iter().enumerate() {
-                if std::mem::take(&mut dirty[i]) {
-                    resync(client, path, sink).await?;
-                }
-            }
-            if full {
+            dirty.sort_unstable();
+            dirty.dedup();
+            resync(client, &dirty, sink).await?;
+            dirty.clear();
+            if std::mem::take(&mut full) {
                 sink.synced(started.elapsed());
             }
         }
         let first = tokio::select! {
             _ = shutdown.changed() => return Ok(Stop::Shutdown),
-            ev = rx.recv() => ev,
+            changed = paths.changed() => {
+                if changed.is_err() {
+                    // The consumer is gone: nothing left to publish to.
+                    return Ok(Stop::Shutdown);
+                }
+                let want = paths.borrow_and_update().clone();
+                dirty.extend(watches.set(client, &want).await?);
+                continue;
+            }
+            ev = watches.rx.recv() => ev,
         };
         let Some(first) = first else {
             return Err(zk::Error::ConnectionLoss);
@@ -154,12 +227,15 @@ async fn follow(
         let mut batch = vec![first];
         // Coalesce a burst into one re-read per path.
         let deadline = tokio::time::Instant::now() + COALESCE;
-        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, watches.rx.recv()).await {
             batch.push(ev);
         }
-        for (i, ev) in batch {
+        for (path, ev) in batch {
             if ev.event_type != zk::EventType::Session {
-                dirty[i] = true;
+                // A path dropped since the event was sent is not read again.
+                if watches.armed.contains_key(&path) {
+                    dirty.push(path);
+                }
                 continue;
             }
             match ev.session_state {
@@ -180,29 +256,62 @@ async fn follow(
     }
 }
 
-async fn resync(client: &zk::Client, path: &str, sink: &dyn Publish) -> Result<(), zk::Error> {
-    let children = match client.list_children(path).await {
-        Ok(c) => c,
-        Err(zk::Error::NoNode) => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    let mut instances = Vec::with_capacity(children.len());
-    for child in children {
-        let node = if path == "/" {
-            format!("/{child}")
-        } else {
-            format!("{path}/{child}")
-        };
-        let data = match client.get_data(&node).await {
-            Ok((data, _)) => data,
-            Err(zk::Error::NoNode) => continue,
-            Err(e) => return Err(e),
-        };
-        match parse_instance(&child, &data) {
-            Ok(i) => instances.push(i),
-            Err(e) => sink.rejected(path, &child, &e),
+/// Reads `paths` and publishes each one's list, with the requests of up to [`PIPELINE_PATHS`]
+/// paths in flight together.
+async fn resync(
+    client: &zk::Client,
+    paths: &[Arc<str>],
+    sink: &dyn Publish,
+) -> Result<(), zk::Error> {
+    for chunk in paths.chunks(PIPELINE_PATHS) {
+        // These calls send their requests at once; awaiting them in order then costs about one
+        // round trip for the whole chunk.
+        let listings: Vec<_> = chunk.iter().map(|p| client.get_children(p)).collect();
+        let mut reads = Vec::with_capacity(chunk.len());
+        for (path, listing) in chunk.iter().zip(listings) {
+            let children = match listing.await {
+                Ok((children, _)) => children,
+                Err(zk::Error::NoNode) => Vec::new(),
+                Err(zk::Error::NoAuth) => {
+                    log::error!("zookeeper {path}: not allowed to read it (check zookeeper.digest); its upstreams keep their last members");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let data: Vec<_> = children
+                .iter()
+                .map(|child| client.get_data(&child_path(path, child)))
+                .collect();
+            reads.push((path, children, data));
+        }
+        for (path, children, data) in reads {
+            let mut instances = Vec::with_capacity(children.len());
+            for (child, read) in children.iter().zip(data) {
+                let data = match read.await {
+                    Ok((data, _)) => data,
+                    // Deleted since it was listed; its deletion is already on its way.
+                    Err(zk::Error::NoNode) => continue,
+                    Err(zk::Error::NoAuth) => {
+                        log::warn!("zookeeper {path}/{child} skipped: not allowed to read it");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match parse_instance(child, &data) {
+                    Ok(i) => instances.push(i),
+                    Err(e) => sink.rejected(path, child, &e),
+                }
+            }
+            sink.instances(path, instances);
         }
     }
-    sink.instances(path, instances);
     Ok(())
+}
+
+fn child_path(parent: &str, child: &str) -> String {
+    if parent == "/" {
+        format!("/{child}")
+    } else {
+        format!("{parent}/{child}")
+    }
 }

@@ -1,12 +1,13 @@
-//! The watcher against a real ZooKeeper: every format, changes followed, bursts coalesced, and
-//! the last list kept while ZooKeeper is unreachable.
+//! The watcher against a real ZooKeeper: every format, changes followed, bursts coalesced, the
+//! last list kept while ZooKeeper is unreachable, paths added and dropped while it runs, and a
+//! registry readable only with digest credentials.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use zkgate_discovery::testkit::ZkServer;
-use zkgate_discovery::{watch, Instance, Publish, SessionEvent, WatchSpec};
+use zkgate_discovery::{watch, Digest, Ensemble, Instance, Publish, SessionEvent};
 use zookeeper_client as zk;
 
 #[derive(Default)]
@@ -71,13 +72,13 @@ async fn follows_every_format_and_keeps_the_last_list_through_an_outage() {
 
     let seen = Arc::new(Seen::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let spec = WatchSpec {
-        connect: server.connect_string(),
-        session_timeout: Duration::from_secs(2),
-        paths: vec!["/zkgate/services/api".into(), "/real_server".into()],
-    };
+    let ensemble = Ensemble::new(server.connect_string(), Duration::from_secs(2));
+    let (_paths_tx, paths) = tokio::sync::watch::channel(vec![
+        "/zkgate/services/api".to_owned(),
+        "/real_server".to_owned(),
+    ]);
     let mut server = server;
-    let task = tokio::spawn(watch(spec, seen.clone(), stop_rx));
+    let task = tokio::spawn(watch(ensemble, paths, seen.clone(), stop_rx));
     // Both paths are published at once, the missing one as empty.
     assert!(
         until(Duration::from_secs(10), || seen.lists.lock().unwrap().len()
@@ -232,4 +233,82 @@ async fn follows_every_format_and_keeps_the_last_list_through_an_outage() {
         .await
         .expect("watcher stops on shutdown")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_paths_as_they_change_with_digest_credentials() {
+    let server = ZkServer::start();
+    let digest = Digest {
+        user: "gw".into(),
+        password: "pw".into(),
+    };
+    let mut ensemble = Ensemble::new(server.connect_string(), Duration::from_secs(4));
+    ensemble.digest = Some(digest);
+    // The registry is readable by the gateway's identity only.
+    let owner = ensemble.connect().await.unwrap();
+    let private = zk::CreateMode::Persistent.with_acls(ensemble.acls());
+    owner.mkdir("/sec/services/api", &private).await.unwrap();
+    owner
+        .create(
+            "/sec/services/api/a",
+            br#"{"host":"10.0.0.1","port":80}"#,
+            &private,
+        )
+        .await
+        .unwrap();
+    let anonymous = zk::Client::connect(&server.connect_string()).await.unwrap();
+    assert!(matches!(
+        anonymous.list_children("/sec/services/api").await,
+        Err(zk::Error::NoAuth)
+    ));
+
+    let seen = Arc::new(Seen::default());
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (paths_tx, paths) = tokio::sync::watch::channel(vec!["/sec/services/api".to_owned()]);
+    let _task = tokio::spawn(watch(ensemble, paths, seen.clone(), stop_rx));
+    assert!(
+        until(Duration::from_secs(10), || seen.addrs("/sec/services/api")
+            == ["10.0.0.1:80 w1"])
+        .await
+    );
+
+    // A path added while running is armed and read without a new session.
+    owner.mkdir("/other", &private).await.unwrap();
+    owner
+        .create("/other/10.0.0.9:81", b"", &private)
+        .await
+        .unwrap();
+    paths_tx
+        .send(vec!["/other".to_owned(), "/sec/services/api".to_owned()])
+        .unwrap();
+    assert!(
+        until(Duration::from_secs(5), || seen.addrs("/other")
+            == ["10.0.0.9:81 w1"])
+        .await
+    );
+    owner
+        .create("/other/10.0.0.8:81", b"", &private)
+        .await
+        .unwrap();
+    assert!(until(Duration::from_secs(5), || seen.addrs("/other").len() == 2).await);
+
+    // A dropped path is no longer followed.
+    paths_tx.send(vec!["/other".to_owned()]).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    owner
+        .create(
+            "/sec/services/api/b",
+            br#"{"host":"10.0.0.2","port":80}"#,
+            &private,
+        )
+        .await
+        .unwrap();
+    owner
+        .create("/other/10.0.0.7:81", b"", &private)
+        .await
+        .unwrap();
+    assert!(until(Duration::from_secs(5), || seen.addrs("/other").len() == 3).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(seen.addrs("/sec/services/api"), ["10.0.0.1:80 w1"]);
+    assert!(!seen.sessions.lock().unwrap().contains(&SessionEvent::Lost));
 }

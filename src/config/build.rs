@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, StatusCode};
 use regex::Regex;
+use zkgate_discovery::{Digest, Ensemble};
 
 use super::error::ConfigErrors;
 use super::schema::*;
@@ -20,7 +21,7 @@ use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
     PathRewrite, Respond, Route, RouteTable,
 };
-use crate::snapshot::{Listener, Settings, Snapshot, ZookeeperSettings};
+use crate::snapshot::{Listener, Settings, Snapshot};
 use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -132,22 +133,62 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         admin: admin.unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
         server: raw.server.clone(),
         access_log: raw.access_log.clone(),
-        zookeeper: raw.zookeeper.as_ref().map(|z| {
-            if z.connect.trim().is_empty() {
-                errors.push("zookeeper.connect", "must name at least one host:port");
-            }
-            let session_timeout = z.session_timeout.map_or(DEFAULT_SESSION_TIMEOUT, |d| d.0);
-            if session_timeout < Duration::from_secs(1) {
-                errors.push("zookeeper.session_timeout", "must be at least 1s");
-            }
-            if let Err(e) = absolute_path(zk_root(raw)) {
-                errors.push("zookeeper.root", e);
-            }
-            ZookeeperSettings {
-                connect: z.connect.trim().to_owned(),
-                session_timeout,
-            }
-        }),
+        zookeeper: raw.zookeeper.as_ref().map(|z| ensemble(raw, z, errors)),
+    }
+}
+
+fn ensemble(raw: &RawConfig, z: &ZookeeperSection, errors: &mut ConfigErrors) -> Ensemble {
+    let connect = z.connect.trim();
+    let (hosts, chroot_suffix) = match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    };
+    if hosts.split(',').any(|h| h.trim().is_empty()) {
+        errors.push(
+            "zookeeper.connect",
+            "must name at least one host:port, separated by commas",
+        );
+    }
+    let chroot = match (chroot_suffix, z.chroot.as_deref()) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "zookeeper.chroot",
+                "give the chroot either here or as a /suffix of connect, not both",
+            );
+            None
+        }
+        (Some(c), None) => Some(("zookeeper.connect", c)),
+        (None, Some(c)) => Some(("zookeeper.chroot", c)),
+        (None, None) => None,
+    };
+    if let Some((at, c)) = chroot {
+        if let Err(e) = absolute_path(c) {
+            errors.push(at, e);
+        }
+    }
+    let session_timeout = z.session_timeout.map_or(DEFAULT_SESSION_TIMEOUT, |d| d.0);
+    if session_timeout < Duration::from_secs(1) {
+        errors.push("zookeeper.session_timeout", "must be at least 1s");
+    }
+    if let Err(e) = absolute_path(zk_root(raw)) {
+        errors.push("zookeeper.root", e);
+    }
+    let digest = z.digest.as_ref().map(|d| {
+        if d.user.is_empty() || d.user.contains(':') {
+            errors.push(
+                "zookeeper.digest.user",
+                "must be a non-empty name without `:`",
+            );
+        }
+        Digest {
+            user: d.user.clone(),
+            password: d.password.0.clone(),
+        }
+    });
+    Ensemble {
+        connect: format!("{hosts}{}", chroot.map_or("", |(_, c)| c)),
+        session_timeout,
+        digest,
     }
 }
 
@@ -327,23 +368,13 @@ fn upstreams(
         });
         out.push(match reused {
             Some(existing) => existing.clone(),
-            None => {
-                if discovery.is_some() {
-                    // A changed definition over the same path keeps the discovered members
-                    // until the watcher publishes again.
-                    specs = prev
-                        .and_then(|p| p.upstreams.iter().find(|x| x.discovery == discovery))
-                        .map(|x| x.load().backends().iter().map(|b| b.spec.clone()).collect())
-                        .unwrap_or_default();
-                }
-                Arc::new(Upstream::new(
-                    u.clone(),
-                    hash_key,
-                    settings,
-                    specs,
-                    discovery,
-                ))
-            }
+            None => Arc::new(Upstream::new(
+                u.clone(),
+                hash_key,
+                settings,
+                specs,
+                discovery,
+            )),
         });
     }
     out
@@ -779,6 +810,50 @@ routes: [{ name: r, upstream: a }]
         assert_eq!(
             ok.upstream("b").unwrap().discovery.as_deref(),
             Some("/real_server")
+        );
+    }
+
+    #[test]
+    fn zookeeper_chroot_and_digest_are_checked_and_built() {
+        let errs = errors(
+            r#"
+zookeeper:
+  connect: "h1:2181,,h3:2181/a"
+  chroot: /b
+  digest: { user: "x:y", password: p }
+upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
+routes: [{ name: r, upstream: a }]
+"#,
+        );
+        assert_exactly(
+            &errs,
+            &[
+                "zookeeper.connect: must name at least one host:port, separated by commas",
+                "zookeeper.chroot: give the chroot either here or as a /suffix of connect",
+                "zookeeper.digest.user: must be a non-empty name without `:`",
+            ],
+        );
+        let errs = errors(
+            "zookeeper: { connect: \"h:1\", chroot: \"rel\" }\nupstreams: [{ name: a, backends: [\"127.0.0.1:1\"] }]\nroutes: [{ name: r, upstream: a }]\n",
+        );
+        assert_exactly(
+            &errs,
+            &["zookeeper.chroot: `rel` is not an absolute ZooKeeper path"],
+        );
+
+        let ok = load_str(
+            "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nzookeeper: { connect: \"h1:2181,h2:2181\", chroot: /prod, digest: { user: gw, password: s3cret } }\nupstreams: [{ name: a, zookeeper: { service: api } }]\nroutes: [{ name: r, upstream: a }]\n",
+            None,
+        )
+        .expect("valid");
+        let zk = ok.settings.zookeeper.as_ref().unwrap();
+        assert_eq!(zk.connect, "h1:2181,h2:2181/prod");
+        assert_eq!(zk.digest.as_ref().unwrap().password, "s3cret");
+        // `/config` shows the config without the password.
+        let shown = serde_yaml::to_string(&ok.raw).unwrap();
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("s3cret"),
+            "{shown}"
         );
     }
 

@@ -17,7 +17,15 @@ const SECTIONS: &[&str] = &[
     "routes",
 ];
 
+/// Parses `text`, expanding `${NAME}` references from the process environment.
 pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
+    parse_with(text, &|name| std::env::var(name).ok())
+}
+
+pub fn parse_with(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<RawConfig, ConfigErrors> {
     let doc: Value = serde_yaml::from_str(text)
         .map_err(|e| ConfigErrors::one("", format!("YAML syntax: {e}")))?;
     let map = match doc {
@@ -33,11 +41,12 @@ pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
 
     let mut errors = ConfigErrors::default();
     let mut raw = RawConfig::default();
-    for (key, value) in map {
+    for (key, mut value) in map {
         let Some(key) = key.as_str().map(str::to_owned) else {
             errors.push("", format!("section names must be strings, found {key:?}"));
             continue;
         };
+        super::env::expand(&mut value, &key, env, &mut errors);
         match key.as_str() {
             "server" => raw.server = section(&key, value, &mut errors).unwrap_or_default(),
             "admin" => raw.admin = section(&key, value, &mut errors).unwrap_or_default(),

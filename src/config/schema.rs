@@ -49,9 +49,39 @@ pub struct AccessLogSection {
 pub struct ZookeeperSection {
     /// `h1:2181,h2:2181,h3:2181`, optionally followed by a chroot (`/chroot`).
     pub connect: String,
+    /// Every path below is read relative to this node; the same as a `/chroot` suffix on
+    /// `connect`, spelled out.
+    pub chroot: Option<String>,
     /// `<root>/services/<service>` holds a service's instances; default `/zkgate`.
     pub root: Option<String>,
     pub session_timeout: Option<Dur>,
+    /// Credentials of ZooKeeper's `digest` scheme, sent on every new session.
+    pub digest: Option<DigestSection>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DigestSection {
+    pub user: String,
+    /// Usually `${ENV_VAR}`, so that it stays out of the shared config.
+    pub password: Secret,
+}
+
+/// A value that `/config` and logs show as `<redacted>`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Where a `zookeeper:` upstream finds its instances: `{ service: NAME }` or `{ path: /abs }`.

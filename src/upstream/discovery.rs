@@ -10,11 +10,11 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use tokio::sync::Notify;
-use zkgate_discovery::{Instance, InstanceError, Publish, SessionEvent, WatchSpec};
+use zkgate_discovery::{Ensemble, Instance, InstanceError, Publish, SessionEvent};
 
 use super::BackendSpec;
+use crate::live::Shared;
 use crate::metrics::METRICS;
-use crate::snapshot::{Shared, ZookeeperSettings};
 
 /// How long the proxy waits for the first full read before it starts anyway (answering 503
 /// for discovered upstreams until ZooKeeper is reached).
@@ -22,31 +22,13 @@ const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct DiscoveryService {
     shared: Shared,
-    spec: WatchSpec,
+    ensemble: Ensemble,
 }
 
 impl DiscoveryService {
-    /// `None` when no upstream is discovered.
-    pub fn new(shared: Shared, zk: &ZookeeperSettings) -> Option<DiscoveryService> {
-        let mut paths: Vec<String> = shared
-            .load()
-            .upstreams
-            .iter()
-            .filter_map(|u| u.discovery.clone())
-            .collect();
-        paths.sort();
-        paths.dedup();
-        if paths.is_empty() {
-            return None;
-        }
-        Some(DiscoveryService {
-            shared,
-            spec: WatchSpec {
-                connect: zk.connect.clone(),
-                session_timeout: zk.session_timeout,
-                paths,
-            },
-        })
+    /// Follows the paths of the discovered upstreams, now and after every reload.
+    pub fn new(shared: Shared, ensemble: Ensemble) -> DiscoveryService {
+        DiscoveryService { shared, ensemble }
     }
 }
 
@@ -87,15 +69,8 @@ impl Publish for Bridge {
                 });
             }
         }
-        let snapshot = self.shared.load();
-        for u in snapshot
-            .upstreams
-            .iter()
-            .filter(|u| u.discovery.as_deref() == Some(path))
-        {
-            u.update(specs.clone());
-        }
         log::info!("zookeeper {path}: {} backend(s)", specs.len());
+        self.shared.publish(path, specs);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -137,7 +112,7 @@ impl BackgroundService for DiscoveryService {
             first_sync: Notify::new(),
         });
         let waiter = bridge.clone();
-        let connect = self.spec.connect.clone();
+        let connect = self.ensemble.connect.clone();
         tokio::spawn(async move {
             if tokio::time::timeout(FIRST_SYNC_LIMIT, waiter.first_sync.notified())
                 .await
@@ -149,6 +124,7 @@ impl BackgroundService for DiscoveryService {
             }
             ready.notify_ready();
         });
-        zkgate_discovery::watch(self.spec.clone(), bridge, shutdown).await
+        let paths = self.shared.paths();
+        zkgate_discovery::watch(self.ensemble.clone(), paths, bridge, shutdown).await
     }
 }
