@@ -45,11 +45,22 @@ impl Admin {
         let snap = self.shared.load();
         let missing = snap.upstreams_without_backends();
         let ready = missing.is_empty();
+        let m = &crate::metrics::METRICS;
+        // A ZooKeeper outage does not make the gateway unready: it serves the last known
+        // backends, and pulling every replica out of rotation at once would turn a registry
+        // outage into a traffic outage.
+        let zookeeper = snap.settings.zookeeper.as_ref().map(|_| {
+            json!({
+                "connected": m.zk_connected.get() == 1,
+                "sessions_lost": m.zk_sessions_lost.get(),
+                "last_sync_unix": m.zk_last_sync.get(),
+            })
+        });
         let body = json!({
             "ready": ready,
             "config_generation": snap.generation,
             "upstreams_without_backends": missing,
-            "zookeeper_connected": crate::metrics::METRICS.zk_connected.get() == 1,
+            "zookeeper": zookeeper,
         });
         let status = if ready {
             StatusCode::OK

@@ -46,7 +46,7 @@ impl Live {
     /// Publishes `next`: its discovered upstreams that are new objects get the last published
     /// members of their path first, then it is stored, and the watcher learns of new paths.
     pub fn install(&self, next: Snapshot) {
-        let discovered = self.lock();
+        let mut discovered = self.lock();
         let prev = self.current.load();
         for u in &next.upstreams {
             let Some(path) = u.discovery.as_deref() else {
@@ -61,6 +61,8 @@ impl Live {
             }
         }
         let paths = discovery_paths(&next);
+        // A path no longer followed is read afresh if it ever comes back.
+        discovered.retain(|path, _| paths.binary_search(path).is_ok());
         self.current.store(Arc::new(next));
         drop(discovered);
         self.paths.send_if_modified(|p| {
@@ -107,4 +109,71 @@ fn discovery_paths(snapshot: &Snapshot) -> Vec<String> {
     paths.sort_unstable();
     paths.dedup();
     paths
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    fn config(balance: &str, services: &[&str]) -> String {
+        let mut text = String::from(
+            "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nzookeeper: { connect: \"127.0.0.1:2181\" }\nupstreams:\n  - { name: static, backends: [\"127.0.0.1:2\"] }\n",
+        );
+        for s in services {
+            text.push_str(&format!(
+                "  - {{ name: {s}, balance: {balance}, zookeeper: {{ service: {s} }} }}\n"
+            ));
+        }
+        text + "routes: [{ name: r, upstream: static }]\n"
+    }
+
+    fn members(live: &Live, upstream: &str) -> Vec<String> {
+        let snap = live.load();
+        let set = snap.upstream(upstream).expect("upstream").load();
+        set.backends()
+            .iter()
+            .map(|b| b.spec.addr.to_string())
+            .collect()
+    }
+
+    fn spec(addr: &str) -> BackendSpec {
+        BackendSpec {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn a_rebuilt_upstream_gets_the_last_published_members() {
+        let live = Live::new(load_str(&config("round_robin", &["api"]), None).unwrap());
+        let mut paths = live.paths();
+        assert_eq!(*paths.borrow_and_update(), ["/zkgate/services/api"]);
+        live.publish("/zkgate/services/api", vec![spec("10.0.0.1:80")]);
+        assert_eq!(members(&live, "api"), ["10.0.0.1:80"]);
+
+        // A changed definition builds a new, empty upstream object; installing fills it.
+        let next = load_str(&config("random", &["api", "new"]), Some(&live.load())).unwrap();
+        assert!(next.upstream("api").unwrap().load().backends().is_empty());
+        live.install(next);
+        assert_eq!(members(&live, "api"), ["10.0.0.1:80"]);
+        assert!(paths.has_changed().unwrap());
+        assert_eq!(
+            *paths.borrow_and_update(),
+            ["/zkgate/services/api", "/zkgate/services/new"]
+        );
+
+        // An unchanged path set is not announced again.
+        let same = load_str(&config("round_robin", &["api", "new"]), Some(&live.load())).unwrap();
+        live.install(same);
+        assert!(!paths.has_changed().unwrap());
+        assert_eq!(members(&live, "api"), ["10.0.0.1:80"]);
+
+        // A dropped path is forgotten: coming back, it starts empty until read again.
+        live.install(load_str(&config("round_robin", &["new"]), Some(&live.load())).unwrap());
+        live.install(
+            load_str(&config("round_robin", &["api", "new"]), Some(&live.load())).unwrap(),
+        );
+        assert!(members(&live, "api").is_empty());
+    }
 }

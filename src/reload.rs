@@ -40,9 +40,11 @@ impl Reloader {
 
     /// Validates and installs `text`; `true` when it was installed.
     fn apply(&self, text: Result<String, ConfigErrors>) -> bool {
+        // Held until the snapshot is installed: a SIGHUP and a node change arriving together
+        // are applied one after the other, each on top of the one before.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let prev = self.shared.load_full();
         let built = text.and_then(|text| {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             *last = text;
             config::load_str(&last, Some(&prev))
         });

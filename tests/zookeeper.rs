@@ -1,6 +1,7 @@
 //! End to end with a real ZooKeeper: upstreams follow registrations in every format under
-//! continuous traffic, the proxy starts only after the first read, and a deregistration of
-//! everything empties the upstream.
+//! continuous traffic, the proxy starts only after the first read, a deregistration of
+//! everything empties the upstream, a reload adds followed paths, and neither a leader fail-over
+//! nor a whole-ensemble outage fails a request.
 
 mod common;
 
@@ -93,11 +94,32 @@ routes:
         "a", "b"
     ])));
 
-    // a leaves; then b is re-weighted against a newcomer c.
+    // a leaves while requests are in flight on it: they finish, and no new one reaches a.
+    // Round robin over two backends (shared with the load) puts some of ten concurrent
+    // requests on a; all ten landing on b has odds of about 1 in 1000.
+    let slow: Vec<_> = (0..10)
+        .map(|_| {
+            let addr = gw.http;
+            thread::spawn(move || get(addr, "/api/delay/800"))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     client.delete("/zkgate/services/api/a", None).await.unwrap();
     assert!(eventually(Duration::from_secs(5), || seen_backends(
         &gw, "/api/x", 10
     ) == names(&["b"])));
+    let finished: HashSet<String> = slow
+        .into_iter()
+        .map(|t| {
+            let r = t.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["backend"].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    assert!(
+        finished.contains("a"),
+        "no in-flight request finished on a: {finished:?}"
+    );
     client
         .create("/zkgate/services/api/c", &native(c.addr, 0), &ephemeral)
         .await
@@ -118,16 +140,26 @@ routes:
         "b", "c"
     ])));
 
-    // Many membership changes in a row.
-    for i in 0..40 {
-        let data = native(a.addr, 1);
+    // 102 more membership changes in a row, cycling through the three formats.
+    let curator_a = format!(
+        r#"{{"name":"api","id":"a","address":"{}","port":{},"payload":{{"metadata":{{"weight":"2"}}}}}}"#,
+        a.addr.ip(),
+        a.addr.port()
+    );
+    let formats: [(String, Vec<u8>); 3] = [
+        ("/zkgate/services/api/a".into(), native(a.addr, 1)),
+        (
+            "/zkgate/services/api/a-curator".into(),
+            curator_a.into_bytes(),
+        ),
+        (format!("/zkgate/services/api/{}", a.addr), Vec::new()),
+    ];
+    for i in 0..102 {
+        let (node, data) = &formats[(i / 2) % 3];
         if i % 2 == 0 {
-            client
-                .create("/zkgate/services/api/a", &data, &ephemeral)
-                .await
-                .unwrap();
+            client.create(node, data, &ephemeral).await.unwrap();
         } else {
-            client.delete("/zkgate/services/api/a", None).await.unwrap();
+            client.delete(node, None).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -218,4 +250,98 @@ async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_sess
         metrics.contains("zkgate_zookeeper_sessions_lost_total 0"),
         "the session did not survive:\n{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
+    let mut server = ZkServer::start();
+    let (a, b, c) = (
+        Backend::start("a"),
+        Backend::start("b"),
+        Backend::start("c"),
+    );
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let json = |addr: std::net::SocketAddr| {
+        format!(r#"{{"host":"{}","port":{}}}"#, addr.ip(), addr.port()).into_bytes()
+    };
+    client
+        .mkdir("/zkgate/services/api", &persistent)
+        .await
+        .unwrap();
+    client
+        .create("/zkgate/services/api/a", &json(a.addr), &persistent)
+        .await
+        .unwrap();
+    let config = |extra: &str| {
+        format!(
+            "zookeeper: {{ connect: \"{}\", session_timeout: 2s }}\nupstreams:\n  - {{ name: api, zookeeper: {{ service: api }} }}\n{extra}routes:\n  - {{ name: new, match: {{ path_prefix: /new/ }}, upstream: {} }}\n  - {{ name: api, upstream: api }}\n",
+            server.connect_string(),
+            if extra.is_empty() { "api" } else { "new" }
+        )
+    };
+    let gw = Gateway::start(&config(""));
+    assert_eq!(who(&gw, "/x").as_deref(), Some("a"));
+
+    // A reload brings an upstream on a path nobody watched yet: it is followed at once.
+    client
+        .create("/zkgate/services/new", b"", &persistent)
+        .await
+        .unwrap();
+    client
+        .create("/zkgate/services/new/b", &json(b.addr), &persistent)
+        .await
+        .unwrap();
+    gw.write_config(&config("  - { name: new, zookeeper: { service: new } }\n"));
+    gw.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || who(&gw, "/new/x").as_deref()
+            == Some("b")),
+        "{}",
+        gw.log()
+    );
+
+    // ZooKeeper is gone for longer than the session timeout, under load: every request is
+    // still served by the last known backends.
+    let load = Load::start(gw.http, &["/load", "/new/load"], 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill();
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .metrics()
+            .contains("zkgate_zookeeper_connected 0")),
+        "{}",
+        gw.log()
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let ready = get(gw.admin, "/readyz");
+    assert_eq!(
+        ready.status, 200,
+        "an outage must not take the gateway out of rotation"
+    );
+    assert_eq!(
+        ready.json()["zookeeper"]["connected"],
+        false,
+        "{}",
+        ready.text()
+    );
+    assert!(ready.json()["zookeeper"]["last_sync_unix"].as_i64() > Some(0));
+    assert_eq!(seen_backends(&gw, "/x", 5), names(&["a"]));
+
+    // Back, with a change made before the gateway reconnects: the resync finds it.
+    server.restart();
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    client
+        .create("/zkgate/services/api/c", &json(c.addr), &persistent)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || seen_backends(&gw, "/x", 10)
+            == names(&["a", "c"])),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(who(&gw, "/new/x").as_deref(), Some("b"));
+    load.finish_without_failures(50);
+    assert!(gw.metrics().contains("zkgate_zookeeper_connected 1"));
 }

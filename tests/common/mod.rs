@@ -196,7 +196,8 @@ impl Conn {
 // backends
 
 /// A real HTTP/1.1 backend on a loopback port. `GET /status/{code}?size={n}` answers with that
-/// status and n bytes (`?chunked=1` for a chunked body); anything else is echoed back as JSON.
+/// status and n bytes (`?chunked=1` for a chunked body); anything else is echoed back as JSON,
+/// after a pause of `{ms}` milliseconds when the path ends in `/delay/{ms}`.
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
@@ -294,6 +295,12 @@ fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize) {
             }
             bytes
         } else {
+            if let Some(ms) = path
+                .rsplit_once("/delay/")
+                .and_then(|(_, ms)| ms.parse().ok())
+            {
+                thread::sleep(Duration::from_millis(ms));
+            }
             let echo = serde_json::json!({
                 "backend": name,
                 "method": method,
@@ -362,10 +369,40 @@ impl Gateway {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("zkgate.yaml");
         std::fs::write(&config, config_text(yaml, http, admin, dir.path())).expect("write config");
+        Gateway::spawn(dir, http, admin, config.clone().into_os_string(), &[])
+    }
+
+    /// Runs `zkgate run -c <source>` with `env` added; the config it reads must listen on
+    /// `${env:HTTP_LISTEN}` and `${env:ADMIN_LISTEN}` and put its upgrade socket at
+    /// `${env:UPGRADE_SOCK}`, which this sets to free ports and a private path.
+    pub fn start_with_env(source: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let sock = dir.path().join("upgrade.sock").display().to_string();
+        let (http_s, admin_s) = (http.to_string(), admin.to_string());
+        let mut all = vec![
+            ("HTTP_LISTEN", http_s.as_str()),
+            ("ADMIN_LISTEN", admin_s.as_str()),
+            ("UPGRADE_SOCK", sock.as_str()),
+        ];
+        all.extend_from_slice(env);
+        Gateway::spawn(dir, http, admin, source.into(), &all)
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        http: SocketAddr,
+        admin: SocketAddr,
+        source: std::ffi::OsString,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let config = dir.path().join("zkgate.yaml");
         let log = std::fs::File::create(dir.path().join("zkgate.log")).expect("log file");
         let child = Command::new(bin())
             .args(["run", "-c"])
-            .arg(&config)
+            .arg(source)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .stdin(Stdio::null())
