@@ -172,3 +172,70 @@ async fn pushed_configs_reach_every_replica_and_invalid_ones_never_do() {
         assert!(gw.metrics().contains("zkgate_config_node_version 3"));
     }
 }
+
+#[test]
+fn a_digest_protected_node_is_readable_by_its_identity_only() {
+    let server = ZkServer::start();
+    let zk_hosts = server.connect_string();
+    let a = Backend::start("a");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, shared_config(a.addr, "")).expect("write");
+    let as_gw = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("ZKGATE_ZK_PASSWORD", "s3cret")
+            .output()
+            .expect("run zkgate")
+    };
+    let node = ["--node", "/secure/config"];
+    let out = as_gw(
+        &[
+            &[
+                "config",
+                "push",
+                "-c",
+                file.to_str().unwrap(),
+                "--zk",
+                &zk_hosts,
+                "--zk-user",
+                "gw",
+            ][..],
+            &node[..],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let anonymous = zkgate(
+        &[&["config", "get", "--zk", &zk_hosts][..], &node[..]].concat(),
+        None,
+    );
+    assert_eq!(anonymous.status.code(), Some(2));
+    assert!(
+        text(&anonymous.stderr).contains("not authorized"),
+        "{}",
+        text(&anonymous.stderr)
+    );
+    let got = as_gw(
+        &[
+            &["config", "get", "--zk", &zk_hosts, "--zk-user", "gw"][..],
+            &node[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        text(&got.stdout).contains(&a.addr.to_string()),
+        "{}",
+        text(&got.stderr)
+    );
+
+    let gw = Gateway::start_with_env(
+        &format!("zk://gw@{zk_hosts}/secure/config"),
+        &[("ZKGATE_ZK_PASSWORD", "s3cret")],
+    );
+    assert_eq!(who(&gw), "a");
+    // The password never reaches the log or /config.
+    assert!(!gw.log().contains("s3cret"));
+    assert!(!get(gw.admin, "/config").text().contains("s3cret"));
+}
