@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,40 @@ fn names(list: &[&str]) -> HashSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+fn native(addr: SocketAddr, weight: u32) -> Vec<u8> {
+    format!(
+        r#"{{"host":"{}","port":{},"weight":{weight}}}"#,
+        addr.ip(),
+        addr.port()
+    )
+    .into_bytes()
+}
+
+fn persistent() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+/// A client on `connect`, with `instances` registered under /zkgate/services/api as persistent
+/// native-JSON nodes.
+async fn registry(connect: &str, instances: &[(&str, SocketAddr)]) -> zk::Client {
+    let client = zk::Client::connect(connect).await.unwrap();
+    client
+        .mkdir("/zkgate/services/api", &persistent())
+        .await
+        .unwrap();
+    for (name, addr) in instances {
+        client
+            .create(
+                &format!("/zkgate/services/api/{name}"),
+                &native(*addr, 1),
+                &persistent(),
+            )
+            .await
+            .unwrap();
+    }
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstreams_follow_registrations_in_every_format_without_failed_requests() {
     let server = ZkServer::start();
@@ -34,22 +69,9 @@ async fn upstreams_follow_registrations_in_every_format_without_failed_requests(
         Backend::start("b"),
         Backend::start("c"),
     );
-    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
-    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let client = registry(&server.connect_string(), &[]).await;
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-    client
-        .mkdir("/zkgate/services/api", &persistent)
-        .await
-        .unwrap();
-    client.mkdir("/real_server", &persistent).await.unwrap();
-    let native = |addr: std::net::SocketAddr, weight: u32| {
-        format!(
-            r#"{{"host":"{}","port":{},"weight":{weight}}}"#,
-            addr.ip(),
-            addr.port()
-        )
-        .into_bytes()
-    };
+    client.mkdir("/real_server", &persistent()).await.unwrap();
     // Registered before the gateway starts: its very first request must find it.
     client
         .create("/zkgate/services/api/a", &native(a.addr, 1), &ephemeral)
@@ -200,21 +222,7 @@ routes:
 async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_session() {
     let mut ensemble = zkgate_discovery::testkit::ZkEnsemble::start();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let client = zk::Client::connect(&ensemble.connect_string())
-        .await
-        .unwrap();
-    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    let json = |addr: std::net::SocketAddr| {
-        format!(r#"{{"host":"{}","port":{}}}"#, addr.ip(), addr.port()).into_bytes()
-    };
-    client
-        .mkdir("/zkgate/services/api", &persistent)
-        .await
-        .unwrap();
-    client
-        .create("/zkgate/services/api/a", &json(a.addr), &persistent)
-        .await
-        .unwrap();
+    registry(&ensemble.connect_string(), &[("a", a.addr)]).await;
     let gw = Gateway::start(&format!(
         "zookeeper: {{ connect: \"{}\", session_timeout: 6s }}\nupstreams: [{{ name: api, zookeeper: {{ service: api }} }}]\nroutes: [{{ name: api, upstream: api }}]\n",
         ensemble.connect_string()
@@ -235,7 +243,7 @@ async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_sess
         .await
         .unwrap();
     client
-        .create("/zkgate/services/api/b", &json(b.addr), &persistent)
+        .create("/zkgate/services/api/b", &native(b.addr, 1), &persistent())
         .await
         .unwrap();
     assert!(
@@ -260,19 +268,7 @@ async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
         Backend::start("b"),
         Backend::start("c"),
     );
-    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
-    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
-    let json = |addr: std::net::SocketAddr| {
-        format!(r#"{{"host":"{}","port":{}}}"#, addr.ip(), addr.port()).into_bytes()
-    };
-    client
-        .mkdir("/zkgate/services/api", &persistent)
-        .await
-        .unwrap();
-    client
-        .create("/zkgate/services/api/a", &json(a.addr), &persistent)
-        .await
-        .unwrap();
+    let client = registry(&server.connect_string(), &[("a", a.addr)]).await;
     let config = |extra: &str| {
         format!(
             "zookeeper: {{ connect: \"{}\", session_timeout: 2s }}\nupstreams:\n  - {{ name: api, zookeeper: {{ service: api }} }}\n{extra}routes:\n  - {{ name: new, match: {{ path_prefix: /new/ }}, upstream: {} }}\n  - {{ name: api, upstream: api }}\n",
@@ -285,11 +281,11 @@ async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
 
     // A reload brings an upstream on a path nobody watched yet: it is followed at once.
     client
-        .create("/zkgate/services/new", b"", &persistent)
+        .create("/zkgate/services/new", b"", &persistent())
         .await
         .unwrap();
     client
-        .create("/zkgate/services/new/b", &json(b.addr), &persistent)
+        .create("/zkgate/services/new/b", &native(b.addr, 1), &persistent())
         .await
         .unwrap();
     gw.write_config(&config("  - { name: new, zookeeper: { service: new } }\n"));
@@ -332,7 +328,7 @@ async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
     server.restart();
     let client = zk::Client::connect(&server.connect_string()).await.unwrap();
     client
-        .create("/zkgate/services/api/c", &json(c.addr), &persistent)
+        .create("/zkgate/services/api/c", &native(c.addr, 1), &persistent())
         .await
         .unwrap();
     assert!(
