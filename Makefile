@@ -6,7 +6,7 @@ STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
 CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
-.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-compare docker deps deps-test deps-musl zk-up zk-down clean
+.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare docker deps deps-test deps-musl zk-up zk-down clean
 
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
@@ -54,6 +54,10 @@ bench: deps
 ## bench-propagation: znode change to first request routed by the new set, p50/p99 over 200 changes
 bench-propagation: deps-test
 	$(CARGO) bench --bench propagation
+
+## bench-scale: 500 services x 20 instances against 5 x 20: memory, full resync time, time and CPU of one change
+bench-scale: deps-test
+	$(CARGO) bench --bench scale
 
 bench-compare: build
 	$(CARGO) build --release --example bare_pingora

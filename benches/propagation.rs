@@ -5,9 +5,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::{Backend, Conn, Gateway};
+use common::{instance_json, percentile, time_to_join, time_to_leave, Backend, Conn, Gateway};
 use zkgate_discovery::testkit::ZkServer;
 use zookeeper_client as zk;
 
@@ -18,16 +18,6 @@ fn changes() -> usize {
     } else {
         10
     }
-}
-
-fn backend_of(c: &mut Conn) -> String {
-    let r = c.get("/x").expect("request");
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["backend"].as_str().unwrap_or("").to_owned()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 fn main() {
@@ -46,12 +36,9 @@ fn main() {
         .expect("connect");
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
-    let json = |addr: std::net::SocketAddr| {
-        format!(r#"{{"host":"{}","port":{}}}"#, addr.ip(), addr.port()).into_bytes()
-    };
     rt.block_on(client.mkdir("/zkgate/services/api", &persistent))
         .expect("mkdir");
-    rt.block_on(client.create("/zkgate/services/api/a", &json(a.addr), &ephemeral))
+    rt.block_on(client.create("/zkgate/services/api/a", &instance_json(a.addr), &ephemeral))
         .expect("create a");
     let gw = Gateway::start(&format!(
         "zookeeper: {{ connect: \"{}\" }}\nupstreams: [{{ name: api, zookeeper: {{ service: api }} }}]\nroutes: [{{ name: api, upstream: api }}]\n",
@@ -59,37 +46,20 @@ fn main() {
     ));
     let mut conn = Conn::open(gw.http).expect("connection");
     let (mut joins, mut leaves) = (Vec::new(), Vec::new());
-    let deadline = Duration::from_secs(5);
     for i in 0..changes() {
+        let t = Instant::now();
         if i % 2 == 0 {
-            // b joins: round robin over {a, b} sends it the first or second request.
-            let t = Instant::now();
-            rt.block_on(client.create("/zkgate/services/api/b", &json(b.addr), &ephemeral))
-                .expect("create b");
-            while backend_of(&mut conn) != "b" {
-                assert!(t.elapsed() < deadline, "b never served");
-            }
-            joins.push(t.elapsed());
+            rt.block_on(client.create(
+                "/zkgate/services/api/b",
+                &instance_json(b.addr),
+                &ephemeral,
+            ))
+            .expect("create b");
+            joins.push(time_to_join(&mut conn, "/x", "b", t));
         } else {
-            // b leaves: the new set is in force once two requests in a row go to a (with
-            // round robin over {a, b} one client never sees that).
-            let t = Instant::now();
             rt.block_on(client.delete("/zkgate/services/api/b", None))
                 .expect("delete b");
-            let mut last = String::new();
-            let mut when = t.elapsed();
-            loop {
-                let now = backend_of(&mut conn);
-                if now == "a" && last == "a" {
-                    break;
-                }
-                if now == "a" {
-                    when = t.elapsed();
-                }
-                last = now;
-                assert!(t.elapsed() < deadline, "b never left");
-            }
-            leaves.push(when);
+            leaves.push(time_to_leave(&mut conn, "/x", "a", t));
         }
     }
     for (what, mut v) in [("create -> routed", joins), ("delete -> routed", leaves)] {

@@ -485,6 +485,58 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// The `p` quantile (0 to 1) of an ascending list: the smallest value with at least that share
+/// of the list at or below it.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// The native JSON instance data for a backend at `addr`.
+pub fn instance_json(addr: SocketAddr) -> Vec<u8> {
+    format!(r#"{{"host":"{}","port":{}}}"#, addr.ip(), addr.port()).into_bytes()
+}
+
+/// The name of the echo backend that answered a GET of `target` on `c`.
+pub fn backend_of(c: &mut Conn, target: &str) -> String {
+    let r = c.get(target).expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["backend"].as_str().unwrap_or("").to_owned()
+}
+
+/// After backend `name` joined a round-robin set at `since`: the time until a GET of `target`
+/// first goes to it (round robin sends it the first or the second request once it is in).
+pub fn time_to_join(c: &mut Conn, target: &str, name: &str, since: Instant) -> Duration {
+    while backend_of(c, target) != name {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{name} never served in 5 s"
+        );
+    }
+    since.elapsed()
+}
+
+/// After a backend left a round-robin set at `since`, leaving only `rest`: the time of the
+/// first of two GETs of `target` in a row answered by `rest` (with two backends in the set one
+/// client never sees that, so the pair marks the new set in force).
+pub fn time_to_leave(c: &mut Conn, target: &str, rest: &str, since: Instant) -> Duration {
+    let mut last = String::new();
+    let mut when = since.elapsed();
+    loop {
+        let now = backend_of(c, target);
+        if now == rest && last == rest {
+            return when;
+        }
+        if now == rest {
+            when = since.elapsed();
+        }
+        last = now;
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "the leaving backend still served after 5 s"
+        );
+    }
+}
+
 /// Client threads sending GETs in a loop (a fresh connection each) until `finish`, at most 60 s.
 pub struct Load {
     stop: Arc<AtomicBool>,
