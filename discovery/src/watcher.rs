@@ -141,41 +141,51 @@ impl Watches {
             }
             keep
         });
-        let mut added = Vec::new();
-        for path in want {
-            if self.armed.contains_key(path.as_str()) {
-                continue;
-            }
-            let path: Arc<str> = path.as_str().into();
-            let mut watcher = match client
-                .watch(&path, zk::AddWatchMode::PersistentRecursive)
-                .await
-            {
-                Ok(w) => w,
-                // One forbidden path must not stop the others; it is retried on reconnect.
-                Err(zk::Error::NoAuth) => {
-                    log::error!("zookeeper {path}: not allowed to watch it (check zookeeper.digest); its upstreams keep their last members");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let tx = self.tx.clone();
-            let tag = path.clone();
-            let task = tokio::spawn(async move {
-                loop {
-                    let event = watcher.changed().await;
-                    let terminal = event.event_type == zk::EventType::Session
-                        && event.session_state.is_terminated();
-                    // A terminated watcher must not be polled again.
-                    if tx.send((tag.clone(), event)).is_err() || terminal {
-                        return;
+        let new: Vec<Arc<str>> = want
+            .iter()
+            .filter(|p| !self.armed.contains_key(p.as_str()))
+            .map(|p| Arc::from(p.as_str()))
+            .collect();
+        let mut added = Vec::with_capacity(new.len());
+        for chunk in new.chunks(PIPELINE_PATHS) {
+            // Sent at once, answered in order: one round trip for the chunk.
+            let requests: Vec<_> = chunk
+                .iter()
+                .map(|p| client.watch(p, zk::AddWatchMode::PersistentRecursive))
+                .collect();
+            for (path, request) in chunk.iter().zip(requests) {
+                let watcher = match request.await {
+                    Ok(w) => w,
+                    // One forbidden path must not stop the others; it is retried on reconnect.
+                    Err(zk::Error::NoAuth) => {
+                        log::error!("zookeeper {path}: not allowed to watch it (check zookeeper.digest); its upstreams keep their last members");
+                        continue;
                     }
-                }
-            });
-            self.armed.insert(path.clone(), task.abort_handle());
-            added.push(path);
+                    Err(e) => return Err(e),
+                };
+                self.armed
+                    .insert(path.clone(), self.forward(path.clone(), watcher));
+                added.push(path.clone());
+            }
         }
         Ok(added)
+    }
+
+    /// Sends each event of `watcher` tagged with `path` until the session ends.
+    fn forward(&self, path: Arc<str>, mut watcher: zk::PersistentWatcher) -> AbortHandle {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let event = watcher.changed().await;
+                let terminal = event.event_type == zk::EventType::Session
+                    && event.session_state.is_terminated();
+                // A terminated watcher must not be polled again.
+                if tx.send((path.clone(), event)).is_err() || terminal {
+                    return;
+                }
+            }
+        })
+        .abort_handle()
     }
 
     fn clear(&mut self) {
