@@ -110,6 +110,8 @@ fn pick(c: &mut Criterion) {
             "weighted_round_robin",
             "random",
             "consistent_hash",
+            "least_conn",
+            "p2c",
         ] {
             let key = if balance == "consistent_hash" {
                 ", hash_key: \"header:x-user\""
@@ -133,7 +135,7 @@ fn pick(c: &mut Criterion) {
                 b.iter(|| {
                     turn = turn.wrapping_add(1);
                     black_box(
-                        set.pick(black_box(turn), black_box(key))
+                        set.pick(black_box(turn), black_box(key), &[])
                             .map(|b| b.spec.addr),
                     )
                 })

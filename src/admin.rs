@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::live::Shared;
 use crate::metrics;
+use crate::upstream::state::{BackendState, DRAINED, EJECTED, UNHEALTHY};
 
 pub struct Admin {
     shared: Shared,
@@ -30,11 +31,19 @@ impl Admin {
                     "balance": u.balance,
                     "hash_key": u.definition.hash_key,
                     "zookeeper_path": u.discovery,
-                    "backends": set.backends().iter().map(|b| json!({
-                        "addr": b.spec.addr.to_string(),
-                        "weight": b.spec.weight,
-                        "state": if b.spec.weight > 0 { "active" } else { "drained" },
-                    })).collect::<Vec<_>>(),
+                    "health_check": u.health.is_some(),
+                    "backends": set.backends().iter().map(|b| {
+                        let s = &b.state;
+                        json!({
+                            "addr": b.spec.addr.to_string(),
+                            "weight": b.spec.weight,
+                            "state": backend_state(b.spec.weight, s),
+                            "healthy": !s.is(UNHEALTHY),
+                            "ejected_for_ms": s.ejected_for().map(|d| d.as_millis() as u64),
+                            "ejections": s.ejections(),
+                            "in_flight": s.in_flight(),
+                        })
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -68,6 +77,19 @@ impl Admin {
             StatusCode::SERVICE_UNAVAILABLE
         };
         (status, body)
+    }
+}
+
+/// One word for why a backend is or is not picked; the first reason wins.
+fn backend_state(weight: u32, s: &BackendState) -> &'static str {
+    if s.is(DRAINED) || weight == 0 {
+        "drained"
+    } else if s.is(UNHEALTHY) {
+        "unhealthy"
+    } else if s.is(EJECTED) {
+        "ejected"
+    } else {
+        "active"
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     pub downstream_connections: IntGauge,
     pub backends: IntGaugeVec,
+    pub health_check_failures: IntCounterVec,
+    pub outlier_ejections: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_node_version: IntGauge,
     pub access_log_dropped: IntCounter,
@@ -66,6 +68,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["upstream"]
         )
         .expect("register zkgate_upstream_backends"),
+        health_check_failures: register_int_counter_vec!(
+            "zkgate_health_check_failures_total",
+            "Failed active health checks, by upstream.",
+            &["upstream"]
+        )
+        .expect("register zkgate_health_check_failures_total"),
+        outlier_ejections: register_int_counter_vec!(
+            "zkgate_outlier_ejections_total",
+            "Backends ejected for failing requests in a row, by upstream.",
+            &["upstream"]
+        )
+        .expect("register zkgate_outlier_ejections_total"),
         config_reloads: register_int_counter_vec!(
             "zkgate_config_reloads_total",
             "Config reloads by result (success or failure).",

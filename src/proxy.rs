@@ -12,17 +12,20 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
 use crate::live::Shared;
 use crate::metrics::RouteMetrics;
-use crate::route::{normalize_host, normalize_path, Action, RequestView, Respond, Route};
+use crate::route::{
+    normalize_host, normalize_path, Action, RequestView, Respond, RetryPolicy, Route,
+};
 use crate::snapshot::{Listener, Snapshot};
+use crate::upstream::state::InFlight;
+use crate::upstream::Upstream;
 
-/// Attempts per request when connecting fails before anything was sent (each on another backend).
-const MAX_CONNECT_ATTEMPTS: usize = 3;
+const MAX_ATTEMPTS: usize = RetryPolicy::MAX_ATTEMPTS as usize;
 
 pub struct Gateway {
     shared: Shared,
@@ -49,10 +52,16 @@ pub struct RequestCtx {
     normalized_path: Option<String>,
     /// The backend of the current attempt.
     backend: Option<SocketAddr>,
-    /// Backends that refused or timed out a connection, `failed` of them: a retry avoids them.
-    /// (A retry after a stale pooled connection goes back to the same backend.)
-    unreachable: [SocketAddr; MAX_CONNECT_ATTEMPTS],
+    /// Counts the current attempt in flight on its backend until it is replaced or dropped.
+    attempt: Option<InFlight>,
+    /// The status the backend answered, as opposed to one the gateway made up.
+    upstream_status: Option<u16>,
+    /// Backends this request failed on, `failed` of them: a retry avoids them. (A retry after
+    /// a stale pooled connection goes back to the same backend.)
+    unreachable: [SocketAddr; MAX_ATTEMPTS],
     failed: usize,
+    /// Tries started, the first included.
+    tries: u8,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
     request_body_bytes: u64,
@@ -69,6 +78,41 @@ impl RequestCtx {
 
     fn unreachable(&self) -> &[SocketAddr] {
         &self.unreachable[..self.failed]
+    }
+
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.route()?.action {
+            Action::Proxy(u) => Some(u),
+            Action::Respond(_) => None,
+        }
+    }
+
+    /// Whether the route's attempts and the upstream's retry budget allow another try.
+    fn may_try_again(&self) -> bool {
+        let (Some(route), Some(u)) = (self.route(), self.upstream()) else {
+            return false;
+        };
+        self.tries < route.retry.attempts && u.retry_budget.withdraw()
+    }
+
+    /// The current try failed on its backend: a retry avoids it, and it counts against the
+    /// backend's outlier detection.
+    fn failed_on_backend(&mut self) {
+        if let (Some(addr), Some(slot)) = (self.backend, self.unreachable.get_mut(self.failed)) {
+            *slot = addr;
+            self.failed += 1;
+        }
+        self.end_attempt(true);
+    }
+
+    /// Ends the current attempt: it leaves the in-flight count, and its outcome counts toward
+    /// the backend's outlier detection.
+    fn end_attempt(&mut self, failed: bool) {
+        if let Some(attempt) = self.attempt.take() {
+            if let Some(u) = self.upstream() {
+                u.record(attempt.state(), failed);
+            }
+        }
     }
 }
 
@@ -175,8 +219,11 @@ impl ProxyHttp for Gateway {
             route: None,
             normalized_path: None,
             backend: None,
-            unreachable: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_CONNECT_ATTEMPTS],
+            attempt: None,
+            upstream_status: None,
+            unreachable: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS],
             failed: 0,
+            tries: 0,
             upstream_started: None,
             upstream_time: None,
             request_body_bytes: 0,
@@ -246,8 +293,10 @@ impl ProxyHttp for Gateway {
             .snapshot
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no snapshot"))?;
-        let Some(Action::Proxy(upstream)) = ctx.route.map(|id| &snapshot.routes.get(id).action)
-        else {
+        let Some(route) = ctx.route.map(|id| snapshot.routes.get(id)) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a route");
+        };
+        let Action::Proxy(upstream) = &route.action else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "upstream_peer without a proxy route",
@@ -265,7 +314,7 @@ impl ProxyHttp for Gateway {
             )
         });
         let avoid = ctx.unreachable();
-        let Some(peer) = upstream.select(key, avoid) else {
+        let Some(picked) = upstream.select(key, avoid) else {
             let (code, why) = if avoid.is_empty() {
                 (503, "no backend available")
             } else {
@@ -275,8 +324,17 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(ErrorType::HTTPStatus(code), why)
                 .more_context(format!("upstream {}", upstream.name)));
         };
-        ctx.backend = peer.address().as_inet().copied();
+        if ctx.tries == 0 {
+            upstream.retry_budget.deposit();
+        }
+        ctx.tries += 1;
+        ctx.backend = Some(picked.attempt.state().addr);
+        ctx.attempt = Some(picked.attempt);
         ctx.upstream_started = Some(Instant::now());
+        let mut peer = picked.peer;
+        if let Some(t) = route.retry.per_try_timeout {
+            peer.options.read_timeout = Some(t);
+        }
         Ok(peer)
     }
 
@@ -287,13 +345,39 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(addr), Some(slot)) = (ctx.backend, ctx.unreachable.get_mut(ctx.failed)) {
-            *slot = addr;
-            ctx.failed += 1;
-        }
         // Nothing was sent yet, so any method may go to another backend.
-        if ctx.failed < MAX_CONNECT_ATTEMPTS {
-            e.set_retry(true);
+        let retry = ctx.may_try_again();
+        ctx.failed_on_backend();
+        e.set_retry(retry);
+        e
+    }
+
+    /// A failure after the connection was made. The request may have reached the backend, so
+    /// it is tried again only where the route allows it, for an idempotent method whose body
+    /// is still in the retry buffer, and before any of the answer went to the client.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let safe = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let after_send = ctx.route().is_some_and(|r| r.retry.after_send);
+        if safe && after_send && e.esource() == &ErrorSource::Upstream {
+            let retry = ctx.may_try_again();
+            ctx.failed_on_backend();
+            e.set_retry(retry);
+        } else if safe {
+            // Pingora's own rule: a pooled connection that failed had probably gone stale;
+            // the same backend is tried again on a fresh one.
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
         }
         e
     }
@@ -353,6 +437,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         let Some(route) = ctx.route() else {
             return Ok(());
         };
@@ -449,6 +534,14 @@ impl ProxyHttp for Gateway {
             (None, Some(_)) => 502,
             (None, None) => 0,
         };
+        // A backend that answered 5xx, or failed after the connection was made, counts against
+        // it; a client that went away does not.
+        let failed = match (ctx.upstream_status, e) {
+            (Some(s), _) => s >= 500,
+            (None, Some(e)) => e.esource() == &ErrorSource::Upstream,
+            (None, None) => false,
+        };
+        ctx.end_attempt(failed);
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();
         let metrics = route.map_or(RouteMetrics::unmatched(), |r| &r.metrics);

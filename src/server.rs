@@ -22,6 +22,7 @@ use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::{Settings, Snapshot};
 use crate::upstream::discovery::DiscoveryService;
+use crate::upstream::health::HealthChecker;
 
 /// zkgate's defaults where Pingora's do not suit a container: its 300 s grace period outlives
 /// every orchestrator's kill timeout.
@@ -147,6 +148,10 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     log::info!("admin on {}", settings.admin);
     server.add_service(admin);
 
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker::new(shared.clone()),
+    ));
     server.add_service(background_service(
         "reload",
         Reloader::new(source, shared, text),

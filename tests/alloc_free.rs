@@ -43,6 +43,8 @@ upstreams:
   - { name: wrr, balance: weighted_round_robin, backends: ["127.0.0.1:2 weight=5", "127.0.0.1:3"] }
   - { name: rnd, balance: random, backends: ["127.0.0.1:2 weight=5", "127.0.0.1:3"] }
   - { name: ch, balance: consistent_hash, hash_key: client_ip, backends: ["127.0.0.1:2", "127.0.0.1:3"] }
+  - { name: lc, balance: least_conn, backends: ["127.0.0.1:2 weight=2", "127.0.0.1:3"] }
+  - { name: p2c, balance: p2c, backends: ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"] }
 routes:
   - { name: exact, match: { path: /a/b }, upstream: rr }
   - { name: prefix, match: { path_prefix: /a/ }, upstream: rr }
@@ -94,9 +96,13 @@ fn route_matching_and_backend_picks_do_not_allocate() {
     for u in &snap.upstreams {
         let set = u.load();
         let key: &[u8] = b"10.0.0.1";
+        // One backend out, so that the fallbacks run too.
+        set.backends()[0]
+            .state
+            .set(zkgate::upstream::state::EJECTED, true);
         let n = allocations(|| {
             for turn in 0..1000 {
-                assert!(set.pick(turn, Some(key)).is_some());
+                assert!(set.pick(turn, Some(key), &[]).is_some());
             }
         });
         assert_eq!(

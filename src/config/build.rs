@@ -19,10 +19,13 @@ use crate::metrics::RouteMetrics;
 use crate::route::rewrite::check_replacement;
 use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
-    PathRewrite, Respond, Route, RouteTable,
+    PathRewrite, Respond, RetryPolicy, Route, RouteTable,
 };
 use crate::snapshot::{Listener, Settings, Snapshot};
-use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream};
+use crate::upstream::health::{HealthCheck, Probe};
+use crate::upstream::outlier::OutlierPolicy;
+use crate::upstream::retry_budget::RetryBudget;
+use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream, UpstreamParts};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
@@ -221,6 +224,179 @@ fn discovery_path(z: &UpstreamZookeeper, root: &str) -> Result<String, String> {
     }
 }
 
+fn health_check(
+    h: &HealthCheckSection,
+    at: &str,
+    tls: bool,
+    errors: &mut ConfigErrors,
+) -> HealthCheck {
+    let interval = h.interval.map_or(HealthCheck::DEFAULT_INTERVAL, |d| d.0);
+    let timeout = h.timeout.map_or(HealthCheck::DEFAULT_TIMEOUT, |d| d.0);
+    if interval < Duration::from_millis(100) {
+        errors.push(format!("{at}.interval"), "must be at least 100ms");
+    }
+    if timeout.is_zero() || timeout > interval {
+        errors.push(
+            format!("{at}.timeout"),
+            "must be above zero and at most the interval",
+        );
+    }
+    let rise = h.rise.unwrap_or(HealthCheck::DEFAULT_RISE);
+    let fall = h.fall.unwrap_or(HealthCheck::DEFAULT_FALL);
+    for (key, n) in [("rise", rise), ("fall", fall)] {
+        if n == 0 {
+            errors.push(format!("{at}.{key}"), "must be at least 1");
+        }
+    }
+    let http_only = [
+        ("path", h.path.is_some()),
+        ("method", h.method.is_some()),
+        ("host", h.host.is_some()),
+        ("expected_statuses", h.expected_statuses.is_some()),
+    ];
+    let probe = match h.kind {
+        HealthCheckKind::Tcp => {
+            for (key, given) in http_only {
+                if given {
+                    errors.push(format!("{at}.{key}"), "only for type: http");
+                }
+            }
+            Probe::Tcp
+        }
+        HealthCheckKind::Http => {
+            if tls {
+                errors.push(
+                    format!("{at}.type"),
+                    "HTTPS checks are not supported yet: use type: tcp for a TLS upstream",
+                );
+            }
+            let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
+            if !path.starts_with('/')
+                || path
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                errors.push(
+                    format!("{at}.path"),
+                    format!("`{path}` is not a request path"),
+                );
+            }
+            let method = h.method.clone().unwrap_or_else(|| "GET".to_owned());
+            if Method::from_bytes(method.as_bytes()).is_err() {
+                errors.push(
+                    format!("{at}.method"),
+                    format!("`{method}` is not an HTTP method"),
+                );
+            }
+            if let Some(host) = &h.host {
+                if HeaderValue::from_str(host).is_err() || host.is_empty() {
+                    errors.push(
+                        format!("{at}.host"),
+                        format!("`{host}` is not a valid Host"),
+                    );
+                }
+            }
+            let statuses = match &h.expected_statuses {
+                None => vec![(200, 399)],
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, text)| {
+                        status_range(text)
+                            .map_err(|e| errors.push(format!("{at}.expected_statuses[{i}]"), e))
+                            .ok()
+                    })
+                    .collect(),
+            };
+            Probe::Http {
+                method,
+                path,
+                host: h.host.clone(),
+                statuses,
+            }
+        }
+    };
+    HealthCheck {
+        probe,
+        interval,
+        timeout,
+        rise,
+        fall,
+        start_unhealthy: h.start_unhealthy,
+    }
+}
+
+/// `200` or `200-399`.
+fn status_range(text: &str) -> Result<(u16, u16), String> {
+    let status = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+            .ok_or_else(|| format!("`{text}` is not a status (100-599) or a range like 200-399"))
+    };
+    let (lo, hi) = match text.split_once('-') {
+        Some((lo, hi)) => (status(lo)?, status(hi)?),
+        None => (status(text)?, status(text)?),
+    };
+    if lo > hi {
+        return Err(format!("`{text}` is an empty range"));
+    }
+    Ok((lo, hi))
+}
+
+fn outlier_policy(o: &OutlierSection, at: &str, errors: &mut ConfigErrors) -> OutlierPolicy {
+    let p = OutlierPolicy {
+        consecutive_failures: o
+            .consecutive_failures
+            .unwrap_or(OutlierPolicy::DEFAULT_CONSECUTIVE_FAILURES),
+        base_ejection: o
+            .base_ejection_time
+            .map_or(OutlierPolicy::DEFAULT_BASE_EJECTION, |d| d.0),
+        max_ejection: o
+            .max_ejection_time
+            .map_or(OutlierPolicy::DEFAULT_MAX_EJECTION, |d| d.0),
+        max_ejected_percent: o
+            .max_ejected_percent
+            .unwrap_or(OutlierPolicy::DEFAULT_MAX_EJECTED_PERCENT),
+    };
+    if p.consecutive_failures == 0 {
+        errors.push(format!("{at}.consecutive_failures"), "must be at least 1");
+    }
+    if p.base_ejection.is_zero() {
+        errors.push(format!("{at}.base_ejection_time"), "must be above zero");
+    }
+    if p.max_ejection < p.base_ejection {
+        errors.push(
+            format!("{at}.max_ejection_time"),
+            "must be at least base_ejection_time",
+        );
+    }
+    if p.max_ejected_percent > 100 {
+        errors.push(format!("{at}.max_ejected_percent"), "must be 0 to 100");
+    }
+    p
+}
+
+fn retry_policy(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> RetryPolicy {
+    let attempts = r.attempts.unwrap_or(RetryPolicy::DEFAULT_ATTEMPTS.into());
+    if !(1..=RetryPolicy::MAX_ATTEMPTS.into()).contains(&attempts) {
+        errors.push(
+            format!("{at}.attempts"),
+            format!("must be 1 to {}", RetryPolicy::MAX_ATTEMPTS),
+        );
+    }
+    let per_try_timeout = r.per_try_timeout.map(|d| d.0);
+    if per_try_timeout.is_some_and(|d| d.is_zero()) {
+        errors.push(format!("{at}.per_try_timeout"), "must be above zero");
+    }
+    RetryPolicy {
+        attempts: attempts.clamp(1, RetryPolicy::MAX_ATTEMPTS.into()) as u8,
+        after_send: r.after_send,
+        per_try_timeout,
+    }
+}
+
 /// `host:port` or `host:port weight=N`; a host name resolves to all of its addresses.
 fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
     let mut parts = text.split_whitespace();
@@ -358,6 +534,27 @@ fn upstreams(
                 verify: tls.verify,
             }),
         };
+        let health = u
+            .health_check
+            .as_ref()
+            .map(|h| health_check(h, &format!("{at}.health_check"), u.tls.is_some(), errors));
+        let outlier = u
+            .outlier_detection
+            .as_ref()
+            .map(|o| outlier_policy(o, &format!("{at}.outlier_detection"), errors));
+        let budget = u.retry_budget.as_ref();
+        let percent = budget
+            .and_then(|b| b.percent)
+            .unwrap_or(RetryBudget::DEFAULT_PERCENT);
+        if percent > 100 {
+            errors.push(format!("{at}.retry_budget.percent"), "must be 0 to 100");
+        }
+        let retry_budget = RetryBudget::new(
+            percent,
+            budget
+                .and_then(|b| b.min_per_second)
+                .unwrap_or(RetryBudget::DEFAULT_MIN_PER_SECOND),
+        );
         if errors.len() > before {
             continue;
         }
@@ -370,10 +567,15 @@ fn upstreams(
             Some(existing) => existing.clone(),
             None => Arc::new(Upstream::new(
                 u.clone(),
-                hash_key,
-                settings,
+                UpstreamParts {
+                    hash_key,
+                    settings,
+                    health,
+                    outlier,
+                    retry_budget,
+                    discovery,
+                },
                 specs,
-                discovery,
             )),
         });
     }
@@ -673,6 +875,7 @@ fn routes(
             &format!("{at}.response_headers"),
             errors,
         );
+        let retry = retry_policy(&r.retry, &format!("{at}.retry"), errors);
         if errors.len() > before {
             continue;
         }
@@ -691,6 +894,7 @@ fn routes(
             response_headers,
             max_request_body: r.max_request_body.map(|s| s.0),
             max_error_body: r.max_error_body.map(|s| s.0),
+            retry,
             metrics: RouteMetrics::new(&r.name),
         });
     }

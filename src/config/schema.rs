@@ -124,6 +124,77 @@ pub struct UpstreamSection {
     #[serde(default)]
     pub timeouts: TimeoutSection,
     pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckSection>,
+    pub outlier_detection: Option<OutlierSection>,
+    pub retry_budget: Option<RetryBudgetSection>,
+}
+
+/// Retries to this upstream may add at most `percent` of its requests, plus
+/// `min_per_second`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    pub percent: Option<u32>,
+    pub min_per_second: Option<u32>,
+}
+
+/// When a request is tried again on another backend.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Tries in all, the first included (1 turns retries off); default 3.
+    pub attempts: Option<u32>,
+    /// Also retry a request that failed after it was sent (reset, timeout, no answer), if its
+    /// method is idempotent and its body fit the retry buffer. Off by default: only failures to
+    /// connect, when the backend cannot have seen the request, are retried.
+    #[serde(default)]
+    pub after_send: bool,
+    /// How long each try may wait for the backend to answer (each read); default the
+    /// upstream's read timeout.
+    pub per_try_timeout: Option<Dur>,
+}
+
+/// Active health checks of every backend of an upstream.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(rename = "type", default)]
+    pub kind: HealthCheckKind,
+    /// HTTP only: the request line and Host header of the check.
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    /// HTTP only: statuses that pass, each `200` or a range `200-399`; default `200-399`.
+    pub expected_statuses: Option<Vec<String>>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    /// Consecutive passes that make an unhealthy backend healthy, and failures for the reverse.
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    /// A backend joining the upstream gets no traffic until its first passing check.
+    #[serde(default)]
+    pub start_unhealthy: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+/// Passive health: backends whose requests keep failing are taken out for a while.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierSection {
+    /// Consecutive failed requests (5xx answers, or no connection) that eject a backend.
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length; each further one lasts this much longer, up to the max.
+    pub base_ejection_time: Option<Dur>,
+    pub max_ejection_time: Option<Dur>,
+    /// At most this share of the upstream's backends is ejected at once.
+    pub max_ejected_percent: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -134,6 +205,10 @@ pub enum Balance {
     WeightedRoundRobin,
     Random,
     ConsistentHash,
+    /// Fewest requests in flight relative to weight.
+    LeastConn,
+    /// Power of two choices: the less loaded (relative to weight) of two random backends.
+    P2c,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -173,6 +248,8 @@ pub struct RouteSection {
     pub response_headers: HeaderEdits,
     pub max_request_body: Option<Size>,
     pub max_error_body: Option<Size>,
+    #[serde(default)]
+    pub retry: RetrySection,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -240,6 +317,8 @@ impl Balance {
             Balance::WeightedRoundRobin => "weighted_round_robin",
             Balance::Random => "random",
             Balance::ConsistentHash => "consistent_hash",
+            Balance::LeastConn => "least_conn",
+            Balance::P2c => "p2c",
         }
     }
 }

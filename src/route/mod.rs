@@ -41,7 +41,23 @@ pub struct Route {
     pub response_headers: HeaderOps,
     pub max_request_body: Option<u64>,
     pub max_error_body: Option<u64>,
+    pub retry: RetryPolicy,
     pub metrics: RouteMetrics,
+}
+
+/// When a request on this route is tried again, always on another backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u8,
+    /// Idempotent requests that failed after being sent are retried too.
+    pub after_send: bool,
+    pub per_try_timeout: Option<std::time::Duration>,
+}
+
+impl RetryPolicy {
+    pub const DEFAULT_ATTEMPTS: u8 = 3;
+    pub const MAX_ATTEMPTS: u8 = 5;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

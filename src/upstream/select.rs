@@ -23,6 +23,10 @@ pub enum Selector {
     Schedule(Box<[u32]>),
     /// Ketama-style hash ring.
     Ring(Ring),
+    /// Indexes of the pickable backends, for the fewest in flight relative to weight
+    /// (`least_conn`: all of them compared; `p2c`: the better of two drawn at random).
+    LeastConn(Box<[u32]>),
+    P2c(Box<[u32]>),
 }
 
 impl Selector {
@@ -40,27 +44,58 @@ impl Selector {
                 Selector::Schedule(smooth_schedule(&reduced_weights(weights, MAX_SCHEDULE)).into())
             }
             Balance::ConsistentHash => Selector::Ring(Ring::new(ring_points(weights, names))),
+            Balance::LeastConn => Selector::LeastConn(live.into()),
+            Balance::P2c => Selector::P2c(live.into()),
         }
     }
 
-    /// Picks a backend index. `turn` is a shared counter's next value; `key` is the request's
-    /// hash key (consistent hashing only; without one, a random point is used).
+    /// Picks a backend index by position alone (the load-aware selectors are picked by the
+    /// backend set, which sees the load; here they take turns). `turn` is a shared counter's
+    /// next value; `key` is the request's hash key (consistent hashing only; without one, a
+    /// random point is used).
     #[inline]
     pub fn pick(&self, turn: usize, key: Option<&[u8]>) -> Option<u32> {
+        self.alternative(turn, key, 0)
+    }
+
+    /// The `k`-th choice for the same turn and key, 0 being the first: the next entries of the
+    /// order, or the next points clockwise on the ring. A fallback that walks these keeps the
+    /// weights' proportions and a key's stickiness.
+    #[inline]
+    pub fn alternative(&self, turn: usize, key: Option<&[u8]>, k: usize) -> Option<u32> {
+        let at = turn.wrapping_add(k);
         match self {
             Selector::Empty => None,
-            Selector::RoundRobin(live) => Some(live[turn % live.len()]),
-            Selector::Schedule(s) => Some(s[turn % s.len()]),
-            Selector::Ring(ring) => Some(ring.owner(match key {
-                Some(k) => xxh3_64(k),
-                None => fastrand::u64(..),
-            })),
+            Selector::RoundRobin(live) | Selector::LeastConn(live) | Selector::P2c(live) => {
+                Some(live[at % live.len()])
+            }
+            Selector::Schedule(s) => Some(s[at % s.len()]),
+            Selector::Ring(ring) => Some(ring.owner(
+                match key {
+                    Some(k) => xxh3_64(k),
+                    None => fastrand::u64(..),
+                },
+                k,
+            )),
+        }
+    }
+
+    /// How many entries [`alternative`](Self::alternative) cycles through.
+    pub fn positions(&self) -> usize {
+        match self {
+            Selector::Empty => 0,
+            Selector::RoundRobin(v) | Selector::LeastConn(v) | Selector::P2c(v) => v.len(),
+            Selector::Schedule(s) => s.len(),
+            Selector::Ring(r) => r.points.len(),
         }
     }
 
     /// Whether `pick` reads `turn` from a counter (as opposed to a random draw or a key).
     pub fn wants_counter(balance: Balance) -> bool {
-        matches!(balance, Balance::RoundRobin | Balance::WeightedRoundRobin)
+        matches!(
+            balance,
+            Balance::RoundRobin | Balance::WeightedRoundRobin | Balance::LeastConn
+        )
     }
 }
 
@@ -139,14 +174,15 @@ impl Ring {
         }
     }
 
-    /// The backend owning hash `h`: the first point at or after it, wrapping around.
+    /// The backend owning hash `h` (`skip` 0): the first point at or after it, wrapping
+    /// around; with `skip`, the owner of the point that many further clockwise.
     #[inline]
-    fn owner(&self, h: u64) -> u32 {
+    fn owner(&self, h: u64, skip: usize) -> u32 {
         let mut i = self.start[(h >> self.shift) as usize] as usize;
         while i < self.points.len() && self.points[i].0 < h {
             i += 1;
         }
-        self.points[if i == self.points.len() { 0 } else { i }].1
+        self.points[(i + skip) % self.points.len()].1
     }
 }
 
@@ -202,6 +238,8 @@ mod tests {
             Balance::WeightedRoundRobin,
             Balance::Random,
             Balance::ConsistentHash,
+            Balance::LeastConn,
+            Balance::P2c,
         ] {
             let s = Selector::build(b, &[0, 0], &names(2));
             assert!(s.pick(3, Some(b"k")).is_none());
@@ -242,7 +280,7 @@ mod tests {
         for h in probes {
             let i = ring.points.partition_point(|&(p, _)| p < h);
             let expected = ring.points[if i == ring.points.len() { 0 } else { i }].1;
-            assert_eq!(ring.owner(h), expected, "{h}");
+            assert_eq!(ring.owner(h, 0), expected, "{h}");
         }
     }
 

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -204,6 +204,7 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    behaviour: Arc<AtomicU64>,
 }
 
 impl Backend {
@@ -220,7 +221,9 @@ impl Backend {
             connections: Arc::default(),
             requests: Arc::default(),
             stop: Arc::default(),
+            behaviour: Arc::default(),
         };
+        let behaviour = b.behaviour.clone();
         let (name, conns, reqs, stop) = (
             b.name.clone(),
             b.connections.clone(),
@@ -234,8 +237,8 @@ impl Backend {
                 }
                 let Ok(stream) = stream else { continue };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (name, reqs) = (name.clone(), reqs.clone());
-                thread::spawn(move || serve(stream, &name, &reqs));
+                let (name, reqs, behaviour) = (name.clone(), reqs.clone(), behaviour.clone());
+                thread::spawn(move || serve(stream, &name, &reqs, &behaviour));
             }
         });
         b
@@ -249,7 +252,49 @@ impl Drop for Backend {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize) {
+/// How a [`Backend`] treats the requests it reads, changeable while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    Normal,
+    /// Answers every request with this status.
+    Status(u16),
+    /// Answers after this many milliseconds.
+    Delay(u64),
+    /// Closes the connection without an answer.
+    Close,
+    /// Never answers (holds the connection for 30 s).
+    Hang,
+}
+
+impl Behaviour {
+    fn encode(self) -> u64 {
+        match self {
+            Behaviour::Normal => 0,
+            Behaviour::Status(s) => 1 << 32 | s as u64,
+            Behaviour::Delay(ms) => 2 << 32 | ms,
+            Behaviour::Close => 3 << 32,
+            Behaviour::Hang => 4 << 32,
+        }
+    }
+
+    fn decode(v: u64) -> Behaviour {
+        match v >> 32 {
+            1 => Behaviour::Status(v as u16),
+            2 => Behaviour::Delay(v & 0xffff_ffff),
+            3 => Behaviour::Close,
+            4 => Behaviour::Hang,
+            _ => Behaviour::Normal,
+        }
+    }
+}
+
+impl Backend {
+    pub fn behave(&self, b: Behaviour) {
+        self.behaviour.store(b.encode(), Ordering::SeqCst);
+    }
+}
+
+fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize, behaviour: &AtomicU64) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut out) = stream.try_clone() else {
         return;
@@ -268,7 +313,21 @@ fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize) {
             return;
         };
         reqs.fetch_add(1, Ordering::SeqCst);
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let (mut path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let forced;
+        match Behaviour::decode(behaviour.load(Ordering::SeqCst)) {
+            Behaviour::Normal => {}
+            Behaviour::Status(code) => {
+                forced = format!("/status/{code}");
+                path = &forced;
+            }
+            Behaviour::Delay(ms) => thread::sleep(Duration::from_millis(ms)),
+            Behaviour::Close => return,
+            Behaviour::Hang => {
+                thread::sleep(Duration::from_secs(30));
+                return;
+            }
+        }
         let resp = if let Some(code) = path.strip_prefix("/status/") {
             let size: usize = query
                 .split('&')

@@ -1,0 +1,272 @@
+//! Active health checks: every backend of an upstream with `health_check:` is probed on an
+//! interval (an HTTP request or a TCP connect) off the request path; `fall` failures in a row
+//! take it out of rotation and `rise` passes bring it back. The same tick readmits backends
+//! whose outlier ejection is over.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::state::{now_ms, BackendState, UNHEALTHY};
+use super::Upstream;
+use crate::live::Shared;
+use crate::metrics::METRICS;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub start_unhealthy: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    Tcp,
+    Http {
+        method: String,
+        path: String,
+        /// The Host header; the backend's address when `None`.
+        host: Option<String>,
+        /// Inclusive ranges of passing statuses.
+        statuses: Vec<(u16, u16)>,
+    },
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RISE: u32 = 2;
+    pub const DEFAULT_FALL: u32 = 3;
+
+    /// One probe of `addr`: `Ok` when it passes, the reason otherwise.
+    pub async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.probe_unbounded(addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn probe_unbounded(&self, addr: SocketAddr) -> Result<(), String> {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let Probe::Http {
+            method,
+            path,
+            host,
+            statuses,
+        } = &self.probe
+        else {
+            return Ok(());
+        };
+        let host = host.clone().unwrap_or_else(|| addr.to_string());
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: zkgate-health-check\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        // The status line is all that is needed: `HTTP/1.1 200 ...`.
+        let mut head = [0u8; 64];
+        let mut len = 0;
+        while len < 12 {
+            let n = stream
+                .read(&mut head[len..])
+                .await
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("closed before a status line".into());
+            }
+            len += n;
+        }
+        let status = std::str::from_utf8(&head[..len])
+            .ok()
+            .filter(|l| l.starts_with("HTTP/1."))
+            .and_then(|l| l.get(9..12))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or("not an HTTP response")?;
+        if statuses
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+        {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    }
+
+    /// Counts one probe result; flips the backend's health after `rise` or `fall` in a row.
+    fn record(&self, upstream: &str, state: &BackendState, result: Result<(), String>) {
+        match result {
+            Ok(()) => {
+                state.fails.store(0, Ordering::Relaxed);
+                let passes = state.passes.fetch_add(1, Ordering::Relaxed) + 1;
+                if passes >= self.rise && state.is(UNHEALTHY) && state.set(UNHEALTHY, false) {
+                    log::info!(
+                        "upstream {upstream}: backend {} healthy after {passes} passing checks",
+                        state.addr
+                    );
+                }
+            }
+            Err(why) => {
+                state.passes.store(0, Ordering::Relaxed);
+                let fails = state.fails.fetch_add(1, Ordering::Relaxed) + 1;
+                METRICS
+                    .health_check_failures
+                    .with_label_values(&[upstream])
+                    .inc();
+                if fails >= self.fall && state.set(UNHEALTHY, true) {
+                    log::warn!(
+                        "upstream {upstream}: backend {} unhealthy after {fails} failed checks: {why}",
+                        state.addr
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// How often the checker looks for due checks and expired ejections.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Probes the backends of every upstream of the current snapshot, so that upstreams added by a
+/// reload are checked from the next tick on.
+pub struct HealthChecker {
+    shared: Shared,
+}
+
+impl HealthChecker {
+    pub fn new(shared: Shared) -> HealthChecker {
+        HealthChecker { shared }
+    }
+
+    fn tick(&self) {
+        let snapshot = self.shared.load_full();
+        let now = now_ms();
+        for u in &snapshot.upstreams {
+            let set = u.load();
+            u.expire_ejections(&set, now);
+            let Some(check) = &u.health else { continue };
+            if now < u.next_check_ms.load(Ordering::Relaxed) {
+                continue;
+            }
+            u.next_check_ms
+                .store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
+            for b in set.backends() {
+                tokio::spawn(probe_one(u.clone(), b.state.clone()));
+            }
+        }
+    }
+}
+
+async fn probe_one(upstream: Arc<Upstream>, state: Arc<BackendState>) {
+    let Some(check) = &upstream.health else {
+        return;
+    };
+    let result = check.probe(state.addr).await;
+    check.record(&upstream.name, &state, result);
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.tick(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn http_check(statuses: Vec<(u16, u16)>) -> HealthCheck {
+        HealthCheck {
+            probe: Probe::Http {
+                method: "GET".into(),
+                path: "/healthz".into(),
+                host: Some("svc".into()),
+                statuses,
+            },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(300),
+            rise: 2,
+            fall: 2,
+            start_unhealthy: false,
+        }
+    }
+
+    /// A one-shot server answering `reply` and handing back the request it read.
+    async fn serve_once(reply: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn http_probe_checks_the_status_and_sends_the_host() {
+        let check = http_check(vec![(200, 299)]);
+        let (addr, req) = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
+        assert_eq!(check.probe(addr).await, Ok(()));
+        let req = req.await.unwrap();
+        assert!(
+            req.starts_with("GET /healthz HTTP/1.1\r\nHost: svc\r\n"),
+            "{req}"
+        );
+
+        let (addr, _) = serve_once("HTTP/1.1 503 Busy\r\n\r\n").await;
+        assert_eq!(check.probe(addr).await, Err("status 503".into()));
+        let (addr, _) = serve_once("SSH-2.0-OpenSSH\r\n").await;
+        assert_eq!(check.probe(addr).await, Err("not an HTTP response".into()));
+    }
+
+    #[tokio::test]
+    async fn probe_fails_on_refusal_and_silence() {
+        let check = http_check(vec![(200, 399)]);
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        assert!(check.probe(addr).await.unwrap_err().starts_with("connect"));
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = check.probe(silent.local_addr().unwrap()).await.unwrap_err();
+        assert!(err.starts_with("no answer within"), "{err}");
+    }
+
+    #[test]
+    fn rise_and_fall_flip_health_once() {
+        let check = http_check(vec![(200, 299)]);
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap(), false);
+        check.record("u", &s, Err("x".into()));
+        assert!(s.available(), "one failure is not enough");
+        check.record("u", &s, Err("x".into()));
+        assert!(!s.available());
+        check.record("u", &s, Ok(()));
+        assert!(!s.available(), "one pass is not enough");
+        check.record("u", &s, Ok(()));
+        assert!(s.available());
+    }
+}

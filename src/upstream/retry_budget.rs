@@ -1,0 +1,90 @@
+//! The retry budget of an upstream: retries may add at most a share of its recent requests,
+//! plus a small floor per second so that a quiet upstream can still retry. A failing upstream
+//! then sees its load grow by that share at most, instead of multiplied by the retry count.
+
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use super::state::now_ms;
+
+/// One retry, in the budget's unit.
+const RETRY: i64 = 1000;
+
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Deposited per request, in thousandths of a retry (20% = 200).
+    per_request: i64,
+    min_per_second: u32,
+    /// At most this much is saved up, so that a long quiet spell cannot fund a burst.
+    cap: i64,
+    balance: AtomicI64,
+    /// The floor's current second and the retries taken from it.
+    second: AtomicU64,
+    floor_used: AtomicU32,
+}
+
+impl RetryBudget {
+    pub const DEFAULT_PERCENT: u32 = 20;
+    pub const DEFAULT_MIN_PER_SECOND: u32 = 10;
+
+    pub fn new(percent: u32, min_per_second: u32) -> RetryBudget {
+        RetryBudget {
+            per_request: percent as i64 * RETRY / 100,
+            min_per_second,
+            cap: 100 * RETRY,
+            balance: AtomicI64::new(0),
+            second: AtomicU64::new(0),
+            floor_used: AtomicU32::new(0),
+        }
+    }
+
+    /// Every request (not retry) adds its share.
+    #[inline]
+    pub fn deposit(&self) {
+        if self.per_request > 0 && self.balance.load(Ordering::Relaxed) < self.cap {
+            self.balance.fetch_add(self.per_request, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether one more retry may go out now; takes it from the budget if so.
+    pub fn withdraw(&self) -> bool {
+        let now = now_ms() / 1000;
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.floor_used.store(0, Ordering::Relaxed);
+        }
+        if self.floor_used.fetch_add(1, Ordering::Relaxed) < self.min_per_second {
+            return true;
+        }
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= RETRY).then_some(b - RETRY)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_a_share_of_requests_above_the_floor() {
+        let b = RetryBudget::new(20, 2);
+        assert!(b.withdraw() && b.withdraw(), "the floor");
+        assert!(!b.withdraw(), "nothing saved yet");
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert!(b.withdraw() && b.withdraw(), "20% of 10 requests");
+        assert!(!b.withdraw());
+    }
+
+    #[test]
+    fn savings_are_capped() {
+        let b = RetryBudget::new(100, 0);
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        let granted = (0..1000).filter(|_| b.withdraw()).count();
+        assert_eq!(granted, 100);
+    }
+}

@@ -1,0 +1,186 @@
+//! What the gateway knows about one backend address beyond its config: requests in flight, the
+//! health-check verdict, outlier ejection and an administrative drain. One state per address
+//! per upstream, shared by every backend set that lists the address, so it survives membership
+//! and weight changes; the request path only reads and bumps atomics.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// Reasons not to pick a backend, as bits of [`BackendState::down`].
+pub const UNHEALTHY: u8 = 1;
+pub const EJECTED: u8 = 2;
+pub const DRAINED: u8 = 4;
+
+#[derive(Debug)]
+pub struct BackendState {
+    pub addr: SocketAddr,
+    in_flight: AtomicU32,
+    down: AtomicU8,
+    /// Consecutive passing and failing active checks (written by the health checker only).
+    pub(super) passes: AtomicU32,
+    pub(super) fails: AtomicU32,
+    /// Consecutive failed requests (5xx or no connection), for outlier ejection.
+    pub(super) errors: AtomicU32,
+    /// How many times it was ejected recently; each ejection lasts longer.
+    pub(super) ejections: AtomicU32,
+    /// When the current ejection ends, or the last one ended, in [`now_ms`] time.
+    pub(super) ejection_end_ms: AtomicU64,
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+impl BackendState {
+    pub fn new(addr: SocketAddr, start_unhealthy: bool) -> BackendState {
+        BackendState {
+            addr,
+            in_flight: AtomicU32::new(0),
+            down: AtomicU8::new(if start_unhealthy { UNHEALTHY } else { 0 }),
+            passes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            errors: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejection_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Neither unhealthy, ejected nor drained.
+    #[inline]
+    pub fn available(&self) -> bool {
+        self.down.load(Ordering::Relaxed) == 0
+    }
+
+    pub fn down(&self) -> u8 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    pub fn is(&self, flag: u8) -> bool {
+        self.down() & flag != 0
+    }
+
+    /// Sets or clears `flag`; `true` when that changed it.
+    pub fn set(&self, flag: u8, on: bool) -> bool {
+        let before = if on {
+            self.down.fetch_or(flag, Ordering::Relaxed)
+        } else {
+            self.down.fetch_and(!flag, Ordering::Relaxed)
+        };
+        (before & flag != 0) != on
+    }
+
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Time left in the current ejection.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        let end = self.ejection_end_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        (self.is(EJECTED) && end > now).then(|| Duration::from_millis(end - now))
+    }
+}
+
+/// One request on a backend, from the pick until the attempt ends (drop).
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    pub fn start(state: &Arc<BackendState>) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(state.clone())
+    }
+
+    pub fn state(&self) -> &Arc<BackendState> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The states of an upstream's current addresses; written only when the membership changes.
+#[derive(Debug, Default)]
+pub struct States {
+    by_addr: HashMap<SocketAddr, Arc<BackendState>>,
+}
+
+impl States {
+    /// The states for `addrs`, kept for addresses seen before and created for new ones; the
+    /// states of addresses no longer listed are let go (requests still holding them finish).
+    pub fn refresh(
+        &mut self,
+        addrs: &[SocketAddr],
+        start_unhealthy: bool,
+    ) -> Vec<Arc<BackendState>> {
+        let out: Vec<Arc<BackendState>> = addrs
+            .iter()
+            .map(|a| {
+                self.by_addr
+                    .entry(*a)
+                    .or_insert_with(|| Arc::new(BackendState::new(*a, start_unhealthy)))
+                    .clone()
+            })
+            .collect();
+        self.by_addr.retain(|a, _| addrs.contains(a));
+        out
+    }
+
+    pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<BackendState>> {
+        self.by_addr.get(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn states_survive_a_refresh_and_in_flight_counts_follow_guards() {
+        let mut states = States::default();
+        let first = states.refresh(&[addr(1), addr(2)], false);
+        first[0].set(UNHEALTHY, true);
+        let guard = InFlight::start(&first[1]);
+        assert_eq!(first[1].in_flight(), 1);
+
+        let second = states.refresh(&[addr(2), addr(1), addr(3)], true);
+        assert!(Arc::ptr_eq(&first[0], &second[1]));
+        assert!(!second[1].available(), "health survives the swap");
+        assert_eq!(second[0].in_flight(), 1, "in-flight survives the swap");
+        assert!(second[2].is(UNHEALTHY), "a new backend may start unhealthy");
+
+        let third = states.refresh(&[addr(3)], false);
+        assert_eq!(third.len(), 1);
+        assert!(states.get(&addr(2)).is_none());
+        drop(guard);
+        assert_eq!(first[1].in_flight(), 0);
+    }
+
+    #[test]
+    fn flags_report_changes() {
+        let s = BackendState::new(addr(1), false);
+        assert!(s.set(DRAINED, true));
+        assert!(!s.set(DRAINED, true));
+        assert!(s.set(EJECTED, true));
+        assert!(!s.available());
+        assert!(s.set(DRAINED, false));
+        assert!(s.is(EJECTED) && !s.is(DRAINED));
+    }
+}
