@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` and `/config`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` and `/config`, and
+//! draining a backend by hand.
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
@@ -32,6 +33,7 @@ impl Admin {
                     "hash_key": u.definition.hash_key,
                     "zookeeper_path": u.discovery,
                     "health_check": u.health.is_some(),
+                    "circuit": u.breaker.as_ref().map(|b| b.state_name()),
                     "backends": set.backends().iter().map(|b| {
                         let s = &b.state;
                         json!({
@@ -48,6 +50,46 @@ impl Admin {
             })
             .collect();
         json!({ "upstreams": list })
+    }
+
+    /// `POST /upstreams/{name}/{addr}/drain` takes a backend out of rotation without removing
+    /// it (its requests in flight finish; it keeps being health checked); `undrain` puts it
+    /// back. The mark is kept across membership changes and reloads that keep the upstream.
+    fn drain(&self, path: &str) -> (StatusCode, serde_json::Value) {
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let ["upstreams", name, addr, action @ ("drain" | "undrain")] = parts[..] else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({ "error": "POST /upstreams/NAME/ADDR/drain or /undrain" }),
+            );
+        };
+        let Ok(addr) = addr.parse::<std::net::SocketAddr>() else {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("`{addr}` is not an address like 10.0.0.5:8080") }),
+            );
+        };
+        let snap = self.shared.load();
+        let Some(upstream) = snap.upstream(name) else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({ "error": format!("no upstream {name}") }),
+            );
+        };
+        let Some(state) = upstream.state_of(&addr) else {
+            return (
+                StatusCode::NOT_FOUND,
+                json!({ "error": format!("upstream {name} has no backend {addr}") }),
+            );
+        };
+        let drained = action == "drain";
+        if state.set(DRAINED, drained) {
+            log::info!("admin: upstream {name} backend {addr} {action}ed");
+        }
+        (
+            StatusCode::OK,
+            json!({ "upstream": name, "backend": addr.to_string(), "drained": drained, "in_flight": state.in_flight() }),
+        )
     }
 
     fn readiness(&self) -> (StatusCode, serde_json::Value) {
@@ -112,11 +154,15 @@ fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>>
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if req.method == http::Method::POST {
+            let (status, body) = self.drain(req.uri.path());
+            return json_reply(status, body);
+        }
         if req.method != http::Method::GET && req.method != http::Method::HEAD {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
-                b"only GET\n".to_vec(),
+                b"GET, or POST /upstreams/NAME/ADDR/drain|undrain\n".to_vec(),
             );
         }
         match req.uri.path() {

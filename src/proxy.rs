@@ -22,6 +22,7 @@ use crate::route::{
     normalize_host, normalize_path, Action, RequestView, Respond, RetryPolicy, Route,
 };
 use crate::snapshot::{Listener, Snapshot};
+use crate::upstream::breaker::Admit;
 use crate::upstream::state::InFlight;
 use crate::upstream::Upstream;
 
@@ -62,6 +63,8 @@ pub struct RequestCtx {
     failed: usize,
     /// Tries started, the first included.
     tries: u8,
+    /// What the upstream's circuit breaker said to this request, if it has one.
+    admitted: Option<Admit>,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
     request_body_bytes: u64,
@@ -224,6 +227,7 @@ impl ProxyHttp for Gateway {
             unreachable: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS],
             failed: 0,
             tries: 0,
+            admitted: None,
             upstream_started: None,
             upstream_time: None,
             request_body_bytes: 0,
@@ -313,6 +317,17 @@ impl ProxyHttp for Gateway {
                 &mut ip_buf,
             )
         });
+        if ctx.tries == 0 {
+            if let Some(breaker) = &upstream.breaker {
+                let admit = breaker.admit();
+                if admit == Admit::No {
+                    ctx.failure = Some("circuit open");
+                    return Err(Error::explain(ErrorType::HTTPStatus(503), "circuit open")
+                        .more_context(format!("upstream {}", upstream.name)));
+                }
+                ctx.admitted = Some(admit);
+            }
+        }
         let avoid = ctx.unreachable();
         let Some(picked) = upstream.select(key, avoid) else {
             let (code, why) = if avoid.is_empty() {
@@ -542,6 +557,17 @@ impl ProxyHttp for Gateway {
             (None, None) => false,
         };
         ctx.end_attempt(failed);
+        if let (Some(admitted), Some(u)) = (ctx.admitted, ctx.upstream()) {
+            if let Some(breaker) = &u.breaker {
+                // A request that never got a backend also failed, from the breaker's view.
+                let failed = failed
+                    || (ctx.upstream_status.is_none()
+                        && e.is_some_and(|e| e.esource() != &ErrorSource::Downstream));
+                if breaker.record(admitted, failed) {
+                    log::warn!("upstream {}: circuit opened", u.name);
+                }
+            }
+        }
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();
         let metrics = route.map_or(RouteMetrics::unmatched(), |r| &r.metrics);

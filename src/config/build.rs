@@ -22,9 +22,11 @@ use crate::route::{
     PathRewrite, Respond, RetryPolicy, Route, RouteTable,
 };
 use crate::snapshot::{Listener, Settings, Snapshot};
+use crate::upstream::breaker::{Breaker, BreakerPolicy};
 use crate::upstream::health::{HealthCheck, Probe};
 use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::retry_budget::RetryBudget;
+use crate::upstream::slow_start::SlowStart;
 use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream, UpstreamParts};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -345,6 +347,45 @@ fn status_range(text: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
+fn breaker_policy(b: &BreakerSection, at: &str, errors: &mut ConfigErrors) -> BreakerPolicy {
+    let p = BreakerPolicy {
+        failure_ratio: b
+            .failure_ratio
+            .unwrap_or(BreakerPolicy::DEFAULT_FAILURE_RATIO),
+        min_requests: b
+            .min_requests
+            .unwrap_or(BreakerPolicy::DEFAULT_MIN_REQUESTS),
+        window: b.window.map_or(BreakerPolicy::DEFAULT_WINDOW, |d| d.0),
+        consecutive_failures: b
+            .consecutive_failures
+            .unwrap_or(BreakerPolicy::DEFAULT_CONSECUTIVE_FAILURES),
+        open_for: b.open_for.map_or(BreakerPolicy::DEFAULT_OPEN_FOR, |d| d.0),
+        probes: b.probes.unwrap_or(BreakerPolicy::DEFAULT_PROBES),
+    };
+    if !(p.failure_ratio > 0.0 && p.failure_ratio <= 1.0) {
+        errors.push(
+            format!("{at}.failure_ratio"),
+            "must be above 0 and at most 1",
+        );
+    }
+    for (key, n) in [
+        ("min_requests", p.min_requests),
+        ("consecutive_failures", p.consecutive_failures),
+        ("probes", p.probes),
+    ] {
+        if n == 0 {
+            errors.push(format!("{at}.{key}"), "must be at least 1");
+        }
+    }
+    if p.window.is_zero() {
+        errors.push(format!("{at}.window"), "must be above zero");
+    }
+    if p.open_for.is_zero() {
+        errors.push(format!("{at}.open_for"), "must be above zero");
+    }
+    p
+}
+
 fn outlier_policy(o: &OutlierSection, at: &str, errors: &mut ConfigErrors) -> OutlierPolicy {
     let p = OutlierPolicy {
         consecutive_failures: o
@@ -542,6 +583,19 @@ fn upstreams(
             .outlier_detection
             .as_ref()
             .map(|o| outlier_policy(o, &format!("{at}.outlier_detection"), errors));
+        let slow_start = u.slow_start.map(|d| SlowStart { window: d.0 });
+        if slow_start.is_some() && u.balance == Balance::ConsistentHash {
+            errors.push(
+                format!("{at}.slow_start"),
+                "has no effect with consistent_hash (a key's backend does not change with load)",
+            );
+        }
+        let breaker = u.circuit_breaker.as_ref().map(|b| {
+            Breaker::new(
+                &u.name,
+                breaker_policy(b, &format!("{at}.circuit_breaker"), errors),
+            )
+        });
         let budget = u.retry_budget.as_ref();
         let percent = budget
             .and_then(|b| b.percent)
@@ -573,9 +627,12 @@ fn upstreams(
                     health,
                     outlier,
                     retry_budget,
+                    slow_start,
+                    breaker,
                     discovery,
                 },
                 specs,
+                prev.and_then(|p| p.upstream(&u.name)).map(|x| &**x),
             )),
         });
     }

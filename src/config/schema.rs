@@ -127,6 +127,22 @@ pub struct UpstreamSection {
     pub health_check: Option<HealthCheckSection>,
     pub outlier_detection: Option<OutlierSection>,
     pub retry_budget: Option<RetryBudgetSection>,
+    /// A joining backend's share grows from a tenth to all of its weight over this window.
+    pub slow_start: Option<Dur>,
+    pub circuit_breaker: Option<BreakerSection>,
+}
+
+/// Opens on `failure_ratio` of at least `min_requests` in `window`, or on
+/// `consecutive_failures`; answers 503 for `open_for`, then lets `probes` requests test it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    pub failure_ratio: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window: Option<Dur>,
+    pub consecutive_failures: Option<u32>,
+    pub open_for: Option<Dur>,
+    pub probes: Option<u32>,
 }
 
 /// Retries to this upstream may add at most `percent` of its requests, plus

@@ -113,6 +113,7 @@ impl HealthCheck {
                 state.fails.store(0, Ordering::Relaxed);
                 let passes = state.passes.fetch_add(1, Ordering::Relaxed) + 1;
                 if passes >= self.rise && state.is(UNHEALTHY) && state.set(UNHEALTHY, false) {
+                    state.rejoined();
                     log::info!(
                         "upstream {upstream}: backend {} healthy after {passes} passing checks",
                         state.addr
@@ -157,6 +158,7 @@ impl HealthChecker {
         for u in &snapshot.upstreams {
             let set = u.load();
             u.expire_ejections(&set, now);
+            u.ramp(&set);
             let Some(check) = &u.health else { continue };
             if now < u.next_check_ms.load(Ordering::Relaxed) {
                 continue;

@@ -4,12 +4,14 @@
 //! [`BackendSet`], so a config file (now) or a discovery source (later) can publish a new set
 //! with one store, while requests keep picking from the set they loaded, without locks.
 
+pub mod breaker;
 pub mod discovery;
 pub mod hash_key;
 pub mod health;
 pub mod outlier;
 pub mod retry_budget;
 pub mod select;
+pub mod slow_start;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -23,11 +25,13 @@ use prometheus::IntGauge;
 
 use crate::config::schema::{Balance, UpstreamSection};
 use crate::metrics::METRICS;
+use breaker::Breaker;
 pub use hash_key::HashKey;
 use health::HealthCheck;
 use outlier::OutlierPolicy;
 use retry_budget::RetryBudget;
 use select::Selector;
+use slow_start::SlowStart;
 use state::{BackendState, InFlight, States, DRAINED};
 
 /// One backend as configured or discovered.
@@ -90,19 +94,54 @@ const ALTERNATIVES: usize = 8;
 pub struct BackendSet {
     backends: Box<[Backend]>,
     selector: Selector,
+    /// The pickable backends, compact, for the selectors that compare loads.
+    slots: Box<[Slot]>,
+    /// Some backend's weight is ramping up (slow start).
+    ramping: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: Arc<BackendState>,
+    /// 2^32 / weight: load × this orders backends by load / weight with one multiplication.
+    inverse_weight: u64,
+    index: u32,
 }
 
 impl BackendSet {
+    /// `slow_start` ramps the weights of backends that joined recently; `ramping` then says so,
+    /// and the set is rebuilt until none does.
     fn build(
         balance: Balance,
         settings: &PeerSettings,
         specs: Vec<BackendSpec>,
         states: Vec<Arc<BackendState>>,
+        slow_start: Option<&SlowStart>,
     ) -> BackendSet {
-        let weights: Vec<u32> = specs.iter().map(|s| s.weight).collect();
+        let now = state::now_ms();
+        let ramped: Vec<Option<u64>> = specs
+            .iter()
+            .zip(&states)
+            .map(|(spec, st)| slow_start.and_then(|s| s.ramped(spec.weight, st, now)))
+            .collect();
+        let ramping = ramped.iter().any(Option::is_some);
+        let weights: Vec<u64> = specs
+            .iter()
+            .zip(&ramped)
+            .map(|(spec, r)| match (ramping, r) {
+                (_, Some(w)) => *w,
+                (true, None) => spec.weight as u64 * slow_start::SCALE,
+                (false, None) => spec.weight as u64,
+            })
+            .collect();
+        // Round robin ignores weights; while a backend ramps it has to honour them.
+        let balance_now = match balance {
+            Balance::RoundRobin if ramping => Balance::WeightedRoundRobin,
+            b => b,
+        };
         let names: Vec<String> = specs.iter().map(|s| s.addr.to_string()).collect();
-        let selector = Selector::build(balance, &weights, &names);
-        let backends = specs
+        let selector = Selector::build(balance_now, &weights, &names);
+        let backends: Box<[Backend]> = specs
             .into_iter()
             .zip(states)
             .map(|(spec, state)| Backend {
@@ -111,7 +150,26 @@ impl BackendSet {
                 state,
             })
             .collect();
-        BackendSet { backends, selector }
+        let slots: Box<[Slot]> = match balance {
+            Balance::LeastConn | Balance::P2c => backends
+                .iter()
+                .zip(&weights)
+                .enumerate()
+                .filter(|(_, (_, w))| **w > 0)
+                .map(|(i, (b, w))| Slot {
+                    state: b.state.clone(),
+                    inverse_weight: (1u64 << 32) / w,
+                    index: i as u32,
+                })
+                .collect(),
+            _ => Box::new([]),
+        };
+        BackendSet {
+            backends,
+            selector,
+            slots,
+            ramping,
+        }
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -129,37 +187,33 @@ impl BackendSet {
     /// check gone wrong must not take the whole upstream down.
     #[inline]
     pub fn pick(&self, turn: usize, key: Option<&[u8]>, avoid: &[SocketAddr]) -> Option<&Backend> {
-        let ok = |b: &Backend| b.state.available() && !avoid.contains(&b.spec.addr);
+        let usable = |s: &BackendState| avoid.is_empty() || !avoid.contains(&s.addr);
         let chosen = match &self.selector {
             Selector::Empty => return None,
-            Selector::LeastConn(live) => self.least_loaded(live, turn, ok),
-            Selector::P2c(live) => self.better_of_two(live, ok),
+            Selector::LeastConn(_) => self.least_loaded(turn, usable),
+            Selector::P2c(_) => self.better_of_two(usable),
             other => {
                 let first = &self.backends[other.pick(turn, key)? as usize];
-                if ok(first) {
+                if first.state.available() && usable(&first.state) {
                     return Some(first);
                 }
                 // The selector's next choices keep weights and a key's stickiness.
                 (1..ALTERNATIVES.min(other.positions()))
                     .filter_map(|k| other.alternative(turn, key, k))
                     .map(|i| &self.backends[i as usize])
-                    .find(|b| ok(b))
-                    .or_else(|| self.scan(turn, ok))
+                    .find(|b| b.state.available() && usable(&b.state))
+                    .or_else(|| self.scan(turn, |s| s.available() && usable(s)))
             }
         };
-        chosen.or_else(|| {
-            self.scan(turn, |b| {
-                !b.state.is(DRAINED) && !avoid.contains(&b.spec.addr)
-            })
-        })
+        chosen.or_else(|| self.scan(turn, |s| !s.is(DRAINED) && usable(s)))
     }
 
-    /// The first pickable backend from `start` on that passes `ok`.
-    fn scan(&self, start: usize, ok: impl Fn(&Backend) -> bool) -> Option<&Backend> {
+    /// The first pickable backend from `start` on whose state passes `ok`.
+    fn scan(&self, start: usize, ok: impl Fn(&BackendState) -> bool) -> Option<&Backend> {
         let n = self.backends.len();
         (0..n)
             .map(|i| &self.backends[start.wrapping_add(i) % n])
-            .find(|b| b.spec.weight > 0 && ok(b))
+            .find(|b| b.spec.weight > 0 && ok(&b.state))
     }
 
     /// Fewest in flight relative to weight; ties go to the first from `start`, so that idle
@@ -167,49 +221,57 @@ impl BackendSet {
     #[inline]
     fn least_loaded(
         &self,
-        live: &[u32],
         start: usize,
-        ok: impl Fn(&Backend) -> bool,
+        usable: impl Fn(&BackendState) -> bool,
     ) -> Option<&Backend> {
-        let split = start % live.len();
-        let (tail, head) = live.split_at(split);
-        let mut best: Option<(&Backend, u64, u64)> = None;
-        for &i in head.iter().chain(tail) {
-            let b = &self.backends[i as usize];
-            if !ok(b) {
+        let n = self.slots.len();
+        if n == 0 {
+            return None;
+        }
+        let start = start % n;
+        // The only dependency from one step to the next is the running minimum.
+        let mut best: Option<(&Slot, u64)> = None;
+        for k in 0..n {
+            let i = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
+            let slot = &self.slots[i];
+            let Some(load) = slot.state.load_if_available() else {
                 continue;
-            }
-            let (load, weight) = (b.state.in_flight() as u64, b.spec.weight as u64);
-            // load / weight < best_load / best_weight, without dividing.
-            if best.is_none_or(|(_, bl, bw)| load * bw < bl * weight) {
-                best = Some((b, load, weight));
+            };
+            let score = load as u64 * slot.inverse_weight;
+            if best.is_none_or(|(_, b)| score < b) && usable(&slot.state) {
+                best = Some((slot, score));
             }
         }
-        best.map(|(b, _, _)| b)
+        best.map(|(s, _)| &self.backends[s.index as usize])
     }
 
     /// The less loaded, relative to weight, of two distinct random backends; a full
     /// comparison when either is unavailable.
     #[inline]
-    fn better_of_two(&self, live: &[u32], ok: impl Fn(&Backend) -> bool) -> Option<&Backend> {
-        let n = live.len();
+    fn better_of_two(&self, usable: impl Fn(&BackendState) -> bool) -> Option<&Backend> {
+        let n = self.slots.len();
         let a = fastrand::usize(..n);
         let b = if n > 1 {
             (a + 1 + fastrand::usize(..n - 1)) % n
         } else {
             a
         };
-        let (x, y) = (
-            &self.backends[live[a] as usize],
-            &self.backends[live[b] as usize],
-        );
-        match (ok(x), ok(y)) {
-            (true, true) => {
-                let (lx, wx) = (x.state.in_flight() as u64, x.spec.weight as u64);
-                let (ly, wy) = (y.state.in_flight() as u64, y.spec.weight as u64);
-                Some(if ly * wx < lx * wy { y } else { x })
+        let (x, y) = (&self.slots[a], &self.slots[b]);
+        let score = |s: &Slot| {
+            s.state
+                .load_if_available()
+                .filter(|_| usable(&s.state))
+                .map(|load| load as u64 * s.inverse_weight)
+        };
+        match (score(x), score(y)) {
+            (Some(sx), Some(sy)) => {
+                Some(&self.backends[if sy < sx { y.index } else { x.index } as usize])
             }
-            _ => self.least_loaded(live, a, ok),
+            _ => self.least_loaded(a, usable),
         }
     }
 }
@@ -229,6 +291,8 @@ pub struct Upstream {
     pub health: Option<HealthCheck>,
     pub outlier: Option<OutlierPolicy>,
     pub retry_budget: RetryBudget,
+    pub slow_start: Option<SlowStart>,
+    pub breaker: Option<Breaker>,
     /// What this upstream was built from; a reload that leaves it equal keeps this object.
     pub definition: UpstreamSection,
     /// The ZooKeeper path its members come from; `None` for static backends.
@@ -249,15 +313,26 @@ pub struct UpstreamParts {
     pub health: Option<HealthCheck>,
     pub outlier: Option<OutlierPolicy>,
     pub retry_budget: RetryBudget,
+    pub slow_start: Option<SlowStart>,
+    pub breaker: Option<Breaker>,
     pub discovery: Option<String>,
 }
 
 impl Upstream {
+    /// `inherit` is the upstream of the same name this one replaces in a reload: the states
+    /// of the addresses both list carry over (in flight, health, ejection, drain, slow start).
     pub fn new(
         definition: UpstreamSection,
         parts: UpstreamParts,
         specs: Vec<BackendSpec>,
+        inherit: Option<&Upstream>,
     ) -> Upstream {
+        let states = inherit.map_or_else(States::default, |prev| {
+            prev.states
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
         let balance = definition.balance;
         let name: Arc<str> = definition.name.as_str().into();
         let backends_gauge = METRICS.backends.with_label_values(&[&name]);
@@ -269,13 +344,17 @@ impl Upstream {
             health: parts.health,
             outlier: parts.outlier,
             retry_budget: parts.retry_budget,
+            slow_start: parts.slow_start,
+            breaker: parts.breaker,
             definition,
             discovery: parts.discovery,
             set: ArcSwap::from_pointee(BackendSet {
                 backends: Box::new([]),
                 selector: Selector::Empty,
+                slots: Box::new([]),
+                ramping: false,
             }),
-            states: Mutex::new(States::default()),
+            states: Mutex::new(states),
             turn: AtomicUsize::new(0),
             next_check_ms: AtomicU64::new(0),
             backends_gauge,
@@ -295,8 +374,27 @@ impl Upstream {
             &self.settings,
             specs,
             states.refresh(&addrs, start_unhealthy),
+            self.slow_start.as_ref(),
         );
         self.backends_gauge.set(set.pickable() as i64);
+        self.set.store(Arc::new(set));
+    }
+
+    /// While a backend of `current` ramps up, rebuilds the set with the weights of now.
+    pub(crate) fn ramp(&self, current: &BackendSet) {
+        if !current.ramping {
+            return;
+        }
+        // Under the same lock as `update`, so that a membership change is never undone.
+        let _writer = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let set = self.set.load();
+        let set = BackendSet::build(
+            self.balance,
+            &self.settings,
+            set.backends.iter().map(|b| b.spec.clone()).collect(),
+            set.backends.iter().map(|b| b.state.clone()).collect(),
+            self.slow_start.as_ref(),
+        );
         self.set.store(Arc::new(set));
     }
 

@@ -88,6 +88,7 @@ impl Upstream {
             let end = s.ejection_end_ms.load(Ordering::Relaxed);
             if s.is(EJECTED) {
                 if now >= end && s.set(EJECTED, false) {
+                    s.rejoined();
                     log::info!(
                         "upstream {}: backend {} readmitted after ejection",
                         self.name,

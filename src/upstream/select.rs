@@ -31,7 +31,7 @@ pub enum Selector {
 
 impl Selector {
     /// `weights[i]` of zero means backend `i` is drained: never picked.
-    pub fn build(balance: Balance, weights: &[u32], names: &[String]) -> Selector {
+    pub fn build(balance: Balance, weights: &[u64], names: &[String]) -> Selector {
         let live: Vec<u32> = (0..weights.len() as u32)
             .filter(|&i| weights[i as usize] > 0)
             .collect();
@@ -109,9 +109,9 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// Weights divided by their gcd, then scaled so that they sum to at most `cap`; a backend with
 /// a weight above zero keeps at least one.
-fn reduced_weights(weights: &[u32], cap: u64) -> Vec<u64> {
-    let g = weights.iter().fold(0u64, |g, &w| gcd(g, w as u64)).max(1);
-    let mut w: Vec<u64> = weights.iter().map(|&x| x as u64 / g).collect();
+fn reduced_weights(weights: &[u64], cap: u64) -> Vec<u64> {
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, w)).max(1);
+    let mut w: Vec<u64> = weights.iter().map(|&x| x / g).collect();
     let sum: u64 = w.iter().sum();
     if sum > cap {
         for x in w.iter_mut().filter(|x| **x > 0) {
@@ -186,7 +186,7 @@ impl Ring {
     }
 }
 
-fn ring_points(weights: &[u32], names: &[String]) -> Vec<(u64, u32)> {
+fn ring_points(weights: &[u64], names: &[String]) -> Vec<(u64, u32)> {
     let reduced = reduced_weights(weights, MAX_POINTS / POINTS_PER_WEIGHT);
     let mut points = Vec::new();
     for (i, (&w, name)) in reduced.iter().zip(names).enumerate() {
@@ -252,7 +252,7 @@ mod tests {
     fn huge_weights_are_scaled() {
         let s = Selector::build(
             Balance::WeightedRoundRobin,
-            &[u32::MAX, 1, u32::MAX / 2],
+            &[u32::MAX as u64, 1, u32::MAX as u64 / 2],
             &names(3),
         );
         let Selector::Schedule(order) = &s else {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 pub const UNHEALTHY: u8 = 1;
 pub const EJECTED: u8 = 2;
 pub const DRAINED: u8 = 4;
+const DOWN_SHIFT: u32 = 32;
 
 #[derive(Debug)]
 pub struct BackendState {
+    /// Requests in flight in the low 32 bits, the reasons it is down in the high ones: a pick
+    /// learns both from one load.
+    word: AtomicU64,
     pub addr: SocketAddr,
-    in_flight: AtomicU32,
-    down: AtomicU8,
     /// Consecutive passing and failing active checks (written by the health checker only).
     pub(super) passes: AtomicU32,
     pub(super) fails: AtomicU32,
@@ -28,6 +30,8 @@ pub struct BackendState {
     pub(super) ejections: AtomicU32,
     /// When the current ejection ends, or the last one ended, in [`now_ms`] time.
     pub(super) ejection_end_ms: AtomicU64,
+    /// When it joined the upstream or last came back into service, for slow start.
+    joined_ms: AtomicU64,
 }
 
 /// Milliseconds on a process-wide monotonic clock.
@@ -39,25 +43,45 @@ pub fn now_ms() -> u64 {
 impl BackendState {
     pub fn new(addr: SocketAddr, start_unhealthy: bool) -> BackendState {
         BackendState {
+            word: AtomicU64::new(if start_unhealthy {
+                (UNHEALTHY as u64) << DOWN_SHIFT
+            } else {
+                0
+            }),
             addr,
-            in_flight: AtomicU32::new(0),
-            down: AtomicU8::new(if start_unhealthy { UNHEALTHY } else { 0 }),
             passes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             errors: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejection_end_ms: AtomicU64::new(0),
+            joined_ms: AtomicU64::new(now_ms()),
         }
+    }
+
+    pub fn joined_ms(&self) -> u64 {
+        self.joined_ms.load(Ordering::Relaxed)
+    }
+
+    /// Back in service after being unhealthy or ejected: slow start begins again.
+    pub fn rejoined(&self) {
+        self.joined_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// Neither unhealthy, ejected nor drained.
     #[inline]
     pub fn available(&self) -> bool {
-        self.down.load(Ordering::Relaxed) == 0
+        self.word.load(Ordering::Relaxed) >> DOWN_SHIFT == 0
+    }
+
+    /// Requests in flight when available, `None` when not.
+    #[inline]
+    pub fn load_if_available(&self) -> Option<u32> {
+        let w = self.word.load(Ordering::Relaxed);
+        (w >> DOWN_SHIFT == 0).then_some(w as u32)
     }
 
     pub fn down(&self) -> u8 {
-        self.down.load(Ordering::Relaxed)
+        (self.word.load(Ordering::Relaxed) >> DOWN_SHIFT) as u8
     }
 
     pub fn is(&self, flag: u8) -> bool {
@@ -66,17 +90,18 @@ impl BackendState {
 
     /// Sets or clears `flag`; `true` when that changed it.
     pub fn set(&self, flag: u8, on: bool) -> bool {
+        let bit = (flag as u64) << DOWN_SHIFT;
         let before = if on {
-            self.down.fetch_or(flag, Ordering::Relaxed)
+            self.word.fetch_or(bit, Ordering::Relaxed)
         } else {
-            self.down.fetch_and(!flag, Ordering::Relaxed)
+            self.word.fetch_and(!bit, Ordering::Relaxed)
         };
-        (before & flag != 0) != on
+        (before & bit != 0) != on
     }
 
     #[inline]
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.word.load(Ordering::Relaxed) as u32
     }
 
     pub fn ejections(&self) -> u32 {
@@ -97,7 +122,7 @@ pub struct InFlight(Arc<BackendState>);
 
 impl InFlight {
     pub fn start(state: &Arc<BackendState>) -> InFlight {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.word.fetch_add(1, Ordering::Relaxed);
         InFlight(state.clone())
     }
 
@@ -108,12 +133,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.word.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// The states of an upstream's current addresses; written only when the membership changes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct States {
     by_addr: HashMap<SocketAddr, Arc<BackendState>>,
 }
