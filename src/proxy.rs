@@ -317,6 +317,14 @@ impl ProxyHttp for Gateway {
                 &mut ip_buf,
             )
         });
+        // What is left of the route's time, if it has a bound.
+        let left = route
+            .timeout
+            .map(|t| t.saturating_sub(ctx.started.elapsed()));
+        if left.is_some_and(|l| l.is_zero()) {
+            ctx.failure = Some("gateway timeout: the route's timeout passed");
+            return Err(Error::explain(ErrorType::HTTPStatus(504), "route timeout"));
+        }
         if ctx.tries == 0 {
             if let Some(breaker) = &upstream.breaker {
                 let admit = breaker.admit();
@@ -347,8 +355,13 @@ impl ProxyHttp for Gateway {
         ctx.attempt = Some(picked.attempt);
         ctx.upstream_started = Some(Instant::now());
         let mut peer = picked.peer;
+        let o = &mut peer.options;
         if let Some(t) = route.retry.per_try_timeout {
-            peer.options.read_timeout = Some(t);
+            o.read_timeout = Some(t);
+        }
+        if let Some(left) = left {
+            o.read_timeout = Some(o.read_timeout.map_or(left, |t| t.min(left)));
+            o.connection_timeout = Some(o.connection_timeout.map_or(left, |t| t.min(left)));
         }
         Ok(peer)
     }

@@ -370,3 +370,92 @@ fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
     let late = counts(90);
     assert!(late.get("c").copied().unwrap_or(0) >= 25, "{late:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_replacement_through_zookeeper_fails_no_request() {
+    use zookeeper_client as zk;
+    let server = zkgate_discovery::testkit::ZkServer::start();
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    client
+        .mkdir("/zkgate/services/app", &persistent)
+        .await
+        .unwrap();
+    let register = |port: u16| {
+        let client = client.clone();
+        let ephemeral = ephemeral.clone();
+        async move {
+            client
+                .create(
+                    &format!("/zkgate/services/app/127.0.0.1:{port}"),
+                    b"",
+                    &ephemeral,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let mut old = Vec::new();
+    for name in ["old-1", "old-2", "old-3"] {
+        let port = free_port();
+        old.push((port, python_backend(name, port)));
+        register(port).await;
+    }
+    let gw = Gateway::start(&format!(
+        r#"
+zookeeper: {{ connect: "{}" }}
+upstreams:
+  - name: app
+    zookeeper: {{ service: app }}
+    balance: least_conn
+    health_check: {{ interval: 500ms, timeout: 300ms }}
+routes:
+  - {{ name: app, upstream: app, retry: {{ after_send: true }} }}
+"#,
+        server.connect_string()
+    ));
+    let load = Load::start(gw.http, &["/load"], 4);
+    let mut new = Vec::new();
+    for (i, (old_port, old_proc)) in old.into_iter().enumerate() {
+        // Register the replacement, deregister the old one, let its requests finish, stop it.
+        let port = free_port();
+        new.push(python_backend(&format!("new-{i}"), port));
+        register(port).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client
+            .delete(&format!("/zkgate/services/app/127.0.0.1:{old_port}"), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(old_proc);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    load.finish_without_failures(100);
+    let seen: std::collections::HashSet<String> = (0..12).map(|_| who(&gw, "GET").1).collect();
+    assert!(seen.iter().all(|n| n.starts_with("new-")), "{seen:?}");
+}
+
+#[test]
+fn the_route_timeout_bounds_every_try_together() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    a.behave(Behaviour::Hang);
+    b.behave(Behaviour::Hang);
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  - {{ name: app, backends: ["{}", "{}"] }}
+routes:
+  - {{ name: app, upstream: app, timeout: 500ms, retry: {{ attempts: 5, after_send: true, per_try_timeout: 300ms }} }}
+"#,
+        a.addr, b.addr
+    ));
+    // 300 ms on one, the 200 ms left on the other, then no time for a third try.
+    let r = gw.get("/x");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("route's timeout passed"), "{}", r.text());
+    assert_eq!(
+        a.requests.load(Ordering::SeqCst) + b.requests.load(Ordering::SeqCst),
+        2
+    );
+}

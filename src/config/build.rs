@@ -933,6 +933,10 @@ fn routes(
             errors,
         );
         let retry = retry_policy(&r.retry, &format!("{at}.retry"), errors);
+        let timeout = r.timeout.map(|d| d.0);
+        if timeout.is_some_and(|d| d.is_zero()) {
+            errors.push(format!("{at}.timeout"), "must be above zero");
+        }
         if errors.len() > before {
             continue;
         }
@@ -952,6 +956,7 @@ fn routes(
             max_request_body: r.max_request_body.map(|s| s.0),
             max_error_body: r.max_error_body.map(|s| s.0),
             retry,
+            timeout,
             metrics: RouteMetrics::new(&r.name),
         });
     }

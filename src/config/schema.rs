@@ -266,6 +266,9 @@ pub struct RouteSection {
     pub max_error_body: Option<Size>,
     #[serde(default)]
     pub retry: RetrySection,
+    /// Bounds the wait for the backend's answer (its response head) across all tries,
+    /// counted from the request's arrival; overrides the upstream's read timeout.
+    pub timeout: Option<Dur>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

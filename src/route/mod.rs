@@ -42,6 +42,8 @@ pub struct Route {
     pub max_request_body: Option<u64>,
     pub max_error_body: Option<u64>,
     pub retry: RetryPolicy,
+    /// The wait for an answer across all tries, from the request's arrival.
+    pub timeout: Option<std::time::Duration>,
     pub metrics: RouteMetrics,
 }
 
