@@ -141,6 +141,7 @@ mod tests {
         BackendSpec {
             addr: addr.parse().unwrap(),
             weight: 1,
+            zone: None,
         }
     }
 

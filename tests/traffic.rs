@@ -459,3 +459,46 @@ routes:
         2
     );
 }
+
+#[test]
+fn traffic_stays_in_the_gateway_zone_while_enough_of_it_is_healthy() {
+    let (a1, a2, b1) = (
+        Backend::start("a1"),
+        Backend::start("a2"),
+        Backend::start("b1"),
+    );
+    let gw = Gateway::start(&format!(
+        r#"
+server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, zone: a }}
+upstreams:
+  - name: app
+    backends: ["{} zone=a", "{} zone=a", "{} zone=b"]
+    outlier_detection: {{ consecutive_failures: 1, base_ejection_time: 30s, max_ejected_percent: 100 }}
+routes:
+  - {{ name: app, upstream: app }}
+"#,
+        a1.addr, a2.addr, b1.addr
+    ));
+    let names = |n: usize| -> std::collections::HashSet<String> {
+        (0..n).map(|_| who(&gw, "GET").1).collect()
+    };
+    assert_eq!(names(20), ["a1", "a2"].map(String::from).into());
+
+    // One of two in zone a out: half are left, which is still enough (50%).
+    a1.behave(Behaviour::Status(500));
+    assert!(eventually(Duration::from_secs(3), || {
+        who(&gw, "GET");
+        backend_state(&gw, "app", a1.addr)["state"] == "ejected"
+    }));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(names(20), ["a2"].map(String::from).into());
+
+    // Both out: traffic spreads to the other zone.
+    a2.behave(Behaviour::Status(500));
+    assert!(eventually(Duration::from_secs(3), || {
+        who(&gw, "GET");
+        backend_state(&gw, "app", a2.addr)["state"] == "ejected"
+    }));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(names(20), ["b1"].map(String::from).into());
+}

@@ -27,7 +27,9 @@ use crate::upstream::health::{HealthCheck, Probe};
 use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::retry_budget::RetryBudget;
 use crate::upstream::slow_start::SlowStart;
-use crate::upstream::{BackendSpec, HashKey, PeerSettings, TlsSettings, Upstream, UpstreamParts};
+use crate::upstream::{
+    BackendSpec, HashKey, Locality, PeerSettings, TlsSettings, Upstream, UpstreamParts,
+};
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
@@ -438,11 +440,12 @@ fn retry_policy(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> RetryP
     }
 }
 
-/// `host:port` or `host:port weight=N`; a host name resolves to all of its addresses.
+/// `host:port [weight=N] [zone=Z]`; a host name resolves to all of its addresses.
 fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
     let mut parts = text.split_whitespace();
     let addr = parts.next().ok_or("empty backend")?;
     let mut weight = 1u32;
+    let mut zone: Option<Arc<str>> = None;
     for opt in parts {
         match opt.split_once('=') {
             Some(("weight", w)) => {
@@ -450,9 +453,10 @@ fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
                     format!("weight `{w}` is not a whole number from 0 to {}", u32::MAX)
                 })?
             }
+            Some(("zone", z)) if !z.is_empty() => zone = Some(z.into()),
             _ => {
                 return Err(format!(
-                    "unknown backend option `{opt}` (expected weight=N)"
+                    "unknown backend option `{opt}` (expected weight=N or zone=NAME)"
                 ))
             }
         }
@@ -473,7 +477,11 @@ fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
     }
     Ok(addrs
         .into_iter()
-        .map(|addr| BackendSpec { addr, weight })
+        .map(|addr| BackendSpec {
+            addr,
+            weight,
+            zone: zone.clone(),
+        })
         .collect())
 }
 
@@ -596,6 +604,22 @@ fn upstreams(
                 breaker_policy(b, &format!("{at}.circuit_breaker"), errors),
             )
         });
+        let min_available = u.local_zone_min_available.unwrap_or(50);
+        if min_available > 100 {
+            errors.push(
+                format!("{at}.local_zone_min_available"),
+                "must be a percentage, 0 to 100",
+            );
+        }
+        let locality = config
+            .server
+            .zone
+            .as_deref()
+            .filter(|z| !z.is_empty())
+            .map(|z| Locality {
+                zone: z.into(),
+                min_available_percent: min_available,
+            });
         let budget = u.retry_budget.as_ref();
         let percent = budget
             .and_then(|b| b.percent)
@@ -629,6 +653,7 @@ fn upstreams(
                     retry_budget,
                     slow_start,
                     breaker,
+                    locality,
                     discovery,
                 },
                 specs,

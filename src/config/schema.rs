@@ -26,6 +26,8 @@ pub struct ServerSection {
     pub listener_tasks_per_fd: Option<usize>,
     pub user: Option<String>,
     pub group: Option<String>,
+    /// The zone this gateway runs in: upstreams prefer backends of the same zone.
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -130,6 +132,9 @@ pub struct UpstreamSection {
     /// A joining backend's share grows from a tenth to all of its weight over this window.
     pub slow_start: Option<Dur>,
     pub circuit_breaker: Option<BreakerSection>,
+    /// With `server.zone` set, traffic stays in that zone while at least this percentage of
+    /// its backends is available (default 50); below it, it spreads over every zone.
+    pub local_zone_min_available: Option<u32>,
 }
 
 /// Opens on `failure_ratio` of at least `min_requests` in `window`, or on

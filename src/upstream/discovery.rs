@@ -66,6 +66,7 @@ impl Publish for Bridge {
                 specs.push(BackendSpec {
                     addr,
                     weight: i.weight,
+                    zone: i.zone.as_deref().map(Arc::from),
                 });
             }
         }

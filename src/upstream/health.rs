@@ -158,6 +158,7 @@ impl HealthChecker {
         for u in &snapshot.upstreams {
             let set = u.load();
             u.expire_ejections(&set, now);
+            set.refresh_locality();
             u.ramp(&set);
             let Some(check) = &u.health else { continue };
             if now < u.next_check_ms.load(Ordering::Relaxed) {

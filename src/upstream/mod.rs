@@ -15,7 +15,7 @@ pub mod slow_start;
 pub mod state;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct BackendSpec {
     pub addr: SocketAddr,
     /// Zero drains the backend: it stays listed but is never picked.
     pub weight: u32,
+    /// The zone it runs in, for zone-aware balancing.
+    pub zone: Option<Arc<str>>,
 }
 
 /// How connections to this upstream's backends are made.
@@ -98,6 +100,37 @@ pub struct BackendSet {
     slots: Box<[Slot]>,
     /// Some backend's weight is ramping up (slow start).
     ramping: bool,
+    /// The backends in the gateway's own zone, preferred while enough of them are available.
+    local: Option<LocalZone>,
+}
+
+#[derive(Debug)]
+struct LocalZone {
+    selector: Selector,
+    slots: Box<[Slot]>,
+    members: Box<[u32]>,
+    /// Whether enough of `members` are available; kept by the health checker's tick.
+    preferred: AtomicBool,
+    min_available_percent: u32,
+}
+
+impl LocalZone {
+    fn healthy_enough(&self, backends: &[Backend]) -> bool {
+        let up = self
+            .members
+            .iter()
+            .filter(|&&i| backends[i as usize].state.available())
+            .count();
+        up * 100 >= self.members.len() * self.min_available_percent as usize && up > 0
+    }
+}
+
+/// Zone-aware balancing: the gateway's zone, and the share of that zone's backends that must
+/// be available for traffic to stay in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locality {
+    pub zone: Arc<str>,
+    pub min_available_percent: u32,
 }
 
 #[derive(Debug)]
@@ -106,6 +139,26 @@ struct Slot {
     /// 2^32 / weight: load × this orders backends by load / weight with one multiplication.
     inverse_weight: u64,
     index: u32,
+}
+
+impl Slot {
+    /// The slots of the backends with a weight, for the balancers that compare loads.
+    fn for_balance(balance: Balance, backends: &[Backend], weights: &[u64]) -> Box<[Slot]> {
+        if !matches!(balance, Balance::LeastConn | Balance::P2c) {
+            return Box::new([]);
+        }
+        backends
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .filter(|(_, (_, w))| **w > 0)
+            .map(|(i, (b, w))| Slot {
+                state: b.state.clone(),
+                inverse_weight: (1u64 << 32) / w,
+                index: i as u32,
+            })
+            .collect()
+    }
 }
 
 impl BackendSet {
@@ -117,6 +170,7 @@ impl BackendSet {
         specs: Vec<BackendSpec>,
         states: Vec<Arc<BackendState>>,
         slow_start: Option<&SlowStart>,
+        locality: Option<&Locality>,
     ) -> BackendSet {
         let now = state::now_ms();
         let ramped: Vec<Option<u64>> = specs
@@ -141,6 +195,25 @@ impl BackendSet {
         };
         let names: Vec<String> = specs.iter().map(|s| s.addr.to_string()).collect();
         let selector = Selector::build(balance_now, &weights, &names);
+        let local_members: Vec<u32> = locality.map_or_else(Vec::new, |l| {
+            (0..specs.len() as u32)
+                .filter(|&i| {
+                    let spec = &specs[i as usize];
+                    spec.weight > 0 && spec.zone.as_deref() == Some(&*l.zone)
+                })
+                .collect()
+        });
+        let local_weights: Vec<u64> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if local_members.contains(&(i as u32)) {
+                    *w
+                } else {
+                    0
+                }
+            })
+            .collect();
         let backends: Box<[Backend]> = specs
             .into_iter()
             .zip(states)
@@ -150,25 +223,37 @@ impl BackendSet {
                 state,
             })
             .collect();
-        let slots: Box<[Slot]> = match balance {
-            Balance::LeastConn | Balance::P2c => backends
-                .iter()
-                .zip(&weights)
-                .enumerate()
-                .filter(|(_, (_, w))| **w > 0)
-                .map(|(i, (b, w))| Slot {
-                    state: b.state.clone(),
-                    inverse_weight: (1u64 << 32) / w,
-                    index: i as u32,
-                })
-                .collect(),
-            _ => Box::new([]),
+        let slots = Slot::for_balance(balance, &backends, &weights);
+        let local = match locality {
+            // Preferring a zone makes sense only when there is somewhere else to go.
+            Some(l) if !local_members.is_empty() && local_members.len() < backends.len() => {
+                let zone = LocalZone {
+                    selector: Selector::build(balance_now, &local_weights, &names),
+                    slots: Slot::for_balance(balance, &backends, &local_weights),
+                    members: local_members.into(),
+                    preferred: AtomicBool::new(false),
+                    min_available_percent: l.min_available_percent,
+                };
+                zone.preferred
+                    .store(zone.healthy_enough(&backends), Ordering::Relaxed);
+                Some(zone)
+            }
+            _ => None,
         };
         BackendSet {
             backends,
             selector,
             slots,
             ramping,
+            local,
+        }
+    }
+
+    /// Re-decides whether the local zone is healthy enough to take all the traffic.
+    pub(crate) fn refresh_locality(&self) {
+        if let Some(l) = &self.local {
+            l.preferred
+                .store(l.healthy_enough(&self.backends), Ordering::Relaxed);
         }
     }
 
@@ -188,10 +273,32 @@ impl BackendSet {
     #[inline]
     pub fn pick(&self, turn: usize, key: Option<&[u8]>, avoid: &[SocketAddr]) -> Option<&Backend> {
         let usable = |s: &BackendState| avoid.is_empty() || !avoid.contains(&s.addr);
-        let chosen = match &self.selector {
-            Selector::Empty => return None,
-            Selector::LeastConn(_) => self.least_loaded(turn, usable),
-            Selector::P2c(_) => self.better_of_two(usable),
+        let local = self
+            .local
+            .as_ref()
+            .filter(|l| l.preferred.load(Ordering::Relaxed))
+            .and_then(|l| self.pick_in(&l.selector, &l.slots, Some(&l.members), turn, key, usable));
+        local
+            .or_else(|| self.pick_in(&self.selector, &self.slots, None, turn, key, usable))
+            .or_else(|| self.scan(turn, |s| !s.is(DRAINED) && usable(s)))
+    }
+
+    /// An available backend by `selector` (or the load-aware `slots`), among `members` when
+    /// given, if there is one.
+    #[inline]
+    fn pick_in(
+        &self,
+        selector: &Selector,
+        slots: &[Slot],
+        members: Option<&[u32]>,
+        turn: usize,
+        key: Option<&[u8]>,
+        usable: impl Fn(&BackendState) -> bool + Copy,
+    ) -> Option<&Backend> {
+        match selector {
+            Selector::Empty => None,
+            Selector::LeastConn(_) => self.least_loaded(slots, turn, usable),
+            Selector::P2c(_) => self.better_of_two(slots, usable),
             other => {
                 let first = &self.backends[other.pick(turn, key)? as usize];
                 if first.state.available() && usable(&first.state) {
@@ -202,10 +309,15 @@ impl BackendSet {
                     .filter_map(|k| other.alternative(turn, key, k))
                     .map(|i| &self.backends[i as usize])
                     .find(|b| b.state.available() && usable(&b.state))
-                    .or_else(|| self.scan(turn, |s| s.available() && usable(s)))
+                    .or_else(|| match members {
+                        None => self.scan(turn, |s| s.available() && usable(s)),
+                        Some(m) => m
+                            .iter()
+                            .map(|&i| &self.backends[i as usize])
+                            .find(|b| b.state.available() && usable(&b.state)),
+                    })
             }
-        };
-        chosen.or_else(|| self.scan(turn, |s| !s.is(DRAINED) && usable(s)))
+        }
     }
 
     /// The first pickable backend from `start` on whose state passes `ok`.
@@ -221,10 +333,11 @@ impl BackendSet {
     #[inline]
     fn least_loaded(
         &self,
+        slots: &[Slot],
         start: usize,
         usable: impl Fn(&BackendState) -> bool,
     ) -> Option<&Backend> {
-        let n = self.slots.len();
+        let n = slots.len();
         if n == 0 {
             return None;
         }
@@ -237,7 +350,7 @@ impl BackendSet {
             } else {
                 start + k
             };
-            let slot = &self.slots[i];
+            let slot = &slots[i];
             let Some(load) = slot.state.load_if_available() else {
                 continue;
             };
@@ -252,15 +365,22 @@ impl BackendSet {
     /// The less loaded, relative to weight, of two distinct random backends; a full
     /// comparison when either is unavailable.
     #[inline]
-    fn better_of_two(&self, usable: impl Fn(&BackendState) -> bool) -> Option<&Backend> {
-        let n = self.slots.len();
+    fn better_of_two(
+        &self,
+        slots: &[Slot],
+        usable: impl Fn(&BackendState) -> bool,
+    ) -> Option<&Backend> {
+        let n = slots.len();
+        if n == 0 {
+            return None;
+        }
         let a = fastrand::usize(..n);
         let b = if n > 1 {
             (a + 1 + fastrand::usize(..n - 1)) % n
         } else {
             a
         };
-        let (x, y) = (&self.slots[a], &self.slots[b]);
+        let (x, y) = (&slots[a], &slots[b]);
         let score = |s: &Slot| {
             s.state
                 .load_if_available()
@@ -271,7 +391,7 @@ impl BackendSet {
             (Some(sx), Some(sy)) => {
                 Some(&self.backends[if sy < sx { y.index } else { x.index } as usize])
             }
-            _ => self.least_loaded(a, usable),
+            _ => self.least_loaded(slots, a, usable),
         }
     }
 }
@@ -293,6 +413,7 @@ pub struct Upstream {
     pub retry_budget: RetryBudget,
     pub slow_start: Option<SlowStart>,
     pub breaker: Option<Breaker>,
+    pub locality: Option<Locality>,
     /// What this upstream was built from; a reload that leaves it equal keeps this object.
     pub definition: UpstreamSection,
     /// The ZooKeeper path its members come from; `None` for static backends.
@@ -315,6 +436,7 @@ pub struct UpstreamParts {
     pub retry_budget: RetryBudget,
     pub slow_start: Option<SlowStart>,
     pub breaker: Option<Breaker>,
+    pub locality: Option<Locality>,
     pub discovery: Option<String>,
 }
 
@@ -346,6 +468,7 @@ impl Upstream {
             retry_budget: parts.retry_budget,
             slow_start: parts.slow_start,
             breaker: parts.breaker,
+            locality: parts.locality,
             definition,
             discovery: parts.discovery,
             set: ArcSwap::from_pointee(BackendSet {
@@ -353,6 +476,7 @@ impl Upstream {
                 selector: Selector::Empty,
                 slots: Box::new([]),
                 ramping: false,
+                local: None,
             }),
             states: Mutex::new(states),
             turn: AtomicUsize::new(0),
@@ -375,6 +499,7 @@ impl Upstream {
             specs,
             states.refresh(&addrs, start_unhealthy),
             self.slow_start.as_ref(),
+            self.locality.as_ref(),
         );
         self.backends_gauge.set(set.pickable() as i64);
         self.set.store(Arc::new(set));
@@ -394,6 +519,7 @@ impl Upstream {
             set.backends.iter().map(|b| b.spec.clone()).collect(),
             set.backends.iter().map(|b| b.state.clone()).collect(),
             self.slow_start.as_ref(),
+            self.locality.as_ref(),
         );
         self.set.store(Arc::new(set));
     }
