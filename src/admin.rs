@@ -22,6 +22,7 @@ impl Admin {
 
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.shared.load();
+        let now = crate::upstream::state::now_ms();
         let list: Vec<_> = snap
             .upstreams
             .iter()
@@ -39,6 +40,13 @@ impl Admin {
                         json!({
                             "addr": b.spec.addr.to_string(),
                             "weight": b.spec.weight,
+                            "effective_weight": u
+                                .slow_start
+                                .and_then(|ss| ss.ramped(b.spec.weight, s, now))
+                                .map_or(b.spec.weight as f64, |w| {
+                                    w as f64 / crate::upstream::slow_start::SCALE as f64
+                                }),
+                            "zone": b.spec.zone.as_deref(),
                             "state": backend_state(b.spec.weight, s),
                             "healthy": !s.is(UNHEALTHY),
                             "ejected_for_ms": s.ejected_for().map(|d| d.as_millis() as u64),

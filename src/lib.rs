@@ -8,6 +8,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod client_ip;
 pub mod config;
 pub mod live;
 pub mod metrics;

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     pub backends: IntGaugeVec,
     pub health_check_failures: IntCounterVec,
+    pub backends_available: IntGaugeVec,
+    pub in_flight: IntGaugeVec,
+    pub circuit_open: IntGaugeVec,
     pub outlier_ejections: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_node_version: IntGauge,
@@ -74,6 +77,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["upstream"]
         )
         .expect("register zkgate_health_check_failures_total"),
+        backends_available: register_int_gauge_vec!(
+            "zkgate_upstream_backends_available",
+            "Backends neither unhealthy, ejected nor drained, by upstream (every 100 ms).",
+            &["upstream"]
+        )
+        .expect("register zkgate_upstream_backends_available"),
+        in_flight: register_int_gauge_vec!(
+            "zkgate_upstream_requests_in_flight",
+            "Requests in flight to the upstream's backends (every 100 ms).",
+            &["upstream"]
+        )
+        .expect("register zkgate_upstream_requests_in_flight"),
+        circuit_open: register_int_gauge_vec!(
+            "zkgate_upstream_circuit_open",
+            "1 while the upstream's circuit breaker is open or half-open.",
+            &["upstream"]
+        )
+        .expect("register zkgate_upstream_circuit_open"),
         outlier_ejections: register_int_counter_vec!(
             "zkgate_outlier_ejections_total",
             "Backends ejected for failing requests in a row, by upstream.",

@@ -51,6 +51,8 @@ pub struct RequestCtx {
     route: Option<u32>,
     /// The path after dot-segment removal, when it differs from the request's.
     normalized_path: Option<String>,
+    /// The client's address: the peer, or from X-Forwarded-For behind trusted proxies.
+    client: Option<IpAddr>,
     /// The backend of the current attempt.
     backend: Option<SocketAddr>,
     /// Counts the current attempt in flight on its backend until it is replaced or dropped.
@@ -221,6 +223,7 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             route: None,
             normalized_path: None,
+            client: None,
             backend: None,
             attempt: None,
             upstream_status: None,
@@ -257,6 +260,7 @@ impl ProxyHttp for Gateway {
             path: &path,
             headers: &req.headers,
         };
+        ctx.client = client_ip(session).map(|peer| snapshot.client_ip.resolve(peer, &req.headers));
         let found = snapshot.routes.find(&view);
         if let std::borrow::Cow::Owned(p) = path {
             ctx.normalized_path = Some(p);
@@ -310,7 +314,7 @@ impl ProxyHttp for Gateway {
         let mut ip_buf = [0u8; 16];
         let key = upstream.hash_key.as_ref().and_then(|k| {
             k.extract(
-                client_ip(session),
+                ctx.client,
                 req.uri.path(),
                 req.uri.query(),
                 &req.headers,

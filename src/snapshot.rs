@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::client_ip::ClientIp;
 use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
@@ -14,6 +15,7 @@ pub struct Snapshot {
     pub routes: RouteTable,
     pub upstreams: Vec<Arc<Upstream>>,
     pub settings: Settings,
+    pub client_ip: ClientIp,
     /// What it was built from, for `/config`.
     pub raw: RawConfig,
     /// 1 for the first config, one more for each successful reload.

@@ -502,3 +502,43 @@ routes:
     thread::sleep(Duration::from_millis(300));
     assert_eq!(names(20), ["b1"].map(String::from).into());
 }
+
+#[test]
+fn the_client_address_comes_from_forwarded_for_only_behind_trusted_proxies() {
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let config = |trusted: &str| {
+        format!(
+            "client_ip: {{ trusted_proxies: [{trusted}] }}\nupstreams: [{{ name: app, balance: consistent_hash, hash_key: client_ip, backends: [\"{}\", \"{}\"] }}]\nroutes: [{{ name: app, upstream: app }}]\n",
+            a.addr, b.addr
+        )
+    };
+    let backends_for = |gw: &Gateway| -> std::collections::HashSet<String> {
+        (0..40)
+            .map(|i| {
+                let xff = format!("198.51.100.{i}");
+                let r = request(gw.http, "GET", "/x", &[("x-forwarded-for", &xff)], b"").unwrap();
+                r.json()["backend"].as_str().unwrap_or("").to_owned()
+            })
+            .collect()
+    };
+    // The test client connects from 127.0.0.1: trusted, its header names the client.
+    let trusting = Gateway::start(&config("127.0.0.0/8"));
+    assert_eq!(backends_for(&trusting).len(), 2);
+    // Not trusted: the header is ignored, every request is the same client.
+    let wary = Gateway::start(&config("10.0.0.0/8"));
+    assert_eq!(backends_for(&wary).len(), 1);
+    let bad = Command::new(bin())
+        .args(["check", "-c"])
+        .arg({
+            let p = wary.dir.path().join("bad.yaml");
+            std::fs::write(&p, config("\"10.0.0.0/40\"")).unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("client_ip.trusted_proxies[0]"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -15,6 +15,7 @@ use zkgate_discovery::{Digest, Ensemble};
 
 use super::error::ConfigErrors;
 use super::schema::*;
+use crate::client_ip::{Cidr, ClientIp};
 use crate::metrics::RouteMetrics;
 use crate::route::rewrite::check_replacement;
 use crate::route::{
@@ -51,6 +52,17 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let upstreams = upstreams(&raw, prev, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(&raw.routes, &declared, &upstreams, &mut errors);
+    let trusted = raw
+        .client_ip
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            Cidr::parse(t)
+                .map_err(|e| errors.push(format!("client_ip.trusted_proxies[{i}]"), e))
+                .ok()
+        })
+        .collect();
     if raw.routes.is_empty() {
         errors.push("routes", "at least one route is needed");
     }
@@ -59,6 +71,7 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
         routes: RouteTable::new(routes),
         upstreams,
         settings,
+        client_ip: ClientIp::new(trusted),
         raw,
         generation: prev.map_or(1, |p| p.generation + 1),
     })

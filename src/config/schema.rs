@@ -45,6 +45,15 @@ pub struct AccessLogSection {
     pub buffer: Option<usize>,
 }
 
+/// Where the client address comes from: the peer, or `X-Forwarded-For` when the peer is one
+/// of `trusted_proxies` (addresses or blocks like `10.0.0.0/8`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpSection {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
 /// The ZooKeeper ensemble that `zookeeper:` upstreams follow.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -351,6 +360,7 @@ impl Balance {
 pub struct RawConfig {
     pub server: ServerSection,
     pub admin: AdminSection,
+    pub client_ip: ClientIpSection,
     pub access_log: Option<AccessLogSection>,
     pub zookeeper: Option<ZookeeperSection>,
     pub listeners: Vec<ListenerSection>,

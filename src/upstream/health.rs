@@ -160,6 +160,7 @@ impl HealthChecker {
             u.expire_ejections(&set, now);
             set.refresh_locality();
             u.ramp(&set);
+            u.report(&set);
             let Some(check) = &u.health else { continue };
             if now < u.next_check_ms.load(Ordering::Relaxed) {
                 continue;

@@ -505,6 +505,32 @@ impl Upstream {
         self.set.store(Arc::new(set));
     }
 
+    /// Publishes the gauges that follow backend state.
+    pub(crate) fn report(&self, set: &BackendSet) {
+        let m = &METRICS;
+        let available = set
+            .backends
+            .iter()
+            .filter(|b| b.spec.weight > 0 && b.state.available())
+            .count();
+        let in_flight: u64 = set
+            .backends
+            .iter()
+            .map(|b| b.state.in_flight() as u64)
+            .sum();
+        m.backends_available
+            .with_label_values(&[&self.name])
+            .set(available as i64);
+        m.in_flight
+            .with_label_values(&[&self.name])
+            .set(in_flight as i64);
+        if let Some(b) = &self.breaker {
+            m.circuit_open
+                .with_label_values(&[&self.name])
+                .set((b.state_name() != "closed") as i64);
+        }
+    }
+
     /// While a backend of `current` ramps up, rebuilds the set with the weights of now.
     pub(crate) fn ramp(&self, current: &BackendSet) {
         if !current.ramping {

@@ -1,0 +1,175 @@
+//! Which address a request comes from: the connection's peer, unless that peer is a proxy
+//! listed as trusted, in which case `X-Forwarded-For` is read from the right, skipping trusted
+//! proxies, and the first address that is not one is the client (a client can prepend anything
+//! to the header, so only what trusted hops appended counts).
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: u128,
+    mask: u128,
+    v4: bool,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, len) = match text.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (text, None),
+        };
+        let ip: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not an address or a block like 10.0.0.0/8"))?;
+        let (bits, max) = match ip {
+            IpAddr::V4(v4) => (u32::from(v4) as u128, 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        let len: u32 = match len {
+            None => max,
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
+        };
+        let mask = if len == 0 {
+            0
+        } else {
+            (u128::MAX << (max - len)) & (u128::MAX >> (128 - max))
+        };
+        Ok(Cidr {
+            net: bits & mask,
+            mask,
+            v4: max == 32,
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match ip {
+            IpAddr::V4(v4) if self.v4 => (u32::from(v4) as u128) & self.mask == self.net,
+            IpAddr::V6(v6) if !self.v4 => u128::from(v6) & self.mask == self.net,
+            _ => false,
+        }
+    }
+}
+
+/// How the client address is found, built from `client_ip:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIp {
+    trusted: Box<[Cidr]>,
+}
+
+impl ClientIp {
+    pub fn new(trusted: Vec<Cidr>) -> ClientIp {
+        ClientIp {
+            trusted: trusted.into(),
+        }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    /// The client of a request from `peer` with `headers`.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if self.trusted.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        // Every X-Forwarded-For line, read as one list from the right.
+        let mut client = peer;
+        for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(text) = value.to_str() else {
+                return client;
+            };
+            for hop in text.rsplit(',') {
+                let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                    // Garbage where an address should be: stop at the last good one.
+                    return client;
+                };
+                client = ip;
+                if !self.trusts(ip) {
+                    return ip;
+                }
+            }
+        }
+        client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cidr_blocks_match_their_addresses_only() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(c.contains(ip("10.1.200.3")));
+        assert!(!c.contains(ip("10.2.0.1")));
+        assert!(c.contains(ip("::ffff:10.1.0.9")), "v4-mapped v6");
+        let one = Cidr::parse("192.0.2.7").unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let v6 = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(ip("2001:db8:1::1")) && !v6.contains(ip("10.0.0.1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_from_trusted_peers() {
+        let c = ClientIp::new(vec![Cidr::parse("10.0.0.0/8").unwrap()]);
+        // An untrusted peer's header is ignored: it could say anything.
+        assert_eq!(
+            c.resolve(ip("203.0.113.9"), &headers(&["1.2.3.4"])),
+            ip("203.0.113.9")
+        );
+        // Through two trusted hops, the first untrusted address from the right is the client;
+        // what the client itself put on the left is not believed.
+        assert_eq!(
+            c.resolve(
+                ip("10.0.0.2"),
+                &headers(&["6.6.6.6, 198.51.100.4, 10.0.0.3"])
+            ),
+            ip("198.51.100.4")
+        );
+        assert_eq!(
+            c.resolve(ip("10.0.0.2"), &headers(&["198.51.100.4", "10.0.0.3"])),
+            ip("198.51.100.4"),
+            "several header lines are one list"
+        );
+        assert_eq!(c.resolve(ip("10.0.0.2"), &headers(&[])), ip("10.0.0.2"));
+        assert_eq!(
+            c.resolve(ip("10.0.0.2"), &headers(&["junk, 10.0.0.5"])),
+            ip("10.0.0.5"),
+            "garbage stops the walk at the last good hop"
+        );
+        // Nothing trusted: always the peer.
+        let none = ClientIp::default();
+        assert_eq!(
+            none.resolve(ip("10.0.0.2"), &headers(&["1.2.3.4"])),
+            ip("10.0.0.2")
+        );
+    }
+}
