@@ -88,8 +88,9 @@ pub struct Backend {
     peer: HttpPeer,
 }
 
-/// Fallback picks tried in the selector's own order before scanning every backend.
-const ALTERNATIVES: usize = 8;
+/// Other choices tried (random draws by weight, or the ring clockwise) before scanning every
+/// backend.
+const ALTERNATIVES: usize = 16;
 
 /// An immutable membership snapshot and the selector built for it.
 #[derive(Debug)]
@@ -304,8 +305,8 @@ impl BackendSet {
                 if first.state.available() && usable(&first.state) {
                     return Some(first);
                 }
-                // The selector's next choices keep weights and a key's stickiness.
-                (1..ALTERNATIVES.min(other.positions()))
+                // The selector's other choices keep weights and a key's stickiness.
+                (1..ALTERNATIVES)
                     .filter_map(|k| other.alternative(turn, key, k))
                     .map(|i| &self.backends[i as usize])
                     .find(|b| b.state.available() && usable(&b.state))
@@ -579,5 +580,105 @@ impl Upstream {
 
     pub fn has_backends(&self) -> bool {
         self.set.load().pickable() > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state::{EJECTED, UNHEALTHY};
+    use super::*;
+
+    fn set(balance: Balance, weights: &[u32]) -> BackendSet {
+        let specs: Vec<BackendSpec> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| BackendSpec {
+                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                weight: *w,
+                zone: None,
+            })
+            .collect();
+        let states = specs
+            .iter()
+            .map(|s| Arc::new(BackendState::new(s.addr, false)))
+            .collect();
+        let settings = PeerSettings {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        BackendSet::build(balance, &settings, specs, states, None, None)
+    }
+
+    fn counts(set: &BackendSet, picks: usize, avoid: &[SocketAddr]) -> Vec<usize> {
+        let mut c = vec![0; set.backends.len()];
+        for turn in 0..picks {
+            let b = set.pick(turn, Some(&turn.to_be_bytes()), avoid).unwrap();
+            c[(b.spec.addr.port() - 1000) as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn the_fallback_after_an_unavailable_pick_keeps_the_weights() {
+        for balance in [Balance::WeightedRoundRobin, Balance::Random] {
+            let s = set(balance, &[3, 1, 4]);
+            s.backends[2].state.set(EJECTED, true);
+            let c = counts(&s, 8000, &[]);
+            assert_eq!(c[2], 0, "{balance:?}");
+            // Backend 2's share goes to the others 3:1, not evenly.
+            let ratio = c[0] as f64 / c[1] as f64;
+            assert!((2.4..3.6).contains(&ratio), "{balance:?} {c:?}");
+        }
+    }
+
+    #[test]
+    fn a_key_moves_only_when_its_backend_is_out() {
+        let s = set(Balance::ConsistentHash, &[1, 1, 1, 1]);
+        let before: Vec<u16> = (0..500usize)
+            .map(|k| s.pick(0, Some(&k.to_be_bytes()), &[]).unwrap().spec.addr.port())
+            .collect();
+        s.backends[1].state.set(UNHEALTHY, true);
+        for (k, was) in before.iter().enumerate() {
+            let now = s.pick(0, Some(&k.to_be_bytes()), &[]).unwrap().spec.addr.port();
+            if *was != 1001 {
+                assert_eq!(now, *was, "key {k} moved though its backend is up");
+            } else {
+                assert_ne!(now, 1001);
+            }
+        }
+    }
+
+    #[test]
+    fn least_conn_follows_load_relative_to_weight_and_p2c_avoids_the_busiest() {
+        let s = set(Balance::LeastConn, &[1, 2, 1]);
+        // Loads 2, 3, 1: relative to weight 2, 1.5, 1: backend 2 wins.
+        let guards: Vec<_> = [(0, 2), (1, 3), (2, 1)]
+            .iter()
+            .flat_map(|&(i, n)| (0..n).map(move |_| i))
+            .map(|i| InFlight::start(&s.backends[i].state))
+            .collect();
+        assert_eq!(s.pick(0, None, &[]).unwrap().spec.addr.port(), 1002);
+        // Avoided, the next best by load / weight.
+        let avoid = [s.backends[2].spec.addr];
+        assert_eq!(s.pick(0, None, &avoid).unwrap().spec.addr.port(), 1001);
+        drop(guards);
+
+        let p = set(Balance::P2c, &[1, 1, 1]);
+        let _busy: Vec<_> = (0..50).map(|_| InFlight::start(&p.backends[0].state)).collect();
+        let c = counts(&p, 3000, &[]);
+        assert_eq!(c[0], 0, "the busiest of three never wins a pair: {c:?}");
+    }
+
+    #[test]
+    fn nothing_available_falls_back_to_the_unhealthy_but_never_the_drained() {
+        let s = set(Balance::RoundRobin, &[1, 1]);
+        s.backends[0].state.set(UNHEALTHY, true);
+        s.backends[1].state.set(DRAINED, true);
+        assert_eq!(counts(&s, 10, &[]), [10, 0]);
+        s.backends[0].state.set(DRAINED, true);
+        assert!(s.pick(0, None, &[]).is_none());
     }
 }

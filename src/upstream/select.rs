@@ -58,12 +58,14 @@ impl Selector {
         self.alternative(turn, key, 0)
     }
 
-    /// The `k`-th choice for the same turn and key, 0 being the first: the next entries of the
-    /// order, or the next points clockwise on the ring. A fallback that walks these keeps the
-    /// weights' proportions and a key's stickiness.
+    /// The `k`-th choice for the same turn and key, 0 being the first. After the first, an
+    /// order's choices are drawn at random positions: skipping the unavailable among them keeps
+    /// the weights' proportions (the next entry would not: in a smooth schedule the entry after
+    /// a given backend is more often the heaviest one). A ring walks clockwise, which keeps the
+    /// other keys where they are.
     #[inline]
     pub fn alternative(&self, turn: usize, key: Option<&[u8]>, k: usize) -> Option<u32> {
-        let at = turn.wrapping_add(k);
+        let at = if k == 0 { turn } else { fastrand::usize(..) };
         match self {
             Selector::Empty => None,
             Selector::RoundRobin(live) | Selector::LeastConn(live) | Selector::P2c(live) => {
@@ -77,16 +79,6 @@ impl Selector {
                 },
                 k,
             )),
-        }
-    }
-
-    /// How many entries [`alternative`](Self::alternative) cycles through.
-    pub fn positions(&self) -> usize {
-        match self {
-            Selector::Empty => 0,
-            Selector::RoundRobin(v) | Selector::LeastConn(v) | Selector::P2c(v) => v.len(),
-            Selector::Schedule(s) => s.len(),
-            Selector::Ring(r) => r.points.len(),
         }
     }
 
