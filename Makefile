@@ -47,9 +47,10 @@ build-optimized: deps-musl
 load-test: build
 	ZKGATE_BIN=target/release/zkgate scripts/load-test.sh
 
-## bench: criterion micro-benchmarks of the request-path pieces
+## bench: criterion micro-benchmarks of the request-path pieces and the admission limits
 bench: deps
 	$(CARGO) bench --bench hot_path
+	$(CARGO) bench --bench limits
 
 ## bench-propagation: znode change to first request routed by the new set, p50/p99 over 200 changes
 bench-propagation: deps-test

@@ -3,13 +3,15 @@
 //! Config ([`config`]) becomes an immutable [`snapshot::Snapshot`] of compiled routes
 //! ([`route`]) and upstreams ([`upstream`]); the proxy phases ([`proxy`]) read the snapshot a
 //! request started with; [`live`] holds the current snapshot and the members discovery
-//! publishes into it; [`server`] assembles the Pingora services.
+//! publishes into it; [`server`] assembles the Pingora services. [`limit`] holds the admission
+//! limits a route can apply (request rates, requests in flight).
 
 pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod limit;
 pub mod live;
 pub mod metrics;
 pub mod proxy;
