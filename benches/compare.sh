@@ -50,15 +50,16 @@ zk_start_nginx_backend "$BACKEND_PORT"
 # ---------------------------------------------------------------------------------------------
 # Proxies. Each start_* sets PROXY_PID, PROXY_PORT and PROXY_LOG.
 
-start_zkgate() { # VARIANT: "zkgate" or "zkgate-nows" (work_stealing: false)
+start_zkgate() { # VARIANT: "zkgate", "zkgate-nows" (work_stealing: false) or "zkgate-features"
     local variant=$1 dir admin
     dir="$ZK_TMP/$variant"
     rm -rf "$dir" && mkdir -p "$dir"
     PROXY_PORT="$(zk_free_port)"
     admin="$(zk_free_port)"
-    local ws=true
-    [[ "$variant" == zkgate-nows ]] && ws=false
-    zk_gateway_config "$dir/zkgate.yaml" "$dir" "$admin" "$PROXY_PORT" "$BACKEND_PORT" 1 "$ws"
+    local ws=true features=0
+    [[ "$variant" == zkgate-nows || "$variant" == zkgate-features ]] && ws=false
+    [[ "$variant" == zkgate-features ]] && features=1
+    zk_gateway_config "$dir/zkgate.yaml" "$dir" "$admin" "$PROXY_PORT" "$BACKEND_PORT" 1 "$ws" "$features"
     PROXY_LOG="$dir/zkgate.log"
     zk_spawn "$PROXY_LOG" "$ZKGATE" run -c "$dir/zkgate.yaml"
     PROXY_PID=$ZK_LAST_PID
@@ -233,13 +234,13 @@ stop_proxy() {
     fi
 }
 
-PROXIES=(zkgate zkgate-nows pingora pingora-nows nginx haproxy)
+PROXIES=(zkgate zkgate-nows zkgate-features pingora pingora-nows nginx haproxy)
 
 zk_log "wrk ${WRK_ARGS[*]} (warm-up ${WARMUP}), $ROUNDS round(s), backend nginx on :$BACKEND_PORT"
 for ((round = 1; round <= ROUNDS; round++)); do
     for name in "${PROXIES[@]}"; do
         case "$name" in
-            zkgate | zkgate-nows)
+            zkgate | zkgate-nows | zkgate-features)
                 start_zkgate "$name"
                 sleep 1
                 idle="$(zk_rss_mb "$PROXY_PID")"
@@ -267,6 +268,7 @@ label() {
     case "$1" in
         zkgate) echo "zkgate (threads: 1, work_stealing: true)" ;;
         zkgate-nows) echo "zkgate (threads: 1, work_stealing: false: default)" ;;
+        zkgate-features) echo "zkgate + health/outlier/breaker/retry/rate limit" ;;
         pingora) echo "bare Pingora (threads: 1)" ;;
         pingora-nows) echo "bare Pingora (threads: 1, no work stealing)" ;;
         nginx) echo "nginx (1 worker, keepalive 256)" ;;
@@ -290,7 +292,7 @@ for name in "${PROXIES[@]}"; do
 done
 echo
 echo "zkgate resident memory (VmRSS, MB, median):"
-for name in zkgate zkgate-nows; do
+for name in zkgate zkgate-nows zkgate-features; do
     printf '  %-44s idle after start-up: %6s   after load: %6s\n' "$(label "$name")" \
         "$(med "$RES/$name.rss_idle")" "$(med "$RES/$name.rss_loaded")"
 done

@@ -271,8 +271,22 @@ zk_median() {
 
 # zk_gateway_config FILE DIR ADMIN_PORT PORT BACKEND_PORT THREADS WORK_STEALING: the config both
 # benchmarks run zkgate ($ZKGATE) with: one catch-all route to one backend, checked with `zkgate check`.
-zk_gateway_config() {
-    local file=$1 dir=$2 admin=$3 port=$4 backend=$5 threads=$6 ws=$7
+zk_gateway_config() { # FILE DIR ADMIN PORT BACKEND THREADS WORK_STEALING [FEATURES]
+    # FEATURES=1 adds what production configs carry: a health check, outlier detection, a
+    # circuit breaker, retries after send, and a rate limit too high to refuse anything, so
+    # that their cost on the request path shows.
+    local file=$1 dir=$2 admin=$3 port=$4 backend=$5 threads=$6 ws=$7 features=${8:-0}
+    local upstream_extra="" route_extra=""
+    if [[ "$features" == 1 ]]; then
+        upstream_extra='
+    health_check: { type: tcp, interval: 1s, timeout: 500ms }
+    outlier_detection: { consecutive_failures: 5 }
+    circuit_breaker: { consecutive_failures: 20 }'
+        route_extra='
+    retry: { attempts: 3, after_send: true }
+    rate_limit: { per_second: 10000000, burst: 10000000, key: client_ip }
+    max_in_flight: 100000'
+    fi
     cat >"$file" <<EOF
 server:
   threads: $threads
@@ -287,11 +301,11 @@ listeners:
     listen: 127.0.0.1:$port
 upstreams:
   - name: backend
-    backends: ["127.0.0.1:$backend"]
+    backends: ["127.0.0.1:$backend"]$upstream_extra
 routes:
   - name: all
     match: { path_prefix: / }
-    upstream: backend
+    upstream: backend$route_extra
 EOF
     "$ZKGATE" check -c "$file" >"$dir/check.log" 2>&1 \
         || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected $file"; }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub downstream_connections: IntGauge,
     pub backends: IntGaugeVec,
     pub health_check_failures: IntCounterVec,
+    pub limited: IntCounterVec,
     pub backends_available: IntGaugeVec,
     pub in_flight: IntGaugeVec,
     pub circuit_open: IntGaugeVec,
@@ -77,6 +78,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &["upstream"]
         )
         .expect("register zkgate_health_check_failures_total"),
+        limited: register_int_counter_vec!(
+            "zkgate_requests_limited_total",
+            "Requests refused by a route's rate limit (429) or cap on requests in flight (503).",
+            &["route", "reason"]
+        )
+        .expect("register zkgate_requests_limited_total"),
         backends_available: register_int_gauge_vec!(
             "zkgate_upstream_backends_available",
             "Backends neither unhealthy, ejected nor drained, by upstream (every 100 ms).",
@@ -152,6 +159,9 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     by_class: [IntCounter; 5],
+    /// Refused by the route's rate limit, and by its cap on requests in flight.
+    pub rate_limited: IntCounter,
+    pub concurrency_limited: IntCounter,
     duration: Histogram,
     upstream: Histogram,
 }
@@ -161,6 +171,8 @@ impl RouteMetrics {
         let m = &*METRICS;
         RouteMetrics {
             by_class: CLASSES.map(|c| m.requests.with_label_values(&[route, c])),
+            rate_limited: m.limited.with_label_values(&[route, "rate"]),
+            concurrency_limited: m.limited.with_label_values(&[route, "concurrency"]),
             duration: m.request_duration.with_label_values(&[route]),
             upstream: m.upstream_duration.with_label_values(&[route]),
         }

@@ -16,8 +16,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
+use crate::limit::{retry_after_secs, Permit};
 use crate::live::Shared;
 use crate::metrics::RouteMetrics;
+use crate::route::RateKey;
 use crate::route::{
     normalize_host, normalize_path, Action, RequestView, Respond, RetryPolicy, Route,
 };
@@ -53,6 +55,8 @@ pub struct RequestCtx {
     normalized_path: Option<String>,
     /// The client's address: the peer, or from X-Forwarded-For behind trusted proxies.
     client: Option<IpAddr>,
+    /// The route's slot for this request while it is in flight, if the route caps that.
+    permit: Option<Permit>,
     /// The backend of the current attempt.
     backend: Option<SocketAddr>,
     /// Counts the current attempt in flight on its backend until it is replaced or dropped.
@@ -135,9 +139,22 @@ fn client_went_away(e: &Error) -> bool {
 
 /// Writes a short plain-text answer from the gateway itself.
 async fn answer(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3))?;
+    write_answer(session, plain_head(status, body)?, body).await
+}
+
+/// The head of a plain-text answer from the gateway itself.
+fn plain_head(status: u16, body: &str) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(CONTENT_LENGTH, body.len())?;
+    Ok(resp)
+}
+
+async fn write_answer(
+    session: &mut Session,
+    resp: ResponseHeader,
+    body: &'static str,
+) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
@@ -167,6 +184,72 @@ async fn respond(session: &mut Session, r: &Respond, route: &Route) -> Result<()
             .await?;
     }
     Ok(())
+}
+
+/// Why a route's limits turned a request away.
+enum Refused {
+    /// Over the rate: try again after this long.
+    Rate(Duration),
+    Concurrency,
+}
+
+/// Applies the route's rate limit and cap on requests in flight; a request let through holds
+/// its slot in `ctx` until it ends.
+fn admit(route: &Route, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Option<Refused> {
+    if let Some(rate) = &route.rate_limit {
+        let mut ip = [0u8; 16];
+        let key: Option<&[u8]> = match &rate.key {
+            RateKey::Route => None,
+            RateKey::Header(name) => headers.get(name).map(HeaderValue::as_bytes),
+            RateKey::ClientIp => ctx.client.map(|c| match c {
+                IpAddr::V4(v4) => {
+                    ip[..4].copy_from_slice(&v4.octets());
+                    &ip[..4]
+                }
+                IpAddr::V6(v6) => {
+                    ip = v6.octets();
+                    &ip[..]
+                }
+            }),
+        };
+        if let Err(wait) = rate.limiter.check(key, ctx.started) {
+            route.metrics.rate_limited.inc();
+            return Some(Refused::Rate(wait));
+        }
+    }
+    if let Some(limit) = &route.concurrency {
+        match limit.try_acquire() {
+            Some(p) => ctx.permit = Some(p),
+            None => {
+                route.metrics.concurrency_limited.inc();
+                return Some(Refused::Concurrency);
+            }
+        }
+    }
+    None
+}
+
+async fn refuse(session: &mut Session, refused: Refused) -> Result<bool> {
+    let (status, body, retry_after) = match refused {
+        Refused::Rate(wait) => (
+            429,
+            "too many requests
+",
+            Some(retry_after_secs(wait)),
+        ),
+        Refused::Concurrency => (
+            503,
+            "too many requests in flight
+",
+            None,
+        ),
+    };
+    let mut resp = plain_head(status, body)?;
+    if let Some(secs) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, secs)?;
+    }
+    write_answer(session, resp, body).await?;
+    Ok(true)
 }
 
 /// What `request_filter` decides once the route is known: answer from the gateway (no route,
@@ -224,6 +307,7 @@ impl ProxyHttp for Gateway {
             route: None,
             normalized_path: None,
             client: None,
+            permit: None,
             backend: None,
             attempt: None,
             upstream_status: None,
@@ -266,7 +350,13 @@ impl ProxyHttp for Gateway {
             ctx.normalized_path = Some(p);
         }
         ctx.route = found;
-        let outcome = answer_early(session, found.map(|id| snapshot.routes.get(id))).await;
+        let route = found.map(|id| snapshot.routes.get(id));
+        if let Some(refused) = route.and_then(|r| admit(r, ctx, &session.req_header().headers)) {
+            let outcome = refuse(session, refused).await;
+            ctx.snapshot = Some(snapshot);
+            return outcome;
+        }
+        let outcome = answer_early(session, route).await;
         ctx.snapshot = Some(snapshot);
         outcome
     }

@@ -542,3 +542,52 @@ fn the_client_address_comes_from_forwarded_for_only_behind_trusted_proxies() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn rate_limits_answer_429_per_key_and_in_flight_caps_answer_503() {
+    let a = Backend::start("a");
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams: [{{ name: app, backends: ["{}"] }}]
+routes:
+  - {{ name: slow, match: {{ path_prefix: /slow }}, upstream: app, max_in_flight: 2 }}
+  - {{ name: app, upstream: app, rate_limit: {{ per_second: 0.5, burst: 3, key: "header:x-user" }} }}
+"#,
+        a.addr
+    ));
+    let as_user =
+        |user: &str| request(gw.http, "GET", "/x", &[("x-user", user)], b"").expect("request");
+    for _ in 0..3 {
+        assert_eq!(as_user("alice").status, 200);
+    }
+    let refused = as_user("alice");
+    assert_eq!(refused.status, 429);
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another key has a bucket of its own.
+    assert_eq!(as_user("bob").status, 200);
+    assert!(gw
+        .metrics()
+        .contains("zkgate_requests_limited_total{reason=\"rate\",route=\"app\"} 1"));
+
+    // Two requests in flight on /slow at most: the third at the same time gets 503.
+    a.behave(Behaviour::Delay(600));
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = gw.http;
+            thread::spawn(move || get(addr, "/slow"))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let third = gw.get("/slow");
+    assert_eq!(third.status, 503, "{}", third.text());
+    assert!(third.text().contains("in flight"));
+    for t in slow {
+        assert_eq!(t.join().unwrap().status, 200);
+    }
+    a.behave(Behaviour::Normal);
+    assert_eq!(gw.get("/slow").status, 200, "the slots were given back");
+}

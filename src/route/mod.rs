@@ -22,6 +22,7 @@ use http::{HeaderMap, Method, StatusCode};
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
+use crate::limit::{ConcurrencyLimit, RateLimiter};
 use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 use prefix::PrefixTree;
@@ -44,7 +45,26 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// The wait for an answer across all tries, from the request's arrival.
     pub timeout: Option<std::time::Duration>,
+    /// Kept across reloads that leave the route's limit as it was.
+    pub rate_limit: Option<Arc<RouteRate>>,
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
     pub metrics: RouteMetrics,
+}
+
+/// A route's token buckets and what they are keyed by.
+#[derive(Debug)]
+pub struct RouteRate {
+    pub limiter: RateLimiter,
+    pub key: RateKey,
+    /// What it was built from: a reload with the same keeps the buckets.
+    pub definition: crate::config::schema::RateLimitSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    Header(http::HeaderName),
+    Route,
 }
 
 /// When a request on this route is tried again, always on another backend.

@@ -1,7 +1,8 @@
 //! Active health checks: every backend of an upstream with `health_check:` is probed on an
 //! interval (an HTTP request or a TCP connect) off the request path; `fall` failures in a row
 //! take it out of rotation and `rise` passes bring it back. The same tick readmits backends
-//! whose outlier ejection is over.
+//! whose outlier ejection is over, ramps slow starts, and lets rate limiters forget the keys
+//! whose buckets have refilled.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -140,6 +141,8 @@ impl HealthCheck {
 
 /// How often the checker looks for due checks and expired ejections.
 const TICK: Duration = Duration::from_millis(100);
+/// Every this many ticks (10 s), rate limiters drop refilled keys.
+const FORGET_EVERY: u64 = 100;
 
 /// Probes the backends of every upstream of the current snapshot, so that upstreams added by a
 /// reload are checked from the next tick on.
@@ -150,6 +153,17 @@ pub struct HealthChecker {
 impl HealthChecker {
     pub fn new(shared: Shared) -> HealthChecker {
         HealthChecker { shared }
+    }
+
+    /// Memory held for keys only while they are limited, not for every client ever seen.
+    fn forget_idle_keys(&self) {
+        let snapshot = self.shared.load_full();
+        let now = std::time::Instant::now();
+        for r in snapshot.routes.routes() {
+            if let Some(rate) = &r.rate_limit {
+                rate.limiter.forget_idle(now);
+            }
+        }
     }
 
     fn tick(&self) {
@@ -187,10 +201,15 @@ impl BackgroundService for HealthChecker {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => self.tick(),
+            }
+            ticks += 1;
+            if ticks % FORGET_EVERY == 0 {
+                self.forget_idle_keys();
             }
         }
     }

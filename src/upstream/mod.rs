@@ -638,11 +638,22 @@ mod tests {
     fn a_key_moves_only_when_its_backend_is_out() {
         let s = set(Balance::ConsistentHash, &[1, 1, 1, 1]);
         let before: Vec<u16> = (0..500usize)
-            .map(|k| s.pick(0, Some(&k.to_be_bytes()), &[]).unwrap().spec.addr.port())
+            .map(|k| {
+                s.pick(0, Some(&k.to_be_bytes()), &[])
+                    .unwrap()
+                    .spec
+                    .addr
+                    .port()
+            })
             .collect();
         s.backends[1].state.set(UNHEALTHY, true);
         for (k, was) in before.iter().enumerate() {
-            let now = s.pick(0, Some(&k.to_be_bytes()), &[]).unwrap().spec.addr.port();
+            let now = s
+                .pick(0, Some(&k.to_be_bytes()), &[])
+                .unwrap()
+                .spec
+                .addr
+                .port();
             if *was != 1001 {
                 assert_eq!(now, *was, "key {k} moved though its backend is up");
             } else {
@@ -667,7 +678,9 @@ mod tests {
         drop(guards);
 
         let p = set(Balance::P2c, &[1, 1, 1]);
-        let _busy: Vec<_> = (0..50).map(|_| InFlight::start(&p.backends[0].state)).collect();
+        let _busy: Vec<_> = (0..50)
+            .map(|_| InFlight::start(&p.backends[0].state))
+            .collect();
         let c = counts(&p, 3000, &[]);
         assert_eq!(c[0], 0, "the busiest of three never wins a pair: {c:?}");
     }
