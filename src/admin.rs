@@ -33,14 +33,15 @@ impl Admin {
                     "balance": u.balance,
                     "hash_key": u.definition.hash_key,
                     "zookeeper_path": u.discovery,
-                    "health_check": u.health.is_some(),
-                    "circuit": u.breaker.as_ref().map(|b| b.state_name()),
+                    "health_check": u.policy.health.is_some(),
+                    "circuit": u.policy.breaker.as_ref().map(|b| b.state_name()),
                     "backends": set.backends().iter().map(|b| {
                         let s = &b.state;
                         json!({
                             "addr": b.spec.addr.to_string(),
                             "weight": b.spec.weight,
                             "effective_weight": u
+                                .policy
                                 .slow_start
                                 .and_then(|ss| ss.ramped(b.spec.weight, s, now))
                                 .map_or(b.spec.weight as f64, |w| {

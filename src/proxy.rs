@@ -101,7 +101,7 @@ impl RequestCtx {
         let (Some(route), Some(u)) = (self.route(), self.upstream()) else {
             return false;
         };
-        self.tries < route.retry.attempts && u.retry_budget.withdraw()
+        self.tries < route.retry.attempts && u.policy.retry_budget.withdraw()
     }
 
     /// The current try failed on its backend: a retry avoids it, and it counts against the
@@ -402,7 +402,7 @@ impl ProxyHttp for Gateway {
         };
         let req = session.req_header();
         let mut ip_buf = [0u8; 16];
-        let key = upstream.hash_key.as_ref().and_then(|k| {
+        let key = upstream.policy.hash_key.as_ref().and_then(|k| {
             k.extract(
                 ctx.client,
                 req.uri.path(),
@@ -420,7 +420,7 @@ impl ProxyHttp for Gateway {
             return Err(Error::explain(ErrorType::HTTPStatus(504), "route timeout"));
         }
         if ctx.tries == 0 {
-            if let Some(breaker) = &upstream.breaker {
+            if let Some(breaker) = &upstream.policy.breaker {
                 let admit = breaker.admit();
                 if admit == Admit::No {
                     ctx.failure = Some("circuit open");
@@ -442,7 +442,7 @@ impl ProxyHttp for Gateway {
                 .more_context(format!("upstream {}", upstream.name)));
         };
         if ctx.tries == 0 {
-            upstream.retry_budget.deposit();
+            upstream.policy.retry_budget.deposit();
         }
         ctx.tries += 1;
         ctx.backend = Some(picked.attempt.state().addr);
@@ -665,7 +665,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.end_attempt(failed);
         if let (Some(admitted), Some(u)) = (ctx.admitted, ctx.upstream()) {
-            if let Some(breaker) = &u.breaker {
+            if let Some(breaker) = &u.policy.breaker {
                 // A request that never got a backend also failed, from the breaker's view.
                 let failed = failed
                     || (ctx.upstream_status.is_none()

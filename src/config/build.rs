@@ -30,7 +30,7 @@ use crate::upstream::outlier::OutlierPolicy;
 use crate::upstream::retry_budget::RetryBudget;
 use crate::upstream::slow_start::SlowStart;
 use crate::upstream::{
-    BackendSpec, HashKey, Locality, PeerSettings, TlsSettings, Upstream, UpstreamParts,
+    BackendSpec, HashKey, Locality, PeerSettings, TlsSettings, Upstream, UpstreamPolicy,
 };
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -696,7 +696,7 @@ fn upstreams(
             Some(existing) => existing.clone(),
             None => Arc::new(Upstream::new(
                 u.clone(),
-                UpstreamParts {
+                UpstreamPolicy {
                     hash_key,
                     settings,
                     health,
@@ -705,8 +705,8 @@ fn upstreams(
                     slow_start,
                     breaker,
                     locality,
-                    discovery,
                 },
+                discovery,
                 specs,
                 prev.and_then(|p| p.upstream(&u.name)).map(|x| &**x),
             )),

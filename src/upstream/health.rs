@@ -175,7 +175,9 @@ impl HealthChecker {
             set.refresh_locality();
             u.ramp(&set);
             u.report(&set);
-            let Some(check) = &u.health else { continue };
+            let Some(check) = &u.policy.health else {
+                continue;
+            };
             if now < u.next_check_ms.load(Ordering::Relaxed) {
                 continue;
             }
@@ -189,7 +191,7 @@ impl HealthChecker {
 }
 
 async fn probe_one(upstream: Arc<Upstream>, state: Arc<BackendState>) {
-    let Some(check) = &upstream.health else {
+    let Some(check) = &upstream.policy.health else {
         return;
     };
     let result = check.probe(state.addr).await;

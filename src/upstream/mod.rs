@@ -407,14 +407,7 @@ pub struct Picked {
 pub struct Upstream {
     pub name: Arc<str>,
     pub balance: Balance,
-    pub hash_key: Option<HashKey>,
-    pub settings: PeerSettings,
-    pub health: Option<HealthCheck>,
-    pub outlier: Option<OutlierPolicy>,
-    pub retry_budget: RetryBudget,
-    pub slow_start: Option<SlowStart>,
-    pub breaker: Option<Breaker>,
-    pub locality: Option<Locality>,
+    pub policy: UpstreamPolicy,
     /// What this upstream was built from; a reload that leaves it equal keeps this object.
     pub definition: UpstreamSection,
     /// The ZooKeeper path its members come from; `None` for static backends.
@@ -428,8 +421,9 @@ pub struct Upstream {
     backends_gauge: IntGauge,
 }
 
-/// How an upstream is built, beside its definition and members.
-pub struct UpstreamParts {
+/// How an upstream picks, connects, checks and protects its backends, built from its config.
+#[derive(Debug)]
+pub struct UpstreamPolicy {
     pub hash_key: Option<HashKey>,
     pub settings: PeerSettings,
     pub health: Option<HealthCheck>,
@@ -438,7 +432,6 @@ pub struct UpstreamParts {
     pub slow_start: Option<SlowStart>,
     pub breaker: Option<Breaker>,
     pub locality: Option<Locality>,
-    pub discovery: Option<String>,
 }
 
 impl Upstream {
@@ -446,7 +439,8 @@ impl Upstream {
     /// of the addresses both list carry over (in flight, health, ejection, drain, slow start).
     pub fn new(
         definition: UpstreamSection,
-        parts: UpstreamParts,
+        policy: UpstreamPolicy,
+        discovery: Option<String>,
         specs: Vec<BackendSpec>,
         inherit: Option<&Upstream>,
     ) -> Upstream {
@@ -462,16 +456,9 @@ impl Upstream {
         let u = Upstream {
             name,
             balance,
-            hash_key: parts.hash_key,
-            settings: parts.settings,
-            health: parts.health,
-            outlier: parts.outlier,
-            retry_budget: parts.retry_budget,
-            slow_start: parts.slow_start,
-            breaker: parts.breaker,
-            locality: parts.locality,
+            policy,
             definition,
-            discovery: parts.discovery,
+            discovery,
             set: ArcSwap::from_pointee(BackendSet {
                 backends: Box::new([]),
                 selector: Selector::Empty,
@@ -492,15 +479,19 @@ impl Upstream {
     /// addresses that stay keep their state (in flight, health, ejection, drain).
     pub fn update(&self, specs: Vec<BackendSpec>) {
         let addrs: Vec<SocketAddr> = specs.iter().map(|s| s.addr).collect();
-        let start_unhealthy = self.health.as_ref().is_some_and(|h| h.start_unhealthy);
+        let start_unhealthy = self
+            .policy
+            .health
+            .as_ref()
+            .is_some_and(|h| h.start_unhealthy);
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let set = BackendSet::build(
             self.balance,
-            &self.settings,
+            &self.policy.settings,
             specs,
             states.refresh(&addrs, start_unhealthy),
-            self.slow_start.as_ref(),
-            self.locality.as_ref(),
+            self.policy.slow_start.as_ref(),
+            self.policy.locality.as_ref(),
         );
         self.backends_gauge.set(set.pickable() as i64);
         self.set.store(Arc::new(set));
@@ -525,7 +516,7 @@ impl Upstream {
         m.in_flight
             .with_label_values(&[&self.name])
             .set(in_flight as i64);
-        if let Some(b) = &self.breaker {
+        if let Some(b) = &self.policy.breaker {
             m.circuit_open
                 .with_label_values(&[&self.name])
                 .set((b.state_name() != "closed") as i64);
@@ -542,11 +533,11 @@ impl Upstream {
         let set = self.set.load();
         let set = BackendSet::build(
             self.balance,
-            &self.settings,
+            &self.policy.settings,
             set.backends.iter().map(|b| b.spec.clone()).collect(),
             set.backends.iter().map(|b| b.state.clone()).collect(),
-            self.slow_start.as_ref(),
-            self.locality.as_ref(),
+            self.policy.slow_start.as_ref(),
+            self.policy.locality.as_ref(),
         );
         self.set.store(Arc::new(set));
     }

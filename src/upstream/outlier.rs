@@ -40,7 +40,9 @@ impl OutlierPolicy {
 impl Upstream {
     /// Counts the outcome of one request on `state`.
     pub fn record(&self, state: &BackendState, failed: bool) {
-        let Some(policy) = &self.outlier else { return };
+        let Some(policy) = &self.policy.outlier else {
+            return;
+        };
         if !failed {
             state.errors.store(0, Ordering::Relaxed);
             return;
@@ -81,7 +83,9 @@ impl Upstream {
     /// Readmits backends whose ejection is over, and lets the ejection count of a backend that
     /// stayed in for a whole base period decay by one. Called by the health checker's tick.
     pub(crate) fn expire_ejections(&self, set: &BackendSet, now: u64) {
-        let Some(policy) = &self.outlier else { return };
+        let Some(policy) = &self.policy.outlier else {
+            return;
+        };
         let base = policy.base_ejection.as_millis() as u64;
         for b in set.backends() {
             let s = &b.state;
