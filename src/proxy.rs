@@ -19,9 +19,8 @@ use crate::access_log::AccessLog;
 use crate::limit::{retry_after_secs, Permit};
 use crate::live::Shared;
 use crate::metrics::RouteMetrics;
-use crate::route::RateKey;
 use crate::route::{
-    normalize_host, normalize_path, Action, RequestView, Respond, RetryPolicy, Route,
+    normalize_host, normalize_path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
 };
 use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::breaker::Admit;
@@ -231,18 +230,8 @@ fn admit(route: &Route, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Opti
 
 async fn refuse(session: &mut Session, refused: Refused) -> Result<bool> {
     let (status, body, retry_after) = match refused {
-        Refused::Rate(wait) => (
-            429,
-            "too many requests
-",
-            Some(retry_after_secs(wait)),
-        ),
-        Refused::Concurrency => (
-            503,
-            "too many requests in flight
-",
-            None,
-        ),
+        Refused::Rate(wait) => (429, "too many requests\n", Some(retry_after_secs(wait))),
+        Refused::Concurrency => (503, "too many requests in flight\n", None),
     };
     let mut resp = plain_head(status, body)?;
     if let Some(secs) = retry_after {

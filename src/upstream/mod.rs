@@ -418,7 +418,28 @@ pub struct Upstream {
     turn: AtomicUsize,
     /// When the health checker next checks this upstream, in [`state::now_ms`] time.
     pub(crate) next_check_ms: AtomicU64,
-    backends_gauge: IntGauge,
+    gauges: Gauges,
+}
+
+/// This upstream's metric handles, resolved once.
+#[derive(Debug)]
+struct Gauges {
+    pickable: IntGauge,
+    available: IntGauge,
+    in_flight: IntGauge,
+    circuit_open: IntGauge,
+}
+
+impl Gauges {
+    fn new(upstream: &str) -> Gauges {
+        let m = &METRICS;
+        Gauges {
+            pickable: m.backends.with_label_values(&[upstream]),
+            available: m.backends_available.with_label_values(&[upstream]),
+            in_flight: m.in_flight.with_label_values(&[upstream]),
+            circuit_open: m.circuit_open.with_label_values(&[upstream]),
+        }
+    }
 }
 
 /// How an upstream picks, connects, checks and protects its backends, built from its config.
@@ -452,7 +473,7 @@ impl Upstream {
         });
         let balance = definition.balance;
         let name: Arc<str> = definition.name.as_str().into();
-        let backends_gauge = METRICS.backends.with_label_values(&[&name]);
+        let gauges = Gauges::new(&name);
         let u = Upstream {
             name,
             balance,
@@ -469,7 +490,7 @@ impl Upstream {
             states: Mutex::new(states),
             turn: AtomicUsize::new(0),
             next_check_ms: AtomicU64::new(0),
-            backends_gauge,
+            gauges,
         };
         u.update(specs);
         u
@@ -493,13 +514,12 @@ impl Upstream {
             self.policy.slow_start.as_ref(),
             self.policy.locality.as_ref(),
         );
-        self.backends_gauge.set(set.pickable() as i64);
+        self.gauges.pickable.set(set.pickable() as i64);
         self.set.store(Arc::new(set));
     }
 
     /// Publishes the gauges that follow backend state.
     pub(crate) fn report(&self, set: &BackendSet) {
-        let m = &METRICS;
         let available = set
             .backends
             .iter()
@@ -510,15 +530,11 @@ impl Upstream {
             .iter()
             .map(|b| b.state.in_flight() as u64)
             .sum();
-        m.backends_available
-            .with_label_values(&[&self.name])
-            .set(available as i64);
-        m.in_flight
-            .with_label_values(&[&self.name])
-            .set(in_flight as i64);
+        self.gauges.available.set(available as i64);
+        self.gauges.in_flight.set(in_flight as i64);
         if let Some(b) = &self.policy.breaker {
-            m.circuit_open
-                .with_label_values(&[&self.name])
+            self.gauges
+                .circuit_open
                 .set((b.state_name() != "closed") as i64);
         }
     }
