@@ -343,24 +343,40 @@ impl BackendSet {
             return None;
         }
         let start = start % n;
-        // The only dependency from one step to the next is the running minimum.
-        let mut best: Option<(&Slot, u64)> = None;
-        for k in 0..n {
-            let i = if start + k >= n {
-                start + k - n
-            } else {
-                start + k
-            };
-            let slot = &slots[i];
-            let Some(load) = slot.state.load_if_available() else {
-                continue;
-            };
-            let score = load as u64 * slot.inverse_weight;
-            if best.is_none_or(|(_, b)| score < b) && usable(&slot.state) {
-                best = Some((slot, score));
+        if let Some(i) = Self::lowest_score(slots, start, |_| true) {
+            let winner = &slots[i];
+            if usable(&winner.state) {
+                return Some(&self.backends[winner.index as usize]);
             }
+            // The least loaded is one this request already failed on: look again without it.
+            return Self::lowest_score(slots, start, |s| usable(&s.state))
+                .map(|i| &self.backends[slots[i].index as usize]);
         }
-        best.map(|(s, _)| &self.backends[s.index as usize])
+        None
+    }
+
+    /// The index in `slots` of the available slot passing `ok` with the lowest load / weight,
+    /// scanning from `start` so that ties take turns. The loop keeps only a running minimum,
+    /// with no early exits, so that it stays a few instructions per backend.
+    #[inline]
+    fn lowest_score(slots: &[Slot], start: usize, ok: impl Fn(&Slot) -> bool) -> Option<usize> {
+        let mut best = (u64::MAX, usize::MAX);
+        let mut consider = |i: usize, slot: &Slot| {
+            let score = match slot.state.load_if_available() {
+                Some(load) if ok(slot) => load as u64 * slot.inverse_weight,
+                _ => u64::MAX,
+            };
+            if score < best.0 {
+                best = (score, i);
+            }
+        };
+        for (i, slot) in slots.iter().enumerate().skip(start) {
+            consider(i, slot);
+        }
+        for (i, slot) in slots.iter().enumerate().take(start) {
+            consider(i, slot);
+        }
+        (best.1 != usize::MAX).then_some(best.1)
     }
 
     /// The less loaded, relative to weight, of two distinct random backends; a full
