@@ -88,7 +88,9 @@ async fn pushed_configs_reach_every_replica_and_invalid_ones_never_do() {
     assert_eq!(who(&gw2), "a");
 
     // A valid push reaches both replicas, under traffic, without a failed request.
+    // (The pauses make sure traffic runs on both sides of the change.)
     let load = Load::start(gw1.http, &["/load"], 2);
+    std::thread::sleep(Duration::from_millis(300));
     let out = zkgate(&["--zk", &zk_hosts], Some(&shared_config(b.addr, "")));
     assert!(
         text(&out.stdout).contains("now version 1"),
@@ -104,6 +106,7 @@ async fn pushed_configs_reach_every_replica_and_invalid_ones_never_do() {
         );
         assert!(gw.metrics().contains("zkgate_config_node_version 1"));
     }
+    std::thread::sleep(Duration::from_millis(300));
     load.finish_without_failures(20);
 
     // Pushing the same file again changes nothing; a push based on a stale version is refused.
