@@ -26,14 +26,7 @@ fn main() {
     }
     let server = ZkServer::start();
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = rt
-        .block_on(zk::Client::connect(&server.connect_string()))
-        .expect("connect");
+    let (rt, client) = common::blocking_zk_client(&server.connect_string());
     let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
     rt.block_on(client.mkdir("/zkgate/services/api", &persistent))

@@ -147,14 +147,7 @@ fn main() {
 fn run(size: Size, plan: &Plan, ticks: f64) -> Figures {
     let label = format!("{} services x {} instances", size.services, size.instances);
     let mut server = ZkServer::start();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let client = rt
-        .block_on(zk::Client::connect(&server.connect_string()))
-        .expect("connect to ZooKeeper");
+    let (rt, client) = common::blocking_zk_client(&server.connect_string());
     let yaml = config(&server.connect_string(), size.services);
 
     // The baseline: the same upstreams and routes, nothing registered, so the difference to

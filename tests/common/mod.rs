@@ -655,3 +655,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A ZooKeeper client for code that is not async itself (the benches), with the runtime that
+/// drives it.
+pub fn blocking_zk_client(connect: &str) -> (tokio::runtime::Runtime, zookeeper_client::Client) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = rt
+        .block_on(zookeeper_client::Client::connect(connect))
+        .expect("connect to ZooKeeper");
+    (rt, client)
+}
