@@ -86,18 +86,9 @@ start_nginx_proxy() {
     PROXY_PORT="$(zk_free_port)"
     # keepalive_requests is raised on both sides because zkgate and HAProxy put no per-connection
     # request cap on keepalive; nginx's default of 1000 would make it reconnect more often.
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
+    {
+        zk_nginx_preamble "$dir"
+        cat <<EOF
     keepalive_requests 1000000;
     upstream backend {
         server 127.0.0.1:$BACKEND_PORT;
@@ -114,6 +105,7 @@ http {
     }
 }
 EOF
+    } >"$dir/nginx.conf"
     "$NGINX" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
         || { cat "$dir/error.log" >&2; zk_die "nginx proxy config rejected"; }
     PROXY_LOG="$dir/error.log"

@@ -218,13 +218,11 @@ zk_zkgate_bin() {
 # The body the nginx backend returns: 19 bytes.
 ZK_BACKEND_BODY='hello from backend'  # + "\n" = 19 bytes
 
-# zk_start_nginx_backend PORT: one nginx worker on 127.0.0.1:PORT answering every request with
-# a fixed 19-byte body, keepalive on. Sets ZK_BACKEND_PID.
-zk_start_nginx_backend() {
-    local port=$1 dir="$ZK_TMP/nginx-backend" nginx
-    nginx="$(zk_nginx_bin)" || zk_die "nginx not found"
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
+# zk_nginx_preamble DIR: the start of an nginx.conf (one worker, pid, logs and temp paths under
+# DIR, access log off) up to inside its http block, for the backend and the proxy alike.
+zk_nginx_preamble() {
+    local dir=$1
+    cat <<EOF
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -236,6 +234,18 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
+EOF
+}
+
+# zk_start_nginx_backend PORT: one nginx worker on 127.0.0.1:PORT answering every request with
+# a fixed 19-byte body, keepalive on. Sets ZK_BACKEND_PID.
+zk_start_nginx_backend() {
+    local port=$1 dir="$ZK_TMP/nginx-backend" nginx
+    nginx="$(zk_nginx_bin)" || zk_die "nginx not found"
+    mkdir -p "$dir"
+    {
+        zk_nginx_preamble "$dir"
+        cat <<EOF
     keepalive_timeout 65s;
     keepalive_requests 1000000;
     server {
@@ -245,6 +255,7 @@ http {
     }
 }
 EOF
+    } >"$dir/nginx.conf"
     "$nginx" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
         || { cat "$dir/error.log" >&2; zk_die "nginx backend config rejected"; }
     zk_spawn "$dir/stderr.log" "$nginx" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'

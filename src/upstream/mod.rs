@@ -298,8 +298,8 @@ impl BackendSet {
     ) -> Option<&Backend> {
         match selector {
             Selector::Empty => None,
-            Selector::LeastConn(_) => self.least_loaded(slots, turn, usable),
-            Selector::P2c(_) => self.better_of_two(slots, usable),
+            Selector::LeastConn => self.least_loaded(slots, turn, usable),
+            Selector::P2c => self.better_of_two(slots, usable),
             other => {
                 let first = &self.backends[other.pick(turn, key)? as usize];
                 if first.state.available() && usable(&first.state) {

@@ -23,10 +23,10 @@ pub enum Selector {
     Schedule(Box<[u32]>),
     /// Ketama-style hash ring.
     Ring(Ring),
-    /// Indexes of the pickable backends, for the fewest in flight relative to weight
-    /// (`least_conn`: all of them compared; `p2c`: the better of two drawn at random).
-    LeastConn(Box<[u32]>),
-    P2c(Box<[u32]>),
+    /// Fewest in flight relative to weight (`least_conn`: all compared; `p2c`: the better of
+    /// two drawn at random). The backend set picks these from its slots, which see the loads.
+    LeastConn,
+    P2c,
 }
 
 impl Selector {
@@ -44,13 +44,13 @@ impl Selector {
                 Selector::Schedule(smooth_schedule(&reduced_weights(weights, MAX_SCHEDULE)).into())
             }
             Balance::ConsistentHash => Selector::Ring(Ring::new(ring_points(weights, names))),
-            Balance::LeastConn => Selector::LeastConn(live.into()),
-            Balance::P2c => Selector::P2c(live.into()),
+            Balance::LeastConn => Selector::LeastConn,
+            Balance::P2c => Selector::P2c,
         }
     }
 
-    /// Picks a backend index by position alone (the load-aware selectors are picked by the
-    /// backend set, which sees the load; here they take turns). `turn` is a shared counter's
+    /// Picks a backend index by position alone (`None` for the load-aware selectors, which
+    /// the backend set picks). `turn` is a shared counter's
     /// next value; `key` is the request's hash key (consistent hashing only; without one, a
     /// random point is used).
     #[inline]
@@ -67,10 +67,9 @@ impl Selector {
     pub fn alternative(&self, turn: usize, key: Option<&[u8]>, k: usize) -> Option<u32> {
         let at = if k == 0 { turn } else { fastrand::usize(..) };
         match self {
-            Selector::Empty => None,
-            Selector::RoundRobin(live) | Selector::LeastConn(live) | Selector::P2c(live) => {
-                Some(live[at % live.len()])
-            }
+            // The load-aware ones are picked by the backend set, which sees the loads.
+            Selector::Empty | Selector::LeastConn | Selector::P2c => None,
+            Selector::RoundRobin(live) => Some(live[at % live.len()]),
             Selector::Schedule(s) => Some(s[at % s.len()]),
             Selector::Ring(ring) => Some(ring.owner(
                 match key {
