@@ -31,6 +31,7 @@ use crate::upstream::retry_budget::RetryBudget;
 use crate::upstream::slow_start::SlowStart;
 use crate::upstream::{
     BackendSpec, HashKey, Locality, PeerSettings, TlsSettings, Upstream, UpstreamPolicy,
+    DEFAULT_LEAST_CONN_CHOICES, MAX_LEAST_CONN_CHOICES,
 };
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -655,6 +656,28 @@ fn upstreams(
                 breaker_policy(b, &format!("{at}.circuit_breaker"), errors),
             )
         });
+        let least_conn_choices = match (u.balance, u.least_conn_choices) {
+            (_, None) => DEFAULT_LEAST_CONN_CHOICES,
+            (Balance::LeastConn, Some(n))
+                if (2..=MAX_LEAST_CONN_CHOICES).contains(&(n as usize)) =>
+            {
+                n as usize
+            }
+            (Balance::LeastConn, Some(_)) => {
+                errors.push(
+                    format!("{at}.least_conn_choices"),
+                    format!("must be 2 to {MAX_LEAST_CONN_CHOICES}"),
+                );
+                DEFAULT_LEAST_CONN_CHOICES
+            }
+            (_, Some(_)) => {
+                errors.push(
+                    format!("{at}.least_conn_choices"),
+                    "only used with balance: least_conn",
+                );
+                DEFAULT_LEAST_CONN_CHOICES
+            }
+        };
         let min_available = u.local_zone_min_available.unwrap_or(50);
         if min_available > 100 {
             errors.push(
@@ -705,6 +728,7 @@ fn upstreams(
                     slow_start,
                     breaker,
                     locality,
+                    least_conn_choices,
                 },
                 discovery,
                 specs,
@@ -1095,6 +1119,8 @@ upstreams:
   - { name: a, backends: ["nope"] }
   - { name: b, backends: ["127.0.0.1:2 speed=3"], hash_key: path }
   - { name: c, backends: [], timeouts: { connect: 0 } }
+  - { name: d, backends: ["127.0.0.1:3"], least_conn_choices: 4 }
+  - { name: e, backends: ["127.0.0.1:3"], balance: least_conn, least_conn_choices: 1 }
 routes:
   - { name: r, match: { host: "api.example.com:80" }, upstream: a }
   - { name: r, match: { path: /x, path_prefix: /y }, respond: { body: x } }
@@ -1113,6 +1139,8 @@ routes:
             "upstreams[2].hash_key: only used with balance: consistent_hash",
             "upstreams[3].backends: at least one backend is needed",
             "upstreams[3].timeouts.connect: must be above zero",
+            "upstreams[4].least_conn_choices: only used with balance: least_conn",
+            "upstreams[5].least_conn_choices: must be 2 to 128",
             "routes[0].match.host: `api.example.com:80` must not carry a port",
             "routes[1].name: route `r` is defined twice",
             "routes[1].match: use only one of path, path_prefix and path_regex",

@@ -144,6 +144,9 @@ pub struct UpstreamSection {
     /// With `server.zone` set, traffic stays in that zone while at least this percentage of
     /// its backends is available (default 50); below it, it spreads over every zone.
     pub local_zone_min_available: Option<u32>,
+    /// How many backends `least_conn` compares per pick (default 8, at most 128): all of them
+    /// when the upstream has no more, otherwise that many consecutive ones from a random place.
+    pub least_conn_choices: Option<u32>,
 }
 
 /// Opens on `failure_ratio` of at least `min_requests` in `window`, or on

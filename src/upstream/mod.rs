@@ -92,6 +92,31 @@ pub struct Backend {
 /// backend.
 const ALTERNATIVES: usize = 16;
 
+/// How many backends `least_conn` compares per pick unless told otherwise.
+pub const DEFAULT_LEAST_CONN_CHOICES: usize = 8;
+
+/// `len` slots from `start` on, wrapping around.
+#[inline]
+fn window(slots: &[Slot], start: usize, len: usize) -> impl Iterator<Item = &Slot> {
+    let end = start + len;
+    let (tail, head) = if end <= slots.len() {
+        (&slots[start..end], &slots[..0])
+    } else {
+        (&slots[start..], &slots[..end - slots.len()])
+    };
+    tail.iter().chain(head)
+}
+
+/// `i` modulo `n` for `i` below `2n`, without a division.
+#[inline]
+fn wrap(i: usize, n: usize) -> usize {
+    if i >= n {
+        i - n
+    } else {
+        i
+    }
+}
+
 /// An immutable membership snapshot and the selector built for it.
 #[derive(Debug)]
 pub struct BackendSet {
@@ -99,6 +124,8 @@ pub struct BackendSet {
     selector: Selector,
     /// The pickable backends, compact, for the selectors that compare loads.
     slots: Box<[Slot]>,
+    /// How many backends `least_conn` compares per pick.
+    choices: usize,
     /// Some backend's weight is ramping up (slow start).
     ramping: bool,
     /// The backends in the gateway's own zone, preferred while enough of them are available.
@@ -134,13 +161,25 @@ pub struct Locality {
     pub min_available_percent: u32,
 }
 
+/// A pickable backend as the load-aware balancers see it: 16 bytes, so that a scan walks
+/// four to a cache line.
 #[derive(Debug)]
 struct Slot {
     state: Arc<BackendState>,
-    /// 2^32 / weight: load × this orders backends by load / weight with one multiplication.
-    inverse_weight: u64,
+    /// `2^24 / weight`: load × this orders backends by load / weight with one multiplication.
+    inverse_weight: u32,
     index: u32,
 }
+
+/// Weights are reduced to sum at most 2^16 before being inverted into 2^24 / weight, which
+/// keeps every inverse at 256 or more (precise enough to order loads) and every score (a load
+/// below 2^32 times that) within 56 bits, leaving room for a window position.
+const MAX_WEIGHT_SUM: u64 = 1 << 16;
+const INVERSE_ONE: u64 = 1 << 24;
+const WINDOW_BITS: u32 = 7;
+const WINDOW_MASK: u64 = (1 << WINDOW_BITS) - 1;
+/// The most backends `least_conn` may be told to compare per pick.
+pub const MAX_LEAST_CONN_CHOICES: usize = 1 << WINDOW_BITS;
 
 impl Slot {
     /// The slots of the backends with a weight, for the balancers that compare loads.
@@ -148,14 +187,15 @@ impl Slot {
         if !matches!(balance, Balance::LeastConn | Balance::P2c) {
             return Box::new([]);
         }
+        let reduced = select::reduced_weights(weights, MAX_WEIGHT_SUM);
         backends
             .iter()
-            .zip(weights)
+            .zip(reduced)
             .enumerate()
-            .filter(|(_, (_, w))| **w > 0)
+            .filter(|(_, (_, w))| *w > 0)
             .map(|(i, (b, w))| Slot {
                 state: b.state.clone(),
-                inverse_weight: (1u64 << 32) / w,
+                inverse_weight: (INVERSE_ONE / w) as u32,
                 index: i as u32,
             })
             .collect()
@@ -172,6 +212,7 @@ impl BackendSet {
         states: Vec<Arc<BackendState>>,
         slow_start: Option<&SlowStart>,
         locality: Option<&Locality>,
+        choices: usize,
     ) -> BackendSet {
         let now = state::now_ms();
         let ramped: Vec<Option<u64>> = specs
@@ -245,6 +286,7 @@ impl BackendSet {
             backends,
             selector,
             slots,
+            choices,
             ramping,
             local,
         }
@@ -298,7 +340,7 @@ impl BackendSet {
     ) -> Option<&Backend> {
         match selector {
             Selector::Empty => None,
-            Selector::LeastConn => self.least_loaded(slots, turn, usable),
+            Selector::LeastConn => self.least_loaded(slots, usable),
             Selector::P2c => self.better_of_two(slots, usable),
             other => {
                 let first = &self.backends[other.pick(turn, key)? as usize];
@@ -329,54 +371,61 @@ impl BackendSet {
             .find(|b| b.spec.weight > 0 && ok(&b.state))
     }
 
-    /// Fewest in flight relative to weight; ties go to the first from `start`, so that idle
-    /// backends take turns.
+    /// Fewest in flight relative to weight among `self.choices` consecutive slots from a random
+    /// place (all of them when there are no more): with a window of a few, the winner is among
+    /// the least loaded few percent, which is what the balancer is for, at a cost that does not
+    /// grow with the upstream. The random start also lets ties (idle backends) take turns.
     #[inline]
     fn least_loaded(
         &self,
         slots: &[Slot],
-        start: usize,
         usable: impl Fn(&BackendState) -> bool,
     ) -> Option<&Backend> {
         let n = slots.len();
         if n == 0 {
             return None;
         }
-        let start = start % n;
-        if let Some(i) = Self::lowest_score(slots, start, |_| true) {
-            let winner = &slots[i];
-            if usable(&winner.state) {
-                return Some(&self.backends[winner.index as usize]);
-            }
-            // The least loaded is one this request already failed on: look again without it.
-            return Self::lowest_score(slots, start, |s| usable(&s.state))
-                .map(|i| &self.backends[slots[i].index as usize]);
+        let start = fastrand::usize(..n);
+        let window = window(slots, start, n.min(self.choices));
+        // Score above position in one integer, so that one running minimum finds the least
+        // loaded and, among equals, the first. The down sort after every backend with fewer than
+        // 2^16 requests in flight (2^32 × the smallest inverse weight); a down winner means the
+        // whole window is down, or loads beyond that, and the exact scan below decides.
+        let mut best = u64::MAX;
+        for (position, slot) in window.enumerate() {
+            let score = slot.state.load_or_down() * slot.inverse_weight as u64;
+            best = best.min(score << WINDOW_BITS | position as u64);
         }
-        None
+        let winner = &slots[wrap(start + (best & WINDOW_MASK) as usize, n)];
+        if winner.state.available() && usable(&winner.state) {
+            return Some(&self.backends[winner.index as usize]);
+        }
+        // Everything in the window is down, or the winner is one this request already failed
+        // on: compare every backend, without it. Rare enough to afford the full scan.
+        self.lowest_score(slots, start, usable)
     }
 
-    /// The index in `slots` of the available slot passing `ok` with the lowest load / weight,
-    /// scanning from `start` so that ties take turns. The loop keeps only a running minimum,
-    /// with no early exits, so that it stays a few instructions per backend.
-    #[inline]
-    fn lowest_score(slots: &[Slot], start: usize, ok: impl Fn(&Slot) -> bool) -> Option<usize> {
-        let mut best = (u64::MAX, usize::MAX);
-        let mut consider = |i: usize, slot: &Slot| {
-            let score = match slot.state.load_if_available() {
-                Some(load) if ok(slot) => load as u64 * slot.inverse_weight,
-                _ => u64::MAX,
-            };
-            if score < best.0 {
-                best = (score, i);
-            }
-        };
-        for (i, slot) in slots.iter().enumerate().skip(start) {
-            consider(i, slot);
-        }
-        for (i, slot) in slots.iter().enumerate().take(start) {
-            consider(i, slot);
-        }
-        (best.1 != usize::MAX).then_some(best.1)
+    /// The available, `usable` backend with the lowest load / weight among all `slots`, the
+    /// first from `start` among equals.
+    fn lowest_score(
+        &self,
+        slots: &[Slot],
+        start: usize,
+        usable: impl Fn(&BackendState) -> bool,
+    ) -> Option<&Backend> {
+        window(slots, start, slots.len())
+            .filter(|s| usable(&s.state))
+            .filter_map(|s| {
+                Some((
+                    s.state.load_if_available()? as u64 * s.inverse_weight as u64,
+                    s,
+                ))
+            })
+            .fold(None, |best: Option<(u64, &Slot)>, (score, s)| match best {
+                Some((b, _)) if b <= score => best,
+                _ => Some((score, s)),
+            })
+            .map(|(_, s)| &self.backends[s.index as usize])
     }
 
     /// The less loaded, relative to weight, of two distinct random backends; a full
@@ -392,23 +441,18 @@ impl BackendSet {
             return None;
         }
         let a = fastrand::usize(..n);
-        let b = if n > 1 {
-            (a + 1 + fastrand::usize(..n - 1)) % n
-        } else {
-            a
-        };
+        // A second draw among the other n - 1, without a division.
+        let b = wrap(a + 1 + fastrand::usize(..n.max(2) - 1), n);
         let (x, y) = (&slots[a], &slots[b]);
         let score = |s: &Slot| {
-            s.state
-                .load_if_available()
+            Some(s.state.load_if_available()? as u64 * s.inverse_weight as u64)
                 .filter(|_| usable(&s.state))
-                .map(|load| load as u64 * s.inverse_weight)
         };
         match (score(x), score(y)) {
             (Some(sx), Some(sy)) => {
                 Some(&self.backends[if sy < sx { y.index } else { x.index } as usize])
             }
-            _ => self.least_loaded(slots, a, usable),
+            _ => self.lowest_score(slots, a, usable),
         }
     }
 }
@@ -469,6 +513,8 @@ pub struct UpstreamPolicy {
     pub slow_start: Option<SlowStart>,
     pub breaker: Option<Breaker>,
     pub locality: Option<Locality>,
+    /// How many backends `least_conn` compares per pick.
+    pub least_conn_choices: usize,
 }
 
 impl Upstream {
@@ -500,6 +546,7 @@ impl Upstream {
                 backends: Box::new([]),
                 selector: Selector::Empty,
                 slots: Box::new([]),
+                choices: 0,
                 ramping: false,
                 local: None,
             }),
@@ -529,6 +576,7 @@ impl Upstream {
             states.refresh(&addrs, start_unhealthy),
             self.policy.slow_start.as_ref(),
             self.policy.locality.as_ref(),
+            self.policy.least_conn_choices,
         );
         self.gauges.pickable.set(set.pickable() as i64);
         self.set.store(Arc::new(set));
@@ -570,6 +618,7 @@ impl Upstream {
             set.backends.iter().map(|b| b.state.clone()).collect(),
             self.policy.slow_start.as_ref(),
             self.policy.locality.as_ref(),
+            self.policy.least_conn_choices,
         );
         self.set.store(Arc::new(set));
     }
@@ -612,6 +661,10 @@ mod tests {
     use super::*;
 
     fn set(balance: Balance, weights: &[u32]) -> BackendSet {
+        set_comparing(balance, weights, DEFAULT_LEAST_CONN_CHOICES)
+    }
+
+    fn set_comparing(balance: Balance, weights: &[u32], choices: usize) -> BackendSet {
         let specs: Vec<BackendSpec> = weights
             .iter()
             .enumerate()
@@ -632,7 +685,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             tls: None,
         };
-        BackendSet::build(balance, &settings, specs, states, None, None)
+        BackendSet::build(balance, &settings, specs, states, None, None, choices)
     }
 
     fn counts(set: &BackendSet, picks: usize, avoid: &[SocketAddr]) -> Vec<usize> {
@@ -706,6 +759,50 @@ mod tests {
             .collect();
         let c = counts(&p, 3000, &[]);
         assert_eq!(c[0], 0, "the busiest of three never wins a pair: {c:?}");
+    }
+
+    #[test]
+    fn least_conn_over_many_backends_picks_the_least_loaded_of_its_window() {
+        // Backend i has 100 - i requests in flight: the last ones are the least loaded.
+        let s = set(Balance::LeastConn, &[1; 100]);
+        let _load: Vec<_> = (0..100)
+            .flat_map(|i| (0..100 - i).map(move |_| i))
+            .map(|i| InFlight::start(&s.backends[i].state))
+            .collect();
+        let c = counts(&s, 10_000, &[]);
+        // Each pick is the lightest of 8 consecutive backends from a random start: backend i
+        // (7 to 98) wins only the window that ends at it, 1 in 100; backend 99 wins the eight
+        // that hold it; backends 0 to 6 are never the lightest of any window.
+        assert_eq!(&c[..7], &[0; 7], "{c:?}");
+        for (i, &n) in c.iter().enumerate().take(99).skip(7) {
+            assert!((30..200).contains(&n), "backend {i}: {n} of 10,000");
+        }
+        assert!((600..1000).contains(&c[99]), "{c:?}");
+
+        // Told to compare all 100, it is exact.
+        let exact = set_comparing(Balance::LeastConn, &[1; 100], 100);
+        let _load: Vec<_> = (0..100)
+            .flat_map(|i| (0..100 - i).map(move |_| i))
+            .map(|i| InFlight::start(&exact.backends[i].state))
+            .collect();
+        assert_eq!(counts(&exact, 1000, &[])[99], 1000);
+    }
+
+    #[test]
+    fn least_conn_looks_past_a_window_that_is_all_down() {
+        let s = set(Balance::LeastConn, &[1; 100]);
+        for b in &s.backends[1..] {
+            b.state.set(EJECTED, true);
+        }
+        let c = counts(&s, 1000, &[]);
+        assert_eq!(
+            c[0], 1000,
+            "the one available backend, wherever the window fell"
+        );
+        // And past an available winner this request already failed on.
+        s.backends[50].state.set(EJECTED, false);
+        let avoid = [s.backends[0].spec.addr];
+        assert_eq!(counts(&s, 100, &avoid)[50], 100);
     }
 
     #[test]

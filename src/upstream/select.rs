@@ -16,11 +16,11 @@ pub enum Selector {
     /// No backend with a weight above zero.
     Empty,
     /// Indexes of the pickable backends, each once.
-    RoundRobin(Box<[u32]>),
+    RoundRobin(Cycle),
     /// Indexes in smooth weighted round-robin order (each backend appears in proportion to its
     /// weight, spread out rather than in runs), used by `weighted_round_robin` in order and by
     /// `random` at a random position.
-    Schedule(Box<[u32]>),
+    Schedule(Cycle),
     /// Ketama-style hash ring.
     Ring(Ring),
     /// Fewest in flight relative to weight (`least_conn`: all compared; `p2c`: the better of
@@ -39,10 +39,10 @@ impl Selector {
             return Selector::Empty;
         }
         match balance {
-            Balance::RoundRobin => Selector::RoundRobin(live.into()),
-            Balance::WeightedRoundRobin | Balance::Random => {
-                Selector::Schedule(smooth_schedule(&reduced_weights(weights, MAX_SCHEDULE)).into())
-            }
+            Balance::RoundRobin => Selector::RoundRobin(Cycle::new(live)),
+            Balance::WeightedRoundRobin | Balance::Random => Selector::Schedule(Cycle::new(
+                smooth_schedule(&reduced_weights(weights, MAX_SCHEDULE)),
+            )),
             Balance::ConsistentHash => Selector::Ring(Ring::new(ring_points(weights, names))),
             Balance::LeastConn => Selector::LeastConn,
             Balance::P2c => Selector::P2c,
@@ -65,12 +65,12 @@ impl Selector {
     /// other keys where they are.
     #[inline]
     pub fn alternative(&self, turn: usize, key: Option<&[u8]>, k: usize) -> Option<u32> {
-        let at = if k == 0 { turn } else { fastrand::usize(..) };
         match self {
             // The load-aware ones are picked by the backend set, which sees the loads.
             Selector::Empty | Selector::LeastConn | Selector::P2c => None,
-            Selector::RoundRobin(live) => Some(live[at % live.len()]),
-            Selector::Schedule(s) => Some(s[at % s.len()]),
+            Selector::RoundRobin(c) | Selector::Schedule(c) => {
+                Some(if k == 0 { c.at(turn) } else { c.random() })
+            }
             Selector::Ring(ring) => Some(ring.owner(
                 match key {
                     Some(k) => xxh3_64(k),
@@ -83,10 +83,42 @@ impl Selector {
 
     /// Whether `pick` reads `turn` from a counter (as opposed to a random draw or a key).
     pub fn wants_counter(balance: Balance) -> bool {
-        matches!(
-            balance,
-            Balance::RoundRobin | Balance::WeightedRoundRobin | Balance::LeastConn
-        )
+        matches!(balance, Balance::RoundRobin | Balance::WeightedRoundRobin)
+    }
+}
+
+/// A fixed order of backend indexes, entered at a position. The position is reduced with
+/// Lemire's multiply-shift remainder, precomputed for the length, because a hardware division
+/// costs more than the rest of a pick.
+#[derive(Debug)]
+pub struct Cycle {
+    items: Box<[u32]>,
+    /// `2^64 / len`, rounded up: the fraction that turns `n * magic` into `n mod len`.
+    magic: u64,
+}
+
+impl Cycle {
+    /// `items` is never empty: a selector without backends is [`Selector::Empty`].
+    fn new(items: Vec<u32>) -> Cycle {
+        let len = items.len().clamp(1, u32::MAX as usize) as u64;
+        Cycle {
+            magic: (u64::MAX / len).wrapping_add(1),
+            items: items.into(),
+        }
+    }
+
+    /// The entry at `turn` modulo the length. A counter wraps at 2^32 here, which only breaks
+    /// the rotation once in four billion picks.
+    #[inline]
+    pub fn at(&self, turn: usize) -> u32 {
+        let fraction = self.magic.wrapping_mul(turn as u32 as u64);
+        let i = ((fraction as u128 * self.items.len() as u128) >> 64) as usize;
+        self.items[i]
+    }
+
+    #[inline]
+    fn random(&self) -> u32 {
+        self.items[fastrand::usize(..self.items.len())]
     }
 }
 
@@ -100,7 +132,7 @@ fn gcd(a: u64, b: u64) -> u64 {
 
 /// Weights divided by their gcd, then scaled so that they sum to at most `cap`; a backend with
 /// a weight above zero keeps at least one.
-fn reduced_weights(weights: &[u64], cap: u64) -> Vec<u64> {
+pub(super) fn reduced_weights(weights: &[u64], cap: u64) -> Vec<u64> {
     let g = weights.iter().fold(0u64, |g, &w| gcd(g, w)).max(1);
     let mut w: Vec<u64> = weights.iter().map(|&x| x / g).collect();
     let sum: u64 = w.iter().sum();
@@ -207,6 +239,21 @@ mod tests {
     }
 
     #[test]
+    fn cycle_position_is_the_remainder() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for len in (1..=300).chain([65_535, 65_536, 1 << 20, 999_983]) {
+            let c = Cycle::new((0..len as u32).collect());
+            let turns =
+                (0..1000)
+                    .map(|_| rng.u32(..))
+                    .chain([0, 1, len as u32 - 1, len as u32, u32::MAX]);
+            for t in turns {
+                assert_eq!(c.at(t as usize), t % len as u32, "{t} mod {len}");
+            }
+        }
+    }
+
+    #[test]
     fn round_robin_ignores_weight_but_skips_drained() {
         let s = Selector::build(Balance::RoundRobin, &[1, 0, 5], &names(3));
         assert_eq!(counts(&s, 3, 100), [50, 0, 50]);
@@ -218,7 +265,7 @@ mod tests {
         let Selector::Schedule(order) = &s else {
             panic!("{s:?}")
         };
-        assert_eq!(order.as_ref(), &[0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(order.items.as_ref(), &[0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&s, 3, 700), [500, 100, 100]);
     }
 
@@ -249,8 +296,8 @@ mod tests {
         let Selector::Schedule(order) = &s else {
             panic!()
         };
-        assert!(order.len() as u64 <= MAX_SCHEDULE + 3);
-        assert!(order.contains(&1));
+        assert!(order.items.len() as u64 <= MAX_SCHEDULE + 3);
+        assert!(order.items.contains(&1));
     }
 
     #[test]

@@ -80,6 +80,13 @@ impl BackendState {
         (w >> DOWN_SHIFT == 0).then_some(w as u32)
     }
 
+    /// Requests in flight when available, 2^32 (more than any count) when not: a balancer can
+    /// rank backends by this without a branch.
+    #[inline]
+    pub fn load_or_down(&self) -> u64 {
+        self.word.load(Ordering::Relaxed).min(1 << DOWN_SHIFT)
+    }
+
     pub fn down(&self) -> u8 {
         (self.word.load(Ordering::Relaxed) >> DOWN_SHIFT) as u8
     }
