@@ -14,6 +14,7 @@ pub mod config;
 pub mod limit;
 pub mod live;
 pub mod metrics;
+pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod route;

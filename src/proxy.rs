@@ -19,6 +19,7 @@ use crate::access_log::AccessLog;
 use crate::limit::{retry_after_secs, Permit};
 use crate::live::Shared;
 use crate::metrics::RouteMetrics;
+use crate::plugin::{PluginState, RequestInfo};
 use crate::route::{
     normalize_host, normalize_path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
 };
@@ -77,6 +78,8 @@ pub struct RequestCtx {
     error_body_room: Option<u64>,
     /// Why the gateway itself failed the request, for the error body.
     failure: Option<&'static str>,
+    /// What the route's plugin keeps about this request.
+    plugin: PluginState,
 }
 
 impl RequestCtx {
@@ -91,7 +94,7 @@ impl RequestCtx {
     fn upstream(&self) -> Option<&Arc<Upstream>> {
         match &self.route()?.action {
             Action::Proxy(u) => Some(u),
-            Action::Respond(_) => None,
+            Action::Respond(_) | Action::Plugin => None,
         }
     }
 
@@ -309,6 +312,7 @@ impl ProxyHttp for Gateway {
             request_body_bytes: 0,
             error_body_room: None,
             failure: None,
+            plugin: PluginState::None,
         }
     }
 
@@ -344,6 +348,22 @@ impl ProxyHttp for Gateway {
             let outcome = refuse(session, refused).await;
             ctx.snapshot = Some(snapshot);
             return outcome;
+        }
+        if let Some((plugin, route)) = route.and_then(|r| Some((r.plugin.as_ref()?, r))) {
+            ctx.plugin = plugin.new_state();
+            let path = ctx
+                .normalized_path
+                .as_deref()
+                .unwrap_or(session.req_header().uri.path())
+                .to_owned();
+            let request = RequestInfo { route, path: &path };
+            let answered = plugin
+                .request_filter(session, &request, &mut ctx.plugin)
+                .await;
+            if !matches!(answered, Ok(false)) {
+                ctx.snapshot = Some(snapshot);
+                return answered;
+            }
         }
         let outcome = answer_early(session, route).await;
         ctx.snapshot = Some(snapshot);
@@ -663,6 +683,9 @@ impl ProxyHttp for Gateway {
                     log::warn!("upstream {}: circuit opened", u.name);
                 }
             }
+        }
+        if let Some(plugin) = ctx.route().and_then(|r| r.plugin.clone()) {
+            plugin.logging(&mut ctx.plugin);
         }
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();

@@ -153,6 +153,10 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
         HealthChecker::new(shared.clone()),
     ));
     server.add_service(background_service(
+        "plugins",
+        crate::plugin::PluginTicker::new(shared.clone()),
+    ));
+    server.add_service(background_service(
         "reload",
         Reloader::new(source, shared, text),
     ));

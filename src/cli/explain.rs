@@ -65,6 +65,11 @@ pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> Exit
     println!("route:     {}", route.name);
     match &route.action {
         Action::Respond(r) => println!("respond:   {} ({} byte body)", r.status, r.body.len()),
+        Action::Plugin => {
+            if let Some(p) = &route.plugin {
+                println!("plugin:    {p:?} answers");
+            }
+        }
         Action::Proxy(u) => {
             let rewritten = route
                 .rewrite

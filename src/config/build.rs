@@ -364,7 +364,11 @@ fn status_range(text: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-fn breaker_policy(b: &BreakerSection, at: &str, errors: &mut ConfigErrors) -> BreakerPolicy {
+pub(crate) fn breaker_policy(
+    b: &BreakerSection,
+    at: &str,
+    errors: &mut ConfigErrors,
+) -> BreakerPolicy {
     let p = BreakerPolicy {
         failure_ratio: b
             .failure_ratio
@@ -993,7 +997,27 @@ fn routes(
             };
             headers.push(HeaderCondition { name, value });
         }
+        let plugin = r.plugin.as_ref().and_then(|p| {
+            let lookup = |name: &str| upstreams.iter().find(|u| *u.name == *name).cloned();
+            crate::plugin::build(
+                p,
+                &r.name,
+                m.path_prefix.as_deref(),
+                &format!("{at}.plugin"),
+                &lookup,
+                errors,
+            )
+        });
+        let answered_by_plugin = r.plugin.as_ref().is_some_and(|p| p.answers_itself());
         let action = match (&r.upstream, &r.respond) {
+            (None, None) if answered_by_plugin => Some(Action::Plugin),
+            (Some(_), _) | (_, Some(_)) if answered_by_plugin => {
+                errors.push(
+                    at.clone(),
+                    "its plugin answers every request: drop upstream and respond",
+                );
+                None
+            }
             (Some(_), Some(_)) => {
                 errors.push(at.clone(), "give either upstream or respond, not both");
                 None
@@ -1080,6 +1104,7 @@ fn routes(
             timeout,
             rate_limit,
             concurrency,
+            plugin,
             metrics: RouteMetrics::new(&r.name),
         });
     }
@@ -1103,6 +1128,55 @@ mod tests {
         for want in expected {
             assert!(
                 errs.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in:\n{}",
+                errs.join("\n")
+            );
+        }
+        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+    }
+
+    #[test]
+    fn alert_webhook_errors_name_their_paths() {
+        let errs = errors(
+            r#"
+upstreams:
+  - { name: sink, backends: ["127.0.0.1:1"] }
+routes:
+  - name: a
+    match: { path_prefix: /alerts }
+    plugin:
+      alert_webhook:
+        auth: { bearer: { token: "" } }
+        destinations:
+          - { name: broken, upstream: sink, template: { inline: "{{ alerts | nosuchfilter }}" } }
+          - { name: unclosed, url: "https://hooks.example.com/x", template: { inline: "{% if x %}" } }
+          - { name: nowhere, upstream: gone, template: { builtin: slack } }
+          - { name: both, upstream: sink, url: "http://x/", template: { builtin: nope } }
+          - { name: batch, url: "ftp://x/", template: { builtin: generic }, split: batch }
+  - name: b
+    plugin: { alert_webhook: { destinations: [] } }
+  - name: c
+    match: { path_prefix: /c }
+    upstream: sink
+    plugin: { alert_webhook: { destinations: [{ name: d, upstream: sink, template: { builtin: generic } }] } }
+"#,
+        );
+        let at = "routes[0].plugin.alert_webhook";
+        let expected = [
+            format!("{at}.auth.bearer.token: must not be empty"),
+            format!("{at}.destinations[0].template: line 1: "),
+            format!("{at}.destinations[1].template: line 1: "),
+            format!("{at}.destinations[2].upstream: no upstream named `gone`"),
+            format!("{at}.destinations[3]: give either url or upstream, not both"),
+            format!("{at}.destinations[3].template.builtin: no ready-made template `nope`"),
+            format!("{at}.destinations[4].url: must start with http:// or https://"),
+            format!("{at}.destinations[4].batch_size: split: batch needs a batch_size"),
+            "routes[1].plugin.alert_webhook: needs its route to match a path_prefix".to_owned(),
+            "routes[2]: its plugin answers every request: drop upstream and respond".to_owned(),
+        ];
+        for want in &expected {
+            assert!(
+                errs.iter().any(|e| e.starts_with(want.as_str())),
                 "missing {want:?} in:\n{}",
                 errs.join("\n")
             );

@@ -289,6 +289,10 @@ pub struct RouteSection {
     pub rate_limit: Option<RateLimitSection>,
     /// Requests of this route in flight at once; more get 503.
     pub max_in_flight: Option<u32>,
+    /// A plugin working at this route's phases (one kind: `alert_webhook`), as a map with the
+    /// kind as its one key.
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    pub plugin: Option<crate::plugin::PluginSection>,
 }
 
 /// A token bucket: `per_second` refill, `burst` capacity (default: one second's worth), one

@@ -48,6 +48,7 @@ pub struct Route {
     /// Kept across reloads that leave the route's limit as it was.
     pub rate_limit: Option<Arc<RouteRate>>,
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
+    pub plugin: Option<crate::plugin::RoutePlugin>,
     pub metrics: RouteMetrics,
 }
 
@@ -101,6 +102,8 @@ pub enum PathMatch {
 pub enum Action {
     Proxy(Arc<Upstream>),
     Respond(Respond),
+    /// The route's plugin answers every request.
+    Plugin,
 }
 
 /// A fixed answer, its header prepared once.

@@ -61,7 +61,7 @@ pub struct TlsSettings {
 }
 
 impl PeerSettings {
-    fn peer(&self, addr: SocketAddr) -> HttpPeer {
+    pub(crate) fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let (tls, sni) = match &self.tls {
             Some(t) => (true, t.sni.clone()),
             None => (false, String::new()),

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,8 @@ pub struct Backend {
     pub name: String,
     pub connections: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// Every request read, in order: target, headers, body.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
     stop: Arc<AtomicBool>,
     behaviour: Arc<AtomicU64>,
 }
@@ -220,15 +222,17 @@ impl Backend {
             name: name.to_owned(),
             connections: Arc::default(),
             requests: Arc::default(),
+            seen: Arc::default(),
             stop: Arc::default(),
             behaviour: Arc::default(),
         };
         let behaviour = b.behaviour.clone();
-        let (name, conns, reqs, stop) = (
+        let (name, conns, reqs, stop, seen) = (
             b.name.clone(),
             b.connections.clone(),
             b.requests.clone(),
             b.stop.clone(),
+            b.seen.clone(),
         );
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -237,8 +241,9 @@ impl Backend {
                 }
                 let Ok(stream) = stream else { continue };
                 conns.fetch_add(1, Ordering::SeqCst);
-                let (name, reqs, behaviour) = (name.clone(), reqs.clone(), behaviour.clone());
-                thread::spawn(move || serve(stream, &name, &reqs, &behaviour));
+                let (name, reqs, behaviour, seen) =
+                    (name.clone(), reqs.clone(), behaviour.clone(), seen.clone());
+                thread::spawn(move || serve(stream, &name, &reqs, &behaviour, &seen));
             }
         });
         b
@@ -294,7 +299,28 @@ impl Backend {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize, behaviour: &AtomicU64) {
+/// A request a [`Backend`] read.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub target: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Backend {
+    /// The requests read so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    name: &str,
+    reqs: &AtomicUsize,
+    behaviour: &AtomicU64,
+    seen: &Mutex<Vec<Seen>>,
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut out) = stream.try_clone() else {
         return;
@@ -313,6 +339,11 @@ fn serve(stream: TcpStream, name: &str, reqs: &AtomicUsize, behaviour: &AtomicU6
             return;
         };
         reqs.fetch_add(1, Ordering::SeqCst);
+        seen.lock().unwrap().push(Seen {
+            target: target.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
         let (mut path, query) = target.split_once('?').unwrap_or((&target, ""));
         let forced;
         match Behaviour::decode(behaviour.load(Ordering::SeqCst)) {

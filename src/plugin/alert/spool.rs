@@ -1,0 +1,361 @@
+//! The on-disk spool of messages a destination did not take: what lets the gateway acknowledge
+//! a webhook without losing it. One file per message, written under a temporary name, synced,
+//! renamed into place and the directory synced before `push` returns (as Postfix queues mail),
+//! deleted once delivered. A crash leaves every pushed message either whole or absent, never torn:
+//! a leftover temporary file was never acknowledged and is removed when the spool opens.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+
+/// The first bytes of every spooled file, and its format version.
+const MAGIC: &[u8; 6] = b"ZKSP1\n";
+const HEADER: usize = MAGIC.len() + 4;
+const SUFFIX: &str = "msg";
+const TEMP_SUFFIX: &str = "tmp";
+/// Where a file that fails its checksum is moved: kept for a human, never replayed or deleted.
+const BAD_SUFFIX: &str = "bad";
+
+#[derive(Debug)]
+pub enum SpoolError {
+    /// Taking the message would pass the spool's size bound.
+    Full {
+        bytes: u64,
+        max: u64,
+    },
+    Io(io::Error),
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Full { bytes, max } => {
+                write!(f, "the spool is full ({bytes} of {max} bytes)")
+            }
+            SpoolError::Io(e) => write!(f, "spool: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+impl From<io::Error> for SpoolError {
+    fn from(e: io::Error) -> Self {
+        SpoolError::Io(e)
+    }
+}
+
+/// A durable FIFO of opaque records in one directory.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Someone replays it: one at a time, or messages would go out twice and out of order.
+    replaying: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    max_bytes: u64,
+    next: u64,
+    /// Bytes held, counting the pushes under way.
+    bytes: u64,
+    /// Id to file size, in arrival order.
+    held: BTreeMap<u64, u64>,
+}
+
+/// Every spool the process has open, by directory: a reload that keeps a destination's
+/// directory gets the same spool, so that two objects never write or replay one directory.
+static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Spool>>>> = LazyLock::new(Default::default);
+
+impl Spool {
+    /// The spool in `dir` (created if missing), with what an earlier run left in it. If the
+    /// process has it open already, that spool, with its bound set to `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> io::Result<Arc<Spool>> {
+        let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|_, s| s.strong_count() > 0);
+        if let Some(spool) = open.get(dir).and_then(Weak::upgrade) {
+            spool.lock().max_bytes = max_bytes;
+            return Ok(spool);
+        }
+        let spool = Arc::new(Spool::recover(dir, max_bytes)?);
+        open.insert(dir.to_path_buf(), Arc::downgrade(&spool));
+        Ok(spool)
+    }
+
+    fn recover(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
+        fs::create_dir_all(dir).map_err(|e| context(e, "cannot create", dir))?;
+        let mut held = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(|e| context(e, "cannot list", dir))? {
+            let entry = entry?;
+            let path = entry.path();
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok());
+            match (id, path.extension().and_then(|e| e.to_str())) {
+                (Some(_), Some(TEMP_SUFFIX)) => {
+                    // Never acknowledged: the push that wrote it did not return.
+                    fs::remove_file(&path).map_err(|e| context(e, "cannot remove", &path))?;
+                }
+                (Some(id), Some(SUFFIX)) => {
+                    held.insert(id, entry.metadata()?.len());
+                }
+                _ => {}
+            }
+        }
+        let next = held.keys().next_back().map_or(1, |last| last + 1);
+        Ok(Spool {
+            replaying: AtomicBool::new(false),
+            dir: dir.to_path_buf(),
+            inner: Mutex::new(Inner {
+                max_bytes,
+                next,
+                bytes: held.values().sum(),
+                held,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `true` if the caller now owns the replay, until [`Spool::release_replay`].
+    pub fn claim_replay(&self) -> bool {
+        !self.replaying.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn release_replay(&self) {
+        self.replaying.store(false, Ordering::Release);
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stores `record` durably: when this returns `Ok`, a crash or power cut does not lose it.
+    /// Blocking (it waits for the disk); call it off the async workers.
+    pub fn push(&self, record: &[u8]) -> Result<u64, SpoolError> {
+        let size = (HEADER + record.len()) as u64;
+        let id = {
+            let mut inner = self.lock();
+            if inner.bytes + size > inner.max_bytes {
+                return Err(SpoolError::Full {
+                    bytes: inner.bytes,
+                    max: inner.max_bytes,
+                });
+            }
+            inner.bytes += size;
+            inner.next += 1;
+            inner.next - 1
+        };
+        match self.write(id, record) {
+            Ok(()) => {
+                self.lock().held.insert(id, size);
+                Ok(id)
+            }
+            Err(e) => {
+                self.lock().bytes -= size;
+                Err(SpoolError::Io(e))
+            }
+        }
+    }
+
+    fn write(&self, id: u64, record: &[u8]) -> io::Result<()> {
+        let temp = self.path(id, TEMP_SUFFIX);
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&crc32fast::hash(record).to_le_bytes())?;
+            f.write_all(record)?;
+            f.sync_all()?;
+            fs::rename(&temp, self.path(id, SUFFIX))?;
+            // The rename is durable only once the directory is.
+            File::open(&self.dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result.map_err(|e| context(e, "cannot write to", &self.dir))
+    }
+
+    /// The ids of the oldest `n` records.
+    pub fn oldest(&self, n: usize) -> Vec<u64> {
+        self.lock().held.keys().take(n).copied().collect()
+    }
+
+    /// Record `id`, checked against its checksum. A damaged file is moved aside (to `.bad`)
+    /// and reported as an error, so that it is neither replayed nor lost.
+    pub fn read(&self, id: u64) -> io::Result<Vec<u8>> {
+        let path = self.path(id, SUFFIX);
+        let data = fs::read(&path).map_err(|e| context(e, "cannot read", &path))?;
+        let intact = data.len() >= HEADER
+            && &data[..MAGIC.len()] == MAGIC
+            && data[MAGIC.len()..HEADER] == crc32fast::hash(&data[HEADER..]).to_le_bytes();
+        if intact {
+            return Ok(data[HEADER..].to_vec());
+        }
+        let aside = self.set_aside(id, BAD_SUFFIX)?;
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} failed its checksum and was moved to {}",
+                path.display(),
+                aside.display()
+            ),
+        ))
+    }
+
+    /// Moves record `id` out of the queue to a file with the suffix `why` (`bad`,
+    /// `rejected`), kept for a human: neither replayed nor deleted.
+    pub fn set_aside(&self, id: u64, why: &str) -> io::Result<PathBuf> {
+        let (path, aside) = (self.path(id, SUFFIX), self.path(id, why));
+        fs::rename(&path, &aside).map_err(|e| context(e, "cannot move aside", &path))?;
+        self.forget(id);
+        Ok(aside)
+    }
+
+    /// Deletes record `id`, delivered. A crash before the deletion reaches the disk delivers it
+    /// again after the restart: at least once.
+    pub fn remove(&self, id: u64) -> io::Result<()> {
+        let path = self.path(id, SUFFIX);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(context(e, "cannot remove", &path)),
+        }
+        self.forget(id);
+        Ok(())
+    }
+
+    fn forget(&self, id: u64) {
+        let mut inner = self.lock();
+        if let Some(size) = inner.held.remove(&id) {
+            inner.bytes -= size;
+        }
+    }
+
+    /// Records held and their bytes on disk.
+    pub fn depth(&self) -> (usize, u64) {
+        let inner = self.lock();
+        (inner.held.len(), inner.bytes)
+    }
+
+    fn path(&self, id: u64, suffix: &str) -> PathBuf {
+        // Zero-padded so that a directory listing is in arrival order too.
+        self.dir.join(format!("{id:020}.{suffix}"))
+    }
+}
+
+fn context(e: io::Error, what: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh(max: u64) -> (tempfile::TempDir, Arc<Spool>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spool = Spool::recover(dir.path(), max).map(Arc::new).expect("open");
+        (dir, spool)
+    }
+
+    #[test]
+    fn records_survive_a_reopen_in_order_and_leave_when_removed() {
+        let (dir, spool) = fresh(1 << 20);
+        let a = spool.push(b"first").unwrap();
+        let b = spool.push(b"second").unwrap();
+        spool.push(b"third").unwrap();
+        spool.remove(b).unwrap();
+        drop(spool);
+
+        let again = Spool::recover(dir.path(), 1 << 20).unwrap();
+        let ids = again.oldest(10);
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[0], a);
+        assert_eq!(again.read(ids[0]).unwrap(), b"first");
+        assert_eq!(again.read(ids[1]).unwrap(), b"third");
+        assert_eq!(again.depth(), (2, 2 * HEADER as u64 + 10));
+        // New ids continue after the old ones, so that order holds across restarts.
+        assert!(again.push(b"fourth").unwrap() > ids[1]);
+    }
+
+    #[test]
+    fn a_push_that_never_returned_is_not_replayed() {
+        let (dir, spool) = fresh(1 << 20);
+        spool.push(b"kept").unwrap();
+        fs::write(dir.path().join(format!("{:020}.tmp", 99)), b"ZKSP1\nhalf").unwrap();
+        drop(spool);
+        let again = Spool::recover(dir.path(), 1 << 20).unwrap();
+        assert_eq!(again.depth().0, 1);
+        assert!(!dir.path().join(format!("{:020}.tmp", 99)).exists());
+    }
+
+    #[test]
+    fn a_damaged_record_is_moved_aside_not_replayed_or_lost() {
+        let (dir, spool) = fresh(1 << 20);
+        let id = spool.push(b"payload").unwrap();
+        let path = dir.path().join(format!("{id:020}.msg"));
+        let mut data = fs::read(&path).unwrap();
+        *data.last_mut().unwrap() ^= 1;
+        fs::write(&path, data).unwrap();
+        let err = spool.read(id).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(dir.path().join(format!("{id:020}.bad")).exists());
+        assert_eq!(spool.depth(), (0, 0));
+    }
+
+    #[test]
+    fn the_bound_refuses_rather_than_drops_and_frees_with_removals() {
+        let (_dir, spool) = fresh(3 * (HEADER as u64 + 100));
+        let ids: Vec<u64> = (0..3).map(|_| spool.push(&[7; 100]).unwrap()).collect();
+        match spool.push(&[7; 100]) {
+            Err(SpoolError::Full { bytes, max }) => assert_eq!(bytes, max),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(spool.depth().0, 3, "nothing was dropped to make room");
+        spool.remove(ids[0]).unwrap();
+        spool.push(&[7; 100]).unwrap();
+    }
+
+    #[test]
+    fn one_directory_is_one_spool_in_a_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Spool::open(dir.path(), 100).unwrap();
+        let b = Spool::open(dir.path(), 1000).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.lock().max_bytes, 1000, "the newer bound applies");
+    }
+
+    #[test]
+    fn concurrent_pushes_get_distinct_ids() {
+        let (_dir, spool) = fresh(1 << 30);
+        let ids: Vec<u64> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|t| {
+                    let spool = &spool;
+                    s.spawn(move || {
+                        (0..25)
+                            .map(|i| spool.push(format!("{t}-{i}").as_bytes()).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 100);
+        assert_eq!(spool.oldest(1000), unique);
+    }
+}

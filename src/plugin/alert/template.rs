@@ -1,0 +1,1745 @@
+//! Alert message templates: minijinja templates compiled and checked once when the config is
+//! built, rendered for each outgoing message against a context made straight from the parsed
+//! [`Payload`].
+//!
+//! # Context
+//! Every top-level field of the payload by Alertmanager's name (`version`, `groupKey`,
+//! `truncatedAlerts`, `status`, `receiver`, `groupLabels`, `commonLabels`, `commonAnnotations`,
+//! `externalURL`), then for the message being rendered:
+//! - `alerts`: the alerts this message carries (the caller's split of the payload);
+//! - `alert`: the first of them, for templates of one message per alert;
+//! - `firing`, `resolved`: the message's alerts with that status;
+//! - `destination`: the destination's name; `vars`: the destination's configured variables.
+//!
+//! Each alert has Alertmanager's fields (`status`, `labels`, `annotations`, `startsAt`,
+//! `endsAt`, `generatorURL`, `fingerprint`, computed when the payload had none) and the
+//! shortcuts `alertname` and `severity`: the label's value, absent (undefined, so it renders
+//! empty and `default` applies) when the alert has no such label. The shortcuts are not listed
+//! when an alert is iterated or serialized, so `tojson` gives it as Alertmanager sent it.
+//!
+//! # Filters and functions
+//! minijinja's built-ins (`upper`, `lower`, `title`, `capitalize`, `trim`, `replace`, `join`,
+//! `split`, `default`, `tojson`, `urlencode`, `length`, `sort`, `selectattr`, `dictsort`, ...)
+//! and:
+//! - `trim_prefix(p)`, `trim_suffix(s)`; `truncate(length=255, end="...")` counts characters
+//!   and includes `end` in `length`;
+//! - `regex_replace(pattern, replacement)` (`$1`, `${name}` in the replacement),
+//!   `regex_match(pattern)` (true when the pattern matches the whole value, anchored like
+//!   Alertmanager's `=~` matchers), `regex_search(pattern)` (the first match, or undefined);
+//!   Rust `regex` syntax;
+//! - `json_escape`: a value escaped for use inside a JSON string literal, quotes not included;
+//! - `timeformat(format, tz=none)`: an RFC 3339 timestamp (or Unix seconds) formatted with a
+//!   strftime format (`%Y-%m-%d %H:%M:%S %z`, the specifiers the `time` crate implements) or
+//!   `"rfc3339"` / `"rfc2822"`, in the timestamp's own offset or in `tz` (`"UTC"`, `"+05:30"`);
+//! - `since`: how long ago a timestamp was, like `5m30s` (the two largest units: `1d2h`,
+//!   `3h5m`, `45s`); `duration`: on an alert, how long it fired (until `endsAt` when resolved,
+//!   until now while firing), or on a timestamp, the time until the `end` argument or now;
+//!   `unixtime`: a timestamp as Unix seconds;
+//! - `severity` and `alertname`, each both a filter and a function (`severity(alert)`), on an
+//!   alert or a label map.
+//!
+//! A time filter given something that is not a timestamp returns it unchanged: a label that
+//! merely looks wrong must not keep an alert from being delivered.
+//!
+//! # What `compile` checks
+//! Syntax; that every filter and test the template names exists, including those in branches
+//! no sample takes (minijinja only looks them up when it runs them); that every top-level
+//! name is a context variable or a function; and then it renders the template against a sample
+//! payload, failing on the errors a payload cannot cause (an unknown method, a wrong argument
+//! count, an invalid regex or time format written in the template). Undefined values stay
+//! lenient, since real payloads differ in which labels they carry.
+//!
+//! Output is not auto-escaped: a template that writes JSON by hand escapes strings itself
+//! (`"{{ x | json_escape }}"` or `{{ x | tojson }}`) and [`Template::render_json`] checks the
+//! result. Blocks trim the newline after them and the indentation before them (`trim_blocks`,
+//! `lstrip_blocks`), so `{% for %}` lines leave no blank lines in a text message.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+
+use minijinja::value::{Enumerator, Object};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
+use regex::Regex;
+use time::format_description::well_known::{Rfc2822, Rfc3339};
+use time::format_description::OwnedFormatItem;
+use time::{OffsetDateTime, UtcOffset};
+
+use super::payload::{self, Alert, Limits, Payload, Status};
+
+/// A compiled template; cloning shares it.
+#[derive(Clone)]
+pub struct Template {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// One environment per template, holding only it: the filters capture caches that live and
+    /// die with the template, and a lookup by name is all a render pays for the indirection.
+    env: Environment<'static>,
+    name: String,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Template")
+            .field("name", &self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one outgoing message is rendered from.
+#[derive(Debug, Clone)]
+pub struct RenderContext<'a> {
+    pub payload: &'a Payload,
+    /// The payload's alerts this message carries (`i..i + 1` for one message per alert).
+    pub alerts: Range<usize>,
+    /// The destination's name, `destination` in the template.
+    pub destination: &'a str,
+    /// The destination's variables, `vars` in the template.
+    pub vars: &'a BTreeMap<String, String>,
+}
+
+/// Why a template does not compile. `Display` gives `line 3: unexpected end of block`, for the
+/// config layer to put after the template's config path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// 1-based line of the template, when the error has one.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+/// Why a message did not render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderError {
+    /// [`RenderContext::alerts`] is not a range of the payload's alerts.
+    AlertRange { range: Range<usize>, len: usize },
+    /// The template failed, at this line of the template.
+    Template {
+        line: Option<usize>,
+        message: String,
+    },
+    /// The output is not JSON ([`Template::render_json`]); `line` and `column` are the
+    /// output's, `excerpt` the output around that place.
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+        excerpt: String,
+    },
+}
+
+impl fmt::Display for RenderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RenderError::AlertRange { range, len } => write!(
+                f,
+                "alerts {}..{} asked of a payload with {len}",
+                range.start, range.end
+            ),
+            RenderError::Template {
+                line: Some(line),
+                message,
+            } => write!(f, "template line {line}: {message}"),
+            RenderError::Template {
+                line: None,
+                message,
+            } => write!(f, "template: {message}"),
+            RenderError::Json {
+                line,
+                column,
+                message,
+                excerpt,
+            } => write!(
+                f,
+                "rendered output is not JSON: {message} at line {line} column {column}, near `{excerpt}`"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RenderError {}
+
+/// The names a template may use at its top level besides functions.
+pub const CONTEXT_VARIABLES: &[&str] = &[
+    "version",
+    "groupKey",
+    "truncatedAlerts",
+    "status",
+    "receiver",
+    "groupLabels",
+    "commonLabels",
+    "commonAnnotations",
+    "externalURL",
+    "alerts",
+    "alert",
+    "firing",
+    "resolved",
+    "destination",
+    "vars",
+];
+
+impl Template {
+    /// Compiles and checks `source` (see the module documentation for what is checked).
+    /// `name` appears in minijinja's own messages only.
+    pub fn compile(name: &str, source: &str) -> Result<Template, TemplateError> {
+        let mut env = Environment::new();
+        // `new` escapes by the template name's extension (`.json` as JSON values), which would
+        // make the same template render differently under another config path.
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        // Debug info costs every render; the line of an error is kept without it.
+        env.set_debug(false);
+        register(&mut env);
+        env.add_template_owned(name.to_owned(), source.to_owned())
+            .map_err(TemplateError::from_minijinja)?;
+        let template = Template {
+            inner: Arc::new(Inner {
+                env,
+                name: name.to_owned(),
+            }),
+        };
+        template.check_names(source)?;
+        template.trial_render()?;
+        Ok(template)
+    }
+
+    /// The name given to [`Template::compile`].
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Renders one message.
+    pub fn render(&self, ctx: &RenderContext<'_>) -> Result<String, RenderError> {
+        let root = context_value(ctx)?;
+        let tmpl = self
+            .inner
+            .env
+            .get_template(&self.inner.name)
+            .map_err(RenderError::from_minijinja)?;
+        tmpl.render(root).map_err(RenderError::from_minijinja)
+    }
+
+    /// Renders one message and checks that it is one JSON value.
+    pub fn render_json(&self, ctx: &RenderContext<'_>) -> Result<String, RenderError> {
+        let out = self.render(ctx)?;
+        check_json(&out)?;
+        Ok(out)
+    }
+
+    /// Checks that the template renders JSON for a sample payload, as a whole group and one
+    /// alert at a time: for the config layer to call on the template of a JSON destination,
+    /// so a trailing comma is a config error rather than a failed delivery.
+    pub fn check_json(&self) -> Result<(), TemplateError> {
+        for ctx in sample_contexts() {
+            if let Err(e) = self.render_json(&ctx) {
+                return Err(TemplateError {
+                    line: match e {
+                        RenderError::Template { line, .. } => line,
+                        _ => None,
+                    },
+                    message: format!("with a sample payload: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every filter and test named anywhere in the template exists, and every top-level name
+    /// is a variable of the context or a function.
+    fn check_names(&self, source: &str) -> Result<(), TemplateError> {
+        let refs = scan_refs(source);
+        let env = &self.inner.env;
+        let mut seen = HashSet::new();
+        for r in &refs {
+            if matches!(r.kind, RefKind::Name | RefKind::Assigned) || !seen.insert((r.kind, r.name))
+            {
+                continue;
+            }
+            // minijinja has no public lookup of a filter or test by name: run one on `none`
+            // and see whether it is the name that is missing.
+            let (probe, missing, what) = match r.kind {
+                RefKind::Filter => (
+                    format!("{{{{ none | {} }}}}", r.name),
+                    ErrorKind::UnknownFilter,
+                    "filter",
+                ),
+                _ => (
+                    format!("{{{{ none is {} }}}}", r.name),
+                    ErrorKind::UnknownTest,
+                    "test",
+                ),
+            };
+            if let Err(e) = env.render_str(&probe, ()) {
+                if e.kind() == missing {
+                    return Err(TemplateError {
+                        line: Some(line_of(source, r.offset)),
+                        message: format!("unknown {what} `{}`", r.name),
+                    });
+                }
+            }
+        }
+
+        let tmpl = env
+            .get_template(&self.inner.name)
+            .map_err(TemplateError::from_minijinja)?;
+        let globals: HashSet<&str> = env.globals().map(|(name, _)| name).collect();
+        // minijinja's analysis forgets a `set` inside an `if` once the `if` ends, where the
+        // template itself keeps it: a name assigned anywhere counts as known.
+        let assigned: HashSet<&str> = refs
+            .iter()
+            .filter(|r| r.kind == RefKind::Assigned)
+            .map(|r| r.name)
+            .collect();
+        let mut unknown: Vec<String> = tmpl
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|n| {
+                let n = n.as_str();
+                !CONTEXT_VARIABLES.contains(&n) && !globals.contains(n) && !assigned.contains(n)
+            })
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        // The first in the source, so the report is the same every time.
+        let first_ref = |n: &str| {
+            refs.iter()
+                .find(|r| r.kind == RefKind::Name && r.name == n)
+                .map(|r| r.offset)
+        };
+        unknown.sort_by_key(|n| first_ref(n).unwrap_or(usize::MAX));
+        let name = &unknown[0];
+        Err(TemplateError {
+            line: first_ref(name).map(|o| line_of(source, o)),
+            message: format!(
+                "unknown variable or function `{name}` (the context has {})",
+                CONTEXT_VARIABLES.join(", ")
+            ),
+        })
+    }
+
+    /// Renders against the sample payload; fails only on errors no payload could cause.
+    fn trial_render(&self) -> Result<(), TemplateError> {
+        let tmpl = self
+            .inner
+            .env
+            .get_template(&self.inner.name)
+            .map_err(TemplateError::from_minijinja)?;
+        for ctx in sample_contexts() {
+            let root = match context_value(&ctx) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Err(TemplateError {
+                        line: None,
+                        message: e.to_string(),
+                    })
+                }
+            };
+            if let Err(e) = tmpl.render(root) {
+                if independent_of_payload(&e) {
+                    return Err(TemplateError::from_minijinja(e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An error the template itself causes, whatever the payload.
+fn independent_of_payload(e: &Error) -> bool {
+    use std::error::Error as _;
+    matches!(
+        e.kind(),
+        ErrorKind::UnknownFilter
+            | ErrorKind::UnknownTest
+            | ErrorKind::UnknownFunction
+            | ErrorKind::UnknownMethod
+            | ErrorKind::MissingArgument
+            | ErrorKind::TooManyArguments
+            | ErrorKind::SyntaxError
+            | ErrorKind::BadEscape
+    ) || e.source().is_some_and(|s| s.is::<BadLiteral>())
+}
+
+fn minijinja_message(e: &Error) -> String {
+    match e.detail() {
+        Some(detail) => detail.to_owned(),
+        None => e.kind().to_string(),
+    }
+}
+
+impl TemplateError {
+    fn from_minijinja(e: Error) -> TemplateError {
+        TemplateError {
+            line: e.line(),
+            message: minijinja_message(&e),
+        }
+    }
+}
+
+impl RenderError {
+    fn from_minijinja(e: Error) -> RenderError {
+        RenderError::Template {
+            line: e.line(),
+            message: minijinja_message(&e),
+        }
+    }
+}
+
+fn check_json(out: &str) -> Result<(), RenderError> {
+    let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(out) else {
+        return Ok(());
+    };
+    let (line, column) = (e.line(), e.column());
+    let full = e.to_string();
+    let message = full
+        .strip_suffix(&format!(" at line {line} column {column}"))
+        .unwrap_or(&full)
+        .to_owned();
+    Err(RenderError::Json {
+        line,
+        column,
+        message,
+        excerpt: excerpt(out, line, column),
+    })
+}
+
+/// Up to 30 bytes either side of a 1-based line and column of `text`, on char boundaries.
+fn excerpt(text: &str, line: usize, column: usize) -> String {
+    const SIDE: usize = 30;
+    let Some(l) = text.lines().nth(line.saturating_sub(1)) else {
+        return String::new();
+    };
+    let at = column.saturating_sub(1).min(l.len());
+    let mut start = at.saturating_sub(SIDE);
+    while !l.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (at + SIDE).min(l.len());
+    while !l.is_char_boundary(end) {
+        end += 1;
+    }
+    l[start..end].trim().to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The render context
+
+/// The context of one message. Its values are built from the payload for each render; strings
+/// up to 22 bytes are stored inline in a minijinja value, so most labels cost no allocation.
+#[derive(Debug)]
+struct MessageObject {
+    version: Value,
+    group_key: Value,
+    truncated_alerts: Value,
+    status: Value,
+    receiver: Value,
+    group_labels: Value,
+    common_labels: Value,
+    common_annotations: Value,
+    external_url: Value,
+    alerts: Value,
+    alert: Value,
+    firing: Value,
+    resolved: Value,
+    destination: Value,
+    vars: Value,
+}
+
+impl Object for MessageObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        let v = match key {
+            "version" => &self.version,
+            "groupKey" => &self.group_key,
+            "truncatedAlerts" => &self.truncated_alerts,
+            "status" => &self.status,
+            "receiver" => &self.receiver,
+            "groupLabels" => &self.group_labels,
+            "commonLabels" => &self.common_labels,
+            "commonAnnotations" => &self.common_annotations,
+            "externalURL" => &self.external_url,
+            "alerts" => &self.alerts,
+            "alert" => &self.alert,
+            "firing" => &self.firing,
+            "resolved" => &self.resolved,
+            "destination" => &self.destination,
+            "vars" => &self.vars,
+            _ => return None,
+        };
+        Some(v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(CONTEXT_VARIABLES)
+    }
+}
+
+#[derive(Debug)]
+struct AlertObject {
+    status: Status,
+    labels: Value,
+    annotations: Value,
+    starts_at: Value,
+    ends_at: Value,
+    generator_url: Value,
+    fingerprint: Value,
+    alertname: Option<Value>,
+    severity: Option<Value>,
+}
+
+/// Alertmanager's fields only: `alertname` and `severity` are shortcuts, so `tojson` and
+/// iteration give an alert exactly as Alertmanager sent it.
+const ALERT_KEYS: &[&str] = &[
+    "status",
+    "labels",
+    "annotations",
+    "startsAt",
+    "endsAt",
+    "generatorURL",
+    "fingerprint",
+];
+
+impl Object for AlertObject {
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        Some(match key {
+            "status" => Value::from(self.status.as_str()),
+            "labels" => self.labels.clone(),
+            "annotations" => self.annotations.clone(),
+            "startsAt" => self.starts_at.clone(),
+            "endsAt" => self.ends_at.clone(),
+            "generatorURL" => self.generator_url.clone(),
+            "fingerprint" => self.fingerprint.clone(),
+            "alertname" => return self.alertname.clone(),
+            "severity" => return self.severity.clone(),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(ALERT_KEYS)
+    }
+}
+
+fn str_map(map: &BTreeMap<String, String>) -> Value {
+    map.iter()
+        .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+        .collect()
+}
+
+fn alert_value(a: &Alert) -> Value {
+    Value::from_object(AlertObject {
+        status: a.status,
+        labels: str_map(&a.labels),
+        annotations: str_map(&a.annotations),
+        starts_at: Value::from(a.starts_at.as_str()),
+        ends_at: Value::from(a.ends_at.as_str()),
+        generator_url: Value::from(a.generator_url.as_str()),
+        fingerprint: Value::from(a.fingerprint.as_str()),
+        alertname: a.labels.get("alertname").map(|v| Value::from(v.as_str())),
+        severity: a.labels.get("severity").map(|v| Value::from(v.as_str())),
+    })
+}
+
+fn context_value(ctx: &RenderContext<'_>) -> Result<Value, RenderError> {
+    let p = ctx.payload;
+    let Some(chosen) = p.alerts.get(ctx.alerts.clone()) else {
+        return Err(RenderError::AlertRange {
+            range: ctx.alerts.clone(),
+            len: p.alerts.len(),
+        });
+    };
+    let alerts: Vec<Value> = chosen.iter().map(alert_value).collect();
+    let of_status = |s: Status| -> Value {
+        chosen
+            .iter()
+            .zip(&alerts)
+            .filter(|(a, _)| a.status == s)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+            .into()
+    };
+    Ok(Value::from_object(MessageObject {
+        version: Value::from(p.version.as_str()),
+        group_key: Value::from(p.group_key.as_str()),
+        truncated_alerts: Value::from(p.truncated_alerts),
+        status: Value::from(p.status.as_str()),
+        receiver: Value::from(p.receiver.as_str()),
+        group_labels: str_map(&p.group_labels),
+        common_labels: str_map(&p.common_labels),
+        common_annotations: str_map(&p.common_annotations),
+        external_url: Value::from(p.external_url.as_str()),
+        firing: of_status(Status::Firing),
+        resolved: of_status(Status::Resolved),
+        alert: alerts.first().cloned().unwrap_or(Value::UNDEFINED),
+        alerts: Value::from(alerts),
+        destination: Value::from(ctx.destination),
+        vars: str_map(ctx.vars),
+    }))
+}
+
+/// A firing and a resolved alert with the labels and annotations real rules carry: what a
+/// template is trial-rendered against.
+const SAMPLE_PAYLOAD: &str = r#"{
+  "version": "4",
+  "groupKey": "{}/{severity=~\"critical|warning\"}:{alertname=\"HighErrorRate\"}",
+  "truncatedAlerts": 0,
+  "status": "firing",
+  "receiver": "sample",
+  "groupLabels": {"alertname": "HighErrorRate"},
+  "commonLabels": {"alertname": "HighErrorRate", "job": "api"},
+  "commonAnnotations": {"runbook_url": "https://runbooks.example.com/high-error-rate"},
+  "externalURL": "http://alertmanager.example.com:9093",
+  "alerts": [
+    {
+      "status": "firing",
+      "labels": {"alertname": "HighErrorRate", "instance": "10.0.0.5:8080", "job": "api",
+                 "namespace": "prod", "service": "checkout", "severity": "critical"},
+      "annotations": {"summary": "5xx ratio above 5%", "description": "checkout answers 7.2% 5xx",
+                      "runbook_url": "https://runbooks.example.com/high-error-rate"},
+      "startsAt": "2024-05-01T10:00:00.123456789Z",
+      "endsAt": "0001-01-01T00:00:00Z",
+      "generatorURL": "http://prometheus.example.com:9090/graph?g0.expr=rate",
+      "fingerprint": "c1a2b3d4e5f60718"
+    },
+    {
+      "status": "resolved",
+      "labels": {"alertname": "HighErrorRate", "instance": "10.0.0.6:8080", "job": "api",
+                 "namespace": "prod", "service": "checkout", "severity": "warning"},
+      "annotations": {"summary": "5xx ratio above 5%", "description": "checkout answered 5.4% 5xx",
+                      "runbook_url": "https://runbooks.example.com/high-error-rate"},
+      "startsAt": "2024-05-01T09:00:00Z",
+      "endsAt": "2024-05-01T09:45:30Z",
+      "generatorURL": "http://prometheus.example.com:9090/graph?g0.expr=rate",
+      "fingerprint": ""
+    }
+  ]
+}"#;
+
+static SAMPLE: LazyLock<(Payload, BTreeMap<String, String>)> = LazyLock::new(|| {
+    let payload = payload::parse(SAMPLE_PAYLOAD.as_bytes(), &Limits { max_alerts: 10 })
+        .expect("the built-in sample payload parses");
+    let vars = BTreeMap::from([("routing_key".to_owned(), "sample-routing-key".to_owned())]);
+    (payload, vars)
+});
+
+/// The whole sample group, then each alert alone.
+fn sample_contexts() -> [RenderContext<'static>; 3] {
+    let (payload, vars) = &*SAMPLE;
+    [0..2, 0..1, 1..2].map(|alerts| RenderContext {
+        payload,
+        alerts,
+        destination: "sample",
+        vars,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filters and functions
+
+/// Marks an error caused by an argument written in the template (a regex, a time format), so
+/// the trial render at compile time reports it.
+#[derive(Debug)]
+struct BadLiteral;
+
+impl fmt::Display for BadLiteral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid argument")
+    }
+}
+
+impl std::error::Error for BadLiteral {}
+
+fn bad_literal(message: String) -> Error {
+    Error::new(ErrorKind::InvalidOperation, message).with_source(BadLiteral)
+}
+
+/// Compiled regexes and time formats by their source text. Arguments are almost always
+/// literals, so a template needs a handful; the cap bounds one that builds them from data.
+struct Cache<T> {
+    map: RwLock<HashMap<String, Arc<T>>>,
+}
+
+impl<T> Cache<T> {
+    const CAP: usize = 64;
+
+    fn new() -> Cache<T> {
+        Cache {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &str, make: impl FnOnce(&str) -> Result<T, Error>) -> Result<Arc<T>, Error> {
+        if let Some(v) = self
+            .map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(make(key)?);
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() < Self::CAP {
+            map.insert(key.to_owned(), v.clone());
+        }
+        Ok(v)
+    }
+}
+
+fn register(env: &mut Environment<'static>) {
+    env.add_filter("trim_prefix", |s: &Value, prefix: &str| {
+        map_str(s, |s| s.strip_prefix(prefix).unwrap_or(s).to_owned())
+    });
+    env.add_filter("trim_suffix", |s: &Value, suffix: &str| {
+        map_str(s, |s| s.strip_suffix(suffix).unwrap_or(s).to_owned())
+    });
+    env.add_filter("truncate", truncate);
+    env.add_filter("json_escape", json_escape);
+
+    let regexes = Arc::new(Cache::<Regex>::new());
+    let r = regexes.clone();
+    env.add_filter(
+        "regex_replace",
+        move |s: &Value, pattern: &str, replacement: &str| {
+            let re = r.get(pattern, compile_regex)?;
+            Ok::<_, Error>(map_str(s, |s| re.replace_all(s, replacement).into_owned()))
+        },
+    );
+    // Anchored on both ends, as Alertmanager's `=~` matchers are; cached apart from the
+    // unanchored ones under the pattern as written.
+    let anchored = Arc::new(Cache::<Regex>::new());
+    env.add_filter("regex_match", move |s: &Value, pattern: &str| {
+        let re = anchored.get(pattern, |p| {
+            compile_regex(p)?;
+            compile_regex(&format!("^(?:{p})$"))
+        })?;
+        Ok::<_, Error>(as_text(s).is_some_and(|s| re.is_match(&s)))
+    });
+    let r = regexes;
+    env.add_filter("regex_search", move |s: &Value, pattern: &str| {
+        let re = r.get(pattern, compile_regex)?;
+        Ok::<_, Error>(
+            as_text(s)
+                .and_then(|s| re.find(&s).map(|m| Value::from(m.as_str())))
+                .unwrap_or(Value::UNDEFINED),
+        )
+    });
+
+    let formats = Arc::new(Cache::<OwnedFormatItem>::new());
+    env.add_filter(
+        "timeformat",
+        move |v: &Value, format: &str, tz: Option<&str>| timeformat(&formats, v, format, tz),
+    );
+    env.add_filter("since", |v: &Value| {
+        Ok::<_, Error>(match parse_time(v) {
+            Some(t) => Value::from(human_duration(OffsetDateTime::now_utc() - t)),
+            None => v.clone(),
+        })
+    });
+    env.add_filter("duration", duration);
+    env.add_filter("unixtime", |v: &Value| match parse_time(v) {
+        Some(t) => Value::from(t.unix_timestamp()),
+        None => v.clone(),
+    });
+    env.add_filter("severity", |v: &Value| label_of(v, "severity"));
+    env.add_filter("alertname", |v: &Value| label_of(v, "alertname"));
+    env.add_function("severity", |v: &Value| label_of(v, "severity"));
+    env.add_function("alertname", |v: &Value| label_of(v, "alertname"));
+    env.add_function("now", || {
+        OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))
+    });
+}
+
+/// A string value, or any other defined value as it would render; `None` for undefined and
+/// none, which filters pass through so `default` still applies after them.
+fn as_text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    if v.is_undefined() || v.is_none() {
+        return None;
+    }
+    Some(match v.as_str() {
+        Some(s) => s.into(),
+        None => v.to_string().into(),
+    })
+}
+
+fn map_str(v: &Value, f: impl FnOnce(&str) -> String) -> Value {
+    match as_text(v) {
+        Some(s) => Value::from(f(&s)),
+        None => v.clone(),
+    }
+}
+
+fn compile_regex(pattern: &str) -> Result<Regex, Error> {
+    Regex::new(pattern).map_err(|e| {
+        // regex's message draws a caret under the pattern over several lines; its last line
+        // says what is wrong.
+        let shown = e.to_string();
+        let reason = shown.lines().last().unwrap_or("").trim();
+        bad_literal(format!("invalid regex {pattern:?}: {reason}"))
+    })
+}
+
+fn truncate(v: &Value, length: Option<usize>, end: Option<&str>) -> Value {
+    let length = length.unwrap_or(255);
+    let end = end.unwrap_or("...");
+    map_str(v, |s| {
+        if s.chars().count() <= length {
+            return s.to_owned();
+        }
+        let keep = length.saturating_sub(end.chars().count());
+        let cut = s.char_indices().nth(keep).map_or(s.len(), |(i, _)| i);
+        format!("{}{end}", &s[..cut])
+    })
+}
+
+fn json_escape(v: &Value) -> Value {
+    let Some(s) = as_text(v) else {
+        return Value::from("");
+    };
+    // serde_json's string encoding, without the quotes around it.
+    let quoted = serde_json::Value::String(s.into_owned()).to_string();
+    Value::from(&quoted[1..quoted.len() - 1])
+}
+
+fn parse_time(v: &Value) -> Option<OffsetDateTime> {
+    if let Some(s) = v.as_str() {
+        return OffsetDateTime::parse(s, &Rfc3339).ok();
+    }
+    if v.is_integer() {
+        return OffsetDateTime::from_unix_timestamp(v.as_i64()?).ok();
+    }
+    None
+}
+
+fn timeformat(
+    formats: &Cache<OwnedFormatItem>,
+    v: &Value,
+    format: &str,
+    tz: Option<&str>,
+) -> Result<Value, Error> {
+    // The format and zone are checked before the value, so that the trial render reports a
+    // bad one even when its sample value is not a timestamp.
+    let offset = tz.map(parse_offset).transpose()?;
+    let items = match format {
+        "rfc3339" | "rfc2822" => None,
+        _ => Some(formats.get(format, |f| {
+            time::format_description::parse_strftime_owned(f)
+                .map_err(|e| bad_literal(format!("invalid time format {f:?}: {e}")))
+        })?),
+    };
+    let Some(mut t) = parse_time(v) else {
+        return Ok(v.clone());
+    };
+    if let Some(offset) = offset {
+        t = t.to_offset(offset);
+    }
+    let out = match (&items, format) {
+        (Some(items), _) => t.format(&**items),
+        (None, "rfc2822") => t.format(&Rfc2822),
+        (None, _) => t.format(&Rfc3339),
+    };
+    // A valid format can still fail on an instant it cannot show (RFC 2822 before 1900).
+    Ok(out.map_or_else(|_| v.clone(), Value::from))
+}
+
+fn parse_offset(tz: &str) -> Result<UtcOffset, Error> {
+    if tz.eq_ignore_ascii_case("utc") || tz == "Z" {
+        return Ok(UtcOffset::UTC);
+    }
+    let fmt = time::macros::format_description!("[offset_hour sign:mandatory]:[offset_minute]");
+    UtcOffset::parse(tz, &fmt).map_err(|_| {
+        bad_literal(format!(
+            "invalid time zone {tz:?}: use \"UTC\" or \"+05:30\""
+        ))
+    })
+}
+
+/// How long an alert fired, or the time from a timestamp to `end` (now when absent).
+fn duration(v: &Value, end: Option<&Value>) -> Value {
+    let now = OffsetDateTime::now_utc();
+    let (start, end) = match v.get_attr("startsAt") {
+        Ok(starts) if !starts.is_undefined() => {
+            let resolved = v
+                .get_attr("status")
+                .ok()
+                .is_some_and(|s| s.as_str() == Some("resolved"));
+            let ends = v.get_attr("endsAt").ok().and_then(|e| parse_time(&e));
+            let end = match ends {
+                Some(e) if resolved && e.year() > 1 => e,
+                _ => now,
+            };
+            (parse_time(&starts), end)
+        }
+        _ => (parse_time(v), end.and_then(parse_time).unwrap_or(now)),
+    };
+    match start {
+        Some(start) => Value::from(human_duration(end - start)),
+        None => v.clone(),
+    }
+}
+
+/// The two largest non-zero units: `1d2h`, `3h5m`, `5m30s`, `45s`, `0s`; `-` before a
+/// negative duration.
+fn human_duration(d: time::Duration) -> String {
+    const UNITS: [(u64, char); 4] = [(86_400, 'd'), (3_600, 'h'), (60, 'm'), (1, 's')];
+    let secs = d.whole_seconds().unsigned_abs();
+    let mut out = String::new();
+    if d.whole_seconds() < 0 {
+        out.push('-');
+    }
+    let Some(first) = UNITS.iter().position(|&(u, _)| secs >= u) else {
+        return "0s".to_owned();
+    };
+    let mut rest = secs;
+    for &(unit, name) in &UNITS[first..(first + 2).min(UNITS.len())] {
+        let n = rest / unit;
+        rest %= unit;
+        if n > 0 {
+            out.push_str(&n.to_string());
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// A label of an alert (or of a label map); undefined when it has none.
+fn label_of(v: &Value, name: &str) -> Value {
+    let labels = match v.get_attr("labels") {
+        Ok(l) if !l.is_undefined() => l,
+        _ => v.clone(),
+    };
+    match labels.get_attr(name) {
+        Ok(l) if !l.is_none() => l,
+        _ => Value::UNDEFINED,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finding the filters, tests and names a template uses
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RefKind {
+    Filter,
+    Test,
+    /// An identifier not after a `.`: a variable, a function or a keyword.
+    Name,
+    /// A name a `set` or `for` tag assigns.
+    Assigned,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ref<'s> {
+    kind: RefKind,
+    name: &'s str,
+    /// Byte offset in the source.
+    offset: usize,
+}
+
+static END_RAW: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\{%[-+]?\s*endraw\s*[-+]?%\}").expect("a fixed, valid pattern"));
+
+/// The filters, tests and names in the tags of a template that minijinja has parsed. A token
+/// scan, enough for a source known to be valid: strings, comments and raw blocks are skipped.
+fn scan_refs(src: &str) -> Vec<Ref<'_>> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(rel) = src[i..].find('{') {
+        let at = i + rel;
+        i = match b.get(at + 1) {
+            Some(b'#') => src[at + 2..].find("#}").map_or(b.len(), |e| at + 2 + e + 2),
+            Some(b'{') => scan_tag(src, at + 2, "}}", false, &mut out),
+            Some(b'%') if first_word(src, at + 2) == "raw" => {
+                END_RAW.find_at(src, at + 2).map_or(b.len(), |m| m.end())
+            }
+            Some(b'%') => scan_tag(src, at + 2, "%}", true, &mut out),
+            _ => at + 1,
+        };
+    }
+    out
+}
+
+fn first_word(src: &str, from: usize) -> &str {
+    let rest = src[from..].trim_start_matches(['-', '+']).trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tok<'s> {
+    Start,
+    Pipe,
+    Dot,
+    Ident(&'s str),
+    Other,
+}
+
+/// Scans one tag from `from` to its `end` delimiter; returns the offset after it.
+fn scan_tag<'s>(
+    src: &'s str,
+    from: usize,
+    end: &str,
+    block: bool,
+    out: &mut Vec<Ref<'s>>,
+) -> usize {
+    let b = src.as_bytes();
+    let mut i = from;
+    let mut depth = 0usize;
+    let mut prev = Tok::Start;
+    // After `is` (or `is not`) comes a test's name.
+    let mut test_next = false;
+    let mut idents = 0usize;
+    let mut filter_block = false;
+    // Inside `{% set a, b =` or `{% for k, v in`: the names being assigned.
+    let mut assigning = false;
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if depth == 0 && src[i..].starts_with(end) {
+            return i + end.len();
+        }
+        let tok = match c {
+            b'"' | b'\'' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+                Tok::Other
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'_' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+                    i += 1;
+                }
+                let name = &src[start..i];
+                if assigning && name == "in" {
+                    assigning = false;
+                }
+                let kind = if assigning {
+                    Some(RefKind::Assigned)
+                } else if prev == Tok::Pipe || (filter_block && idents == 1) {
+                    Some(RefKind::Filter)
+                } else if test_next && name != "not" {
+                    Some(RefKind::Test)
+                } else if prev != Tok::Dot {
+                    Some(RefKind::Name)
+                } else {
+                    None
+                };
+                if let Some(kind) = kind {
+                    out.push(Ref {
+                        kind,
+                        name,
+                        offset: start,
+                    });
+                }
+                test_next = name == "is" || (test_next && name == "not");
+                filter_block |= block && idents == 0 && name == "filter";
+                assigning |= block && idents == 0 && (name == "set" || name == "for");
+                idents += 1;
+                prev = Tok::Ident(name);
+                continue;
+            }
+            b'0'..=b'9' => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
+                    i += 1;
+                }
+                Tok::Other
+            }
+            _ => {
+                match c {
+                    b'{' | b'[' | b'(' => depth += 1,
+                    b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+                i += 1;
+                if c == b'=' || c == b'|' {
+                    assigning = false;
+                }
+                match c {
+                    b'|' => Tok::Pipe,
+                    b'.' => Tok::Dot,
+                    _ => Tok::Other,
+                }
+            }
+        };
+        test_next = false;
+        prev = tok;
+    }
+    b.len()
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    src.as_bytes()[..offset.min(src.len())]
+        .iter()
+        .filter(|&&c| c == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> &'static (Payload, BTreeMap<String, String>) {
+        &SAMPLE
+    }
+
+    fn ctx(alerts: Range<usize>) -> RenderContext<'static> {
+        let (payload, vars) = sample();
+        RenderContext {
+            payload,
+            alerts,
+            destination: "team-slack",
+            vars,
+        }
+    }
+
+    fn render_range(src: &str, alerts: Range<usize>) -> String {
+        Template::compile("t", src)
+            .unwrap_or_else(|e| panic!("{src}: {e}"))
+            .render(&ctx(alerts))
+            .unwrap_or_else(|e| panic!("{src}: {e}"))
+    }
+
+    fn render(src: &str) -> String {
+        render_range(src, 0..2)
+    }
+
+    fn compile_err(src: &str) -> TemplateError {
+        match Template::compile("t", src) {
+            Ok(_) => panic!("{src:?} compiled"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn sample_payload_parses() {
+        let (p, _) = sample();
+        assert_eq!(p.alerts.len(), 2);
+        assert_eq!(p.alerts[1].fingerprint.len(), 16);
+    }
+
+    #[test]
+    fn context_has_the_payload_and_the_message() {
+        assert_eq!(
+            render(
+                "{{ version }}|{{ status }}|{{ receiver }}|{{ externalURL }}|{{ truncatedAlerts }}"
+            ),
+            "4|firing|sample|http://alertmanager.example.com:9093|0"
+        );
+        assert_eq!(render("{{ groupKey }}"), sample().0.group_key);
+        assert_eq!(
+            render("{{ groupLabels.alertname }} {{ commonLabels.job }} {{ commonAnnotations.runbook_url }}"),
+            "HighErrorRate api https://runbooks.example.com/high-error-rate"
+        );
+        assert_eq!(
+            render("{{ destination }} {{ vars.routing_key }}"),
+            "team-slack sample-routing-key"
+        );
+        assert_eq!(
+            render("{{ alerts | length }} {{ firing | length }} {{ resolved | length }}"),
+            "2 1 1"
+        );
+        assert_eq!(
+            render_range(
+                "{{ alerts | length }} {{ firing | length }} {{ resolved | length }}",
+                1..2
+            ),
+            "1 0 1"
+        );
+        assert_eq!(
+            render_range("{{ alert.labels.instance }}", 1..2),
+            "10.0.0.6:8080"
+        );
+        assert_eq!(
+            render_range("[{{ alert }}]{{ alerts | length }}", 1..1),
+            "[]0"
+        );
+    }
+
+    #[test]
+    fn alerts_have_fields_and_shortcuts() {
+        let a = "{% for a in alerts %}{{ a.status }} {{ a.alertname }} {{ a.severity }} {{ a.fingerprint }} {{ a.startsAt }} {{ a.endsAt }} {{ a.annotations.summary }} {{ a.generatorURL }};{% endfor %}";
+        let fp1 = &sample().0.alerts[1].fingerprint;
+        assert_eq!(
+            render(a),
+            format!(
+                "firing HighErrorRate critical c1a2b3d4e5f60718 2024-05-01T10:00:00.123456789Z 0001-01-01T00:00:00Z 5xx ratio above 5% http://prometheus.example.com:9090/graph?g0.expr=rate;\
+                 resolved HighErrorRate warning {fp1} 2024-05-01T09:00:00Z 2024-05-01T09:45:30Z 5xx ratio above 5% http://prometheus.example.com:9090/graph?g0.expr=rate;"
+            )
+        );
+        // Labels iterate sorted; the shortcuts are not fields of the serialized alert.
+        assert_eq!(
+            render_range("{{ alert.labels | join(',') }}", 0..1),
+            "alertname,instance,job,namespace,service,severity"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&render_range("{{ alert | tojson }}", 0..1)).expect("json");
+        let keys: Vec<&str> = json
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "annotations",
+                "endsAt",
+                "fingerprint",
+                "generatorURL",
+                "labels",
+                "startsAt",
+                "status"
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_severity_is_undefined_not_none() {
+        let body = br#"{"status":"firing","alerts":[{"status":"firing","labels":{"job":"x"},
+            "startsAt":"2024-01-01T00:00:00Z"}]}"#;
+        let p = payload::parse(body, &Limits { max_alerts: 5 }).expect("parse");
+        let vars = BTreeMap::new();
+        let t = Template::compile(
+            "t",
+            "[{{ alert.severity }}][{{ alert.alertname }}][{{ alert.severity | default('unknown') }}][{{ severity(alert) | default('?') }}][{{ alert | alertname }}]",
+        )
+        .expect("compile");
+        let out = t
+            .render(&RenderContext {
+                payload: &p,
+                alerts: 0..1,
+                destination: "d",
+                vars: &vars,
+            })
+            .expect("render");
+        assert_eq!(out, "[][][unknown][?][]");
+    }
+
+    #[test]
+    fn alert_range_is_checked() {
+        let t = Template::compile("t", "x").expect("compile");
+        assert_eq!(
+            t.render(&ctx(1..3)),
+            Err(RenderError::AlertRange {
+                range: 1..3,
+                len: 2
+            })
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let e = compile_err("line one\n{% if status %}\nfiring\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("unexpected end of input"), "{e}");
+        assert!(e.to_string().starts_with("line 3: "), "{e}");
+
+        let e = compile_err("a\nb {{ status | }}");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn unknown_filters_and_tests_fail_even_in_branches_not_taken() {
+        let e = compile_err("{% if status == 'nope' %}\n\n{{ receiver | shout }}\n{% endif %}");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.message, "unknown filter `shout`");
+
+        let e = compile_err("{% if false %}{% for a in alerts | sortt %}{% endfor %}{% endif %}");
+        assert_eq!(e.message, "unknown filter `sortt`");
+
+        let e = compile_err("{% if false %}\n{% filter loud %}x{% endfilter %}{% endif %}");
+        assert_eq!(
+            (e.line, e.message.as_str()),
+            (Some(2), "unknown filter `loud`")
+        );
+
+        let e = compile_err("{% if false %}{{ 1 if status is not firingish }}{% endif %}");
+        assert_eq!(e.message, "unknown test `firingish`");
+
+        // Pipes in strings and comments are not filters; names after `.` are attributes.
+        render("{# x | nofilter #}{{ 'a | b' }}{{ \"c|d\" | upper }}{{ alert.labels.upper }}");
+        render("{% raw %}{{ x | nofilter }}{% endraw %}{{ status is defined }}{{ status is not none }}");
+    }
+
+    #[test]
+    fn unknown_names_fail() {
+        let e = compile_err("{{ status }}\n{% if false %}{{ shout(status) }}{% endif %}");
+        assert_eq!(e.line, Some(2));
+        assert!(
+            e.message
+                .starts_with("unknown variable or function `shout`"),
+            "{e}"
+        );
+
+        let e = compile_err("{{ alert_name }}");
+        assert!(
+            e.message
+                .starts_with("unknown variable or function `alert_name`"),
+            "{e}"
+        );
+
+        // Loop variables, `loop`, `set` names and globals are known.
+        render("{% set n = alerts | length %}{% for a in alerts %}{{ loop.index }}{{ a.status }}{{ n }}{% endfor %}{{ range(2) | list }}{{ now() }}");
+    }
+
+    #[test]
+    fn errors_only_the_template_causes_fail_at_compile() {
+        let e = compile_err("x\n{{ alert.startsAt | regex_replace('(', 'y') }}");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("invalid regex \"(\""), "{e}");
+        assert!(!e.message.contains('\n'), "{e}");
+
+        let e = compile_err("{{ alert.labels.missing | timeformat('%Q') }}");
+        assert!(e.message.contains("invalid time format"), "{e}");
+        let e = compile_err("{{ alert.startsAt | timeformat('%H', 'Mars/Base') }}");
+        assert!(e.message.contains("invalid time zone"), "{e}");
+        let e = compile_err("{{ alert.labels.items() }}");
+        assert!(e.line == Some(1), "{e}");
+        let e = compile_err("{{ receiver | trim_prefix }}");
+        assert!(e.message.contains("missing argument"), "{e}");
+
+        // Lenient where payloads differ: a missing label is not an error.
+        assert_eq!(render("[{{ alert.labels.nothere }}]"), "[]");
+    }
+
+    #[test]
+    fn string_filters() {
+        assert_eq!(
+            render("{{ 'HighErrorRate' | trim_prefix('High') | trim_suffix('Rate') }}"),
+            "Error"
+        );
+        assert_eq!(render("{{ 'abc' | trim_prefix('x') }}"), "abc");
+        assert_eq!(
+            render("{{ 'abcdef' | truncate(4) }}|{{ 'abc' | truncate(4) }}"),
+            "a...|abc"
+        );
+        assert_eq!(render("{{ 'ééééé' | truncate(3, '…') }}"), "éé…");
+        assert_eq!(
+            render("{{ 'x' | truncate(1, '...') }}{{ 'xyz' | truncate(1, '...') }}"),
+            "x..."
+        );
+        assert_eq!(
+            render(r#"{{ 'say "hi"\n\tnow\\' | json_escape }}"#),
+            r#"say \"hi\"\n\tnow\\"#
+        );
+        assert_eq!(
+            render("[{{ alert.labels.nothere | json_escape }}]{{ 5 | json_escape }}"),
+            "[]5"
+        );
+        assert_eq!(render("{{ 'a-b-c' | split('-') | join('+') }}"), "a+b+c");
+        assert_eq!(render("{{ 'a b' | urlencode }}"), "a%20b");
+        assert_eq!(render("{{ {'k': 'v'} | tojson }}"), r#"{"k":"v"}"#);
+    }
+
+    #[test]
+    fn regex_filters() {
+        assert_eq!(
+            render(r#"{{ alert.labels.instance | regex_replace(':\d+$', '') }}"#),
+            "10.0.0.5"
+        );
+        assert_eq!(
+            render(r#"{{ 'api-7f9c' | regex_replace('^(\w+)-(?P<id>\w+)$', '${id}/$1') }}"#),
+            "7f9c/api"
+        );
+        // regex_match is anchored on both ends.
+        assert_eq!(
+            render("{{ 'checkout' | regex_match('check') }} {{ 'checkout' | regex_match('check.*') }} {{ 'a|b' | regex_match('a|b') }}"),
+            "False True False"
+        );
+        assert_eq!(render("{{ 'b' | regex_match('a|b') | tojson }}"), "true");
+        assert_eq!(
+            render(r#"{{ 'took 250ms' | regex_search('\d+ms') }}"#),
+            "250ms"
+        );
+        assert_eq!(render(r#"[{{ 'nothing' | regex_search('\d+') }}]"#), "[]");
+        assert_eq!(
+            render(r#"{{ 'x' | regex_search('\d') | default('none found') }}"#),
+            "none found"
+        );
+    }
+
+    #[test]
+    fn time_filters() {
+        assert_eq!(
+            render("{{ alert.startsAt | timeformat('%Y-%m-%d %H:%M:%S') }}"),
+            "2024-05-01 10:00:00"
+        );
+        assert_eq!(
+            render("{{ '2024-05-01T10:00:00+02:00' | timeformat('%H:%M %z', 'UTC') }}"),
+            "08:00 +0000"
+        );
+        assert_eq!(
+            render("{{ '2024-05-01T10:00:00Z' | timeformat('%H:%M', '+05:30') }}"),
+            "15:30"
+        );
+        assert_eq!(
+            render("{{ '2024-05-01T10:00:00.5Z' | timeformat('rfc3339') }}|{{ 0 | timeformat('rfc2822') }}"),
+            "2024-05-01T10:00:00.5Z|Thu, 01 Jan 1970 00:00:00 +0000"
+        );
+        assert_eq!(
+            render("{{ 'not a time' | timeformat('%H') }}"),
+            "not a time"
+        );
+        assert_eq!(render("{{ alert.startsAt | unixtime }}"), "1714557600");
+        assert_eq!(render("{{ 'soon' | unixtime }}"), "soon");
+
+        // Resolved: endsAt - startsAt. Firing: until now, so only its shape is known.
+        assert_eq!(render_range("{{ alert | duration }}", 1..2), "45m30s");
+        assert_eq!(
+            render("{{ '2024-05-01T09:00:00Z' | duration('2024-05-02T10:30:00Z') }}"),
+            "1d1h"
+        );
+        let firing = render_range("{{ alert | duration }}", 0..1);
+        assert!(firing.ends_with('h') || firing.contains('d'), "{firing}");
+
+        let an_hour_ago = (OffsetDateTime::now_utc() - time::Duration::minutes(61))
+            .format(&Rfc3339)
+            .expect("format");
+        let since = render(&format!("{{{{ '{an_hour_ago}' | since }}}}"));
+        assert!(since == "1h1m" || since == "1h2m", "{since}");
+        assert_eq!(render("{{ 'never' | since }}"), "never");
+        let now = render("{{ now() }}");
+        assert!(OffsetDateTime::parse(&now, &Rfc3339).is_ok(), "{now}");
+    }
+
+    #[test]
+    fn human_durations() {
+        let d = |s: i64| human_duration(time::Duration::seconds(s));
+        assert_eq!(d(0), "0s");
+        assert_eq!(d(45), "45s");
+        assert_eq!(d(330), "5m30s");
+        assert_eq!(d(300), "5m");
+        assert_eq!(d(3_600), "1h");
+        assert_eq!(d(3_605), "1h");
+        assert_eq!(d(3_660 + 59), "1h1m");
+        assert_eq!(d(90_061), "1d1h");
+        assert_eq!(d(-330), "-5m30s");
+    }
+
+    #[test]
+    fn alert_helpers() {
+        assert_eq!(
+            render("{% for a in alerts %}{{ severity(a) }}/{{ a | severity }}/{{ alertname(a) }}/{{ a | alertname }} {% endfor %}"),
+            "critical/critical/HighErrorRate/HighErrorRate warning/warning/HighErrorRate/HighErrorRate "
+        );
+        // On a label map too.
+        assert_eq!(
+            render("{{ severity(alert.labels) }} {{ commonLabels | alertname }}"),
+            "critical HighErrorRate"
+        );
+    }
+
+    #[test]
+    fn render_json_names_where_the_output_breaks() {
+        let t = Template::compile("t", "{\n  \"a\": \"{{ receiver }}\",\n}").expect("compile");
+        match t.render_json(&ctx(0..2)) {
+            Err(RenderError::Json {
+                line,
+                column,
+                message,
+                excerpt,
+            }) => {
+                assert_eq!((line, column), (3, 1), "{message}");
+                assert_eq!(message, "key must be a string");
+                assert_eq!(excerpt, "}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let t = Template::compile("t", "{\"a\": {{ receiver }}}").expect("compile");
+        let e = t.render_json(&ctx(0..2)).expect_err("bare word");
+        assert!(e.to_string().contains("near `{\"a\": sample}`"), "{e}");
+        assert!(t.check_json().is_err());
+
+        let t = Template::compile("t", "{\"a\": {{ receiver | tojson }}}").expect("compile");
+        assert_eq!(
+            t.render_json(&ctx(0..2)).expect("json"),
+            r#"{"a": "sample"}"#
+        );
+        assert!(t.check_json().is_ok());
+    }
+
+    #[test]
+    fn excerpts_stay_on_char_boundaries() {
+        let line = format!("{}x{}", "é".repeat(40), "ü".repeat(40));
+        let ex = excerpt(&line, 1, 82);
+        assert!(ex.contains('x') && ex.len() <= 64, "{ex}");
+        assert_eq!(excerpt("a", 5, 1), "");
+    }
+
+    #[test]
+    fn no_auto_escaping_whatever_the_name() {
+        let t = Template::compile("x.json", "{{ '<a \"b\">' }}").expect("compile");
+        assert_eq!(t.render(&ctx(0..1)).expect("render"), "<a \"b\">");
+    }
+
+    #[test]
+    fn scan_finds_filters_tests_and_names() {
+        let refs = scan_refs("{{ a | f1(x | f2) }}\n{% if b is not t1 and c is t2(1) %}{% filter f3 | f4 %}{% endfilter %}{% endif %}{{ d.e }}{% set s1, s2 = y %}{% for k1, k2 in z | f5 %}{% endfor %}{% set s3 | f6 %}{% endset %}");
+        let of = |k: RefKind| {
+            refs.iter()
+                .filter(|r| r.kind == k)
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(RefKind::Filter), ["f1", "f2", "f3", "f4", "f5", "f6"]);
+        assert_eq!(of(RefKind::Assigned), ["s1", "s2", "k1", "k2", "s3"]);
+        assert_eq!(of(RefKind::Test), ["t1", "t2"]);
+        let names = of(RefKind::Name);
+        assert!(
+            names.contains(&"a") && names.contains(&"d") && !names.contains(&"e"),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"y") && names.contains(&"z") && !names.contains(&"s1"),
+            "{names:?}"
+        );
+        let t1 = refs.iter().find(|r| r.name == "t1").expect("t1");
+        assert_eq!(
+            line_of("{{ a | f1(x | f2) }}\n{% if b is not t1", t1.offset),
+            2
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The ready-made templates under conf/templates
+
+    fn ready_made(file: &str, source: &str, alerts: Range<usize>) -> serde_json::Value {
+        let t = Template::compile(file, source).unwrap_or_else(|e| panic!("{file}: {e}"));
+        t.check_json().unwrap_or_else(|e| panic!("{file}: {e}"));
+        let out = t
+            .render_json(&ctx(alerts))
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+        serde_json::from_str(&out).expect("render_json checked it")
+    }
+
+    #[test]
+    fn slack_template() {
+        let v = ready_made(
+            "slack.json.j2",
+            include_str!("../../../conf/templates/slack.json.j2"),
+            0..2,
+        );
+        assert_eq!(v["text"], "[FIRING:1, RESOLVED:1] HighErrorRate");
+        let att = v["attachments"].as_array().expect("attachments");
+        assert_eq!(att.len(), 2);
+        assert_eq!(att[0]["color"], "#d00000");
+        assert_eq!(att[1]["color"], "#2eb886");
+        let blocks = att[0]["blocks"].as_array().expect("blocks");
+        let head = blocks[0]["text"]["text"].as_str().expect("text");
+        assert!(
+            head.starts_with("*[FIRING] HighErrorRate* · critical\n5xx ratio above 5%"),
+            "{head}"
+        );
+        assert_eq!(blocks[2]["fields"].as_array().expect("fields").len(), 6);
+        let actions = blocks.last().expect("actions");
+        assert_eq!(actions["type"], "actions");
+        let urls: Vec<&str> = actions["elements"]
+            .as_array()
+            .expect("elements")
+            .iter()
+            .map(|b| b["url"].as_str().expect("url"))
+            .collect();
+        assert_eq!(
+            urls[0],
+            "http://prometheus.example.com:9090/graph?g0.expr=rate"
+        );
+        assert_eq!(urls[1], "https://runbooks.example.com/high-error-rate");
+        assert!(urls[2].starts_with("http://alertmanager.example.com:9093/#/silences/new?filter=%7Balertname%3D%22HighErrorRate%22%2Cinstance"), "{}", urls[2]);
+        let ctx_line = att[1]["blocks"][3]["elements"][0]["text"]
+            .as_str()
+            .expect("context");
+        assert_eq!(
+            ctx_line,
+            "Started 2024-05-01 09:00:00 UTC · resolved after 45m30s"
+        );
+
+        let one = ready_made(
+            "slack.json.j2",
+            include_str!("../../../conf/templates/slack.json.j2"),
+            1..2,
+        );
+        assert_eq!(one["text"], "[RESOLVED:1] HighErrorRate");
+    }
+
+    #[test]
+    fn teams_template() {
+        let v = ready_made(
+            "teams.json.j2",
+            include_str!("../../../conf/templates/teams.json.j2"),
+            0..2,
+        );
+        assert_eq!(v["type"], "message");
+        let att = &v["attachments"][0];
+        assert_eq!(
+            att["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        let card = &att["content"];
+        assert_eq!(card["type"], "AdaptiveCard");
+        assert_eq!(card["version"], "1.4");
+        let body = card["body"].as_array().expect("body");
+        assert_eq!(body[0]["text"], "[FIRING:1, RESOLVED:1] HighErrorRate");
+        assert_eq!(body.len(), 3);
+        assert_eq!(body[1]["style"], "attention");
+        assert_eq!(body[2]["style"], "good");
+        let facts = body[1]["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|i| i["type"] == "FactSet")
+            .expect("facts");
+        assert_eq!(facts["facts"].as_array().expect("facts").len(), 2 + 6);
+        assert_eq!(
+            card["actions"][0]["url"],
+            "http://alertmanager.example.com:9093"
+        );
+    }
+
+    #[test]
+    fn teams_template_caps_the_card_at_ten_alerts() {
+        let mut body: serde_json::Value = serde_json::from_str(SAMPLE_PAYLOAD).expect("sample");
+        let first = body["alerts"][0].clone();
+        body["alerts"] = serde_json::Value::Array(
+            (0..12)
+                .map(|i| {
+                    let mut a = first.clone();
+                    a["labels"]["instance"] = format!("10.0.0.{i}:8080").into();
+                    a
+                })
+                .collect(),
+        );
+        let p =
+            payload::parse(body.to_string().as_bytes(), &Limits { max_alerts: 20 }).expect("parse");
+        let vars = BTreeMap::new();
+        let t = Template::compile(
+            "teams",
+            include_str!("../../../conf/templates/teams.json.j2"),
+        )
+        .expect("compile");
+        let out = t
+            .render_json(&RenderContext {
+                payload: &p,
+                alerts: 0..12,
+                destination: "d",
+                vars: &vars,
+            })
+            .expect("render");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let body = v["attachments"][0]["content"]["body"]
+            .as_array()
+            .expect("body");
+        assert_eq!(body.len(), 1 + 10 + 1);
+        assert_eq!(body[11]["text"], "2 more alerts not shown");
+    }
+
+    #[test]
+    fn googlechat_template() {
+        let v = ready_made(
+            "googlechat.json.j2",
+            include_str!("../../../conf/templates/googlechat.json.j2"),
+            0..2,
+        );
+        assert_eq!(v["text"], "[FIRING:1, RESOLVED:1] HighErrorRate");
+        let card = &v["cardsV2"][0];
+        assert_eq!(card["cardId"], "alertmanager");
+        assert_eq!(
+            card["card"]["header"]["title"],
+            "[FIRING:1, RESOLVED:1] HighErrorRate"
+        );
+        let sections = card["card"]["sections"].as_array().expect("sections");
+        assert_eq!(sections.len(), 2);
+        assert_eq!(sections[1]["header"], "RESOLVED · HighErrorRate · warning");
+        let widgets = sections[0]["widgets"].as_array().expect("widgets");
+        assert!(widgets[0]["textParagraph"]["text"]
+            .as_str()
+            .expect("text")
+            .contains("<b>FIRING</b>"));
+        assert!(widgets[2]["decoratedText"]["text"]
+            .as_str()
+            .expect("text")
+            .contains("instance=10.0.0.5:8080"));
+        assert_eq!(
+            widgets[3]["buttonList"]["buttons"][0]["onClick"]["openLink"]["url"],
+            "http://prometheus.example.com:9090/graph?g0.expr=rate"
+        );
+    }
+
+    #[test]
+    fn pagerduty_template() {
+        let src = include_str!("../../../conf/templates/pagerduty.json.j2");
+        let trigger = ready_made("pagerduty.json.j2", src, 0..1);
+        assert_eq!(trigger["routing_key"], "sample-routing-key");
+        assert_eq!(trigger["event_action"], "trigger");
+        assert_eq!(trigger["dedup_key"], "c1a2b3d4e5f60718");
+        let p = &trigger["payload"];
+        assert_eq!(p["summary"], "[HighErrorRate] 5xx ratio above 5%");
+        assert_eq!(p["source"], "10.0.0.5:8080");
+        assert_eq!(p["severity"], "critical");
+        assert_eq!(p["timestamp"], "2024-05-01T10:00:00.123456789Z");
+        assert_eq!(p["custom_details"]["labels"]["service"], "checkout");
+        assert_eq!(
+            trigger["links"][1]["href"],
+            "https://runbooks.example.com/high-error-rate"
+        );
+        assert_eq!(
+            trigger["client_url"],
+            "http://alertmanager.example.com:9093"
+        );
+
+        let resolve = ready_made("pagerduty.json.j2", src, 1..2);
+        assert_eq!(resolve["event_action"], "resolve");
+        assert_eq!(
+            resolve["dedup_key"],
+            sample().0.alerts[1].fingerprint.as_str()
+        );
+        assert!(resolve.get("payload").is_none());
+    }
+
+    #[test]
+    fn generic_template() {
+        let src = include_str!("../../../conf/templates/generic.json.j2");
+        let v = ready_made("generic.json.j2", src, 0..2);
+        let (payload, _) = sample();
+        // The whole group comes out as Alertmanager sent it.
+        assert_eq!(v, serde_json::to_value(payload).expect("serialize"));
+        // One resolved alert of a firing group: only it, with the status it has.
+        let one = ready_made("generic.json.j2", src, 1..2);
+        assert_eq!(one["status"], "resolved");
+        assert_eq!(one["alerts"].as_array().expect("alerts").len(), 1);
+        assert_eq!(one["alerts"][0]["labels"]["instance"], "10.0.0.6:8080");
+    }
+}

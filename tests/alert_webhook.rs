@@ -1,0 +1,300 @@
+//! The alert_webhook plugin end to end: the real gateway receives Alertmanager's webhook payload,
+//! renders it and delivers it to real destination servers, spools what they do not take, and
+//! turns bad input away without forwarding anything.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, request, Backend, Behaviour, Gateway};
+use serde_json::{json, Value};
+
+/// An Alertmanager v4 webhook payload with `n` alerts named `alert-0`...
+fn payload(n: usize, status: &str) -> Vec<u8> {
+    let alerts: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "status": status,
+                "labels": {"alertname": format!("alert-{i}"), "severity": "critical", "instance": "db-1:9100"},
+                "annotations": {"summary": format!("summary {i}"), "description": "disk almost full"},
+                "startsAt": "2026-11-22T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus.local/graph?g0.expr=up",
+                "fingerprint": ""
+            })
+        })
+        .collect();
+    json!({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"disk\"}",
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "zkgate",
+        "groupLabels": {"alertname": "disk"},
+        "commonLabels": {"severity": "critical"},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local",
+        "alerts": alerts
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn post(gw: &Gateway, target: &str, headers: &[(&str, &str)], body: &[u8]) -> common::Response {
+    let mut h = vec![("content-type", "application/json")];
+    h.extend_from_slice(headers);
+    request(gw.http, "POST", target, &h, body).expect("webhook request")
+}
+
+fn config(sink: &Backend, spool: &std::path::Path) -> String {
+    format!(
+        r#"
+upstreams:
+  - {{ name: sink, backends: ["{sink}"] }}
+routes:
+  - name: alerts
+    match: {{ path_prefix: /alerts }}
+    plugin:
+      alert_webhook:
+        auth: {{ bearer: {{ token: "${{env:AM_TOKEN:-s3cret}}" }} }}
+        max_alerts: 20
+        max_body: 64KiB
+        spool: {{ dir: "{spool}", max_bytes: 1MiB }}
+        destinations:
+          - name: generic
+            upstream: sink
+            path: /generic
+            template: {{ builtin: generic }}
+            split: per_alert
+            retry: {{ attempts: 2, initial_delay: 50ms, max_delay: 200ms }}
+          - name: slack
+            upstream: sink
+            path: /slack
+            template: {{ builtin: slack }}
+          - name: pagerduty
+            upstream: sink
+            path: /pd
+            template: {{ builtin: pagerduty }}
+            vars: {{ routing_key: "R0UT1NG" }}
+            split: batch
+            batch_size: 2
+            parallel: 2
+"#,
+        sink = sink.addr,
+        spool = spool.display(),
+    )
+}
+
+const AUTH: (&str, &str) = ("authorization", "Bearer s3cret");
+
+#[test]
+fn webhooks_are_rendered_split_and_delivered() {
+    let sink = Backend::start("sink");
+    let spool = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&sink, spool.path()));
+
+    let r = post(&gw, "/alerts/generic", &[AUTH], &payload(3, "firing"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["status"], "success");
+    assert_eq!(answer["messages"]["delivered"], 3);
+    let seen = sink.seen();
+    assert_eq!(seen.len(), 3, "one message per alert");
+    let mut names: Vec<String> = seen
+        .iter()
+        .map(|s| {
+            assert_eq!(s.target, "/generic");
+            assert_eq!(s.headers["content-type"], "application/json");
+            let v: Value = serde_json::from_slice(&s.body).expect("valid JSON");
+            assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+            v["alerts"][0]["labels"]["alertname"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alert-0", "alert-1", "alert-2"]);
+
+    // One message for the group.
+    let r = post(&gw, "/alerts/slack", &[AUTH], &payload(3, "firing"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let slack = &sink.seen()[3];
+    assert_eq!(slack.target, "/slack");
+    let v: Value = serde_json::from_slice(&slack.body).expect("Slack JSON");
+    assert!(
+        v.get("blocks").is_some() || v.get("attachments").is_some(),
+        "{v}"
+    );
+
+    // Batches of two, two at a time: 5 alerts make 3 PagerDuty messages... each event one
+    // alert, as PagerDuty wants, so the template is per alert; a batch carries the first.
+    let r = post(&gw, "/alerts/pagerduty", &[AUTH], &payload(4, "resolved"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pd: Vec<_> = sink
+        .seen()
+        .into_iter()
+        .filter(|s| s.target == "/pd")
+        .collect();
+    assert_eq!(pd.len(), 2);
+    for m in &pd {
+        let v: Value = serde_json::from_slice(&m.body).expect("PagerDuty JSON");
+        assert_eq!(v["routing_key"], "R0UT1NG");
+        assert_eq!(v["event_action"], "resolve");
+    }
+
+    // A dry run shows the requests and sends nothing.
+    let before = sink.seen().len();
+    let r = post(
+        &gw,
+        "/alerts/generic?dry_run=true",
+        &[AUTH],
+        &payload(2, "firing"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let shown = r.json();
+    assert_eq!(shown["requests"].as_array().unwrap().len(), 2);
+    assert_eq!(shown["requests"][0]["target"], "upstream sink/generic");
+    assert_eq!(sink.seen().len(), before);
+
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            "zkgate_alert_alerts_total{destination=\"generic\",result=\"delivered\",route=\"alerts\"} 3"
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn bad_input_gets_the_right_status_and_nothing_is_forwarded() {
+    let sink = Backend::start("sink");
+    let spool = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&sink, spool.path()));
+    let ok = payload(1, "firing");
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
+        ("/alerts/nowhere", vec![AUTH], ok.clone(), 404),
+        ("/alerts/generic", vec![], ok.clone(), 401),
+        (
+            "/alerts/generic",
+            vec![("authorization", "Bearer wrong")],
+            ok.clone(),
+            401,
+        ),
+        ("/alerts/generic", vec![AUTH], b"{not json".to_vec(), 400),
+        (
+            "/alerts/generic",
+            vec![AUTH],
+            br#"{"version":"4","status":"firing"}"#.to_vec(),
+            400,
+        ),
+        (
+            "/alerts/generic",
+            vec![AUTH],
+            br#"{"version":"3","status":"firing","alerts":[]}"#.to_vec(),
+            400,
+        ),
+        ("/alerts/generic", vec![AUTH], payload(21, "firing"), 413),
+        ("/alerts/generic", vec![AUTH], vec![b' '; 70 * 1024], 413),
+    ];
+    for (target, headers, body, want) in cases {
+        let r = post(&gw, target, &headers, &body);
+        assert_eq!(r.status, want, "{target} {headers:?}: {}", r.text());
+        if want == 401 {
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+        if want == 400 {
+            assert!(!r.json()["error"].as_str().unwrap().is_empty());
+        }
+    }
+    let r = request(gw.http, "GET", "/alerts/generic", &[AUTH], b"").unwrap();
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    assert_eq!(sink.seen().len(), 0, "nothing was forwarded");
+    // The secret is not in the config the admin listener shows.
+    let shown = common::get(gw.admin, "/config").text();
+    assert!(
+        !shown.contains("s3cret") && shown.contains("<redacted>"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_destination_that_is_down_gets_every_alert_from_the_spool_once_it_is_back() {
+    let sink = Backend::start("sink");
+    sink.behave(Behaviour::Status(503));
+    let spool = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&config(&sink, spool.path()));
+
+    // Acknowledged while the destination fails: spooled.
+    for batch in 0..3 {
+        let mut body: Value = serde_json::from_slice(&payload(2, "firing")).unwrap();
+        for (i, a) in body["alerts"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            a["labels"]["alertname"] = json!(format!("batch{batch}-{i}"));
+        }
+        let r = post(&gw, "/alerts/generic", &[AUTH], body.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["messages"]["spooled"], 2, "{}", r.text());
+    }
+    assert!(
+        std::fs::read_dir(spool.path().join("generic"))
+            .unwrap()
+            .count()
+            >= 6
+    );
+
+    sink.behave(Behaviour::Normal);
+    let delivered = || {
+        sink.seen()
+            .iter()
+            .filter(|s| s.target == "/generic")
+            .filter_map(|s| {
+                let v: Value = serde_json::from_slice(&s.body).ok()?;
+                let alert = v["alerts"][0]["labels"]["alertname"].as_str()?.to_owned();
+                Some(alert)
+            })
+            .collect::<Vec<_>>()
+    };
+    // Replays pause for max_delay (200ms) after a failed round: allow a few seconds.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let d = delivered();
+            // Taken by the destination (a 200), not counting the 503s it answered while down.
+            d.iter().filter(|n| n.starts_with("batch")).count() >= 6
+                && std::fs::read_dir(spool.path().join("generic"))
+                    .unwrap()
+                    .count()
+                    == 0
+        }),
+        "spool not drained: {:?}",
+        delivered()
+    );
+    // Every alert, in the order it was acknowledged, each delivered once with a 200.
+    let ok: Vec<String> = sink
+        .seen()
+        .iter()
+        .filter(|s| s.target == "/generic")
+        .filter_map(|s| {
+            let v: Value = serde_json::from_slice(&s.body).ok()?;
+            Some(v["alerts"][0]["labels"]["alertname"].as_str()?.to_owned())
+        })
+        .collect();
+    let last_six: Vec<&str> = ok[ok.len() - 6..].iter().map(String::as_str).collect();
+    assert_eq!(
+        last_six,
+        ["batch0-0", "batch0-1", "batch1-0", "batch1-1", "batch2-0", "batch2-1"]
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            "zkgate_alert_alerts_total{destination=\"generic\",result=\"replayed\",route=\"alerts\"} 6"
+        ),
+        "{metrics}"
+    );
+}
