@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use zkgate::cli::{self, Cli, Command, ConfigCommand};
+use zkgate::cli::{self, AlertCommand, Cli, Command, ConfigCommand};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -29,5 +29,10 @@ fn main() -> ExitCode {
             expect_version,
         }) => cli::config_push(&config, &zk, node, expect_version),
         Command::Config(ConfigCommand::Get { zk, node }) => cli::config_get(&zk, node),
+        Command::Alert(AlertCommand::Render {
+            config,
+            destination,
+            route,
+        }) => cli::alert_render(config, &destination, route.as_deref()),
     }
 }

@@ -1,9 +1,12 @@
-//! The command line: `run`, `check`, `explain`, `register` and `config push|get`.
+//! The command line: `run`, `check`, `explain`, `register`, `config push|get` and
+//! `alert render`.
 
+mod alert;
 mod config_node;
 mod explain;
 mod register;
 
+pub use alert::render as alert_render;
 pub use config_node::{config_get, config_push};
 pub use explain::explain;
 pub use register::register;
@@ -62,6 +65,24 @@ pub enum Command {
         /// Extra request header, `name: value`; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+    },
+    /// Work with the alert_webhook plugin of a config.
+    #[command(subcommand)]
+    Alert(AlertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AlertCommand {
+    /// Print the requests an Alertmanager payload read from stdin would make to a destination,
+    /// without sending them.
+    Render {
+        #[arg(short, long, value_parser = Source::from_arg)]
+        config: Source,
+        #[arg(short, long)]
+        destination: String,
+        /// The route, when more than one has an alert_webhook plugin.
+        #[arg(long)]
+        route: Option<String>,
     },
 }
 

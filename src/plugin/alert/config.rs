@@ -14,7 +14,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::deliver::{Backoff, BackoffKind, Sender, Signature, Target};
-use super::spool::Spool;
+use super::spool::LazySpool;
 use super::template::Template;
 use super::{AlertWebhook, Auth, Destination, Split};
 use crate::config::schema::{BreakerSection, Secret};
@@ -233,6 +233,14 @@ pub fn build(
             "at least one destination is needed",
         );
     }
+    if let Some(s) = &section.spool {
+        if s.dir.is_empty() {
+            errors.push(format!("{at}.spool.dir"), "must not be empty");
+        }
+        if s.max_bytes.is_some_and(|m| m.0 == 0) {
+            errors.push(format!("{at}.spool.max_bytes"), "must be above zero");
+        }
+    }
     let mut destinations = Vec::new();
     for (i, d) in section.destinations.iter().enumerate() {
         let at = format!("{at}.destinations[{i}]");
@@ -362,7 +370,7 @@ fn destination(
     let spool = spool.and_then(|s| {
         let dir = PathBuf::from(&s.dir).join(&d.name);
         let max = s.max_bytes.map_or(DEFAULT_SPOOL_BYTES, |m| m.0);
-        Spool::open(&dir, max)
+        LazySpool::new(dir, max)
             .map_err(|e| errors.push(at.to_owned(), format!("spool: {e}")))
             .ok()
     });

@@ -32,7 +32,7 @@ use serde_json::json;
 use self::deliver::{Backoff, Outcome, Sender};
 use self::metrics::DestinationMetrics;
 use self::payload::{Limits, Payload};
-use self::spool::{Spool, SpoolError};
+use self::spool::{LazySpool, Spool, SpoolError};
 use self::template::{RenderContext, Template};
 use super::{HttpPlugin, RequestInfo};
 use crate::upstream::state::now_ms;
@@ -89,7 +89,7 @@ pub struct Destination {
     split: Split,
     parallel: usize,
     retry: Backoff,
-    spool: Option<Arc<Spool>>,
+    spool: Option<LazySpool>,
     /// No replay before this ([`now_ms`] time): the last one gave up.
     replay_after_ms: AtomicU64,
     metrics: DestinationMetrics,
@@ -162,6 +162,28 @@ impl AlertWebhook {
             destinations,
             connector: Arc::new(connector),
         }
+    }
+
+    /// What `dry_run` shows: the requests `body` would make to `destination`, unsent.
+    pub fn render_requests(
+        &self,
+        destination: &str,
+        body: &[u8],
+    ) -> Result<Vec<serde_json::Value>, String> {
+        let dest = self
+            .destinations
+            .iter()
+            .find(|d| *d.name == *destination)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.destinations.iter().map(|d| &*d.name).collect();
+                format!(
+                    "no destination `{destination}` (there are {})",
+                    names.join(", ")
+                )
+            })?;
+        let payload = payload::parse(body, &self.limits).map_err(|e| e.to_string())?;
+        let messages = dest.render(&payload)?;
+        Ok(messages.iter().map(|m| dest.describe(m)).collect())
     }
 
     fn destination(&self, path: &str) -> Option<&Arc<Destination>> {
@@ -342,7 +364,7 @@ impl Destination {
         split: Split,
         parallel: usize,
         retry: Backoff,
-        spool: Option<Arc<Spool>>,
+        spool: Option<LazySpool>,
     ) -> Destination {
         Destination {
             name,
@@ -450,6 +472,10 @@ impl Destination {
                 Err(Outcome::Delivered(_)) => Delivery::Delivered,
             };
         };
+        let spool = match spool.get() {
+            Ok(s) => s,
+            Err(e) => return Delivery::Failed(format!("spool: {e}")),
+        };
         // Behind what already waits, so that order holds; otherwise one try, and the spool.
         if spool.depth().0 == 0 {
             match self.try_once(connector, &m.body).await {
@@ -499,8 +525,19 @@ impl Destination {
     /// runs (in this destination, or in the one of the config before a reload, which shares the
     /// spool): if so, the caller owns the replay.
     fn replay_due(&self) -> bool {
-        let Some(spool) = &self.spool else {
+        let Some(lazy) = &self.spool else {
             return false;
+        };
+        let spool = match lazy.get() {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("destination {}: spool: {e}", self.name);
+                self.replay_after_ms.store(
+                    now_ms() + self.retry.max.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                return false;
+            }
         };
         spool.depth().0 > 0
             && now_ms() >= self.replay_after_ms.load(Ordering::Relaxed)
@@ -511,7 +548,7 @@ impl Destination {
     /// the retry policy. A message the destination refuses is set aside; when the policy gives
     /// up, the replay pauses for the longest backoff and the message stays first in line.
     async fn replay(&self, connector: &Connector) {
-        let Some(spool) = self.spool.clone() else {
+        let Some(spool) = self.spool.as_ref().and_then(LazySpool::opened).cloned() else {
             return;
         };
         while let Some(&id) = spool.oldest(1).first() {
@@ -575,7 +612,7 @@ impl Destination {
     }
 
     fn report_spool(&self) {
-        if let Some(spool) = &self.spool {
+        if let Some(spool) = self.spool.as_ref().and_then(LazySpool::opened) {
             let (count, bytes) = spool.depth();
             self.metrics.spool_depth(count, bytes);
         }

@@ -17,6 +17,8 @@ const MAGIC: &[u8; 6] = b"ZKSP1\n";
 const HEADER: usize = MAGIC.len() + 4;
 const SUFFIX: &str = "msg";
 const TEMP_SUFFIX: &str = "tmp";
+/// A temporary file older than this belongs to a push that will never finish.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
 /// Where a file that fails its checksum is moved: kept for a human, never replayed or deleted.
 const BAD_SUFFIX: &str = "bad";
 
@@ -90,6 +92,9 @@ impl Spool {
     fn recover(dir: &Path, max_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir).map_err(|e| context(e, "cannot create", dir))?;
         let mut held = BTreeMap::new();
+        // New ids start above every id in the directory, set-aside and temporary files too,
+        // so that a new file never meets an old one's name.
+        let mut last = 0;
         for entry in fs::read_dir(dir).map_err(|e| context(e, "cannot list", dir))? {
             let entry = entry?;
             let path = entry.path();
@@ -97,10 +102,16 @@ impl Spool {
                 .file_stem()
                 .and_then(|s| s.to_str())
                 .and_then(|s| s.parse::<u64>().ok());
+            last = last.max(id.unwrap_or(0));
             match (id, path.extension().and_then(|e| e.to_str())) {
                 (Some(_), Some(TEMP_SUFFIX)) => {
-                    // Never acknowledged: the push that wrote it did not return.
-                    fs::remove_file(&path).map_err(|e| context(e, "cannot remove", &path))?;
+                    // Never acknowledged: the push that wrote it did not return. A young one
+                    // may be a push under way in a running gateway (this may be `zkgate
+                    // check`), so only old ones are cleared; none is ever replayed.
+                    let age = entry.metadata()?.modified()?.elapsed().unwrap_or_default();
+                    if age > STALE_TEMP {
+                        fs::remove_file(&path).map_err(|e| context(e, "cannot remove", &path))?;
+                    }
                 }
                 (Some(id), Some(SUFFIX)) => {
                     held.insert(id, entry.metadata()?.len());
@@ -108,7 +119,7 @@ impl Spool {
                 _ => {}
             }
         }
-        let next = held.keys().next_back().map_or(1, |last| last + 1);
+        let next = last + 1;
         Ok(Spool {
             replaying: AtomicBool::new(false),
             dir: dir.to_path_buf(),
@@ -255,6 +266,46 @@ impl Spool {
     }
 }
 
+/// A spool opened on first use rather than when the config is built, so that `zkgate check`
+/// and a reload that is then rejected touch no disk.
+#[derive(Debug)]
+pub struct LazySpool {
+    dir: PathBuf,
+    max_bytes: u64,
+    opened: std::sync::OnceLock<Arc<Spool>>,
+}
+
+impl LazySpool {
+    /// Checks what can be checked without writing: the directory, or the nearest of its
+    /// ancestors that exists, must be a directory.
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Result<LazySpool, String> {
+        let existing = dir.ancestors().find(|a| a.exists());
+        match existing {
+            Some(a) if !a.is_dir() => Err(format!("{} is not a directory", a.display())),
+            _ => Ok(LazySpool {
+                dir,
+                max_bytes,
+                opened: std::sync::OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The spool, opened now if it was not yet. Blocking the first time (it reads the
+    /// directory); an error is tried again on the next call.
+    pub fn get(&self) -> io::Result<&Arc<Spool>> {
+        if let Some(s) = self.opened.get() {
+            return Ok(s);
+        }
+        let spool = Spool::open(&self.dir, self.max_bytes)?;
+        Ok(self.opened.get_or_init(|| spool))
+    }
+
+    /// The spool if it is open already.
+    pub fn opened(&self) -> Option<&Arc<Spool>> {
+        self.opened.get()
+    }
+}
+
 fn context(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
@@ -293,11 +344,25 @@ mod tests {
     fn a_push_that_never_returned_is_not_replayed() {
         let (dir, spool) = fresh(1 << 20);
         spool.push(b"kept").unwrap();
-        fs::write(dir.path().join(format!("{:020}.tmp", 99)), b"ZKSP1\nhalf").unwrap();
+        let (old, young) = (
+            dir.path().join(format!("{:020}.tmp", 98)),
+            dir.path().join(format!("{:020}.tmp", 99)),
+        );
+        for t in [&old, &young] {
+            fs::write(t, b"ZKSP1\nhalf").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - 2 * STALE_TEMP;
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
         drop(spool);
         let again = Spool::recover(dir.path(), 1 << 20).unwrap();
-        assert_eq!(again.depth().0, 1);
-        assert!(!dir.path().join(format!("{:020}.tmp", 99)).exists());
+        assert_eq!(again.depth().0, 1, "neither is replayed");
+        assert!(!old.exists(), "an abandoned push is cleared");
+        assert!(young.exists(), "a push that may be under way is left alone");
     }
 
     #[test]
