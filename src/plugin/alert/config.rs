@@ -312,10 +312,16 @@ fn destination(
             (_, Err(_)) => errors.push(format!("{at}.headers.{k}"), "is not a valid header value"),
         }
     }
-    let template = template(&d.template, &d.name, &format!("{at}.template"), errors);
     let json = content_type.split(';').next().is_some_and(|t| {
         t.trim().eq_ignore_ascii_case("application/json") || t.trim().ends_with("+json")
     });
+    let template = template(
+        &d.template,
+        &d.name,
+        json,
+        &format!("{at}.template"),
+        errors,
+    );
     let split = match (d.split, d.batch_size) {
         (SplitKind::None, None) => Split::None,
         (SplitKind::PerAlert, None) => Split::PerAlert,
@@ -499,6 +505,7 @@ fn url_target(url: &str) -> Result<(String, u16, bool, String), String> {
 fn template(
     source: &TemplateSource,
     destination: &str,
+    json: bool,
     at: &str,
     errors: &mut ConfigErrors,
 ) -> Option<Template> {
@@ -526,9 +533,18 @@ fn template(
         },
         TemplateSource::Inline(text) => (format!("{destination}.inline"), text.clone()),
     };
-    Template::compile(&name, &text)
+    let compiled = Template::compile(&name, &text)
         .map_err(|e| errors.push(at.to_owned(), e.to_string()))
-        .ok()
+        .ok()?;
+    // A JSON destination's template must make JSON of a sample payload, so that a quoting slip
+    // is a config error, not a webhook that fails at 3 a.m.
+    if json {
+        if let Err(e) = compiled.check_json() {
+            errors.push(at.to_owned(), e.to_string());
+            return None;
+        }
+    }
+    Some(compiled)
 }
 
 fn backoff(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> Backoff {
