@@ -6,7 +6,7 @@ STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
 CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
-.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare docker deps deps-test deps-musl zk-up zk-down clean
+.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-webhook docker deps deps-test deps-musl zk-up zk-down clean
 
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
@@ -51,6 +51,7 @@ load-test: build
 bench: deps
 	$(CARGO) bench --bench hot_path
 	$(CARGO) bench --bench limits
+	$(CARGO) bench --bench alert
 
 ## bench-propagation: znode change to first request routed by the new set, p50/p99 over 200 changes
 bench-propagation: deps-test
@@ -63,6 +64,10 @@ bench-scale: deps-test
 bench-compare: build
 	$(CARGO) build --release --example bare_pingora
 	ZKGATE_BIN=target/release/zkgate BARE_BIN=target/release/examples/bare_pingora benches/compare.sh
+
+## bench-webhook: Alertmanager webhooks through the alert plugin against proxying the same payload
+bench-webhook: build
+	ZKGATE_BIN=target/release/zkgate benches/webhook.sh
 
 ## docker: the scratch image (needs a container engine; see README)
 docker: build-optimized

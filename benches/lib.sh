@@ -321,3 +321,23 @@ EOF
     "$ZKGATE" check -c "$file" >"$dir/check.log" 2>&1 \
         || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected $file"; }
 }
+
+# wrk output parsing.
+
+# wrk_errors FILE: print "non2xx socket_errors" from a wrk report.
+wrk_errors() {
+    awk '
+        /Non-2xx or 3xx responses:/ { non2xx += $NF }
+        /Socket errors:/ { gsub(/,/, ""); sock += $4 + $6 + $8 + $10 }
+        END { printf "%d %d\n", non2xx, sock }' "$1"
+}
+
+# wrk_rps FILE / wrk_p99_ms FILE
+wrk_rps() { awk '/^Requests\/sec:/ { print $2 }' "$1"; }
+wrk_p99_ms() {
+    awk '$1 == "99%" {
+        v = $2; u = v; sub(/^[0-9.]+/, "", u); n = v + 0
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000
+        else if (u == "m") n *= 60000; else if (u == "h") n *= 3600000
+        printf "%.3f\n", n }' "$1"
+}
