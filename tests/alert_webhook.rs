@@ -143,6 +143,10 @@ fn webhooks_are_rendered_split_and_delivered() {
         assert_eq!(v["event_action"], "resolve");
     }
 
+    // Six messages went out over pooled connections: at most two at a time (parallel: 2).
+    let connections = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(connections <= 2, "{connections} connections for 6 messages");
+
     // A dry run shows the requests and sends nothing.
     let before = sink.seen().len();
     let r = post(
@@ -297,4 +301,150 @@ fn a_destination_that_is_down_gets_every_alert_from_the_spool_once_it_is_back() 
         ),
         "{metrics}"
     );
+}
+
+/// An HTTPS destination that takes a POST only when its HMAC-SHA256 signature is right, and
+/// appends each body it takes to a file, one JSON document per line.
+const SIGNED_SINK: &str = r#"
+import hashlib, hmac, http.server, json, ssl, sys
+port, cert, key, secret, out = sys.argv[1:6]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        want = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        ok = hmac.compare_digest(self.headers.get("x-signature-256", ""), want)
+        if ok:
+            with open(out, "ab") as f:
+                f.write(json.dumps(json.loads(body)).encode() + b"\n")
+        self.send_response(200 if ok else 401)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn https_destinations_are_verified_against_the_ca_file_and_signed() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    let (ca, cert, key, out) = (
+        file("ca.pem"),
+        file("cert.pem"),
+        file("key.pem"),
+        file("taken.jsonl"),
+    );
+    // A CA, and a certificate for localhost it signs: webpki takes no self-signed leaf.
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    openssl(
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ]
+        .iter()
+        .chain(&[
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ]
+        .iter()
+        .chain(&["-keyout", "key.pem", "-out", "leaf.csr"])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    std::fs::write(file("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        &[
+            "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        ]
+        .iter()
+        .chain(&[
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "cert.pem",
+        ])
+        .copied()
+        .collect::<Vec<_>>(),
+    );
+    let port = common::free_port();
+    let _server = common::KillOnDrop(
+        Command::new("python3")
+            .args(["-c", SIGNED_SINK, &port.to_string()])
+            .arg(&cert)
+            .arg(&key)
+            .arg("hmac-key")
+            .arg(&out)
+            .spawn()
+            .expect("python3"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "the HTTPS sink did not start"
+    );
+    let destination = |name: &str, secret: &str| {
+        format!(
+            "          - {{ name: {name}, url: \"https://localhost:{port}/hook\", template: {{ builtin: generic }}, signature: {{ secret: {secret} }}, retry: {{ attempts: 1 }} }}\n"
+        )
+    };
+    let yaml = format!(
+        "routes:\n  - name: alerts\n    match: {{ path_prefix: /alerts }}\n    plugin:\n      alert_webhook:\n        ca_file: {}\n        destinations:\n{}{}",
+        ca.display(),
+        destination("signed", "hmac-key"),
+        destination("forged", "not-the-key"),
+    );
+    let gw = Gateway::start(&yaml);
+    let r = post(&gw, "/alerts/signed", &[], &payload(2, "firing"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let taken = std::fs::read_to_string(&out).expect("the sink took the message");
+    let v: Value = serde_json::from_str(taken.lines().next().unwrap()).unwrap();
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 2);
+
+    // A wrong signature is refused by the destination, which sending again would not change.
+    let r = post(&gw, "/alerts/forged", &[], &payload(1, "firing"));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
+
+    // Without the CA, the certificate is not trusted: nothing is sent, and the answer asks
+    // Alertmanager to try again (no spool here).
+    let untrusted = yaml.replace(&format!("        ca_file: {}\n", ca.display()), "");
+    let gw = Gateway::start(&untrusted);
+    let r = post(&gw, "/alerts/signed", &[], &payload(1, "firing"));
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
 }

@@ -27,6 +27,8 @@ pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
 pub const DEFAULT_MAX_ALERTS: usize = 1000;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SPOOL_BYTES: u64 = 256 << 20;
+/// Idle connections kept for reuse, over all of a plugin's destinations (Pingora's default).
+const KEEPALIVE_POOL: usize = 128;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -257,7 +259,7 @@ pub fn build(
     if errors.len() > before {
         return None;
     }
-    let mut options = pingora::connectors::ConnectorOptions::new(0);
+    let mut options = pingora::connectors::ConnectorOptions::new(KEEPALIVE_POOL);
     options.ca_file = section.ca_file.clone();
     Some(AlertWebhook::new(
         route.into(),
