@@ -123,7 +123,7 @@ pub struct BackendSet {
     backends: Box<[Backend]>,
     selector: Selector,
     /// The pickable backends, compact, for the selectors that compare loads.
-    slots: Box<[Slot]>,
+    slots: Slots,
     /// How many backends `least_conn` compares per pick.
     choices: usize,
     /// Some backend's weight is ramping up (slow start).
@@ -135,7 +135,7 @@ pub struct BackendSet {
 #[derive(Debug)]
 struct LocalZone {
     selector: Selector,
-    slots: Box<[Slot]>,
+    slots: Slots,
     members: Box<[u32]>,
     /// Whether enough of `members` are available; kept by the health checker's tick.
     preferred: AtomicBool,
@@ -181,14 +181,23 @@ const WINDOW_MASK: u64 = (1 << WINDOW_BITS) - 1;
 /// The most backends `least_conn` may be told to compare per pick.
 pub const MAX_LEAST_CONN_CHOICES: usize = 1 << WINDOW_BITS;
 
-impl Slot {
-    /// The slots of the backends with a weight, for the balancers that compare loads.
-    fn for_balance(balance: Balance, backends: &[Backend], weights: &[u64]) -> Box<[Slot]> {
+/// The slots of the pickable backends for the balancers that compare loads, followed, for
+/// `least_conn`, by the first `window - 1` of them again: a window that starts near the end then
+/// reads on without wrapping around, as one contiguous run.
+#[derive(Debug, Default)]
+struct Slots {
+    all: Box<[Slot]>,
+    /// How many backends: the slots before the repeated ones.
+    n: usize,
+}
+
+impl Slots {
+    fn build(balance: Balance, backends: &[Backend], weights: &[u64], choices: usize) -> Slots {
         if !matches!(balance, Balance::LeastConn | Balance::P2c) {
-            return Box::new([]);
+            return Slots::default();
         }
         let reduced = select::reduced_weights(weights, MAX_WEIGHT_SUM);
-        backends
+        let mut all: Vec<Slot> = backends
             .iter()
             .zip(reduced)
             .enumerate()
@@ -198,7 +207,28 @@ impl Slot {
                 inverse_weight: (INVERSE_ONE / w) as u32,
                 index: i as u32,
             })
-            .collect()
+            .collect();
+        let n = all.len();
+        if balance == Balance::LeastConn {
+            let repeat = n.min(choices).saturating_sub(1);
+            all.extend_from_within(..repeat);
+        }
+        Slots { all: all.into(), n }
+    }
+
+    /// Each backend's slot once.
+    fn live(&self) -> &[Slot] {
+        &self.all[..self.n]
+    }
+}
+
+impl Clone for Slot {
+    fn clone(&self) -> Slot {
+        Slot {
+            state: self.state.clone(),
+            inverse_weight: self.inverse_weight,
+            index: self.index,
+        }
     }
 }
 
@@ -265,13 +295,13 @@ impl BackendSet {
                 state,
             })
             .collect();
-        let slots = Slot::for_balance(balance, &backends, &weights);
+        let slots = Slots::build(balance, &backends, &weights, choices);
         let local = match locality {
             // Preferring a zone makes sense only when there is somewhere else to go.
             Some(l) if !local_members.is_empty() && local_members.len() < backends.len() => {
                 let zone = LocalZone {
                     selector: Selector::build(balance_now, &local_weights, &names),
-                    slots: Slot::for_balance(balance, &backends, &local_weights),
+                    slots: Slots::build(balance, &backends, &local_weights, choices),
                     members: local_members.into(),
                     preferred: AtomicBool::new(false),
                     min_available_percent: l.min_available_percent,
@@ -332,7 +362,7 @@ impl BackendSet {
     fn pick_in(
         &self,
         selector: &Selector,
-        slots: &[Slot],
+        slots: &Slots,
         members: Option<&[u32]>,
         turn: usize,
         key: Option<&[u8]>,
@@ -340,8 +370,8 @@ impl BackendSet {
     ) -> Option<&Backend> {
         match selector {
             Selector::Empty => None,
-            Selector::LeastConn => self.least_loaded(slots, usable),
-            Selector::P2c => self.better_of_two(slots, usable),
+            Selector::LeastConn => self.least_loaded(slots, turn, usable),
+            Selector::P2c => self.better_of_two(slots.live(), usable),
             other => {
                 let first = &self.backends[other.pick(turn, key)? as usize];
                 if first.state.available() && usable(&first.state) {
@@ -371,38 +401,43 @@ impl BackendSet {
             .find(|b| b.spec.weight > 0 && ok(&b.state))
     }
 
-    /// Fewest in flight relative to weight among `self.choices` consecutive slots from a random
-    /// place (all of them when there are no more): with a window of a few, the winner is among
-    /// the least loaded few percent, which is what the balancer is for, at a cost that does not
-    /// grow with the upstream. The random start also lets ties (idle backends) take turns.
+    /// Fewest in flight relative to weight among `self.choices` consecutive slots from a place
+    /// drawn from `turn` (all of them when there are no more): with a window of a few, the
+    /// winner is among the least loaded few percent, which is what the balancer is for, at a cost
+    /// that does not grow with the upstream. Moving the start also lets ties (idle backends)
+    /// take turns.
     #[inline]
     fn least_loaded(
         &self,
-        slots: &[Slot],
+        slots: &Slots,
+        turn: usize,
         usable: impl Fn(&BackendState) -> bool,
     ) -> Option<&Backend> {
-        let n = slots.len();
+        let n = slots.n;
         if n == 0 {
             return None;
         }
-        let start = fastrand::usize(..n);
-        let window = window(slots, start, n.min(self.choices));
+        // Fibonacci hashing spreads consecutive turns over the set; the multiply-shift maps the
+        // result onto 0..n without a division.
+        let spread = (turn as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let start = ((spread as u128 * n as u128) >> 64) as usize;
+        let window = &slots.all[start..start + n.min(self.choices)];
         // Score above position in one integer, so that one running minimum finds the least
         // loaded and, among equals, the first. The down sort after every backend with fewer than
         // 2^16 requests in flight (2^32 × the smallest inverse weight); a down winner means the
         // whole window is down, or loads beyond that, and the exact scan below decides.
         let mut best = u64::MAX;
-        for (position, slot) in window.enumerate() {
+        for (position, slot) in window.iter().enumerate() {
             let score = slot.state.load_or_down() * slot.inverse_weight as u64;
             best = best.min(score << WINDOW_BITS | position as u64);
         }
-        let winner = &slots[wrap(start + (best & WINDOW_MASK) as usize, n)];
+        let winner = &window[(best & WINDOW_MASK) as usize];
         if winner.state.available() && usable(&winner.state) {
             return Some(&self.backends[winner.index as usize]);
         }
         // Everything in the window is down, or the winner is one this request already failed
         // on: compare every backend, without it. Rare enough to afford the full scan.
-        self.lowest_score(slots, start, usable)
+        self.lowest_score(slots.live(), start, usable)
     }
 
     /// The available, `usable` backend with the lowest load / weight among all `slots`, the
@@ -545,7 +580,7 @@ impl Upstream {
             set: ArcSwap::from_pointee(BackendSet {
                 backends: Box::new([]),
                 selector: Selector::Empty,
-                slots: Box::new([]),
+                slots: Slots::default(),
                 choices: 0,
                 ramping: false,
                 local: None,
