@@ -11,9 +11,9 @@ ENSURE       := scripts/ensure-packages.sh
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
 
-# The end-to-end tests start real servers: ZooKeeper (with its JRE) among them.
+# The end-to-end tests start real servers: ZooKeeper (with its JRE) and Alertmanager among them.
 deps-test: deps
-	@$(ENSURE) zookeeper
+	@$(ENSURE) zookeeper prometheus-alertmanager
 
 deps-musl: deps
 	@$(ENSURE) musl-tools file
