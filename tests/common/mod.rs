@@ -1,6 +1,9 @@
-//! Test harness: the real gateway binary on free loopback ports, small real backends, and a
-//! minimal HTTP/1.1 client. Everything started here is stopped when its handle drops.
+//! Test harness: the real gateway binary on free loopback ports, small real backends, a real
+//! Alertmanager ([`alertmanager`]), and a minimal HTTP/1.1 client. Everything started here is
+//! stopped when its handle drops.
 #![allow(dead_code)]
+
+pub mod alertmanager;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -305,6 +308,9 @@ pub struct Seen {
     pub target: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// The status the backend chose to answer with; 0 when it closed or held the connection
+    /// without one. Tells a message the receiver took (2xx) from one it turned away.
+    pub status: u16,
 }
 
 impl Backend {
@@ -339,14 +345,24 @@ fn serve(
             return;
         };
         reqs.fetch_add(1, Ordering::SeqCst);
+        // Read once, so that what is recorded is what this request gets.
+        let acting = Behaviour::decode(behaviour.load(Ordering::SeqCst));
+        let (mut path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let status = match acting {
+            Behaviour::Status(code) => code,
+            Behaviour::Close | Behaviour::Hang => 0,
+            Behaviour::Normal | Behaviour::Delay(_) => path
+                .strip_prefix("/status/")
+                .map_or(200, |code| code.parse().unwrap_or(0)),
+        };
         seen.lock().unwrap().push(Seen {
             target: target.clone(),
             headers: headers.clone(),
             body: body.clone(),
+            status,
         });
-        let (mut path, query) = target.split_once('?').unwrap_or((&target, ""));
         let forced;
-        match Behaviour::decode(behaviour.load(Ordering::SeqCst)) {
+        match acting {
             Behaviour::Normal => {}
             Behaviour::Status(code) => {
                 forced = format!("/status/{code}");
