@@ -76,8 +76,7 @@ routes:
             path: /pd
             template: {{ builtin: pagerduty }}
             vars: {{ routing_key: "R0UT1NG" }}
-            split: batch
-            batch_size: 2
+            split: per_alert
             parallel: 2
 "#,
         sink = sink.addr,
@@ -127,8 +126,7 @@ fn webhooks_are_rendered_split_and_delivered() {
         "{v}"
     );
 
-    // Batches of two, two at a time: 5 alerts make 3 PagerDuty messages... each event one
-    // alert, as PagerDuty wants, so the template is per alert; a batch carries the first.
+    // One PagerDuty event per alert, two in flight at a time.
     let r = post(&gw, "/alerts/pagerduty", &[AUTH], &payload(4, "resolved"));
     assert_eq!(r.status, 200, "{}", r.text());
     let pd: Vec<_> = sink
@@ -136,16 +134,16 @@ fn webhooks_are_rendered_split_and_delivered() {
         .into_iter()
         .filter(|s| s.target == "/pd")
         .collect();
-    assert_eq!(pd.len(), 2);
+    assert_eq!(pd.len(), 4);
     for m in &pd {
         let v: Value = serde_json::from_slice(&m.body).expect("PagerDuty JSON");
         assert_eq!(v["routing_key"], "R0UT1NG");
         assert_eq!(v["event_action"], "resolve");
     }
 
-    // Six messages went out over pooled connections: at most two at a time (parallel: 2).
+    // Eight messages went out over pooled connections: at most two at a time (parallel: 2).
     let connections = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(connections <= 2, "{connections} connections for 6 messages");
+    assert!(connections <= 2, "{connections} connections for 8 messages");
 
     // A dry run shows the requests and sends nothing.
     let before = sink.seen().len();

@@ -1151,6 +1151,7 @@ routes:
           - { name: broken, upstream: sink, template: { inline: "{{ alerts | nosuchfilter }}" } }
           - { name: unclosed, url: "https://hooks.example.com/x", template: { inline: "{% if x %}" } }
           - { name: nowhere, upstream: gone, template: { builtin: slack } }
+          - { name: pd, upstream: sink, template: { builtin: pagerduty } }
           - { name: both, upstream: sink, url: "http://x/", template: { builtin: nope } }
           - { name: batch, url: "ftp://x/", template: { builtin: generic }, split: batch }
   - name: b
@@ -1167,10 +1168,11 @@ routes:
             format!("{at}.destinations[0].template: line 1: "),
             format!("{at}.destinations[1].template: line 1: "),
             format!("{at}.destinations[2].upstream: no upstream named `gone`"),
-            format!("{at}.destinations[3]: give either url or upstream, not both"),
-            format!("{at}.destinations[3].template.builtin: no ready-made template `nope`"),
-            format!("{at}.destinations[4].url: must start with http:// or https://"),
-            format!("{at}.destinations[4].batch_size: split: batch needs a batch_size"),
+            format!("{at}.destinations[3].split: the pagerduty template sends one event per alert"),
+            format!("{at}.destinations[4]: give either url or upstream, not both"),
+            format!("{at}.destinations[4].template.builtin: no ready-made template `nope`"),
+            format!("{at}.destinations[5].url: must start with http:// or https://"),
+            format!("{at}.destinations[5].batch_size: split: batch needs a batch_size"),
             "routes[1].plugin.alert_webhook: needs its route to match a path_prefix".to_owned(),
             "routes[2]: its plugin answers every request: drop upstream and respond".to_owned(),
         ];

@@ -344,6 +344,14 @@ fn destination(
             Split::None
         }
     };
+    // PagerDuty takes one event per alert, and its template reads only the message's first
+    // alert: any other split would drop the rest without a word.
+    if d.template == TemplateSource::Builtin("pagerduty".into()) && split != Split::PerAlert {
+        errors.push(
+            format!("{at}.split"),
+            "the pagerduty template sends one event per alert: use split: per_alert",
+        );
+    }
     let parallel = d.parallel.unwrap_or(1);
     if parallel == 0 {
         errors.push(format!("{at}.parallel"), "must be at least 1");

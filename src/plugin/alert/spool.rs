@@ -380,6 +380,21 @@ mod tests {
     }
 
     #[test]
+    fn a_record_set_aside_before_a_restart_is_never_overwritten() {
+        let (dir, spool) = fresh(1 << 20);
+        let refused = spool.push(b"refused before the restart").unwrap();
+        spool.set_aside(refused, "rejected").unwrap();
+        drop(spool);
+        // Nothing is queued any more, but the file kept for a human still holds its id.
+        let again = Spool::recover(dir.path(), 1 << 20).unwrap();
+        let later = again.push(b"refused after it").unwrap();
+        assert!(later > refused, "id {later} reused");
+        again.set_aside(later, "rejected").unwrap();
+        let kept = fs::read(dir.path().join(format!("{refused:020}.rejected"))).unwrap();
+        assert!(kept.ends_with(b"refused before the restart"));
+    }
+
+    #[test]
     fn the_bound_refuses_rather_than_drops_and_frees_with_removals() {
         let (_dir, spool) = fresh(3 * (HEADER as u64 + 100));
         let ids: Vec<u64> = (0..3).map(|_| spool.push(&[7; 100]).unwrap()).collect();
