@@ -446,3 +446,39 @@ fn https_destinations_are_verified_against_the_ca_file_and_signed() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 1);
 }
+
+#[test]
+fn check_reports_a_broken_template_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("alerts.yaml");
+    std::fs::write(
+        &config,
+        r#"
+listeners: [{ name: web, listen: "127.0.0.1:1" }]
+routes:
+  - name: alerts
+    match: { path_prefix: /alerts }
+    plugin:
+      alert_webhook:
+        destinations:
+          - name: chat
+            url: "https://chat.example.com/hook"
+            template:
+              inline: |
+                {"text": {{ alerts | length }}
+                {% for a in alerts %}
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("zkgate check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].plugin.alert_webhook.destinations[0].template: line "),
+        "{stderr}"
+    );
+}
