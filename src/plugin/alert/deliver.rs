@@ -161,6 +161,15 @@ impl Sender {
                 path,
                 host,
             } => {
+                // The upstream's own breaker speaks for it, as it does for proxied requests.
+                let breaker = upstream.policy.breaker.as_ref();
+                let admitted = breaker.map(Breaker::admit);
+                if admitted == Some(Admit::No) {
+                    return Outcome::Failed(format!(
+                        "upstream `{}`: its circuit breaker is open",
+                        upstream.name
+                    ));
+                }
                 let Some(picked) = upstream.select(None, &[]) else {
                     return Outcome::Failed(format!("upstream `{}` has no backend", upstream.name));
                 };
@@ -170,10 +179,13 @@ impl Sender {
                 let outcome = self
                     .exchange_with(connector, &picked.peer, &authority, path, body)
                     .await;
-                upstream.record(
-                    picked.attempt.state(),
-                    matches!(outcome, Outcome::Failed(_)),
-                );
+                let failed = matches!(outcome, Outcome::Failed(_));
+                upstream.record(picked.attempt.state(), failed);
+                if let (Some(b), Some(a)) = (breaker, admitted) {
+                    if b.record(a, failed) {
+                        log::warn!("upstream {}: circuit opened", upstream.name);
+                    }
+                }
                 outcome
             }
             Target::Url {
