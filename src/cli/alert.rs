@@ -4,16 +4,13 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use crate::config::{self, Source};
+use crate::config::Source;
 use crate::plugin::RoutePlugin;
 
 pub fn render(src: Source, destination: &str, route: Option<&str>) -> ExitCode {
-    let snapshot = match config::load(&src, None) {
+    let snapshot = match super::load_or_report(&src) {
         Ok(s) => s,
-        Err(errors) => {
-            super::print_errors(&src.describe(), &errors);
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let fail = |msg: String| {
         eprintln!("{msg}");

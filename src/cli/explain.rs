@@ -6,16 +6,13 @@ use std::process::ExitCode;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, Uri};
 
-use crate::config::{self, Source};
+use crate::config::Source;
 use crate::route::{normalize_host, normalize_path, Action, RequestView};
 
 pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> ExitCode {
-    let snapshot = match config::load(&src, None) {
+    let snapshot = match super::load_or_report(&src) {
         Ok(s) => s,
-        Err(errors) => {
-            super::print_errors(&src.describe(), &errors);
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let fail = |msg: String| {
         eprintln!("{msg}");

@@ -213,6 +213,14 @@ pub fn run(source: Option<Source>, upgrade: bool) -> ExitCode {
     }
 }
 
+/// The config of `src`, built; its errors printed and exit code 1 when it has any.
+fn load_or_report(src: &Source) -> Result<crate::snapshot::Snapshot, ExitCode> {
+    config::load(src, None).map_err(|errors| {
+        print_errors(&src.describe(), &errors);
+        ExitCode::from(1)
+    })
+}
+
 /// Every error of a config, one per line under a count.
 pub fn print_errors(what: &str, errors: &config::ConfigErrors) {
     eprintln!("{what}: {} error(s)", errors.len());

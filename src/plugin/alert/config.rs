@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 use super::deliver::{Backoff, BackoffKind, Sender, Signature, Target};
+use super::metrics::DestinationMetrics;
 use super::spool::LazySpool;
 use super::template::Template;
 use super::{AlertWebhook, Auth, Destination, Split};
@@ -393,9 +395,9 @@ fn destination(
     if errors.len() > before {
         return None;
     }
-    Some(Destination::new(
-        d.name.as_str().into(),
-        Sender {
+    Some(Destination {
+        name: d.name.as_str().into(),
+        sender: Sender {
             target: target?,
             method,
             headers,
@@ -403,9 +405,10 @@ fn destination(
             breaker,
             signature,
         },
-        template?,
+        template: template?,
         json,
-        d.vars
+        vars: d
+            .vars
             .iter()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect(),
@@ -413,7 +416,9 @@ fn destination(
         parallel,
         retry,
         spool,
-    ))
+        replay_after_ms: AtomicU64::new(0),
+        metrics: DestinationMetrics::default(),
+    })
 }
 
 fn target(

@@ -354,33 +354,6 @@ impl HttpPlugin for AlertWebhook {
 }
 
 impl Destination {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        name: Arc<str>,
-        sender: Sender,
-        template: Template,
-        json: bool,
-        vars: BTreeMap<String, String>,
-        split: Split,
-        parallel: usize,
-        retry: Backoff,
-        spool: Option<LazySpool>,
-    ) -> Destination {
-        Destination {
-            name,
-            sender,
-            template,
-            json,
-            vars,
-            split,
-            parallel,
-            retry,
-            spool,
-            replay_after_ms: AtomicU64::new(0),
-            metrics: DestinationMetrics::default(),
-        }
-    }
-
     /// The messages for `payload`, rendered: all of them or an error naming what failed.
     fn render(&self, payload: &Payload) -> Result<Vec<Message>, String> {
         let started = Instant::now();
