@@ -145,7 +145,8 @@ pub struct UpstreamSection {
     /// its backends is available (default 50); below it, it spreads over every zone.
     pub local_zone_min_available: Option<u32>,
     /// How many backends `least_conn` compares per pick (default 8, at most 128): all of them
-    /// when the upstream has no more, otherwise that many consecutive ones from a random place.
+    /// when the upstream has no more, otherwise that many consecutive ones from a place that
+    /// moves with every pick.
     pub least_conn_choices: Option<u32>,
 }
 
