@@ -163,7 +163,7 @@ pub struct Locality {
 
 /// A pickable backend as the load-aware balancers see it: 16 bytes, so that a scan walks
 /// four to a cache line.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Slot {
     state: Arc<BackendState>,
     /// `2^24 / weight`: load × this orders backends by load / weight with one multiplication.
@@ -219,16 +219,6 @@ impl Slots {
     /// Each backend's slot once.
     fn live(&self) -> &[Slot] {
         &self.all[..self.n]
-    }
-}
-
-impl Clone for Slot {
-    fn clone(&self) -> Slot {
-        Slot {
-            state: self.state.clone(),
-            inverse_weight: self.inverse_weight,
-            index: self.index,
-        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! destination's timeout, guarded by its circuit breaker, signed if it asks, and retried with
 //! backoff by the caller's policy.
 
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +97,8 @@ impl Signature {
         let mut out = String::with_capacity(self.prefix.len() + 64);
         out.push_str(&self.prefix);
         for b in tag.as_ref() {
-            out.push_str(&format!("{b:02x}"));
+            // Into the one string: no allocation per byte.
+            let _ = write!(out, "{b:02x}");
         }
         out
     }
@@ -206,6 +208,7 @@ impl Sender {
         }
     }
 
+    /// One request and its answer on a pooled connection to `peer`.
     async fn exchange_with(
         &self,
         connector: &Connector,

@@ -236,7 +236,7 @@ impl HttpPlugin for AlertWebhook {
         };
         state.destination = Some(dest.name.clone());
         if session.req_header().method != Method::POST {
-            let mut head = json_head(405, 0)?;
+            let mut head = json_head(405)?;
             head.insert_header(http::header::ALLOW, "POST")?;
             return finish(
                 session,
@@ -250,7 +250,7 @@ impl HttpPlugin for AlertWebhook {
                 Auth::Header(h) if h.starts_with(b"Basic") => "Basic realm=\"zkgate\"",
                 _ => "Bearer",
             };
-            let mut head = json_head(401, 0)?;
+            let mut head = json_head(401)?;
             head.insert_header(WWW_AUTHENTICATE, scheme)?;
             return finish(
                 session,
@@ -324,7 +324,7 @@ impl HttpPlugin for AlertWebhook {
             state.failure = body["error"].as_str().map(str::to_owned);
         }
         if report.full {
-            let mut head = json_head(status, 0)?;
+            let mut head = json_head(status)?;
             head.insert_header(RETRY_AFTER, FULL_RETRY_AFTER_SECS)?;
             return finish(session, head, &body).await;
         }
@@ -668,10 +668,10 @@ fn dry_run(session: &Session) -> bool {
     })
 }
 
-fn json_head(status: u16, len: usize) -> pingora::Result<ResponseHeader> {
+/// A JSON answer's head; [`finish`] sets its length.
+fn json_head(status: u16) -> pingora::Result<ResponseHeader> {
     let mut head = ResponseHeader::build(status, Some(4))?;
     head.insert_header(CONTENT_TYPE, "application/json")?;
-    head.insert_header(CONTENT_LENGTH, len)?;
     Ok(head)
 }
 
@@ -680,9 +680,7 @@ async fn reply(
     status: u16,
     body: &serde_json::Value,
 ) -> pingora::Result<()> {
-    finish(session, json_head(status, 0)?, body)
-        .await
-        .map(|_| ())
+    finish(session, json_head(status)?, body).await.map(|_| ())
 }
 
 /// Writes `head` with `body` as JSON; `Ok(true)`, the request answered.
