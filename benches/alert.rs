@@ -1,16 +1,19 @@
 //! Criterion benchmarks of the Alertmanager-webhook plugin's per-notification work: parsing a
-//! 10-alert payload, rendering the Slack template for one alert (a per-alert split) and the
-//! generic template for all 10, and one label-set fingerprint.
+//! 10-alert payload; rendering the Slack template for a payload of one alert, and for a
+//! 10-alert payload split per alert (10 messages, reported per alert); the generic template for
+//! all 10 in one message; a label-set fingerprint and a timestamp.
 //!
 //! The alerts carry what real rules give them: 6 labels and 3 annotations each. Renders
-//! include building the context from the parsed payload, as each outgoing message does.
+//! include building the template values from the parsed payload, once per payload, as the
+//! plugin does.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::ops::Range;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use zkgate::plugin::alert::payload::{fingerprint, parse, Limits};
-use zkgate::plugin::alert::template::{RenderContext, Template};
+use zkgate::plugin::alert::payload::{fingerprint, parse, parse_timestamp, Limits, Payload};
+use zkgate::plugin::alert::template::{PayloadValues, RenderContext, Template};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -57,17 +60,34 @@ fn body(n: usize) -> Vec<u8> {
 fn benches(c: &mut Criterion) {
     let body10 = body(10);
     let payload = parse(&body10, &LIMITS).expect("parse");
+    let body1 = body(1);
+    let single = parse(&body1, &LIMITS).expect("parse");
     let vars = BTreeMap::from([("routing_key".to_owned(), "R0UT1NGK3Y".to_owned())]);
     let slack = Template::compile("slack", include_str!("../conf/templates/slack.json.j2"))
         .expect("slack template");
     let generic = Template::compile("generic", include_str!("../conf/templates/generic.json.j2"))
         .expect("generic template");
-    let ctx = |alerts| RenderContext {
-        payload: &payload,
-        alerts,
-        destination: "bench",
-        vars: &vars,
+    // What the plugin does for each webhook: the payload's values once, then each message.
+    let render = |t: &Template, p: &Payload, ranges: &[Range<usize>], json: bool| {
+        let values = PayloadValues::new(p);
+        for alerts in ranges {
+            let ctx = RenderContext {
+                payload: &values,
+                alerts: alerts.clone(),
+                destination: "bench",
+                vars: &vars,
+            };
+            let out = if json {
+                t.render_json(&ctx)
+            } else {
+                t.render(&ctx)
+            };
+            black_box(out.expect("render"));
+        }
     };
+    let per_alert: Vec<Range<usize>> = (0..10).map(|i| i..i + 1).collect();
+    let one: Vec<Range<usize>> = std::iter::once(0..1).collect();
+    let whole: Vec<Range<usize>> = std::iter::once(0..10).collect();
 
     let mut g = c.benchmark_group("alert");
     g.throughput(criterion::Throughput::Bytes(body10.len() as u64));
@@ -77,24 +97,32 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("alert");
-    let one = ctx(0..1);
-    let out = slack.render_json(&one).expect("slack renders JSON");
-    eprintln!("slack, one alert: {} bytes", out.len());
     g.bench_function("render_slack_1_alert", |b| {
-        b.iter(|| black_box(slack.render(black_box(&one)).expect("render")))
+        b.iter(|| render(&slack, black_box(&single), &one, false))
     });
-    g.bench_function("render_json_slack_1_alert", |b| {
-        b.iter(|| black_box(slack.render_json(black_box(&one)).expect("render")))
+    g.finish();
+
+    // Per alert: a 10-alert payload split per alert, 10 messages; criterion's elem/s is alerts.
+    let mut g = c.benchmark_group("alert");
+    g.throughput(criterion::Throughput::Elements(10));
+    g.bench_function("render_slack_per_alert_10", |b| {
+        b.iter(|| render(&slack, black_box(&payload), &per_alert, false))
     });
-    let all = ctx(0..10);
-    let out = generic.render_json(&all).expect("generic renders JSON");
-    eprintln!("generic, 10 alerts: {} bytes", out.len());
+    g.bench_function("render_json_slack_per_alert_10", |b| {
+        b.iter(|| render(&slack, black_box(&payload), &per_alert, true))
+    });
     g.bench_function("render_generic_10_alerts", |b| {
-        b.iter(|| black_box(generic.render(black_box(&all)).expect("render")))
+        b.iter(|| render(&generic, black_box(&payload), &whole, false))
     });
+    g.finish();
+
+    let mut g = c.benchmark_group("alert");
     let labels = &payload.alerts[0].labels;
     g.bench_function("fingerprint_6_labels", |b| {
         b.iter(|| black_box(fingerprint(black_box(labels))))
+    });
+    g.bench_function("timestamp", |b| {
+        b.iter(|| black_box(parse_timestamp(black_box("2024-05-01T10:00:00.123456789Z"))))
     });
     g.finish();
 }

@@ -33,7 +33,7 @@ use self::deliver::{Backoff, Outcome, Sender};
 use self::metrics::DestinationMetrics;
 use self::payload::{Limits, Payload};
 use self::spool::{LazySpool, Spool, SpoolError};
-use self::template::{RenderContext, Template};
+use self::template::{PayloadValues, RenderContext, Template};
 use super::{HttpPlugin, RequestInfo};
 use crate::upstream::state::now_ms;
 
@@ -357,6 +357,7 @@ impl Destination {
     /// The messages for `payload`, rendered: all of them or an error naming what failed.
     fn render(&self, payload: &Payload) -> Result<Vec<Message>, String> {
         let started = Instant::now();
+        let values = PayloadValues::new(payload);
         let messages = self
             .split
             .ranges(payload.alerts.len())
@@ -364,7 +365,7 @@ impl Destination {
             .map(|alerts| {
                 let count = alerts.len();
                 let ctx = RenderContext {
-                    payload,
+                    payload: &values,
                     alerts,
                     destination: &self.name,
                     vars: &self.vars,

@@ -29,8 +29,9 @@
 //!   Rust `regex` syntax;
 //! - `tojson(indent=none)`: minijinja's, minus its HTML-safety escapes (`<` stays `<`, not
 //!   `\u003c`): these bodies go to APIs, not into HTML pages;
-//! - `json_escape`: a value escaped for use inside a JSON string literal, quotes not included
-//!   (`"{{ x | json_escape }}"` writes what `{{ x | tojson }}` does for a string, faster);
+//! - `json_escape(max=none)`: a value escaped for use inside a JSON string literal, quotes not
+//!   included (`"{{ x | json_escape }}"` writes what `{{ x | tojson }}` does for a string,
+//!   faster); with `max`, first cut as `truncate(max)` cuts, for a service's text limit;
 //! - `escape_markup`: `&`, `<`, `>` as entities, what Slack mrkdwn and Google Chat text need
 //!   (HTML's `escape` also encodes quotes and `/`, which those show as written);
 //! - `matchers`: an alert's (or a label map's) labels as an Alertmanager matcher set,
@@ -64,7 +65,7 @@
 //! `lstrip_blocks`), so `{% for %}` lines leave no blank lines in a text message.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::ops::Range;
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
@@ -98,10 +99,46 @@ impl fmt::Debug for Template {
     }
 }
 
+/// A payload as templates see it, built once for all the messages rendered from it: a split
+/// per alert renders each alert once, and would otherwise rebuild the group's maps every time.
+#[derive(Debug)]
+pub struct PayloadValues {
+    group: Arc<GroupValues>,
+    alerts: Vec<Value>,
+}
+
+impl PayloadValues {
+    pub fn new(p: &Payload) -> PayloadValues {
+        PayloadValues {
+            group: Arc::new(GroupValues {
+                version: Value::from(p.version.as_str()),
+                group_key: Value::from(p.group_key.as_str()),
+                truncated_alerts: Value::from(p.truncated_alerts),
+                status: Value::from(p.status.as_str()),
+                receiver: Value::from(p.receiver.as_str()),
+                group_labels: str_map(&p.group_labels),
+                common_labels: str_map(&p.common_labels),
+                common_annotations: str_map(&p.common_annotations),
+                external_url: Value::from(p.external_url.as_str()),
+            }),
+            alerts: p.alerts.iter().map(alert_value).collect(),
+        }
+    }
+
+    /// How many alerts the payload has.
+    pub fn len(&self) -> usize {
+        self.alerts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+    }
+}
+
 /// What one outgoing message is rendered from.
 #[derive(Debug, Clone)]
 pub struct RenderContext<'a> {
-    pub payload: &'a Payload,
+    pub payload: &'a PayloadValues,
     /// The payload's alerts this message carries (`i..i + 1` for one message per alert).
     pub alerts: Range<usize>,
     /// The destination's name, `destination` in the template.
@@ -213,6 +250,14 @@ impl Template {
         // Debug info (a source listing and the variables in scope, gathered on an error) is
         // not what a config error or a failed delivery reports: the line and detail are.
         env.set_debug(false);
+        // A string is written as it is, without the `fmt` machinery the default formatter
+        // goes through for every `{{ }}`: most of what a template emits is strings.
+        env.set_formatter(|out, state, value| match value.as_str() {
+            Some(s) if state.auto_escape() == AutoEscape::None => {
+                out.write_str(s).map_err(Error::from)
+            }
+            _ => minijinja::escape_formatter(out, state, value),
+        });
         register(&mut env);
         env.add_template_owned(name.to_owned(), source.to_owned())
             .map_err(TemplateError::from_minijinja)?;
@@ -449,11 +494,9 @@ fn excerpt(text: &str, line: usize, column: usize) -> String {
 // ---------------------------------------------------------------------------------------------
 // The render context
 
-/// The context of one message. Its values are built from the payload for each render; strings
-/// up to 22 bytes are stored inline in a minijinja value, so most labels cost no allocation.
-/// `firing` and `resolved` are only built when a template asks for them.
+/// The payload's fields that every message of it shares.
 #[derive(Debug)]
-struct MessageObject {
+struct GroupValues {
     version: Value,
     group_key: Value,
     truncated_alerts: Value,
@@ -463,6 +506,13 @@ struct MessageObject {
     common_labels: Value,
     common_annotations: Value,
     external_url: Value,
+}
+
+/// The context of one message: the group's values, shared, and this message's alerts.
+/// `firing` and `resolved` are only built when a template asks for them.
+#[derive(Debug)]
+struct MessageObject {
+    group: Arc<GroupValues>,
     alerts: Value,
     alert: Value,
     destination: Value,
@@ -489,16 +539,17 @@ impl Object for MessageObject {
     }
 
     fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        let g = &self.group;
         let v = match key {
-            "version" => &self.version,
-            "groupKey" => &self.group_key,
-            "truncatedAlerts" => &self.truncated_alerts,
-            "status" => &self.status,
-            "receiver" => &self.receiver,
-            "groupLabels" => &self.group_labels,
-            "commonLabels" => &self.common_labels,
-            "commonAnnotations" => &self.common_annotations,
-            "externalURL" => &self.external_url,
+            "version" => &g.version,
+            "groupKey" => &g.group_key,
+            "truncatedAlerts" => &g.truncated_alerts,
+            "status" => &g.status,
+            "receiver" => &g.receiver,
+            "groupLabels" => &g.group_labels,
+            "commonLabels" => &g.common_labels,
+            "commonAnnotations" => &g.common_annotations,
+            "externalURL" => &g.external_url,
             "alerts" => &self.alerts,
             "alert" => &self.alert,
             "firing" => return Some(self.of_status(Status::Firing)),
@@ -518,6 +569,7 @@ impl Object for MessageObject {
 #[derive(Debug)]
 struct AlertObject {
     status: Status,
+    status_value: Value,
     labels: Value,
     annotations: Value,
     starts_at: Value,
@@ -526,6 +578,9 @@ struct AlertObject {
     fingerprint: Value,
     alertname: Option<Value>,
     severity: Option<Value>,
+    /// `startsAt` and `endsAt` as the payload parsed them, for `duration`.
+    starts: OffsetDateTime,
+    ends: Option<OffsetDateTime>,
 }
 
 /// Alertmanager's fields only: `alertname` and `severity` are shortcuts, so `tojson` and
@@ -547,7 +602,7 @@ impl Object for AlertObject {
 
     fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
         Some(match key {
-            "status" => Value::from(self.status.as_str()),
+            "status" => self.status_value.clone(),
             "labels" => self.labels.clone(),
             "annotations" => self.annotations.clone(),
             "startsAt" => self.starts_at.clone(),
@@ -608,6 +663,7 @@ fn str_map(map: &BTreeMap<String, String>) -> Value {
 fn alert_value(a: &Alert) -> Value {
     Value::from_object(AlertObject {
         status: a.status,
+        status_value: Value::from(a.status.as_str()),
         labels: str_map(&a.labels),
         annotations: str_map(&a.annotations),
         starts_at: Value::from(a.starts_at.as_str()),
@@ -616,6 +672,8 @@ fn alert_value(a: &Alert) -> Value {
         fingerprint: Value::from(a.fingerprint.as_str()),
         alertname: a.labels.get("alertname").map(|v| Value::from(v.as_str())),
         severity: a.labels.get("severity").map(|v| Value::from(v.as_str())),
+        starts: a.starts_at_time,
+        ends: a.ends_at_time,
     })
 }
 
@@ -627,19 +685,10 @@ fn context_value(ctx: &RenderContext<'_>) -> Result<Value, RenderError> {
             len: p.alerts.len(),
         });
     };
-    let alerts: Vec<Value> = chosen.iter().map(alert_value).collect();
     Ok(Value::from_object(MessageObject {
-        version: Value::from(p.version.as_str()),
-        group_key: Value::from(p.group_key.as_str()),
-        truncated_alerts: Value::from(p.truncated_alerts),
-        status: Value::from(p.status.as_str()),
-        receiver: Value::from(p.receiver.as_str()),
-        group_labels: str_map(&p.group_labels),
-        common_labels: str_map(&p.common_labels),
-        common_annotations: str_map(&p.common_annotations),
-        external_url: Value::from(p.external_url.as_str()),
-        alert: alerts.first().cloned().unwrap_or(Value::UNDEFINED),
-        alerts: Value::from(alerts),
+        group: p.group.clone(),
+        alert: chosen.first().cloned().unwrap_or(Value::UNDEFINED),
+        alerts: Value::from(chosen.to_vec()),
         destination: Value::from(ctx.destination),
         vars: str_map(ctx.vars),
     }))
@@ -683,18 +732,29 @@ const SAMPLE_PAYLOAD: &str = r#"{
   ]
 }"#;
 
-static SAMPLE: LazyLock<(Payload, BTreeMap<String, String>)> = LazyLock::new(|| {
-    let payload = payload::parse(SAMPLE_PAYLOAD.as_bytes(), &Limits { max_alerts: 10 })
-        .expect("the built-in sample payload parses");
+struct Sample {
+    values: PayloadValues,
+    vars: BTreeMap<String, String>,
+}
+
+static SAMPLE: LazyLock<Sample> = LazyLock::new(|| {
     let vars = BTreeMap::from([("routing_key".to_owned(), "sample-routing-key".to_owned())]);
-    (payload, vars)
+    Sample {
+        values: PayloadValues::new(&sample_payload()),
+        vars,
+    }
 });
+
+fn sample_payload() -> Payload {
+    payload::parse(SAMPLE_PAYLOAD.as_bytes(), &Limits { max_alerts: 10 })
+        .expect("the built-in sample payload parses")
+}
 
 /// The whole sample group, then each alert alone.
 fn sample_contexts() -> [RenderContext<'static>; 3] {
-    let (payload, vars) = &*SAMPLE;
+    let Sample { values, vars, .. } = &*SAMPLE;
     [0..2, 0..1, 1..2].map(|alerts| RenderContext {
-        payload,
+        payload: values,
         alerts,
         destination: "sample",
         vars,
@@ -766,6 +826,7 @@ fn register(env: &mut Environment<'static>) {
     env.add_filter("json_escape", json_escape);
     env.add_filter("escape_markup", escape_markup);
     env.add_filter("matchers", matchers);
+    env.add_filter("urlencode", urlencode);
 
     let regexes = Arc::new(Cache::<Regex>::new());
     let r = regexes.clone();
@@ -855,14 +916,24 @@ fn compile_regex(pattern: &str) -> Result<Regex, Error> {
 fn truncate(v: &Value, length: Option<usize>, end: Option<&str>) -> Value {
     let length = length.unwrap_or(255);
     let end = end.unwrap_or("...");
-    map_str(v, |s| {
-        if s.chars().count() <= length {
-            return s.to_owned();
-        }
-        let keep = length.saturating_sub(end.chars().count());
-        let cut = s.char_indices().nth(keep).map_or(s.len(), |(i, _)| i);
-        format!("{}{end}", &s[..cut])
-    })
+    let Some(s) = as_text(v) else {
+        return v.clone();
+    };
+    match cut(&s, length, end) {
+        Some(kept) => Value::from(format!("{kept}{end}")),
+        None if v.as_str().is_some() => v.clone(),
+        None => Value::from(s.as_ref()),
+    }
+}
+
+/// What `truncate(length, end)` keeps of `s` before appending `end`; `None` when `s` fits.
+fn cut<'s>(s: &'s str, length: usize, end: &str) -> Option<&'s str> {
+    // Fewer bytes than `length` are fewer characters too: no counting.
+    if s.len() <= length || s.chars().count() <= length {
+        return None;
+    }
+    let keep = length.saturating_sub(end.chars().count());
+    Some(&s[..s.char_indices().nth(keep).map_or(s.len(), |(i, _)| i)])
 }
 
 /// minijinja's `tojson` without its HTML-safety pass, which rewrote `<`, `>`, `&` and `'` as
@@ -898,29 +969,43 @@ fn tojson(v: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value, Err
     })
 }
 
-fn json_escape(v: &Value) -> Value {
-    let Some(s) = as_text(v) else {
+/// `json_escape(max=none)`: escaped for a JSON string; with `max`, first cut as
+/// `truncate(max)` cuts (one call where a message's text limit would take two).
+fn json_escape(v: &Value, max: Option<usize>) -> Value {
+    let Some(text) = as_text(v) else {
         return Value::from("");
     };
+    let (s, end) = match max.and_then(|m| cut(&text, m, "...")) {
+        Some(kept) => (kept, "..."),
+        None => (text.as_ref(), ""),
+    };
+    let clean = !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
     // Unchanged strings, the usual case, keep their value.
-    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if clean && end.is_empty() {
         return match v.as_str() {
             Some(_) => v.clone(),
-            None => Value::from(s.as_ref()),
+            None => Value::from(s),
         };
     }
     let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    if clean {
+        out.push_str(s);
+    } else {
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
         }
     }
+    out.push_str(end);
     Value::from(out)
 }
 
@@ -960,43 +1045,84 @@ fn matchers(v: &Value) -> Result<Value, Error> {
     if labels.is_undefined() || labels.is_none() {
         return Ok(Value::from("{}"));
     }
-    let mut out = String::from("{");
-    for (i, name) in labels.try_iter()?.enumerate() {
-        let value = labels.get_item(&name)?;
-        if i > 0 {
-            out.push(',');
+    let mut out = String::with_capacity(128);
+    out.push('{');
+    // The payload's own label maps are walked directly; any other map through minijinja.
+    if let Some(map) = labels.downcast_object_ref::<StrMap>() {
+        for (i, (name, value)) in map.0.iter().enumerate() {
+            push_matcher(
+                &mut out,
+                i,
+                name.as_str().unwrap_or_default(),
+                value.as_str().unwrap_or_default(),
+            );
         }
-        let name = name.to_string();
-        let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if plain {
-            out.push_str(&name);
-        } else {
-            push_quoted(&mut out, &name);
+    } else {
+        for (i, name) in labels.try_iter()?.enumerate() {
+            let value = labels.get_item(&name)?;
+            push_matcher(&mut out, i, &name.to_string(), &value.to_string());
         }
-        out.push('=');
-        push_quoted(&mut out, &value.to_string());
     }
     out.push('}');
     Ok(Value::from(out))
 }
 
-fn push_quoted(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+fn push_matcher(out: &mut String, i: usize, name: &str, value: &str) {
+    if i > 0 {
+        out.push(',');
+    }
+    let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+    if plain {
+        out.push_str(name);
+    } else {
+        push_quoted(out, name);
+    }
+    out.push('=');
+    push_quoted(out, value);
+}
+
+/// minijinja's `urlencode`, with strings (a silence link's matchers, every time) encoded in one
+/// pass rather than through `fmt`: the same bytes are kept (ASCII letters and digits, `/`, `.`,
+/// `-`, `_`) and the rest written as `%XX`.
+fn urlencode(v: &Value) -> Result<Value, Error> {
+    let Some(s) = v.as_str() else {
+        return minijinja::filters::urlencode(v).map(Value::from);
+    };
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + s.len() / 2);
+    // Byte by byte: a character outside ASCII is written as its UTF-8 bytes, each encoded.
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'-' | b'_') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
+    Ok(Value::from(out))
+}
+
+fn push_quoted(out: &mut String, s: &str) {
+    out.push('"');
+    let mut rest = s;
+    while let Some(i) = rest.find(['"', '\\', '\n']) {
+        out.push_str(&rest[..i]);
+        out.push_str(match rest.as_bytes()[i] {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            _ => "\\n",
+        });
+        rest = &rest[i + 1..];
+    }
+    out.push_str(rest);
     out.push('"');
 }
 
 fn parse_time(v: &Value) -> Option<OffsetDateTime> {
     if let Some(s) = v.as_str() {
-        return OffsetDateTime::parse(s, &Rfc3339).ok();
+        return payload::parse_timestamp(s).ok();
     }
     if v.is_integer() {
         return OffsetDateTime::from_unix_timestamp(v.as_i64()?).ok();
@@ -1050,6 +1176,13 @@ fn parse_offset(tz: &str) -> Result<UtcOffset, Error> {
 /// How long an alert fired, or the time from a timestamp to `end` (now when absent).
 fn duration(v: &Value, end: Option<&Value>) -> Value {
     let now = OffsetDateTime::now_utc();
+    if let Some(a) = v.downcast_object_ref::<AlertObject>() {
+        let end = match a.ends {
+            Some(e) if a.status == Status::Resolved => e,
+            _ => now,
+        };
+        return Value::from(human_duration(end - a.starts));
+    }
     let (start, end) = match v.get_attr("startsAt") {
         Ok(starts) if !starts.is_undefined() => {
             let resolved = v
@@ -1088,8 +1221,7 @@ fn human_duration(d: time::Duration) -> String {
         let n = rest / unit;
         rest %= unit;
         if n > 0 {
-            out.push_str(&n.to_string());
-            out.push(name);
+            let _ = write!(out, "{n}{name}");
         }
     }
     out
@@ -1281,14 +1413,10 @@ fn line_of(src: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn sample() -> &'static (Payload, BTreeMap<String, String>) {
-        &SAMPLE
-    }
-
     fn ctx(alerts: Range<usize>) -> RenderContext<'static> {
-        let (payload, vars) = sample();
+        let Sample { values, vars, .. } = &*SAMPLE;
         RenderContext {
-            payload,
+            payload: values,
             alerts,
             destination: "team-slack",
             vars,
@@ -1321,7 +1449,7 @@ mod tests {
 
     #[test]
     fn sample_payload_parses() {
-        let (p, _) = sample();
+        let p = sample_payload();
         assert_eq!(p.alerts.len(), 2);
         assert_eq!(p.alerts[1].fingerprint.len(), 16);
     }
@@ -1334,7 +1462,7 @@ mod tests {
             ),
             "4|firing|sample|http://alertmanager.example.com:9093|0"
         );
-        assert_eq!(render("{{ groupKey }}"), sample().0.group_key);
+        assert_eq!(render("{{ groupKey }}"), sample_payload().group_key);
         assert_eq!(
             render("{{ groupLabels.alertname }} {{ commonLabels.job }} {{ commonAnnotations.runbook_url }}"),
             "HighErrorRate api https://runbooks.example.com/high-error-rate"
@@ -1367,7 +1495,7 @@ mod tests {
     #[test]
     fn alerts_have_fields_and_shortcuts() {
         let a = "{% for a in alerts %}{{ a.status }} {{ a.alertname }} {{ a.severity }} {{ a.fingerprint }} {{ a.startsAt }} {{ a.endsAt }} {{ a.annotations.summary }} {{ a.generatorURL }};{% endfor %}";
-        let fp1 = &sample().0.alerts[1].fingerprint;
+        let fp1 = &sample_payload().alerts[1].fingerprint;
         assert_eq!(
             render(a),
             format!(
@@ -1415,7 +1543,7 @@ mod tests {
         .expect("compile");
         let out = t
             .render(&RenderContext {
-                payload: &p,
+                payload: &PayloadValues::new(&p),
                 alerts: 0..1,
                 destination: "d",
                 vars: &vars,
@@ -1536,7 +1664,39 @@ mod tests {
             "[]5"
         );
         assert_eq!(render("{{ 'a-b-c' | split('-') | join('+') }}"), "a+b+c");
+        assert_eq!(render("{{ 'abcdef' | json_escape(4) }}"), "a...");
+        assert_eq!(
+            render(r#"{{ 'a"bcdef' | json_escape(6) }}|{{ 'a"b' | json_escape(6) }}"#),
+            r#"a\"b...|a\"b"#
+        );
+        assert_eq!(render("{{ 'ééééé' | json_escape(4) }}"), "é...");
         assert_eq!(render("{{ 'a b' | urlencode }}"), "a%20b");
+        // The string fast path writes what minijinja's own filter does.
+        for s in [
+            "a b",
+            "{alertname=\"X\",job=~\"a|b\"}",
+            "ü/ß?x=1&y=~2#",
+            "-_./~!*()'",
+            "",
+        ] {
+            let v = Value::from(s);
+            assert_eq!(
+                urlencode(&v).expect("encode").as_str(),
+                Some(minijinja::filters::urlencode(&v).expect("builtin").as_str()),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            render(
+                "{{ {'q': 'a b', 'n': 1} | urlencode }}|{{ 5 | urlencode }}|{{ none | urlencode }}"
+            ),
+            "n=1&q=a%20b|5|"
+        );
+        // Values other than strings are written as minijinja writes them.
+        assert_eq!(
+            render("{{ 1 }}|{{ true }}|{{ none }}|{{ [1, 'a'] }}|{{ 1.5 }}"),
+            r#"1|True|None|[1, "a"]|1.5"#
+        );
         assert_eq!(render("{{ {'k': 'v'} | tojson }}"), r#"{"k":"v"}"#);
         assert_eq!(
             render("{{ \"it's <b> & \\\"q\\\"\" | tojson }}"),
@@ -1775,7 +1935,11 @@ mod tests {
             head.starts_with("*[FIRING] HighErrorRate* · critical\n5xx ratio above 5%"),
             "{head}"
         );
-        assert_eq!(blocks[2]["fields"].as_array().expect("fields").len(), 6);
+        assert_eq!(
+            blocks[2]["text"]["text"],
+            "*alertname*: HighErrorRate\n*instance*: 10.0.0.5:8080\n*job*: api\n\
+             *namespace*: prod\n*service*: checkout\n*severity*: critical"
+        );
         let actions = blocks.last().expect("actions");
         assert_eq!(actions["type"], "actions");
         let urls: Vec<&str> = actions["elements"]
@@ -1863,7 +2027,7 @@ mod tests {
         .expect("compile");
         let out = t
             .render_json(&RenderContext {
-                payload: &p,
+                payload: &PayloadValues::new(&p),
                 alerts: 0..12,
                 destination: "d",
                 vars: &vars,
@@ -1935,7 +2099,7 @@ mod tests {
         assert_eq!(resolve["event_action"], "resolve");
         assert_eq!(
             resolve["dedup_key"],
-            sample().0.alerts[1].fingerprint.as_str()
+            sample_payload().alerts[1].fingerprint.as_str()
         );
         assert!(resolve.get("payload").is_none());
     }
@@ -1944,7 +2108,7 @@ mod tests {
     fn generic_template() {
         let src = include_str!("../../../conf/templates/generic.json.j2");
         let v = ready_made("generic.json.j2", src, 0..2);
-        let (payload, _) = sample();
+        let payload = sample_payload();
         // The whole group comes out as Alertmanager sent it.
         assert_eq!(v, serde_json::to_value(payload).expect("serialize"));
         // One resolved alert of a firing group: only it, with the status it has.
