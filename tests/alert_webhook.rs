@@ -161,6 +161,23 @@ fn webhooks_are_rendered_split_and_delivered() {
     assert_eq!(shown["requests"][0]["target"], "upstream sink/generic");
     assert_eq!(sink.seen().len(), before);
 
+    // A body past 32 KiB is parsed and rendered on the blocking pool: the same answer and
+    // message. Each alert's 2000-character description fits Slack's text.
+    let mut big: Value = serde_json::from_slice(&payload(20, "firing")).unwrap();
+    for a in big["alerts"].as_array_mut().unwrap() {
+        a["annotations"]["description"] = "d".repeat(2000).into();
+    }
+    let body = serde_json::to_vec(&big).unwrap();
+    assert!(body.len() > 32 * 1024, "{} bytes", body.len());
+    let r = post(&gw, "/alerts/slack", &[AUTH], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = sink.seen();
+    assert_eq!(seen.len(), before + 1);
+    let v: Value = serde_json::from_slice(&seen[before].body).expect("Slack JSON");
+    let attachments = v["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), 20);
+    assert_eq!(attachments[19]["blocks"][1]["text"]["text"], "d".repeat(2000));
+
     let metrics = gw.metrics();
     assert!(
         metrics.contains(
