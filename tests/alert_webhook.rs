@@ -176,7 +176,10 @@ fn webhooks_are_rendered_split_and_delivered() {
     let v: Value = serde_json::from_slice(&seen[before].body).expect("Slack JSON");
     let attachments = v["attachments"].as_array().expect("attachments");
     assert_eq!(attachments.len(), 20);
-    assert_eq!(attachments[19]["blocks"][1]["text"]["text"], "d".repeat(2000));
+    assert_eq!(
+        attachments[19]["blocks"][1]["text"]["text"],
+        "d".repeat(2000)
+    );
 
     let metrics = gw.metrics();
     assert!(

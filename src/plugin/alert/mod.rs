@@ -282,8 +282,7 @@ impl HttpPlugin for AlertWebhook {
         };
         let parsed = if body.len() > OFFLOAD_BODY_BYTES {
             let (dest, limits) = (dest.clone(), self.limits);
-            match tokio::task::spawn_blocking(move || parse_and_render(&dest, &body, &limits))
-                .await
+            match tokio::task::spawn_blocking(move || parse_and_render(&dest, &body, &limits)).await
             {
                 Ok(done) => done,
                 Err(e) => {
