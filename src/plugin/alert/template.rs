@@ -124,15 +124,6 @@ impl PayloadValues {
             alerts: p.alerts.iter().map(alert_value).collect(),
         }
     }
-
-    /// How many alerts the payload has.
-    pub fn len(&self) -> usize {
-        self.alerts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.alerts.is_empty()
-    }
 }
 
 /// What one outgoing message is rendered from.
@@ -752,7 +743,7 @@ fn sample_payload() -> Payload {
 
 /// The whole sample group, then each alert alone.
 fn sample_contexts() -> [RenderContext<'static>; 3] {
-    let Sample { values, vars, .. } = &*SAMPLE;
+    let Sample { values, vars } = &*SAMPLE;
     [0..2, 0..1, 1..2].map(|alerts| RenderContext {
         payload: values,
         alerts,
@@ -1414,7 +1405,7 @@ mod tests {
     use super::*;
 
     fn ctx(alerts: Range<usize>) -> RenderContext<'static> {
-        let Sample { values, vars, .. } = &*SAMPLE;
+        let Sample { values, vars } = &*SAMPLE;
         RenderContext {
             payload: values,
             alerts,
@@ -2049,6 +2040,7 @@ mod tests {
             0..2,
         );
         assert_eq!(v["text"], "[FIRING:1, RESOLVED:1] HighErrorRate");
+        assert_eq!(v["thread"]["threadKey"], sample_payload().group_key);
         let card = &v["cardsV2"][0];
         assert_eq!(card["cardId"], "alertmanager");
         assert_eq!(
@@ -2071,6 +2063,34 @@ mod tests {
             widgets[3]["buttonList"]["buttons"][0]["onClick"]["openLink"]["url"],
             "http://prometheus.example.com:9090/graph?g0.expr=rate"
         );
+    }
+
+    #[test]
+    fn googlechat_threads_by_group_alert_or_not_at_all() {
+        let t = Template::compile(
+            "googlechat",
+            include_str!("../../../conf/templates/googlechat.json.j2"),
+        )
+        .expect("compile");
+        let values = PayloadValues::new(&sample_payload());
+        let thread = |by: &str| {
+            let vars = BTreeMap::from([("thread_by".to_owned(), by.to_owned())]);
+            let out = t
+                .render_json(&RenderContext {
+                    payload: &values,
+                    alerts: 1..2,
+                    destination: "d",
+                    vars: &vars,
+                })
+                .expect("render");
+            serde_json::from_str::<serde_json::Value>(&out).expect("json")["thread"].clone()
+        };
+        assert_eq!(thread("group")["threadKey"], sample_payload().group_key);
+        assert_eq!(
+            thread("alert")["threadKey"],
+            sample_payload().alerts[1].fingerprint
+        );
+        assert!(thread("none").is_null());
     }
 
     #[test]
