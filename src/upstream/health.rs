@@ -210,7 +210,7 @@ impl BackgroundService for HealthChecker {
                 _ = tick.tick() => self.tick(),
             }
             ticks += 1;
-            if ticks % FORGET_EVERY == 0 {
+            if ticks.is_multiple_of(FORGET_EVERY) {
                 self.forget_idle_keys();
             }
         }

@@ -525,9 +525,10 @@ impl Destination {
         }
     }
 
-    /// Whether the spool holds messages, the pause after a failed replay is over, and no replay
-    /// runs (in this destination, or in the one of the config before a reload, which shares the
-    /// spool): if so, the caller owns the replay.
+    /// Whether the spool holds messages (or is due a scan for those another process left), the
+    /// pause after a failed replay is over, and no replay runs (in this destination, in the one
+    /// of the config before a reload, which shares the spool, or in another process): if so,
+    /// the caller owns the replay.
     fn replay_due(&self) -> bool {
         let Some(lazy) = &self.spool else {
             return false;
@@ -536,16 +537,21 @@ impl Destination {
             Ok(s) => s,
             Err(e) => {
                 log::error!("destination {}: spool: {e}", self.name);
-                self.replay_after_ms.store(
-                    now_ms() + self.retry.max.as_millis() as u64,
-                    Ordering::Relaxed,
-                );
+                self.pause_replay();
                 return false;
             }
         };
-        spool.depth().0 > 0
+        (spool.depth().0 > 0 || spool.rescan_due())
             && now_ms() >= self.replay_after_ms.load(Ordering::Relaxed)
             && spool.claim_replay()
+    }
+
+    /// No replay for the longest backoff.
+    fn pause_replay(&self) {
+        self.replay_after_ms.store(
+            now_ms() + self.retry.max.as_millis() as u64,
+            Ordering::Relaxed,
+        );
     }
 
     /// Sends what waits in the spool, oldest first, one at a time so that order holds, each by
@@ -555,6 +561,18 @@ impl Destination {
         let Some(spool) = self.spool.as_ref().and_then(LazySpool::opened).cloned() else {
             return;
         };
+        if spool.rescan_due() {
+            let scan = spool.clone();
+            match tokio::task::spawn_blocking(move || scan.adopt()).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => log::info!(
+                    "destination {}: took {n} spooled messages another process left",
+                    self.name
+                ),
+                Ok(Err(e)) => log::error!("destination {}: {e}", self.name),
+                Err(e) => log::error!("destination {}: spool task: {e}", self.name),
+            }
+        }
         while let Some(&id) = spool.oldest(1).first() {
             let read = {
                 let spool = spool.clone();
@@ -562,9 +580,21 @@ impl Destination {
             };
             let message = match read {
                 Ok(Ok(record)) => Message::decode(record),
-                Ok(Err(e)) => {
+                // Delivered or set aside by another process sharing the spool; forgotten.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                // Moved aside to `.bad`, and forgotten.
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
                     log::error!("destination {}: {e}", self.name);
                     continue;
+                }
+                Ok(Err(e)) => {
+                    log::error!(
+                        "destination {}: replay paused for {:?}: {e}",
+                        self.name,
+                        self.retry.max
+                    );
+                    self.pause_replay();
+                    break;
                 }
                 Err(e) => {
                     log::error!("destination {}: spool task: {e}", self.name);
@@ -585,7 +615,13 @@ impl Destination {
                     let spool = spool.clone();
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.remove(id)).await
                     {
-                        log::error!("destination {}: {e}", self.name);
+                        // Until it can be deleted, every replay would send it again.
+                        log::error!(
+                            "destination {}: replay paused for {:?}: {e}",
+                            self.name,
+                            self.retry.max
+                        );
+                        self.pause_replay();
                         break;
                     }
                 }
@@ -603,10 +639,7 @@ impl Destination {
                         self.name,
                         self.retry.max
                     );
-                    self.replay_after_ms.store(
-                        now_ms() + self.retry.max.as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
+                    self.pause_replay();
                     break;
                 }
             }

@@ -3,14 +3,23 @@
 //! renamed into place and the directory synced before `push` returns (as Postfix queues mail),
 //! deleted once delivered. A crash leaves every pushed message either whole or absent, never torn:
 //! a leftover temporary file was never acknowledged and is removed when the spool opens.
+//!
+//! Two processes may share a directory for a while: during an upgrade the old gateway drains its
+//! connections while the new one serves. A file is therefore linked into place, never renamed
+//! over another (an id taken meanwhile by the other process moves on to the next); the directory
+//! is scanned again every few seconds for files the other process left; a file that vanished was
+//! delivered by it; and a lock file lets one process replay at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use crate::upstream::state::now_ms;
 
 /// The first bytes of every spooled file, and its format version.
 const MAGIC: &[u8; 6] = b"ZKSP1\n";
@@ -21,6 +30,10 @@ const TEMP_SUFFIX: &str = "tmp";
 const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
 /// Where a file that fails its checksum is moved: kept for a human, never replayed or deleted.
 const BAD_SUFFIX: &str = "bad";
+/// Held (with an OS file lock) by the process that replays the directory.
+const REPLAY_LOCK: &str = "replay.lock";
+/// How often the directory is scanned for files another process wrote.
+const RESCAN: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub enum SpoolError {
@@ -58,6 +71,10 @@ pub struct Spool {
     inner: Mutex<Inner>,
     /// Someone replays it: one at a time, or messages would go out twice and out of order.
     replaying: AtomicBool,
+    /// The locked [`REPLAY_LOCK`] while this process replays.
+    replay_lock: Mutex<Option<File>>,
+    /// When the directory was last scanned, in milliseconds since the Unix epoch.
+    scanned_ms: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -68,6 +85,8 @@ struct Inner {
     bytes: u64,
     /// Id to file size, in arrival order.
     held: BTreeMap<u64, u64>,
+    /// Ids of pushes under way: on disk perhaps, not yet in `held`, and not to be adopted.
+    pending: BTreeSet<u64>,
 }
 
 /// Every spool the process has open, by directory: a reload that keeps a destination's
@@ -122,26 +141,105 @@ impl Spool {
         let next = last + 1;
         Ok(Spool {
             replaying: AtomicBool::new(false),
+            replay_lock: Mutex::new(None),
+            scanned_ms: AtomicU64::new(now_ms()),
             dir: dir.to_path_buf(),
             inner: Mutex::new(Inner {
                 max_bytes,
                 next,
                 bytes: held.values().sum(),
                 held,
+                pending: BTreeSet::new(),
             }),
         })
+    }
+
+    /// Whether [`Spool::adopt`] is due.
+    pub fn rescan_due(&self) -> bool {
+        now_ms().saturating_sub(self.scanned_ms.load(Ordering::Relaxed))
+            >= RESCAN.as_millis() as u64
+    }
+
+    /// Takes in the messages another process sharing the directory spooled (or an operator put
+    /// back by renaming a set-aside file to `.msg`), and moves new ids past every file there.
+    /// Returns how many it took. Blocking.
+    pub fn adopt(&self) -> io::Result<usize> {
+        self.scanned_ms.store(now_ms(), Ordering::Relaxed);
+        let mut found = Vec::new();
+        let mut last = 0;
+        for entry in fs::read_dir(&self.dir).map_err(|e| context(e, "cannot list", &self.dir))? {
+            let entry = entry?;
+            let path = entry.path();
+            let Some(id) = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            last = last.max(id);
+            if path.extension().and_then(|e| e.to_str()) == Some(SUFFIX) {
+                // Gone already (delivered by the other process) is simply not found.
+                if let Ok(meta) = entry.metadata() {
+                    found.push((id, meta.len()));
+                }
+            }
+        }
+        let mut inner = self.lock();
+        inner.next = inner.next.max(last + 1);
+        let mut taken = 0;
+        for (id, size) in found {
+            if inner.held.contains_key(&id) || inner.pending.contains(&id) {
+                continue;
+            }
+            inner.held.insert(id, size);
+            inner.bytes += size;
+            taken += 1;
+        }
+        Ok(taken)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `true` if the caller now owns the replay, until [`Spool::release_replay`].
+    /// `true` if the caller now owns the replay, until [`Spool::release_replay`]: no other
+    /// replay runs in this process, nor, by the lock file, in another.
     pub fn claim_replay(&self) -> bool {
-        !self.replaying.swap(true, Ordering::AcqRel)
+        if self.replaying.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let path = self.dir.join(REPLAY_LOCK);
+        let locked = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.try_lock().map(|()| f).map_err(io::Error::from));
+        match locked {
+            Ok(f) => {
+                *self.replay_lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+                true
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    log::warn!(
+                        "spool {}: cannot lock {REPLAY_LOCK}: {e}",
+                        self.dir.display()
+                    );
+                }
+                self.replaying.store(false, Ordering::Release);
+                false
+            }
+        }
     }
 
     pub fn release_replay(&self) {
+        // Closing the file releases the lock.
+        self.replay_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         self.replaying.store(false, Ordering::Release);
     }
 
@@ -162,40 +260,76 @@ impl Spool {
                 });
             }
             inner.bytes += size;
-            inner.next += 1;
-            inner.next - 1
+            take_id(&mut inner)
         };
-        match self.write(id, record) {
-            Ok(()) => {
-                self.lock().held.insert(id, size);
-                Ok(id)
+        let written = self.write(id, record);
+        let mut inner = self.lock();
+        inner.pending.remove(&id);
+        match written {
+            Ok(placed) => {
+                inner.pending.remove(&placed);
+                inner.held.insert(placed, size);
+                Ok(placed)
             }
             Err(e) => {
-                self.lock().bytes -= size;
+                inner.bytes -= size;
                 Err(SpoolError::Io(e))
             }
         }
     }
 
-    fn write(&self, id: u64, record: &[u8]) -> io::Result<()> {
-        let temp = self.path(id, TEMP_SUFFIX);
+    /// Writes `record` under a temporary name, then links it into place under `id` or, if
+    /// another process took that id, the next free one; returns the id it got.
+    fn write(&self, mut id: u64, record: &[u8]) -> io::Result<u64> {
+        let (mut f, temp) = loop {
+            let temp = self.path(id, TEMP_SUFFIX);
+            match OpenOptions::new().write(true).create_new(true).open(&temp) {
+                Ok(f) => break (f, temp),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => id = self.skip(id),
+                Err(e) => return Err(context(e, "cannot write to", &self.dir)),
+            }
+        };
         let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)?;
             f.write_all(MAGIC)?;
             f.write_all(&crc32fast::hash(record).to_le_bytes())?;
             f.write_all(record)?;
             f.sync_all()?;
-            fs::rename(&temp, self.path(id, SUFFIX))?;
-            // The rename is durable only once the directory is.
-            File::open(&self.dir)?.sync_all()
+            let placed = self.place(&temp, id)?;
+            // The new name is durable only once the directory is.
+            File::open(&self.dir)?.sync_all()?;
+            Ok(placed)
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
+        let _ = fs::remove_file(&temp);
         result.map_err(|e| context(e, "cannot write to", &self.dir))
+    }
+
+    /// Gives the file at `temp` its queue name, never replacing another file.
+    fn place(&self, temp: &Path, mut id: u64) -> io::Result<u64> {
+        loop {
+            let target = self.path(id, SUFFIX);
+            let taken = match fs::hard_link(temp, &target) {
+                Ok(()) => return Ok(id),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
+                // A file system without hard links: a rename, checked first (not atomically).
+                Err(_) if !target.exists() => {
+                    fs::rename(temp, &target)?;
+                    return Ok(id);
+                }
+                Err(_) => true,
+            };
+            if taken {
+                id = self.skip(id);
+            }
+        }
+    }
+
+    /// Another process has a file under `id`: the next id past it, for this push. That file
+    /// is for [`Spool::adopt`] to take in.
+    fn skip(&self, id: u64) -> u64 {
+        let mut inner = self.lock();
+        inner.pending.remove(&id);
+        inner.next = inner.next.max(id + 1);
+        take_id(&mut inner)
     }
 
     /// The ids of the oldest `n` records.
@@ -205,9 +339,19 @@ impl Spool {
 
     /// Record `id`, checked against its checksum. A damaged file is moved aside (to `.bad`)
     /// and reported as an error, so that it is neither replayed nor lost.
+    /// A file that is gone (delivered or set aside by another process sharing the directory)
+    /// is forgotten and reported as `NotFound`.
     pub fn read(&self, id: u64) -> io::Result<Vec<u8>> {
         let path = self.path(id, SUFFIX);
-        let data = fs::read(&path).map_err(|e| context(e, "cannot read", &path))?;
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::NotFound {
+                    self.forget(id);
+                }
+                return Err(context(e, "cannot read", &path));
+            }
+        };
         let intact = data.len() >= HEADER
             && &data[..MAGIC.len()] == MAGIC
             && data[MAGIC.len()..HEADER] == crc32fast::hash(&data[HEADER..]).to_le_bytes();
@@ -264,6 +408,14 @@ impl Spool {
         // Zero-padded so that a directory listing is in arrival order too.
         self.dir.join(format!("{id:020}.{suffix}"))
     }
+}
+
+/// The next id, marked as a push under way.
+fn take_id(inner: &mut Inner) -> u64 {
+    let id = inner.next;
+    inner.next += 1;
+    inner.pending.insert(id);
+    id
 }
 
 /// A spool opened on first use rather than when the config is built, so that `zkgate check`
@@ -338,6 +490,70 @@ mod tests {
         assert_eq!(again.depth(), (2, 2 * HEADER as u64 + 10));
         // New ids continue after the old ones, so that order holds across restarts.
         assert!(again.push(b"fourth").unwrap() > ids[1]);
+    }
+
+    /// Two gateways on one directory, as during an upgrade: neither overwrites the other's
+    /// files, each takes in what the other left, a file one delivered is forgotten by the
+    /// other, and one replays at a time.
+    #[test]
+    fn two_processes_share_a_directory_without_losing_a_message() {
+        let (dir, old) = fresh(1 << 20);
+        old.push(b"before").unwrap();
+        // The new process opens the directory; both now count from the same next id.
+        let new = Spool::recover(dir.path(), 1 << 20).map(Arc::new).unwrap();
+        let a = old.push(b"old-1").unwrap();
+        let b = new.push(b"new-1").unwrap();
+        let c = new.push(b"new-2").unwrap();
+        let d = old.push(b"old-2").unwrap();
+        let ids = BTreeSet::from([a, b, c, d]);
+        assert_eq!(
+            ids.len(),
+            4,
+            "an id taken by the other moves on: {a} {b} {c} {d}"
+        );
+        let on_disk = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    == Some(SUFFIX)
+            })
+            .count();
+        assert_eq!(on_disk, 5, "nothing was overwritten");
+
+        // The new process takes in what the old one wrote after it opened.
+        assert!(old.lock().pending.is_empty() && new.lock().pending.is_empty());
+        assert_eq!(new.adopt().unwrap(), 2);
+        assert_eq!(new.depth().0, 5);
+        assert_eq!(new.adopt().unwrap(), 0, "a second scan takes nothing twice");
+        let records: Vec<Vec<u8>> = new
+            .oldest(10)
+            .iter()
+            .map(|&i| new.read(i).unwrap())
+            .collect();
+        let mut records: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        records.sort();
+        assert_eq!(
+            records,
+            [&b"before"[..], b"new-1", b"new-2", b"old-1", b"old-2"]
+        );
+        assert!(new.push(b"later").unwrap() > *ids.last().unwrap());
+
+        // One replays at a time, across processes too.
+        assert!(old.claim_replay());
+        assert!(!new.claim_replay());
+        // What the old one delivers, the new one forgets when it finds it gone.
+        old.remove(a).unwrap();
+        old.release_replay();
+        assert!(new.claim_replay());
+        let gone = new.read(a).expect_err("delivered by the other");
+        assert_eq!(gone.kind(), io::ErrorKind::NotFound);
+        assert_eq!(new.depth().0, 5);
+        assert!(!new.oldest(10).contains(&a));
+        new.release_replay();
     }
 
     #[test]
