@@ -536,8 +536,7 @@ impl Destination {
         let spool = match lazy.get() {
             Ok(s) => s,
             Err(e) => {
-                log::error!("destination {}: spool: {e}", self.name);
-                self.pause_replay();
+                self.pause_replay(log::Level::Error, format_args!("spool: {e}"));
                 return false;
             }
         };
@@ -546,8 +545,14 @@ impl Destination {
             && spool.claim_replay()
     }
 
-    /// No replay for the longest backoff.
-    fn pause_replay(&self) {
+    /// No replay for the longest backoff, and why in the log.
+    fn pause_replay(&self, level: log::Level, why: impl std::fmt::Display) {
+        log::log!(
+            level,
+            "destination {}: replay paused for {:?}: {why}",
+            self.name,
+            self.retry.max
+        );
         self.replay_after_ms.store(
             now_ms() + self.retry.max.as_millis() as u64,
             Ordering::Relaxed,
@@ -588,12 +593,7 @@ impl Destination {
                     continue;
                 }
                 Ok(Err(e)) => {
-                    log::error!(
-                        "destination {}: replay paused for {:?}: {e}",
-                        self.name,
-                        self.retry.max
-                    );
-                    self.pause_replay();
+                    self.pause_replay(log::Level::Error, e);
                     break;
                 }
                 Err(e) => {
@@ -616,12 +616,7 @@ impl Destination {
                     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.remove(id)).await
                     {
                         // Until it can be deleted, every replay would send it again.
-                        log::error!(
-                            "destination {}: replay paused for {:?}: {e}",
-                            self.name,
-                            self.retry.max
-                        );
-                        self.pause_replay();
+                        self.pause_replay(log::Level::Error, e);
                         break;
                     }
                 }
@@ -634,12 +629,7 @@ impl Destination {
                     set_aside(&spool, id, "rejected").await;
                 }
                 Err(Outcome::Failed(why)) => {
-                    log::warn!(
-                        "destination {}: replay paused for {:?}: {why}",
-                        self.name,
-                        self.retry.max
-                    );
-                    self.pause_replay();
+                    self.pause_replay(log::Level::Warn, why);
                     break;
                 }
             }
