@@ -244,6 +244,64 @@ fn bad_input_gets_the_right_status_and_nothing_is_forwarded() {
     );
 }
 
+/// Two gateways on one spool directory, as the old and the new one are during an upgrade: what
+/// one acknowledged and spooled is delivered by the other after the first dies, each alert once.
+#[test]
+fn a_gateway_delivers_what_another_left_in_a_shared_spool() {
+    let sink = Backend::start("sink");
+    sink.behave(Behaviour::Status(503));
+    let spool = tempfile::tempdir().unwrap();
+    let mut first = Gateway::start(&config(&sink, spool.path()));
+    let second = Gateway::start(&config(&sink, spool.path()));
+
+    // Both spool while the destination is down; ids they pick at the same time do not clash.
+    for (n, gw) in [&first, &second, &first, &second].into_iter().enumerate() {
+        let mut body: Value = serde_json::from_slice(&payload(1, "firing")).unwrap();
+        body["alerts"][0]["labels"]["alertname"] = json!(format!("shared-{n}"));
+        let r = post(gw, "/alerts/generic", &[AUTH], body.to_string().as_bytes());
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["messages"]["spooled"], 1, "{}", r.text());
+    }
+    let dir = spool.path().join("generic");
+    let spooled = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("msg".as_ref()))
+            .count()
+    };
+    assert_eq!(spooled(), 4);
+
+    // The first dies with two messages of its own that the second never wrote or read.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    sink.behave(Behaviour::Normal);
+    let delivered = || {
+        let mut names: Vec<String> = sink
+            .seen()
+            .iter()
+            .filter(|s| s.status == 200 && s.target == "/generic")
+            .filter_map(|s| {
+                let v: Value = serde_json::from_slice(&s.body).ok()?;
+                Some(v["alerts"][0]["labels"]["alertname"].as_str()?.to_owned())
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || spooled() == 0),
+        "spool not drained: {:?}\n{}",
+        delivered(),
+        second.log()
+    );
+    assert_eq!(
+        delivered(),
+        ["shared-0", "shared-1", "shared-2", "shared-3"],
+        "{}",
+        second.log()
+    );
+}
+
 #[test]
 fn a_destination_that_is_down_gets_every_alert_from_the_spool_once_it_is_back() {
     let sink = Backend::start("sink");
