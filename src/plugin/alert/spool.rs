@@ -1,6 +1,6 @@
 //! The on-disk spool of messages a destination did not take: what lets the gateway acknowledge
 //! a webhook without losing it. One file per message, written under a temporary name, synced,
-//! renamed into place and the directory synced before `push` returns (as Postfix queues mail),
+//! linked into place and the directory synced before `push` returns (as Postfix queues mail),
 //! deleted once delivered. A crash leaves every pushed message either whole or absent, never torn:
 //! a leftover temporary file was never acknowledged and is removed when the spool opens.
 //!
@@ -73,7 +73,7 @@ pub struct Spool {
     replaying: AtomicBool,
     /// The locked [`REPLAY_LOCK`] while this process replays.
     replay_lock: Mutex<Option<File>>,
-    /// When the directory was last scanned, in milliseconds since the Unix epoch.
+    /// When the directory was last scanned, in [`now_ms`] time.
     scanned_ms: AtomicU64,
 }
 
@@ -307,18 +307,14 @@ impl Spool {
     fn place(&self, temp: &Path, mut id: u64) -> io::Result<u64> {
         loop {
             let target = self.path(id, SUFFIX);
-            let taken = match fs::hard_link(temp, &target) {
+            match fs::hard_link(temp, &target) {
                 Ok(()) => return Ok(id),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
                 // A file system without hard links: a rename, checked first (not atomically).
-                Err(_) if !target.exists() => {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists && !target.exists() => {
                     fs::rename(temp, &target)?;
                     return Ok(id);
                 }
-                Err(_) => true,
-            };
-            if taken {
-                id = self.skip(id);
+                Err(_) => id = self.skip(id),
             }
         }
     }
