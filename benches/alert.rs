@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use zkgate::plugin::alert::payload::{fingerprint, parse, parse_timestamp, Limits, Payload};
-use zkgate::plugin::alert::template::{PayloadValues, RenderContext, Template};
+use zkgate::plugin::alert::template::{DestinationValues, PayloadValues, RenderContext, Template};
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -63,6 +63,7 @@ fn benches(c: &mut Criterion) {
     let body1 = body(1);
     let single = parse(&body1, &LIMITS).expect("parse");
     let vars = BTreeMap::from([("routing_key".to_owned(), "R0UT1NGK3Y".to_owned())]);
+    let destination = DestinationValues::new("bench", &vars);
     let slack = Template::compile("slack", include_str!("../conf/templates/slack.json.j2"))
         .expect("slack template");
     let generic = Template::compile("generic", include_str!("../conf/templates/generic.json.j2"))
@@ -74,8 +75,7 @@ fn benches(c: &mut Criterion) {
             let ctx = RenderContext {
                 payload: &values,
                 alerts: alerts.clone(),
-                destination: "bench",
-                vars: &vars,
+                destination: &destination,
             };
             let out = if json {
                 t.render_json(&ctx)

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::deliver::{Backoff, BackoffKind, Sender, Signature, Target};
 use super::metrics::DestinationMetrics;
 use super::spool::LazySpool;
-use super::template::Template;
+use super::template::{DestinationValues, Template};
 use super::{AlertWebhook, Auth, Destination, Split};
 use crate::config::schema::{BreakerSection, Secret};
 use crate::config::units::{Dur, Size};
@@ -407,11 +407,13 @@ fn destination(
         },
         template: template?,
         json,
-        vars: d
-            .vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect(),
+        values: DestinationValues::new(
+            &d.name,
+            &d.vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect(),
+        ),
         split,
         parallel,
         retry,

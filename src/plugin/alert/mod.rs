@@ -14,7 +14,6 @@ pub mod payload;
 pub mod spool;
 pub mod template;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +32,7 @@ use self::deliver::{Backoff, Outcome, Sender};
 use self::metrics::DestinationMetrics;
 use self::payload::{Limits, Payload};
 use self::spool::{LazySpool, Spool, SpoolError};
-use self::template::{PayloadValues, RenderContext, Template};
+use self::template::{DestinationValues, PayloadValues, RenderContext, Template};
 use super::{HttpPlugin, RequestInfo};
 use crate::upstream::state::now_ms;
 
@@ -89,7 +88,8 @@ pub struct Destination {
     template: Template,
     /// Each message must be valid JSON.
     json: bool,
-    vars: BTreeMap<String, String>,
+    /// Its name and `vars` as templates see them.
+    values: DestinationValues,
     split: Split,
     parallel: usize,
     retry: Backoff,
@@ -397,8 +397,7 @@ impl Destination {
                 let ctx = RenderContext {
                     payload: &values,
                     alerts,
-                    destination: &self.name,
-                    vars: &self.vars,
+                    destination: &self.values,
                 };
                 let text = if self.json {
                     self.template.render_json(&ctx)

@@ -126,16 +126,30 @@ impl PayloadValues {
     }
 }
 
+/// A destination as templates see it: its name (`destination`) and its variables (`vars`),
+/// built once when the config is.
+#[derive(Debug, Clone)]
+pub struct DestinationValues {
+    name: Value,
+    vars: Value,
+}
+
+impl DestinationValues {
+    pub fn new(name: &str, vars: &BTreeMap<String, String>) -> DestinationValues {
+        DestinationValues {
+            name: Value::from(name),
+            vars: str_map(vars),
+        }
+    }
+}
+
 /// What one outgoing message is rendered from.
 #[derive(Debug, Clone)]
 pub struct RenderContext<'a> {
     pub payload: &'a PayloadValues,
     /// The payload's alerts this message carries (`i..i + 1` for one message per alert).
     pub alerts: Range<usize>,
-    /// The destination's name, `destination` in the template.
-    pub destination: &'a str,
-    /// The destination's variables, `vars` in the template.
-    pub vars: &'a BTreeMap<String, String>,
+    pub destination: &'a DestinationValues,
 }
 
 /// Why a template does not compile. `Display` gives `line 3: unexpected end of block`, for the
@@ -680,8 +694,8 @@ fn context_value(ctx: &RenderContext<'_>) -> Result<Value, RenderError> {
         group: p.group.clone(),
         alert: chosen.first().cloned().unwrap_or(Value::UNDEFINED),
         alerts: Value::from(chosen.to_vec()),
-        destination: Value::from(ctx.destination),
-        vars: str_map(ctx.vars),
+        destination: ctx.destination.name.clone(),
+        vars: ctx.destination.vars.clone(),
     }))
 }
 
@@ -725,16 +739,17 @@ const SAMPLE_PAYLOAD: &str = r#"{
 
 struct Sample {
     values: PayloadValues,
-    vars: BTreeMap<String, String>,
+    destination: DestinationValues,
 }
 
-static SAMPLE: LazyLock<Sample> = LazyLock::new(|| {
-    let vars = BTreeMap::from([("routing_key".to_owned(), "sample-routing-key".to_owned())]);
-    Sample {
-        values: PayloadValues::new(&sample_payload()),
-        vars,
-    }
+static SAMPLE: LazyLock<Sample> = LazyLock::new(|| Sample {
+    values: PayloadValues::new(&sample_payload()),
+    destination: DestinationValues::new("sample", &sample_vars()),
 });
+
+fn sample_vars() -> BTreeMap<String, String> {
+    BTreeMap::from([("routing_key".to_owned(), "sample-routing-key".to_owned())])
+}
 
 fn sample_payload() -> Payload {
     payload::parse(SAMPLE_PAYLOAD.as_bytes(), &Limits { max_alerts: 10 })
@@ -743,12 +758,14 @@ fn sample_payload() -> Payload {
 
 /// The whole sample group, then each alert alone.
 fn sample_contexts() -> [RenderContext<'static>; 3] {
-    let Sample { values, vars } = &*SAMPLE;
+    let Sample {
+        values,
+        destination,
+    } = &*SAMPLE;
     [0..2, 0..1, 1..2].map(|alerts| RenderContext {
         payload: values,
         alerts,
-        destination: "sample",
-        vars,
+        destination,
     })
 }
 
@@ -1404,13 +1421,14 @@ fn line_of(src: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
 
+    static TEAM_SLACK: LazyLock<DestinationValues> =
+        LazyLock::new(|| DestinationValues::new("team-slack", &sample_vars()));
+
     fn ctx(alerts: Range<usize>) -> RenderContext<'static> {
-        let Sample { values, vars } = &*SAMPLE;
         RenderContext {
-            payload: values,
+            payload: &SAMPLE.values,
             alerts,
-            destination: "team-slack",
-            vars,
+            destination: &TEAM_SLACK,
         }
     }
 
@@ -1536,8 +1554,7 @@ mod tests {
             .render(&RenderContext {
                 payload: &PayloadValues::new(&p),
                 alerts: 0..1,
-                destination: "d",
-                vars: &vars,
+                destination: &DestinationValues::new("d", &vars),
             })
             .expect("render");
         assert_eq!(out, "[][][unknown][?][]");
@@ -2020,8 +2037,7 @@ mod tests {
             .render_json(&RenderContext {
                 payload: &PayloadValues::new(&p),
                 alerts: 0..12,
-                destination: "d",
-                vars: &vars,
+                destination: &DestinationValues::new("d", &vars),
             })
             .expect("render");
         let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -2079,8 +2095,7 @@ mod tests {
                 .render_json(&RenderContext {
                     payload: &values,
                     alerts: 1..2,
-                    destination: "d",
-                    vars: &vars,
+                    destination: &DestinationValues::new("d", &vars),
                 })
                 .expect("render");
             serde_json::from_str::<serde_json::Value>(&out).expect("json")["thread"].clone()
