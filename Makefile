@@ -11,9 +11,10 @@ ENSURE       := scripts/ensure-packages.sh
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
 
-# The end-to-end tests start real servers: ZooKeeper (with its JRE) and Alertmanager among them.
+# The end-to-end tests start real servers: ZooKeeper (with its JRE), Alertmanager and nginx (the
+# reference for the hardening tests) among them.
 deps-test: deps
-	@$(ENSURE) zookeeper prometheus-alertmanager
+	@$(ENSURE) zookeeper prometheus-alertmanager nginx-light
 
 deps-musl: deps
 	@$(ENSURE) musl-tools file

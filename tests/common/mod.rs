@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod nginx;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -103,6 +104,27 @@ pub fn request(
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
     read_response(&mut BufReader::new(s), method == "HEAD")
+}
+
+/// Sends `bytes` as they are (a request the client helpers could not write: a bad request line,
+/// odd framing) on a fresh connection, and reads one response; `Ok(None)` when the server closed
+/// the connection without answering.
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Option<Response>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(bytes)?;
+    match read_response(&mut BufReader::new(s), false) {
+        Ok(r) => Ok(Some(r)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn get(addr: SocketAddr, target: &str) -> Response {
