@@ -1,5 +1,5 @@
-//! Criterion benchmarks of the request-path pieces: route match among 1,000 routes, path
-//! rewrites, and backend picks for each balancing algorithm. `tests/alloc_free.rs` proves the
+//! Criterion benchmarks of the request-path pieces: path normalization, route match among 1,000
+//! routes, path rewrites, and backend picks for each balancing algorithm. `tests/alloc_free.rs` proves the
 //! same calls allocate nothing.
 
 use std::hint::black_box;
@@ -37,6 +37,22 @@ pub fn thousand_routes() -> Snapshot {
         y += &format!("  - {{ name: regex{i}, match: {{ path_regex: \"^/re{i}/[0-9]+$\", methods: [GET] }}, upstream: u }}\n");
     }
     zkgate::config::load_str(&y, None).expect("bench config")
+}
+
+fn normalize(c: &mut Criterion) {
+    use zkgate::route::path::{normalize, PathPolicy};
+    let policy = PathPolicy::default();
+    let mut g = c.benchmark_group("path_normalize");
+    for (name, raw) in [
+        ("plain", "/svc60/v2/users/42/orders?page=2"),
+        ("encoded_kept", "/files/caf%C3%A9/r%C3%A9sum%C3%A9.pdf"),
+        ("rewritten", "/svc60//v2/./users/%2e%2e/%34%32/orders"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(normalize(black_box(raw.as_bytes()), &policy)).is_ok())
+        });
+    }
+    g.finish();
 }
 
 fn route_match(c: &mut Criterion) {
@@ -157,5 +173,5 @@ fn pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, route_match, rewrite, pick);
+criterion_group!(benches, normalize, route_match, rewrite, pick);
 criterion_main!(benches);

@@ -1,11 +1,25 @@
 //! Which address a request comes from: the connection's peer, unless that peer is a proxy
 //! listed as trusted, in which case `X-Forwarded-For` is read from the right, skipping trusted
 //! proxies, and the first address that is not one is the client (a client can prepend anything
-//! to the header, so only what trusted hops appended counts).
+//! to the header, so only what trusted hops appended counts). The same trust decides what the
+//! upstream is told: a peer that is no trusted proxy cannot pass forwarding headers on.
 
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+/// What the upstream gets of the forwarding headers of a peer that is not a trusted proxy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UntrustedForwarded {
+    /// `X-Forwarded-For` starts afresh with the peer's address; `X-Real-IP` and `Forwarded` are
+    /// dropped (Envoy's default): a backend that trusts them cannot be lied to.
+    #[default]
+    Strip,
+    /// Passed on as the client sent them, the peer appended to `X-Forwarded-For`.
+    Keep,
+}
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,17 +80,25 @@ impl Cidr {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientIp {
     trusted: Box<[Cidr]>,
+    untrusted_forwarded: UntrustedForwarded,
 }
 
 impl ClientIp {
-    pub fn new(trusted: Vec<Cidr>) -> ClientIp {
+    pub fn new(trusted: Vec<Cidr>, untrusted_forwarded: UntrustedForwarded) -> ClientIp {
         ClientIp {
             trusted: trusted.into(),
+            untrusted_forwarded,
         }
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    /// Whether the forwarding headers that `peer` sent reach the upstream (with the peer
+    /// appended to `X-Forwarded-For`), rather than being replaced by the peer alone.
+    pub fn passes_forwarded(&self, peer: IpAddr) -> bool {
+        self.untrusted_forwarded == UntrustedForwarded::Keep || self.trusts(peer)
     }
 
     /// The client of a request from `peer` with `headers`.
@@ -139,7 +161,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_counts_only_from_trusted_peers() {
-        let c = ClientIp::new(vec![Cidr::parse("10.0.0.0/8").unwrap()]);
+        let c = ClientIp::new(
+            vec![Cidr::parse("10.0.0.0/8").unwrap()],
+            UntrustedForwarded::Strip,
+        );
         // An untrusted peer's header is ignored: it could say anything.
         assert_eq!(
             c.resolve(ip("203.0.113.9"), &headers(&["1.2.3.4"])),

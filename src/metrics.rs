@@ -21,6 +21,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub downstream_connections: IntGauge,
+    pub bad_requests: IntCounter,
     pub backends: IntGaugeVec,
     pub health_check_failures: IntCounterVec,
     pub limited: IntCounterVec,
@@ -66,6 +67,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Client connections open on the proxy listeners."
         )
         .expect("register zkgate_downstream_connections_active"),
+        bad_requests: register_int_counter!(
+            "zkgate_bad_requests_total",
+            "Requests refused with 400 before routing: a target that is not a normal path, a \
+             missing or repeated Host."
+        )
+        .expect("register zkgate_bad_requests_total"),
         backends: register_int_gauge_vec!(
             "zkgate_upstream_backends",
             "Backends that can be picked (weight above zero), per upstream.",

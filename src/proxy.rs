@@ -18,15 +18,18 @@ use pingora::{ErrorSource, ErrorType};
 use crate::access_log::AccessLog;
 use crate::limit::{retry_after_secs, Permit};
 use crate::live::Shared;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{RouteMetrics, METRICS};
 use crate::plugin::{PluginState, RequestInfo};
 use crate::route::{
-    normalize_host, normalize_path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
+    normalize_host, path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
 };
 use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::breaker::Admit;
 use crate::upstream::state::InFlight;
 use crate::upstream::Upstream;
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_REAL_IP: &str = "x-real-ip";
 
 const MAX_ATTEMPTS: usize = RetryPolicy::MAX_ATTEMPTS as usize;
 
@@ -51,8 +54,11 @@ pub struct RequestCtx {
     started: Instant,
     snapshot: Option<Arc<Snapshot>>,
     route: Option<u32>,
-    /// The path after dot-segment removal, when it differs from the request's.
+    /// The normalized path (`route::path`), when the upstream must get another target than
+    /// the one the client sent.
     normalized_path: Option<String>,
+    /// The authority of an absolute-form target: the upstream's `Host`.
+    authority: Option<Box<str>>,
     /// The client's address: the peer, or from X-Forwarded-For behind trusted proxies.
     client: Option<IpAddr>,
     /// The route's slot for this request while it is in flight, if the route caps that.
@@ -271,6 +277,47 @@ async fn answer_early(session: &mut Session, route: Option<&Route>) -> Result<bo
     Ok(false)
 }
 
+/// A 400 from the gateway; the connection is closed, since a client that sent a malformed
+/// request may frame the next one differently from us.
+async fn bad_request(session: &mut Session, why: &'static str) -> Result<bool> {
+    METRICS.bad_requests.inc();
+    session.set_keepalive(None);
+    answer(session, 400, why).await?;
+    Ok(true)
+}
+
+/// The one `Host` header, if any. An HTTP/1.1 request must carry exactly one (RFC 9112 §3.2);
+/// HTTP/1.0 may carry none, and HTTP/2 carries `:authority` in the URI instead.
+fn host_header(req: &RequestHeader) -> std::result::Result<Option<&[u8]>, &'static str> {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("bad request: more than one Host header\n"),
+        (Some(h), None) => Ok(Some(h.as_bytes())),
+        (None, _) if req.version == http::Version::HTTP_11 => {
+            Err("bad request: an HTTP/1.1 request needs a Host header\n")
+        }
+        (None, _) => Ok(None),
+    }
+}
+
+/// Whether every `Content-Length` header holds the same value (none or one trivially do).
+fn content_lengths_agree(req: &RequestHeader) -> bool {
+    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
+    let first = values.next();
+    values.all(|v| Some(v) == first)
+}
+
+/// Identical repeated `Content-Length` headers are one length (RFC 9110 §8.6): the upstream
+/// gets a single header, so that no hop after us can read them differently.
+fn one_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let (Some(first), Some(_)) = (values.next(), values.next()) {
+        let first = first.clone();
+        req.insert_header(CONTENT_LENGTH, first)?;
+    }
+    Ok(())
+}
+
 /// Header count and total size, checked against the listener's limits.
 fn headers_too_large(req: &RequestHeader, l: &Listener) -> bool {
     if req.headers.len() > l.max_request_headers {
@@ -298,6 +345,7 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             route: None,
             normalized_path: None,
+            authority: None,
             client: None,
             permit: None,
             backend: None,
@@ -324,23 +372,32 @@ impl ProxyHttp for Gateway {
         }
         let snapshot = self.shared.load_full();
         let req = session.req_header();
-        let host_raw = req
-            .headers
-            .get(HOST)
-            .map(HeaderValue::as_bytes)
-            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let target = match path::normalize(req.raw_path(), &self.listener.path) {
+            Ok(t) => t,
+            Err(refusal) => return bad_request(session, refusal.reason()).await,
+        };
+        if !content_lengths_agree(req) {
+            return bad_request(session, "bad request: conflicting Content-Length headers\n").await;
+        }
+        let host_raw = match (target.authority, host_header(req)) {
+            (_, Err(why)) => return bad_request(session, why).await,
+            // An absolute-form target's authority stands for the host (RFC 9112 §3.2.2).
+            (Some(a), _) => Some(a.as_bytes()),
+            (None, Ok(Some(h))) => Some(h),
+            (None, Ok(None)) => req.uri.authority().map(|a| a.as_str().as_bytes()),
+        };
         let host = host_raw.and_then(normalize_host);
-        let path = normalize_path(req.uri.path());
         let view = RequestView {
             method: &req.method,
             host: host.as_deref(),
-            path: &path,
+            path: &target.path,
             headers: &req.headers,
         };
         ctx.client = client_ip(session).map(|peer| snapshot.client_ip.resolve(peer, &req.headers));
         let found = snapshot.routes.find(&view);
-        if let std::borrow::Cow::Owned(p) = path {
-            ctx.normalized_path = Some(p);
+        if target.changed() {
+            ctx.normalized_path = Some(target.path.into_owned());
+            ctx.authority = target.authority.map(Box::from);
         }
         ctx.route = found;
         let route = found.map(|id| snapshot.routes.get(id));
@@ -414,7 +471,7 @@ impl ProxyHttp for Gateway {
         let key = upstream.policy.hash_key.as_ref().and_then(|k| {
             k.extract(
                 ctx.client,
-                req.uri.path(),
+                ctx.normalized_path.as_deref().unwrap_or(req.uri.path()),
                 req.uri.query(),
                 &req.headers,
                 &mut ip_buf,
@@ -544,16 +601,28 @@ impl ProxyHttp for Gateway {
             })?;
             upstream_request.set_uri(uri);
         }
-        if let Some(ip) = client_ip(session) {
-            let xff = match upstream_request
+        if let Some(authority) = &ctx.authority {
+            upstream_request.insert_header(HOST, &**authority)?;
+        }
+        one_content_length(upstream_request)?;
+        if let Some(peer) = client_ip(session) {
+            let passes = ctx
+                .snapshot
+                .as_ref()
+                .is_some_and(|s| s.client_ip.passes_forwarded(peer));
+            let prev = upstream_request
                 .headers
-                .get("x-forwarded-for")
-                .map(|v| v.to_str())
-            {
-                Some(Ok(prev)) => format!("{prev}, {ip}"),
-                _ => ip.to_string(),
+                .get(X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok());
+            let xff = match prev {
+                Some(prev) if passes => format!("{prev}, {peer}"),
+                _ => peer.to_string(),
             };
-            upstream_request.insert_header("x-forwarded-for", xff)?;
+            if !passes {
+                upstream_request.remove_header(X_REAL_IP);
+                upstream_request.remove_header(&http::header::FORWARDED);
+            }
+            upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
         }
         route.request_headers.apply_request(upstream_request)
     }

@@ -1,4 +1,5 @@
-//! The request-path pieces that must not allocate: route matching and backend picks. A counting
+//! The request-path pieces that must not allocate: path normalization of a path already in
+//! normal form, route matching and backend picks. A counting
 //! allocator counts this thread's allocations around the calls.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -52,6 +53,23 @@ routes:
   - { name: host, match: { host: "*.example.com", path_prefix: /, methods: [GET, POST] }, upstream: rr }
   - { name: regex, match: { path_regex: "^/r/[0-9]+$" }, upstream: rr }
 "#;
+
+#[test]
+fn normalizing_a_normal_path_does_not_allocate() {
+    use zkgate::route::path::{normalize, PathPolicy};
+    let policy = PathPolicy::default();
+    for raw in [
+        "/",
+        "/svc/v2/users/42/orders?page=2&x=%2F",
+        "/files/caf%C3%A9/a;b=c/~x",
+    ] {
+        let n = allocations(|| {
+            let t = normalize(raw.as_bytes(), &policy).expect("normal path");
+            assert!(!t.changed());
+        });
+        assert_eq!(n, 0, "{raw}");
+    }
+}
 
 #[test]
 fn route_matching_and_backend_picks_do_not_allocate() {

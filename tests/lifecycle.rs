@@ -189,6 +189,34 @@ fn explain_shows_route_rewrite_and_upstream() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("404"));
+
+    // The path shown, matched and forwarded is the normalized one; a refused one says so.
+    let explain = |url: &str| {
+        let out = Command::new(bin())
+            .args([
+                "explain",
+                "-c",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/conf/zkgate.yaml"),
+                "GET",
+                url,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = explain("/x/%2e%2e//demo/%68ello");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("path:      /demo/hello (normalized)"),
+        "{text}"
+    );
+    assert!(text.contains("forwarded: GET /hello"), "{text}");
+    let (code, text) = explain("/demo/a%2fb");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("refused:   400"), "{text}");
 }
 
 /// The Prometheus text format, line by line: HELP/TYPE comments and `name{labels} value`.

@@ -7,7 +7,7 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, Uri};
 
 use crate::config::Source;
-use crate::route::{normalize_host, normalize_path, Action, RequestView};
+use crate::route::{normalize_host, path, Action, RequestView};
 
 pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> ExitCode {
     let snapshot = match super::load_or_report(&src) {
@@ -21,9 +21,25 @@ pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> Exit
     let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
         return fail(format!("`{method}` is not an HTTP method"));
     };
+    // The gateway normalizes with its first listener's policy unless told which listener.
+    let policy = snapshot
+        .settings
+        .listeners
+        .first()
+        .map(|l| l.path)
+        .unwrap_or_default();
     let Ok(uri) = url.parse::<Uri>() else {
         return fail(format!("`{url}` is not a URL"));
     };
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let target = match path::normalize(target.as_bytes(), &policy) {
+        Ok(t) => t,
+        Err(refusal) => {
+            print!("refused:   400 {}", refusal.reason());
+            return ExitCode::from(1);
+        }
+    };
+    let path = target.path;
     let mut map = HeaderMap::new();
     for h in headers {
         let Some((k, v)) = h.split_once(':') else {
@@ -47,7 +63,6 @@ pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> Exit
         }
     }
     let host = map.get(HOST).and_then(|v| normalize_host(v.as_bytes()));
-    let path = normalize_path(uri.path());
     let view = RequestView {
         method: &method,
         host: host.as_deref(),
@@ -60,6 +75,7 @@ pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> Exit
     };
     let route = snapshot.routes.get(id);
     println!("route:     {}", route.name);
+    println!("path:      {path} (normalized)");
     match &route.action {
         Action::Respond(r) => println!("respond:   {} ({} byte body)", r.status, r.body.len()),
         Action::Plugin => {

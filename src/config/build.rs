@@ -18,6 +18,7 @@ use super::schema::*;
 use crate::client_ip::{Cidr, ClientIp};
 use crate::limit::{ConcurrencyLimit, Rate, RateLimiter};
 use crate::metrics::RouteMetrics;
+use crate::route::path::{self, Backslash, EncodedSlashes, PathPolicy};
 use crate::route::rewrite::check_replacement;
 use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
@@ -73,7 +74,7 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
         routes: RouteTable::new(routes),
         upstreams,
         settings,
-        client_ip: ClientIp::new(trusted),
+        client_ip: ClientIp::new(trusted, raw.client_ip.untrusted_forwarded),
         raw,
         generation: prev.map_or(1, |p| p.generation + 1),
     })
@@ -137,6 +138,7 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
                 .max_request_header_bytes
                 .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
             keepalive_requests: l.keepalive_requests,
+            path: l.path.build(),
         });
     }
     if raw.server.threads == Some(0) {
@@ -816,9 +818,33 @@ fn path_match(m: &MatchSection, at: &str, errors: &mut ConfigErrors) -> Option<P
         );
         return None;
     }
+    // Requests are matched on their normalized path, so a path that normalization would change
+    // could never match. The most lenient policy is the test: a listener may keep `//`, `%2F`
+    // and backslashes.
+    let lenient = PathPolicy {
+        merge_slashes: false,
+        encoded_slashes: EncodedSlashes::Keep,
+        backslash: Backslash::Keep,
+    };
     let must_be_absolute = |key: &str, p: &str, errors: &mut ConfigErrors| {
         if !p.starts_with('/') {
             errors.push(format!("{at}.{key}"), format!("`{p}` must start with `/`"));
+            return;
+        }
+        match path::normalize(p.as_bytes(), &lenient) {
+            Ok(t) if t.query.is_none() && !t.changed() => {}
+            Ok(t) if t.query.is_none() => errors.push(
+                format!("{at}.{key}"),
+                format!(
+                    "`{p}` never matches: requests are matched on their normalized path, here `{}`",
+                    t.path
+                ),
+            ),
+            Ok(_) => errors.push(format!("{at}.{key}"), "a path cannot hold a query (`?`)"),
+            Err(r) => {
+                let why = r.reason().trim_end().trim_start_matches("bad request: ");
+                errors.push(format!("{at}.{key}"), format!("`{p}`: {why}"))
+            }
         }
     };
     if let Some(p) = &m.path {
@@ -1229,6 +1255,28 @@ routes:
             "routes[6].match.host: `*.` is not a valid wildcard",
             "routes[6].match.methods[0]: `G T` is not an HTTP method",
             "routes[6].respond.status: `99` is not a final HTTP status",
+        ];
+        assert_exactly(&errs, &expected);
+    }
+
+    #[test]
+    fn route_paths_must_be_in_normal_form() {
+        let errs = errors(
+            r#"
+routes:
+  - { name: a, match: { path: /a//b/../c }, respond: { body: x } }
+  - { name: b, match: { path_prefix: "/%61pi/" }, respond: { body: x } }
+  - { name: c, match: { path: "/x?y" }, respond: { body: x } }
+  - { name: d, match: { path: "/x%00" }, respond: { body: x } }
+  - { name: e, match: { path_prefix: "/a%2Fb//c\\d/" }, respond: { body: x } }
+"#,
+        );
+        let expected = [
+            "routes[0].match.path: `/a//b/../c` never matches: requests are matched on their normalized path, here `/a//c`",
+            "routes[1].match.path_prefix: `/%61pi/` never matches: requests are matched on their normalized path, here `/api/`",
+            "routes[2].match.path: a path cannot hold a query (`?`)",
+            "routes[3].match.path: `/x%00`: control character in the path",
+            "routes[4].match.path_prefix: `/a%2Fb//c\\d/` never matches: requests are matched on their normalized path, here `/a%2Fb//c%5Cd/`",
         ];
         assert_exactly(&errs, &expected);
     }

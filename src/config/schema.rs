@@ -52,6 +52,10 @@ pub struct AccessLogSection {
 pub struct ClientIpSection {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// What becomes of `X-Forwarded-For`, `X-Real-IP` and `Forwarded` from a peer that is not
+    /// a trusted proxy (default `strip`).
+    #[serde(default)]
+    pub untrusted_forwarded: crate::client_ip::UntrustedForwarded,
 }
 
 /// The ZooKeeper ensemble that `zookeeper:` upstreams follow.
@@ -113,6 +117,9 @@ pub struct ListenerSection {
     pub max_request_headers: Option<usize>,
     pub max_request_header_bytes: Option<Size>,
     pub keepalive_requests: Option<u32>,
+    /// How request paths are normalized before matching and forwarding.
+    #[serde(default)]
+    pub path: crate::route::path::PathSection,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //!
 //! Matching borrows the request and allocates nothing.
 
+pub mod path;
 mod prefix;
 pub mod rewrite;
 
@@ -386,43 +387,6 @@ pub fn normalize_host(raw: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
-/// Resolves `.` and `..` segments (RFC 3986 section 5.2.4) so that `/public/../admin` is routed,
-/// and forwarded, as `/admin`. Borrows when there is nothing to resolve.
-pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    let has_dots = path.split('/').any(|seg| seg == "." || seg == "..");
-    if !has_dots {
-        return Cow::Borrowed(path);
-    }
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if i == last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let mut s = String::with_capacity(path.len());
-    for seg in out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() {
-        s.push('/');
-    }
-    Cow::Owned(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,18 +405,6 @@ mod tests {
         assert_eq!(normalize_host(b"[::1]").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host(b""), None);
         assert_eq!(normalize_host(b"[::1"), None);
-    }
-
-    #[test]
-    fn dot_segments_are_resolved() {
-        assert_eq!(normalize_path("/a/b"), "/a/b");
-        assert_eq!(normalize_path("/public/../admin"), "/admin");
-        assert_eq!(normalize_path("/a/./b/"), "/a/b/");
-        assert_eq!(normalize_path("/../../etc"), "/etc");
-        assert_eq!(normalize_path("/a/.."), "/");
-        assert_eq!(normalize_path("/a/b/."), "/a/b/");
-        assert_eq!(normalize_path("/a..b/c"), "/a..b/c");
-        assert!(matches!(normalize_path("/x/y"), Cow::Borrowed(_)));
     }
 
     #[test]
