@@ -34,6 +34,9 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: Option<String>,
+    /// The bearer token every admin write (drain, undrain) and `/config` must carry. Without
+    /// one, writes are refused and reads stay open.
+    pub token: Option<Secret>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -78,6 +81,9 @@ pub struct DigestSection {
     pub password: Secret,
 }
 
+/// What `/config` and logs show in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// A value that `/config` and logs show as `<redacted>`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -85,13 +91,13 @@ pub struct Secret(pub String);
 
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
+        s.serialize_str(REDACTED)
     }
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
@@ -322,12 +328,48 @@ pub struct MatchSection {
 }
 
 /// With neither `value` nor `regex`, the header only has to be present.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
     pub value: Option<String>,
     pub regex: Option<String>,
+}
+
+impl HeaderMatch {
+    /// What `/config` shows: a route that matches on a credential (`authorization: Bearer ...`)
+    /// holds that credential, so its value and regex are redacted.
+    fn shown(&self) -> (Option<&str>, Option<&str>) {
+        if crate::logging::is_credential_header(&self.name) {
+            let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+            (hide(&self.value), hide(&self.regex))
+        } else {
+            (self.value.as_deref(), self.regex.as_deref())
+        }
+    }
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (value, regex) = self.shown();
+        let mut st = s.serialize_struct("HeaderMatch", 3)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("value", &value)?;
+        st.serialize_field("regex", &regex)?;
+        st.end()
+    }
+}
+
+impl std::fmt::Debug for HeaderMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (value, regex) = self.shown();
+        f.debug_struct("HeaderMatch")
+            .field("name", &self.name)
+            .field("value", &value)
+            .field("regex", &regex)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -354,7 +396,10 @@ pub struct RewriteSection {
     pub add_prefix: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// Header edits of a route. Values of `set` and `add` are often credentials for the upstream
+/// (`Authorization`, an API key), so `/config` and debug logs show them as `<redacted>` unless
+/// their name is listed in `public`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
     #[serde(default)]
@@ -363,6 +408,53 @@ pub struct HeaderEdits {
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Names (any case) of `set` and `add` headers whose values are not secret.
+    #[serde(default)]
+    pub public: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether the value `set` or `add` gives header `name` may be shown.
+    pub fn is_public(&self, name: &str) -> bool {
+        self.public.iter().any(|p| p.eq_ignore_ascii_case(name))
+    }
+
+    fn shown<'a>(&'a self, map: &'a BTreeMap<String, String>) -> BTreeMap<&'a str, &'a str> {
+        map.iter()
+            .map(|(k, v)| {
+                let v = if self.is_public(k) {
+                    v.as_str()
+                } else {
+                    REDACTED
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+/// What `/config` shows: the secret values replaced.
+impl Serialize for HeaderEdits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HeaderEdits", 4)?;
+        st.serialize_field("set", &self.shown(&self.set))?;
+        st.serialize_field("add", &self.shown(&self.add))?;
+        st.serialize_field("remove", &self.remove)?;
+        st.serialize_field("public", &self.public)?;
+        st.end()
+    }
+}
+
+impl std::fmt::Debug for HeaderEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderEdits")
+            .field("set", &self.shown(&self.set))
+            .field("add", &self.shown(&self.add))
+            .field("remove", &self.remove)
+            .field("public", &self.public)
+            .finish()
+    }
 }
 
 /// The whole file, once every section parsed.
@@ -376,6 +468,27 @@ impl Balance {
             Balance::LeastConn => "least_conn",
             Balance::P2c => "p2c",
         }
+    }
+}
+
+impl RawConfig {
+    /// Headers whose values this config holds as secrets: routes' header edits not marked
+    /// public, and the headers alert destinations are sent with.
+    pub fn secret_header_names(&self) -> impl Iterator<Item = &str> {
+        let edits = self
+            .routes
+            .iter()
+            .flat_map(|r| [&r.request_headers, &r.response_headers])
+            .flat_map(|e| e.set.keys().chain(e.add.keys()).filter(|k| !e.is_public(k)));
+        let destinations = self
+            .routes
+            .iter()
+            .filter_map(|r| match &r.plugin {
+                Some(crate::plugin::PluginSection::AlertWebhook(a)) => Some(a),
+                _ => None,
+            })
+            .flat_map(|a| a.destinations.iter().flat_map(|d| d.headers.keys()));
+        edits.chain(destinations).map(String::as_str)
     }
 }
 
