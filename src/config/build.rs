@@ -1398,6 +1398,22 @@ routes:
         );
         assert!(!errs.concat().contains("s3cret"), "{errs:?}");
 
+        // A number where a secret goes is refused without being shown.
+        let errs = errors(
+            "zookeeper: { connect: \"h:1\", digest: { user: u, password: 91827364 } }\nadmin: { token: 123456789012345678 }\nupstreams: [{ name: a, backends: [\"127.0.0.1:1\"] }]\nroutes: [{ name: r, upstream: a, request_headers: { set: { x-pin: 5551234 } } }]\n",
+        );
+        assert_exactly(
+            &errs,
+            &[
+                "zookeeper.digest.password: must be a string: put it in quotes",
+                "admin.token: must be a string: put it in quotes",
+                "routes[0].request_headers.set.x-pin: must be a string: put it in quotes",
+            ],
+        );
+        for number in ["91827364", "123456789012345678", "5551234"] {
+            assert!(!errs.concat().contains(number), "{errs:?}");
+        }
+
         let ok = load_str(
             r#"
 listeners: [{ name: web, listen: "127.0.0.1:1" }]

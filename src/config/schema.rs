@@ -85,9 +85,53 @@ pub struct DigestSection {
 pub const REDACTED: &str = "<redacted>";
 
 /// A value that `/config` and logs show as `<redacted>`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
+
+/// A secret must be a string. serde's own error for anything else quotes the value
+/// (``invalid type: integer `123456` ``), and config errors reach `zkgate check`'s output and
+/// the reload log, so a number is refused without being shown.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        fn not_shown<E: serde::de::Error>() -> E {
+            E::custom("must be a string: put it in quotes (the value is secret, so not shown)")
+        }
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+        }
+        d.deserialize_any(Text)
+    }
+}
+
+/// A map of header values read like [`Secret`]s: a wrong type is reported without the value.
+fn secret_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, Secret>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
 
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -402,9 +446,9 @@ pub struct RewriteSection {
 #[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_values")]
     pub set: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_values")]
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
