@@ -261,3 +261,29 @@ fn credentials_never_reach_the_log_at_trace_level() {
     // A public value is shown.
     assert!(log.contains("staging"), "{log}");
 }
+
+#[test]
+fn a_reload_rotates_the_token() {
+    let backend = Backend::start("a");
+    let yaml = |token: &str| {
+        format!(
+            "admin: {{ listen: \"{{ADMIN}}\", token: {token} }}\nupstreams: [{{ name: app, backends: [\"{}\"] }}]\nroutes: [{{ name: app, upstream: app }}]\n",
+            backend.addr
+        )
+    };
+    let gw = Gateway::start(&yaml(TOKEN));
+    let drain = format!("/upstreams/app/{}/drain", backend.addr);
+    assert_eq!(post(&gw, &drain, &[RIGHT], b"").status, 200);
+
+    gw.write_config(&yaml("rotated-token-9876543210"));
+    gw.signal("HUP");
+    let new = ("authorization", "Bearer rotated-token-9876543210");
+    assert!(
+        common::eventually(std::time::Duration::from_secs(10), || {
+            post(&gw, &drain, &[new], b"").status == 200
+        }),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(post(&gw, &drain, &[RIGHT], b"").status, 401);
+}
