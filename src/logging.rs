@@ -8,6 +8,9 @@
 //! marks secret become `<redacted>`. It works on the text because the dumps are formatted inside
 //! Pingora, where zkgate cannot reach; the two shapes they take are `"name": "value"` (the
 //! `Debug` of a header map) and `name: value\r\n` (the `Debug` of the bytes written on the wire).
+//! As a second net, the config's `Secret` values themselves (tokens, passwords, an alert
+//! destination's URL and its path, which for a Slack webhook is the secret) are replaced
+//! wherever they appear, in request lines and bodies too.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -45,6 +48,54 @@ pub fn add_secret_headers<'a>(names: impl IntoIterator<Item = &'a str>) {
     }
 }
 
+/// Secret values shorter than this are not searched for as text: they would blank out common
+/// words all over the log. Header dumps hide them by name all the same.
+pub const MIN_LITERAL: usize = 8;
+
+/// The `Secret` values of the config in force and of the one before it (requests that started
+/// on it may still be logging), longest first so that a URL goes before its own path.
+static SECRET_VALUES: RwLock<Generations> = RwLock::new(Generations {
+    current: Vec::new(),
+    hidden: Vec::new(),
+});
+
+struct Generations {
+    current: Vec<Box<str>>,
+    /// `current` and the previous generation, longest first, without duplicates.
+    hidden: Vec<Box<str>>,
+}
+
+/// Replaces the secret values to hide with those of the config now installed (keeping the last
+/// config's too). A URL also contributes its path and query, which is what a request line shows.
+pub fn set_secret_values(values: impl IntoIterator<Item = String>) {
+    let mut next: Vec<Box<str>> = Vec::new();
+    for v in values {
+        if let Some(path) = v
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        {
+            next.push(path.into());
+        }
+        next.push(v.into());
+    }
+    next.retain(|v| v.len() >= MIN_LITERAL);
+    let mut hidden: Vec<Box<str>> = next.clone();
+    let mut g = SECRET_VALUES.write().unwrap_or_else(|e| e.into_inner());
+    hidden.extend(g.current.iter().cloned());
+    hidden.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    hidden.dedup();
+    *g = Generations {
+        current: next,
+        hidden,
+    };
+}
+
+/// What a config install tells the logger: its secret header names and secret values.
+pub fn learn_secrets(raw: &crate::config::RawConfig) {
+    add_secret_headers(raw.secret_header_names());
+    set_secret_values(raw.secret_values());
+}
+
 /// Sets up the stderr logger: `level` unless `RUST_LOG` is set, every line redacted.
 pub fn init(level: &str) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
@@ -58,9 +109,10 @@ pub fn init(level: &str) {
                     owned.as_str()
                 }
             };
-            let extra = SECRET_HEADERS.read().unwrap_or_else(|e| e.into_inner());
-            let text = redact(text, &extra);
-            drop(extra);
+            let names = SECRET_HEADERS.read().unwrap_or_else(|e| e.into_inner());
+            let values = SECRET_VALUES.read().unwrap_or_else(|e| e.into_inner());
+            let text = redact(text, &names, &values.hidden);
+            drop((names, values));
             let style = buf.default_level_style(record.level());
             writeln!(
                 buf,
@@ -73,8 +125,19 @@ pub fn init(level: &str) {
         .init();
 }
 
-/// `line` with the value of every credential or secret header replaced by `<redacted>`.
-pub fn redact<'a>(line: &'a str, extra: &[Box<str>]) -> Cow<'a, str> {
+/// `line` with the value of every credential header or header named in `names`, and every
+/// occurrence of the `values` (longest first), replaced by `<redacted>`.
+pub fn redact<'a>(line: &'a str, names: &[Box<str>], values: &[Box<str>]) -> Cow<'a, str> {
+    let mut text = redact_headers(line, names);
+    for v in values {
+        if text.contains(&**v) {
+            text = Cow::Owned(text.replace(&**v, REDACTED));
+        }
+    }
+    text
+}
+
+fn redact_headers<'a>(line: &'a str, extra: &[Box<str>]) -> Cow<'a, str> {
     let bytes = line.as_bytes();
     let mut out: Option<String> = None;
     // Everything before `copied` is in `out` already.
@@ -193,7 +256,7 @@ mod tests {
     use super::*;
 
     fn r(line: &str) -> String {
-        redact(line, &["x-api-key".into()]).into_owned()
+        redact(line, &["x-api-key".into()], &[]).into_owned()
     }
 
     #[test]
@@ -240,7 +303,7 @@ mod tests {
         ] {
             assert_eq!(r(same), same);
         }
-        assert!(matches!(redact("plain", &[]), Cow::Borrowed(_)));
+        assert!(matches!(redact("plain", &[], &[]), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -250,8 +313,31 @@ mod tests {
         assert!(extra.iter().any(|n| &**n == "x-upstream-key"));
         assert!(!extra.iter().any(|n| &**n == "authorization"));
         assert_eq!(
-            redact(r#"{"x-upstream-key": "v"}"#, &extra),
+            redact(r#"{"x-upstream-key": "v"}"#, &extra, &[]),
             r#"{"x-upstream-key": "<redacted>"}"#
         );
+    }
+
+    #[test]
+    fn secret_values_are_hidden_wherever_they_appear() {
+        set_secret_values([
+            "https://hooks.slack.com/services/T0/B0/XyZ123456".to_owned(),
+            "short".to_owned(),
+            "routing-key-42".to_owned(),
+        ]);
+        set_secret_values(["new-token-0123456789".to_owned()]);
+        let values = SECRET_VALUES.read().unwrap().hidden.clone();
+        // The values of the config before the current one stay hidden too (its requests may
+        // still be logging); short ones are not searched for.
+        let line = r#"Writing request header: b"POST /services/T0/B0/XyZ123456 HTTP/1.1\r\n" body {"routing_key":"routing-key-42"} new-token-0123456789 short"#;
+        let out = redact(line, &[], &values);
+        assert_eq!(
+            out,
+            r#"Writing request header: b"POST <redacted> HTTP/1.1\r\n" body {"routing_key":"<redacted>"} <redacted> short"#
+        );
+        set_secret_values([]);
+        assert!(!SECRET_VALUES.read().unwrap().hidden.is_empty());
+        set_secret_values([]);
+        assert!(SECRET_VALUES.read().unwrap().hidden.is_empty());
     }
 }

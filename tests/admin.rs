@@ -18,8 +18,16 @@ fn gateway_with_token(backend: &Backend, env: &[(&str, &str)]) -> (Gateway, temp
 server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, upgrade_sock: "${{env:UPGRADE_SOCK}}" }}
 admin: {{ listen: "${{env:ADMIN_LISTEN}}", token: "${{env:ZKGATE_ADMIN_TOKEN}}" }}
 listeners: [{{ name: web, listen: "${{env:HTTP_LISTEN}}" }}]
-upstreams: [{{ name: app, backends: ["{}"] }}]
+upstreams: [{{ name: app, backends: ["{backend}"] }}]
 routes:
+  - name: alerts
+    match: {{ path_prefix: /alerts }}
+    plugin:
+      alert_webhook:
+        destinations:
+          - name: slack
+            url: "http://{backend}/services/T0/B0/hook-s3cr3t-path"
+            template: {{ builtin: slack }}
   - name: app
     upstream: app
     request_headers:
@@ -27,7 +35,7 @@ routes:
       public: [x-env]
     response_headers: {{ set: {{ set-cookie: "sid=resp-s3cr3t-cookie" }} }}
 "#,
-        backend.addr
+        backend = backend.addr
     );
     std::fs::write(&path, yaml).expect("write config");
     let mut all = vec![("ZKGATE_ADMIN_TOKEN", TOKEN)];
@@ -141,12 +149,20 @@ fn config_needs_the_token_once_one_is_set_and_shows_no_secret() {
     let r = admin(&gw, "GET", "/config", &[RIGHT]);
     assert_eq!(r.status, 200, "{}", r.text());
     let text = r.text();
-    for secret in [TOKEN, "up-s3cr3t-key", "resp-s3cr3t-cookie"] {
+    for secret in [
+        TOKEN,
+        "up-s3cr3t-key",
+        "resp-s3cr3t-cookie",
+        "hook-s3cr3t-path",
+    ] {
         assert!(!text.contains(secret), "{secret} in {text}");
     }
     let config = &r.json()["config"];
     assert_eq!(config["admin"]["token"], "<redacted>");
-    let route = &config["routes"][0];
+    let destination = &config["routes"][0]["plugin"]["alert_webhook"]["destinations"][0];
+    assert_eq!(destination["url"], "<redacted>");
+    let route = &config["routes"][1];
+    assert_eq!(route["name"], "app");
     assert_eq!(
         route["request_headers"]["set"]["x-upstream-key"],
         "<redacted>"
@@ -228,6 +244,34 @@ fn credentials_never_reach_the_log_at_trace_level() {
         last.headers.get("x-upstream-key").map(String::as_str),
         Some("up-s3cr3t-key")
     );
+    // An alert destination's URL path is its secret (a Slack webhook's), and Pingora's dump of
+    // the request line shows it.
+    let alert = serde_json::json!({
+        "version": "4", "status": "firing", "receiver": "zkgate", "groupKey": "g",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.local",
+        "alerts": [{
+            "status": "firing", "labels": {"alertname": "disk"}, "annotations": {},
+            "startsAt": "2026-11-22T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "", "fingerprint": ""
+        }]
+    });
+    let r = request(
+        gw.http,
+        "POST",
+        "/alerts/slack",
+        &[("content-type", "application/json")],
+        alert.to_string().as_bytes(),
+    )
+    .expect("webhook");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        backend
+            .seen()
+            .iter()
+            .any(|s| s.target == "/services/T0/B0/hook-s3cr3t-path"),
+        "the destination was not called"
+    );
     assert_eq!(admin(&gw, "GET", "/config", &[RIGHT]).status, 200);
     let r = post(
         &gw,
@@ -254,6 +298,7 @@ fn credentials_never_reach_the_log_at_trace_level() {
         "s3cr3t-cookie",
         "up-s3cr3t-key",
         "resp-s3cr3t-cookie",
+        "hook-s3cr3t-path",
         TOKEN,
     ] {
         assert!(!log.contains(secret), "{secret} is in the log:\n{log}");

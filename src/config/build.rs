@@ -1464,6 +1464,51 @@ routes:
     }
 
     #[test]
+    fn every_secret_value_is_found_for_the_logger() {
+        let ok = load_str(
+            r#"
+listeners: [{ name: web, listen: "127.0.0.1:1" }]
+admin: { token: admin-token-0123456789 }
+zookeeper: { connect: "h:1", digest: { user: u, password: zk-password } }
+upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
+routes:
+  - name: r
+    match: { path_prefix: /alerts }
+    plugin:
+      alert_webhook:
+        auth: { bearer: { token: am-token } }
+        destinations:
+          - name: s
+            url: "https://hooks.slack.com/services/T0/B0/XyZ"
+            headers: { x-key: hk-s3cret }
+            vars: { rk: vv-s3cret }
+            template: { builtin: slack }
+"#,
+            None,
+        )
+        .expect("valid");
+        let mut found = ok.raw.secret_values();
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            [
+                "admin-token-0123456789",
+                "am-token",
+                "hk-s3cret",
+                "https://hooks.slack.com/services/T0/B0/XyZ",
+                "vv-s3cret",
+                "zk-password"
+            ]
+        );
+        // Collecting is switched off again: `/config` collects nothing.
+        let _ = serde_json::to_string(&ok.raw).unwrap();
+        assert_eq!(ok.raw.secret_values().len(), 6);
+        let mut names: Vec<_> = ok.raw.secret_header_names().collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-key"]);
+    }
+
+    #[test]
     fn admin_token_is_checked_and_hidden() {
         let base = "upstreams: [{ name: a, backends: [\"127.0.0.1:1\"] }]\nroutes: [{ name: r, upstream: a }]\n";
         for (token, why) in [

@@ -135,8 +135,18 @@ fn secret_values<'de, D: serde::Deserializer<'de>>(
 
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        COLLECTED.with(|c| {
+            if let Some(found) = c.borrow_mut().as_mut() {
+                found.push(self.0.clone());
+            }
+        });
         s.serialize_str(REDACTED)
     }
+}
+
+thread_local! {
+    /// While [`RawConfig::secret_values`] runs: the value of every `Secret` serialized.
+    static COLLECTED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
 }
 
 impl std::fmt::Debug for Secret {
@@ -516,6 +526,26 @@ impl Balance {
 }
 
 impl RawConfig {
+    /// The value of every [`Secret`] in the config, wherever it is (plugins included), found by
+    /// serializing the config once while collecting: no hand-kept list to forget a new one.
+    pub fn secret_values(&self) -> Vec<String> {
+        struct Stop;
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                COLLECTED.with(|c| c.borrow_mut().take());
+            }
+        }
+        COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let stop = Stop;
+        // Serializing to a sink only fails if a type refuses itself; what was seen still counts.
+        let _ = serde_json::to_writer(std::io::sink(), self);
+        let found = COLLECTED
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_default();
+        drop(stop);
+        found
+    }
+
     /// Headers whose values this config holds as secrets: routes' header edits not marked
     /// public, and the headers alert destinations are sent with.
     pub fn secret_header_names(&self) -> impl Iterator<Item = &str> {
