@@ -1,15 +1,162 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/upstreams` and `/config`, and
 //! draining a backend by hand.
+//!
+//! The listener is usually on loopback, where any web page an operator opens can reach it, so
+//! it refuses what only a browser sends (an `Origin` header, a form body) and takes writes only
+//! with the configured bearer token (`admin.token`). Without a token, writes are refused and
+//! reads stay open: the safe default that keeps `curl localhost:9901/metrics` working.
 
 use async_trait::async_trait;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
+use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
+use ring::hmac;
 use serde_json::json;
 
 use crate::live::Shared;
 use crate::metrics;
 use crate::upstream::state::{BackendState, DRAINED, EJECTED, UNHEALTHY};
+
+/// Tokens shorter than this are refused: a bearer token is the only thing between a local web
+/// page, or anyone on the admin address, and draining every backend.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The configured admin token, kept as a keyed hash: checking a presented token compares two
+/// MACs in constant time (`ring::hmac::verify`), so the time taken tells nothing about the
+/// token, not even its length.
+pub struct AdminToken {
+    key: hmac::Key,
+    tag: hmac::Tag,
+}
+
+impl AdminToken {
+    pub fn new(token: &str) -> Result<AdminToken, String> {
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`)"
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be printable ASCII without spaces, to fit a bearer header".into());
+        }
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+            .map_err(|_| "no randomness available to key the token check".to_owned())?;
+        let tag = hmac::sign(&key, token.as_bytes());
+        Ok(AdminToken { key, tag })
+    }
+
+    pub fn verify(&self, presented: &[u8]) -> bool {
+        hmac::verify(&self.key, presented, self.tag.as_ref()).is_ok()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(crate::config::schema::REDACTED)
+    }
+}
+
+/// Why a request was turned away before it was served.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// A browser page (cross-origin or not): admin clients are scripts and `curl`.
+    Origin,
+    /// A body a page can post cross-origin without a CORS preflight.
+    FormBody,
+    /// A write while no `admin.token` is configured.
+    NoTokenConfigured,
+    /// The bearer token is missing or wrong.
+    Unauthorized,
+}
+
+impl Refusal {
+    fn reply(&self) -> Response<Vec<u8>> {
+        let (status, error) = match self {
+            Refusal::Origin => (
+                StatusCode::FORBIDDEN,
+                "admin requests with an Origin header (sent by web pages) are refused",
+            ),
+            Refusal::FormBody => (
+                StatusCode::FORBIDDEN,
+                "admin writes with a form content type are refused; send no body",
+            ),
+            Refusal::NoTokenConfigured => (
+                StatusCode::FORBIDDEN,
+                "admin writes are disabled: set admin.token in the config, then send Authorization: Bearer <token>",
+            ),
+            Refusal::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "send Authorization: Bearer <admin.token>",
+            ),
+        };
+        let mut resp = json_reply(status, json!({ "error": error }));
+        if *self == Refusal::Unauthorized {
+            resp.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer realm=\"zkgate admin\""),
+            );
+        }
+        resp
+    }
+}
+
+/// Content types a page may post anywhere without a CORS preflight (the "simple" ones).
+const FORM_TYPES: [&str; 3] = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "text/plain",
+];
+
+fn is_form(req: &RequestHeader) -> bool {
+    req.headers.get_all(CONTENT_TYPE).iter().any(|v| {
+        let v = v.as_bytes();
+        let media = v.split(|b| *b == b';').next().unwrap_or(v).trim_ascii();
+        FORM_TYPES
+            .iter()
+            .any(|f| media.eq_ignore_ascii_case(f.as_bytes()))
+    })
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme in any case).
+fn bearer(req: &RequestHeader) -> Option<&[u8]> {
+    let v = req.headers.get(AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = v.split_at(v.iter().position(|b| *b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
+}
+
+/// Whether `req` may go on; `write` for requests that change state, `guarded` for reads that
+/// need the token when one is set.
+fn admit(
+    req: &RequestHeader,
+    token: Option<&AdminToken>,
+    write: bool,
+    guarded: bool,
+) -> Result<(), Refusal> {
+    if req.headers.contains_key(ORIGIN) {
+        return Err(Refusal::Origin);
+    }
+    if write && is_form(req) {
+        return Err(Refusal::FormBody);
+    }
+    if !write && !guarded {
+        return Ok(());
+    }
+    let Some(token) = token else {
+        return if write {
+            Err(Refusal::NoTokenConfigured)
+        } else {
+            Ok(())
+        };
+    };
+    match bearer(req) {
+        Some(presented) if token.verify(presented) => Ok(()),
+        _ => Err(Refusal::Unauthorized),
+    }
+}
 
 pub struct Admin {
     shared: Shared,
@@ -17,6 +164,14 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(shared: Shared) -> Self {
+        let snap = shared.load();
+        if snap.admin_token.is_none() && !snap.settings.admin.ip().is_loopback() {
+            log::warn!(
+                "admin listener on {} without admin.token: /config and /upstreams are readable from the network (writes are refused)",
+                snap.settings.admin
+            );
+        }
+        drop(snap);
         Admin { shared }
     }
 
@@ -163,7 +318,14 @@ fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>>
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        if req.method == http::Method::POST {
+        let write = req.method == http::Method::POST;
+        let guarded = req.uri.path() == "/config";
+        let refused = admit(req, self.shared.load().admin_token.as_ref(), write, guarded);
+        if let Err(why) = refused {
+            log::debug!("admin: refused {} {}: {why:?}", req.method, req.uri.path());
+            return why.reply();
+        }
+        if write {
             let (status, body) = self.drain(req.uri.path());
             return json_reply(status, body);
         }
@@ -199,5 +361,87 @@ impl ServeHttp for Admin {
                 b"not found: try /metrics /healthz /readyz /upstreams /config\n".to_vec(),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    const TOKEN: &str = "0123456789abcdef";
+
+    #[test]
+    fn writes_need_the_token_and_reads_are_open() {
+        let token = AdminToken::new(TOKEN).unwrap();
+        let t = Some(&token);
+        let post = |h: &[(&str, &str)]| req("POST", "/upstreams/a/1.2.3.4:5/drain", h);
+        assert_eq!(
+            admit(&post(&[]), None, true, false),
+            Err(Refusal::NoTokenConfigured)
+        );
+        assert_eq!(
+            admit(&post(&[]), t, true, false),
+            Err(Refusal::Unauthorized)
+        );
+        for wrong in [
+            "Bearer 0123456789abcdeF",
+            "Bearer",
+            "Basic 0123456789abcdef",
+            TOKEN,
+        ] {
+            let r = post(&[("authorization", wrong)]);
+            assert_eq!(
+                admit(&r, t, true, false),
+                Err(Refusal::Unauthorized),
+                "{wrong}"
+            );
+        }
+        for right in ["Bearer 0123456789abcdef", "bearer  0123456789abcdef "] {
+            let r = post(&[("authorization", right)]);
+            assert_eq!(admit(&r, t, true, false), Ok(()), "{right}");
+        }
+        // Reads: open, but /config (guarded) needs the token once one is set.
+        let get = req("GET", "/config", &[]);
+        assert_eq!(admit(&get, None, false, true), Ok(()));
+        assert_eq!(admit(&get, t, false, true), Err(Refusal::Unauthorized));
+        assert_eq!(admit(&get, t, false, false), Ok(()));
+    }
+
+    #[test]
+    fn browser_requests_are_refused_even_with_the_token() {
+        let token = AdminToken::new(TOKEN).unwrap();
+        let auth = ("authorization", "Bearer 0123456789abcdef");
+        let r = req("GET", "/metrics", &[("origin", "null")]);
+        assert_eq!(admit(&r, None, false, false), Err(Refusal::Origin));
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "Multipart/Form-Data; boundary=x",
+            "text/plain;charset=UTF-8",
+        ] {
+            let r = req(
+                "POST",
+                "/upstreams/a/1.2.3.4:5/drain",
+                &[auth, ("content-type", ct)],
+            );
+            assert_eq!(
+                admit(&r, Some(&token), true, false),
+                Err(Refusal::FormBody),
+                "{ct}"
+            );
+        }
+        let r = req(
+            "POST",
+            "/upstreams/a/1.2.3.4:5/drain",
+            &[auth, ("content-type", "application/json")],
+        );
+        assert_eq!(admit(&r, Some(&token), true, false), Ok(()));
     }
 }

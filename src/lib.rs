@@ -13,6 +13,7 @@ pub mod client_ip;
 pub mod config;
 pub mod limit;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;

@@ -10,8 +10,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log_level))
-        .init();
+    zkgate::logging::init(&cli.log_level);
     match cli.command {
         Command::Check { config } => cli::check(config),
         Command::Register(args) => cli::register(args),

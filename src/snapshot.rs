@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
 use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
 use crate::route::path::PathPolicy;
@@ -17,6 +18,8 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     pub settings: Settings,
     pub client_ip: ClientIp,
+    /// What admin writes and `/config` must present; applies on reload, unlike `settings`.
+    pub admin_token: Option<AdminToken>,
     /// What it was built from, for `/config`.
     pub raw: RawConfig,
     /// 1 for the first config, one more for each successful reload.

@@ -277,6 +277,10 @@ routes:
     }
 }
 
+/// Admin writes need the config's `admin.token`.
+const ADMIN_TOKEN: &str = "traffic-test-admin-token";
+const AUTH: (&str, &str) = ("authorization", "Bearer traffic-test-admin-token");
+
 #[test]
 fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
     let (a, b, c) = (
@@ -287,7 +291,7 @@ fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
     let config = |backends: &[SocketAddr]| {
         let list: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
-            "upstreams: [{{ name: app, backends: [{}], slow_start: 6s }}]\nroutes: [{{ name: app, upstream: app }}]\n",
+            "admin: {{ listen: \"{{ADMIN}}\", token: {ADMIN_TOKEN} }}\nupstreams: [{{ name: app, backends: [{}], slow_start: 6s }}]\nroutes: [{{ name: app, upstream: app }}]\n",
             list.join(", ")
         )
     };
@@ -306,7 +310,7 @@ fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
         gw.admin,
         "POST",
         &format!("/upstreams/app/{}/drain", b.addr),
-        &[],
+        &[AUTH],
         b"",
     )
     .unwrap();
@@ -330,19 +334,20 @@ fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
         gw.admin,
         "POST",
         "/upstreams/app/10.9.9.9:1/drain",
-        &[],
+        &[AUTH],
         b"",
     )
     .unwrap();
     assert_eq!(bad.status, 404);
-    request(
+    let undrained = request(
         gw.admin,
         "POST",
         &format!("/upstreams/app/{}/undrain", b.addr),
-        &[],
+        &[AUTH],
         b"",
     )
     .unwrap();
+    assert_eq!(undrained.status, 200, "{}", undrained.text());
 
     // c joins with a 6 s slow start: at first it gets well under its even third, and all of
     // it once the window is over. a and b may still be ramping too (they joined when the

@@ -15,6 +15,7 @@ use zkgate_discovery::{Digest, Ensemble};
 
 use super::error::ConfigErrors;
 use super::schema::*;
+use crate::admin::AdminToken;
 use crate::client_ip::{Cidr, ClientIp};
 use crate::limit::{ConcurrencyLimit, Rate, RateLimiter};
 use crate::metrics::RouteMetrics;
@@ -55,6 +56,11 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let upstreams = upstreams(&raw, prev, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = routes(&raw.routes, &declared, &upstreams, prev, &mut errors);
+    let admin_token = raw.admin.token.as_ref().and_then(|t| {
+        AdminToken::new(&t.0)
+            .map_err(|e| errors.push("admin.token", e))
+            .ok()
+    });
     let trusted = raw
         .client_ip
         .trusted_proxies
@@ -75,6 +81,7 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
         upstreams,
         settings,
         client_ip: ClientIp::new(trusted, raw.client_ip.untrusted_forwarded),
+        admin_token,
         raw,
         generation: prev.map_or(1, |p| p.generation + 1),
     })
@@ -758,16 +765,53 @@ fn regex(text: &str) -> Result<Regex, String> {
     Regex::new(text).map_err(|e| format!("invalid regex: {e}"))
 }
 
+/// A route's header edits. Values not marked `public` are secrets: they are flagged sensitive
+/// (shown as `Sensitive` in any `Debug` dump, never indexed by HPACK) and kept out of error
+/// messages, which reach logs.
 fn header_ops(raw: &HeaderEdits, at: &str, errors: &mut ConfigErrors) -> HeaderOps {
+    for (i, p) in raw.public.iter().enumerate() {
+        let pat = format!("{at}.public[{i}]");
+        if let Err(e) = header_name(p) {
+            errors.push(pat, e);
+        } else if crate::logging::is_credential_header(p) {
+            errors.push(
+                pat,
+                format!("`{p}` carries credentials and is never public"),
+            );
+        } else if !raw
+            .set
+            .keys()
+            .chain(raw.add.keys())
+            .any(|k| k.eq_ignore_ascii_case(p))
+        {
+            errors.push(pat, format!("`{p}` is not a header of set or add"));
+        }
+    }
     let mut pairs = |kind: &str,
                      map: &std::collections::BTreeMap<String, String>|
      -> Box<[(HeaderName, HeaderValue)]> {
         map.iter()
-            .filter_map(|(k, v)| match (header_name(k), header_value(v)) {
-                (Ok(n), Ok(v)) => Some((n, v)),
-                (Err(e), _) | (_, Err(e)) => {
-                    errors.push(format!("{at}.{kind}.{k}"), e);
-                    None
+            .filter_map(|(k, v)| {
+                let public = raw.is_public(k);
+                let value = if public {
+                    header_value(v)
+                } else {
+                    HeaderValue::from_str(v)
+                        .map(|mut v| {
+                            v.set_sensitive(true);
+                            v
+                        })
+                        .map_err(|_| {
+                            "not a valid header value (not shown: it is secret unless listed in `public`)"
+                                .to_owned()
+                        })
+                };
+                match (header_name(k), value) {
+                    (Ok(n), Ok(v)) => Some((n, v)),
+                    (Err(e), _) | (_, Err(e)) => {
+                        errors.push(format!("{at}.{kind}.{k}"), e);
+                        None
+                    }
                 }
             })
             .collect()
@@ -1006,7 +1050,11 @@ fn routes(
                     continue;
                 }
                 (Some(v), None) => match header_value(v) {
-                    Ok(v) => HeaderValueMatch::Exact(v),
+                    Ok(mut v) => {
+                        // A route gated on a credential holds it: keep it out of dumps.
+                        v.set_sensitive(crate::logging::is_credential_header(&h.name));
+                        HeaderValueMatch::Exact(v)
+                    }
                     Err(e) => {
                         errors.push(format!("{hat}.value"), e);
                         continue;
@@ -1251,7 +1299,7 @@ routes:
             "routes[4].match.headers[0].name: `bad header` is not a valid header name",
             "routes[4].rewrite.strip_prefix: `api` must start with `/`",
             "routes[5].rewrite: pattern and replace go together",
-            "routes[5].request_headers.set.x-ok: `line\nbreak` is not a valid header value",
+            "routes[5].request_headers.set.x-ok: not a valid header value (not shown",
             "routes[6].match.host: `*.` is not a valid wildcard",
             "routes[6].match.methods[0]: `G T` is not an HTTP method",
             "routes[6].respond.status: `99` is not a final HTTP status",
@@ -1372,6 +1420,177 @@ routes: [{ name: r, upstream: a }]
             shown.contains("<redacted>") && !shown.contains("s3cret"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn header_edit_values_are_secret_unless_public() {
+        let errs = errors(
+            r#"
+upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
+routes:
+  - name: r
+    upstream: a
+    request_headers:
+      set: { authorization: "Bearer up", x-key: "s3cret\x01" }
+      public: [authorization, x-missing, "bad name"]
+"#,
+        );
+        assert_exactly(
+            &errs,
+            &[
+                "routes[0].request_headers.public[0]: `authorization` carries credentials",
+                "routes[0].request_headers.public[1]: `x-missing` is not a header of set or add",
+                "routes[0].request_headers.public[2]: `bad name` is not a valid header name",
+                "routes[0].request_headers.set.x-key: not a valid header value (not shown",
+            ],
+        );
+        assert!(!errs.concat().contains("s3cret"), "{errs:?}");
+
+        // A number where a secret goes is refused without being shown.
+        let errs = errors(
+            "zookeeper: { connect: \"h:1\", digest: { user: u, password: 91827364 } }\nadmin: { token: 123456789012345678 }\nupstreams: [{ name: a, backends: [\"127.0.0.1:1\"] }]\nroutes: [{ name: r, upstream: a, request_headers: { set: { x-pin: 5551234 } } }]\n",
+        );
+        assert_exactly(
+            &errs,
+            &[
+                "zookeeper.digest.password: must be a string: put it in quotes",
+                "admin.token: must be a string: put it in quotes",
+                "routes[0].request_headers.set.x-pin: must be a string: put it in quotes",
+            ],
+        );
+        for number in ["91827364", "123456789012345678", "5551234"] {
+            assert!(!errs.concat().contains(number), "{errs:?}");
+        }
+
+        let ok = load_str(
+            r#"
+listeners: [{ name: web, listen: "127.0.0.1:1" }]
+upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
+routes:
+  - name: r
+    match: { headers: [{ name: Authorization, value: "Bearer in-s3cret" }, { name: x-v, value: "2" }] }
+    upstream: a
+    request_headers:
+      set: { authorization: "Bearer up-s3cret", X-Proto: https }
+      add: { x-key: add-s3cret }
+      public: [x-proto]
+    response_headers: { set: { set-cookie: "c=out-s3cret" } }
+"#,
+            None,
+        )
+        .expect("valid");
+        let shown = serde_json::to_string(&ok.raw).unwrap();
+        let debug = format!("{:?} {:?}", ok.raw, ok.routes.routes()[0].request_headers);
+        for text in [&shown, &debug] {
+            assert!(!text.contains("s3cret"), "{text}");
+            assert!(text.contains("https"), "{text}");
+        }
+        assert!(shown.contains(r#""x-v","value":"2""#), "{shown}");
+        let route = &ok.routes.routes()[0];
+        let sensitive = |ops: &crate::route::HeaderOps| -> Vec<(String, bool)> {
+            ops.set
+                .iter()
+                .chain(ops.add.iter())
+                .map(|(n, v)| (n.to_string(), v.is_sensitive()))
+                .collect()
+        };
+        assert_eq!(
+            sensitive(&route.request_headers),
+            [
+                ("x-proto".into(), false),
+                ("authorization".into(), true),
+                ("x-key".into(), true)
+            ]
+        );
+        assert_eq!(
+            sensitive(&route.response_headers),
+            [("set-cookie".into(), true)]
+        );
+        let mut secret: Vec<_> = ok.raw.secret_header_names().collect();
+        secret.sort_unstable();
+        assert_eq!(secret, ["authorization", "set-cookie", "x-key"]);
+    }
+
+    #[test]
+    fn every_secret_value_is_found_for_the_logger() {
+        let ok = load_str(
+            r#"
+listeners: [{ name: web, listen: "127.0.0.1:1" }]
+admin: { token: admin-token-0123456789 }
+zookeeper: { connect: "h:1", digest: { user: u, password: zk-password } }
+upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
+routes:
+  - name: r
+    match: { path_prefix: /alerts }
+    plugin:
+      alert_webhook:
+        auth: { bearer: { token: am-token } }
+        destinations:
+          - name: s
+            url: "https://hooks.slack.com/services/T0/B0/XyZ"
+            headers: { x-key: hk-s3cret }
+            vars: { rk: vv-s3cret }
+            template: { builtin: slack }
+"#,
+            None,
+        )
+        .expect("valid");
+        let mut found = ok.raw.secret_values();
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            [
+                "admin-token-0123456789",
+                "am-token",
+                "hk-s3cret",
+                "https://hooks.slack.com/services/T0/B0/XyZ",
+                "vv-s3cret",
+                "zk-password"
+            ]
+        );
+        // Collecting is switched off again: `/config` collects nothing.
+        let _ = serde_json::to_string(&ok.raw).unwrap();
+        assert_eq!(ok.raw.secret_values().len(), 6);
+        let mut names: Vec<_> = ok.raw.secret_header_names().collect();
+        names.sort_unstable();
+        assert_eq!(names, ["x-key"]);
+    }
+
+    #[test]
+    fn admin_token_is_checked_and_hidden() {
+        let base = "upstreams: [{ name: a, backends: [\"127.0.0.1:1\"] }]\nroutes: [{ name: r, upstream: a }]\n";
+        for (token, why) in [
+            ("short", "admin.token: must be at least 16 characters"),
+            (
+                "with a space inside it",
+                "admin.token: must be printable ASCII",
+            ),
+            ("", "admin.token: must be at least 16 characters"),
+        ] {
+            let errs = errors(&format!("admin: {{ token: \"{token}\" }}\n{base}"));
+            assert_exactly(&errs, &[why]);
+        }
+        let ok = load_str(
+            &format!("listeners: [{{ name: web, listen: \"127.0.0.1:1\" }}]\nadmin: {{ token: 0123456789abcdef-s3cret }}\n{base}"),
+            None,
+        )
+        .expect("valid");
+        let token = ok.admin_token.as_ref().expect("a token");
+        assert!(token.verify(b"0123456789abcdef-s3cret"));
+        assert!(!token.verify(b"0123456789abcdef-s3cre"));
+        assert!(!token.verify(b""));
+        let shown = serde_json::to_string(&ok.raw).unwrap();
+        let debug = format!("{ok:?}");
+        for text in [&shown, &debug] {
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        assert!(load_str(
+            &format!("listeners: [{{ name: web, listen: \"127.0.0.1:1\" }}]\n{base}"),
+            None
+        )
+        .expect("valid")
+        .admin_token
+        .is_none());
     }
 
     #[test]

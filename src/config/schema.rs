@@ -34,6 +34,9 @@ pub struct ServerSection {
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub listen: Option<String>,
+    /// The bearer token every admin write (drain, undrain) and `/config` must carry. Without
+    /// one, writes are refused and reads stay open.
+    pub token: Option<Secret>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -82,20 +85,77 @@ pub struct DigestSection {
     pub password: Secret,
 }
 
+/// What `/config` and logs show in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// A value that `/config` and logs show as `<redacted>`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
+
+/// A secret must be a string. serde's own error for anything else quotes the value
+/// (``invalid type: integer `123456` ``), and config errors reach `zkgate check`'s output and
+/// the reload log, so a number is refused without being shown.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text;
+        fn not_shown<E: serde::de::Error>() -> E {
+            E::custom("must be a string: put it in quotes (the value is secret, so not shown)")
+        }
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(not_shown())
+            }
+        }
+        d.deserialize_any(Text)
+    }
+}
+
+/// A map of header values read like [`Secret`]s: a wrong type is reported without the value.
+fn secret_values<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    let map = BTreeMap::<String, Secret>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
 
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("<redacted>")
+        COLLECTED.with(|c| {
+            if let Some(found) = c.borrow_mut().as_mut() {
+                found.push(self.0.clone());
+            }
+        });
+        s.serialize_str(REDACTED)
     }
+}
+
+thread_local! {
+    /// While [`RawConfig::secret_values`] runs: the value of every `Secret` serialized.
+    static COLLECTED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
 }
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
@@ -329,12 +389,48 @@ pub struct MatchSection {
 }
 
 /// With neither `value` nor `regex`, the header only has to be present.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     pub name: String,
     pub value: Option<String>,
     pub regex: Option<String>,
+}
+
+impl HeaderMatch {
+    /// What `/config` shows: a route that matches on a credential (`authorization: Bearer ...`)
+    /// holds that credential, so its value and regex are redacted.
+    fn shown(&self) -> (Option<&str>, Option<&str>) {
+        if crate::logging::is_credential_header(&self.name) {
+            let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
+            (hide(&self.value), hide(&self.regex))
+        } else {
+            (self.value.as_deref(), self.regex.as_deref())
+        }
+    }
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (value, regex) = self.shown();
+        let mut st = s.serialize_struct("HeaderMatch", 3)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("value", &value)?;
+        st.serialize_field("regex", &regex)?;
+        st.end()
+    }
+}
+
+impl std::fmt::Debug for HeaderMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (value, regex) = self.shown();
+        f.debug_struct("HeaderMatch")
+            .field("name", &self.name)
+            .field("value", &value)
+            .field("regex", &regex)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -361,15 +457,65 @@ pub struct RewriteSection {
     pub add_prefix: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// Header edits of a route. Values of `set` and `add` are often credentials for the upstream
+/// (`Authorization`, an API key), so `/config` and debug logs show them as `<redacted>` unless
+/// their name is listed in `public`.
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_values")]
     pub set: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_values")]
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
+    /// Names (any case) of `set` and `add` headers whose values are not secret.
+    #[serde(default)]
+    pub public: Vec<String>,
+}
+
+impl HeaderEdits {
+    /// Whether the value `set` or `add` gives header `name` may be shown.
+    pub fn is_public(&self, name: &str) -> bool {
+        self.public.iter().any(|p| p.eq_ignore_ascii_case(name))
+    }
+
+    fn shown<'a>(&'a self, map: &'a BTreeMap<String, String>) -> BTreeMap<&'a str, &'a str> {
+        map.iter()
+            .map(|(k, v)| {
+                let v = if self.is_public(k) {
+                    v.as_str()
+                } else {
+                    REDACTED
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+/// What `/config` shows: the secret values replaced.
+impl Serialize for HeaderEdits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("HeaderEdits", 4)?;
+        st.serialize_field("set", &self.shown(&self.set))?;
+        st.serialize_field("add", &self.shown(&self.add))?;
+        st.serialize_field("remove", &self.remove)?;
+        st.serialize_field("public", &self.public)?;
+        st.end()
+    }
+}
+
+impl std::fmt::Debug for HeaderEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderEdits")
+            .field("set", &self.shown(&self.set))
+            .field("add", &self.shown(&self.add))
+            .field("remove", &self.remove)
+            .field("public", &self.public)
+            .finish()
+    }
 }
 
 /// The whole file, once every section parsed.
@@ -383,6 +529,47 @@ impl Balance {
             Balance::LeastConn => "least_conn",
             Balance::P2c => "p2c",
         }
+    }
+}
+
+impl RawConfig {
+    /// The value of every [`Secret`] in the config, wherever it is (plugins included), found by
+    /// serializing the config once while collecting: no hand-kept list to forget a new one.
+    pub fn secret_values(&self) -> Vec<String> {
+        struct Stop;
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                COLLECTED.with(|c| c.borrow_mut().take());
+            }
+        }
+        COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+        let stop = Stop;
+        // Serializing to a sink only fails if a type refuses itself; what was seen still counts.
+        let _ = serde_json::to_writer(std::io::sink(), self);
+        let found = COLLECTED
+            .with(|c| c.borrow_mut().take())
+            .unwrap_or_default();
+        drop(stop);
+        found
+    }
+
+    /// Headers whose values this config holds as secrets: routes' header edits not marked
+    /// public, and the headers alert destinations are sent with.
+    pub fn secret_header_names(&self) -> impl Iterator<Item = &str> {
+        let edits = self
+            .routes
+            .iter()
+            .flat_map(|r| [&r.request_headers, &r.response_headers])
+            .flat_map(|e| e.set.keys().chain(e.add.keys()).filter(|k| !e.is_public(k)));
+        let destinations = self
+            .routes
+            .iter()
+            .filter_map(|r| match &r.plugin {
+                Some(crate::plugin::PluginSection::AlertWebhook(a)) => Some(a),
+                _ => None,
+            })
+            .flat_map(|a| a.destinations.iter().flat_map(|d| d.headers.keys()));
+        edits.chain(destinations).map(String::as_str)
     }
 }
 
