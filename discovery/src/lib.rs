@@ -8,6 +8,7 @@ pub mod config_node;
 pub mod ensemble;
 pub mod instance;
 pub mod registrar;
+mod rejected;
 pub mod watcher;
 
 pub use ensemble::{Digest, Ensemble};
