@@ -9,6 +9,7 @@ pub mod ensemble;
 pub mod instance;
 pub mod registrar;
 mod rejected;
+pub mod resolve;
 pub mod watcher;
 
 pub use ensemble::{Digest, Ensemble};
