@@ -6,6 +6,7 @@
 mod backoff;
 pub mod config_node;
 pub mod ensemble;
+mod failure;
 pub mod instance;
 pub mod registrar;
 mod rejected;
