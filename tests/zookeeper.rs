@@ -124,6 +124,7 @@ routes:
 "#,
         server.connect_string()
     ));
+    let _log = LogOnFailure::of(&gw);
     assert_eq!(who(&gw, "/api/x").as_deref(), Some("a"), "{}", gw.log());
     assert_eq!(
         gw.get("/legacy/x").status,
@@ -312,6 +313,7 @@ async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
         )
     };
     let gw = Gateway::start(&config(""));
+    let _log = LogOnFailure::of(&gw);
     assert_eq!(who(&gw, "/x").as_deref(), Some("a"));
 
     // A reload brings an upstream on a path nobody watched yet: it is followed at once.
