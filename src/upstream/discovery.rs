@@ -3,6 +3,8 @@
 //! are resolved on the way, asynchronously and within a deadline, never on the request path and
 //! never in the watcher's way.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -42,15 +44,22 @@ struct Bridge {
 /// The backend set of one resolved instance list.
 fn specs(resolved: Vec<Resolved>) -> Vec<BackendSpec> {
     let mut specs: Vec<BackendSpec> = Vec::with_capacity(resolved.len());
+    let mut at: HashMap<SocketAddr, usize> = HashMap::with_capacity(resolved.len());
     for r in resolved {
         for addr in r.addrs {
-            // Two registrations of one address: the later one wins.
-            specs.retain(|s| s.addr != addr);
-            specs.push(BackendSpec {
+            let spec = BackendSpec {
                 addr,
                 weight: r.instance.weight,
                 zone: r.instance.zone.as_deref().map(Arc::from),
-            });
+            };
+            // Two registrations of one address: the later one wins.
+            match at.get(&addr) {
+                Some(&i) => specs[i] = spec,
+                None => {
+                    at.insert(addr, specs.len());
+                    specs.push(spec);
+                }
+            }
         }
     }
     specs
@@ -136,5 +145,42 @@ impl BackgroundService for DiscoveryService {
         });
         let paths = self.shared.paths();
         zkgate_discovery::watch(self.ensemble.clone(), paths, bridge, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn resolved(host: &str, weight: u32, addrs: &[&str]) -> Resolved {
+        Resolved {
+            instance: Instance {
+                host: host.to_owned(),
+                port: 80,
+                weight,
+                tls: false,
+                zone: None,
+                metadata: BTreeMap::new(),
+            },
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn one_backend_per_address_the_later_registration_wins() {
+        let specs = specs(vec![
+            resolved("a.internal", 1, &["10.0.0.1:80", "10.0.0.2:80"]),
+            resolved("unresolved.internal", 1, &[]),
+            resolved("10.0.0.1", 5, &["10.0.0.1:80"]),
+        ]);
+        let got: Vec<(String, u32)> = specs
+            .iter()
+            .map(|s| (s.addr.to_string(), s.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [("10.0.0.1:80".to_owned(), 5), ("10.0.0.2:80".to_owned(), 1)]
+        );
     }
 }
