@@ -1,12 +1,17 @@
 //! End to end with a real ZooKeeper: upstreams follow registrations in every format under
 //! continuous traffic, the proxy starts only after the first read, a deregistration of
 //! everything empties the upstream, a reload adds followed paths, and neither a leader fail-over
-//! nor a whole-ensemble outage fails a request.
+//! nor a whole-ensemble outage fails a request. A member killed in the middle of a read of 3,000
+//! instances costs a reconnect, not the session, and junk nodes are reported once however often
+//! they are read. A failing test prints the gateway's log; the ZooKeeper servers keep theirs.
 
 mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -34,6 +39,35 @@ fn native(addr: SocketAddr, weight: u32) -> Vec<u8> {
         addr.port()
     )
     .into_bytes()
+}
+
+/// Prints the gateway's log when the test fails (the ZooKeeper servers keep theirs, see
+/// `testkit`). Declared after the gateway, so it runs before the gateway's directory goes.
+struct LogOnFailure(PathBuf);
+
+impl LogOnFailure {
+    fn of(gw: &Gateway) -> LogOnFailure {
+        LogOnFailure(gw.dir.path().join("zkgate.log"))
+    }
+}
+
+impl Drop for LogOnFailure {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "--- gateway log {}:\n{}",
+                self.0.display(),
+                std::fs::read_to_string(&self.0).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The value of the metric line starting with `name ` (no labels), if any.
+fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn persistent() -> zk::CreateOptions<'static> {
@@ -90,6 +124,7 @@ routes:
 "#,
         server.connect_string()
     ));
+    let _log = LogOnFailure::of(&gw);
     assert_eq!(who(&gw, "/api/x").as_deref(), Some("a"), "{}", gw.log());
     assert_eq!(
         gw.get("/legacy/x").status,
@@ -227,6 +262,7 @@ async fn killing_the_ensemble_leader_under_load_fails_nothing_and_keeps_the_sess
         "zookeeper: {{ connect: \"{}\", session_timeout: 6s }}\nupstreams: [{{ name: api, zookeeper: {{ service: api }} }}]\nroutes: [{{ name: api, upstream: api }}]\n",
         ensemble.connect_string()
     ));
+    let _log = LogOnFailure::of(&gw);
     assert_eq!(who(&gw, "/x").as_deref(), Some("a"));
 
     let load = Load::start(gw.http, &["/load"], 3);
@@ -277,6 +313,7 @@ async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
         )
     };
     let gw = Gateway::start(&config(""));
+    let _log = LogOnFailure::of(&gw);
     assert_eq!(who(&gw, "/x").as_deref(), Some("a"));
 
     // A reload brings an upstream on a path nobody watched yet: it is followed at once.
@@ -340,4 +377,171 @@ async fn reloads_add_followed_paths_and_an_outage_keeps_the_last_backends() {
     assert_eq!(who(&gw, "/new/x").as_deref(), Some("b"));
     load.finish_without_failures(50);
     assert!(gw.metrics().contains("zkgate_zookeeper_connected 1"));
+}
+
+/// The address of instance `i` of the big service: distinct loopback addresses nothing listens
+/// on (the test reads the set, it sends no traffic there).
+fn big_addr(i: usize) -> String {
+    format!("127.0.{}.{}:8000", 1 + i / 250, 1 + i % 250)
+}
+
+fn big_instance(i: usize, weight: u32) -> Vec<u8> {
+    let addr: SocketAddr = big_addr(i).parse().unwrap();
+    native(addr, weight)
+}
+
+/// The addresses of upstream `name`, from the admin API.
+fn upstream_addrs(gw: &Gateway, name: &str) -> HashSet<String> {
+    let r = get(gw.admin, "/upstreams");
+    r.json()["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| u["name"] == name)
+        .flat_map(|u| u["backends"].as_array().cloned().unwrap_or_default())
+        .filter_map(|b| b["addr"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_connected_member_during_a_read_of_3000_instances_keeps_the_session() {
+    const N: usize = 3_000;
+    const JUNK: usize = 50;
+    let mut ensemble = zkgate_discovery::testkit::ZkEnsemble::start();
+    let client = registry(&ensemble.connect_string(), &[]).await;
+    // Sent at once and answered in order: a few round trips per chunk, not one per node.
+    let opts = persistent();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(500) {
+        let nodes: Vec<(String, Vec<u8>)> = chunk
+            .iter()
+            .map(|&i| (format!("/zkgate/services/api/n{i:04}"), big_instance(i, 1)))
+            .collect();
+        let pending: Vec<_> = nodes
+            .iter()
+            .map(|(path, data)| client.create(path, data, &opts))
+            .collect();
+        for p in pending {
+            p.await.unwrap();
+        }
+    }
+    for j in 0..JUNK {
+        client
+            .create(
+                &format!("/zkgate/services/api/junk{j:02}"),
+                b"not json",
+                &persistent(),
+            )
+            .await
+            .unwrap();
+    }
+    let gw = Gateway::start(&format!(
+        "zookeeper: {{ connect: \"{}\", session_timeout: 6s }}\nupstreams: [{{ name: api, zookeeper: {{ service: api }} }}]\nroutes: [{{ name: api, upstream: api }}]\n",
+        ensemble.connect_string()
+    ));
+    let _log = LogOnFailure::of(&gw);
+    let mut want: HashSet<String> = (0..N).map(big_addr).collect();
+    assert!(
+        eventually(Duration::from_secs(10), || upstream_addrs(&gw, "api")
+            == want),
+        "the first read did not give the {N} instances"
+    );
+
+    // Keeps the gateway re-reading the whole service: one node's data changes every few
+    // milliseconds, much sooner than a read of 3,050 nodes takes, so a read is nearly always
+    // under way.
+    let churn = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (client, churn) = (client.clone(), churn.clone());
+        tokio::spawn(async move {
+            let mut weight = 1;
+            while churn.load(Ordering::SeqCst) {
+                weight = 3 - weight;
+                // A write may fail while its own server is the one killed: try the next one.
+                let _ = client
+                    .set_data("/zkgate/services/api/n0000", &big_instance(0, weight), None)
+                    .await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Kill the member the gateway talks to. Should a kill fall between two reads (it then
+    // tests nothing new), bring that member back and kill the next connected one: up to 5 times.
+    let retried = |gw: &Gateway| gw.log().matches("but the session stands").count();
+    let mut hit = false;
+    for _ in 0..5 {
+        let member = ensemble
+            .connected_member(gw.child.id())
+            .expect("the gateway is connected to a member");
+        ensemble.nodes[member].kill();
+        hit = eventually(Duration::from_secs(5), || retried(&gw) > 0);
+        eprintln!("killed member {member}; a read was under way: {hit}");
+        assert!(
+            eventually(Duration::from_secs(20), || gw
+                .metrics()
+                .contains("zkgate_zookeeper_connected 1")
+                && ensemble.connected_member(gw.child.id()).is_some()),
+            "the gateway did not reconnect"
+        );
+        ensemble.nodes[member].restart();
+        if hit {
+            break;
+        }
+    }
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(&metrics, "zkgate_zookeeper_sessions_lost_total"),
+        Some(0.0),
+        "the session did not survive:\n{metrics}"
+    );
+    assert!(hit, "no kill fell during a read in 5 tries");
+    churn.store(false, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    // Still following: a deregistration and a registration after the reconnect show up.
+    client
+        .delete(&format!("/zkgate/services/api/n{:04}", N - 1), None)
+        .await
+        .unwrap();
+    client
+        .create(
+            "/zkgate/services/api/extra",
+            &big_instance(N, 1),
+            &persistent(),
+        )
+        .await
+        .unwrap();
+    want.remove(&big_addr(N - 1));
+    want.insert(big_addr(N));
+    assert!(
+        eventually(Duration::from_secs(15), || upstream_addrs(&gw, "api")
+            == want),
+        "the set is not right after the reconnect: {} addresses",
+        upstream_addrs(&gw, "api").len()
+    );
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(&metrics, "zkgate_zookeeper_sessions_lost_total"),
+        Some(0.0),
+        "the session did not survive:\n{metrics}"
+    );
+    // Dozens of re-reads and a reconnect later, each junk node was reported once.
+    assert_eq!(
+        metric(&metrics, "zkgate_zookeeper_rejected_instances_total"),
+        Some(JUNK as f64),
+        "{metrics}"
+    );
+    assert_eq!(gw.log().matches("/junk").count(), JUNK);
+    // New data on a junk node is a new version: reported once more.
+    client
+        .set_data("/zkgate/services/api/junk00", b"still not json", None)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || metric(
+        &gw.metrics(),
+        "zkgate_zookeeper_rejected_instances_total"
+    ) == Some(
+        JUNK as f64 + 1.0
+    )));
 }

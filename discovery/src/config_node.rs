@@ -9,6 +9,7 @@ use zookeeper_client as zk;
 
 use crate::backoff::Backoff;
 use crate::ensemble::Ensemble;
+use crate::failure::{classify, connected_again, ended, Failure};
 
 /// ZooKeeper refuses requests above `jute.maxbuffer` (1 MiB by default) with a bare connection
 /// loss; refusing earlier gives a clear error instead.
@@ -140,7 +141,9 @@ pub async fn write(
 
 /// Calls `apply` with the node's content now and after every change until `shutdown` turns
 /// true; `None` when the node is deleted. Nothing is delivered while ZooKeeper is unreachable,
-/// and a new connection delivers the content again (the consumer skips what it already has).
+/// and a new connection delivers the content again (the consumer skips what it already has). A
+/// read that fails on a broken connection is retried once the client is connected again, on
+/// the same session.
 pub async fn follow(
     ensemble: Ensemble,
     node: String,
@@ -174,27 +177,60 @@ async fn session(
 ) -> Result<(), zk::Error> {
     let client = ensemble.connect().await?;
     *connected = true;
+    let mut state = client.state_watcher();
+    // Between reads that failed on a connection of this session.
+    let mut retry = Backoff::new();
+    loop {
+        let e = match watch_node(&client, node, apply, shutdown, &mut retry).await {
+            Ok(Next::Shutdown) => return Ok(()),
+            Ok(Next::Rearm) => continue,
+            Err(e) => e,
+        };
+        // A broken connection is not a lost session: wait for the client to reconnect.
+        if classify(&e) == Failure::SessionEnded {
+            return Err(e);
+        }
+        log::warn!("config node {node}: a read failed ({e}) but the session stands; keeping the current config and reading again once connected");
+        if !retry.wait(shutdown).await || !connected_again(&mut state, shutdown, || {}).await? {
+            return Ok(());
+        }
+    }
+}
+
+enum Next {
+    Shutdown,
+    /// Reconnected: arm the watch again.
+    Rearm,
+}
+
+/// Arms a watch on `node`, reads it, and reads it again on every change.
+async fn watch_node(
+    client: &zk::Client,
+    node: &str,
+    apply: &impl Fn(Option<Versioned>),
+    shutdown: &mut watch::Receiver<bool>,
+    retry: &mut Backoff,
+) -> Result<Next, zk::Error> {
     // Re-armed on every reconnect: a watch does not reliably move to another server of the
     // ensemble (see watcher.rs).
+    let mut watcher = client.watch(node, zk::AddWatchMode::Persistent).await?;
+    apply(read_once(client, node).await?);
+    retry.reset();
+    let mut disconnected = false;
     loop {
-        let mut watcher = client.watch(node, zk::AddWatchMode::Persistent).await?;
-        apply(read_once(&client, node).await?);
-        let mut disconnected = false;
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.changed() => return Ok(()),
-                event = watcher.changed() => event,
-            };
-            if event.event_type != zk::EventType::Session {
-                apply(read_once(&client, node).await?);
-                continue;
-            }
-            match event.session_state {
-                s if s.is_terminated() => return Err(zk::Error::SessionExpired),
-                zk::SessionState::SyncConnected if disconnected => break,
-                zk::SessionState::SyncConnected => {}
-                _ => disconnected = true,
-            }
+        let event = tokio::select! {
+            _ = shutdown.changed() => return Ok(Next::Shutdown),
+            event = watcher.changed() => event,
+        };
+        if event.event_type != zk::EventType::Session {
+            apply(read_once(client, node).await?);
+            continue;
+        }
+        match event.session_state {
+            s if s.is_terminated() => return Err(ended(s)),
+            zk::SessionState::SyncConnected if disconnected => return Ok(Next::Rearm),
+            zk::SessionState::SyncConnected => {}
+            _ => disconnected = true,
         }
     }
 }

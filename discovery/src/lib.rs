@@ -6,8 +6,11 @@
 mod backoff;
 pub mod config_node;
 pub mod ensemble;
+mod failure;
 pub mod instance;
 pub mod registrar;
+mod rejected;
+pub mod resolve;
 pub mod watcher;
 
 pub use ensemble::{Digest, Ensemble};

@@ -1,7 +1,8 @@
 //! Keeps one instance registered for a backend that has no ZooKeeper client of its own: an
 //! ephemeral native-JSON node, re-created after a session expires, withdrawn while an optional
 //! health URL fails, and deleted on shutdown so that gateways see the removal at once instead of
-//! after the session timeout.
+//! after the session timeout. A write that fails on a broken connection is retried on the same
+//! session once the client has reconnected: giving the session up would delete the node.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use zookeeper_client as zk;
 
 use crate::backoff::Backoff;
 use crate::ensemble::Ensemble;
+use crate::failure::{classify, connected_again, Failure};
 
 #[derive(Debug, Clone)]
 pub struct RegisterSpec {
@@ -80,17 +82,27 @@ async fn session(
             Some(url) => healthy(url, spec.health_interval).await,
         };
         if healthy && !registered {
-            create(&client, &node, &spec.data(), spec.ensemble.acls()).await?;
+            let data = spec.data();
+            let done = retrying(&node, &mut state, shutdown, || {
+                create(&client, &node, &data, spec.ensemble.acls())
+            })
+            .await?;
+            if !done {
+                return Ok(());
+            }
             registered = true;
             log::info!("registered {node}");
         } else if !healthy && registered {
-            remove(&client, &node).await?;
+            if !retrying(&node, &mut state, shutdown, || remove(&client, &node)).await? {
+                return Ok(());
+            }
             registered = false;
             log::warn!("withdrew {node}: health check failing");
         }
         tokio::select! {
             _ = shutdown.changed() => {
                 if registered {
+                    // Shutting down already: one try, then the session's end removes the node.
                     remove(&client, &node).await?;
                     log::info!("deregistered {node}");
                 }
@@ -106,8 +118,34 @@ async fn session(
     }
 }
 
-/// Creates the ephemeral node; one left by an earlier session of ours (lingering until its
-/// timeout) is replaced.
+/// Runs the write `op` until it succeeds (`Ok(true)`), shutdown comes (`Ok(false)`) or the
+/// session ends (`Err`). A failure on the connection waits for the client to reconnect on the
+/// same session and tries again, so `op` must be safe to repeat.
+async fn retrying<F: std::future::Future<Output = Result<(), zk::Error>>>(
+    node: &str,
+    state: &mut zk::StateWatcher,
+    shutdown: &mut watch::Receiver<bool>,
+    mut op: impl FnMut() -> F,
+) -> Result<bool, zk::Error> {
+    let mut backoff = Backoff::new();
+    loop {
+        let e = match op().await {
+            Ok(()) => return Ok(true),
+            Err(e) => e,
+        };
+        if classify(&e) != Failure::Connection {
+            return Err(e);
+        }
+        log::warn!("registrar {node}: {e}; the session stands, trying again once connected");
+        if !backoff.wait(shutdown).await || !connected_again(state, shutdown, || {}).await? {
+            return Ok(false);
+        }
+    }
+}
+
+/// Creates the ephemeral node. One that exists already is kept if this session owns it (an
+/// earlier try whose answer the connection lost), and replaced if it is left by an earlier
+/// session (lingering until its timeout).
 async fn create(
     client: &zk::Client,
     node: &str,
@@ -118,6 +156,10 @@ async fn create(
     match client.create(node, data, &ephemeral).await {
         Ok(_) => Ok(()),
         Err(zk::Error::NodeExists) => {
+            let owner = client.check_stat(node).await?.map(|s| s.ephemeral_owner);
+            if owner == Some(client.session_id().0) {
+                return Ok(());
+            }
             remove(client, node).await?;
             client.create(node, data, &ephemeral).await.map(|_| ())
         }
@@ -152,4 +194,35 @@ async fn healthy(url: &str, timeout: Duration) -> bool {
         Some(head.starts_with(b"HTTP/1.") && head[9] == b'2')
     };
     matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::ZkServer;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creating_again_keeps_a_node_of_this_session_and_replaces_one_of_another() {
+        let server = ZkServer::start();
+        let ensemble = Ensemble::new(server.connect_string(), Duration::from_secs(4));
+        let (mine, other) = (
+            ensemble.connect().await.unwrap(),
+            ensemble.connect().await.unwrap(),
+        );
+        let acls = ensemble.acls();
+        let node = "/n";
+        create(&mine, node, b"1", acls).await.unwrap();
+        let first = mine.check_stat(node).await.unwrap().unwrap();
+        // A retry after a lost answer: the node stays, not deleted and created again.
+        create(&mine, node, b"1", acls).await.unwrap();
+        assert_eq!(
+            mine.check_stat(node).await.unwrap().unwrap().czxid,
+            first.czxid
+        );
+        // Another session's node (a lingering one of an earlier run) is taken over.
+        create(&other, node, b"2", acls).await.unwrap();
+        let taken = other.check_stat(node).await.unwrap().unwrap();
+        assert_ne!(taken.czxid, first.czxid);
+        assert_eq!(taken.ephemeral_owner, other.session_id().0);
+    }
 }

@@ -1,6 +1,8 @@
 //! A real ZooKeeper server for tests (Debian's `zookeeper` package), on a free loopback port
-//! with its own data directory, stopped when dropped.
+//! with its own data directory, stopped when dropped. A test that fails keeps the directory, log
+//! included, and prints where it is.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -163,6 +165,35 @@ impl ZkEnsemble {
     }
 }
 
+impl ZkEnsemble {
+    /// The member the process `pid` holds an established connection to: its ZooKeeper client's
+    /// current server (read from /proc: the process's sockets, matched in /proc/net/tcp).
+    pub fn connected_member(&self, pid: u32) -> Option<usize> {
+        let sockets: HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .filter_map(|fd| {
+                let link = std::fs::read_link(fd.ok()?.path()).ok()?;
+                link.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = f.get(9)?.parse().ok()?;
+            if f.get(3) != Some(&"01") || !sockets.contains(&inode) {
+                return None;
+            }
+            let port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+            self.nodes.iter().position(|n| n.port == port)
+        })
+    }
+}
+
 fn spawn(dir: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -188,5 +219,18 @@ impl Drop for ZkServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The test failed: its server's log is evidence.
+            self.dir.disable_cleanup(true);
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- ZooKeeper on port {} kept its directory {}; last lines of {}:\n{}",
+                self.port,
+                self.dir.path().display(),
+                self.dir.path().join("zk.log").display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
     }
 }

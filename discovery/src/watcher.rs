@@ -1,7 +1,10 @@
 //! Follows service paths in ZooKeeper with persistent recursive watches and publishes each
 //! path's instance list when it changes. The set of paths can change while it runs (a config
 //! reload adds an upstream). A lost connection or session publishes nothing: the consumer keeps
-//! serving the last list it got; a new session starts with a full resync.
+//! serving the last list it got. A lost connection is not a lost session: the client reconnects
+//! within the session (to another ensemble member if need be) and the reads are retried there;
+//! only a session ZooKeeper reports expired, closed or refused starts a new one. Either way the
+//! watches are armed again and everything is read again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -13,7 +16,9 @@ use zookeeper_client as zk;
 
 use crate::backoff::Backoff;
 use crate::ensemble::Ensemble;
+use crate::failure::{classify, connected_again, ended, Failure};
 use crate::instance::{parse_instance, Instance, InstanceError};
+use crate::rejected::{Rejections, Version};
 
 /// The session as the consumer needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +33,8 @@ pub enum SessionEvent {
 pub trait Publish: Send + Sync + 'static {
     /// The full current instance list under `path`.
     fn instances(&self, path: &str, instances: Vec<Instance>);
-    /// A child of `path` that is none of the accepted formats; it is left out of the list.
+    /// A child of `path` that is none of the accepted formats; it is left out of the list. Called
+    /// once per version of the child's data, not on every re-read of `path`.
     fn rejected(&self, path: &str, child: &str, error: &InstanceError) {
         log::warn!("zookeeper: {path}/{child} skipped: {error}");
     }
@@ -54,9 +60,20 @@ pub async fn watch(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new();
+    // Kept across sessions: a new session reads the same node versions again.
+    let mut rejections = Rejections::default();
     loop {
         let mut connected = false;
-        match session(&ensemble, &mut paths, &*sink, &mut shutdown, &mut connected).await {
+        let result = session(
+            &ensemble,
+            &mut paths,
+            &*sink,
+            &mut shutdown,
+            &mut connected,
+            &mut rejections,
+        )
+        .await;
+        match result {
             Ok(()) => return,
             Err(e) => {
                 log::warn!(
@@ -90,20 +107,60 @@ async fn session(
     sink: &dyn Publish,
     shutdown: &mut watch::Receiver<bool>,
     connected: &mut bool,
+    rejections: &mut Rejections,
 ) -> Result<(), zk::Error> {
     let client = ensemble.connect().await?;
     *connected = true;
     sink.session(SessionEvent::Connected);
+    let mut state = client.state_watcher();
+    // Between reads that failed on a connection of this session.
+    let mut retry = Backoff::new();
     loop {
         let mut watches = Watches::new();
-        let result = follow(&client, &mut watches, paths, sink, shutdown).await;
+        let result = follow(
+            &client,
+            &mut watches,
+            paths,
+            sink,
+            shutdown,
+            rejections,
+            &mut retry,
+        )
+        .await;
         // Dropping a watcher removes its watch.
         watches.clear();
-        match result? {
-            Stop::Shutdown => return Ok(()),
-            Stop::Reconnected => continue,
+        let e = match result {
+            Ok(Stop::Shutdown) => return Ok(()),
+            Ok(Stop::Reconnected) => continue,
+            Err(e) => e,
+        };
+        if classify(&e) == Failure::SessionEnded {
+            return Err(e);
+        }
+        log::warn!(
+            "zookeeper {}: a read failed ({e}) but the session stands; keeping the last known instances and reading again once connected",
+            ensemble.connect
+        );
+        if !retry.wait(shutdown).await {
+            return Ok(());
+        }
+        if !reconnected(&mut state, sink, shutdown).await? {
+            return Ok(());
         }
     }
+}
+
+/// Waits until the client is connected again (see [`connected_again`]), telling `sink`.
+async fn reconnected(
+    state: &mut zk::StateWatcher,
+    sink: &dyn Publish,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, zk::Error> {
+    let back = connected_again(state, shutdown, || sink.session(SessionEvent::Disconnected)).await;
+    if back == Ok(true) {
+        sink.session(SessionEvent::Connected);
+    }
+    back
 }
 
 type Event = (Arc<str>, zk::WatchedEvent);
@@ -157,8 +214,8 @@ impl Watches {
                 let watcher = match request.await {
                     Ok(w) => w,
                     // One forbidden path must not stop the others; it is retried on reconnect.
-                    Err(zk::Error::NoAuth) => {
-                        log::error!("zookeeper {path}: not allowed to watch it (check zookeeper.digest); its upstreams keep their last members");
+                    Err(e) if classify(&e) == Failure::Refused => {
+                        log::error!("zookeeper {path}: cannot watch it: {e}{}; its upstreams keep their last members", hint(&e));
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -202,9 +259,12 @@ async fn follow(
     paths: &mut watch::Receiver<Vec<String>>,
     sink: &dyn Publish,
     shutdown: &mut watch::Receiver<bool>,
+    rejections: &mut Rejections,
+    retry: &mut Backoff,
 ) -> Result<Stop, zk::Error> {
     let want = paths.borrow_and_update().clone();
     let mut dirty: Vec<Arc<str>> = watches.set(client, &want).await?;
+    rejections.retain_paths(&want.iter().map(String::as_str).collect());
     let mut full = true;
     let mut disconnected = false;
     loop {
@@ -212,9 +272,10 @@ async fn follow(
             let started = tokio::time::Instant::now();
             dirty.sort_unstable();
             dirty.dedup();
-            resync(client, &dirty, sink).await?;
+            resync(client, &dirty, sink, rejections).await?;
             dirty.clear();
             if std::mem::take(&mut full) {
+                retry.reset();
                 sink.synced(started.elapsed());
             }
         }
@@ -227,6 +288,7 @@ async fn follow(
                 }
                 let want = paths.borrow_and_update().clone();
                 dirty.extend(watches.set(client, &want).await?);
+                rejections.retain_paths(&want.iter().map(String::as_str).collect());
                 continue;
             }
             ev = watches.rx.recv() => ev,
@@ -249,7 +311,7 @@ async fn follow(
                 continue;
             }
             match ev.session_state {
-                s if s.is_terminated() => return Err(zk::Error::SessionExpired),
+                s if s.is_terminated() => return Err(ended(s)),
                 zk::SessionState::SyncConnected if disconnected => {
                     sink.session(SessionEvent::Connected);
                     return Ok(Stop::Reconnected);
@@ -267,11 +329,12 @@ async fn follow(
 }
 
 /// Reads `paths` and publishes each one's list, with the requests of up to [`PIPELINE_PATHS`]
-/// paths in flight together.
+/// paths in flight together. A rejected child is reported once per version of its data.
 async fn resync(
     client: &zk::Client,
     paths: &[Arc<str>],
     sink: &dyn Publish,
+    rejections: &mut Rejections,
 ) -> Result<(), zk::Error> {
     for chunk in paths.chunks(PIPELINE_PATHS) {
         // These calls send their requests at once; awaiting them in order then costs about one
@@ -282,8 +345,8 @@ async fn resync(
             let children = match listing.await {
                 Ok((children, _)) => children,
                 Err(zk::Error::NoNode) => Vec::new(),
-                Err(zk::Error::NoAuth) => {
-                    log::error!("zookeeper {path}: not allowed to read it (check zookeeper.digest); its upstreams keep their last members");
+                Err(e) if classify(&e) == Failure::Refused => {
+                    log::error!("zookeeper {path}: cannot list it: {e}{}; its upstreams keep their last members", hint(&e));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -296,26 +359,48 @@ async fn resync(
         }
         for (path, children, data) in reads {
             let mut instances = Vec::with_capacity(children.len());
-            for (child, read) in children.iter().zip(data) {
-                let data = match read.await {
-                    Ok((data, _)) => data,
+            let mut rejected: HashMap<String, Version> = HashMap::new();
+            for (child, read) in children.into_iter().zip(data) {
+                let (data, stat) = match read.await {
+                    Ok(read) => read,
                     // Deleted since it was listed; its deletion is already on its way.
                     Err(zk::Error::NoNode) => continue,
-                    Err(zk::Error::NoAuth) => {
-                        log::warn!("zookeeper {path}/{child} skipped: not allowed to read it");
+                    Err(e) if classify(&e) == Failure::Refused => {
+                        if rejections.is_new(path, &child, None) {
+                            log::warn!(
+                                "zookeeper {path}/{child} skipped: cannot read it: {e}{}",
+                                hint(&e)
+                            );
+                        }
+                        rejected.insert(child, None);
                         continue;
                     }
                     Err(e) => return Err(e),
                 };
-                match parse_instance(child, &data) {
+                match parse_instance(&child, &data) {
                     Ok(i) => instances.push(i),
-                    Err(e) => sink.rejected(path, child, &e),
+                    Err(e) => {
+                        let version = Some(stat.mzxid);
+                        if rejections.is_new(path, &child, version) {
+                            sink.rejected(path, &child, &e);
+                        }
+                        rejected.insert(child, version);
+                    }
                 }
             }
+            rejections.replace(path, rejected);
             sink.instances(path, instances);
         }
     }
     Ok(())
+}
+
+/// What to check when ZooKeeper refuses a request.
+fn hint(e: &zk::Error) -> &'static str {
+    match e {
+        zk::Error::NoAuth => " (check zookeeper.digest)",
+        _ => "",
+    }
 }
 
 fn child_path(parent: &str, child: &str) -> String {

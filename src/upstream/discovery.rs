@@ -1,7 +1,10 @@
 //! Bridges ZooKeeper discovery into upstreams: each instance list the watcher publishes becomes
-//! the backend set of every upstream that follows that path, with one atomic store.
+//! the backend set of every upstream that follows that path, with one atomic store. Host names
+//! are resolved on the way, asynchronously and within a deadline, never on the request path and
+//! never in the watcher's way.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +13,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora::services::ServiceReadyNotifier;
 use tokio::sync::Notify;
+use zkgate_discovery::resolve::{Resolved, Resolver, SystemLookup, RESOLVE_TIMEOUT};
 use zkgate_discovery::{Ensemble, Instance, InstanceError, Publish, SessionEvent};
 
 use super::BackendSpec;
@@ -33,54 +37,66 @@ impl DiscoveryService {
 }
 
 struct Bridge {
-    shared: Shared,
-    first_sync: Notify,
+    resolver: Arc<Resolver>,
+    first_sync: Arc<Notify>,
 }
 
-/// An instance's address; host names are resolved here, on the discovery thread, never on the
-/// request path.
-fn resolve(i: &Instance) -> Vec<SocketAddr> {
-    if let Ok(ip) = i.host.parse::<IpAddr>() {
-        return vec![SocketAddr::new(ip, i.port)];
+/// The backend set of one resolved instance list.
+fn specs(resolved: Vec<Resolved>) -> Vec<BackendSpec> {
+    let mut specs: Vec<BackendSpec> = Vec::with_capacity(resolved.len());
+    let mut at: HashMap<SocketAddr, usize> = HashMap::with_capacity(resolved.len());
+    for r in resolved {
+        for addr in r.addrs {
+            let spec = BackendSpec {
+                addr,
+                weight: r.instance.weight,
+                zone: r.instance.zone.as_deref().map(Arc::from),
+            };
+            // Two registrations of one address: the later one wins.
+            match at.get(&addr) {
+                Some(&i) => specs[i] = spec,
+                None => {
+                    at.insert(addr, specs.len());
+                    specs.push(spec);
+                }
+            }
+        }
     }
-    match (i.host.as_str(), i.port).to_socket_addrs() {
-        Ok(addrs) => addrs.collect(),
-        Err(e) => {
-            log::warn!(
-                "zookeeper: cannot resolve {}:{}, skipped: {e}",
-                i.host,
-                i.port
-            );
-            Vec::new()
+    specs
+}
+
+impl Bridge {
+    fn new(shared: Shared) -> Bridge {
+        let resolver = Resolver::new(
+            Arc::new(SystemLookup),
+            RESOLVE_TIMEOUT,
+            move |path, resolved| {
+                let specs = specs(resolved);
+                log::info!("zookeeper {path}: {} backend(s)", specs.len());
+                shared.publish(path, specs);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                METRICS.zk_last_sync.set(now as i64);
+            },
+        );
+        Bridge {
+            resolver,
+            first_sync: Arc::new(Notify::new()),
         }
     }
 }
 
 impl Publish for Bridge {
     fn instances(&self, path: &str, instances: Vec<Instance>) {
-        let mut specs: Vec<BackendSpec> = Vec::with_capacity(instances.len());
-        for i in &instances {
-            for addr in resolve(i) {
-                // Two registrations of one address: the later one wins.
-                specs.retain(|s| s.addr != addr);
-                specs.push(BackendSpec {
-                    addr,
-                    weight: i.weight,
-                    zone: i.zone.as_deref().map(Arc::from),
-                });
-            }
-        }
-        log::info!("zookeeper {path}: {} backend(s)", specs.len());
-        self.shared.publish(path, specs);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        METRICS.zk_last_sync.set(now as i64);
+        self.resolver.submit(path, instances);
     }
 
     fn rejected(&self, path: &str, child: &str, error: &InstanceError) {
         METRICS.zk_rejected.inc();
-        log::warn!("zookeeper: {path}/{child} skipped: {error}");
+        log::warn!(
+            "zookeeper: {path}/{child} skipped: {error} (reported again only when its data changes)"
+        );
     }
 
     fn session(&self, event: SessionEvent) {
@@ -96,8 +112,13 @@ impl Publish for Bridge {
 
     fn synced(&self, took: Duration) {
         METRICS.zk_full_sync.set(took.as_secs_f64());
-        // A stored permit: the waiter may start waiting after this.
-        self.first_sync.notify_one();
+        let (resolver, first_sync) = (self.resolver.clone(), self.first_sync.clone());
+        // Ready once the names of that read are resolved too (within their deadline).
+        tokio::spawn(async move {
+            resolver.idle().await;
+            // A stored permit: the waiter may start waiting after this.
+            first_sync.notify_one();
+        });
     }
 }
 
@@ -108,10 +129,7 @@ impl BackgroundService for DiscoveryService {
         shutdown: ShutdownWatch,
         ready: ServiceReadyNotifier,
     ) {
-        let bridge = Arc::new(Bridge {
-            shared: self.shared.clone(),
-            first_sync: Notify::new(),
-        });
+        let bridge = Arc::new(Bridge::new(self.shared.clone()));
         let waiter = bridge.clone();
         let connect = self.ensemble.connect.clone();
         tokio::spawn(async move {
@@ -127,5 +145,42 @@ impl BackgroundService for DiscoveryService {
         });
         let paths = self.shared.paths();
         zkgate_discovery::watch(self.ensemble.clone(), paths, bridge, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn resolved(host: &str, weight: u32, addrs: &[&str]) -> Resolved {
+        Resolved {
+            instance: Instance {
+                host: host.to_owned(),
+                port: 80,
+                weight,
+                tls: false,
+                zone: None,
+                metadata: BTreeMap::new(),
+            },
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn one_backend_per_address_the_later_registration_wins() {
+        let specs = specs(vec![
+            resolved("a.internal", 1, &["10.0.0.1:80", "10.0.0.2:80"]),
+            resolved("unresolved.internal", 1, &[]),
+            resolved("10.0.0.1", 5, &["10.0.0.1:80"]),
+        ]);
+        let got: Vec<(String, u32)> = specs
+            .iter()
+            .map(|s| (s.addr.to_string(), s.weight))
+            .collect();
+        assert_eq!(
+            got,
+            [("10.0.0.1:80".to_owned(), 5), ("10.0.0.2:80".to_owned(), 1)]
+        );
     }
 }
