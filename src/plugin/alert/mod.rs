@@ -728,13 +728,14 @@ impl deliver::Target {
             deliver::Target::Upstream { upstream, path, .. } => {
                 format!("upstream {}{path}", upstream.name)
             }
-            // The URL may hold a token: only where it goes is shown.
+            // A webhook URL's path and query are its token (Slack's, Teams', Google Chat's):
+            // only the host is shown, the rest as `/config` shows a secret.
             deliver::Target::Url {
                 authority, path, ..
-            } => {
-                let path = path.split('?').next().unwrap_or("/");
-                format!("{authority}{path}")
-            }
+            } => format!(
+                "{authority}/{:?}",
+                crate::config::schema::Secret(path.clone())
+            ),
         }
     }
 }
