@@ -79,6 +79,24 @@ pub fn parse_with(
     errors.into_result(raw)
 }
 
+/// Parses and builds `text` as `check` does, minus what reaches outside the process: for the
+/// config fuzz target and the test that replays its corpus. `${NAME}` references see an empty
+/// environment, and a config whose backends name hosts rather than addresses is parsed only
+/// (`Ok(None)`), since building it would resolve them.
+#[doc(hidden)]
+pub fn load_offline(text: &str) -> Result<Option<crate::snapshot::Snapshot>, ConfigErrors> {
+    let raw = parse_with(text, &|_| None)?;
+    let offline = raw.upstreams.iter().flat_map(|u| &u.backends).all(|b| {
+        b.split_whitespace()
+            .next()
+            .is_some_and(|a| a.parse::<std::net::SocketAddr>().is_ok())
+    });
+    if !offline {
+        return Ok(None);
+    }
+    super::build::build(raw, None).map(Some)
+}
+
 /// Refuses a text over [`MAX_CONFIG_BYTES`] or nested deeper than [`MAX_NESTING`].
 pub fn check_bounds(text: &str) -> Result<(), ConfigErrors> {
     if text.len() > MAX_CONFIG_BYTES {
