@@ -145,18 +145,18 @@ fn check_ends_with_a_clear_error_on_each_input_that_hung_it() {
     let (code, err) = check(Path::new("/dev/zero"));
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("cannot read /dev/zero: larger than the 4194304 bytes allowed"),
+        err.contains("cannot read /dev/zero: larger than the 1048576 bytes allowed"),
         "{err}"
     );
     let huge = write(
         dir.path(),
         "huge.yaml",
-        &format!("{ROUTE}# {}\n", "x".repeat(5 << 20)),
+        &format!("{ROUTE}# {}\n", "x".repeat(2 << 20)),
     );
     let (code, err) = check(&huge);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("larger than the 4194304 bytes allowed"),
+        err.contains("larger than the 1048576 bytes allowed"),
         "{err}"
     );
 }

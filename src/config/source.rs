@@ -224,10 +224,10 @@ mod tests {
     #[test]
     fn reads_are_bounded() {
         let e = Source::file("/dev/zero").read().unwrap_err().to_string();
-        assert!(e.contains("larger than the 4194304 bytes allowed"), "{e}");
+        assert!(e.contains("larger than the 1048576 bytes allowed"), "{e}");
         let zk = ZkNode::parse("zk://h:1/c", &|_| None).unwrap();
         let e = text(&zk, vec![b'#'; MAX_CONFIG_BYTES + 1]).unwrap_err();
-        assert!(e.to_string().contains("more than the 4194304"), "{e}");
+        assert!(e.to_string().contains("more than the 1048576"), "{e}");
         // What a node holds goes through the same parser, with its bounds.
         let deep = format!("routes: {}\n", "[".repeat(100_000));
         let t = text(&zk, deep.into_bytes()).unwrap();
