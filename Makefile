@@ -6,7 +6,10 @@ STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
 CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
-.PHONY: run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-webhook docker deps deps-test deps-musl zk-up zk-down clean
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := config alert_payload zk_instance
+
+.PHONY: fuzz run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-webhook docker deps deps-test deps-musl zk-up zk-down clean
 
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
@@ -74,6 +77,19 @@ bench-webhook: build
 docker: build-optimized
 	mkdir -p dist/tmp && cp $(STATIC_BIN) dist/zkgate && cp /etc/ssl/certs/ca-certificates.crt dist/
 	docker build -f Dockerfile.scratch -t zkgate:latest .
+
+## fuzz: each fuzz target (config, alert_payload, zk_instance) for FUZZ_SECONDS (default 60) from
+## its corpus in fuzz/corpus. cargo-fuzz is installed if missing; RUSTC_BOOTSTRAP lets the stable
+## toolchain take its sanitizer flags. New inputs go to target/fuzz-corpus (the committed corpora
+## stay small); a crash or an input slower than 10 s is saved under fuzz/artifacts and fails.
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t && \
+		echo "fuzz $$t for $(FUZZ_SECONDS) s" && \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
+	done
 
 ## zk-up / zk-down: a local ZooKeeper on 127.0.0.1:2181 for trying discovery by hand
 zk-up:

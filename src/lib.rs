@@ -11,6 +11,8 @@ pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod limit;
 pub mod live;
 pub mod logging;

@@ -1,6 +1,7 @@
 //! Process assembly: Pingora's server with one proxy service per listener, the admin listener,
 //! the reloader and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -160,5 +161,27 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
         "reload",
         Reloader::new(source, shared, text),
     ));
-    server.run_forever()
+    run_or_exit(server)
+}
+
+/// Runs `server` until it exits the process. Pingora unwraps what can fail while starting its
+/// runtimes (a thread the system refuses, above all): that panic, on this thread, becomes one
+/// clear error line and exit status 1 instead of a panic message and status 101.
+fn run_or_exit(server: Server) -> ! {
+    let previous = std::panic::take_hook();
+    let main = std::thread::current().id();
+    std::panic::set_hook(Box::new(move |info| {
+        // This thread's panic is reported below, in a sentence.
+        if std::thread::current().id() != main {
+            previous(info);
+        }
+    }));
+    let why = match std::panic::catch_unwind(AssertUnwindSafe(|| -> () { server.run_forever() })) {
+        Err(p) => crate::plugin::alert::template::panic_message(p.as_ref()),
+        Ok(()) => "the server returned".to_owned(),
+    };
+    eprintln!(
+        "zkgate cannot run: {why} (at start-up: compare server.threads with the system's limits on threads and memory)"
+    );
+    std::process::exit(1)
 }

@@ -591,3 +591,119 @@ routes:
     assert!(r.text().contains("circuit breaker is open"), "{}", r.text());
     assert_eq!(sink.seen().len(), 2, "nothing reached the destination");
 }
+
+/// The payload of [`payload`] with every alert starting at `starts_at`.
+fn payload_starting(n: usize, starts_at: &str) -> Value {
+    let mut v: Value = serde_json::from_slice(&payload(n, "firing")).unwrap();
+    for a in v["alerts"].as_array_mut().unwrap() {
+        a["startsAt"] = starts_at.into();
+    }
+    v
+}
+
+/// Grows each alert's description until the body is past 32 KiB, so that it is parsed and
+/// rendered on the blocking pool.
+fn offloaded(mut v: Value) -> Vec<u8> {
+    let n = v["alerts"].as_array().unwrap().len();
+    for a in v["alerts"].as_array_mut().unwrap() {
+        a["annotations"]["description"] = "d".repeat(40_000 / n).into();
+    }
+    let body = serde_json::to_vec(&v).unwrap();
+    assert!(body.len() > 32 * 1024, "{} bytes", body.len());
+    body
+}
+
+#[test]
+fn hostile_payloads_get_an_answer_and_render_errors_are_counted() {
+    let sink = Backend::start("sink");
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  - {{ name: sink, backends: ["{sink}"] }}
+routes:
+  - name: alerts
+    match: {{ path_prefix: /alerts }}
+    plugin:
+      alert_webhook:
+        destinations:
+          - {{ name: slack, upstream: sink, path: /slack, template: {{ builtin: slack }} }}
+          - {{ name: teams, upstream: sink, path: /teams, template: {{ builtin: teams }} }}
+          - {{ name: googlechat, upstream: sink, path: /chat, template: {{ builtin: googlechat }} }}
+          # Loops for ever once a payload has three alerts: out of fuel, not out of time.
+          - name: loop
+            upstream: sink
+            path: /loop
+            template:
+              inline: '{{% for i in range((alerts | length - 2) * 10000) %}}{{% for j in range(10000) %}}x{{% endfor %}}{{% endfor %}}{{"ok": true}}'
+          - name: hook
+            url: "http://{sink}/services/T000/B000/webhooks3cret"
+            template: {{ builtin: slack }}
+"#,
+        sink = sink.addr
+    ));
+
+    // `to_offset` panicked on this instant in a "UTC" zone: every chat template answered
+    // nothing, and Alertmanager sent it again for ever. Now it is delivered, shown as sent.
+    let hostile = payload_starting(2, "9999-12-31T23:59:59-23:59");
+    for dest in ["slack", "teams", "googlechat"] {
+        for body in [
+            serde_json::to_vec(&hostile).unwrap(),
+            offloaded(hostile.clone()),
+        ] {
+            let r = post(&gw, &format!("/alerts/{dest}"), &[], &body);
+            assert_eq!(r.status, 200, "{dest}: {}", r.text());
+            assert_eq!(r.json()["messages"]["delivered"], 1, "{dest}");
+        }
+    }
+    let seen = sink.seen();
+    assert_eq!(seen.len(), 6);
+    for s in &seen {
+        let text = String::from_utf8_lossy(&s.body);
+        assert!(text.contains("9999-12-31T23:59:59-23:59"), "{text}");
+    }
+
+    // A render that runs out of fuel: a 422 (Alertmanager does not retry what would fail the
+    // same way), counted, on the worker thread and on the blocking pool alike.
+    for body in [
+        payload(3, "firing"),
+        offloaded(serde_json::from_slice(&payload(3, "firing")).unwrap()),
+    ] {
+        let r = post(&gw, "/alerts/loop", &[], &body);
+        assert_eq!(r.status, 422, "{}", r.text());
+        let answer = r.json();
+        assert_eq!(answer["destination"], "loop");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("ran more than 5000000 steps"),
+            "{answer}"
+        );
+    }
+    // Two alerts: the same template renders.
+    assert_eq!(
+        post(&gw, "/alerts/loop", &[], &payload(2, "firing")).status,
+        200
+    );
+    assert_eq!(sink.seen().len(), 7);
+    let metrics = gw.metrics();
+    for want in [
+        "zkgate_alert_render_errors_total{destination=\"loop\",reason=\"out_of_fuel\",route=\"alerts\"} 2",
+        "zkgate_alert_render_errors_total{destination=\"loop\",reason=\"panic\",route=\"alerts\"} 0",
+        "zkgate_alert_render_errors_total{destination=\"slack\",reason=\"out_of_fuel\",route=\"alerts\"} 0",
+        "zkgate_alert_alerts_total{destination=\"loop\",result=\"failed\",route=\"alerts\"} 6",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
+
+    // A dry run shows where a URL destination's messages go, not the token in its path.
+    let r = post(&gw, "/alerts/hook?dry_run=true", &[], &payload(1, "firing"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["requests"][0]["target"],
+        format!("{}/<redacted>", sink.addr)
+    );
+    assert!(!r.text().contains("webhooks3cret"), "{}", r.text());
+    assert!(!r.text().contains("T000"), "{}", r.text());
+    assert_eq!(sink.seen().len(), 7);
+}

@@ -148,9 +148,7 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
             path: l.path.build(),
         });
     }
-    if raw.server.threads == Some(0) {
-        errors.push("server.threads", "must be at least 1");
-    }
+    server_bounds(&raw.server, errors);
     if let Some(a) = &raw.access_log {
         if a.path.is_empty() {
             errors.push("access_log.path", "must name a file, `stdout` or `stderr`");
@@ -165,6 +163,51 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         server: raw.server.clone(),
         access_log: raw.access_log.clone(),
         zookeeper: raw.zookeeper.as_ref().map(|z| ensemble(raw, z, errors)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process settings: bounded, so that what `check` accepts `run` can start. Pingora unwraps the
+// creation of every thread it is asked for: `threads: 100000` passed and then panicked.
+
+/// Worker threads per listener (each listener has its own runtime with this many).
+pub const MAX_THREADS: usize = 1024;
+/// Accept tasks per listening socket.
+pub const MAX_LISTENER_TASKS_PER_FD: usize = 64;
+/// Idle upstream connections kept, all upstreams together.
+pub const MAX_UPSTREAM_KEEPALIVE_POOL: usize = 1_000_000;
+/// `grace_period` and `graceful_shutdown_timeout`: a stop that takes longer is a hang.
+pub const MAX_SHUTDOWN_WAIT: Duration = Duration::from_secs(3600);
+
+fn server_bounds(s: &ServerSection, errors: &mut ConfigErrors) {
+    let mut between = |key: &str, value: Option<usize>, min: usize, max: usize| {
+        if value.is_some_and(|v| v < min || v > max) {
+            errors.push(
+                format!("server.{key}"),
+                format!("must be between {min} and {max}"),
+            );
+        }
+    };
+    between("threads", s.threads, 1, MAX_THREADS);
+    between(
+        "listener_tasks_per_fd",
+        s.listener_tasks_per_fd,
+        1,
+        MAX_LISTENER_TASKS_PER_FD,
+    );
+    between(
+        "upstream_keepalive_pool_size",
+        s.upstream_keepalive_pool_size,
+        0,
+        MAX_UPSTREAM_KEEPALIVE_POOL,
+    );
+    for (key, value) in [
+        ("grace_period", s.grace_period),
+        ("graceful_shutdown_timeout", s.graceful_shutdown_timeout),
+    ] {
+        if value.is_some_and(|d| d.0 > MAX_SHUTDOWN_WAIT) {
+            errors.push(format!("server.{key}"), "must be at most 1h");
+        }
     }
 }
 
@@ -1608,5 +1651,28 @@ routes:
             first.upstream("b").unwrap(),
             second.upstream("b").unwrap()
         ));
+    }
+
+    #[test]
+    fn process_settings_are_bounded() {
+        let errors = |server: &str| {
+            errors(&format!(
+                "{server}\nroutes: [{{ name: r, match: {{ path_prefix: / }}, respond: {{ status: 204 }} }}]"
+            ))
+        };
+        let errs = errors(
+            "server: { threads: 100000, listener_tasks_per_fd: 0, upstream_keepalive_pool_size: 100000000000, grace_period: 2h, graceful_shutdown_timeout: 1h }",
+        );
+        assert_exactly(
+            &errs,
+            &[
+                "server.threads: must be between 1 and 1024",
+                "server.listener_tasks_per_fd: must be between 1 and 64",
+                "server.upstream_keepalive_pool_size: must be between 0 and 1000000",
+                "server.grace_period: must be at most 1h",
+            ],
+        );
+        assert_exactly(&errors("server: { threads: 0 }"), &["server.threads"]);
+        assert!(errors("server: { threads: 1024, listener_tasks_per_fd: 64 }").is_empty());
     }
 }

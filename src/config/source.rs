@@ -9,6 +9,7 @@ use zkgate_discovery::config_node;
 use zkgate_discovery::{Digest, Ensemble};
 
 use super::error::ConfigErrors;
+use super::parse::MAX_CONFIG_BYTES;
 
 /// The quickstart config, compiled in so that `zkgate run` works with no file at all.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../conf/zkgate.yaml");
@@ -137,7 +138,7 @@ impl Source {
     pub fn read_versioned(&self) -> Result<(String, Option<i32>), ConfigErrors> {
         match self {
             Source::Embedded => Ok((EMBEDDED_DEFAULT.to_owned(), None)),
-            Source::File(path) => std::fs::read_to_string(path)
+            Source::File(path) => read_bounded(path, MAX_CONFIG_BYTES)
                 .map(|t| (t, None))
                 .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display()))),
             Source::Zookeeper(zk) => match zk.read_blocking() {
@@ -166,7 +167,33 @@ impl Source {
 
 /// A config node's bytes as text.
 pub fn text(zk: &ZkNode, data: Vec<u8>) -> Result<String, ConfigErrors> {
+    if data.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigErrors::one(
+            "",
+            format!(
+                "{zk} holds {} bytes, more than the {MAX_CONFIG_BYTES} a config may have",
+                data.len()
+            ),
+        ));
+    }
     String::from_utf8(data).map_err(|_| ConfigErrors::one("", format!("{zk} is not UTF-8 text")))
+}
+
+/// A file's text, read up to `max` bytes: a larger file (or `/dev/zero`, which never ends) is
+/// an error after `max + 1` bytes rather than a read that fills memory or never returns.
+pub fn read_bounded(path: &std::path::Path, max: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than the {max} bytes allowed"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 #[cfg(test)]
@@ -192,6 +219,20 @@ mod tests {
         let n = ZkNode::parse("zk://gw:pw@h1:2181/c", &|_| None).unwrap();
         assert_eq!(n.ensemble.digest.as_ref().unwrap().password, "pw");
         assert!(!n.to_string().contains("pw@"), "{n}");
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let e = Source::file("/dev/zero").read().unwrap_err().to_string();
+        assert!(e.contains("larger than the 1048576 bytes allowed"), "{e}");
+        let zk = ZkNode::parse("zk://h:1/c", &|_| None).unwrap();
+        let e = text(&zk, vec![b'#'; MAX_CONFIG_BYTES + 1]).unwrap_err();
+        assert!(e.to_string().contains("more than the 1048576"), "{e}");
+        // What a node holds goes through the same parser, with its bounds.
+        let deep = format!("routes: {}\n", "[".repeat(100_000));
+        let t = text(&zk, deep.into_bytes()).unwrap();
+        let e = crate::config::load_str(&t, None).unwrap_err().to_string();
+        assert!(e.contains("64 deep"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
 pub const DEFAULT_MAX_ALERTS: usize = 1000;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SPOOL_BYTES: u64 = 256 << 20;
+/// The largest template accepted, from a file or inline: the ready-made ones are under 6 KiB.
+pub const MAX_TEMPLATE_BYTES: usize = 256 << 10;
+/// The largest `ca_file` accepted: a full public CA bundle is about 220 KiB.
+pub const MAX_CA_FILE_BYTES: usize = 4 << 20;
 /// Idle connections kept for reuse, over all of a plugin's destinations (Pingora's default).
 const KEEPALIVE_POOL: usize = 128;
 
@@ -222,7 +226,7 @@ pub fn build(
         errors.push(format!("{at}.max_alerts"), "must be at least 1");
     }
     if let Some(ca) = &section.ca_file {
-        match std::fs::read_to_string(ca) {
+        match read_regular_file(ca, MAX_CA_FILE_BYTES) {
             Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
             Ok(_) => errors.push(
                 format!("{at}.ca_file"),
@@ -541,13 +545,23 @@ fn template(
                 return None;
             }
         },
-        TemplateSource::File(path) => match std::fs::read_to_string(path) {
+        TemplateSource::File(path) => match read_regular_file(path, MAX_TEMPLATE_BYTES) {
             Ok(text) => (path.clone(), text),
             Err(e) => {
                 errors.push(format!("{at}.file"), format!("cannot read {path}: {e}"));
                 return None;
             }
         },
+        TemplateSource::Inline(text) if text.len() > MAX_TEMPLATE_BYTES => {
+            errors.push(
+                format!("{at}.inline"),
+                format!(
+                    "the template is {} bytes, more than the {MAX_TEMPLATE_BYTES} allowed",
+                    text.len()
+                ),
+            );
+            return None;
+        }
         TemplateSource::Inline(text) => (format!("{destination}.inline"), text.clone()),
     };
     let compiled = Template::compile(&name, &text)
@@ -562,6 +576,20 @@ fn template(
         }
     }
     Some(compiled)
+}
+
+/// A file's text, if it is a regular file of at most `max` bytes: a device (`/dev/zero`), a
+/// FIFO or a directory would block or never end the read that `check` and every reload make.
+fn read_regular_file(path: &str, max: usize) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > max as u64 {
+        return Err(format!("{} bytes, more than the {max} allowed", meta.len()));
+    }
+    // Bounded again: the file may have grown since.
+    crate::config::source::read_bounded(std::path::Path::new(path), max).map_err(|e| e.to_string())
 }
 
 fn backoff(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> Backoff {
@@ -615,6 +643,30 @@ mod tests {
         ] {
             assert!(url_target(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn template_and_ca_files_must_be_small_regular_files() {
+        assert_eq!(
+            read_regular_file("/dev/zero", MAX_TEMPLATE_BYTES).unwrap_err(),
+            "not a regular file"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = dir.path().to_str().expect("utf-8 path");
+        assert_eq!(
+            read_regular_file(at, MAX_TEMPLATE_BYTES).unwrap_err(),
+            "not a regular file"
+        );
+        let big = dir.path().join("big.j2");
+        std::fs::write(&big, vec![b'x'; MAX_TEMPLATE_BYTES + 1]).expect("write");
+        let e = read_regular_file(big.to_str().expect("utf-8"), MAX_TEMPLATE_BYTES).unwrap_err();
+        assert_eq!(e, "262145 bytes, more than the 262144 allowed");
+        let ok = dir.path().join("ok.j2");
+        std::fs::write(&ok, "{{ receiver }}").expect("write");
+        assert_eq!(
+            read_regular_file(ok.to_str().expect("utf-8"), MAX_TEMPLATE_BYTES).unwrap(),
+            "{{ receiver }}"
+        );
     }
 
     #[test]

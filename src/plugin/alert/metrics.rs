@@ -22,6 +22,10 @@ struct Families {
     spool_bytes: IntGaugeVec,
 }
 
+/// The `reason` label values of `zkgate_alert_render_errors_total`; an unknown reason counts as
+/// the last.
+const RENDER_ERROR_REASONS: &[&str] = &["template", "json", "out_of_fuel", "alert_range", "panic"];
+
 /// Delivery and render buckets, 50 µs to 30 s.
 const BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -60,8 +64,8 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         .expect("register zkgate_alert_render_duration_seconds"),
         render_errors: register_int_counter_vec!(
             "zkgate_alert_render_errors_total",
-            "Webhooks whose messages did not render.",
-            labels
+            "Webhooks whose messages did not render, by reason: template (an error the template raised), json (the output is not JSON), out_of_fuel (the render ran too many steps), panic (a bug, caught), alert_range.",
+            &["route", "destination", "reason"]
         )
         .expect("register zkgate_alert_render_errors_total"),
         spool_messages: register_int_gauge_vec!(
@@ -90,7 +94,8 @@ struct Handles {
     tries_failed: IntCounter,
     delivery: Histogram,
     render: Histogram,
-    render_errors: IntCounter,
+    /// By reason, in the order of [`RENDER_ERROR_REASONS`].
+    render_errors: Vec<IntCounter>,
     spool_messages: IntGauge,
     spool_bytes: IntGauge,
 }
@@ -118,7 +123,10 @@ impl DestinationMetrics {
             tries_failed: tries("failed"),
             delivery: f.delivery.with_label_values(&labels),
             render: f.render.with_label_values(&labels),
-            render_errors: f.render_errors.with_label_values(&labels),
+            render_errors: RENDER_ERROR_REASONS
+                .iter()
+                .map(|r| f.render_errors.with_label_values(&[route, destination, r]))
+                .collect(),
             spool_messages: f.spool_messages.with_label_values(&labels),
             spool_bytes: f.spool_bytes.with_label_values(&labels),
         });
@@ -161,12 +169,20 @@ impl DestinationMetrics {
         });
     }
 
-    pub fn rendered(&self, took: Duration, ok: bool) {
+    pub fn rendered(&self, took: Duration) {
+        self.with(|h| h.render.observe(took.as_secs_f64()));
+    }
+
+    /// A webhook whose messages did not render; `reason` is [`RenderError::kind`] or `panic`.
+    ///
+    /// [`RenderError::kind`]: super::template::RenderError::kind
+    pub fn render_failed(&self, reason: &str) {
         self.with(|h| {
-            h.render.observe(took.as_secs_f64());
-            if !ok {
-                h.render_errors.inc();
-            }
+            let i = RENDER_ERROR_REASONS
+                .iter()
+                .position(|r| *r == reason)
+                .unwrap_or(RENDER_ERROR_REASONS.len() - 1);
+            h.render_errors[i].inc();
         });
     }
 

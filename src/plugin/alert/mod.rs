@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod deliver;
+pub mod exercise;
 mod metrics;
 pub mod payload;
 pub mod spool;
@@ -42,6 +43,8 @@ const FULL_RETRY_AFTER_SECS: u64 = 30;
 /// worker thread: about 40 alerts, a quarter of a millisecond of work, past which other
 /// connections on the worker would wait on it (1000 alerts take about 8 ms).
 const OFFLOAD_BODY_BYTES: usize = 32 * 1024;
+/// The answer to a webhook whose messages did not render.
+const RENDER_FAILED_STATUS: u16 = 422;
 
 /// Who may post webhooks.
 pub enum Auth {
@@ -281,24 +284,18 @@ impl HttpPlugin for AlertWebhook {
             return Ok(true);
         };
         let parsed = if body.len() > OFFLOAD_BODY_BYTES {
-            let (dest, limits) = (dest.clone(), self.limits);
-            match tokio::task::spawn_blocking(move || parse_and_render(&dest, &body, &limits)).await
-            {
-                Ok(done) => done,
-                Err(e) => {
-                    return Err(pingora::Error::because(
-                        pingora::ErrorType::InternalError,
-                        "rendering alerts",
-                        e,
-                    ))
-                }
-            }
+            let (offloaded, limits) = (dest.clone(), self.limits);
+            tokio::task::spawn_blocking(move || parse_and_render(&offloaded, &body, &limits))
+                .await
+                // parse_and_render catches its own panics: a join error is a cancelled task
+                // or a panic outside it, answered and counted the same way.
+                .unwrap_or_else(|e| Err(Unprocessed::Panic(e.to_string())))
         } else {
             parse_and_render(dest, &body, &self.limits)
         };
         let (payload, rendered) = match parsed {
             Ok(done) => done,
-            Err(e) => {
+            Err(Unprocessed::Payload(e)) => {
                 let status = match e {
                     payload::PayloadError::TooManyAlerts { .. } => 413,
                     _ => 400,
@@ -312,15 +309,34 @@ impl HttpPlugin for AlertWebhook {
                 .await?;
                 return Ok(true);
             }
+            Err(Unprocessed::Panic(why)) => {
+                dest.metrics.render_failed("panic");
+                log::error!(
+                    "route {}: destination {}: processing a webhook panicked: {why}",
+                    self.route,
+                    dest.name
+                );
+                let error = format!("internal error processing the webhook: {why}");
+                state.failure = Some(error.clone());
+                reply(
+                    session,
+                    500,
+                    &json!({"status": "error", "destination": &*dest.name, "error": error}),
+                )
+                .await?;
+                return Ok(true);
+            }
         };
         state.alerts = payload.alerts.len();
         let messages = match rendered {
             Ok(m) => m,
             Err(e) => {
+                // The same payload renders the same way every time: a 4xx, which Alertmanager
+                // does not retry, rather than a 5xx it would send again until it gives up.
                 state.failure = Some(e.clone());
                 reply(
                     session,
-                    500,
+                    RENDER_FAILED_STATUS,
                     &json!({"status": "error", "destination": &*dest.name, "error": e}),
                 )
                 .await?;
@@ -373,14 +389,26 @@ impl HttpPlugin for AlertWebhook {
 }
 
 /// A webhook's payload and its messages for one destination, or why they could not be made.
-type Parsed = Result<(Payload, Result<Vec<Message>, String>), payload::PayloadError>;
+type Parsed = Result<(Payload, Result<Vec<Message>, String>), Unprocessed>;
+
+/// Why a webhook's body gave no payload to render.
+enum Unprocessed {
+    /// Not an acceptable payload: the sender's fault.
+    Payload(payload::PayloadError),
+    /// A panic while parsing or rendering, caught: a bug, reported as a 500.
+    Panic(String),
+}
 
 /// Parses a webhook's body and renders its messages for `dest`, counting the alerts received.
+/// A panic anywhere in it is caught: it fails this webhook, not the thread that runs it.
 fn parse_and_render(dest: &Destination, body: &[u8], limits: &Limits) -> Parsed {
-    let payload = payload::parse(body, limits)?;
-    dest.metrics.received(payload.alerts.len());
-    let rendered = dest.render(&payload);
-    Ok((payload, rendered))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let payload = payload::parse(body, limits).map_err(Unprocessed::Payload)?;
+        dest.metrics.received(payload.alerts.len());
+        let rendered = dest.render(&payload);
+        Ok((payload, rendered))
+    }))
+    .unwrap_or_else(|p| Err(Unprocessed::Panic(template::panic_message(p.as_ref()))))
 }
 
 impl Destination {
@@ -388,6 +416,7 @@ impl Destination {
     fn render(&self, payload: &Payload) -> Result<Vec<Message>, String> {
         let started = Instant::now();
         let values = PayloadValues::new(payload);
+        let mut failure = None;
         let messages = self
             .split
             .ranges(payload.alerts.len())
@@ -408,10 +437,17 @@ impl Destination {
                     alerts: count,
                     body: Bytes::from(t),
                 })
-                .map_err(|e| format!("template {}: {e}", self.template.name()))
+                .map_err(|e| {
+                    failure = Some(e.kind());
+                    format!("template {}: {e}", self.template.name())
+                })
             })
             .collect::<Result<Vec<_>, _>>();
-        self.metrics.rendered(started.elapsed(), messages.is_ok());
+        self.metrics.rendered(started.elapsed());
+        if let Some(kind) = failure {
+            self.metrics.render_failed(kind);
+            self.metrics.failed(payload.alerts.len());
+        }
         messages
     }
 
@@ -553,7 +589,7 @@ impl Destination {
             self.retry.max
         );
         self.replay_after_ms.store(
-            now_ms() + self.retry.max.as_millis() as u64,
+            now_ms().saturating_add(u64::try_from(self.retry.max.as_millis()).unwrap_or(u64::MAX)),
             Ordering::Relaxed,
         );
     }
@@ -692,13 +728,14 @@ impl deliver::Target {
             deliver::Target::Upstream { upstream, path, .. } => {
                 format!("upstream {}{path}", upstream.name)
             }
-            // The URL may hold a token: only where it goes is shown.
+            // A webhook URL's path and query are its token (Slack's, Teams', Google Chat's):
+            // only the host is shown, the rest as `/config` shows a secret.
             deliver::Target::Url {
                 authority, path, ..
-            } => {
-                let path = path.split('?').next().unwrap_or("/");
-                format!("{authority}{path}")
-            }
+            } => format!(
+                "{authority}/{:?}",
+                crate::config::schema::Secret(path.clone())
+            ),
         }
     }
 }

@@ -59,6 +59,14 @@
 //!
 //! A template is one file: this build of minijinja has no `include`, `extends` or `macro`.
 //!
+//! # Bounds
+//! Every render, the trial render included, runs on [`RENDER_FUEL`] of minijinja fuel (about one
+//! unit per template instruction): a loop that would run for minutes is an error instead, at
+//! `check` time when the sample payload triggers it and counted as a render error otherwise. A
+//! panic in a render (a bug in a filter or in minijinja) is caught and returned as
+//! [`RenderError::Panic`], so one bad payload cannot take a worker thread down. Time arithmetic
+//! on payload timestamps is checked: an instant a time zone cannot show is left as sent.
+//!
 //! Output is not auto-escaped: a template that writes JSON by hand escapes strings itself
 //! (`"{{ x | json_escape }}"` or `{{ x | tojson }}`) and [`Template::render_json`] checks the
 //! result. Blocks trim the newline after them and the indentation before them (`trim_blocks`,
@@ -67,6 +75,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectExt};
@@ -77,6 +86,13 @@ use time::format_description::OwnedFormatItem;
 use time::{OffsetDateTime, UtcOffset};
 
 use super::payload::{self, Alert, Limits, Payload, Status};
+
+/// The minijinja fuel of one render: about one unit per instruction. The ready-made templates
+/// spend under a tenth of it on 1000 alerts carrying 20 labels and 5 annotations each (Slack,
+/// the costliest, 200,000 to 500,000; see `ready_made_templates_fit_in_the_fuel`); a template
+/// that runs out is stopped in well under a second instead of holding a thread for as long as
+/// its loops last.
+pub const RENDER_FUEL: u64 = 5_000_000;
 
 /// A compiled template; cloning shares it.
 #[derive(Clone)]
@@ -190,6 +206,23 @@ pub enum RenderError {
         message: String,
         excerpt: String,
     },
+    /// The render used up its [`RENDER_FUEL`].
+    OutOfFuel,
+    /// The render panicked: a bug, caught so that it fails this message only.
+    Panic(String),
+}
+
+impl RenderError {
+    /// A short name of the kind of error, for a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RenderError::AlertRange { .. } => "alert_range",
+            RenderError::Template { .. } => "template",
+            RenderError::Json { .. } => "json",
+            RenderError::OutOfFuel => "out_of_fuel",
+            RenderError::Panic(_) => "panic",
+        }
+    }
 }
 
 impl fmt::Display for RenderError {
@@ -217,6 +250,11 @@ impl fmt::Display for RenderError {
                 f,
                 "rendered output is not JSON: {message} at line {line} column {column}, near `{excerpt}`"
             ),
+            RenderError::OutOfFuel => write!(
+                f,
+                "the template ran more than {RENDER_FUEL} steps (a loop too long for this payload)"
+            ),
+            RenderError::Panic(why) => write!(f, "the render failed unexpectedly: {why}"),
         }
     }
 }
@@ -255,6 +293,7 @@ impl Template {
         // Debug info (a source listing and the variables in scope, gathered on an error) is
         // not what a config error or a failed delivery reports: the line and detail are.
         env.set_debug(false);
+        env.set_fuel(Some(RENDER_FUEL));
         // A string is written as it is, without the `fmt` machinery the default formatter
         // goes through for every `{{ }}`: most of what a template emits is strings.
         env.set_formatter(|out, state, value| match value.as_str() {
@@ -282,7 +321,8 @@ impl Template {
         &self.inner.name
     }
 
-    /// Renders one message.
+    /// Renders one message. A panic inside is caught and returned as [`RenderError::Panic`]:
+    /// the last line of defence, so that a bug a payload triggers fails that message only.
     pub fn render(&self, ctx: &RenderContext<'_>) -> Result<String, RenderError> {
         let root = context_value(ctx)?;
         let tmpl = self
@@ -290,7 +330,11 @@ impl Template {
             .env
             .get_template(&self.inner.name)
             .map_err(RenderError::from_minijinja)?;
-        tmpl.render(root).map_err(RenderError::from_minijinja)
+        // Nothing shared is left half-changed by an unwind: the template and its caches are
+        // only read or replaced whole under a lock that recovers from poisoning.
+        catch_unwind(AssertUnwindSafe(|| tmpl.render(root)))
+            .map_err(|p| RenderError::Panic(panic_message(p.as_ref())))?
+            .map_err(RenderError::from_minijinja)
     }
 
     /// Renders one message and checks that it is one JSON value.
@@ -409,9 +453,22 @@ impl Template {
                     })
                 }
             };
-            if let Err(e) = tmpl.render(root) {
-                if independent_of_payload(&e) {
-                    return Err(TemplateError::from_minijinja(e));
+            match catch_unwind(AssertUnwindSafe(|| tmpl.render(root))) {
+                Ok(Err(e)) if e.kind() == ErrorKind::OutOfFuel => {
+                    return Err(TemplateError {
+                        line: e.line(),
+                        message: RenderError::OutOfFuel.to_string() + " with the sample payload",
+                    })
+                }
+                Ok(Err(e)) if independent_of_payload(&e) => {
+                    return Err(TemplateError::from_minijinja(e))
+                }
+                Ok(_) => {}
+                Err(p) => {
+                    return Err(TemplateError {
+                        line: None,
+                        message: RenderError::Panic(panic_message(p.as_ref())).to_string(),
+                    })
                 }
             }
         }
@@ -451,8 +508,20 @@ impl TemplateError {
     }
 }
 
+/// What a caught panic said, when it said it with a string.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+        (Some(s), _) => (*s).to_owned(),
+        (_, Some(s)) => s.clone(),
+        _ => "panic".to_owned(),
+    }
+}
+
 impl RenderError {
     fn from_minijinja(e: Error) -> RenderError {
+        if e.kind() == ErrorKind::OutOfFuel {
+            return RenderError::OutOfFuel;
+        }
         RenderError::Template {
             line: e.line(),
             message: minijinja_message(&e),
@@ -1158,7 +1227,12 @@ fn timeformat(
         return Ok(v.clone());
     };
     if let Some(offset) = offset {
-        t = t.to_offset(offset);
+        // An instant near the ends of the calendar (year 9999 at -23:59) may have no date in
+        // `tz`: shown as sent, like any other value this filter cannot format.
+        match t.checked_to_offset(offset) {
+            Some(moved) => t = moved,
+            None => return Ok(v.clone()),
+        }
     }
     let out = match (&items, format) {
         (Some(items), _) => t.format(&**items),
@@ -1911,6 +1985,305 @@ mod tests {
             line_of("{{ a | f1(x | f2) }}\n{% if b is not t1", t1.offset),
             2
         );
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Hostile input: extreme instants, loops without end, panics
+
+    /// Every ready-made template, compiled.
+    fn ready_made_all() -> Vec<Template> {
+        super::super::config::BUILTIN_TEMPLATES
+            .iter()
+            .map(|(n, t)| Template::compile(n, t).unwrap_or_else(|e| panic!("{n}: {e}")))
+            .collect()
+    }
+
+    fn payload_with_times(starts: &str, ends: &str, status: &str) -> Vec<u8> {
+        let mut body: serde_json::Value = serde_json::from_str(SAMPLE_PAYLOAD).expect("sample");
+        for a in body["alerts"].as_array_mut().expect("alerts") {
+            a["startsAt"] = starts.into();
+            a["endsAt"] = ends.into();
+            a["status"] = status.into();
+        }
+        body.to_string().into_bytes()
+    }
+
+    #[test]
+    fn instants_at_the_ends_of_the_calendar_render() {
+        // `to_offset` panicked on these: 9999-12-31 at -23:59 is in year 10000 in UTC.
+        for (starts, ends) in [
+            ("9999-12-31T23:59:59-23:59", "9999-12-31T23:59:59-23:59"),
+            (
+                "9999-12-31T23:59:59.999999999-23:59",
+                "0001-01-01T00:00:00Z",
+            ),
+            ("0000-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"),
+            ("0000-01-01T00:00:00+23:59", "0000-01-01T00:00:00+23:59"),
+        ] {
+            for status in ["firing", "resolved"] {
+                let body = payload_with_times(starts, ends, status);
+                let n = super::super::exercise::parse_and_render_all(&body);
+                assert_eq!(n, 5 * 3, "{starts} {ends} {status}");
+            }
+        }
+        // Shown as sent where the zone cannot show it, converted where it can.
+        let t = |v: &str, tz: &str| {
+            render(&format!(
+                "{{{{ '{v}' | timeformat('%Y-%m-%d %H:%M', '{tz}') }}}}"
+            ))
+        };
+        assert_eq!(
+            t("9999-12-31T23:59:59-23:59", "UTC"),
+            "9999-12-31T23:59:59-23:59"
+        );
+        assert_eq!(t("9999-12-31T23:59:59-23:59", "-23:59"), "9999-12-31 23:59");
+        assert_eq!(
+            t("0000-01-01T00:00:00+23:59", "-01:00"),
+            "-0001-12-30 23:01"
+        );
+        assert_eq!(t("9999-12-31T00:00:00Z", "+05:30"), "9999-12-31 05:30");
+        assert_eq!(
+            render("{{ '9999-12-31T23:59:59-23:59' | since }} {{ '0000-01-01T00:00:00+23:59' | unixtime }} {{ '0000-01-01T00:00:00+23:59' | duration('9999-12-31T23:59:59-23:59') }}").split(' ').count(),
+            3
+        );
+        assert_eq!(
+            render("{{ 253402300799 | timeformat('rfc3339', '+01:00') }}"),
+            "253402300799"
+        );
+        assert_eq!(
+            render("{{ -377705116800 | timeformat('rfc2822', 'UTC') }}"),
+            "-377705116800"
+        );
+    }
+
+    #[test]
+    fn a_loop_without_end_runs_out_of_fuel() {
+        // At compile time, when the sample payload runs it: `zkgate check` ran it for hours.
+        let e = compile_err(
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+        );
+        assert!(e.message.contains("ran more than 5000000 steps"), "{e}");
+        // At run time, when only some payloads run it: an error, not a thread held for minutes.
+        let t = Template::compile(
+            "t",
+            "{% for i in range((alerts | length - 2) * 10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}",
+        )
+        .expect("the sample payload does not loop");
+        let mut body: serde_json::Value = serde_json::from_str(SAMPLE_PAYLOAD).expect("sample");
+        let first = body["alerts"][0].clone();
+        body["alerts"].as_array_mut().expect("alerts").push(first);
+        let p =
+            payload::parse(body.to_string().as_bytes(), &Limits { max_alerts: 10 }).expect("parse");
+        let values = PayloadValues::new(&p);
+        let e = t
+            .render(&RenderContext {
+                payload: &values,
+                alerts: 0..3,
+                destination: &TEAM_SLACK,
+            })
+            .expect_err("out of fuel");
+        assert_eq!(e, RenderError::OutOfFuel);
+        assert_eq!(e.kind(), "out_of_fuel");
+    }
+
+    #[test]
+    fn ready_made_templates_fit_in_the_fuel() {
+        // The most a payload may hold by default, each alert with 20 labels and 5 annotations.
+        let mut body: serde_json::Value = serde_json::from_str(SAMPLE_PAYLOAD).expect("sample");
+        let first = body["alerts"][1].clone();
+        body["alerts"] = (0..super::super::config::DEFAULT_MAX_ALERTS)
+            .map(|i| {
+                let mut a = first.clone();
+                for l in 0..20 {
+                    a["labels"][format!("label_{l}")] = format!("value {i} {l}").into();
+                }
+                for n in 0..5 {
+                    a["annotations"][format!("note_{n}")] = "x".repeat(100).into();
+                }
+                a
+            })
+            .collect();
+        let p = payload::parse(body.to_string().as_bytes(), &Limits { max_alerts: 1000 })
+            .expect("parse");
+        let values = PayloadValues::new(&p);
+        for t in ready_made_all() {
+            // A tenth of the fuel: the rest is margin for templates written by users.
+            let mut env = t.inner.env.clone();
+            env.set_fuel(Some(RENDER_FUEL / 10));
+            let ctx = RenderContext {
+                payload: &values,
+                alerts: 0..p.alerts.len(),
+                destination: &TEAM_SLACK,
+            };
+            let root = context_value(&ctx).expect("context");
+            let out = env
+                .get_template(t.name())
+                .expect("template")
+                .render(root)
+                .unwrap_or_else(|e| panic!("{}: {e}", t.name()));
+            assert!(!out.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_panic_in_a_render_is_an_error() {
+        let mut t = Template::compile("t", "{{ receiver }}").expect("compile");
+        let inner = Arc::get_mut(&mut t.inner).expect("sole owner");
+        inner
+            .env
+            .add_filter("boom", |_: &Value| -> Value { panic!("a filter bug") });
+        inner
+            .env
+            .add_template_owned("t", "{{ receiver | boom }}")
+            .expect("add");
+        let e = t.render(&ctx(0..2)).expect_err("panicked");
+        assert_eq!(e, RenderError::Panic("a filter bug".to_owned()));
+        assert_eq!(e.kind(), "panic");
+        assert!(
+            e.to_string().contains("failed unexpectedly: a filter bug"),
+            "{e}"
+        );
+        // And the template still renders afterwards.
+        assert!(t.render(&ctx(0..2)).is_err());
+    }
+
+    const HOSTILE_STRINGS: &[&str] = &[
+        "9999-12-31T23:59:59-23:59",
+        "9999-12-31T23:59:59+23:59",
+        "0000-01-01T00:00:00+23:59",
+        "0000-01-01T00:00:00-23:59",
+        "9999-12-31T23:59:59.999999999Z",
+        "0001-01-01T00:00:00Z",
+        "2024-02-30T00:00:00Z",
+        "2024-05-01T10:00:00.1234567891Z",
+        "2024-05-01T24:00:00Z",
+        "1970-01-01T00:00:60Z",
+        "",
+        "\u{0}",
+        "\"\\",
+        "{{ receiver }}{% raw %}",
+        "<&>",
+        "\n\t\r\u{7}",
+        "%Y%n%",
+        "résolu ✓ 🚨",
+        "\u{202e}",
+        "firing",
+        "resolved",
+        "4",
+    ];
+
+    fn hostile_value(rng: &mut fastrand::Rng) -> serde_json::Value {
+        use serde_json::json;
+        match rng.usize(0..10) {
+            0 => json!(i64::MAX),
+            1 => json!(i64::MIN),
+            2 => json!(u64::MAX),
+            3 => json!(1e308),
+            4 => json!(null),
+            5 => json!([]),
+            6 => json!({}),
+            7 => json!(true),
+            8 => json!("x".repeat(rng.usize(0..3000))),
+            _ => json!(HOSTILE_STRINGS[rng.usize(..HOSTILE_STRINGS.len())]),
+        }
+    }
+
+    /// JSON pointers of every value under `v`.
+    fn pointers(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    pointers(
+                        x,
+                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        out,
+                    );
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    pointers(x, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+        out.push(at);
+    }
+
+    /// One random change to a payload: a value replaced by a hostile one (a string more often
+    /// than not), a key removed or added, an alert copied, or bytes of its text changed.
+    fn mutate(rng: &mut fastrand::Rng, v: &serde_json::Value) -> Vec<u8> {
+        let mut v = v.clone();
+        for _ in 0..rng.usize(1..4) {
+            let mut ptrs = Vec::new();
+            pointers(&v, String::new(), &mut ptrs);
+            let at = ptrs[rng.usize(..ptrs.len())].clone();
+            match rng.usize(0..10) {
+                0..=5 => {
+                    let new = if rng.bool() {
+                        serde_json::Value::from(HOSTILE_STRINGS[rng.usize(..HOSTILE_STRINGS.len())])
+                    } else {
+                        hostile_value(rng)
+                    };
+                    if let Some(x) = v.pointer_mut(&at) {
+                        *x = new;
+                    }
+                }
+                6 => {
+                    if let Some((parent, key)) = at.rsplit_once('/') {
+                        if let Some(serde_json::Value::Object(m)) = v.pointer_mut(parent) {
+                            m.remove(&key.replace("~1", "/").replace("~0", "~"));
+                        }
+                    }
+                }
+                7 => {
+                    if let Some(serde_json::Value::Object(m)) = v.pointer_mut(&at) {
+                        let key = HOSTILE_STRINGS[rng.usize(..HOSTILE_STRINGS.len())];
+                        m.insert(key.to_owned(), hostile_value(rng));
+                    }
+                }
+                8 => {
+                    if let Some(serde_json::Value::Array(a)) = v.pointer_mut("/alerts") {
+                        if let Some(first) = a.first().cloned() {
+                            for _ in 0..rng.usize(1..20) {
+                                a.push(first.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let mut text = v.to_string().into_bytes();
+                    for _ in 0..rng.usize(1..4) {
+                        let i = rng.usize(..text.len());
+                        text[i] = rng.u8(..);
+                    }
+                    return text;
+                }
+            }
+        }
+        v.to_string().into_bytes()
+    }
+
+    #[test]
+    fn random_mutations_of_payloads_never_panic() {
+        let seeds: Vec<serde_json::Value> = [
+            SAMPLE_PAYLOAD.as_bytes(),
+            &payload_with_times("2024-05-01T09:00:00Z", "2024-05-01T09:45:30Z", "resolved"),
+        ]
+        .iter()
+        .map(|b| serde_json::from_slice(b).expect("seed"))
+        .collect();
+        let mut rng = fastrand::Rng::with_seed(11);
+        let (mut parsed, mut messages) = (0, 0);
+        for case in 0..2_000 {
+            let body = mutate(&mut rng, &seeds[case % seeds.len()]);
+            let n = super::super::exercise::parse_and_render_all(&body);
+            parsed += usize::from(n > 0);
+            messages += n;
+        }
+        // Enough of them are payloads to reach the templates.
+        assert!(parsed > 500, "{parsed} of 2000 parsed");
+        assert!(messages > 5_000, "{messages} messages");
     }
 
     // -----------------------------------------------------------------------------------------

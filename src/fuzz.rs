@@ -1,0 +1,30 @@
+//! The entry points of the fuzz targets under `fuzz/`, here so that `tests/fuzz_corpora.rs`
+//! replays every corpus file through exactly what the fuzzer ran: a crash found once stays a
+//! failing test until it is fixed. Each takes arbitrary bytes and panics only on a defect.
+
+/// A config's text through the size and nesting bounds, the YAML parser, validation and the
+/// build (templates compiled and trial-rendered), as `zkgate check` and every reload run them;
+/// see [`crate::config::parse::load_offline`] for what is left out to stay off the network.
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = crate::config::parse::load_offline(text);
+    }
+}
+
+/// A webhook body through Alertmanager's payload parser and every ready-made template.
+pub fn alert_payload(data: &[u8]) {
+    crate::plugin::alert::exercise::parse_and_render_all(data);
+}
+
+/// A ZooKeeper instance node through discovery's `parse_instance`: the bytes up to the first
+/// newline are the node's name (lossily UTF-8), the rest its data.
+pub fn zk_instance(data: &[u8]) {
+    let (name, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (String::from_utf8_lossy(&data[..i]), &data[i + 1..]),
+        None => ("".into(), data),
+    };
+    if let Ok(i) = zkgate_discovery::parse_instance(&name, body) {
+        // What the gateway relies on once an instance is accepted.
+        assert!(!i.host.is_empty() && i.port != 0, "{i:?} from {name:?}");
+    }
+}
