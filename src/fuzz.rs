@@ -28,3 +28,11 @@ pub fn zk_instance(data: &[u8]) {
         assert!(!i.host.is_empty() && i.port != 0, "{i:?} from {name:?}");
     }
 }
+
+/// A request target through the path normalizer, checked for normal form, idempotence and a
+/// decoding backend seeing the segments the routes matched ([`crate::route::path::check_invariants`]).
+pub fn path(data: &[u8]) {
+    if let Err(e) = crate::route::path::check_invariants(data) {
+        panic!("{e}");
+    }
+}

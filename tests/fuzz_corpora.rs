@@ -36,3 +36,8 @@ fn alert_payload_corpus() {
 fn zk_instance_corpus() {
     replay("zk_instance", zkgate::fuzz::zk_instance);
 }
+
+#[test]
+fn path_corpus() {
+    replay("path", zkgate::fuzz::path);
+}
