@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::client_ip::ClientIp;
 use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
+use crate::conn::ConnSettings;
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
 
@@ -40,6 +41,8 @@ pub struct Listener {
     pub max_request_headers: usize,
     pub max_request_header_bytes: u64,
     pub keepalive_requests: Option<u32>,
+    /// Deadlines on slow and idle clients, and connection limits.
+    pub conn: ConnSettings,
 }
 
 impl Snapshot {
