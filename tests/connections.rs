@@ -534,3 +534,108 @@ fn a_thousand_slowloris_and_a_thousand_idle_clients_leave_a_normal_client_served
         println!("{line}");
     }
 }
+
+/// The gateway on `yaml`, started with its fd limit (soft and hard) lowered to `n` by the
+/// shell, as `ulimit -n` would in a service script.
+fn gateway_with_fd_limit(n: u64, yaml: &str) -> Gateway {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let http: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let config = dir.path().join("zkgate.yaml");
+    std::fs::write(&config, common::config_text(yaml, http, admin, dir.path())).unwrap();
+    let log = std::fs::File::create(dir.path().join("zkgate.log")).unwrap();
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n {n} && exec \"$0\" run -c \"$1\""))
+        .arg(common::bin())
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start zkgate");
+    let gw = Gateway {
+        child,
+        http,
+        admin,
+        dir,
+        config,
+    };
+    assert!(
+        common::eventually(Duration::from_secs(20), || {
+            common::request(admin, "GET", "/healthz", &[], b"").is_ok_and(|r| r.status == 200)
+        }),
+        "not ready:\n{}",
+        gw.log()
+    );
+    gw
+}
+
+#[test]
+fn near_the_fd_limit_the_longest_idle_connections_are_closed_first() {
+    let _serial = serial();
+    // The issue's limit of 256; deadlines long enough that only fd pressure closes anything.
+    let gw = gateway_with_fd_limit(
+        256,
+        "listeners:\n  - name: web\n    listen: \"{HTTP}\"\n    client_header_timeout: 60s\n    \
+         keepalive_timeout: 60s\n\
+         routes:\n  - name: ping\n    match: { path: /ping }\n    respond: { status: 200, body: \"pong\\n\" }\n",
+    );
+    assert!(gw.log().contains("limit 256"), "{}", gw.log());
+    // More idle keep-alive clients than the gateway has fds for, one every 10 ms.
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for _ in 0..400 {
+        let (s, _, _) = ping_keepalive(gw.http);
+        idle.push(s);
+        thread::sleep(Duration::from_millis(10));
+    }
+    // A normal client is still served.
+    assert_eq!(gw.get("/ping").status, 200);
+    let evicted = closed_count(&gw, "fd_pressure");
+    println!("{evicted} of 400 idle connections closed for fd pressure");
+    assert!(evicted >= 150, "only {evicted} closed: {}", gw.log());
+    // The ones closed are the oldest: the first are gone, the last are all still open.
+    let is_open = |s: &mut TcpStream| {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let open = matches!(s.read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        open
+    };
+    let n = idle.len();
+    assert!(
+        idle[..100].iter_mut().all(|s| !is_open(s)),
+        "an old one survived"
+    );
+    assert!(
+        idle[n - 100..].iter_mut().all(is_open),
+        "a recent one was closed"
+    );
+    drop(idle);
+
+    // Connections that are not idle (each sent half a head) are not taken: the fds run out,
+    // and Pingora's accept loop fails once a second; its log lines are rate-limited.
+    let mut slow: Vec<TcpStream> = Vec::new();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        if slow.len() < 300 {
+            if let Ok(mut s) = TcpStream::connect(gw.http) {
+                let _ = s.write_all(b"GET /ping HTTP/1.1\r\n");
+                slow.push(s);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    let log = gw.log();
+    let failed = log.matches("Too many open files").count();
+    println!("accept failures logged: {failed}");
+    assert!((1..=2).contains(&failed), "{failed} lines:\n{log}");
+    drop(slow);
+    assert!(common::eventually(Duration::from_secs(10), || {
+        common::request(gw.http, "GET", "/ping", &[], b"").is_ok_and(|r| r.status == 200)
+    }));
+}

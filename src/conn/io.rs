@@ -17,22 +17,39 @@ use pingora::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::clock;
 use super::state::ConnState;
+use super::{clock, ListenerConns};
 
-#[derive(Debug)]
 pub struct Guarded {
     inner: Stream,
     state: Arc<ConnState>,
+    listener: Arc<ListenerConns>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 impl Guarded {
-    pub fn new(inner: Stream, state: Arc<ConnState>) -> Guarded {
-        Guarded { inner, state }
+    pub fn new(inner: Stream, state: Arc<ConnState>, listener: Arc<ListenerConns>) -> Guarded {
+        Guarded {
+            inner,
+            state,
+            listener,
+        }
     }
 
     pub fn state(&self) -> &Arc<ConnState> {
         &self.state
+    }
+
+    pub fn listener(&self) -> &ListenerConns {
+        &self.listener
     }
 
     /// The wrapper of a session's stream, if it has one (HTTP/1 on a zkgate listener).

@@ -91,6 +91,7 @@ pub mod clock {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     HeaderTimeout,
+    BodyTimeout,
     KeepaliveTimeout,
     MaxConnections,
     MaxConnectionsPerIp,
@@ -98,8 +99,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    const ALL: [Reason; 5] = [
+    const ALL: [Reason; 6] = [
         Reason::HeaderTimeout,
+        Reason::BodyTimeout,
         Reason::KeepaliveTimeout,
         Reason::MaxConnections,
         Reason::MaxConnectionsPerIp,
@@ -109,6 +111,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::HeaderTimeout => "header_timeout",
+            Reason::BodyTimeout => "body_timeout",
             Reason::KeepaliveTimeout => "keepalive_timeout",
             Reason::MaxConnections => "max_connections",
             Reason::MaxConnectionsPerIp => "max_connections_per_ip",
@@ -121,6 +124,7 @@ impl Reason {
             Reason::HeaderTimeout => {
                 "did not send a complete request head within client_header_timeout"
             }
+            Reason::BodyTimeout => "paused its request body longer than client_body_timeout",
             Reason::KeepaliveTimeout => "idled past keepalive_timeout",
             Reason::MaxConnections => "arrived with max_connections open",
             Reason::MaxConnectionsPerIp => {
@@ -143,7 +147,7 @@ impl From<Expired> for Reason {
 static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "zkgate_connections_closed_total",
-        "Client connections the gateway closed past a limit, by listener and reason (header_timeout, keepalive_timeout, max_connections, max_connections_per_ip, fd_pressure).",
+        "Client connections the gateway closed past a limit, by listener and reason (header_timeout, body_timeout, keepalive_timeout, max_connections, max_connections_per_ip, fd_pressure).",
         &["listener", "reason"]
     )
     .expect("register zkgate_connections_closed_total")
@@ -203,8 +207,8 @@ pub struct ListenerConns {
     max_connections: Option<u32>,
     open: AtomicU32,
     per_ip: Option<PerIp>,
-    closed: [IntCounter; 5],
-    logs: [LogLimiter; 5],
+    closed: [IntCounter; 6],
+    logs: [LogLimiter; 6],
 }
 
 impl ListenerConns {
@@ -300,6 +304,26 @@ pub fn head_received(session: &ServerSession) {
     }
 }
 
+/// For the proxy's error hooks: a client that paused its request body past
+/// `client_body_timeout` (Pingora's read timeout on the downstream) is counted and logged here,
+/// rate-limited, like the other closings; returns whether `e` was that, so that the caller
+/// need not log it again.
+pub fn client_body_timed_out(session: &ServerSession, e: &pingora::Error) -> bool {
+    if e.esource() != &pingora::ErrorSource::Downstream
+        || e.etype() != &pingora::ErrorType::ReadTimedout
+    {
+        return false;
+    }
+    if let Some(g) = session.stream().and_then(Guarded::of) {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        g.listener().closed(Reason::BodyTimeout, peer);
+    }
+    true
+}
+
 /// Pingora's HTTP app wrapped in zkgate's connection handling, as a listener's `ServerApp`.
 pub struct ConnApp<A> {
     inner: Arc<A>,
@@ -377,7 +401,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
             &IDLE,
             accepted,
         ));
-        let mut session = ServerSession::new_http1(Box::new(Guarded::new(io, state.clone())));
+        let guarded = Guarded::new(io, state.clone(), self.conns.clone());
+        let mut session = ServerSession::new_http1(Box::new(guarded));
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {

@@ -207,11 +207,13 @@ fn relieve(fd: u64, now: Nanos) {
     let want = FD.reserve.load(Ordering::Relaxed);
     let marked = IDLE.relieve(now / 1_000_000_000, want);
     if let Some(suppressed) = FD.log.allow(now) {
-        log::warn!(
-            "file descriptors nearly exhausted (fd {fd}, limit {}): closing the {marked} longest idle connections{}",
-            FD.threshold.load(Ordering::Relaxed) + want,
-            super::log::suppressed_note(suppressed)
-        );
+        let limit = FD.threshold.load(Ordering::Relaxed) + want;
+        let note = super::log::suppressed_note(suppressed);
+        if marked > 0 {
+            log::warn!("file descriptors nearly exhausted (fd {fd}, limit {limit}): closing the {marked} longest idle connections{note}");
+        } else {
+            log::warn!("file descriptors nearly exhausted (fd {fd}, limit {limit}), and no idle connection to close{note}");
+        }
     }
 }
 
