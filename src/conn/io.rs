@@ -24,6 +24,9 @@ pub struct Guarded {
     inner: Stream,
     state: Arc<ConnState>,
     listener: Arc<ListenerConns>,
+    /// The first byte of a new connection, read by [`Guarded::first_byte`] before Pingora's
+    /// session exists, and handed to its first read.
+    stash: Option<u8>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -41,7 +44,21 @@ impl Guarded {
             inner,
             state,
             listener,
+            stash: None,
         }
+    }
+
+    /// Waits for the connection's first byte and keeps it for the next read: `Ok(false)` when
+    /// the client closed without sending anything.
+    pub async fn first_byte(&mut self) -> std::io::Result<bool> {
+        let mut b = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut self.inner, &mut b).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.stash = Some(b[0]);
+        self.state.on_first_byte(clock::now());
+        Ok(true)
     }
 
     pub fn state(&self) -> &Arc<ConnState> {
@@ -65,6 +82,16 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(b) = self.stash.take() {
+            buf.put_slice(&[b]);
+            // And whatever else has come, without waiting for more.
+            if buf.remaining() > 0 {
+                if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if self.state.awaiting_first_byte()

@@ -24,7 +24,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
@@ -339,9 +339,9 @@ impl<A> ConnApp<A> {
     }
 }
 
-/// How one request of a connection ended.
-enum Outcome {
-    Done(Option<ReusedHttpStream>),
+/// How a wait of a connection ended: what it waited for, or the deadline, or an eviction.
+enum Outcome<T> {
+    Done(T),
     Expired(Expired),
     Evicted,
 }
@@ -401,8 +401,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
             &IDLE,
             accepted,
         ));
-        let guarded = Guarded::new(io, state.clone(), self.conns.clone());
-        let mut session = ServerSession::new_http1(Box::new(guarded));
+        let mut sleep = pin!(tokio::time::sleep_until(clock::to_tokio(accepted)));
+        let mut evict = pin!(IDLE.notified());
+        let mut guarded = Box::new(Guarded::new(io, state.clone(), self.conns.clone()));
+        // A new connection waits for its first byte here, before Pingora's session and request
+        // futures exist: a client that connects and sends nothing costs its stream and this
+        // future, not a parked proxy request. (A keep-alive connection cannot wait here: bytes
+        // of its next request may already sit in Pingora's buffer.)
+        match watch(guarded.first_byte(), &state, sleep.as_mut(), evict.as_mut()).await {
+            Outcome::Done(Ok(true)) => {}
+            Outcome::Done(_) => return,
+            Outcome::Expired(e) => return c.closed(e.into(), peer),
+            Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
+        }
+        let mut session = ServerSession::new_http1(guarded);
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
@@ -413,8 +425,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
         // without this Pingora drops them after an answer that said keep-alive. Pingora carries
         // the setting over to the connection's later sessions.
         session.set_pipelining_enabled(true);
-        let mut sleep = pin!(tokio::time::sleep_until(clock::to_tokio(accepted)));
-        let mut evict = pin!(IDLE.notified());
         loop {
             session.set_read_timeout(Some(c.body_timeout));
             let request = self.inner.process_new_http(session, shutdown);
@@ -435,15 +445,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
     }
 }
 
-/// Runs one request of a connection under its deadline: the request future is dropped (and the
-/// connection with it) when the deadline in force passes, or when fd pressure evicts the
-/// connection while it waits idle.
-async fn watch<F: Future<Output = Option<ReusedHttpStream>>>(
+/// Runs one request of a connection (or its wait for a first byte) under its deadline: the
+/// future is dropped (and the connection with it) when the deadline in force passes, or when fd
+/// pressure evicts the connection while it waits idle.
+async fn watch<F: Future>(
     request: F,
     state: &ConnState,
     mut sleep: Pin<&mut Sleep>,
     mut evict: Pin<&mut Notified<'static>>,
-) -> Outcome {
+) -> Outcome<F::Output> {
     let mut request = pin!(request);
     let mut armed: Option<Nanos> = None;
     poll_fn(|cx| {
