@@ -46,10 +46,13 @@ def start(path):
             time.sleep(0.05)
     return p
 proc = start(conf)
-if proc is None:
+if proc is not None:
+    proc.kill(); proc.wait()
+else:
     text = open(conf).read().replace("    client_header_timeout: 300s\n", "").replace("    keepalive_timeout: 300s\n", "")
     with open(conf, "w") as f: f.write(text)
     proc = start(conf)
+    proc.kill(); proc.wait()
 
 def rss_kb():
     with open(f"/proc/{proc.pid}/status") as f:
@@ -64,14 +67,16 @@ def ping(s):
         if not d: raise RuntimeError("closed")
         got += d
 
-try:
-    # Warm up: threads, allocator arenas, the first requests.
-    warm = [socket.create_connection(("127.0.0.1", http)) for _ in range(200)]
-    for s in warm: ping(s)
-    for s in warm: s.close()
-    time.sleep(1.0)
-    base = rss_kb()
-    for kind in ("keep-alive, idle after one request", "new, nothing sent"):
+def measure(kind):
+    global proc
+    proc = start(conf)
+    try:
+        # Warm up: threads, allocator arenas, the first requests.
+        warm = [socket.create_connection(("127.0.0.1", http)) for _ in range(200)]
+        for s in warm: ping(s)
+        for s in warm: s.close()
+        time.sleep(1.0)
+        base = rss_kb()
         conns = []
         for i in range(n):
             s = socket.create_connection(("127.0.0.1", http))
@@ -84,6 +89,9 @@ try:
         after = rss_kb()
         print(f"{kind}: RSS {base} KiB with none, {held} KiB with {n} open: "
               f"{(held - base) * 1024 / n / 1000:.1f} KB each; {after} KiB after they closed")
-        base = after
-finally:
-    proc.kill(); proc.wait()
+    finally:
+        proc.kill(); proc.wait()
+
+# Each kind in a fresh process, so that neither reuses memory the other left.
+for kind in ("keep-alive, idle after one request", "new, nothing sent"):
+    measure(kind)
