@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 bin=${ZKGATE_BIN:-target/release/zkgate}
 config=${CONFIG:-conf/zkgate.yaml}
 pids=()
+# Every client connection is a file descriptor: the soft limit goes up to the hard one (the
+# gateway raises its own again at start, and logs it).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

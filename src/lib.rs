@@ -3,7 +3,8 @@
 //! Config ([`config`]) becomes an immutable [`snapshot::Snapshot`] of compiled routes
 //! ([`route`]) and upstreams ([`upstream`]); the proxy phases ([`proxy`]) read the snapshot a
 //! request started with; [`live`] holds the current snapshot and the members discovery
-//! publishes into it; [`server`] assembles the Pingora services. [`limit`] holds the admission
+//! publishes into it; [`server`] assembles the Pingora services, whose client connections [`conn`] holds to their
+//! deadlines and limits. [`limit`] holds the admission
 //! limits a route can apply (request rates, requests in flight).
 
 pub mod access_log;
@@ -11,6 +12,7 @@ pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod conn;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod limit;

@@ -96,8 +96,9 @@ pub fn learn_secrets(raw: &crate::config::RawConfig) {
     set_secret_values(raw.secret_values());
 }
 
-/// Sets up the stderr logger: `level` unless `RUST_LOG` is set, every line redacted.
-pub fn init(level: &str) {
+/// The stderr logger: `level` unless `RUST_LOG` is set, every line redacted. The caller installs
+/// it (behind `conn::log::Throttled`, which rate-limits Pingora's accept loop).
+pub fn logger(level: &str) -> env_logger::Logger {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(|buf, record| {
             let args = record.args();
@@ -122,7 +123,7 @@ pub fn init(level: &str) {
                 record.target(),
             )
         })
-        .init();
+        .build()
 }
 
 /// `line` with the value of every credential header or header named in `names`, and every

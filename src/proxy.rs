@@ -365,6 +365,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        crate::conn::head_received(session);
         if headers_too_large(session.req_header(), &self.listener) {
             session.set_keepalive(None);
             answer(session, 431, "request header fields too large\n").await?;

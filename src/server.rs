@@ -4,12 +4,11 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use pingora::apps::{HttpServerOptions, ServerApp};
-use pingora::protocols::Stream;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
@@ -17,8 +16,8 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::schema::ServerSection;
 use crate::config::Source;
+use crate::conn::{ConnApp, FdWatch, ListenerConns};
 use crate::live::Live;
-use crate::metrics::METRICS;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::{Settings, Snapshot};
@@ -56,36 +55,6 @@ pub fn server_conf(s: &ServerSection) -> ServerConf {
     c.user = s.user.clone();
     c.group = s.group.clone();
     c
-}
-
-/// Counts open client connections around Pingora's own HTTP handling.
-struct CountConnections<A> {
-    inner: Arc<A>,
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for CountConnections<A> {
-    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        struct Open;
-        impl Drop for Open {
-            fn drop(&mut self) {
-                METRICS.downstream_connections.dec();
-            }
-        }
-        METRICS.downstream_connections.inc();
-        let _open = Open;
-        // Keep-alive reuse is looped here rather than by the caller, so that one connection
-        // counts once for its whole life.
-        let mut next = Some(io);
-        while let Some(io) = next {
-            next = self.inner.process_new(io, shutdown).await;
-        }
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.inner.cleanup().await
-    }
 }
 
 /// Starts the gateway and never returns; Pingora exits the process on shutdown.
@@ -129,13 +98,13 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
         let mut options = HttpServerOptions::default();
         options.keepalive_request_limit = l.keepalive_requests;
         proxy.server_options = Some(options);
-        let mut svc = Service::new(
-            format!("proxy {}", l.name),
-            CountConnections {
-                inner: Arc::new(proxy),
-            },
+        let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
+        let mut svc = Service::new(format!("proxy {}", l.name), ConnApp::new(proxy, conns));
+        // No L4 read buffer: Pingora reads a request head into its own buffer anyway, so a
+        // 64 KiB buffer per connection only adds a copy, and memory to every idle connection.
+        svc.add_listener(
+            ListenerConfig::tcp(l.addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
         );
-        svc.add_tcp(&l.addr.to_string());
         log::info!("listener {} on {}", l.name, l.addr);
         let handle = server.add_service(svc);
         if let Some(d) = &discovery {
@@ -149,6 +118,7 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     log::info!("admin on {}", settings.admin);
     server.add_service(admin);
 
+    server.add_service(background_service("fd pressure", FdWatch));
     server.add_service(background_service(
         "health checks",
         HealthChecker::new(shared.clone()),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
 use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
+use crate::conn::ConnSettings;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
@@ -45,6 +46,8 @@ pub struct Listener {
     pub max_request_header_bytes: u64,
     pub keepalive_requests: Option<u32>,
     pub path: PathPolicy,
+    /// Deadlines on slow and idle clients, and connection limits.
+    pub conn: ConnSettings,
 }
 
 impl Snapshot {

@@ -15,8 +15,10 @@ use zkgate_discovery::{Digest, Ensemble};
 
 use super::error::ConfigErrors;
 use super::schema::*;
+use super::units::Dur;
 use crate::admin::AdminToken;
 use crate::client_ip::{Cidr, ClientIp};
+use crate::conn::ConnSettings;
 use crate::limit::{ConcurrencyLimit, Rate, RateLimiter};
 use crate::metrics::RouteMetrics;
 use crate::route::path::{self, Backslash, EncodedSlashes, PathPolicy};
@@ -146,6 +148,7 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
                 .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
             keepalive_requests: l.keepalive_requests,
             path: l.path.build(),
+            conn: conn_settings(l, &at, errors),
         });
     }
     server_bounds(&raw.server, errors);
@@ -208,6 +211,63 @@ fn server_bounds(s: &ServerSection, errors: &mut ConfigErrors) {
         if value.is_some_and(|d| d.0 > MAX_SHUTDOWN_WAIT) {
             errors.push(format!("server.{key}"), "must be at most 1h");
         }
+    }
+}
+
+/// A listener's deadlines and connection limits; every bad value is reported at its key.
+fn conn_settings(l: &ListenerSection, at: &str, errors: &mut ConfigErrors) -> ConnSettings {
+    let mut timeout = |key: &str, value: Option<Dur>, default: Duration, zero_ok: bool| {
+        let d = value.map_or(default, |d| d.0);
+        if d.is_zero() && !zero_ok {
+            errors.push(format!("{at}.{key}"), "must be more than 0");
+        } else if d > crate::conn::MAX_TIMEOUT {
+            errors.push(
+                format!("{at}.{key}"),
+                format!("must be at most {}s", crate::conn::MAX_TIMEOUT.as_secs()),
+            );
+        }
+        d
+    };
+    let header = timeout(
+        "client_header_timeout",
+        l.client_header_timeout,
+        crate::conn::DEFAULT_CLIENT_HEADER_TIMEOUT,
+        false,
+    );
+    let body = timeout(
+        "client_body_timeout",
+        l.client_body_timeout,
+        crate::conn::DEFAULT_CLIENT_BODY_TIMEOUT,
+        false,
+    );
+    let keepalive = timeout(
+        "keepalive_timeout",
+        l.keepalive_timeout,
+        crate::conn::DEFAULT_KEEPALIVE_TIMEOUT,
+        true,
+    );
+    for (key, v) in [
+        ("max_connections", l.max_connections),
+        ("max_connections_per_ip", l.max_connections_per_ip),
+    ] {
+        if v == Some(0) {
+            errors.push(format!("{at}.{key}"), "must be at least 1");
+        }
+    }
+    if let (Some(all), Some(per_ip)) = (l.max_connections, l.max_connections_per_ip) {
+        if per_ip > all {
+            errors.push(
+                format!("{at}.max_connections_per_ip"),
+                format!("is more than max_connections ({all})"),
+            );
+        }
+    }
+    ConnSettings {
+        client_header_timeout: header,
+        client_body_timeout: body,
+        keepalive_timeout: (!keepalive.is_zero()).then_some(keepalive),
+        max_connections: l.max_connections,
+        max_connections_per_ip: l.max_connections_per_ip,
     }
 }
 

@@ -180,6 +180,17 @@ pub struct ListenerSection {
     /// How request paths are normalized before matching and forwarding.
     #[serde(default)]
     pub path: crate::route::path::PathSection,
+    /// Time for a client to send a complete request head: from the accept on a new
+    /// connection, from the first byte of each later request on a keep-alive one.
+    pub client_header_timeout: Option<Dur>,
+    /// The longest gap between two reads of a request body.
+    pub client_body_timeout: Option<Dur>,
+    /// How long a keep-alive connection may idle between requests; `0` turns keep-alive off.
+    pub keepalive_timeout: Option<Dur>,
+    /// Client connections open at once on this listener; more are closed as they arrive.
+    pub max_connections: Option<u32>,
+    /// Client connections open at once from one IP address.
+    pub max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]

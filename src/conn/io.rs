@@ -1,0 +1,209 @@
+//! The IO wrapper around each accepted client stream: it notes when the first byte of a request
+//! arrives (where the head deadline of a keep-alive request starts) and passes everything else
+//! through to Pingora's stream.
+
+use std::any::Any;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, TlsRef};
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::state::ConnState;
+use super::{clock, ListenerConns};
+
+pub struct Guarded {
+    inner: Stream,
+    state: Arc<ConnState>,
+    listener: Arc<ListenerConns>,
+    /// The first byte of a new connection, read by [`Guarded::first_byte`] before Pingora's
+    /// session exists, and handed to its first read.
+    stash: Option<u8>,
+}
+
+impl std::fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl Guarded {
+    pub fn new(inner: Stream, state: Arc<ConnState>, listener: Arc<ListenerConns>) -> Guarded {
+        Guarded {
+            inner,
+            state,
+            listener,
+            stash: None,
+        }
+    }
+
+    /// Waits for the connection's first byte and keeps it for the next read: `Ok(false)` when
+    /// the client closed without sending anything.
+    pub async fn first_byte(&mut self) -> std::io::Result<bool> {
+        let mut b = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut self.inner, &mut b).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.stash = Some(b[0]);
+        self.state.on_first_byte(clock::now());
+        Ok(true)
+    }
+
+    pub fn state(&self) -> &Arc<ConnState> {
+        &self.state
+    }
+
+    pub fn listener(&self) -> &ListenerConns {
+        &self.listener
+    }
+
+    /// The wrapper of a session's stream, if it has one (HTTP/1 on a zkgate listener).
+    pub fn of(stream: &Stream) -> Option<&Guarded> {
+        let any: &dyn Any = (**stream).as_any();
+        any.downcast_ref::<Guarded>()
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(b) = self.stash.take() {
+            buf.put_slice(&[b]);
+            // And whatever else has come, without waiting for more.
+            if buf.remaining() > 0 {
+                if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_read(cx, buf) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.state.awaiting_first_byte()
+            && matches!(r, Poll::Ready(Ok(())))
+            && buf.filled().len() > before
+        {
+            self.state.on_first_byte(clock::now());
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// The peer's IP address, for the per-address limit.
+pub fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    digest.peer_addr()?.as_inet().map(|a| a.ip())
+}

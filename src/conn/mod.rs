@@ -1,0 +1,509 @@
+//! Client connections of the HTTP listeners: deadlines on slow and idle clients, limits on
+//! connections (in all and per client address), fd-pressure relief and per-connection memory.
+//!
+//! [`ConnApp`] replaces Pingora's HTTP/1 connection loop: it wraps each accepted stream in
+//! [`io::Guarded`], runs Pingora's proxy one request at a time, and between requests holds
+//! the deadline of [`state::ConnState`]: the request head must be complete within
+//! `client_header_timeout` (from the accept for a new connection, from the first byte for a
+//! keep-alive one, as nginx does), and a keep-alive connection may idle `keepalive_timeout`.
+//! The proxy's first phase calls [`head_received`] once per request, which lifts the deadline.
+//! Gaps between body reads are Pingora's read timeout (`client_body_timeout`).
+
+pub mod io;
+pub mod log;
+pub mod pressure;
+pub mod state;
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::net::IpAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
+use tokio::sync::futures::Notified;
+use tokio::time::Sleep;
+
+use self::io::Guarded;
+use self::log::{suppressed_note, LogLimiter};
+use self::pressure::IDLE;
+use self::state::{ConnState, Expired, Nanos, Phase};
+use crate::metrics::METRICS;
+
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// The longest header or keep-alive timeout accepted: the idle accounting of
+/// [`pressure`] spans a little more.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A listener's connection settings, built from its YAML keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnSettings {
+    pub client_header_timeout: Duration,
+    pub client_body_timeout: Duration,
+    /// `None`: keep-alive is off, each connection serves one request.
+    pub keepalive_timeout: Option<Duration>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
+}
+
+impl Default for ConnSettings {
+    fn default() -> Self {
+        ConnSettings {
+            client_header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
+            client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+            keepalive_timeout: Some(DEFAULT_KEEPALIVE_TIMEOUT),
+            max_connections: None,
+            max_connections_per_ip: None,
+        }
+    }
+}
+
+/// The one clock of connection deadlines: nanoseconds since a base taken at first use.
+pub mod clock {
+    use std::sync::LazyLock;
+    use std::time::{Duration, Instant};
+
+    use super::state::Nanos;
+
+    static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+    pub fn now() -> Nanos {
+        BASE.elapsed().as_nanos() as Nanos
+    }
+
+    pub fn to_tokio(t: Nanos) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(*BASE + Duration::from_nanos(t))
+    }
+}
+
+/// Why the gateway closed a client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    HeaderTimeout,
+    BodyTimeout,
+    KeepaliveTimeout,
+    MaxConnections,
+    MaxConnectionsPerIp,
+    FdPressure,
+}
+
+impl Reason {
+    const ALL: [Reason; 6] = [
+        Reason::HeaderTimeout,
+        Reason::BodyTimeout,
+        Reason::KeepaliveTimeout,
+        Reason::MaxConnections,
+        Reason::MaxConnectionsPerIp,
+        Reason::FdPressure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::HeaderTimeout => "header_timeout",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::KeepaliveTimeout => "keepalive_timeout",
+            Reason::MaxConnections => "max_connections",
+            Reason::MaxConnectionsPerIp => "max_connections_per_ip",
+            Reason::FdPressure => "fd_pressure",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Reason::HeaderTimeout => {
+                "did not send a complete request head within client_header_timeout"
+            }
+            Reason::BodyTimeout => "paused its request body longer than client_body_timeout",
+            Reason::KeepaliveTimeout => "idled past keepalive_timeout",
+            Reason::MaxConnections => "arrived with max_connections open",
+            Reason::MaxConnectionsPerIp => {
+                "arrived with max_connections_per_ip open from its address"
+            }
+            Reason::FdPressure => "was idle while file descriptors ran out",
+        }
+    }
+}
+
+impl From<Expired> for Reason {
+    fn from(e: Expired) -> Reason {
+        match e {
+            Expired::Header => Reason::HeaderTimeout,
+            Expired::Keepalive => Reason::KeepaliveTimeout,
+        }
+    }
+}
+
+static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "zkgate_connections_closed_total",
+        "Client connections the gateway closed past a limit, by listener and reason (header_timeout, body_timeout, keepalive_timeout, max_connections, max_connections_per_ip, fd_pressure).",
+        &["listener", "reason"]
+    )
+    .expect("register zkgate_connections_closed_total")
+});
+
+/// Ten seconds between two lines about the same kind of closing on one listener.
+const LOG_EVERY: Nanos = 10_000_000_000;
+
+/// The per-address counts of open connections, in shards so that accepts on different threads
+/// rarely wait on each other (touched once per connection, never per request).
+struct PerIp {
+    max: u32,
+    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+}
+
+impl PerIp {
+    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let h = match ip {
+            IpAddr::V4(a) => u32::from(*a) as usize,
+            IpAddr::V6(a) => (u128::from(*a) ^ (u128::from(*a) >> 64)) as usize,
+        };
+        &self.shards[h.wrapping_mul(0x9E37_79B9) % self.shards.len()]
+    }
+
+    fn acquire(&self, ip: IpAddr) -> bool {
+        let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// One listener's connections: its settings in the units the loop uses, what is open, and the
+/// counters and log limiters of its closings, resolved once.
+pub struct ListenerConns {
+    name: String,
+    header_timeout: Nanos,
+    keepalive_timeout: Nanos,
+    body_timeout: Duration,
+    /// What Pingora is told: it decides `Connection: keep-alive` from it, and bounds each read
+    /// of a head with it, so it is set past both of our deadlines, which are the ones that act.
+    pingora_keepalive: Option<u64>,
+    keepalive_requests: Option<u32>,
+    max_connections: Option<u32>,
+    open: AtomicU32,
+    per_ip: Option<PerIp>,
+    closed: [IntCounter; 6],
+    logs: [LogLimiter; 6],
+}
+
+impl ListenerConns {
+    pub fn new(name: &str, s: &ConnSettings, keepalive_requests: Option<u32>) -> ListenerConns {
+        let nanos = |d: Duration| d.as_nanos().min(Nanos::MAX as u128) as Nanos;
+        let pingora_keepalive = s
+            .keepalive_timeout
+            .map(|k| k.max(s.client_header_timeout).as_secs().saturating_add(2));
+        ListenerConns {
+            name: name.to_owned(),
+            header_timeout: nanos(s.client_header_timeout),
+            keepalive_timeout: nanos(s.keepalive_timeout.unwrap_or_default()),
+            body_timeout: s.client_body_timeout,
+            pingora_keepalive,
+            keepalive_requests,
+            max_connections: s.max_connections,
+            open: AtomicU32::new(0),
+            per_ip: s.max_connections_per_ip.map(|max| PerIp {
+                max,
+                shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
+            }),
+            closed: Reason::ALL.map(|r| CLOSED.with_label_values(&[name, r.as_str()])),
+            logs: Reason::ALL.map(|_| LogLimiter::new(LOG_EVERY)),
+        }
+    }
+
+    /// Counts a closing, and logs it unless one like it was logged in the last ten seconds.
+    fn closed(&self, reason: Reason, peer: Option<IpAddr>) {
+        let i = reason as usize;
+        self.closed[i].inc();
+        let Some(suppressed) = self.logs[i].allow(clock::now()) else {
+            return;
+        };
+        let peer = peer.map_or_else(|| "a client".to_owned(), |p| format!("client {p}"));
+        let line = format!(
+            "listener {}: closed the connection of {peer}, which {}{}",
+            self.name,
+            reason.describe(),
+            suppressed_note(suppressed)
+        );
+        if reason == Reason::KeepaliveTimeout {
+            // Routine: idle keep-alive connections are closed all the time.
+            ::log::debug!("{line}");
+        } else {
+            ::log::warn!("{line}");
+        }
+    }
+
+    fn admit(&self, peer: Option<IpAddr>) -> Result<Slot<'_>, Reason> {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut slot = Slot {
+            conns: self,
+            ip: None,
+        };
+        if self.max_connections.is_some_and(|max| open > max) {
+            return Err(Reason::MaxConnections);
+        }
+        if let (Some(per_ip), Some(ip)) = (&self.per_ip, peer) {
+            if !per_ip.acquire(ip) {
+                return Err(Reason::MaxConnectionsPerIp);
+            }
+            slot.ip = Some(ip);
+        }
+        Ok(slot)
+    }
+
+    /// Connections open on this listener now.
+    pub fn open(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's place in its listener's counts, given back when dropped.
+struct Slot<'a> {
+    conns: &'a ListenerConns,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.conns.open.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(per_ip), Some(ip)) = (&self.conns.per_ip, self.ip) {
+            per_ip.release(ip);
+        }
+    }
+}
+
+/// Called by the proxy's first phase once per request: the head is complete, so its deadline
+/// no longer applies. A load of the session's stream and a type check; nothing is allocated.
+pub fn head_received(session: &ServerSession) {
+    if let Some(g) = session.stream().and_then(Guarded::of) {
+        g.state().on_head();
+    }
+}
+
+/// For the proxy's error hooks: a client that paused its request body past
+/// `client_body_timeout` (Pingora's read timeout on the downstream) is counted and logged here,
+/// rate-limited, like the other closings; returns whether `e` was that, so that the caller
+/// need not log it again.
+pub fn client_body_timed_out(session: &ServerSession, e: &pingora::Error) -> bool {
+    if e.esource() != &pingora::ErrorSource::Downstream
+        || e.etype() != &pingora::ErrorType::ReadTimedout
+    {
+        return false;
+    }
+    if let Some(g) = session.stream().and_then(Guarded::of) {
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        g.listener().closed(Reason::BodyTimeout, peer);
+    }
+    true
+}
+
+/// Pingora's HTTP app wrapped in zkgate's connection handling, as a listener's `ServerApp`.
+pub struct ConnApp<A> {
+    inner: Arc<A>,
+    conns: Arc<ListenerConns>,
+}
+
+impl<A> ConnApp<A> {
+    pub fn new(inner: A, conns: Arc<ListenerConns>) -> Self {
+        ConnApp {
+            inner: Arc::new(inner),
+            conns,
+        }
+    }
+}
+
+/// How a wait of a connection ended: what it waited for, or the deadline, or an eviction.
+enum Outcome<T> {
+    Done(T),
+    Expired(Expired),
+    Evicted,
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                METRICS.downstream_connections.dec();
+            }
+        }
+        METRICS.downstream_connections.inc();
+        let _open = Open;
+        let accepted = clock::now();
+        pressure::on_accept(io.id(), accepted);
+        let peer = io::peer_ip(&io);
+        let _slot = match self.conns.admit(peer) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                self.conns.closed(reason, peer);
+                return None;
+            }
+        };
+        let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
+        if h2c || matches!(io.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_))) {
+            // Not HTTP/1: Pingora's own handling (HTTP/2 has its own idle timeout).
+            let mut next = Some(io);
+            while let Some(io) = next {
+                next = ServerApp::process_new(&self.inner, io, shutdown).await;
+            }
+            return None;
+        }
+        self.serve(io, shutdown, accepted, peer).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
+    /// The HTTP/1 loop of one connection: what Pingora's own loop does, plus the deadlines.
+    async fn serve(
+        self: &Arc<Self>,
+        io: Stream,
+        shutdown: &ShutdownWatch,
+        accepted: Nanos,
+        peer: Option<IpAddr>,
+    ) {
+        let c = &*self.conns;
+        let state = Arc::new(ConnState::new(
+            c.header_timeout,
+            c.keepalive_timeout,
+            &IDLE,
+            accepted,
+        ));
+        let mut sleep = pin!(tokio::time::sleep_until(clock::to_tokio(accepted)));
+        let mut evict = pin!(IDLE.notified());
+        let mut guarded = Box::new(Guarded::new(io, state.clone(), self.conns.clone()));
+        // A new connection waits for its first byte here, before Pingora's session and request
+        // futures exist: a client that connects and sends nothing costs its stream and this
+        // future, not a parked proxy request. (A keep-alive connection cannot wait here: bytes
+        // of its next request may already sit in Pingora's buffer.)
+        match watch(guarded.first_byte(), &state, sleep.as_mut(), evict.as_mut()).await {
+            Outcome::Done(Ok(true)) => {}
+            Outcome::Done(_) => return,
+            Outcome::Expired(e) => return c.closed(e.into(), peer),
+            Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
+        }
+        let mut session = ServerSession::new_http1(guarded);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            c.pingora_keepalive
+        });
+        session.set_keepalive_reuses_remaining(c.keepalive_requests);
+        // Requests sent before the previous answer are answered in order (RFC 9112 §9.3.2);
+        // without this Pingora drops them after an answer that said keep-alive. Pingora carries
+        // the setting over to the connection's later sessions.
+        session.set_pipelining_enabled(true);
+        loop {
+            session.set_read_timeout(Some(c.body_timeout));
+            let request = self.inner.process_new_http(session, shutdown);
+            match watch(request, &state, sleep.as_mut(), evict.as_mut()).await {
+                Outcome::Done(Some(reused)) => {
+                    let (stream, settings) = reused.consume();
+                    state.on_reuse(clock::now());
+                    session = ServerSession::new_http1(stream);
+                    if let Some(settings) = settings {
+                        settings.apply_to_session(&mut session);
+                    }
+                }
+                Outcome::Done(None) => return,
+                Outcome::Expired(e) => return c.closed(e.into(), peer),
+                Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
+            }
+        }
+    }
+}
+
+/// Runs one request of a connection (or its wait for a first byte) under its deadline: the
+/// future is dropped (and the connection with it) when the deadline in force passes, or when fd
+/// pressure evicts the connection while it waits idle.
+async fn watch<F: Future>(
+    request: F,
+    state: &ConnState,
+    mut sleep: Pin<&mut Sleep>,
+    mut evict: Pin<&mut Notified<'static>>,
+) -> Outcome<F::Output> {
+    let mut request = pin!(request);
+    let mut armed: Option<Nanos> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = request.as_mut().poll(cx) {
+            return Poll::Ready(Outcome::Done(r));
+        }
+        // Polled after the request so that a deadline its reads just moved is seen at once.
+        let Some(deadline) = state.deadline() else {
+            return Poll::Pending;
+        };
+        if armed != Some(deadline) {
+            sleep.as_mut().reset(clock::to_tokio(deadline));
+            armed = Some(deadline);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            if let Some(e) = state.expired(clock::now()) {
+                return Poll::Ready(Outcome::Expired(e));
+            }
+            // Fired a hair early by our clock: arm it again rather than wait on a spent timer.
+            armed = None;
+            cx.waker().wake_by_ref();
+        }
+        if matches!(state.phase(), Phase::Fresh | Phase::Idle) && evict.as_mut().poll(cx).is_ready()
+        {
+            if state.evictable() {
+                return Poll::Ready(Outcome::Evicted);
+            }
+            // Someone else's eviction: wait for the next one.
+            evict.set(IDLE.notified());
+            let _ = evict.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Probes the fd limit every quarter second, for when the accept loop no longer gets a
+/// connection to notice it by (see [`pressure::probe`]).
+pub struct FdWatch;
+
+#[async_trait]
+impl BackgroundService for FdWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        pressure::init_fd_limit();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => pressure::probe(clock::now()),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
