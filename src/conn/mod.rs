@@ -408,7 +408,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
         // futures exist: a client that connects and sends nothing costs its stream and this
         // future, not a parked proxy request. (A keep-alive connection cannot wait here: bytes
         // of its next request may already sit in Pingora's buffer.)
-        match watch(guarded.first_byte(), &state, sleep.as_mut(), evict.as_mut()).await {
+        // A server shutting down closes connections that asked for nothing yet, as Pingora does
+        // with those waiting for a keep-alive request.
+        let mut stopping = shutdown.clone();
+        let first_byte = async {
+            tokio::select! {
+                got = guarded.first_byte() => got,
+                _ = stopping.wait_for(|stop| *stop) => Ok(false),
+            }
+        };
+        match watch(first_byte, &state, sleep.as_mut(), evict.as_mut()).await {
             Outcome::Done(Ok(true)) => {}
             Outcome::Done(_) => return,
             Outcome::Expired(e) => return c.closed(e.into(), peer),
