@@ -680,8 +680,9 @@ impl ProxyHttp for Gateway {
 
     /// A client closing its connection early is routine (a browser navigating away, a load
     /// generator stopping): it is counted as 499, not logged as an error.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        client_went_away(error)
+    /// A body timeout is counted and logged (rate-limited) with the other closed connections.
+    fn suppress_error_log(&self, session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        client_went_away(error) || crate::conn::client_body_timed_out(session, error)
     }
 
     async fn fail_to_proxy(
@@ -701,6 +702,8 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // The client stalled in its body past client_body_timeout, as nginx says.
+                    ErrorType::ReadTimedout => 408,
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => 500,

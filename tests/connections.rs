@@ -240,6 +240,7 @@ fn a_stalled_request_body_is_cut_at_the_body_timeout_like_nginx() {
         backend.seen().iter().all(|s| s.body.len() != 2),
         "a truncated body reached the backend"
     );
+    assert_closed_count(&gw, "body_timeout", 1);
 }
 
 #[test]
