@@ -200,30 +200,42 @@ fn split_absolute_form(raw: &[u8]) -> Result<(Option<&str>, &[u8]), Refusal> {
     Ok((Some(authority), if rest.is_empty() { b"/" } else { rest }))
 }
 
-/// Whether a path byte may stand raw in a normalized path: pchar less `%`, plus `/`.
+/// Whether a path byte may stand raw in a normalized path: pchar less `%`, plus `/`. A table,
+/// since every byte of every request's path is looked up.
 fn allowed_raw(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'/'
-        )
+    ALLOWED_RAW[b as usize]
 }
+
+const ALLOWED_RAW: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'@'
+                    | b'/'
+            );
+        b += 1;
+    }
+    t
+};
 
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
