@@ -21,7 +21,7 @@ use crate::client_ip::{Cidr, ClientIp};
 use crate::conn::ConnSettings;
 use crate::limit::{ConcurrencyLimit, Rate, RateLimiter};
 use crate::metrics::RouteMetrics;
-use crate::route::path::{self, Backslash, EncodedSlashes, PathPolicy};
+use crate::route::path::{self, PathPolicy};
 use crate::route::rewrite::check_replacement;
 use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
@@ -968,17 +968,12 @@ fn path_match(m: &MatchSection, at: &str, errors: &mut ConfigErrors) -> Option<P
     // Requests are matched on their normalized path, so a path that normalization would change
     // could never match. The most lenient policy is the test: a listener may keep `//`, `%2F`
     // and backslashes.
-    let lenient = PathPolicy {
-        merge_slashes: false,
-        encoded_slashes: EncodedSlashes::Keep,
-        backslash: Backslash::Keep,
-    };
     let must_be_absolute = |key: &str, p: &str, errors: &mut ConfigErrors| {
         if !p.starts_with('/') {
             errors.push(format!("{at}.{key}"), format!("`{p}` must start with `/`"));
             return;
         }
-        match path::normalize(p.as_bytes(), &lenient) {
+        match path::normalize(p.as_bytes(), &PathPolicy::LENIENT) {
             Ok(t) if t.query.is_none() && !t.changed() => {}
             Ok(t) if t.query.is_none() => errors.push(
                 format!("{at}.{key}"),

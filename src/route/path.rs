@@ -75,6 +75,15 @@ impl Default for PathPolicy {
     }
 }
 
+impl PathPolicy {
+    /// Everything kept that can be kept: the policy under which the most paths are normal.
+    pub const LENIENT: PathPolicy = PathPolicy {
+        merge_slashes: false,
+        encoded_slashes: EncodedSlashes::Keep,
+        backslash: Backslash::Keep,
+    };
+}
+
 impl PathSection {
     pub fn build(&self) -> PathPolicy {
         let d = PathPolicy::default();
@@ -400,11 +409,7 @@ fn resolve_segments(path: &str, merge_slashes: bool) -> String {
 pub fn check_invariants(raw: &[u8]) -> Result<(), String> {
     let policies = [
         PathPolicy::default(),
-        PathPolicy {
-            merge_slashes: false,
-            encoded_slashes: EncodedSlashes::Keep,
-            backslash: Backslash::Keep,
-        },
+        PathPolicy::LENIENT,
         PathPolicy {
             merge_slashes: true,
             encoded_slashes: EncodedSlashes::Decode,
@@ -653,38 +658,13 @@ mod tests {
             "//admin",
             "/%61dmin",
             "/a%2F..%2F",
+            "/a/%2e%2E/b//c/./%7e%41%2f%5c\\x y%zz",
+            "/x/..%2f..%2fadmin",
+            "/%2e%2e%2f%2e%2e/",
+            "//..//.//",
+            "/a%25b",
         ] {
             check_invariants(raw.as_bytes()).unwrap();
-        }
-    }
-
-    #[test]
-    fn normalization_is_idempotent() {
-        let policies = [
-            PathPolicy::default(),
-            PathPolicy {
-                merge_slashes: false,
-                encoded_slashes: EncodedSlashes::Keep,
-                backslash: Backslash::Keep,
-            },
-            PathPolicy {
-                merge_slashes: true,
-                encoded_slashes: EncodedSlashes::Decode,
-                backslash: Backslash::Keep,
-            },
-        ];
-        for p in policies {
-            for raw in [
-                "/a/%2e%2E/b//c/./%7e%41%2f%5c\\x y%zz",
-                "/x/..%2f..%2fadmin",
-                "/%2e%2e%2f%2e%2e/",
-                "//..//.//",
-                "/a%25b",
-            ] {
-                if let Ok(once) = with(raw, p) {
-                    assert_eq!(with(&once, p).as_ref(), Ok(&once), "{raw} under {p:?}");
-                }
-            }
         }
     }
 }
