@@ -183,30 +183,35 @@ fn process_settings_past_the_bounds_are_config_errors() {
 
 #[test]
 fn a_start_up_failure_is_an_error_message_and_exit_status_1() {
-    // Threads the system refuses, within the bound: 1024 threads of 2 MiB stacks each do not
-    // fit in 1 GB of address space. Pingora unwrapped that thread's creation (exit 101).
+    // Threads the system refuses, within the bound: as an unprivileged user (root is exempt)
+    // allowed 40 processes, 64 worker threads cannot all be made. Pingora unwrapped that
+    // thread's creation (exit 101). A limit on address space fails allocations too, not only
+    // threads, so it would not test this alone.
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = write(
         dir.path(),
         "threads.yaml",
         &format!(
-            "server: {{ threads: 1024 }}\nadmin: {{ listen: \"127.0.0.1:{}\" }}\nlisteners: [{{ name: web, listen: \"127.0.0.1:{}\" }}]\n{ROUTE}",
+            "server: {{ threads: 64 }}\nadmin: {{ listen: \"127.0.0.1:{}\" }}\nlisteners: [{{ name: web, listen: \"127.0.0.1:{}\" }}]\n{ROUTE}",
             common::free_port(),
             common::free_port()
         ),
     );
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "ulimit -v 1000000 && exec {} run -c {}",
-            common::bin(),
-            path.display()
-        ))
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nproc=40:40", "setpriv", "--reuid=65534", "--regid=65534"])
+        .args(["--clear-groups", common::bin(), "run", "-c"])
+        .arg(&path)
         .env("RUST_BACKTRACE", "0");
     let out = finish(cmd, "run with threads the system refuses");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("zkgate cannot run: "), "{err}");
+    assert!(
+        err.contains("zkgate cannot run: ") && err.contains("Resource temporarily unavailable"),
+        "{err}"
+    );
     assert!(err.contains("server.threads"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
