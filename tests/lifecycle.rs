@@ -156,65 +156,43 @@ routes:
     assert_eq!(code, Some(0), "{err}");
 }
 
-#[test]
-fn explain_shows_route_rewrite_and_upstream() {
+/// `zkgate explain -c conf/zkgate.yaml METHOD URL`: its exit code and what it printed.
+fn explain(method: &str, url: &str) -> (Option<i32>, String) {
     let out = Command::new(bin())
         .args([
             "explain",
             "-c",
             concat!(env!("CARGO_MANIFEST_DIR"), "/conf/zkgate.yaml"),
-            "get",
-            "http://localhost:8080/demo/hello?x=1",
+            method,
+            url,
         ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn explain_shows_route_rewrite_and_upstream() {
+    let (code, text) = explain("get", "http://localhost:8080/demo/hello?x=1");
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("route:     demo"), "{text}");
     assert!(text.contains("upstream:  demo"), "{text}");
     assert!(text.contains("forwarded: GET /hello?x=1"), "{text}");
-    let out = Command::new(bin())
-        .args([
-            "explain",
-            "-c",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/zkgate.yaml"),
-            "GET",
-            "/nowhere",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("404"));
+    let (code, text) = explain("GET", "/nowhere");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("404"), "{text}");
 
     // The path shown, matched and forwarded is the normalized one; a refused one says so.
-    let explain = |url: &str| {
-        let out = Command::new(bin())
-            .args([
-                "explain",
-                "-c",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/conf/zkgate.yaml"),
-                "GET",
-                url,
-            ])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    let (code, text) = explain("/x/%2e%2e//demo/%68ello");
+    let (code, text) = explain("GET", "/x/%2e%2e//demo/%68ello");
     assert_eq!(code, Some(0), "{text}");
     assert!(
         text.contains("path:      /demo/hello (normalized)"),
         "{text}"
     );
     assert!(text.contains("forwarded: GET /hello"), "{text}");
-    let (code, text) = explain("/demo/a%2fb");
+    let (code, text) = explain("GET", "/demo/a%2fb");
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("refused:   400"), "{text}");
 }
