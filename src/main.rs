@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         eprintln!("cannot install the logger: {e}");
     }
     if matches!(cli.command, Command::Run { .. }) {
-        raise_nofile_limit();
+        zkgate::conn::pressure::raise_fd_limit();
     }
     match cli.command {
         Command::Check { config } => cli::check(config),
@@ -40,43 +40,4 @@ fn main() -> ExitCode {
             route,
         }) => cli::alert_render(config, &destination, route.as_deref()),
     }
-}
-
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every client and backend connection is
-/// a file descriptor, and the usual soft default of 1024 is reached by a few hundred clients.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        log::warn!(
-            "cannot read RLIMIT_NOFILE: {}",
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
-    if lim.rlim_cur >= lim.rlim_max {
-        log::info!(
-            "open files limit: {} (already the hard limit)",
-            lim.rlim_cur
-        );
-        return;
-    }
-    let before = lim.rlim_cur;
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        log::warn!(
-            "cannot raise the open files limit from {before} to {}: {}",
-            lim.rlim_max,
-            std::io::Error::last_os_error()
-        );
-        return;
-    }
-    log::info!(
-        "open files limit raised from {before} to {} (the hard limit)",
-        lim.rlim_max
-    );
 }

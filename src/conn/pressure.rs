@@ -154,13 +154,55 @@ pub fn init_fd_limit() {
 }
 
 fn soft_fd_limit() -> Option<u64> {
+    let lim = fd_limits().ok()?;
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+fn fd_limits() -> std::io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we own.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, at start: every client and backend
+/// connection is a file descriptor, and the usual soft default of 1024 is reached by a few
+/// hundred clients.
+pub fn raise_fd_limit() {
+    let mut lim = match fd_limits() {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("cannot read RLIMIT_NOFILE: {e}");
+            return;
+        }
+    };
+    if lim.rlim_cur >= lim.rlim_max {
+        log::info!(
+            "open files limit: {} (already the hard limit)",
+            lim.rlim_cur
+        );
+        return;
+    }
+    let before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit only reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::warn!(
+            "cannot raise the open files limit from {before} to {}: {}",
+            lim.rlim_max,
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    log::info!(
+        "open files limit raised from {before} to {} (the hard limit)",
+        lim.rlim_max
+    );
 }
 
 /// A new connection got fd number `fd`. The kernel hands out the lowest free number, so a
