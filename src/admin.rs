@@ -54,7 +54,7 @@ impl AdminToken {
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::config::schema::REDACTED)
+        f.write_str(crate::section::REDACTED)
     }
 }
 
@@ -177,7 +177,7 @@ impl Admin {
 
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.shared.load();
-        let now = crate::upstream::state::now_ms();
+        let now = crate::clock::now_ms();
         let list: Vec<_> = snap
             .upstreams
             .iter()

@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod conn;
 #[doc(hidden)]
@@ -23,6 +24,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod reload;
 pub mod route;
+pub mod section;
 pub mod server;
 pub mod snapshot;
 pub mod upstream;

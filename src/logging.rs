@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::sync::RwLock;
 
-use crate::config::schema::REDACTED;
+use crate::section::REDACTED;
 
 /// Headers that carry credentials whatever the config says.
 pub const CREDENTIAL_HEADERS: &[&str] = &[

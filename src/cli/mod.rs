@@ -112,7 +112,7 @@ pub enum ConfigCommand {
 }
 
 fn duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::config::units::parse_duration(text)
+    crate::section::units::parse_duration(text)
 }
 
 /// How a command reaches ZooKeeper.

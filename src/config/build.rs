@@ -13,9 +13,7 @@ use http::{Method, StatusCode};
 use regex::Regex;
 use zkgate_discovery::{Digest, Ensemble};
 
-use super::error::ConfigErrors;
 use super::schema::*;
-use super::units::Dur;
 use crate::admin::AdminToken;
 use crate::client_ip::{Cidr, ClientIp};
 use crate::conn::ConnSettings;
@@ -27,6 +25,8 @@ use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
     PathRewrite, RateKey, Respond, RetryPolicy, Route, RouteRate, RouteTable,
 };
+use crate::section::ConfigErrors;
+use crate::section::Dur;
 use crate::snapshot::{Listener, Settings, Snapshot};
 use crate::upstream::breaker::{Breaker, BreakerPolicy};
 use crate::upstream::health::{HealthCheck, Probe};
@@ -734,7 +734,7 @@ fn upstreams(
         };
         let t = &u.timeouts;
         let mut timeout =
-            |key: &str, v: Option<super::units::Dur>, default: Duration, zero_ok: bool| {
+            |key: &str, v: Option<crate::section::Dur>, default: Duration, zero_ok: bool| {
                 let d = v.map_or(default, |d| d.0);
                 if d.is_zero() && !zero_ok {
                     errors.push(format!("{at}.timeouts.{key}"), "must be above zero");

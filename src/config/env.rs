@@ -6,7 +6,7 @@
 
 use serde_yaml::Value;
 
-use super::error::ConfigErrors;
+use crate::section::ConfigErrors;
 
 /// Expands every string scalar under `value`; an undefined variable without a default is an
 /// error at that value's path.

@@ -3,13 +3,11 @@
 
 pub mod build;
 pub mod env;
-pub mod error;
 pub mod parse;
 pub mod schema;
 pub mod source;
-pub mod units;
 
-pub use error::{ConfigError, ConfigErrors};
+pub use crate::section::{ConfigError, ConfigErrors};
 pub use schema::RawConfig;
 pub use source::{Source, ZkNode, EMBEDDED_DEFAULT};
 

@@ -9,8 +9,8 @@
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::error::ConfigErrors;
 use super::schema::RawConfig;
+use crate::section::ConfigErrors;
 
 /// The largest config accepted, from a file or a config node: ZooKeeper's own default limit on
 /// a node. The parser holds every event and value of the text at once: at this bound, a text of

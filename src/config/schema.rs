@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Dur, Size};
+use crate::section::secret::{self, secret_map, Secret, REDACTED};
+use crate::section::{Dur, Size};
 
 /// Pingora's server settings. Only the keys zkgate knows are accepted, so a typo is an error
 /// rather than a silently ignored default (Pingora's own loader ignores unknown keys).
@@ -83,80 +84,6 @@ pub struct DigestSection {
     pub user: String,
     /// Usually `${ENV_VAR}`, so that it stays out of the shared config.
     pub password: Secret,
-}
-
-/// What `/config` and logs show in place of a secret.
-pub const REDACTED: &str = "<redacted>";
-
-/// A value that `/config` and logs show as `<redacted>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-/// A secret must be a string. serde's own error for anything else quotes the value
-/// (``invalid type: integer `123456` ``), and config errors reach `zkgate check`'s output and
-/// the reload log, so a number is refused without being shown.
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text;
-        fn not_shown<E: serde::de::Error>() -> E {
-            E::custom("must be a string: put it in quotes (the value is secret, so not shown)")
-        }
-        impl serde::de::Visitor<'_> for Text {
-            type Value = Secret;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
-                Ok(Secret(v))
-            }
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
-                Err(not_shown())
-            }
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
-                Err(not_shown())
-            }
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
-                Err(not_shown())
-            }
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
-                Err(not_shown())
-            }
-        }
-        d.deserialize_any(Text)
-    }
-}
-
-/// A map of header values read like [`Secret`]s: a wrong type is reported without the value.
-fn secret_values<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    let map = BTreeMap::<String, Secret>::deserialize(d)?;
-    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        COLLECTED.with(|c| {
-            if let Some(found) = c.borrow_mut().as_mut() {
-                found.push(self.0.clone());
-            }
-        });
-        s.serialize_str(REDACTED)
-    }
-}
-
-thread_local! {
-    /// While [`RawConfig::secret_values`] runs: the value of every `Secret` serialized.
-    static COLLECTED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(REDACTED)
-    }
 }
 
 /// Where a `zookeeper:` upstream finds its instances: `{ service: NAME }` or `{ path: /abs }`.
@@ -474,9 +401,9 @@ pub struct RewriteSection {
 #[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderEdits {
-    #[serde(default, deserialize_with = "secret_values")]
+    #[serde(default, deserialize_with = "secret_map")]
     pub set: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "secret_values")]
+    #[serde(default, deserialize_with = "secret_map")]
     pub add: BTreeMap<String, String>,
     #[serde(default)]
     pub remove: Vec<String>,
@@ -547,21 +474,10 @@ impl RawConfig {
     /// The value of every [`Secret`] in the config, wherever it is (plugins included), found by
     /// serializing the config once while collecting: no hand-kept list to forget a new one.
     pub fn secret_values(&self) -> Vec<String> {
-        struct Stop;
-        impl Drop for Stop {
-            fn drop(&mut self) {
-                COLLECTED.with(|c| c.borrow_mut().take());
-            }
-        }
-        COLLECTED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-        let stop = Stop;
         // Serializing to a sink only fails if a type refuses itself; what was seen still counts.
-        let _ = serde_json::to_writer(std::io::sink(), self);
-        let found = COLLECTED
-            .with(|c| c.borrow_mut().take())
-            .unwrap_or_default();
-        drop(stop);
-        found
+        secret::collect(|| {
+            let _ = serde_json::to_writer(std::io::sink(), self);
+        })
     }
 
     /// Headers whose values this config holds as secrets: routes' header edits not marked

@@ -8,8 +8,9 @@ use std::time::Duration;
 use zkgate_discovery::config_node;
 use zkgate_discovery::{Digest, Ensemble};
 
-use super::error::ConfigErrors;
 use super::parse::MAX_CONFIG_BYTES;
+use crate::section::file::read_bounded;
+use crate::section::ConfigErrors;
 
 /// The quickstart config, compiled in so that `zkgate run` works with no file at all.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../conf/zkgate.yaml");
@@ -177,23 +178,6 @@ pub fn text(zk: &ZkNode, data: Vec<u8>) -> Result<String, ConfigErrors> {
         ));
     }
     String::from_utf8(data).map_err(|_| ConfigErrors::one("", format!("{zk} is not UTF-8 text")))
-}
-
-/// A file's text, read up to `max` bytes: a larger file (or `/dev/zero`, which never ends) is
-/// an error after `max + 1` bytes rather than a read that fills memory or never returns.
-pub fn read_bounded(path: &std::path::Path, max: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(max as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than the {max} bytes allowed"),
-        ));
-    }
-    String::from_utf8(bytes)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 #[cfg(test)]

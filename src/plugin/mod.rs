@@ -45,7 +45,7 @@ pub fn build(
     path_prefix: Option<&str>,
     at: &str,
     upstream: &dyn Fn(&str) -> Option<Arc<crate::upstream::Upstream>>,
-    errors: &mut crate::config::ConfigErrors,
+    errors: &mut crate::section::ConfigErrors,
 ) -> Option<RoutePlugin> {
     match section {
         PluginSection::AlertWebhook(s) => alert::config::build(

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::state::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerPolicy {

@@ -15,8 +15,9 @@ use pingora::services::background::BackgroundService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::state::{now_ms, BackendState, UNHEALTHY};
+use super::state::{BackendState, UNHEALTHY};
 use super::Upstream;
+use crate::clock::now_ms;
 use crate::live::Shared;
 use crate::metrics::METRICS;
 

@@ -234,7 +234,7 @@ impl BackendSet {
         locality: Option<&Locality>,
         choices: usize,
     ) -> BackendSet {
-        let now = state::now_ms();
+        let now = crate::clock::now_ms();
         let ramped: Vec<Option<u64>> = specs
             .iter()
             .zip(&states)

@@ -5,8 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::state::{now_ms, BackendState, EJECTED};
+use super::state::{BackendState, EJECTED};
 use super::{BackendSet, Upstream};
+use crate::clock::now_ms;
 use crate::metrics::METRICS;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
-use super::state::now_ms;
+use crate::clock::now_ms;
 
 /// One retry, in the budget's unit.
 const RETRY: i64 = 1000;

@@ -6,8 +6,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::now_ms;
 
 /// Reasons not to pick a backend, as bits of [`BackendState::down`].
 pub const UNHEALTHY: u8 = 1;
@@ -32,12 +34,6 @@ pub struct BackendState {
     pub(super) ejection_end_ms: AtomicU64,
     /// When it joined the upstream or last came back into service, for slow start.
     joined_ms: AtomicU64,
-}
-
-/// Milliseconds on a process-wide monotonic clock.
-pub fn now_ms() -> u64 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    EPOCH.elapsed().as_millis() as u64
 }
 
 impl BackendState {

@@ -19,9 +19,10 @@ use super::metrics::DestinationMetrics;
 use super::spool::LazySpool;
 use super::template::{DestinationValues, Template};
 use super::{AlertWebhook, Auth, Destination, Split};
-use crate::config::schema::{BreakerSection, Secret};
-use crate::config::units::{Dur, Size};
-use crate::config::ConfigErrors;
+use crate::config::schema::BreakerSection;
+use crate::section::ConfigErrors;
+use crate::section::Secret;
+use crate::section::{Dur, Size};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::{PeerSettings, TlsSettings, Upstream};
 
@@ -589,7 +590,7 @@ fn read_regular_file(path: &str, max: usize) -> Result<String, String> {
         return Err(format!("{} bytes, more than the {max} allowed", meta.len()));
     }
     // Bounded again: the file may have grown since.
-    crate::config::source::read_bounded(std::path::Path::new(path), max).map_err(|e| e.to_string())
+    crate::section::file::read_bounded(std::path::Path::new(path), max).map_err(|e| e.to_string())
 }
 
 fn backoff(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> Backoff {

@@ -35,7 +35,7 @@ use self::payload::{Limits, Payload};
 use self::spool::{LazySpool, Spool, SpoolError};
 use self::template::{DestinationValues, PayloadValues, RenderContext, Template};
 use super::{HttpPlugin, RequestInfo};
-use crate::upstream::state::now_ms;
+use crate::clock::now_ms;
 
 /// How long Alertmanager is asked to wait when a spool is full.
 const FULL_RETRY_AFTER_SECS: u64 = 30;
@@ -732,10 +732,7 @@ impl deliver::Target {
             // only the host is shown, the rest as `/config` shows a secret.
             deliver::Target::Url {
                 authority, path, ..
-            } => format!(
-                "{authority}/{:?}",
-                crate::config::schema::Secret(path.clone())
-            ),
+            } => format!("{authority}/{:?}", crate::section::Secret(path.clone())),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
-use crate::upstream::state::now_ms;
+use crate::clock::now_ms;
 
 /// The first bytes of every spooled file, and its format version.
 const MAGIC: &[u8; 6] = b"ZKSP1\n";
