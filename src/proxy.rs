@@ -1,7 +1,7 @@
 //! The HTTP proxy: Pingora's `ProxyHttp` phases, each a thin step over the route table and the
 //! upstreams of the snapshot the request started with.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,14 @@ use crate::route::{
     normalize_host, path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
 };
 use crate::snapshot::{Listener, Snapshot};
-use crate::upstream::breaker::Admit;
-use crate::upstream::state::InFlight;
+use crate::upstream::call::{self, Call, Outcome, Refusal};
 use crate::upstream::Upstream;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_REAL_IP: &str = "x-real-ip";
 
-const MAX_ATTEMPTS: usize = RetryPolicy::MAX_ATTEMPTS as usize;
+// A call remembers the backends of every try a route may make.
+const _: () = assert!(RetryPolicy::MAX_ATTEMPTS <= call::MAX_TRIES);
 
 pub struct Gateway {
     shared: Shared,
@@ -63,27 +63,14 @@ pub struct RequestCtx {
     client: Option<IpAddr>,
     /// The route's slot for this request while it is in flight, if the route caps that.
     permit: Option<Permit>,
-    /// The backend of the current attempt.
-    backend: Option<SocketAddr>,
-    /// Counts the current attempt in flight on its backend until it is replaced or dropped.
-    attempt: Option<InFlight>,
+    /// The call to the route's upstream, from the breaker's leave to its outcome.
+    call: Option<Call>,
     /// The status the backend answered, as opposed to one the gateway made up.
     upstream_status: Option<u16>,
-    /// Backends this request failed on, `failed` of them: a retry avoids them. (A retry after
-    /// a stale pooled connection goes back to the same backend.)
-    unreachable: [SocketAddr; MAX_ATTEMPTS],
-    failed: usize,
-    /// Tries started, the first included.
-    tries: u8,
-    /// What the upstream's circuit breaker said to this request, if it has one.
-    admitted: Option<Admit>,
-    upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
     request_body_bytes: u64,
     /// Bytes of a capped 5xx body that may still be forwarded.
     error_body_room: Option<u64>,
-    /// Why the gateway itself failed the request, for the error body.
-    failure: Option<&'static str>,
     /// What the route's plugin keeps about this request.
     plugin: PluginState,
 }
@@ -93,43 +80,42 @@ impl RequestCtx {
         Some(self.snapshot.as_ref()?.routes.get(self.route?))
     }
 
-    fn unreachable(&self) -> &[SocketAddr] {
-        &self.unreachable[..self.failed]
-    }
-
-    fn upstream(&self) -> Option<&Arc<Upstream>> {
-        match &self.route()?.action {
-            Action::Proxy(u) => Some(u),
-            Action::Respond(_) | Action::Plugin => None,
-        }
-    }
-
-    /// Whether the route's attempts and the upstream's retry budget allow another try.
-    fn may_try_again(&self) -> bool {
-        let (Some(route), Some(u)) = (self.route(), self.upstream()) else {
-            return false;
-        };
-        self.tries < route.retry.attempts && u.policy.retry_budget.withdraw()
-    }
-
     /// The current try failed on its backend: a retry avoids it, and it counts against the
-    /// backend's outlier detection.
-    fn failed_on_backend(&mut self) {
-        if let (Some(addr), Some(slot)) = (self.backend, self.unreachable.get_mut(self.failed)) {
-            *slot = addr;
-            self.failed += 1;
-        }
-        self.end_attempt(true);
+    /// backend's outlier detection. Whether the route's attempts and the upstream's retry
+    /// budget allow another try.
+    fn failed_on_backend(&mut self) -> bool {
+        let attempts = self.route().map_or(0, |r| r.retry.attempts);
+        self.call.as_mut().is_some_and(|c| c.failed(attempts))
     }
+}
 
-    /// Ends the current attempt: it leaves the in-flight count, and its outcome counts toward
-    /// the backend's outlier detection.
-    fn end_attempt(&mut self, failed: bool) {
-        if let Some(attempt) = self.attempt.take() {
-            if let Some(u) = self.upstream() {
-                u.record(attempt.state(), failed);
-            }
+/// A failure the gateway answers itself: `why` is the text of the answer (the error's context),
+/// to which `fail_to_proxy` adds the upstream's name on a proxy route.
+fn gateway_failure(code: u16, why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::HTTPStatus(code), why)
+}
+
+/// A refused upstream call, as the error the proxy fails with.
+fn refused(refusal: Refusal, upstream: &Upstream) -> Box<Error> {
+    gateway_failure(refusal.status(), refusal.reason())
+        .more_context(format!("upstream {}", upstream.name))
+}
+
+/// The text of an answer the gateway made itself ([`gateway_failure`]): the context of the
+/// innermost error, when that is a status with no cause of its own. Context added on the way
+/// out (`more_context`) wraps it; an error caused by something else explains that cause for
+/// the log, not for the client.
+fn gateway_text(e: &Error) -> Option<&str> {
+    let mut inner = e;
+    while let Some(cause) = inner.cause.as_deref() {
+        match cause.downcast_ref::<Box<Error>>() {
+            Some(next) => inner = next,
+            None => return None,
         }
+    }
+    match inner.etype() {
+        ErrorType::HTTPStatus(_) => inner.context.as_ref().map(|c| c.as_str()),
+        _ => None,
     }
 }
 
@@ -348,18 +334,11 @@ impl ProxyHttp for Gateway {
             authority: None,
             client: None,
             permit: None,
-            backend: None,
-            attempt: None,
+            call: None,
             upstream_status: None,
-            unreachable: [SocketAddr::from(([0, 0, 0, 0], 0)); MAX_ATTEMPTS],
-            failed: 0,
-            tries: 0,
-            admitted: None,
-            upstream_started: None,
             upstream_time: None,
             request_body_bytes: 0,
             error_body_room: None,
-            failure: None,
             plugin: PluginState::None,
         }
     }
@@ -439,11 +418,7 @@ impl ProxyHttp for Gateway {
         ctx.request_body_bytes += chunk.len() as u64;
         if let Some(limit) = ctx.route().and_then(|r| r.max_request_body) {
             if ctx.request_body_bytes > limit {
-                ctx.failure = Some("request body too large");
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body over max_request_body",
-                );
+                return Err(gateway_failure(413, "request body too large"));
             }
         }
         Ok(())
@@ -483,39 +458,18 @@ impl ProxyHttp for Gateway {
             .timeout
             .map(|t| t.saturating_sub(ctx.started.elapsed()));
         if left.is_some_and(|l| l.is_zero()) {
-            ctx.failure = Some("gateway timeout: the route's timeout passed");
-            return Err(Error::explain(ErrorType::HTTPStatus(504), "route timeout"));
+            return Err(gateway_failure(
+                504,
+                "gateway timeout: the route's timeout passed",
+            ));
         }
-        if ctx.tries == 0 {
-            if let Some(breaker) = &upstream.policy.breaker {
-                let admit = breaker.admit();
-                if admit == Admit::No {
-                    ctx.failure = Some("circuit open");
-                    return Err(Error::explain(ErrorType::HTTPStatus(503), "circuit open")
-                        .more_context(format!("upstream {}", upstream.name)));
-                }
-                ctx.admitted = Some(admit);
-            }
-        }
-        let avoid = ctx.unreachable();
-        let Some(picked) = upstream.select(key, avoid) else {
-            let (code, why) = if avoid.is_empty() {
-                (503, "no backend available")
-            } else {
-                (502, "no backend could be reached")
-            };
-            ctx.failure = Some(why);
-            return Err(Error::explain(ErrorType::HTTPStatus(code), why)
-                .more_context(format!("upstream {}", upstream.name)));
+        let call = match &mut ctx.call {
+            Some(call) => call,
+            None => ctx
+                .call
+                .insert(upstream.begin().map_err(|r| refused(r, upstream))?),
         };
-        if ctx.tries == 0 {
-            upstream.policy.retry_budget.deposit();
-        }
-        ctx.tries += 1;
-        ctx.backend = Some(picked.attempt.state().addr);
-        ctx.attempt = Some(picked.attempt);
-        ctx.upstream_started = Some(Instant::now());
-        let mut peer = picked.peer;
+        let mut peer = call.pick(key).map_err(|r| refused(r, upstream))?;
         let o = &mut peer.options;
         if let Some(t) = route.retry.per_try_timeout {
             o.read_timeout = Some(t);
@@ -535,8 +489,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent yet, so any method may go to another backend.
-        let retry = ctx.may_try_again();
-        ctx.failed_on_backend();
+        let retry = ctx.failed_on_backend();
         e.set_retry(retry);
         e
     }
@@ -558,8 +511,7 @@ impl ProxyHttp for Gateway {
             && session.response_written().is_none();
         let after_send = ctx.route().is_some_and(|r| r.retry.after_send);
         if safe && after_send && e.esource() == &ErrorSource::Upstream {
-            let retry = ctx.may_try_again();
-            ctx.failed_on_backend();
+            let retry = ctx.failed_on_backend();
             e.set_retry(retry);
         } else if safe {
             // Pingora's own rule: a pooled connection that failed had probably gone stale;
@@ -637,7 +589,11 @@ impl ProxyHttp for Gateway {
         if upstream_response.status.is_informational() {
             return Ok(());
         }
-        ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        ctx.upstream_time = ctx
+            .call
+            .as_ref()
+            .and_then(Call::attempt_started)
+            .map(|t| t.elapsed());
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         let Some(route) = ctx.route() else {
             return Ok(());
@@ -710,7 +666,7 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 && session.response_written().is_none() {
-            let why = ctx.failure.unwrap_or(match code {
+            let why = gateway_text(e).unwrap_or(match code {
                 502 => "bad gateway: the backend failed",
                 504 => "gateway timeout: the backend did not answer in time",
                 _ => "",
@@ -738,24 +694,9 @@ impl ProxyHttp for Gateway {
             (None, Some(_)) => 502,
             (None, None) => 0,
         };
-        // A backend that answered 5xx, or failed after the connection was made, counts against
-        // it; a client that went away does not.
-        let failed = match (ctx.upstream_status, e) {
-            (Some(s), _) => s >= 500,
-            (None, Some(e)) => e.esource() == &ErrorSource::Upstream,
-            (None, None) => false,
-        };
-        ctx.end_attempt(failed);
-        if let (Some(admitted), Some(u)) = (ctx.admitted, ctx.upstream()) {
-            if let Some(breaker) = &u.policy.breaker {
-                // A request that never got a backend also failed, from the breaker's view.
-                let failed = failed
-                    || (ctx.upstream_status.is_none()
-                        && e.is_some_and(|e| e.esource() != &ErrorSource::Downstream));
-                if breaker.record(admitted, failed) {
-                    log::warn!("upstream {}: circuit opened", u.name);
-                }
-            }
+        let backend = ctx.call.as_ref().and_then(Call::backend);
+        if let Some(call) = ctx.call.take() {
+            call.finish(call_outcome(ctx.upstream_status, e));
         }
         if let Some(plugin) = ctx.route().and_then(|r| r.plugin.clone()) {
             plugin.logging(&mut ctx.plugin);
@@ -765,13 +706,21 @@ impl ProxyHttp for Gateway {
         let metrics = route.map_or(RouteMetrics::unmatched(), |r| &r.metrics);
         metrics.observe(status, elapsed, ctx.upstream_time);
         if let Some(log) = &self.access_log {
-            log.record(
-                session,
-                status,
-                elapsed,
-                route.map(|r| &*r.name),
-                ctx.backend,
-            );
+            log.record(session, status, elapsed, route.map(|r| &*r.name), backend);
         }
+    }
+}
+
+/// How an upstream call ended, from the backend's answer or the error the request failed with.
+fn call_outcome(upstream_status: Option<u16>, e: Option<&Error>) -> Outcome {
+    match (upstream_status, e) {
+        // A backend that answered 5xx, or failed after the connection was made, counts against
+        // it; a client that went away does not.
+        (Some(s), _) if s >= 500 => Outcome::BackendFailed,
+        (Some(_), _) | (None, None) => Outcome::Ok,
+        (None, Some(e)) if e.esource() == &ErrorSource::Upstream => Outcome::BackendFailed,
+        // A request that never got a backend also failed, from the breaker's view.
+        (None, Some(e)) if e.esource() != &ErrorSource::Downstream => Outcome::Failed,
+        (None, Some(_)) => Outcome::Ok,
     }
 }

@@ -5,6 +5,7 @@
 //! with one store, while requests keep picking from the set they loaded, without locks.
 
 pub mod breaker;
+pub mod call;
 pub mod discovery;
 pub mod hash_key;
 pub mod health;

@@ -17,6 +17,7 @@ use pingora::upstreams::peer::HttpPeer;
 use ring::hmac;
 
 use crate::upstream::breaker::{Admit, Breaker};
+use crate::upstream::call::{Outcome as CallOutcome, Refusal};
 use crate::upstream::{PeerSettings, Upstream};
 
 /// How much of a destination's answer is kept for the log when it refuses a message.
@@ -163,31 +164,35 @@ impl Sender {
                 path,
                 host,
             } => {
-                // The upstream's own breaker speaks for it, as it does for proxied requests.
-                let breaker = upstream.policy.breaker.as_ref();
-                let admitted = breaker.map(Breaker::admit);
-                if admitted == Some(Admit::No) {
-                    return Outcome::Failed(format!(
-                        "upstream `{}`: its circuit breaker is open",
-                        upstream.name
-                    ));
-                }
-                let Some(picked) = upstream.select(None, &[]) else {
-                    return Outcome::Failed(format!("upstream `{}` has no backend", upstream.name));
-                };
-                let authority = host
-                    .clone()
-                    .unwrap_or_else(|| picked.peer._address.to_string());
-                let outcome = self
-                    .exchange_with(connector, &picked.peer, &authority, path, body)
-                    .await;
-                let failed = matches!(outcome, Outcome::Failed(_));
-                upstream.record(picked.attempt.state(), failed);
-                if let (Some(b), Some(a)) = (breaker, admitted) {
-                    if b.record(a, failed) {
-                        log::warn!("upstream {}: circuit opened", upstream.name);
+                // The same call as a proxied request's: the upstream's own breaker speaks for
+                // it, and the outcome counts toward the backend's outlier detection.
+                let mut call = match upstream.begin() {
+                    Ok(call) => call,
+                    Err(_) => {
+                        return Outcome::Failed(format!(
+                            "upstream `{}`: its circuit breaker is open",
+                            upstream.name
+                        ))
                     }
-                }
+                };
+                let peer = match call.pick(None) {
+                    Ok(peer) => peer,
+                    Err(Refusal::CircuitOpen | Refusal::NoBackend | Refusal::Unreachable) => {
+                        call.finish(CallOutcome::Failed);
+                        return Outcome::Failed(format!(
+                            "upstream `{}` has no backend",
+                            upstream.name
+                        ));
+                    }
+                };
+                let authority = host.clone().unwrap_or_else(|| peer._address.to_string());
+                let outcome = self
+                    .exchange_with(connector, &peer, &authority, path, body)
+                    .await;
+                call.finish(match outcome {
+                    Outcome::Failed(_) => CallOutcome::BackendFailed,
+                    Outcome::Delivered(_) | Outcome::Rejected { .. } => CallOutcome::Ok,
+                });
                 outcome
             }
             Target::Url {
