@@ -22,7 +22,7 @@ use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::snapshot::{Settings, Snapshot};
 use crate::upstream::discovery::DiscoveryService;
-use crate::upstream::health::HealthChecker;
+use crate::upstream::health::{HealthChecker, Prober};
 
 /// zkgate's defaults where Pingora's do not suit a container: its 300 s grace period outlives
 /// every orchestrator's kill timeout.
@@ -121,7 +121,7 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     server.add_service(background_service("fd pressure", FdWatch));
     server.add_service(background_service(
         "health checks",
-        HealthChecker::new(shared.clone()),
+        HealthChecker::new(shared.clone(), Prober::new(&server.configuration)),
     ));
     server.add_service(background_service(
         "plugins",

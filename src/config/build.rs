@@ -355,12 +355,7 @@ fn discovery_path(z: &UpstreamZookeeper, root: &str) -> Result<String, String> {
     }
 }
 
-fn health_check(
-    h: &HealthCheckSection,
-    at: &str,
-    tls: bool,
-    errors: &mut ConfigErrors,
-) -> HealthCheck {
+fn health_check(h: &HealthCheckSection, at: &str, errors: &mut ConfigErrors) -> HealthCheck {
     let interval = h.interval.map_or(HealthCheck::DEFAULT_INTERVAL, |d| d.0);
     let timeout = h.timeout.map_or(HealthCheck::DEFAULT_TIMEOUT, |d| d.0);
     if interval < Duration::from_millis(100) {
@@ -395,12 +390,6 @@ fn health_check(
             Probe::Tcp
         }
         HealthCheckKind::Http => {
-            if tls {
-                errors.push(
-                    format!("{at}.type"),
-                    "HTTPS checks are not supported yet: use type: tcp for a TLS upstream",
-                );
-            }
             let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
             if !path.starts_with('/')
                 || path
@@ -754,7 +743,7 @@ fn upstreams(
         let health = u
             .health_check
             .as_ref()
-            .map(|h| health_check(h, &format!("{at}.health_check"), u.tls.is_some(), errors));
+            .map(|h| health_check(h, &format!("{at}.health_check"), errors));
         let outlier = u
             .outlier_detection
             .as_ref()

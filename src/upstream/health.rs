@@ -1,8 +1,9 @@
 //! Active health checks: every backend of an upstream with `health_check:` is probed on an
 //! interval (an HTTP request or a TCP connect) off the request path; `fall` failures in a row
-//! take it out of rotation and `rise` passes bring it back. The same tick readmits backends
-//! whose outlier ejection is over, ramps slow starts, and lets rate limiters forget the keys
-//! whose buckets have refilled.
+//! take it out of rotation and `rise` passes bring it back. An HTTP probe goes through Pingora's
+//! connector, so that a TLS upstream is checked over HTTPS with its own TLS settings. The same
+//! tick readmits backends whose outlier ejection is over, ramps slow starts, and lets rate
+//! limiters forget the keys whose buckets have refilled.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -10,13 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use http::header::{CONNECTION, HOST, USER_AGENT};
+use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
+use pingora::http::RequestHeader;
+use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
 use tokio::net::TcpStream;
 
 use super::state::{BackendState, UNHEALTHY};
-use super::Upstream;
+use super::{PeerSettings, Upstream};
 use crate::clock::now_ms;
 use crate::live::Shared;
 use crate::metrics::METRICS;
@@ -50,61 +57,42 @@ impl HealthCheck {
     pub const DEFAULT_RISE: u32 = 2;
     pub const DEFAULT_FALL: u32 = 3;
 
-    /// One probe of `addr`: `Ok` when it passes, the reason otherwise.
-    pub async fn probe(&self, addr: SocketAddr) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, self.probe_unbounded(addr)).await {
+    /// One probe of the backend at `addr`, connected to as `settings` say (TLS or not, SNI,
+    /// verification): `Ok` when it passes, the reason otherwise.
+    pub async fn probe(
+        &self,
+        prober: &Prober,
+        addr: SocketAddr,
+        settings: &PeerSettings,
+    ) -> Result<(), String> {
+        let probe = async {
+            match &self.probe {
+                Probe::Tcp => TcpStream::connect(addr)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("connect: {e}")),
+                Probe::Http {
+                    method,
+                    path,
+                    host,
+                    statuses,
+                } => {
+                    let peer = settings.peer(addr);
+                    let status = prober.status(&peer, method, path, host.as_deref()).await?;
+                    if statuses
+                        .iter()
+                        .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("status {status}"))
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, probe).await {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-        }
-    }
-
-    async fn probe_unbounded(&self, addr: SocketAddr) -> Result<(), String> {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let Probe::Http {
-            method,
-            path,
-            host,
-            statuses,
-        } = &self.probe
-        else {
-            return Ok(());
-        };
-        let host = host.clone().unwrap_or_else(|| addr.to_string());
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: zkgate-health-check\r\nConnection: close\r\n\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        // The status line is all that is needed: `HTTP/1.1 200 ...`.
-        let mut head = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream
-                .read(&mut head[len..])
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("closed before a status line".into());
-            }
-            len += n;
-        }
-        let status = std::str::from_utf8(&head[..len])
-            .ok()
-            .filter(|l| l.starts_with("HTTP/1."))
-            .and_then(|l| l.get(9..12))
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or("not an HTTP response")?;
-        if statuses
-            .iter()
-            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
-        {
-            Ok(())
-        } else {
-            Err(format!("status {status}"))
         }
     }
 
@@ -140,6 +128,75 @@ impl HealthCheck {
     }
 }
 
+/// What HTTP probes connect with: Pingora's HTTP connector, with the process's CA roots
+/// (`server.ca_file`, else the system's), the same the proxy verifies upstreams with. A probe
+/// takes a fresh connection each time (a check must see that a new one can be made) and closes
+/// it after the status line.
+pub struct Prober {
+    connector: Connector,
+}
+
+impl Prober {
+    /// Probes connect as the proxy does (CA roots, bind addresses), with no idle pool.
+    pub fn new(conf: &ServerConf) -> Prober {
+        let mut options = ConnectorOptions::from_server_conf(conf);
+        options.keepalive_pool_size = 1;
+        Prober {
+            connector: Connector::new(Some(options)),
+        }
+    }
+
+    /// The status `peer` answers a `method` request for `path` with, HTTP/1.1 (over TLS when
+    /// the peer says so); `host` is the Host header, the backend's address when `None`.
+    async fn status(
+        &self,
+        peer: &HttpPeer,
+        method: &str,
+        path: &str,
+        host: Option<&str>,
+    ) -> Result<u16, String> {
+        let (mut session, _) = self
+            .connector
+            .get_http_session(peer)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut req = RequestHeader::build(method, path.as_bytes(), Some(3))
+            .map_err(|e| format!("request: {e}"))?;
+        let addr = peer._address.to_string();
+        let headers = [
+            (HOST, host.unwrap_or(&addr)),
+            (USER_AGENT, "zkgate-health-check"),
+            (CONNECTION, "close"),
+        ];
+        for (name, value) in headers {
+            req.insert_header(name, value)
+                .map_err(|e| format!("request: {e}"))?;
+        }
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        session
+            .finish_request_body()
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| match e.etype() {
+                ErrorType::InvalidHTTPHeader => "not an HTTP response".to_owned(),
+                ErrorType::ConnectionClosed => "closed before a status line".to_owned(),
+                _ => format!("read: {e}"),
+            })?;
+        let status = session
+            .response_header()
+            .map(|h| h.status.as_u16())
+            .ok_or("not an HTTP response")?;
+        session.shutdown().await;
+        Ok(status)
+    }
+}
+
 /// How often the checker looks for due checks and expired ejections.
 const TICK: Duration = Duration::from_millis(100);
 /// Every this many ticks (10 s), rate limiters drop refilled keys.
@@ -149,11 +206,15 @@ const FORGET_EVERY: u64 = 100;
 /// reload are checked from the next tick on.
 pub struct HealthChecker {
     shared: Shared,
+    prober: Arc<Prober>,
 }
 
 impl HealthChecker {
-    pub fn new(shared: Shared) -> HealthChecker {
-        HealthChecker { shared }
+    pub fn new(shared: Shared, prober: Prober) -> HealthChecker {
+        HealthChecker {
+            shared,
+            prober: Arc::new(prober),
+        }
     }
 
     /// Memory held for keys only while they are limited, not for every client ever seen.
@@ -185,17 +246,19 @@ impl HealthChecker {
             u.next_check_ms
                 .store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
             for b in set.backends() {
-                tokio::spawn(probe_one(u.clone(), b.state.clone()));
+                tokio::spawn(probe_one(self.prober.clone(), u.clone(), b.state.clone()));
             }
         }
     }
 }
 
-async fn probe_one(upstream: Arc<Upstream>, state: Arc<BackendState>) {
+async fn probe_one(prober: Arc<Prober>, upstream: Arc<Upstream>, state: Arc<BackendState>) {
     let Some(check) = &upstream.policy.health else {
         return;
     };
-    let result = check.probe(state.addr).await;
+    let result = check
+        .probe(&prober, state.addr, &upstream.policy.settings)
+        .await;
     check.record(&upstream.name, &state, result);
 }
 
@@ -221,7 +284,21 @@ impl BackgroundService for HealthChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    /// One probe of a plain-HTTP backend at `addr`.
+    async fn probe(check: &HealthCheck, addr: SocketAddr) -> Result<(), String> {
+        let settings = PeerSettings {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        let prober = Prober::new(&ServerConf::default());
+        check.probe(&prober, addr, &settings).await
+    }
 
     fn http_check(statuses: Vec<(u16, u16)>) -> HealthCheck {
         HealthCheck {
@@ -257,7 +334,7 @@ mod tests {
     async fn http_probe_checks_the_status_and_sends_the_host() {
         let check = http_check(vec![(200, 299)]);
         let (addr, req) = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
-        assert_eq!(check.probe(addr).await, Ok(()));
+        assert_eq!(probe(&check, addr).await, Ok(()));
         let req = req.await.unwrap();
         assert!(
             req.starts_with("GET /healthz HTTP/1.1\r\nHost: svc\r\n"),
@@ -265,9 +342,12 @@ mod tests {
         );
 
         let (addr, _) = serve_once("HTTP/1.1 503 Busy\r\n\r\n").await;
-        assert_eq!(check.probe(addr).await, Err("status 503".into()));
+        assert_eq!(probe(&check, addr).await, Err("status 503".into()));
         let (addr, _) = serve_once("SSH-2.0-OpenSSH\r\n").await;
-        assert_eq!(check.probe(addr).await, Err("not an HTTP response".into()));
+        assert_eq!(
+            probe(&check, addr).await,
+            Err("not an HTTP response".into())
+        );
     }
 
     #[tokio::test]
@@ -276,9 +356,14 @@ mod tests {
         let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = closed.local_addr().unwrap();
         drop(closed);
-        assert!(check.probe(addr).await.unwrap_err().starts_with("connect"));
+        assert!(probe(&check, addr)
+            .await
+            .unwrap_err()
+            .starts_with("connect"));
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = check.probe(silent.local_addr().unwrap()).await.unwrap_err();
+        let err = probe(&check, silent.local_addr().unwrap())
+            .await
+            .unwrap_err();
         assert!(err.starts_with("no answer within"), "{err}");
     }
 
