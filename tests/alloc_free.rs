@@ -130,3 +130,35 @@ fn route_matching_and_backend_picks_do_not_allocate() {
         );
     }
 }
+
+#[test]
+fn an_upstream_call_allocates_nothing_beyond_its_picks() {
+    use zkgate::upstream::call::Outcome;
+    let snap = zkgate::config::load_str(CONFIG, None).expect("config");
+    let key: &[u8] = b"10.0.0.1";
+    for u in &snap.upstreams {
+        // What two picks cost by themselves: the boxed peer Pingora takes.
+        let picks = allocations(|| {
+            for _ in 0..1000 {
+                let first = u.select(Some(key), &[]).expect("a backend");
+                let second = u.select(Some(key), &[]).expect("a backend");
+                drop((first, second));
+            }
+        });
+        // A call that fails on one backend and retries on another.
+        let calls = allocations(|| {
+            for _ in 0..1000 {
+                let mut call = u.begin().expect("no breaker");
+                drop(call.pick(Some(key)).expect("a backend"));
+                call.failed(2);
+                drop(call.pick(Some(key)).expect("another backend"));
+                call.finish(Outcome::Ok);
+            }
+        });
+        assert_eq!(
+            calls, picks,
+            "a call to {} allocated {calls} times where its picks alone do {picks}",
+            u.name
+        );
+    }
+}
