@@ -17,7 +17,7 @@ use pingora::upstreams::peer::HttpPeer;
 use ring::hmac;
 
 use crate::upstream::breaker::{Admit, Breaker};
-use crate::upstream::call::{Outcome as CallOutcome, Refusal};
+use crate::upstream::call::Outcome as CallOutcome;
 use crate::upstream::{PeerSettings, Upstream};
 
 /// How much of a destination's answer is kept for the log when it refuses a message.
@@ -177,7 +177,8 @@ impl Sender {
                 };
                 let peer = match call.pick(None) {
                     Ok(peer) => peer,
-                    Err(Refusal::CircuitOpen | Refusal::NoBackend | Refusal::Unreachable) => {
+                    Err(_) => {
+                        // Ended all the same, so that a half-open breaker's probe is not lost.
                         call.finish(CallOutcome::Failed);
                         return Outcome::Failed(format!(
                             "upstream `{}` has no backend",
