@@ -724,3 +724,53 @@ fn call_outcome(upstream_status: Option<u16>, e: Option<&Error>) -> Outcome {
         (None, Some(_)) => Outcome::Ok,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_text_is_the_context_of_the_gateways_own_failure() {
+        let why = "gateway timeout: the route's timeout passed";
+        assert_eq!(gateway_text(&gateway_failure(504, why)), Some(why));
+        // Context added on the way out, for the log, wraps it.
+        let e = gateway_failure(503, "circuit open")
+            .more_context("upstream u")
+            .more_context("Peer: 127.0.0.1:1");
+        assert_eq!(gateway_text(&e), Some("circuit open"));
+        // A status caused by something else explains that cause to the log, not the client.
+        let e = Error::because(
+            ErrorType::HTTPStatus(400),
+            "rewritten path is not a valid URI",
+            std::io::Error::other("bad"),
+        );
+        assert_eq!(gateway_text(&e), None);
+        // Pingora's own failures carry no text for the client either.
+        let e = Error::explain(ErrorType::ConnectRefused, "Fail to connect")
+            .more_context("Peer: 127.0.0.1:1");
+        assert_eq!(gateway_text(&e), None);
+    }
+
+    #[test]
+    fn the_call_outcome_follows_the_backends_answer_else_the_errors_source() {
+        let up = Error::new_up(ErrorType::ConnectionClosed);
+        let down = Error::new_down(ErrorType::ConnectionClosed);
+        let internal = gateway_failure(502, "no backend could be reached");
+        let cases = [
+            (Some(200), None, Outcome::Ok),
+            (Some(503), None, Outcome::BackendFailed),
+            // The answer decides, whatever happened after it.
+            (Some(404), Some(&*up), Outcome::Ok),
+            (Some(500), Some(&*down), Outcome::BackendFailed),
+            (None, Some(&*up), Outcome::BackendFailed),
+            // No backend to blame: the breaker still counts it.
+            (None, Some(&*internal), Outcome::Failed),
+            // The client went away: nobody's failure.
+            (None, Some(&*down), Outcome::Ok),
+            (None, None, Outcome::Ok),
+        ];
+        for (status, e, outcome) in cases {
+            assert_eq!(call_outcome(status, e), outcome, "{status:?} {e:?}");
+        }
+    }
+}
