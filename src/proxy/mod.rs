@@ -1,13 +1,14 @@
 //! The HTTP proxy: Pingora's `ProxyHttp` phases, each a thin step over the route table and the
-//! upstreams of the snapshot the request started with.
+//! upstreams of the snapshot the request started with. The request's state is in `ctx`, the
+//! answers the gateway makes itself in `answer`, and the upstream call (breaker, pick,
+//! retries, outcome) in `upstream::call`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{CONTENT_LENGTH, HOST};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -16,16 +17,20 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
-use crate::limit::{retry_after_secs, Permit};
 use crate::live::Shared;
-use crate::metrics::{RouteMetrics, METRICS};
-use crate::plugin::{PluginState, RequestInfo};
-use crate::route::{
-    normalize_host, path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
+use crate::metrics::RouteMetrics;
+use crate::plugin::RequestInfo;
+use crate::route::{normalize_host, path, Action, RateKey, RequestView, RetryPolicy, Route};
+use crate::snapshot::Listener;
+use crate::upstream::call::{self, Call, Outcome};
+
+mod answer;
+mod ctx;
+
+use answer::{
+    answer, answer_early, bad_request, gateway_failure, gateway_text, refuse, refused, Refused,
 };
-use crate::snapshot::{Listener, Snapshot};
-use crate::upstream::call::{self, Call, Outcome, Refusal};
-use crate::upstream::Upstream;
+pub use ctx::RequestCtx;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 const X_REAL_IP: &str = "x-real-ip";
@@ -49,76 +54,6 @@ impl Gateway {
     }
 }
 
-/// Per-request state.
-pub struct RequestCtx {
-    started: Instant,
-    snapshot: Option<Arc<Snapshot>>,
-    route: Option<u32>,
-    /// The normalized path (`route::path`), when the upstream must get another target than
-    /// the one the client sent.
-    normalized_path: Option<String>,
-    /// The authority of an absolute-form target: the upstream's `Host`.
-    authority: Option<Box<str>>,
-    /// The client's address: the peer, or from X-Forwarded-For behind trusted proxies.
-    client: Option<IpAddr>,
-    /// The route's slot for this request while it is in flight, if the route caps that.
-    permit: Option<Permit>,
-    /// The call to the route's upstream, from the breaker's leave to its outcome.
-    call: Option<Call>,
-    /// The status the backend answered, as opposed to one the gateway made up.
-    upstream_status: Option<u16>,
-    upstream_time: Option<Duration>,
-    request_body_bytes: u64,
-    /// Bytes of a capped 5xx body that may still be forwarded.
-    error_body_room: Option<u64>,
-    /// What the route's plugin keeps about this request.
-    plugin: PluginState,
-}
-
-impl RequestCtx {
-    fn route(&self) -> Option<&Route> {
-        Some(self.snapshot.as_ref()?.routes.get(self.route?))
-    }
-
-    /// The current try failed on its backend: a retry avoids it, and it counts against the
-    /// backend's outlier detection. Whether the route's attempts and the upstream's retry
-    /// budget allow another try.
-    fn failed_on_backend(&mut self) -> bool {
-        let attempts = self.route().map_or(0, |r| r.retry.attempts);
-        self.call.as_mut().is_some_and(|c| c.failed(attempts))
-    }
-}
-
-/// A failure the gateway answers itself: `why` is the text of the answer (the error's context),
-/// to which `fail_to_proxy` adds the upstream's name on a proxy route.
-fn gateway_failure(code: u16, why: &'static str) -> Box<Error> {
-    Error::explain(ErrorType::HTTPStatus(code), why)
-}
-
-/// A refused upstream call, as the error the proxy fails with.
-fn refused(refusal: Refusal, upstream: &Upstream) -> Box<Error> {
-    gateway_failure(refusal.status(), refusal.reason())
-        .more_context(format!("upstream {}", upstream.name))
-}
-
-/// The text of an answer the gateway made itself ([`gateway_failure`]): the context of the
-/// innermost error, when that is a status with no cause of its own. Context added on the way
-/// out (`more_context`) wraps it; an error caused by something else explains that cause for
-/// the log, not for the client.
-fn gateway_text(e: &Error) -> Option<&str> {
-    let mut inner = e;
-    while let Some(cause) = inner.cause.as_deref() {
-        match cause.downcast_ref::<Box<Error>>() {
-            Some(next) => inner = next,
-            None => return None,
-        }
-    }
-    match inner.etype() {
-        ErrorType::HTTPStatus(_) => inner.context.as_ref().map(|c| c.as_str()),
-        _ => None,
-    }
-}
-
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session.client_addr()?.as_inet().map(|a| a.ip())
 }
@@ -129,62 +64,6 @@ fn client_went_away(e: &Error) -> bool {
             e.etype(),
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
         )
-}
-
-/// Writes a short plain-text answer from the gateway itself.
-async fn answer(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
-    write_answer(session, plain_head(status, body)?, body).await
-}
-
-/// The head of a plain-text answer from the gateway itself.
-fn plain_head(status: u16, body: &str) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
-    resp.insert_header(CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(CONTENT_LENGTH, body.len())?;
-    Ok(resp)
-}
-
-async fn write_answer(
-    session: &mut Session,
-    resp: ResponseHeader,
-    body: &'static str,
-) -> Result<()> {
-    let head_only = session.req_header().method == http::Method::HEAD;
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-            .await?;
-    }
-    Ok(())
-}
-
-async fn respond(session: &mut Session, r: &Respond, route: &Route) -> Result<()> {
-    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
-    for (k, v) in r.headers.iter() {
-        resp.insert_header(k.clone(), v.clone())?;
-    }
-    resp.insert_header(CONTENT_LENGTH, r.body.len())?;
-    route.response_headers.apply_response(&mut resp)?;
-    let head_only = session.req_header().method == http::Method::HEAD || r.body.is_empty();
-    session
-        .write_response_header(Box::new(resp), head_only)
-        .await?;
-    if !head_only {
-        session
-            .write_response_body(Some(r.body.clone()), true)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Why a route's limits turned a request away.
-enum Refused {
-    /// Over the rate: try again after this long.
-    Rate(Duration),
-    Concurrency,
 }
 
 /// Applies the route's rate limit and cap on requests in flight; a request let through holds
@@ -221,55 +100,6 @@ fn admit(route: &Route, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Opti
         }
     }
     None
-}
-
-async fn refuse(session: &mut Session, refused: Refused) -> Result<bool> {
-    let (status, body, retry_after) = match refused {
-        Refused::Rate(wait) => (429, "too many requests\n", Some(retry_after_secs(wait))),
-        Refused::Concurrency => (503, "too many requests in flight\n", None),
-    };
-    let mut resp = plain_head(status, body)?;
-    if let Some(secs) = retry_after {
-        resp.insert_header(http::header::RETRY_AFTER, secs)?;
-    }
-    write_answer(session, resp, body).await?;
-    Ok(true)
-}
-
-/// What `request_filter` decides once the route is known: answer from the gateway (no route,
-/// a `respond` route, a body over the limit), returning `true`, or go on to the upstream.
-async fn answer_early(session: &mut Session, route: Option<&Route>) -> Result<bool> {
-    let Some(route) = route else {
-        answer(session, 404, "no route matches this request\n").await?;
-        return Ok(true);
-    };
-    if let Action::Respond(r) = &route.action {
-        respond(session, r, route).await?;
-        return Ok(true);
-    }
-    if let Some(limit) = route.max_request_body {
-        let declared = session
-            .req_header()
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            // The body is left unread, so the connection cannot carry another request.
-            session.set_keepalive(None);
-            answer(session, 413, "request body too large\n").await?;
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// A 400 from the gateway; the connection is closed, since a client that sent a malformed
-/// request may frame the next one differently from us.
-async fn bad_request(session: &mut Session, why: &'static str) -> Result<bool> {
-    METRICS.bad_requests.inc();
-    session.set_keepalive(None);
-    answer(session, 400, why).await?;
-    Ok(true)
 }
 
 /// The one `Host` header, if any. An HTTP/1.1 request must carry exactly one (RFC 9112 §3.2);
@@ -326,21 +156,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            started: Instant::now(),
-            snapshot: None,
-            route: None,
-            normalized_path: None,
-            authority: None,
-            client: None,
-            permit: None,
-            call: None,
-            upstream_status: None,
-            upstream_time: None,
-            request_body_bytes: 0,
-            error_body_room: None,
-            plugin: PluginState::None,
-        }
+        RequestCtx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
