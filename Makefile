@@ -2,44 +2,67 @@
 
 CARGO        ?= cargo
 MUSL_TARGET  := x86_64-unknown-linux-musl
-STATIC_BIN   := target/$(MUSL_TARGET)/dist/zkgate
+# Where cargo builds to, as cargo resolves it ($CARGO_TARGET_DIR, a cargo config, or target/);
+# asked once, and only by the targets that need a built binary.
+TARGET_DIR    = $(eval TARGET_DIR := $$(shell CARGO=$(CARGO) scripts/target-dir.sh))$(TARGET_DIR)
+STATIC_BIN    = $(TARGET_DIR)/$(MUSL_TARGET)/dist/zkgate
 CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config alert_payload zk_instance path
 
-.PHONY: fuzz run test lint unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-webhook docker deps deps-test deps-musl zk-up zk-down clean
+.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-webhook docker deps deps-test deps-musl zk-up zk-down clean
 
+# `make` alone installs the build's packages, as it always has; `make help` lists the targets.
+.DEFAULT_GOAL := deps
+
+## help: this list of targets
+help:
+	@awk '/^## [a-z][a-z0-9 \/-]*: / { sub(/^## /, ""); i = index($$0, ": "); \
+		printf "  %-18s %s\n", substr($$0, 1, i - 1), substr($$0, i + 2); next } \
+		/^## / { sub(/^## /, ""); printf "  %-18s %s\n", "", $$0 }' $(MAKEFILE_LIST)
+
+## deps: the Debian packages the build needs (cmake, a C toolchain, curl, openssl, python3)
 deps:
 	@$(ENSURE) cmake build-essential curl openssl python3
 
 # The end-to-end tests start real servers: ZooKeeper (with its JRE), Alertmanager and nginx (the
 # reference for the hardening tests) among them.
+## deps-test: deps, and the real servers the end-to-end tests start (ZooKeeper, Alertmanager, nginx)
 deps-test: deps
 	@$(ENSURE) zookeeper prometheus-alertmanager nginx-light
 
+## deps-musl: deps, and musl-tools with the Rust musl target for the static binary
 deps-musl: deps
 	@$(ENSURE) musl-tools file
 	@rustup target list --installed | grep -qx $(MUSL_TARGET) || rustup target add $(MUSL_TARGET)
 
+## build: the release binary (where cargo builds to: $CARGO_TARGET_DIR is honoured)
 build: deps
 	$(CARGO) build --release
 
 ## run: build and start the gateway on conf/zkgate.yaml, with the two demo backends it routes to
 run: build
-	CONFIG=$(CONFIG) scripts/quickstart.sh
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate CONFIG=$(CONFIG) scripts/quickstart.sh
 
-## test: formatting, lints, unit and end-to-end tests, and the static binary in an empty root
-test: lint unit-and-e2e test-static
+## test: formatting, lints, docs, unit and end-to-end tests, and the static binary in an empty root
+test: lint doc unit-and-e2e test-static
 
+## lint: rustfmt check and clippy on every target, warnings as errors
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## doc: the API docs of both crates, warnings (broken links among them) as errors
+doc: deps
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+## unit-and-e2e: every unit and end-to-end test of the workspace, benches and examples built too
 unit-and-e2e: deps-test
 	$(CARGO) test --workspace --all-targets
 
+## test-static: the static binary started in an empty root with only its config
 test-static: build-optimized
 	scripts/test-static.sh $(STATIC_BIN)
 
@@ -48,8 +71,9 @@ build-optimized: deps-musl
 	$(CARGO) build --profile dist --target $(MUSL_TARGET)
 	@ls -l $(STATIC_BIN) | awk '{printf "static binary: %s (%.1f MB)\n", $$9, $$5/1048576}'
 
+## load-test: ApacheBench through the gateway to a local nginx backend (N, C, THREADS)
 load-test: build
-	ZKGATE_BIN=target/release/zkgate scripts/load-test.sh
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate scripts/load-test.sh
 
 ## bench: criterion micro-benchmarks of the request-path pieces and the admission limits
 bench: deps
@@ -65,13 +89,14 @@ bench-propagation: deps-test
 bench-scale: deps-test
 	$(CARGO) bench --bench scale
 
+## bench-compare: zkgate against bare Pingora, nginx and HAProxy, one thread each, same backend, wrk
 bench-compare: build
 	$(CARGO) build --release --example bare_pingora
-	ZKGATE_BIN=target/release/zkgate BARE_BIN=target/release/examples/bare_pingora benches/compare.sh
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate BARE_BIN=$(TARGET_DIR)/release/examples/bare_pingora benches/compare.sh
 
 ## bench-webhook: Alertmanager webhooks through the alert plugin against proxying the same payload
 bench-webhook: build
-	ZKGATE_BIN=target/release/zkgate benches/webhook.sh
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate benches/webhook.sh
 
 ## docker: the scratch image (needs a container engine; see README)
 docker: build-optimized
@@ -91,12 +116,14 @@ fuzz: deps
 			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
 	done
 
-## zk-up / zk-down: a local ZooKeeper on 127.0.0.1:2181 for trying discovery by hand
+## zk-up: a local ZooKeeper on 127.0.0.1:2181 for trying discovery by hand
 zk-up:
 	scripts/zk.sh up
 
+## zk-down: stop the ZooKeeper of zk-up
 zk-down:
 	scripts/zk.sh down
 
+## clean: cargo clean
 clean:
 	$(CARGO) clean

@@ -203,6 +203,11 @@ zk_haproxy_bin() {
     fi
 }
 
+# zk_target_dir: print where cargo builds to ($CARGO_TARGET_DIR and cargo config included).
+zk_target_dir() {
+    "$ZK_REPO_ROOT/scripts/target-dir.sh" || zk_die "cannot ask cargo for its target directory"
+}
+
 # zk_zkgate_bin: print the gateway binary: $ZKGATE_BIN if set, else `cargo build --release`.
 zk_zkgate_bin() {
     if [[ -n "${ZKGATE_BIN:-}" ]]; then
@@ -212,7 +217,7 @@ zk_zkgate_bin() {
     fi
     zk_log "building zkgate: cargo build --release"
     (cd "$ZK_REPO_ROOT" && cargo build --release >&2) || zk_die "cargo build --release failed"
-    printf '%s\n' "$ZK_REPO_ROOT/target/release/zkgate"
+    printf '%s/release/zkgate\n' "$(zk_target_dir)"
 }
 
 # The body the nginx backend returns: 19 bytes.

@@ -3,7 +3,9 @@
 # Ctrl-C stops all three.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${ZKGATE_BIN:-target/release/zkgate}
+# The release binary where cargo put it (`make run` builds it and passes it in ZKGATE_BIN).
+bin=${ZKGATE_BIN:-$(scripts/target-dir.sh)/release/zkgate}
+[[ -x "$bin" ]] || { echo "no gateway binary at $bin: run \`cargo build --release\` or \`make run\`" >&2; exit 1; }
 config=${CONFIG:-conf/zkgate.yaml}
 pids=()
 # Every client connection is a file descriptor: the soft limit goes up to the hard one (the

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// What the upstream gets of the forwarding headers of a peer that is not a trusted proxy.
@@ -23,13 +24,12 @@ pub enum UntrustedForwarded {
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32` (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: u128,
-    mask: u128,
-    v4: bool,
-}
+pub struct Cidr(IpNet);
 
 impl Cidr {
+    /// Host bits are allowed and ignored (`10.1.2.3/8` is `10.0.0.0/8`), as in most configs
+    /// that list proxies. The address and the length are read apart, so that each gets its
+    /// own message.
     pub fn parse(text: &str) -> Result<Cidr, String> {
         let (addr, len) = match text.split_once('/') {
             Some((a, l)) => (a, Some(l)),
@@ -39,40 +39,25 @@ impl Cidr {
             .trim()
             .parse()
             .map_err(|_| format!("`{text}` is not an address or a block like 10.0.0.0/8"))?;
-        let (bits, max) = match ip {
-            IpAddr::V4(v4) => (u32::from(v4) as u128, 32),
-            IpAddr::V6(v6) => (u128::from(v6), 128),
+        let Some(len) = len else {
+            return Ok(Cidr(IpNet::from(ip)));
         };
-        let len: u32 = match len {
-            None => max,
-            Some(l) => l
-                .parse()
-                .ok()
-                .filter(|l| *l <= max)
-                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
-        };
-        let mask = if len == 0 {
-            0
-        } else {
-            (u128::MAX << (max - len)) & (u128::MAX >> (128 - max))
-        };
-        Ok(Cidr {
-            net: bits & mask,
-            mask,
-            v4: max == 32,
-        })
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        len.parse::<u8>()
+            .ok()
+            .and_then(|len| IpNet::new(ip, len).ok())
+            .map(|net| Cidr(net.trunc()))
+            .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))
     }
 
+    /// An IPv4 address mapped into IPv6 (a dual-stack listener's view of an IPv4 peer) is
+    /// matched as the IPv4 address it is.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 => v4,
         };
-        match ip {
-            IpAddr::V4(v4) if self.v4 => (u32::from(v4) as u128) & self.mask == self.net,
-            IpAddr::V6(v6) if !self.v4 => u128::from(v6) & self.mask == self.net,
-            _ => false,
-        }
+        self.0.contains(&ip)
     }
 }
 
@@ -157,6 +142,30 @@ mod tests {
         for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn host_bits_are_ignored_and_each_mistake_has_its_message() {
+        let c = Cidr::parse("10.1.2.3/8").unwrap();
+        assert_eq!(c, Cidr::parse("10.0.0.0/8").unwrap());
+        assert!(c.contains(ip("10.200.0.1")) && !c.contains(ip("11.0.0.1")));
+        let v6 = Cidr::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(
+            !v6.contains(ip("10.0.0.1")),
+            "a v6 block never holds an IPv4 client"
+        );
+        assert_eq!(
+            Cidr::parse("nope/8").unwrap_err(),
+            "`nope/8` is not an address or a block like 10.0.0.0/8"
+        );
+        assert_eq!(
+            Cidr::parse("::/129").unwrap_err(),
+            "`::/129`: the prefix length must be 0 to 128"
+        );
+        assert_eq!(
+            Cidr::parse("10.0.0.0/x").unwrap_err(),
+            "`10.0.0.0/x`: the prefix length must be 0 to 32"
+        );
     }
 
     #[test]

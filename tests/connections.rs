@@ -1,5 +1,7 @@
 //! Slow and idle clients, connection limits and pipelining, against the real gateway with nginx
 //! beside it as the reference: the same clients, the same timeouts, the same assertions.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! End to end, with nginx beside the gateway as the reference: no encoded or unusual path gets
 //! past a route that refuses `/admin`; what a backend receives is the normalized path; HTTP/1.1
 //! framing (Host, Content-Length) and forwarding headers from untrusted clients.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

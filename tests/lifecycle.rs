@@ -1,5 +1,7 @@
 //! End to end: SIGHUP reload under load, rejected reloads, `check` and `explain`, `/metrics`,
 //! graceful shutdown and the SIGQUIT upgrade hand-over.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

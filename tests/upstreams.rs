@@ -1,4 +1,6 @@
 //! End to end: balancing algorithms, no-backend answers, body limits and capped error bodies.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

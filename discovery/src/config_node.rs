@@ -27,7 +27,7 @@ pub async fn read(ensemble: &Ensemble, node: &str) -> Result<Option<Versioned>, 
     read_once(&ensemble.connect().await?, node).await
 }
 
-/// What [`write`] did.
+/// What [`write()`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     Created,

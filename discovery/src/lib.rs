@@ -17,5 +17,6 @@ pub use ensemble::{Digest, Ensemble};
 pub use instance::{parse_instance, Instance, InstanceError};
 pub use registrar::{register, RegisterSpec};
 pub use watcher::{watch, Publish, SessionEvent};
+#[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub mod testkit;

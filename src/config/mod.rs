@@ -1,5 +1,5 @@
 //! Configuration: the YAML schema, parsing with every error collected and located, and the
-//! build into a runtime [`Snapshot`](crate::snapshot::Snapshot).
+//! build into a runtime [`Snapshot`].
 
 pub mod build;
 pub mod env;

@@ -22,7 +22,7 @@ use super::state::Nanos;
 const BUCKETS: usize = 1024;
 const SHARDS: usize = 16;
 
-/// The idle connections of the whole process, for [`relieve`].
+/// The idle connections of the whole process, for `relieve`.
 pub static IDLE: LazyLock<IdleSet> = LazyLock::new(IdleSet::new);
 
 pub struct IdleSet {

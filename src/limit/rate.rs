@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use xxhash_rust::xxh3::{xxh3_128_with_seed, xxh3_64_with_seed};
+use crossbeam_utils::CachePadded;
+use foldhash::fast::SeedableRandomState;
+use xxhash_rust::xxh3::xxh3_128_with_seed;
 
 /// A bucket's refill rate and capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,7 +148,7 @@ fn word(bytes: &[u8]) -> u64 {
 impl Hash for Key {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // One write of the whole key, for the one-shot hasher below.
+        // One write of the whole key: foldhash hashes a `u128` with one folded multiply.
         let [lo, hi] = self.words;
         state.write_u128(
             u128::from(lo) | u128::from(hi ^ u64::from(self.len).rotate_right(8)) << 64,
@@ -154,80 +156,17 @@ impl Hash for Key {
     }
 }
 
-/// Seeded folded multiplies (foldhash's construction) over a key's two words. Keys are chosen
-/// by clients: the random seeds keep them from aiming many keys at one shard or one probe
-/// sequence without knowing the seeds, and the per-shard cap bounds what a lookup can cost
-/// even then.
-#[derive(Debug, Clone, Copy)]
-struct KeyHasher([u64; 3]);
-
-impl KeyHasher {
-    fn random(random: &RandomState, salt: u8) -> KeyHasher {
-        KeyHasher([0u8, 1, 2].map(|i| random.hash_one((salt, i))))
-    }
-}
-
-impl BuildHasher for KeyHasher {
-    type Hasher = OneShot;
-
-    #[inline]
-    fn build_hasher(&self) -> OneShot {
-        OneShot {
-            seeds: self.0,
-            hash: 0,
-        }
-    }
-}
-
-struct OneShot {
-    seeds: [u64; 3],
-    hash: u64,
-}
-
-#[inline]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let full = u128::from(a) * u128::from(b);
-    (full as u64) ^ ((full >> 64) as u64)
-}
-
-/// Digits of pi, as foldhash takes them: fixed operands with bits all over, so that a key of
-/// zeros (the upper half of an IPv4 address mapped into IPv6) still multiplies well.
-const PI: [u64; 3] = [
-    0x243f_6a88_85a3_08d3,
-    0x1319_8a2e_0370_7344,
-    0xa409_3822_299f_31d0,
-];
-
-impl Hasher for OneShot {
-    #[inline]
-    fn write_u128(&mut self, x: u128) {
-        let [s0, s1, s2] = self.seeds;
-        let h = folded_multiply(
-            x as u64 ^ s0 ^ PI[0] ^ self.hash,
-            (x >> 64) as u64 ^ s1 ^ PI[1],
-        );
-        self.hash = folded_multiply(h ^ s2, PI[2]);
-    }
-
-    /// Only [`Key`] is hashed with this, through `write_u128`; anything else still gets a
-    /// seeded hash.
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        self.hash = xxh3_64_with_seed(bytes, self.hash ^ self.seeds[0]);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
+/// Seeded folded multiplies over a key's two words ([`foldhash`]'s one-shot `write_u128`).
+/// Keys are chosen by clients: the random seeds keep them from aiming many keys at one shard
+/// or one probe sequence without knowing the seeds, and the per-shard cap bounds what a lookup
+/// can cost even then. Seedable, so that the tests can also try fixed seeds.
+type KeyHasher = SeedableRandomState;
 
 type Buckets = HashMap<Key, u64, KeyHasher>;
 
-/// A shard on a cache line pair of its own, so that threads on different shards do not
-/// invalidate each other's lock word.
-#[repr(align(128))]
-struct Shard(Mutex<Buckets>);
+/// A shard on cache lines of its own (a pair on x86-64, where the prefetcher pulls lines in
+/// twos), so that threads on different shards do not invalidate each other's lock word.
+struct Shard(CachePadded<Mutex<Buckets>>);
 
 impl Shard {
     #[inline]
@@ -252,13 +191,16 @@ impl Keyed {
         let max_keys = max_keys.max(1);
         // A power of two; the shards together hold `max_keys` at most.
         let count = 1 << (max_keys / MIN_PER_SHARD).clamp(1, MAX_SHARDS).ilog2();
-        let random = RandomState::new();
-        let map_hasher = KeyHasher::random(&random, 2);
+        let map_hasher = KeyHasher::random();
         Keyed {
-            key_seed: random.hash_one(0u8),
-            shard_hasher: KeyHasher::random(&random, 1),
+            key_seed: RandomState::new().hash_one(0u8),
+            shard_hasher: KeyHasher::random(),
             shards: (0..count)
-                .map(|_| Shard(Mutex::new(HashMap::with_hasher(map_hasher))))
+                .map(|_| {
+                    Shard(CachePadded::new(Mutex::new(HashMap::with_hasher(
+                        map_hasher.clone(),
+                    ))))
+                })
                 .collect(),
             per_shard: max_keys / count,
         }
@@ -305,7 +247,7 @@ fn make_room(map: &mut Buckets, now: u64, cap: usize) -> Buckets {
     // Selection sampling (Knuth's algorithm S): exactly `excess` of the live ones, uniformly.
     let mut excess = live.saturating_sub(target);
     let mut left = live;
-    let mut kept = HashMap::with_capacity_and_hasher(cap, *map.hasher());
+    let mut kept = HashMap::with_capacity_and_hasher(cap, map.hasher().clone());
     for (key, tat) in map.drain() {
         if tat <= now {
             continue;
@@ -418,7 +360,7 @@ impl RateLimiter {
                 let before = map.len();
                 // Into a map sized for what is left, rather than `retain`: see `make_room`.
                 let live = map.values().filter(|&&tat| tat > now).count();
-                let mut kept = HashMap::with_capacity_and_hasher(live, *map.hasher());
+                let mut kept = HashMap::with_capacity_and_hasher(live, map.hasher().clone());
                 kept.extend(map.drain().filter(|&(_, tat)| tat > now));
                 *map = kept;
                 before - live
@@ -454,6 +396,7 @@ fn check_atomic(gcra: &Gcra, tat: &AtomicU64, now: u64) -> Result<(), u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use foldhash::SharedSeed;
     use std::sync::atomic::AtomicUsize;
 
     const MS: Duration = Duration::from_millis(1);
@@ -654,9 +597,13 @@ mod tests {
         let Shape::Keyed(keyed) = &limiter.shape else {
             unreachable!("keyed");
         };
-        let random = KeyHasher::random(&RandomState::new(), 0);
+        let fixed = SharedSeed::global_fixed();
         // Weak seeds too: the spread must not depend on the seeds' luck.
-        for map_hasher in [random, KeyHasher([0; 3]), KeyHasher([11, 12, 13])] {
+        for map_hasher in [
+            KeyHasher::random(),
+            KeyHasher::with_seed(0, fixed),
+            KeyHasher::with_seed(11, fixed),
+        ] {
             let mut shards = [0usize; MAX_SHARDS];
             let mut slots = [0usize; 64];
             let mut tags = [0usize; 128];
@@ -684,11 +631,11 @@ mod tests {
 
     #[test]
     fn making_room_drops_refilled_buckets_before_live_ones() {
-        let hasher = KeyHasher([7, 8, 9]);
+        let hasher = KeyHasher::with_seed(7, SharedSeed::global_fixed());
         let key = |n: u32| Key::new(&ip(n), 0);
         let now = 1_000;
         // 16 entries, 4 of them refilled (TAT at or before now).
-        let mut map: Buckets = HashMap::with_hasher(hasher);
+        let mut map: Buckets = HashMap::with_hasher(hasher.clone());
         for n in 0..16 {
             map.insert(key(n), if n < 4 { now - u64::from(n) } else { now + 1 });
         }
@@ -697,7 +644,7 @@ mod tests {
         assert!((4..16).all(|n| map.contains_key(&key(n))));
 
         // None refilled: random live ones go, down to 7/8 of the cap.
-        let mut map: Buckets = HashMap::with_hasher(hasher);
+        let mut map: Buckets = HashMap::with_hasher(hasher.clone());
         for n in 0..16 {
             map.insert(key(n), now + 1);
         }
@@ -706,7 +653,7 @@ mod tests {
         assert!(map.capacity() >= 16, "room for the cap without growing");
 
         // A cap of one still makes room.
-        let mut map: Buckets = HashMap::with_hasher(hasher);
+        let mut map: Buckets = HashMap::with_hasher(hasher.clone());
         map.insert(key(0), now + 1);
         assert!(make_room(&mut map, now, 1).is_empty());
     }

@@ -45,7 +45,7 @@ impl Alertmanager {
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(&config, config_text(receivers)).expect("write alertmanager.yml");
         let log = std::fs::File::create(dir.path().join("alertmanager.log")).expect("log file");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(BIN)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(

@@ -28,7 +28,7 @@ impl Nginx {
             "{BIN} is missing: run `make deps-test`"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let d = dir.path().display();
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\nworker_rlimit_nofile 16384;\n\

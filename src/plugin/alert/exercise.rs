@@ -36,7 +36,7 @@ static DESTINATION: LazyLock<DestinationValues> = LazyLock::new(|| {
 });
 
 /// Parses `body` and renders it with every ready-made template, whole and alert by alert
-/// (the first [`PER_ALERT`]). Returns how many messages rendered; panics on a defect.
+/// (the first `PER_ALERT`). Returns how many messages rendered; panics on a defect.
 pub fn parse_and_render_all(body: &[u8]) -> usize {
     let Ok(p) = payload::parse(body, &LIMITS) else {
         return 0;

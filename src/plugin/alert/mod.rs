@@ -28,6 +28,7 @@ use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use self::deliver::{Backoff, Outcome, Sender};
 use self::metrics::DestinationMetrics;
@@ -738,14 +739,10 @@ impl deliver::Target {
 }
 
 /// Equality in a time that does not depend on where the inputs differ, so that a guesser
-/// learns nothing from how fast a wrong credential is refused.
+/// learns nothing from how fast a wrong credential is refused (`subtle` keeps the optimiser
+/// from turning the compare into an early exit; a length that differs is refused at once).
 fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len()
-        && given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    given.ct_eq(expected).into()
 }
 
 fn dry_run(session: &Session) -> bool {
