@@ -17,12 +17,12 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
 use crate::limit::{retry_after_secs, Permit};
-use crate::live::Shared;
 use crate::metrics::{RouteMetrics, METRICS};
 use crate::plugin::{PluginState, RequestInfo};
 use crate::route::{
     normalize_host, path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
 };
+use crate::runtime::Live;
 use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::breaker::Admit;
 use crate::upstream::state::InFlight;
@@ -34,13 +34,13 @@ const X_REAL_IP: &str = "x-real-ip";
 const MAX_ATTEMPTS: usize = RetryPolicy::MAX_ATTEMPTS as usize;
 
 pub struct Gateway {
-    shared: Shared,
+    shared: Arc<Live>,
     listener: Listener,
     access_log: Option<AccessLog>,
 }
 
 impl Gateway {
-    pub fn new(shared: Shared, listener: Listener, access_log: Option<AccessLog>) -> Self {
+    pub fn new(shared: Arc<Live>, listener: Listener, access_log: Option<AccessLog>) -> Self {
         Gateway {
             shared,
             listener,

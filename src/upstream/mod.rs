@@ -5,7 +5,6 @@
 //! with one store, while requests keep picking from the set they loaded, without locks.
 
 pub mod breaker;
-pub mod discovery;
 pub mod hash_key;
 pub mod health;
 pub mod outlier;
