@@ -3,8 +3,10 @@
 //!
 //! It reads tokio's clock so that a test can drive it: under
 //! `#[tokio::test(start_paused = true)]`, `tokio::time::advance` moves every breaker window,
-//! ejection, ramp and budget second that reads it, with no sleep. The request path pays nothing
-//! for that: without tokio's `test-util` feature, which only `[dev-dependencies]` turn on,
+//! ejection, ramp and budget second that reads it, with no sleep. That needs tokio's
+//! `test-util` feature, which pingora-core 0.9 turns on in every build (through its
+//! `tokio-test` dependency) and our `[dev-dependencies]` name as well. On the request path it
+//! costs one atomic load: until some runtime pauses its clock, which only tests do,
 //! `tokio::time::Instant::now()` is `std::time::Instant::now()`.
 
 use std::sync::LazyLock;

@@ -1,7 +1,7 @@
 //! Slow start: a backend that joins an upstream, or comes back after being unhealthy or
 //! ejected, gets a share of traffic that grows over a window instead of its full share at once,
 //! so that a cold cache or JIT is not flooded. While any backend ramps, the set is rebuilt on the
-//! health checker's tick with the weights of the moment.
+//! housekeeping tick with the weights of the moment.
 
 use std::time::Duration;
 
