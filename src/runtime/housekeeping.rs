@@ -30,10 +30,15 @@ impl Housekeeping {
         Housekeeping { live }
     }
 
-    /// The `n`-th tick (from 1).
+    /// The `n`-th tick (from 1), now.
     fn tick(&self, n: u64) {
+        // The limiters keep time on their own monotonic clock.
+        self.tick_at(n, now_ms(), Instant::now());
+    }
+
+    /// The `n`-th tick at `now` ([`now_ms`] time), `limiter_now` on the limiters' clock.
+    fn tick_at(&self, n: u64, now: u64, limiter_now: Instant) {
         let snapshot = self.live.load_full();
-        let now = now_ms();
         for u in &snapshot.upstreams {
             u.tick(now);
         }
@@ -43,8 +48,7 @@ impl Housekeeping {
             }
         }
         if n.is_multiple_of(FORGET_EVERY) {
-            // The limiters keep time on their own monotonic clock.
-            snapshot.routes.forget_idle_keys(Instant::now());
+            snapshot.routes.forget_idle_keys(limiter_now);
         }
     }
 }
@@ -77,7 +81,8 @@ upstreams:
   - name: api
     backends: [\"127.0.0.1:2\", \"127.0.0.1:3\"]
     outlier_detection: { consecutive_failures: 1, base_ejection_time: 2s }
-routes: [{ name: r, upstream: api }]
+routes:
+  - { name: r, upstream: api, rate_limit: { per_second: 1000, key: client_ip } }
 ";
 
     /// The service's own loop on paused time: an ejected backend is readmitted by the first
@@ -103,5 +108,27 @@ routes: [{ name: r, upstream: api }]
 
         stop.send(true).expect("the service listens");
         service.await.expect("it returns on shutdown");
+    }
+
+    /// Every 100th tick, and only then, the rate limiters drop the keys that have refilled.
+    #[test]
+    fn the_limiters_forget_refilled_keys_every_hundredth_tick() {
+        let live = Live::new(load_str(CONFIG, None).expect("config"));
+        let limiter = || {
+            let snapshot = live.load_full();
+            let rate = snapshot.routes.routes()[0].rate_limit.clone();
+            rate.expect("a rate limit")
+        };
+        let seen = Instant::now();
+        assert!(limiter().limiter.check(Some(b"10.0.0.1"), seen).is_ok());
+        // A minute on, its bucket has long refilled.
+        let later = seen + Duration::from_secs(60);
+        let housekeeping = Housekeeping::new(live.clone());
+        for n in 1..FORGET_EVERY {
+            housekeeping.tick_at(n, now_ms(), later);
+        }
+        assert_eq!(limiter().limiter.keys(), 1, "kept until the 100th tick");
+        housekeeping.tick_at(FORGET_EVERY, now_ms(), later);
+        assert_eq!(limiter().limiter.keys(), 0);
     }
 }
