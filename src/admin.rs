@@ -6,6 +6,8 @@
 //! with the configured bearer token (`admin.token`). Without a token, writes are refused and
 //! reads stay open: the safe default that keeps `curl localhost:9901/metrics` working.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, ORIGIN, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
@@ -15,8 +17,8 @@ use pingora::protocols::http::ServerSession;
 use ring::hmac;
 use serde_json::json;
 
-use crate::live::Shared;
 use crate::metrics;
+use crate::runtime::Live;
 use crate::upstream::state::{BackendState, DRAINED, EJECTED, UNHEALTHY};
 
 /// Tokens shorter than this are refused: a bearer token is the only thing between a local web
@@ -159,11 +161,11 @@ fn admit(
 }
 
 pub struct Admin {
-    shared: Shared,
+    shared: Arc<Live>,
 }
 
 impl Admin {
-    pub fn new(shared: Shared) -> Self {
+    pub fn new(shared: Arc<Live>) -> Self {
         let snap = shared.load();
         if snap.admin_token.is_none() && !snap.settings.admin.ip().is_loopback() {
             log::warn!(

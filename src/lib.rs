@@ -1,11 +1,19 @@
 //! zkgate: a declarative reverse-proxy gateway on Pingora.
 //!
-//! Config ([`config`]) becomes an immutable [`snapshot::Snapshot`] of compiled routes
-//! ([`route`]) and upstreams ([`upstream`]); the proxy phases ([`proxy`]) read the snapshot a
-//! request started with; [`live`] holds the current snapshot and the members discovery
-//! publishes into it; [`server`] assembles the Pingora services, whose client connections [`conn`] holds to their
-//! deadlines and limits. [`limit`] holds the admission
-//! limits a route can apply (request rates, requests in flight).
+//! The layers, each importing only those below it:
+//! - leaf vocabulary: [`section`] (durations, sizes, secrets, located config errors),
+//!   [`clock`] (the one clock, driven by paused time in tests) and [`metrics`];
+//! - domain modules: [`route`] (the compiled route table), [`upstream`] (backend sets,
+//!   balancers, health, outlier ejection, breaker, retry budget), [`limit`] (request rates,
+//!   requests in flight) and [`plugin`] (features acting at the request's phases);
+//! - [`config`]: the loader, which reads, validates and assembles an immutable
+//!   [`snapshot::Snapshot`];
+//! - [`runtime`]: the serving snapshot and the members discovery publishes into it, reload,
+//!   the ZooKeeper bridge and the one housekeeping tick;
+//! - the faces: [`proxy`] (the proxy phases, over the snapshot a request started with),
+//!   [`admin`], and [`server`], which assembles one Pingora service per listener (whose client
+//!   connections [`conn`] holds to their deadlines and limits);
+//! - [`cli`], used by the binary.
 
 pub mod access_log;
 pub mod admin;
@@ -17,13 +25,12 @@ pub mod conn;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod limit;
-pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod plugin;
 pub mod proxy;
-pub mod reload;
 pub mod route;
+pub mod runtime;
 pub mod section;
 pub mod server;
 pub mod snapshot;

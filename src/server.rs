@@ -1,5 +1,6 @@
-//! Process assembly: Pingora's server with one proxy service per listener, the admin listener,
-//! the reloader and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade).
+//! Process assembly: Pingora's server with one service per listener, built from the listener's
+//! kind, the admin listener, the runtime's background services (discovery, housekeeping,
+//! reload) and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -11,18 +12,17 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
+use pingora::services::{ServiceHandle, ServiceWithDependents};
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
-use crate::config::schema::ServerSection;
+use crate::config::schema::{ListenerKind, ServerSection};
 use crate::config::Source;
 use crate::conn::{ConnApp, FdWatch, ListenerConns};
-use crate::live::Live;
 use crate::proxy::Gateway;
-use crate::reload::Reloader;
-use crate::snapshot::{Settings, Snapshot};
-use crate::upstream::discovery::DiscoveryService;
-use crate::upstream::health::{HealthChecker, Prober};
+use crate::runtime::{DiscoveryService, Housekeeping, Live, Reloader};
+use crate::snapshot::{Listener, Settings, Snapshot};
+use crate::upstream::health::Prober;
 
 /// zkgate's defaults where Pingora's do not suit a container: its 300 s grace period outlives
 /// every orchestrator's kill timeout.
@@ -61,7 +61,7 @@ pub fn server_conf(s: &ServerSection) -> ServerConf {
 /// `text` is what `snapshot` was built from.
 pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> ! {
     let settings: Settings = snapshot.settings.clone();
-    let shared = Live::new(snapshot);
+    let live = Live::new(snapshot);
     let conf = server_conf(&settings.server);
     let opt = Opt {
         upgrade,
@@ -89,30 +89,23 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     let discovery = settings
         .zookeeper
         .as_ref()
-        .map(|zk| DiscoveryService::new(shared.clone(), zk.clone()))
+        .map(|zk| DiscoveryService::new(live.clone(), zk.clone()))
         .map(|svc| server.add_service(background_service("zookeeper", svc)));
 
     for l in &settings.listeners {
-        let gateway = Gateway::new(shared.clone(), l.clone(), access_log.clone());
-        let mut proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
-        let mut options = HttpServerOptions::default();
-        options.keepalive_request_limit = l.keepalive_requests;
-        proxy.server_options = Some(options);
-        let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
-        let mut svc = Service::new(format!("proxy {}", l.name), ConnApp::new(proxy, conns));
-        // No L4 read buffer: Pingora reads a request head into its own buffer anyway, so a
-        // 64 KiB buffer per connection only adds a copy, and memory to every idle connection.
-        svc.add_listener(
-            ListenerConfig::tcp(l.addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
-        );
+        let service: Box<dyn ServiceWithDependents> = match l.kind {
+            ListenerKind::Http => Box::new(http_service(&server, &live, l, access_log.clone())),
+            // A TCP kind (the game-session router) adds its arm here: a `ServerApp` of its own
+            // in a listening service, under the same listener settings.
+        };
         log::info!("listener {} on {}", l.name, l.addr);
-        let handle = server.add_service(svc);
+        let handle: ServiceHandle = server.add_boxed_service(service);
         if let Some(d) = &discovery {
             handle.add_dependency(d);
         }
     }
 
-    let mut admin = Service::new("admin".to_string(), Admin::new(shared.clone()));
+    let mut admin = Service::new("admin".to_string(), Admin::new(live.clone()));
     admin.threads = Some(1);
     admin.add_tcp(&settings.admin.to_string());
     log::info!("admin on {}", settings.admin);
@@ -120,18 +113,37 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
 
     server.add_service(background_service("fd pressure", FdWatch));
     server.add_service(background_service(
-        "health checks",
-        HealthChecker::new(shared.clone(), Prober::new(&server.configuration)),
-    ));
-    server.add_service(background_service(
-        "plugins",
-        crate::plugin::PluginTicker::new(shared.clone()),
+        "housekeeping",
+        Housekeeping::new(live.clone(), Prober::new(&server.configuration)),
     ));
     server.add_service(background_service(
         "reload",
-        Reloader::new(source, shared, text),
+        Reloader::new(source, live, text),
     ));
     run_or_exit(server)
+}
+
+/// An HTTP listener: the gateway's proxy phases, behind the listener's connection deadlines
+/// and limits.
+fn http_service(
+    server: &Server,
+    live: &Arc<Live>,
+    l: &Listener,
+    access_log: Option<AccessLog>,
+) -> Service<ConnApp<HttpProxy<Gateway>>> {
+    let gateway = Gateway::new(live.clone(), l.clone(), access_log);
+    let mut proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit = l.keepalive_requests;
+    proxy.server_options = Some(options);
+    let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
+    let mut svc = Service::new(format!("proxy {}", l.name), ConnApp::new(proxy, conns));
+    // No L4 read buffer: Pingora reads a request head into its own buffer anyway, so a
+    // 64 KiB buffer per connection only adds a copy, and memory to every idle connection.
+    svc.add_listener(
+        ListenerConfig::tcp(l.addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
+    );
+    svc
 }
 
 /// Runs `server` until it exits the process. Pingora unwraps what can fail while starting its

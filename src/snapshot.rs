@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
-use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
+use crate::config::schema::{AccessLogSection, ListenerKind, RawConfig, ServerSection};
 use crate::conn::ConnSettings;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
@@ -42,6 +42,8 @@ pub struct Settings {
 pub struct Listener {
     pub name: String,
     pub addr: SocketAddr,
+    /// What the listener serves: one Pingora service of this kind.
+    pub kind: ListenerKind,
     pub max_request_headers: usize,
     pub max_request_header_bytes: u64,
     pub keepalive_requests: Option<u32>,

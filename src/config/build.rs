@@ -142,6 +142,7 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         listeners.push(Listener {
             name: l.name.clone(),
             addr,
+            kind: l.kind,
             max_request_headers: max_headers,
             max_request_header_bytes: l
                 .max_request_header_bytes

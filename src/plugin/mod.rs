@@ -148,33 +148,3 @@ impl std::fmt::Debug for RoutePlugin {
         }
     }
 }
-
-/// The background service that ticks the serving config's plugins every 100 ms.
-pub struct PluginTicker {
-    shared: crate::live::Shared,
-}
-
-impl PluginTicker {
-    pub fn new(shared: crate::live::Shared) -> PluginTicker {
-        PluginTicker { shared }
-    }
-}
-
-#[async_trait]
-impl pingora::services::background::BackgroundService for PluginTicker {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let snapshot = self.shared.load_full();
-                    for plugin in snapshot.routes.routes().iter().filter_map(|r| r.plugin.as_ref()) {
-                        plugin.tick();
-                    }
-                }
-            }
-        }
-    }
-}

@@ -4,6 +4,7 @@
 //! retries, outcome) in `upstream::call`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,10 +18,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
-use crate::live::Shared;
 use crate::metrics::RouteMetrics;
 use crate::plugin::RequestInfo;
 use crate::route::{normalize_host, path, Action, RateKey, RequestView, RetryPolicy, Route};
+use crate::runtime::Live;
 use crate::snapshot::Listener;
 use crate::upstream::call::{self, Call, Outcome};
 
@@ -39,13 +40,13 @@ const X_REAL_IP: &str = "x-real-ip";
 const _: () = assert!(RetryPolicy::MAX_ATTEMPTS <= call::MAX_TRIES);
 
 pub struct Gateway {
-    shared: Shared,
+    shared: Arc<Live>,
     listener: Listener,
     access_log: Option<AccessLog>,
 }
 
 impl Gateway {
-    pub fn new(shared: Shared, listener: Listener, access_log: Option<AccessLog>) -> Self {
+    pub fn new(shared: Arc<Live>, listener: Listener, access_log: Option<AccessLog>) -> Self {
         Gateway {
             shared,
             listener,

@@ -312,6 +312,16 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Lets every route's rate limiter forget the keys whose buckets have refilled by `now`, so
+    /// that memory is held for keys only while they are limited.
+    pub fn forget_idle_keys(&self, now: std::time::Instant) {
+        for r in self.routes.iter() {
+            if let Some(rate) = &r.rate_limit {
+                rate.limiter.forget_idle(now);
+            }
+        }
+    }
+
     pub fn get(&self, id: u32) -> &Route {
         &self.routes[id as usize]
     }

@@ -236,4 +236,100 @@ mod tests {
         assert!(b.record(Admit::Probe, true));
         assert_eq!(b.state_name(), "open");
     }
+
+    /// Lets `ms` of paused time pass.
+    async fn pass(ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_that_ends_forgets_its_requests() {
+        let policy = BreakerPolicy {
+            window: Duration::from_secs(10),
+            consecutive_failures: 100,
+            open_for: Duration::from_secs(60),
+            ..policy()
+        };
+        // Both see 9 requests, 5 of them failed; the tenth, failed too, comes on the window's
+        // last millisecond for one and on the next window's first for the other.
+        let inside = Breaker::new("u", policy.clone());
+        let after = Breaker::new("u", policy);
+        for i in 0..9 {
+            inside.record(Admit::Yes, i % 2 == 0);
+            after.record(Admit::Yes, i % 2 == 0);
+        }
+        pass(9_999).await;
+        assert!(
+            inside.record(Admit::Yes, true),
+            "6 of 10 failed in one window"
+        );
+        pass(1).await;
+        assert!(!after.record(Admit::Yes, true), "a new window: 1 of 1");
+        assert_eq!(after.state_name(), "closed");
+        // The new window counts from its own start.
+        for i in 0..8 {
+            after.record(Admit::Yes, i % 2 == 0);
+        }
+        assert_eq!(after.state_name(), "closed", "5 of 9 is too few requests");
+        assert!(after.record(Admit::Yes, true), "6 of 10 in the new window");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn it_stays_open_for_open_for_then_probes() {
+        let b = Breaker::new(
+            "u",
+            BreakerPolicy {
+                open_for: Duration::from_secs(5),
+                ..policy()
+            },
+        );
+        for _ in 0..4 {
+            b.record(Admit::Yes, true);
+        }
+        assert_eq!(b.state_name(), "open");
+        pass(4_999).await;
+        assert_eq!(b.admit(), Admit::No);
+        assert_eq!(b.state_name(), "open");
+        pass(1).await;
+        assert_eq!(b.admit(), Admit::Probe);
+        assert_eq!(b.state_name(), "half_open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_restarts_the_pause_and_good_probes_close_it() {
+        let b = Breaker::new(
+            "u",
+            BreakerPolicy {
+                open_for: Duration::from_secs(5),
+                ..policy()
+            },
+        );
+        for _ in 0..4 {
+            b.record(Admit::Yes, true);
+        }
+        pass(5_000).await;
+        assert_eq!(b.admit(), Admit::Probe);
+        pass(3_000).await;
+        assert!(
+            b.record(Admit::Probe, true),
+            "a failed probe opens it again"
+        );
+        // The pause counts from the failed probe, not from the first opening.
+        pass(4_999).await;
+        assert_eq!(b.admit(), Admit::No);
+        pass(1).await;
+        assert_eq!(b.admit(), Admit::Probe);
+        assert_eq!(b.admit(), Admit::Probe);
+        assert_eq!(b.admit(), Admit::No, "only `probes` go through");
+        b.record(Admit::Probe, false);
+        assert_eq!(b.state_name(), "half_open", "one good probe of two");
+        b.record(Admit::Probe, false);
+        assert_eq!(b.state_name(), "closed");
+        assert_eq!(b.admit(), Admit::Yes);
+        // Closed afresh: the failures before it opened no longer count.
+        for _ in 0..3 {
+            assert!(!b.record(Admit::Yes, true));
+        }
+        assert!(b.record(Admit::Yes, true), "four new failures in a row");
+    }
 }

@@ -1,31 +1,26 @@
 //! Active health checks: every backend of an upstream with `health_check:` is probed on an
 //! interval (an HTTP request or a TCP connect) off the request path; `fall` failures in a row
 //! take it out of rotation and `rise` passes bring it back. An HTTP probe goes through Pingora's
-//! connector, so that a TLS upstream is checked over HTTPS with its own TLS settings. The same
-//! tick readmits backends whose outlier ejection is over, ramps slow starts, and lets rate
-//! limiters forget the keys whose buckets have refilled.
+//! connector, so that a TLS upstream is checked over HTTPS with its own TLS settings.
+//! [`Upstream::tick`], called by the runtime's housekeeping, starts the probes that are due and
+//! does the upstream's other periodic work (ejections that are over, slow-start ramps, gauges).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use http::header::{CONNECTION, HOST, USER_AGENT};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::server::configuration::ServerConf;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use tokio::net::TcpStream;
 
 use super::state::{BackendState, UNHEALTHY};
 use super::{PeerSettings, Upstream};
-use crate::clock::now_ms;
-use crate::live::Shared;
 use crate::metrics::METRICS;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,57 +192,27 @@ impl Prober {
     }
 }
 
-/// How often the checker looks for due checks and expired ejections.
-const TICK: Duration = Duration::from_millis(100);
-/// Every this many ticks (10 s), rate limiters drop refilled keys.
-const FORGET_EVERY: u64 = 100;
-
-/// Probes the backends of every upstream of the current snapshot, so that upstreams added by a
-/// reload are checked from the next tick on.
-pub struct HealthChecker {
-    shared: Shared,
-    prober: Arc<Prober>,
-}
-
-impl HealthChecker {
-    pub fn new(shared: Shared, prober: Prober) -> HealthChecker {
-        HealthChecker {
-            shared,
-            prober: Arc::new(prober),
+impl Upstream {
+    /// The housekeeping tick at `now` ([`now_ms`](crate::clock::now_ms) time): readmits
+    /// backends whose ejection is over, refreshes the local zone, ramps slow starts, publishes
+    /// the gauges, and starts this upstream's health checks when they are due, each probe in a
+    /// task of its own, connected through `prober`.
+    pub fn tick(self: &Arc<Self>, now: u64, prober: &Arc<Prober>) {
+        let set = self.load();
+        self.expire_ejections(&set, now);
+        set.refresh_locality();
+        self.ramp(&set);
+        self.report(&set);
+        let Some(check) = &self.policy.health else {
+            return;
+        };
+        if now < self.next_check_ms.load(Ordering::Relaxed) {
+            return;
         }
-    }
-
-    /// Memory held for keys only while they are limited, not for every client ever seen.
-    fn forget_idle_keys(&self) {
-        let snapshot = self.shared.load_full();
-        let now = std::time::Instant::now();
-        for r in snapshot.routes.routes() {
-            if let Some(rate) = &r.rate_limit {
-                rate.limiter.forget_idle(now);
-            }
-        }
-    }
-
-    fn tick(&self) {
-        let snapshot = self.shared.load_full();
-        let now = now_ms();
-        for u in &snapshot.upstreams {
-            let set = u.load();
-            u.expire_ejections(&set, now);
-            set.refresh_locality();
-            u.ramp(&set);
-            u.report(&set);
-            let Some(check) = &u.policy.health else {
-                continue;
-            };
-            if now < u.next_check_ms.load(Ordering::Relaxed) {
-                continue;
-            }
-            u.next_check_ms
-                .store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
-            for b in set.backends() {
-                tokio::spawn(probe_one(self.prober.clone(), u.clone(), b.state.clone()));
-            }
+        self.next_check_ms
+            .store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
+        for b in set.backends() {
+            tokio::spawn(probe_one(prober.clone(), self.clone(), b.state.clone()));
         }
     }
 }
@@ -260,25 +225,6 @@ async fn probe_one(prober: Arc<Prober>, upstream: Arc<Upstream>, state: Arc<Back
         .probe(&prober, state.addr, &upstream.policy.settings)
         .await;
     check.record(&upstream.name, &state, result);
-}
-
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut ticks = 0u64;
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => self.tick(),
-            }
-            ticks += 1;
-            if ticks.is_multiple_of(FORGET_EVERY) {
-                self.forget_idle_keys();
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 pub mod breaker;
 pub mod call;
-pub mod discovery;
 pub mod hash_key;
 pub mod health;
 pub mod outlier;

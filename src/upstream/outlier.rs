@@ -61,15 +61,9 @@ impl Upstream {
         if ejected >= policy.cap(set.backends().len()) {
             return;
         }
-        if !state.set(EJECTED, true) {
+        let Some((n, length)) = policy.eject(state, now_ms()) else {
             return; // another request got there first
-        }
-        let n = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        let length = policy.ejection(n);
-        state
-            .ejection_end_ms
-            .store(now_ms() + length.as_millis() as u64, Ordering::Relaxed);
-        state.errors.store(0, Ordering::Relaxed);
+        };
         METRICS
             .outlier_ejections
             .with_label_values(&[&self.name])
@@ -82,29 +76,55 @@ impl Upstream {
     }
 
     /// Readmits backends whose ejection is over, and lets the ejection count of a backend that
-    /// stayed in for a whole base period decay by one. Called by the health checker's tick.
+    /// stayed in for a whole base period decay by one. Called on the housekeeping tick.
     pub(crate) fn expire_ejections(&self, set: &BackendSet, now: u64) {
         let Some(policy) = &self.policy.outlier else {
             return;
         };
-        let base = policy.base_ejection.as_millis() as u64;
         for b in set.backends() {
-            let s = &b.state;
-            let end = s.ejection_end_ms.load(Ordering::Relaxed);
-            if s.is(EJECTED) {
-                if now >= end && s.set(EJECTED, false) {
-                    s.rejoined();
-                    log::info!(
-                        "upstream {}: backend {} readmitted after ejection",
-                        self.name,
-                        s.addr
-                    );
-                }
-            } else if s.ejections() > 0 && now >= end + base {
-                s.ejections.fetch_sub(1, Ordering::Relaxed);
-                s.ejection_end_ms.store(now, Ordering::Relaxed);
+            if policy.expire(&b.state, now) {
+                log::info!(
+                    "upstream {}: backend {} readmitted after ejection",
+                    self.name,
+                    b.state.addr
+                );
             }
         }
+    }
+}
+
+impl OutlierPolicy {
+    /// Ejects `state` at `now` for as long as its ejection count calls for: the count and the
+    /// length, or `None` when it was out already.
+    fn eject(&self, state: &BackendState, now: u64) -> Option<(u32, Duration)> {
+        if !state.set(EJECTED, true) {
+            return None;
+        }
+        let n = state.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = self.ejection(n);
+        state
+            .ejection_end_ms
+            .store(now + length.as_millis() as u64, Ordering::Relaxed);
+        state.errors.store(0, Ordering::Relaxed);
+        Some((n, length))
+    }
+
+    /// At `now`: readmits `state` if its ejection is over (`true`, and its slow start begins),
+    /// or takes one off its ejection count once it has stayed in for a whole base period since
+    /// its last ejection ended (or its count last decayed).
+    fn expire(&self, state: &BackendState, now: u64) -> bool {
+        let base = self.base_ejection.as_millis() as u64;
+        let end = state.ejection_end_ms.load(Ordering::Relaxed);
+        if state.is(EJECTED) {
+            if now >= end && state.set(EJECTED, false) {
+                state.rejoined();
+                return true;
+            }
+        } else if state.ejections() > 0 && now >= end + base {
+            state.ejections.fetch_sub(1, Ordering::Relaxed);
+            state.ejection_end_ms.store(now, Ordering::Relaxed);
+        }
+        false
     }
 }
 
@@ -126,5 +146,55 @@ mod tests {
         assert_eq!(p.cap(1), 1);
         assert_eq!(p.cap(3), 1);
         assert_eq!(p.cap(10), 5);
+    }
+
+    /// What the housekeeping tick does to `s` from `from` to `to` (inclusive), every 100 ms.
+    fn ticks(p: &OutlierPolicy, s: &BackendState, from: u64, to: u64) {
+        for now in (from..=to).step_by(100) {
+            p.expire(s, now);
+        }
+    }
+
+    // Paused: readmission starts a slow start at the clock's now, which then stands still.
+    #[tokio::test(start_paused = true)]
+    async fn ejections_grow_while_they_repeat_and_decay_while_it_behaves() {
+        let p = OutlierPolicy {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        };
+        let s = BackendState::new("127.0.0.1:1".parse().unwrap(), false);
+        let t = 1_000_000;
+        assert_eq!(p.eject(&s, t), Some((1, Duration::from_secs(10))));
+        assert_eq!(p.eject(&s, t), None, "out already");
+        ticks(&p, &s, t, t + 9_900);
+        assert!(s.is(EJECTED), "still out at 9.9 s");
+        assert!(p.expire(&s, t + 10_000), "readmitted after 10 s");
+        assert!(s.available());
+        assert_eq!(s.joined_ms(), now_ms(), "its slow start begins");
+
+        // Failing again soon after: out twice as long.
+        let t = t + 12_000;
+        assert_eq!(p.eject(&s, t), Some((2, Duration::from_secs(20))));
+        ticks(&p, &s, t, t + 19_900);
+        assert!(s.is(EJECTED));
+        assert!(p.expire(&s, t + 20_000));
+        let back = t + 20_000;
+
+        // In for a whole base period (10 s) after its ejection ended: the count decays by one,
+        // and by one more after the next period, not sooner.
+        ticks(&p, &s, back, back + 9_900);
+        assert_eq!(s.ejections(), 2);
+        ticks(&p, &s, back + 10_000, back + 19_900);
+        assert_eq!(s.ejections(), 1);
+        ticks(&p, &s, back + 20_000, back + 20_000);
+        assert_eq!(s.ejections(), 0);
+        let t = back + 25_000;
+        assert_eq!(
+            p.eject(&s, t),
+            Some((1, Duration::from_secs(10))),
+            "forgiven: back to the base length"
+        );
     }
 }

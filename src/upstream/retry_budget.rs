@@ -87,4 +87,27 @@ mod tests {
         let granted = (0..1000).filter(|_| b.withdraw()).count();
         assert_eq!(granted, 100);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_comes_back_each_second_and_savings_keep() {
+        let pass = |ms| tokio::time::advance(std::time::Duration::from_millis(ms));
+        // Start on a second's first millisecond, so that each step below knows its second.
+        pass(1_000 - now_ms() % 1_000).await;
+        let b = RetryBudget::new(20, 2);
+        assert!(b.withdraw() && b.withdraw(), "this second's floor");
+        assert!(!b.withdraw());
+        pass(999).await;
+        assert!(!b.withdraw(), "the same second: its floor is spent");
+        pass(1).await;
+        assert!(b.withdraw() && b.withdraw(), "a new second, a new floor");
+        assert!(!b.withdraw());
+        // 5 requests at 20% save one retry, and time does not take it away.
+        for _ in 0..5 {
+            b.deposit();
+        }
+        pass(60_000).await;
+        assert!(b.withdraw() && b.withdraw(), "the floor");
+        assert!(b.withdraw(), "the saved retry");
+        assert!(!b.withdraw());
+    }
 }

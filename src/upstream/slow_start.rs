@@ -1,7 +1,7 @@
 //! Slow start: a backend that joins an upstream, or comes back after being unhealthy or
 //! ejected, gets a share of traffic that grows over a window instead of its full share at once,
 //! so that a cold cache or JIT is not flooded. While any backend ramps, the set is rebuilt on the
-//! health checker's tick with the weights of the moment.
+//! housekeeping tick with the weights of the moment.
 
 use std::time::Duration;
 
@@ -50,5 +50,29 @@ mod tests {
         assert_eq!(s.ramped(4, &b, t0 + 9_990), Some(399));
         assert_eq!(s.ramped(4, &b, t0 + 10_000), None);
         assert_eq!(s.ramped(0, &b, t0), None, "a drained weight stays 0");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ramp_follows_the_clock_and_starts_again_on_rejoining() {
+        use crate::clock::now_ms;
+        let pass = |ms| tokio::time::advance(Duration::from_millis(ms));
+        let s = SlowStart {
+            window: Duration::from_secs(10),
+        };
+        let b = BackendState::new("127.0.0.1:1".parse().unwrap(), false);
+        assert_eq!(s.ramped(4, &b, now_ms()), Some(40), "a tenth on joining");
+        pass(500).await;
+        assert_eq!(s.ramped(4, &b, now_ms()), Some(40), "never below a tenth");
+        pass(2_000).await;
+        assert_eq!(s.ramped(4, &b, now_ms()), Some(100));
+        pass(7_499).await;
+        assert_eq!(s.ramped(4, &b, now_ms()), Some(399));
+        pass(1).await;
+        assert_eq!(s.ramped(4, &b, now_ms()), None, "the window is over");
+        // Back from an ejection or a failed health check: the ramp starts over.
+        b.rejoined();
+        assert_eq!(s.ramped(4, &b, now_ms()), Some(40));
+        pass(5_000).await;
+        assert_eq!(s.ramped(4, &b, now_ms()), Some(200));
     }
 }

@@ -650,4 +650,25 @@ mod tests {
         assert_eq!(unique.len(), 100);
         assert_eq!(spool.oldest(1000), unique);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_directory_is_scanned_again_every_rescan_period() {
+        let pass = |ms| tokio::time::advance(Duration::from_millis(ms));
+        let (_dir, spool) = fresh(1 << 20);
+        let rescan = RESCAN.as_millis() as u64;
+        assert!(!spool.rescan_due(), "opening scanned it");
+        pass(rescan - 1).await;
+        assert!(!spool.rescan_due());
+        pass(1).await;
+        assert!(spool.rescan_due());
+        // A scan, whenever it happens, starts the period again.
+        pass(3_000).await;
+        assert!(spool.rescan_due());
+        spool.adopt().unwrap();
+        assert!(!spool.rescan_due());
+        pass(rescan - 1).await;
+        assert!(!spool.rescan_due());
+        pass(1).await;
+        assert!(spool.rescan_due());
+    }
 }

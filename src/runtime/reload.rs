@@ -10,14 +10,14 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use zkgate_discovery::config_node::{self, Versioned};
 
+use super::Live;
 use crate::config::{self, ConfigErrors, Source, ZkNode};
-use crate::live::Shared;
 use crate::metrics::METRICS;
 
 #[derive(Clone)]
 pub struct Reloader {
     source: Source,
-    shared: Shared,
+    shared: Arc<Live>,
     /// The config text last tried, good or bad: a node delivered again after a reconnect is
     /// not rebuilt, and a rejected one is not rejected again until it changes.
     last: Arc<Mutex<String>>,
@@ -25,7 +25,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// `current` is the text the running snapshot was built from.
-    pub fn new(source: Source, shared: Shared, current: String) -> Self {
+    pub fn new(source: Source, shared: Arc<Live>, current: String) -> Self {
         Reloader {
             source,
             shared,

@@ -16,22 +16,22 @@ use tokio::sync::Notify;
 use zkgate_discovery::resolve::{Resolved, Resolver, SystemLookup, RESOLVE_TIMEOUT};
 use zkgate_discovery::{Ensemble, Instance, InstanceError, Publish, SessionEvent};
 
-use super::BackendSpec;
-use crate::live::Shared;
+use super::Live;
 use crate::metrics::METRICS;
+use crate::upstream::BackendSpec;
 
 /// How long the proxy waits for the first full read before it starts anyway (answering 503
 /// for discovered upstreams until ZooKeeper is reached).
 const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct DiscoveryService {
-    shared: Shared,
+    shared: Arc<Live>,
     ensemble: Ensemble,
 }
 
 impl DiscoveryService {
     /// Follows the paths of the discovered upstreams, now and after every reload.
-    pub fn new(shared: Shared, ensemble: Ensemble) -> DiscoveryService {
+    pub fn new(shared: Arc<Live>, ensemble: Ensemble) -> DiscoveryService {
         DiscoveryService { shared, ensemble }
     }
 }
@@ -66,7 +66,7 @@ fn specs(resolved: Vec<Resolved>) -> Vec<BackendSpec> {
 }
 
 impl Bridge {
-    fn new(shared: Shared) -> Bridge {
+    fn new(shared: Arc<Live>) -> Bridge {
         let resolver = Resolver::new(
             Arc::new(SystemLookup),
             RESOLVE_TIMEOUT,

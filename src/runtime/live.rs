@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use crate::snapshot::Snapshot;
 use crate::upstream::BackendSpec;
 
+/// What the proxy, the admin listener, the reloader, discovery and housekeeping share, as an
+/// `Arc<Live>`.
 pub struct Live {
     current: ArcSwap<Snapshot>,
     /// Taken by every writer; readers never take it.
@@ -20,11 +22,8 @@ pub struct Live {
     paths: watch::Sender<Vec<String>>,
 }
 
-/// What the proxy, the admin listener, the reloader and discovery share.
-pub type Shared = Arc<Live>;
-
 impl Live {
-    pub fn new(snapshot: Snapshot) -> Shared {
+    pub fn new(snapshot: Snapshot) -> Arc<Live> {
         crate::logging::learn_secrets(&snapshot.raw);
         let paths = watch::Sender::new(discovery_paths(&snapshot));
         Arc::new(Live {
