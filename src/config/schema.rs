@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::section::secret::{self, secret_map, Secret, REDACTED};
 use crate::section::{Dur, Size};
+pub use crate::upstream::Balance;
 
 /// Pingora's server settings. Only the keys zkgate knows are accepted, so a typo is an error
 /// rather than a silently ignored default (Pingora's own loader ignores unknown keys).
@@ -236,20 +237,6 @@ pub struct OutlierSection {
     pub max_ejected_percent: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    #[default]
-    RoundRobin,
-    WeightedRoundRobin,
-    Random,
-    ConsistentHash,
-    /// Fewest requests in flight relative to weight.
-    LeastConn,
-    /// Power of two choices: the less loaded (relative to weight) of two random backends.
-    P2c,
-}
-
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutSection {
@@ -456,20 +443,6 @@ impl std::fmt::Debug for HeaderEdits {
     }
 }
 
-/// The whole file, once every section parsed.
-impl Balance {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Balance::RoundRobin => "round_robin",
-            Balance::WeightedRoundRobin => "weighted_round_robin",
-            Balance::Random => "random",
-            Balance::ConsistentHash => "consistent_hash",
-            Balance::LeastConn => "least_conn",
-            Balance::P2c => "p2c",
-        }
-    }
-}
-
 impl RawConfig {
     /// The value of every [`Secret`] in the config, wherever it is (plugins included), found by
     /// serializing the config once while collecting: no hand-kept list to forget a new one.
@@ -500,6 +473,7 @@ impl RawConfig {
     }
 }
 
+/// The whole file, once every section parsed.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RawConfig {
     pub server: ServerSection,
