@@ -10,6 +10,7 @@
 //! everything else serves any protocol.
 
 pub mod breaker;
+pub mod config;
 pub mod discovery;
 pub mod hash_key;
 pub mod health;
@@ -28,10 +29,11 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use prometheus::IntGauge;
+use serde::Serialize;
 
-use crate::config::schema::UpstreamSection;
 use crate::metrics::METRICS;
 use breaker::Breaker;
+use config::UpstreamSection;
 pub use hash_key::HashKey;
 use health::HealthCheck;
 use outlier::OutlierPolicy;
@@ -42,7 +44,21 @@ use select::Selector;
 pub use select::{Balance, DEFAULT_LEAST_CONN_CHOICES, MAX_LEAST_CONN_CHOICES};
 pub use set::{Backend, BackendSet, BackendSpec, Locality};
 use slow_start::SlowStart;
-use state::{BackendState, InFlight, States};
+use state::{BackendState, InFlight, States, DRAINED, EJECTED, UNHEALTHY};
+
+/// A value a policy's validated constructor (`BreakerPolicy::try_new`, ...) refuses: the
+/// config key it is given under, relative to the policy's own section, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: &'static str,
+    pub why: &'static str,
+}
+
+impl Invalid {
+    pub fn new(key: &'static str, why: &'static str) -> Invalid {
+        Invalid { key, why }
+    }
+}
 
 /// One published membership: the protocol-neutral set the balancers pick from and, index for
 /// index, the HTTP peers prepared for it. Swapped as one, so that a pick and its peer always
@@ -284,4 +300,78 @@ impl Upstream {
     pub fn has_backends(&self) -> bool {
         self.members.load().pickable() > 0
     }
+
+    /// What the admin API shows of this upstream and its current backends.
+    pub fn status(&self) -> UpstreamStatus<'_> {
+        let set = self.load();
+        let now = crate::clock::now_ms();
+        let backends = set
+            .backends()
+            .iter()
+            .map(|b| {
+                let (s, weight) = (&b.state, b.spec.weight);
+                BackendStatus {
+                    addr: b.spec.addr.to_string(),
+                    weight,
+                    effective_weight: self
+                        .policy
+                        .slow_start
+                        .and_then(|ss| ss.ramped(weight, s, now))
+                        .map_or(weight as f64, |w| w as f64 / slow_start::SCALE as f64),
+                    zone: b.spec.zone.as_deref().map(str::to_owned),
+                    state: if s.is(DRAINED) || weight == 0 {
+                        "drained"
+                    } else if s.is(UNHEALTHY) {
+                        "unhealthy"
+                    } else if s.is(EJECTED) {
+                        "ejected"
+                    } else {
+                        "active"
+                    },
+                    healthy: !s.is(UNHEALTHY),
+                    ejected_for_ms: s.ejected_for().map(|d| d.as_millis() as u64),
+                    ejections: s.ejections(),
+                    in_flight: s.in_flight(),
+                }
+            })
+            .collect();
+        UpstreamStatus {
+            name: &self.name,
+            balance: self.balance,
+            hash_key: self.policy.hash_key.as_ref().map(ToString::to_string),
+            zookeeper_path: self.discovery.as_deref(),
+            health_check: self.policy.health.is_some(),
+            circuit: self.policy.breaker.as_ref().map(Breaker::state_name),
+            backends,
+        }
+    }
+}
+
+/// An upstream as `GET /upstreams` shows it.
+#[derive(Debug, Serialize)]
+pub struct UpstreamStatus<'a> {
+    pub name: &'a str,
+    pub balance: Balance,
+    pub hash_key: Option<String>,
+    pub zookeeper_path: Option<&'a str>,
+    pub health_check: bool,
+    /// The breaker's state (`closed`, `open`, `half_open`), if the upstream has one.
+    pub circuit: Option<&'static str>,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One backend as `GET /upstreams` shows it.
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    pub addr: String,
+    pub weight: u32,
+    /// The weight slow start gives it now, in units of `weight`.
+    pub effective_weight: f64,
+    pub zone: Option<String>,
+    /// `drained` (by hand or weight 0), `unhealthy`, `ejected` or `active`, first match.
+    pub state: &'static str,
+    pub healthy: bool,
+    pub ejected_for_ms: Option<u64>,
+    pub ejections: u32,
+    pub in_flight: u32,
 }
