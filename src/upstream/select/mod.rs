@@ -109,7 +109,7 @@ impl Selector {
     }
 
     /// An available backend that passes `usable`, by this selector's rule, if its choices
-    /// hold one: the first choice, then up to [`ALTERNATIVES`] others for the positional
+    /// hold one: the first choice, then up to `ALTERNATIVES` others for the positional
     /// selectors; the load-aware ones compare loads and fall back to a full comparison.
     #[inline]
     pub fn choose<S: States + ?Sized>(
