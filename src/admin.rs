@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::metrics;
 use crate::runtime::Live;
-use crate::upstream::state::{BackendState, DRAINED, EJECTED, UNHEALTHY};
+use crate::upstream::state::DRAINED;
 
 /// Tokens shorter than this are refused: a bearer token is the only thing between a local web
 /// page, or anyone on the admin address, and draining every backend.
@@ -179,42 +179,7 @@ impl Admin {
 
     fn upstreams(&self) -> serde_json::Value {
         let snap = self.shared.load();
-        let now = crate::clock::now_ms();
-        let list: Vec<_> = snap
-            .upstreams
-            .iter()
-            .map(|u| {
-                let set = u.load();
-                json!({
-                    "name": &*u.name,
-                    "balance": u.balance,
-                    "hash_key": u.definition.hash_key,
-                    "zookeeper_path": u.discovery,
-                    "health_check": u.policy.health.is_some(),
-                    "circuit": u.policy.breaker.as_ref().map(|b| b.state_name()),
-                    "backends": set.backends().iter().map(|b| {
-                        let s = &b.state;
-                        json!({
-                            "addr": b.spec.addr.to_string(),
-                            "weight": b.spec.weight,
-                            "effective_weight": u
-                                .policy
-                                .slow_start
-                                .and_then(|ss| ss.ramped(b.spec.weight, s, now))
-                                .map_or(b.spec.weight as f64, |w| {
-                                    w as f64 / crate::upstream::slow_start::SCALE as f64
-                                }),
-                            "zone": b.spec.zone.as_deref(),
-                            "state": backend_state(b.spec.weight, s),
-                            "healthy": !s.is(UNHEALTHY),
-                            "ejected_for_ms": s.ejected_for().map(|d| d.as_millis() as u64),
-                            "ejections": s.ejections(),
-                            "in_flight": s.in_flight(),
-                        })
-                    }).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let list: Vec<_> = snap.upstreams.iter().map(|u| u.status()).collect();
         json!({ "upstreams": list })
     }
 
@@ -289,18 +254,6 @@ impl Admin {
 }
 
 /// One word for why a backend is or is not picked; the first reason wins.
-fn backend_state(weight: u32, s: &BackendState) -> &'static str {
-    if s.is(DRAINED) || weight == 0 {
-        "drained"
-    } else if s.is(UNHEALTHY) {
-        "unhealthy"
-    } else if s.is(EJECTED) {
-        "ejected"
-    } else {
-        "active"
-    }
-}
-
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)

@@ -2,7 +2,7 @@
 //! is returned, each with its YAML path.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,26 +25,15 @@ use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
     PathRewrite, RateKey, Respond, RetryPolicy, Route, RouteRate, RouteTable,
 };
-use crate::section::ConfigErrors;
 use crate::section::Dur;
+use crate::section::{At, ConfigErrors};
 use crate::snapshot::{Listener, Settings, Snapshot};
-use crate::upstream::breaker::{Breaker, BreakerPolicy};
-use crate::upstream::health::{HealthCheck, Probe};
-use crate::upstream::outlier::OutlierPolicy;
-use crate::upstream::retry_budget::RetryBudget;
-use crate::upstream::slow_start::SlowStart;
-use crate::upstream::{
-    BackendSpec, HashKey, Locality, PeerSettings, TlsSettings, Upstream, UpstreamPolicy,
-    DEFAULT_LEAST_CONN_CHOICES, MAX_LEAST_CONN_CHOICES,
-};
+use crate::upstream::config::UpstreamEnv;
+use crate::upstream::Upstream;
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
-const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
-const DEFAULT_READ: Duration = Duration::from_secs(60);
-const DEFAULT_WRITE: Duration = Duration::from_secs(60);
-const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 pub const DEFAULT_ZK_ROOT: &str = "/zkgate";
 /// Pingora refuses more headers than this whatever we allow.
@@ -344,204 +333,6 @@ fn absolute_path(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The path a `zookeeper:` upstream watches.
-fn discovery_path(z: &UpstreamZookeeper, root: &str) -> Result<String, String> {
-    match (&z.service, &z.path) {
-        (Some(s), None) if !s.is_empty() && !s.contains('/') => {
-            Ok(format!("{}/services/{s}", root.trim_end_matches('/')))
-        }
-        (Some(s), None) => Err(format!("service `{s}` must be a plain name, without `/`")),
-        (None, Some(p)) => absolute_path(p).map(|()| p.clone()),
-        _ => Err("give either service: NAME or path: /absolute/path".into()),
-    }
-}
-
-fn health_check(h: &HealthCheckSection, at: &str, errors: &mut ConfigErrors) -> HealthCheck {
-    let interval = h.interval.map_or(HealthCheck::DEFAULT_INTERVAL, |d| d.0);
-    let timeout = h.timeout.map_or(HealthCheck::DEFAULT_TIMEOUT, |d| d.0);
-    if interval < Duration::from_millis(100) {
-        errors.push(format!("{at}.interval"), "must be at least 100ms");
-    }
-    if timeout.is_zero() || timeout > interval {
-        errors.push(
-            format!("{at}.timeout"),
-            "must be above zero and at most the interval",
-        );
-    }
-    let rise = h.rise.unwrap_or(HealthCheck::DEFAULT_RISE);
-    let fall = h.fall.unwrap_or(HealthCheck::DEFAULT_FALL);
-    for (key, n) in [("rise", rise), ("fall", fall)] {
-        if n == 0 {
-            errors.push(format!("{at}.{key}"), "must be at least 1");
-        }
-    }
-    let http_only = [
-        ("path", h.path.is_some()),
-        ("method", h.method.is_some()),
-        ("host", h.host.is_some()),
-        ("expected_statuses", h.expected_statuses.is_some()),
-    ];
-    let probe = match h.kind {
-        HealthCheckKind::Tcp => {
-            for (key, given) in http_only {
-                if given {
-                    errors.push(format!("{at}.{key}"), "only for type: http");
-                }
-            }
-            Probe::Tcp
-        }
-        HealthCheckKind::Http => {
-            let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
-            if !path.starts_with('/')
-                || path
-                    .bytes()
-                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                errors.push(
-                    format!("{at}.path"),
-                    format!("`{path}` is not a request path"),
-                );
-            }
-            let method = h.method.clone().unwrap_or_else(|| "GET".to_owned());
-            if Method::from_bytes(method.as_bytes()).is_err() {
-                errors.push(
-                    format!("{at}.method"),
-                    format!("`{method}` is not an HTTP method"),
-                );
-            }
-            if let Some(host) = &h.host {
-                if HeaderValue::from_str(host).is_err() || host.is_empty() {
-                    errors.push(
-                        format!("{at}.host"),
-                        format!("`{host}` is not a valid Host"),
-                    );
-                }
-            }
-            let statuses = match &h.expected_statuses {
-                None => vec![(200, 399)],
-                Some(list) => list
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, text)| {
-                        status_range(text)
-                            .map_err(|e| errors.push(format!("{at}.expected_statuses[{i}]"), e))
-                            .ok()
-                    })
-                    .collect(),
-            };
-            Probe::Http {
-                method,
-                path,
-                host: h.host.clone(),
-                statuses,
-            }
-        }
-    };
-    HealthCheck {
-        probe,
-        interval,
-        timeout,
-        rise,
-        fall,
-        start_unhealthy: h.start_unhealthy,
-    }
-}
-
-/// `200` or `200-399`.
-fn status_range(text: &str) -> Result<(u16, u16), String> {
-    let status = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|c| (100..=599).contains(c))
-            .ok_or_else(|| format!("`{text}` is not a status (100-599) or a range like 200-399"))
-    };
-    let (lo, hi) = match text.split_once('-') {
-        Some((lo, hi)) => (status(lo)?, status(hi)?),
-        None => (status(text)?, status(text)?),
-    };
-    if lo > hi {
-        return Err(format!("`{text}` is an empty range"));
-    }
-    Ok((lo, hi))
-}
-
-pub(crate) fn breaker_policy(
-    b: &BreakerSection,
-    at: &str,
-    errors: &mut ConfigErrors,
-) -> BreakerPolicy {
-    let p = BreakerPolicy {
-        failure_ratio: b
-            .failure_ratio
-            .unwrap_or(BreakerPolicy::DEFAULT_FAILURE_RATIO),
-        min_requests: b
-            .min_requests
-            .unwrap_or(BreakerPolicy::DEFAULT_MIN_REQUESTS),
-        window: b.window.map_or(BreakerPolicy::DEFAULT_WINDOW, |d| d.0),
-        consecutive_failures: b
-            .consecutive_failures
-            .unwrap_or(BreakerPolicy::DEFAULT_CONSECUTIVE_FAILURES),
-        open_for: b.open_for.map_or(BreakerPolicy::DEFAULT_OPEN_FOR, |d| d.0),
-        probes: b.probes.unwrap_or(BreakerPolicy::DEFAULT_PROBES),
-    };
-    if !(p.failure_ratio > 0.0 && p.failure_ratio <= 1.0) {
-        errors.push(
-            format!("{at}.failure_ratio"),
-            "must be above 0 and at most 1",
-        );
-    }
-    for (key, n) in [
-        ("min_requests", p.min_requests),
-        ("consecutive_failures", p.consecutive_failures),
-        ("probes", p.probes),
-    ] {
-        if n == 0 {
-            errors.push(format!("{at}.{key}"), "must be at least 1");
-        }
-    }
-    if p.window.is_zero() {
-        errors.push(format!("{at}.window"), "must be above zero");
-    }
-    if p.open_for.is_zero() {
-        errors.push(format!("{at}.open_for"), "must be above zero");
-    }
-    p
-}
-
-fn outlier_policy(o: &OutlierSection, at: &str, errors: &mut ConfigErrors) -> OutlierPolicy {
-    let p = OutlierPolicy {
-        consecutive_failures: o
-            .consecutive_failures
-            .unwrap_or(OutlierPolicy::DEFAULT_CONSECUTIVE_FAILURES),
-        base_ejection: o
-            .base_ejection_time
-            .map_or(OutlierPolicy::DEFAULT_BASE_EJECTION, |d| d.0),
-        max_ejection: o
-            .max_ejection_time
-            .map_or(OutlierPolicy::DEFAULT_MAX_EJECTION, |d| d.0),
-        max_ejected_percent: o
-            .max_ejected_percent
-            .unwrap_or(OutlierPolicy::DEFAULT_MAX_EJECTED_PERCENT),
-    };
-    if p.consecutive_failures == 0 {
-        errors.push(format!("{at}.consecutive_failures"), "must be at least 1");
-    }
-    if p.base_ejection.is_zero() {
-        errors.push(format!("{at}.base_ejection_time"), "must be above zero");
-    }
-    if p.max_ejection < p.base_ejection {
-        errors.push(
-            format!("{at}.max_ejection_time"),
-            "must be at least base_ejection_time",
-        );
-    }
-    if p.max_ejected_percent > 100 {
-        errors.push(format!("{at}.max_ejected_percent"), "must be 0 to 100");
-    }
-    p
-}
-
 fn route_rate(rl: &RateLimitSection, at: &str, errors: &mut ConfigErrors) -> Option<RouteRate> {
     let burst = rl
         .burst
@@ -598,249 +389,33 @@ fn retry_policy(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> RetryP
     }
 }
 
-/// `host:port [weight=N] [zone=Z]`; a host name resolves to all of its addresses.
-fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
-    let mut parts = text.split_whitespace();
-    let addr = parts.next().ok_or("empty backend")?;
-    let mut weight = 1u32;
-    let mut zone: Option<Arc<str>> = None;
-    for opt in parts {
-        match opt.split_once('=') {
-            Some(("weight", w)) => {
-                weight = w.parse().map_err(|_| {
-                    format!("weight `{w}` is not a whole number from 0 to {}", u32::MAX)
-                })?
-            }
-            Some(("zone", z)) if !z.is_empty() => zone = Some(z.into()),
-            _ => {
-                return Err(format!(
-                    "unknown backend option `{opt}` (expected weight=N or zone=NAME)"
-                ))
-            }
-        }
-    }
-    let addrs: Vec<SocketAddr> = match SocketAddr::from_str(addr) {
-        Ok(a) => vec![a],
-        Err(_) => {
-            if !addr.contains(':') {
-                return Err(format!("`{addr}` has no port (write host:port)"));
-            }
-            addr.to_socket_addrs()
-                .map_err(|e| format!("cannot resolve `{addr}`: {e}"))?
-                .collect()
-        }
-    };
-    if addrs.is_empty() {
-        return Err(format!("`{addr}` resolves to no address"));
-    }
-    Ok(addrs
-        .into_iter()
-        .map(|addr| BackendSpec {
-            addr,
-            weight,
-            zone: zone.clone(),
-        })
-        .collect())
-}
-
+/// Each upstream is built by its own section; the names are checked here, where all are seen.
 fn upstreams(
     config: &RawConfig,
     prev: Option<&Snapshot>,
     errors: &mut ConfigErrors,
 ) -> Vec<Arc<Upstream>> {
-    let raw = &config.upstreams;
+    let env = UpstreamEnv {
+        zk_root: zk_root(config),
+        zookeeper: config.zookeeper.is_some(),
+        zone: config.server.zone.as_deref(),
+    };
     let mut names = HashSet::new();
     let mut out = Vec::new();
-    for (i, u) in raw.iter().enumerate() {
-        let at = format!("upstreams[{i}]");
-        let before = errors.len();
-        if u.name.is_empty() {
-            errors.push(format!("{at}.name"), "must not be empty");
+    for (i, u) in config.upstreams.iter().enumerate() {
+        let at = At::root().index("upstreams", i);
+        let named = if u.name.is_empty() {
+            errors.push(at.key("name"), "must not be empty");
+            false
         } else if !names.insert(u.name.as_str()) {
-            errors.push(
-                format!("{at}.name"),
-                format!("upstream `{}` is defined twice", u.name),
-            );
-        }
-        let mut specs = Vec::new();
-        let mut addrs = HashSet::new();
-        for (j, b) in u.backends.iter().enumerate() {
-            match backend(b) {
-                Ok(list) => {
-                    for s in list {
-                        if !addrs.insert(s.addr) {
-                            errors.push(
-                                format!("{at}.backends[{j}]"),
-                                format!("{} is listed twice", s.addr),
-                            );
-                        }
-                        specs.push(s);
-                    }
-                }
-                Err(e) => errors.push(format!("{at}.backends[{j}]"), e),
-            }
-        }
-        let discovery = match (&u.zookeeper, u.backends.is_empty()) {
-            (Some(_), false) => {
-                errors.push(at.clone(), "give either backends or zookeeper, not both");
-                None
-            }
-            (None, true) => {
-                errors.push(
-                    format!("{at}.backends"),
-                    "at least one backend is needed (or zookeeper: to discover them)",
-                );
-                None
-            }
-            (None, false) => None,
-            (Some(z), true) => {
-                if config.zookeeper.is_none() {
-                    errors.push(
-                        format!("{at}.zookeeper"),
-                        "needs the top-level zookeeper: section (connect: ...)",
-                    );
-                }
-                discovery_path(z, zk_root(config))
-                    .map_err(|e| errors.push(format!("{at}.zookeeper"), e))
-                    .ok()
-            }
+            let why = format!("upstream `{}` is defined twice", u.name);
+            errors.push(at.key("name"), why);
+            false
+        } else {
+            true
         };
-        let hash_key = match (u.balance, &u.hash_key) {
-            (Balance::ConsistentHash, Some(k)) => HashKey::parse(k)
-                .map_err(|e| errors.push(format!("{at}.hash_key"), e))
-                .ok(),
-            (Balance::ConsistentHash, None) => {
-                errors.push(format!("{at}.hash_key"), "consistent_hash needs a hash_key: client_ip, path, header:NAME, cookie:NAME or query:NAME");
-                None
-            }
-            (_, Some(_)) => {
-                errors.push(
-                    format!("{at}.hash_key"),
-                    "only used with balance: consistent_hash",
-                );
-                None
-            }
-            (_, None) => None,
-        };
-        let t = &u.timeouts;
-        let mut timeout =
-            |key: &str, v: Option<crate::section::Dur>, default: Duration, zero_ok: bool| {
-                let d = v.map_or(default, |d| d.0);
-                if d.is_zero() && !zero_ok {
-                    errors.push(format!("{at}.timeouts.{key}"), "must be above zero");
-                }
-                d
-            };
-        let settings = PeerSettings {
-            connect_timeout: timeout("connect", t.connect, DEFAULT_CONNECT, false),
-            read_timeout: timeout("read", t.read, DEFAULT_READ, false),
-            write_timeout: timeout("write", t.write, DEFAULT_WRITE, false),
-            idle_timeout: timeout("idle", t.idle, DEFAULT_IDLE, true),
-            tls: u.tls.as_ref().map(|tls| TlsSettings {
-                sni: tls.sni.clone().unwrap_or_default(),
-                verify: tls.verify,
-            }),
-        };
-        let health = u
-            .health_check
-            .as_ref()
-            .map(|h| health_check(h, &format!("{at}.health_check"), errors));
-        let outlier = u
-            .outlier_detection
-            .as_ref()
-            .map(|o| outlier_policy(o, &format!("{at}.outlier_detection"), errors));
-        let slow_start = u.slow_start.map(|d| SlowStart { window: d.0 });
-        if slow_start.is_some() && u.balance == Balance::ConsistentHash {
-            errors.push(
-                format!("{at}.slow_start"),
-                "has no effect with consistent_hash (a key's backend does not change with load)",
-            );
-        }
-        let breaker = u.circuit_breaker.as_ref().map(|b| {
-            Breaker::new(
-                &u.name,
-                breaker_policy(b, &format!("{at}.circuit_breaker"), errors),
-            )
-        });
-        let least_conn_choices = match (u.balance, u.least_conn_choices) {
-            (_, None) => DEFAULT_LEAST_CONN_CHOICES,
-            (Balance::LeastConn, Some(n))
-                if (2..=MAX_LEAST_CONN_CHOICES).contains(&(n as usize)) =>
-            {
-                n as usize
-            }
-            (Balance::LeastConn, Some(_)) => {
-                errors.push(
-                    format!("{at}.least_conn_choices"),
-                    format!("must be 2 to {MAX_LEAST_CONN_CHOICES}"),
-                );
-                DEFAULT_LEAST_CONN_CHOICES
-            }
-            (_, Some(_)) => {
-                errors.push(
-                    format!("{at}.least_conn_choices"),
-                    "only used with balance: least_conn",
-                );
-                DEFAULT_LEAST_CONN_CHOICES
-            }
-        };
-        let min_available = u.local_zone_min_available.unwrap_or(50);
-        if min_available > 100 {
-            errors.push(
-                format!("{at}.local_zone_min_available"),
-                "must be a percentage, 0 to 100",
-            );
-        }
-        let locality = config
-            .server
-            .zone
-            .as_deref()
-            .filter(|z| !z.is_empty())
-            .map(|z| Locality {
-                zone: z.into(),
-                min_available_percent: min_available,
-            });
-        let budget = u.retry_budget.as_ref();
-        let percent = budget
-            .and_then(|b| b.percent)
-            .unwrap_or(RetryBudget::DEFAULT_PERCENT);
-        if percent > 100 {
-            errors.push(format!("{at}.retry_budget.percent"), "must be 0 to 100");
-        }
-        let retry_budget = RetryBudget::new(
-            percent,
-            budget
-                .and_then(|b| b.min_per_second)
-                .unwrap_or(RetryBudget::DEFAULT_MIN_PER_SECOND),
-        );
-        if errors.len() > before {
-            continue;
-        }
-        let reused = prev.and_then(|p| {
-            p.upstreams
-                .iter()
-                .find(|x| x.definition == *u && x.discovery == discovery)
-        });
-        out.push(match reused {
-            Some(existing) => existing.clone(),
-            None => Arc::new(Upstream::new(
-                u.clone(),
-                UpstreamPolicy {
-                    hash_key,
-                    settings,
-                    health,
-                    outlier,
-                    retry_budget,
-                    slow_start,
-                    breaker,
-                    locality,
-                    least_conn_choices,
-                },
-                discovery,
-                specs,
-                prev.and_then(|p| p.upstream(&u.name)).map(|x| &**x),
-            )),
-        });
+        let prev = prev.and_then(|p| p.upstream(&u.name));
+        out.extend(u.build(&at, &env, prev, errors).filter(|_| named));
     }
     out
 }

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
+use super::Invalid;
 use crate::clock::now_ms;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,51 @@ impl BreakerPolicy {
     pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 10;
     pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(5);
     pub const DEFAULT_PROBES: u32 = 3;
+
+    /// A policy whose every value makes sense, or each value that does not, under its config
+    /// key (`circuit_breaker.<key>`).
+    pub fn try_new(
+        failure_ratio: f64,
+        min_requests: u32,
+        window: Duration,
+        consecutive_failures: u32,
+        open_for: Duration,
+        probes: u32,
+    ) -> Result<BreakerPolicy, Vec<Invalid>> {
+        let mut invalid = Vec::new();
+        if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+            invalid.push(Invalid::new(
+                "failure_ratio",
+                "must be above 0 and at most 1",
+            ));
+        }
+        for (key, n) in [
+            ("min_requests", min_requests),
+            ("consecutive_failures", consecutive_failures),
+            ("probes", probes),
+        ] {
+            if n == 0 {
+                invalid.push(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        if window.is_zero() {
+            invalid.push(Invalid::new("window", "must be above zero"));
+        }
+        if open_for.is_zero() {
+            invalid.push(Invalid::new("open_for", "must be above zero"));
+        }
+        if !invalid.is_empty() {
+            return Err(invalid);
+        }
+        Ok(BreakerPolicy {
+            failure_ratio,
+            min_requests,
+            window,
+            consecutive_failures,
+            open_for,
+            probes,
+        })
+    }
 }
 
 const CLOSED: u8 = 0;

@@ -71,6 +71,19 @@ impl HashKey {
     }
 }
 
+/// The key as written in config (`header:NAME`, ...), header names in lower case.
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Path => f.write_str("path"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Query(name) => write!(f, "query:{name}"),
+        }
+    }
+}
+
 /// The value of `name` in `a=1<sep> b=2`, spaces around pairs ignored.
 fn pair_value<'a>(list: &'a [u8], sep: u8, name: &[u8]) -> Option<&'a [u8]> {
     list.split(|&b| b == sep).find_map(|pair| {
@@ -95,6 +108,15 @@ mod tests {
         assert!(HashKey::parse("header:bad name").is_err());
         assert!(HashKey::parse("client_ip:x").is_err());
         assert!(HashKey::parse("uri").is_err());
+        for text in [
+            "client_ip",
+            "path",
+            "header:x-user",
+            "cookie:sid",
+            "query:id",
+        ] {
+            assert_eq!(HashKey::parse(text).unwrap().to_string(), text);
+        }
     }
 
     #[test]

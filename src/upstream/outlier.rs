@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::state::{BackendState, EJECTED};
-use super::{BackendSet, Upstream};
+use super::{BackendSet, Invalid, Upstream};
 use crate::clock::now_ms;
 use crate::metrics::METRICS;
 
@@ -23,6 +23,41 @@ impl OutlierPolicy {
     pub const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
     pub const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
     pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+    /// A policy whose every value makes sense, or each value that does not, under its config
+    /// key (`outlier_detection.<key>`).
+    pub fn try_new(
+        consecutive_failures: u32,
+        base_ejection: Duration,
+        max_ejection: Duration,
+        max_ejected_percent: u32,
+    ) -> Result<OutlierPolicy, Vec<Invalid>> {
+        let mut invalid = Vec::new();
+        if consecutive_failures == 0 {
+            invalid.push(Invalid::new("consecutive_failures", "must be at least 1"));
+        }
+        if base_ejection.is_zero() {
+            invalid.push(Invalid::new("base_ejection_time", "must be above zero"));
+        }
+        if max_ejection < base_ejection {
+            invalid.push(Invalid::new(
+                "max_ejection_time",
+                "must be at least base_ejection_time",
+            ));
+        }
+        if max_ejected_percent > 100 {
+            invalid.push(Invalid::new("max_ejected_percent", "must be 0 to 100"));
+        }
+        if !invalid.is_empty() {
+            return Err(invalid);
+        }
+        Ok(OutlierPolicy {
+            consecutive_failures,
+            base_ejection,
+            max_ejection,
+            max_ejected_percent,
+        })
+    }
 
     /// How long the `n`-th ejection in a row lasts (`n` from 1).
     fn ejection(&self, n: u32) -> Duration {

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 
+use super::Invalid;
 use crate::clock::now_ms;
 
 /// One retry, in the budget's unit.
@@ -25,6 +26,15 @@ pub struct RetryBudget {
 impl RetryBudget {
     pub const DEFAULT_PERCENT: u32 = 20;
     pub const DEFAULT_MIN_PER_SECOND: u32 = 10;
+
+    /// A budget of `percent` (0 to 100) of the requests, or why not, under its config key
+    /// (`retry_budget.percent`).
+    pub fn try_new(percent: u32, min_per_second: u32) -> Result<RetryBudget, Invalid> {
+        if percent > 100 {
+            return Err(Invalid::new("percent", "must be 0 to 100"));
+        }
+        Ok(RetryBudget::new(percent, min_per_second))
+    }
 
     pub fn new(percent: u32, min_per_second: u32) -> RetryBudget {
         RetryBudget {

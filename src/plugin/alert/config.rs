@@ -19,11 +19,11 @@ use super::metrics::DestinationMetrics;
 use super::spool::LazySpool;
 use super::template::{DestinationValues, Template};
 use super::{AlertWebhook, Auth, Destination, Split};
-use crate::config::schema::BreakerSection;
-use crate::section::ConfigErrors;
 use crate::section::Secret;
+use crate::section::{At, ConfigErrors};
 use crate::section::{Dur, Size};
 use crate::upstream::breaker::Breaker;
+use crate::upstream::config::BreakerSection;
 use crate::upstream::{PeerSettings, TlsSettings, Upstream};
 
 pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
@@ -364,12 +364,11 @@ fn destination(
         errors.push(format!("{at}.parallel"), "must be at least 1");
     }
     let retry = backoff(&d.retry, &format!("{at}.retry"), errors);
-    let breaker = d.circuit_breaker.as_ref().map(|b| {
-        Breaker::new(
-            &d.name,
-            crate::config::build::breaker_policy(b, &format!("{at}.circuit_breaker"), errors),
-        )
-    });
+    let breaker = d
+        .circuit_breaker
+        .as_ref()
+        .and_then(|b| b.policy(&At::new(at).key("circuit_breaker"), errors))
+        .map(|p| Breaker::new(&d.name, p));
     let signature = d.signature.as_ref().and_then(|s| {
         let header = s.header.as_deref().unwrap_or("X-Signature-256");
         if s.secret.0.is_empty() {
