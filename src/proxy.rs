@@ -16,13 +16,11 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
-use crate::limit::{retry_after_secs, Permit};
+use crate::limit::{retry_after_secs, Permit, RateKey};
 use crate::live::Shared;
 use crate::metrics::{RouteMetrics, METRICS};
 use crate::plugin::{PluginState, RequestInfo};
-use crate::route::{
-    normalize_host, path, Action, RateKey, RequestView, Respond, RetryPolicy, Route,
-};
+use crate::route::{normalize_host, path, Action, RequestView, Respond, RetryPolicy, Route};
 use crate::snapshot::{Listener, Snapshot};
 use crate::upstream::breaker::Admit;
 use crate::upstream::state::InFlight;

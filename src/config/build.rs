@@ -17,16 +17,16 @@ use super::schema::*;
 use crate::admin::AdminToken;
 use crate::client_ip::{Cidr, ClientIp};
 use crate::conn::ConnSettings;
-use crate::limit::{ConcurrencyLimit, Rate, RateLimiter};
+use crate::limit;
 use crate::metrics::RouteMetrics;
 use crate::route::path::{self, PathPolicy};
 use crate::route::rewrite::check_replacement;
 use crate::route::{
     Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
-    PathRewrite, RateKey, Respond, RetryPolicy, Route, RouteRate, RouteTable,
+    PathRewrite, Respond, RetryPolicy, Route, RouteTable,
 };
-use crate::section::ConfigErrors;
 use crate::section::Dur;
+use crate::section::{At, ConfigErrors};
 use crate::snapshot::{Listener, Settings, Snapshot};
 use crate::upstream::breaker::{Breaker, BreakerPolicy};
 use crate::upstream::health::{HealthCheck, Probe};
@@ -550,43 +550,6 @@ fn outlier_policy(o: &OutlierSection, at: &str, errors: &mut ConfigErrors) -> Ou
         errors.push(format!("{at}.max_ejected_percent"), "must be 0 to 100");
     }
     p
-}
-
-fn route_rate(rl: &RateLimitSection, at: &str, errors: &mut ConfigErrors) -> Option<RouteRate> {
-    let burst = rl
-        .burst
-        .unwrap_or_else(|| rl.per_second.ceil().clamp(1.0, u32::MAX as f64) as u32);
-    let rate = Rate::new(rl.per_second, burst)
-        .map_err(|e| errors.push(at, e))
-        .ok()?;
-    let key = match rl.key.as_deref().unwrap_or("client_ip") {
-        "client_ip" => RateKey::ClientIp,
-        "route" => RateKey::Route,
-        other => match other.strip_prefix("header:").map(HeaderName::try_from) {
-            Some(Ok(name)) => RateKey::Header(name),
-            _ => {
-                errors.push(
-                    format!("{at}.key"),
-                    format!("`{other}` is not client_ip, route or header:NAME"),
-                );
-                return None;
-            }
-        },
-    };
-    let max_keys = rl.max_keys.unwrap_or(100_000);
-    if max_keys == 0 {
-        errors.push(format!("{at}.max_keys"), "must be at least 1");
-        return None;
-    }
-    let limiter = match key {
-        RateKey::Route => RateLimiter::route(rate),
-        _ => RateLimiter::keyed(rate, max_keys),
-    };
-    Some(RouteRate {
-        limiter,
-        key,
-        definition: rl.clone(),
-    })
 }
 
 fn retry_policy(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> RetryPolicy {
@@ -1233,23 +1196,12 @@ fn routes(
         let timeout = r.timeout.map(|d| d.0);
         let previous = prev.and_then(|p| p.routes.routes().iter().find(|x| *x.name == *r.name));
         let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
-            // Unchanged, the buckets carry on: a reload is no way to reset a limit.
-            if let Some(kept) = previous
-                .and_then(|p| p.rate_limit.as_ref())
-                .filter(|k| k.definition == *rl)
-            {
-                return Some(kept.clone());
-            }
-            route_rate(rl, &format!("{at}.rate_limit"), errors).map(Arc::new)
+            let prev = previous.and_then(|p| p.rate_limit.as_ref());
+            rl.build(&At::new(format!("{at}.rate_limit")), prev, errors)
         });
         let concurrency = r.max_in_flight.map(|max| {
-            if max == 0 {
-                errors.push(format!("{at}.max_in_flight"), "must be at least 1");
-            }
-            previous
-                .and_then(|p| p.concurrency.clone())
-                .filter(|c| c.max() == max)
-                .unwrap_or_else(|| Arc::new(ConcurrencyLimit::new(max)))
+            let prev = previous.and_then(|p| p.concurrency.as_ref());
+            limit::config::concurrency(max, &At::new(format!("{at}.max_in_flight")), prev, errors)
         });
         if timeout.is_some_and(|d| d.is_zero()) {
             errors.push(format!("{at}.timeout"), "must be above zero");

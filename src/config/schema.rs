@@ -292,25 +292,13 @@ pub struct RouteSection {
     /// Bounds the wait for the backend's answer (its response head) across all tries,
     /// counted from the request's arrival; overrides the upstream's read timeout.
     pub timeout: Option<Dur>,
-    pub rate_limit: Option<RateLimitSection>,
+    pub rate_limit: Option<crate::limit::RateLimitSection>,
     /// Requests of this route in flight at once; more get 503.
     pub max_in_flight: Option<u32>,
     /// A plugin working at this route's phases (one kind: `alert_webhook`), as a map with the
     /// kind as its one key.
     #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub plugin: Option<crate::plugin::PluginSection>,
-}
-
-/// A token bucket: `per_second` refill, `burst` capacity (default: one second's worth), one
-/// bucket per `key` (`client_ip`, default; `header:NAME`; or `route` for one bucket in all).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSection {
-    pub per_second: f64,
-    pub burst: Option<u32>,
-    pub key: Option<String>,
-    /// Keys remembered at most; a flood of new keys evicts old ones (which start afresh).
-    pub max_keys: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

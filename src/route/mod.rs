@@ -23,7 +23,7 @@ use http::{HeaderMap, Method, StatusCode};
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
-use crate::limit::{ConcurrencyLimit, RateLimiter};
+use crate::limit::{ConcurrencyLimit, RouteRate};
 use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 use prefix::PrefixTree;
@@ -51,22 +51,6 @@ pub struct Route {
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
     pub plugin: Option<crate::plugin::RoutePlugin>,
     pub metrics: RouteMetrics,
-}
-
-/// A route's token buckets and what they are keyed by.
-#[derive(Debug)]
-pub struct RouteRate {
-    pub limiter: RateLimiter,
-    pub key: RateKey,
-    /// What it was built from: a reload with the same keeps the buckets.
-    pub definition: crate::config::schema::RateLimitSection,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateKey {
-    ClientIp,
-    Header(http::HeaderName),
-    Route,
 }
 
 /// When a request on this route is tried again, always on another backend.
