@@ -7,26 +7,16 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use http::{Method, StatusCode};
-use regex::Regex;
+use http::header::HeaderValue;
+use http::Method;
 use zkgate_discovery::{Digest, Ensemble};
 
 use super::schema::*;
 use crate::admin::AdminToken;
 use crate::client_ip::{Cidr, ClientIp};
 use crate::conn::ConnSettings;
-use crate::limit;
-use crate::metrics::RouteMetrics;
-use crate::route::path::{self, PathPolicy};
-use crate::route::rewrite::check_replacement;
-use crate::route::{
-    Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
-    PathRewrite, Respond, RetryPolicy, Route, RouteTable,
-};
-use crate::section::Dur;
-use crate::section::{At, ConfigErrors};
+use crate::route::{Route, RouteEnv, RouteSection, RouteTable};
+use crate::section::{At, ConfigErrors, Dur};
 use crate::snapshot::{Listener, Settings, Snapshot};
 use crate::upstream::breaker::{Breaker, BreakerPolicy};
 use crate::upstream::health::{HealthCheck, Probe};
@@ -57,7 +47,11 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let settings = settings(&raw, &mut errors);
     let upstreams = upstreams(&raw, prev, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
-    let routes = routes(&raw.routes, &declared, &upstreams, prev, &mut errors);
+    let env = RouteEnv {
+        upstreams: &upstreams,
+        declared: &declared,
+    };
+    let routes = routes(&raw.routes, &env, prev, &mut errors);
     let admin_token = raw.admin.token.as_ref().and_then(|t| {
         AdminToken::new(&t.0)
             .map_err(|e| errors.push("admin.token", e))
@@ -552,25 +546,6 @@ fn outlier_policy(o: &OutlierSection, at: &str, errors: &mut ConfigErrors) -> Ou
     p
 }
 
-fn retry_policy(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> RetryPolicy {
-    let attempts = r.attempts.unwrap_or(RetryPolicy::DEFAULT_ATTEMPTS.into());
-    if !(1..=RetryPolicy::MAX_ATTEMPTS.into()).contains(&attempts) {
-        errors.push(
-            format!("{at}.attempts"),
-            format!("must be 1 to {}", RetryPolicy::MAX_ATTEMPTS),
-        );
-    }
-    let per_try_timeout = r.per_try_timeout.map(|d| d.0);
-    if per_try_timeout.is_some_and(|d| d.is_zero()) {
-        errors.push(format!("{at}.per_try_timeout"), "must be above zero");
-    }
-    RetryPolicy {
-        attempts: attempts.clamp(1, RetryPolicy::MAX_ATTEMPTS.into()) as u8,
-        after_send: r.after_send,
-        per_try_timeout,
-    }
-}
-
 /// `host:port [weight=N] [zone=Z]`; a host name resolves to all of its addresses.
 fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
     let mut parts = text.split_whitespace();
@@ -818,419 +793,26 @@ fn upstreams(
     out
 }
 
-fn header_name(text: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(text.as_bytes())
-        .map_err(|_| format!("`{text}` is not a valid header name"))
-}
-
-fn header_value(text: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(text).map_err(|_| format!("`{text}` is not a valid header value"))
-}
-
-fn regex(text: &str) -> Result<Regex, String> {
-    Regex::new(text).map_err(|e| format!("invalid regex: {e}"))
-}
-
-/// A route's header edits. Values not marked `public` are secrets: they are flagged sensitive
-/// (shown as `Sensitive` in any `Debug` dump, never indexed by HPACK) and kept out of error
-/// messages, which reach logs.
-fn header_ops(raw: &HeaderEdits, at: &str, errors: &mut ConfigErrors) -> HeaderOps {
-    for (i, p) in raw.public.iter().enumerate() {
-        let pat = format!("{at}.public[{i}]");
-        if let Err(e) = header_name(p) {
-            errors.push(pat, e);
-        } else if crate::logging::is_credential_header(p) {
-            errors.push(
-                pat,
-                format!("`{p}` carries credentials and is never public"),
-            );
-        } else if !raw
-            .set
-            .keys()
-            .chain(raw.add.keys())
-            .any(|k| k.eq_ignore_ascii_case(p))
-        {
-            errors.push(pat, format!("`{p}` is not a header of set or add"));
-        }
-    }
-    let mut pairs = |kind: &str,
-                     map: &std::collections::BTreeMap<String, String>|
-     -> Box<[(HeaderName, HeaderValue)]> {
-        map.iter()
-            .filter_map(|(k, v)| {
-                let public = raw.is_public(k);
-                let value = if public {
-                    header_value(v)
-                } else {
-                    HeaderValue::from_str(v)
-                        .map(|mut v| {
-                            v.set_sensitive(true);
-                            v
-                        })
-                        .map_err(|_| {
-                            "not a valid header value (not shown: it is secret unless listed in `public`)"
-                                .to_owned()
-                        })
-                };
-                match (header_name(k), value) {
-                    (Ok(n), Ok(v)) => Some((n, v)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        errors.push(format!("{at}.{kind}.{k}"), e);
-                        None
-                    }
-                }
-            })
-            .collect()
-    };
-    let set = pairs("set", &raw.set);
-    let add = pairs("add", &raw.add);
-    let remove = raw
-        .remove
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| {
-            header_name(n)
-                .map_err(|e| errors.push(format!("{at}.remove[{i}]"), e))
-                .ok()
-        })
-        .collect();
-    HeaderOps { remove, set, add }
-}
-
-fn host_match(text: &str) -> Result<HostMatch, String> {
-    let host = text.to_ascii_lowercase();
-    let bad = |why: &str| Err(format!("`{text}` {why}"));
-    if host.contains(':') && !host.starts_with('[') {
-        return bad("must not carry a port: routes match the host name only");
-    }
-    if let Some(rest) = host.strip_prefix("*.") {
-        if rest.is_empty() || rest.contains('*') {
-            return bad("is not a valid wildcard (write *.example.com)");
-        }
-        return Ok(HostMatch::Suffix(format!(".{rest}").into()));
-    }
-    if host.is_empty() || host.contains('*') || host.contains('/') {
-        return bad("is not a host name (write example.com or *.example.com)");
-    }
-    Ok(HostMatch::Exact(host.trim_end_matches('.').into()))
-}
-
-fn path_match(m: &MatchSection, at: &str, errors: &mut ConfigErrors) -> Option<PathMatch> {
-    let given = [
-        m.path.is_some(),
-        m.path_prefix.is_some(),
-        m.path_regex.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() > 1 {
-        errors.push(
-            at.to_owned(),
-            "use only one of path, path_prefix and path_regex",
-        );
-        return None;
-    }
-    // Requests are matched on their normalized path, so a path that normalization would change
-    // could never match. The most lenient policy is the test: a listener may keep `//`, `%2F`
-    // and backslashes.
-    let must_be_absolute = |key: &str, p: &str, errors: &mut ConfigErrors| {
-        if !p.starts_with('/') {
-            errors.push(format!("{at}.{key}"), format!("`{p}` must start with `/`"));
-            return;
-        }
-        match path::normalize(p.as_bytes(), &PathPolicy::LENIENT) {
-            Ok(t) if t.query.is_none() && !t.changed() => {}
-            Ok(t) if t.query.is_none() => errors.push(
-                format!("{at}.{key}"),
-                format!(
-                    "`{p}` never matches: requests are matched on their normalized path, here `{}`",
-                    t.path
-                ),
-            ),
-            Ok(_) => errors.push(format!("{at}.{key}"), "a path cannot hold a query (`?`)"),
-            Err(r) => {
-                let why = r.reason().trim_end().trim_start_matches("bad request: ");
-                errors.push(format!("{at}.{key}"), format!("`{p}`: {why}"))
-            }
-        }
-    };
-    if let Some(p) = &m.path {
-        must_be_absolute("path", p, errors);
-        return Some(PathMatch::Exact(p.as_str().into()));
-    }
-    if let Some(p) = &m.path_prefix {
-        must_be_absolute("path_prefix", p, errors);
-        return Some(PathMatch::Prefix(p.as_str().into()));
-    }
-    if let Some(p) = &m.path_regex {
-        return regex(p)
-            .map(PathMatch::Regex)
-            .map_err(|e| errors.push(format!("{at}.path_regex"), e))
-            .ok();
-    }
-    Some(PathMatch::Prefix("/".into()))
-}
-
-fn rewrite(raw: &RewriteSection, at: &str, errors: &mut ConfigErrors) -> Option<PathRewrite> {
-    let regex_form = raw.pattern.is_some() || raw.replace.is_some();
-    let prefix_form = raw.strip_prefix.is_some() || raw.add_prefix.is_some();
-    if regex_form && prefix_form {
-        errors.push(
-            at.to_owned(),
-            "use either pattern/replace or strip_prefix/add_prefix, not both",
-        );
-        return None;
-    }
-    if regex_form {
-        let (Some(p), Some(r)) = (&raw.pattern, &raw.replace) else {
-            errors.push(at.to_owned(), "pattern and replace go together");
-            return None;
-        };
-        let pattern = regex(p)
-            .map_err(|e| errors.push(format!("{at}.pattern"), e))
-            .ok()?;
-        if let Err(e) = check_replacement(&pattern, r) {
-            errors.push(format!("{at}.replace"), e);
-            return None;
-        }
-        if !r.starts_with('/') && !r.starts_with('$') {
-            errors.push(
-                format!("{at}.replace"),
-                "must produce a path starting with `/`",
-            );
-        }
-        return Some(PathRewrite::Regex {
-            pattern,
-            replace: r.as_str().into(),
-        });
-    }
-    for (key, v) in [
-        ("strip_prefix", &raw.strip_prefix),
-        ("add_prefix", &raw.add_prefix),
-    ] {
-        if let Some(v) = v {
-            if !v.starts_with('/') {
-                errors.push(format!("{at}.{key}"), format!("`{v}` must start with `/`"));
-            }
-        }
-    }
-    if !prefix_form {
-        errors.push(
-            at.to_owned(),
-            "give pattern and replace, or strip_prefix and/or add_prefix",
-        );
-        return None;
-    }
-    Some(PathRewrite::Prefix {
-        strip: raw
-            .strip_prefix
-            .as_deref()
-            .map(|s| s.trim_end_matches('/').into()),
-        add: raw.add_prefix.as_deref().map(Into::into),
-    })
-}
-
-fn respond(raw: &RespondSection, at: &str, errors: &mut ConfigErrors) -> Option<Respond> {
-    let status = match StatusCode::from_u16(raw.status) {
-        Ok(s) if raw.status >= 200 => s,
-        _ => {
-            errors.push(
-                format!("{at}.status"),
-                format!("`{}` is not a final HTTP status (200 to 999)", raw.status),
-            );
-            return None;
-        }
-    };
-    let mut headers = Vec::new();
-    for (k, v) in &raw.headers {
-        match (header_name(k), header_value(v)) {
-            (Ok(n), Ok(v)) => headers.push((n, v)),
-            (Err(e), _) | (_, Err(e)) => errors.push(format!("{at}.headers.{k}"), e),
-        }
-    }
-    if !raw.body.is_empty() && !headers.iter().any(|(n, _)| n == CONTENT_TYPE) {
-        headers.push((
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ));
-    }
-    Some(Respond {
-        status,
-        headers: headers.into(),
-        body: Bytes::from(raw.body.clone()),
-    })
-}
-
 fn routes(
     raw: &[RouteSection],
-    declared: &HashSet<&str>,
-    upstreams: &[Arc<Upstream>],
+    env: &RouteEnv<'_>,
     prev: Option<&Snapshot>,
     errors: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
-        let at = format!("routes[{i}]");
-        let before = errors.len();
+        let at = At::root().index("routes", i);
         if r.name.is_empty() {
-            errors.push(format!("{at}.name"), "must not be empty");
+            errors.push(at.key("name"), "must not be empty");
         } else if !names.insert(r.name.as_str()) {
             errors.push(
-                format!("{at}.name"),
+                at.key("name"),
                 format!("route `{}` is defined twice", r.name),
             );
         }
-        let m = &r.matches;
-        let host = match &m.host {
-            None => Some(HostMatch::Any),
-            Some(h) => host_match(h)
-                .map_err(|e| errors.push(format!("{at}.match.host"), e))
-                .ok(),
-        };
-        let path = path_match(m, &format!("{at}.match"), errors);
-        let mut methods = Vec::new();
-        for (j, name) in m.methods.iter().enumerate() {
-            let upper = name.to_ascii_uppercase();
-            match Method::from_bytes(upper.as_bytes()) {
-                Ok(method) => methods.push(method),
-                Err(_) => errors.push(
-                    format!("{at}.match.methods[{j}]"),
-                    format!("`{name}` is not an HTTP method"),
-                ),
-            }
-        }
-        let mut headers = Vec::new();
-        for (j, h) in m.headers.iter().enumerate() {
-            let hat = format!("{at}.match.headers[{j}]");
-            let Ok(name) = header_name(&h.name).map_err(|e| errors.push(format!("{hat}.name"), e))
-            else {
-                continue;
-            };
-            let value = match (&h.value, &h.regex) {
-                (Some(_), Some(_)) => {
-                    errors.push(hat, "use value or regex, not both");
-                    continue;
-                }
-                (Some(v), None) => match header_value(v) {
-                    Ok(mut v) => {
-                        // A route gated on a credential holds it: keep it out of dumps.
-                        v.set_sensitive(crate::logging::is_credential_header(&h.name));
-                        HeaderValueMatch::Exact(v)
-                    }
-                    Err(e) => {
-                        errors.push(format!("{hat}.value"), e);
-                        continue;
-                    }
-                },
-                (None, Some(re)) => match regex(re) {
-                    Ok(re) => HeaderValueMatch::Regex(re),
-                    Err(e) => {
-                        errors.push(format!("{hat}.regex"), e);
-                        continue;
-                    }
-                },
-                (None, None) => HeaderValueMatch::Present,
-            };
-            headers.push(HeaderCondition { name, value });
-        }
-        let plugin = r.plugin.as_ref().and_then(|p| {
-            let lookup = |name: &str| upstreams.iter().find(|u| *u.name == *name).cloned();
-            crate::plugin::build(
-                p,
-                &r.name,
-                m.path_prefix.as_deref(),
-                &format!("{at}.plugin"),
-                &lookup,
-                errors,
-            )
-        });
-        let answered_by_plugin = r.plugin.as_ref().is_some_and(|p| p.answers_itself());
-        let action = match (&r.upstream, &r.respond) {
-            (None, None) if answered_by_plugin => Some(Action::Plugin),
-            (Some(_), _) | (_, Some(_)) if answered_by_plugin => {
-                errors.push(
-                    at.clone(),
-                    "its plugin answers every request: drop upstream and respond",
-                );
-                None
-            }
-            (Some(_), Some(_)) => {
-                errors.push(at.clone(), "give either upstream or respond, not both");
-                None
-            }
-            (None, None) => {
-                errors.push(at.clone(), "needs an action: upstream or respond");
-                None
-            }
-            (Some(name), None) => match upstreams.iter().find(|u| *u.name == **name) {
-                Some(u) => Some(Action::Proxy(u.clone())),
-                None => {
-                    // One that is declared but failed its own checks has been reported already.
-                    if !declared.contains(name.as_str()) {
-                        errors.push(
-                            format!("{at}.upstream"),
-                            format!("no upstream named `{name}`"),
-                        );
-                    }
-                    None
-                }
-            },
-            (None, Some(resp)) => {
-                respond(resp, &format!("{at}.respond"), errors).map(Action::Respond)
-            }
-        };
-        let rewrite = r
-            .rewrite
-            .as_ref()
-            .and_then(|rw| rewrite(rw, &format!("{at}.rewrite"), errors));
-        if rewrite.is_some() && r.respond.is_some() {
-            errors.push(format!("{at}.rewrite"), "has no effect on a respond route");
-        }
-        let request_headers =
-            header_ops(&r.request_headers, &format!("{at}.request_headers"), errors);
-        let response_headers = header_ops(
-            &r.response_headers,
-            &format!("{at}.response_headers"),
-            errors,
-        );
-        let retry = retry_policy(&r.retry, &format!("{at}.retry"), errors);
-        let timeout = r.timeout.map(|d| d.0);
         let previous = prev.and_then(|p| p.routes.routes().iter().find(|x| *x.name == *r.name));
-        let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
-            let prev = previous.and_then(|p| p.rate_limit.as_ref());
-            rl.build(&At::new(format!("{at}.rate_limit")), prev, errors)
-        });
-        let concurrency = r.max_in_flight.map(|max| {
-            let prev = previous.and_then(|p| p.concurrency.as_ref());
-            limit::config::concurrency(max, &At::new(format!("{at}.max_in_flight")), prev, errors)
-        });
-        if timeout.is_some_and(|d| d.is_zero()) {
-            errors.push(format!("{at}.timeout"), "must be above zero");
-        }
-        if errors.len() > before {
-            continue;
-        }
-        let (Some(host), Some(path), Some(action)) = (host, path, action) else {
-            continue;
-        };
-        out.push(Route {
-            name: r.name.as_str().into(),
-            host,
-            path,
-            methods: MethodSet::new(methods),
-            headers: headers.into(),
-            action,
-            rewrite,
-            request_headers,
-            response_headers,
-            max_request_body: r.max_request_body.map(|s| s.0),
-            max_error_body: r.max_error_body.map(|s| s.0),
-            retry,
-            timeout,
-            rate_limit,
-            concurrency,
-            plugin,
-            metrics: RouteMetrics::new(&r.name),
-        });
+        out.extend(r.build(&at, env, previous, errors));
     }
     out
 }
@@ -1353,28 +935,6 @@ routes:
             "routes[6].match.host: `*.` is not a valid wildcard",
             "routes[6].match.methods[0]: `G T` is not an HTTP method",
             "routes[6].respond.status: `99` is not a final HTTP status",
-        ];
-        assert_exactly(&errs, &expected);
-    }
-
-    #[test]
-    fn route_paths_must_be_in_normal_form() {
-        let errs = errors(
-            r#"
-routes:
-  - { name: a, match: { path: /a//b/../c }, respond: { body: x } }
-  - { name: b, match: { path_prefix: "/%61pi/" }, respond: { body: x } }
-  - { name: c, match: { path: "/x?y" }, respond: { body: x } }
-  - { name: d, match: { path: "/x%00" }, respond: { body: x } }
-  - { name: e, match: { path_prefix: "/a%2Fb//c\\d/" }, respond: { body: x } }
-"#,
-        );
-        let expected = [
-            "routes[0].match.path: `/a//b/../c` never matches: requests are matched on their normalized path, here `/a//c`",
-            "routes[1].match.path_prefix: `/%61pi/` never matches: requests are matched on their normalized path, here `/api/`",
-            "routes[2].match.path: a path cannot hold a query (`?`)",
-            "routes[3].match.path: `/x%00`: control character in the path",
-            "routes[4].match.path_prefix: `/a%2Fb//c\\d/` never matches: requests are matched on their normalized path, here `/a%2Fb//c%5Cd/`",
         ];
         assert_exactly(&errs, &expected);
     }

@@ -3,11 +3,9 @@
 //! These types say what may be written; `build` says what it means. Nothing here is read on the
 //! request path.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::section::secret::{self, secret_map, Secret, REDACTED};
+use crate::section::secret::{self, Secret};
 use crate::section::{Dur, Size};
 
 /// Pingora's server settings. Only the keys zkgate knows are accepted, so a typo is an error
@@ -177,22 +175,6 @@ pub struct RetryBudgetSection {
     pub min_per_second: Option<u32>,
 }
 
-/// When a request is tried again on another backend.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySection {
-    /// Tries in all, the first included (1 turns retries off); default 3.
-    pub attempts: Option<u32>,
-    /// Also retry a request that failed after it was sent (reset, timeout, no answer), if its
-    /// method is idempotent and its body fit the retry buffer. Off by default: only failures to
-    /// connect, when the backend cannot have seen the request, are retried.
-    #[serde(default)]
-    pub after_send: bool,
-    /// How long each try may wait for the backend to answer (each read); default the
-    /// upstream's read timeout.
-    pub per_try_timeout: Option<Dur>,
-}
-
 /// Active health checks of every backend of an upstream.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -272,178 +254,6 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteSection {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub matches: MatchSection,
-    pub upstream: Option<String>,
-    pub respond: Option<RespondSection>,
-    pub rewrite: Option<RewriteSection>,
-    #[serde(default)]
-    pub request_headers: HeaderEdits,
-    #[serde(default)]
-    pub response_headers: HeaderEdits,
-    pub max_request_body: Option<Size>,
-    pub max_error_body: Option<Size>,
-    #[serde(default)]
-    pub retry: RetrySection,
-    /// Bounds the wait for the backend's answer (its response head) across all tries,
-    /// counted from the request's arrival; overrides the upstream's read timeout.
-    pub timeout: Option<Dur>,
-    pub rate_limit: Option<crate::limit::RateLimitSection>,
-    /// Requests of this route in flight at once; more get 503.
-    pub max_in_flight: Option<u32>,
-    /// A plugin working at this route's phases (one kind: `alert_webhook`), as a map with the
-    /// kind as its one key.
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub plugin: Option<crate::plugin::PluginSection>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MatchSection {
-    pub host: Option<String>,
-    pub path: Option<String>,
-    pub path_prefix: Option<String>,
-    pub path_regex: Option<String>,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub headers: Vec<HeaderMatch>,
-}
-
-/// With neither `value` nor `regex`, the header only has to be present.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    pub name: String,
-    pub value: Option<String>,
-    pub regex: Option<String>,
-}
-
-impl HeaderMatch {
-    /// What `/config` shows: a route that matches on a credential (`authorization: Bearer ...`)
-    /// holds that credential, so its value and regex are redacted.
-    fn shown(&self) -> (Option<&str>, Option<&str>) {
-        if crate::logging::is_credential_header(&self.name) {
-            let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
-            (hide(&self.value), hide(&self.regex))
-        } else {
-            (self.value.as_deref(), self.regex.as_deref())
-        }
-    }
-}
-
-impl Serialize for HeaderMatch {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let (value, regex) = self.shown();
-        let mut st = s.serialize_struct("HeaderMatch", 3)?;
-        st.serialize_field("name", &self.name)?;
-        st.serialize_field("value", &value)?;
-        st.serialize_field("regex", &regex)?;
-        st.end()
-    }
-}
-
-impl std::fmt::Debug for HeaderMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (value, regex) = self.shown();
-        f.debug_struct("HeaderMatch")
-            .field("name", &self.name)
-            .field("value", &value)
-            .field("regex", &regex)
-            .finish()
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RespondSection {
-    #[serde(default = "ok")]
-    pub status: u16,
-    #[serde(default)]
-    pub body: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-fn ok() -> u16 {
-    200
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RewriteSection {
-    pub pattern: Option<String>,
-    pub replace: Option<String>,
-    pub strip_prefix: Option<String>,
-    pub add_prefix: Option<String>,
-}
-
-/// Header edits of a route. Values of `set` and `add` are often credentials for the upstream
-/// (`Authorization`, an API key), so `/config` and debug logs show them as `<redacted>` unless
-/// their name is listed in `public`.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderEdits {
-    #[serde(default, deserialize_with = "secret_map")]
-    pub set: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "secret_map")]
-    pub add: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-    /// Names (any case) of `set` and `add` headers whose values are not secret.
-    #[serde(default)]
-    pub public: Vec<String>,
-}
-
-impl HeaderEdits {
-    /// Whether the value `set` or `add` gives header `name` may be shown.
-    pub fn is_public(&self, name: &str) -> bool {
-        self.public.iter().any(|p| p.eq_ignore_ascii_case(name))
-    }
-
-    fn shown<'a>(&'a self, map: &'a BTreeMap<String, String>) -> BTreeMap<&'a str, &'a str> {
-        map.iter()
-            .map(|(k, v)| {
-                let v = if self.is_public(k) {
-                    v.as_str()
-                } else {
-                    REDACTED
-                };
-                (k.as_str(), v)
-            })
-            .collect()
-    }
-}
-
-/// What `/config` shows: the secret values replaced.
-impl Serialize for HeaderEdits {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("HeaderEdits", 4)?;
-        st.serialize_field("set", &self.shown(&self.set))?;
-        st.serialize_field("add", &self.shown(&self.add))?;
-        st.serialize_field("remove", &self.remove)?;
-        st.serialize_field("public", &self.public)?;
-        st.end()
-    }
-}
-
-impl std::fmt::Debug for HeaderEdits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderEdits")
-            .field("set", &self.shown(&self.set))
-            .field("add", &self.shown(&self.add))
-            .field("remove", &self.remove)
-            .field("public", &self.public)
-            .finish()
-    }
-}
-
 /// The whole file, once every section parsed.
 impl Balance {
     pub fn as_str(self) -> &'static str {
@@ -497,5 +307,5 @@ pub struct RawConfig {
     pub zookeeper: Option<ZookeeperSection>,
     pub listeners: Vec<ListenerSection>,
     pub upstreams: Vec<UpstreamSection>,
-    pub routes: Vec<RouteSection>,
+    pub routes: Vec<crate::route::RouteSection>,
 }

@@ -8,8 +8,10 @@
 //! 3. routes that tie (same host and path) are tried in declaration order, and the first whose
 //!    methods and headers also match wins. A group with no match falls through to the next.
 //!
-//! Matching borrows the request and allocates nothing.
+//! Matching borrows the request and allocates nothing. [`config`] holds the `routes:` section
+//! and its build.
 
+pub mod config;
 pub mod path;
 mod prefix;
 pub mod rewrite;
@@ -26,6 +28,7 @@ use rustc_hash::FxHashMap;
 use crate::limit::{ConcurrencyLimit, RouteRate};
 use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
+pub use config::{RouteEnv, RouteSection};
 use prefix::PrefixTree;
 pub use rewrite::{HeaderOps, PathRewrite};
 
