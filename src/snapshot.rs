@@ -5,10 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
-use crate::config::schema::{AccessLogSection, RawConfig, ServerSection};
+use crate::config::schema::{AccessLogSection, ServerSection};
 use crate::conn::ConnSettings;
+use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
@@ -21,8 +24,10 @@ pub struct Snapshot {
     pub client_ip: ClientIp,
     /// What admin writes and `/config` must present; applies on reload, unlike `settings`.
     pub admin_token: Option<AdminToken>,
-    /// What it was built from, for `/config`.
-    pub raw: RawConfig,
+    /// What `/config` shows: the config it was built from, every secret `<redacted>`.
+    pub shown: serde_json::Value,
+    /// What the log must hide while this config serves (and for a while after).
+    pub secrets: Secrets,
     /// 1 for the first config, one more for each successful reload.
     pub generation: u64,
 }
@@ -42,12 +47,22 @@ pub struct Settings {
 pub struct Listener {
     pub name: String,
     pub addr: SocketAddr,
+    /// What the listener serves.
+    pub kind: ListenerKind,
     pub max_request_headers: usize,
     pub max_request_header_bytes: u64,
     pub keepalive_requests: Option<u32>,
     pub path: PathPolicy,
     /// Deadlines on slow and idle clients, and connection limits.
     pub conn: ConnSettings,
+}
+
+/// What a listener serves: HTTP, the one kind today.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    #[default]
+    Http,
 }
 
 impl Snapshot {

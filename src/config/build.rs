@@ -36,7 +36,6 @@ const DEFAULT_READ: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
-pub const DEFAULT_ZK_ROOT: &str = "/zkgate";
 /// Pingora refuses more headers than this whatever we allow.
 const PINGORA_MAX_HEADERS: usize = 256;
 
@@ -72,13 +71,15 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
         errors.push("routes", "at least one route is needed");
     }
     errors.into_result(())?;
+    let (shown, secrets) = raw.redacted();
     Ok(Snapshot {
         routes: RouteTable::new(routes),
         upstreams,
         settings,
         client_ip: ClientIp::new(trusted, raw.client_ip.untrusted_forwarded),
         admin_token,
-        raw,
+        shown,
+        secrets,
         generation: prev.map_or(1, |p| p.generation + 1),
     })
 }
@@ -136,6 +137,7 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         listeners.push(Listener {
             name: l.name.clone(),
             addr,
+            kind: l.kind,
             max_request_headers: max_headers,
             max_request_header_bytes: l
                 .max_request_header_bytes
@@ -324,7 +326,7 @@ fn zk_root(raw: &RawConfig) -> &str {
     raw.zookeeper
         .as_ref()
         .and_then(|z| z.root.as_deref())
-        .unwrap_or(DEFAULT_ZK_ROOT)
+        .unwrap_or(super::DEFAULT_ZK_ROOT)
 }
 
 /// A ZooKeeper path: absolute, no trailing slash, no empty segment.
@@ -1025,7 +1027,7 @@ routes: [{ name: r, upstream: a }]
         assert_eq!(zk.connect, "h1:2181,h2:2181/prod");
         assert_eq!(zk.digest.as_ref().unwrap().password, "s3cret");
         // `/config` shows the config without the password.
-        let shown = serde_yaml::to_string(&ok.raw).unwrap();
+        let shown = ok.shown.to_string();
         assert!(
             shown.contains("<redacted>") && !shown.contains("s3cret"),
             "{shown}"
@@ -1072,8 +1074,7 @@ routes:
             assert!(!errs.concat().contains(number), "{errs:?}");
         }
 
-        let ok = load_str(
-            r#"
+        let text = r#"
 listeners: [{ name: web, listen: "127.0.0.1:1" }]
 upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
 routes:
@@ -1085,17 +1086,20 @@ routes:
       add: { x-key: add-s3cret }
       public: [x-proto]
     response_headers: { set: { set-cookie: "c=out-s3cret" } }
-"#,
-            None,
-        )
-        .expect("valid");
-        let shown = serde_json::to_string(&ok.raw).unwrap();
-        let debug = format!("{:?} {:?}", ok.raw, ok.routes.routes()[0].request_headers);
+"#;
+        let ok = load_str(text, None).expect("valid");
+        let raw = crate::config::parse::parse(text).expect("valid");
+        let shown = ok.shown.to_string();
+        let debug = format!("{raw:?} {:?}", ok.routes.routes()[0].request_headers);
         for text in [&shown, &debug] {
             assert!(!text.contains("s3cret"), "{text}");
             assert!(text.contains("https"), "{text}");
         }
-        assert!(shown.contains(r#""x-v","value":"2""#), "{shown}");
+        assert_eq!(
+            ok.shown["routes"][0]["match"]["headers"][1],
+            serde_json::json!({ "name": "x-v", "value": "2", "regex": null }),
+            "{shown}"
+        );
         let route = &ok.routes.routes()[0];
         let sensitive = |ops: &crate::route::HeaderOps| -> Vec<(String, bool)> {
             ops.set
@@ -1116,15 +1120,14 @@ routes:
             sensitive(&route.response_headers),
             [("set-cookie".into(), true)]
         );
-        let mut secret: Vec<_> = ok.raw.secret_header_names().collect();
+        let mut secret = ok.secrets.header_names.clone();
         secret.sort_unstable();
         assert_eq!(secret, ["authorization", "set-cookie", "x-key"]);
     }
 
     #[test]
     fn every_secret_value_is_found_for_the_logger() {
-        let ok = load_str(
-            r#"
+        let text = r#"
 listeners: [{ name: web, listen: "127.0.0.1:1" }]
 admin: { token: admin-token-0123456789 }
 zookeeper: { connect: "h:1", digest: { user: u, password: zk-password } }
@@ -1141,11 +1144,9 @@ routes:
             headers: { x-key: hk-s3cret }
             vars: { rk: vv-s3cret }
             template: { builtin: slack }
-"#,
-            None,
-        )
-        .expect("valid");
-        let mut found = ok.raw.secret_values();
+"#;
+        let ok = load_str(text, None).expect("valid");
+        let mut found = ok.secrets.values.clone();
         found.sort_unstable();
         assert_eq!(
             found,
@@ -1158,10 +1159,11 @@ routes:
                 "zk-password"
             ]
         );
-        // Collecting is switched off again: `/config` collects nothing.
-        let _ = serde_json::to_string(&ok.raw).unwrap();
-        assert_eq!(ok.raw.secret_values().len(), 6);
-        let mut names: Vec<_> = ok.raw.secret_header_names().collect();
+        // Collecting is switched off again: a later serialization collects nothing.
+        let raw = crate::config::parse::parse(text).expect("valid");
+        let _ = serde_json::to_string(&raw).unwrap();
+        assert_eq!(raw.secret_values().len(), 6);
+        let mut names = ok.secrets.header_names.clone();
         names.sort_unstable();
         assert_eq!(names, ["x-key"]);
     }
@@ -1189,7 +1191,7 @@ routes:
         assert!(token.verify(b"0123456789abcdef-s3cret"));
         assert!(!token.verify(b"0123456789abcdef-s3cre"));
         assert!(!token.verify(b""));
-        let shown = serde_json::to_string(&ok.raw).unwrap();
+        let shown = ok.shown.to_string();
         let debug = format!("{ok:?}");
         for text in [&shown, &debug] {
             assert!(!text.contains("s3cret"), "{text}");

@@ -11,6 +11,10 @@ pub use crate::section::{ConfigError, ConfigErrors};
 pub use schema::RawConfig;
 pub use source::{Source, ZkNode, EMBEDDED_DEFAULT};
 
+/// `<root>/services/<service>` holds a service's instances unless `zookeeper.root` says
+/// otherwise; `zkgate register` writes below the same root.
+pub const DEFAULT_ZK_ROOT: &str = "/zkgate";
+
 use crate::snapshot::Snapshot;
 
 /// Parses and builds `text`, carrying unchanged upstreams over from `prev`.

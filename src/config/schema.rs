@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::logging::Secrets;
 use crate::section::secret::{self, Secret};
 use crate::section::{Dur, Size};
 
@@ -80,7 +81,7 @@ pub struct ZookeeperSection {
 #[serde(deny_unknown_fields)]
 pub struct DigestSection {
     pub user: String,
-    /// Usually `${ENV_VAR}`, so that it stays out of the shared config.
+    /// Usually `${env:NAME}`, so that it stays out of the shared config.
     pub password: Secret,
 }
 
@@ -98,7 +99,7 @@ pub struct ListenerSection {
     pub name: String,
     pub listen: String,
     #[serde(default)]
-    pub kind: ListenerKind,
+    pub kind: crate::snapshot::ListenerKind,
     pub max_request_headers: Option<usize>,
     pub max_request_header_bytes: Option<Size>,
     pub keepalive_requests: Option<u32>,
@@ -116,13 +117,6 @@ pub struct ListenerSection {
     pub max_connections: Option<u32>,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ListenerKind {
-    #[default]
-    Http,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -254,7 +248,6 @@ fn yes() -> bool {
     true
 }
 
-/// The whole file, once every section parsed.
 impl Balance {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -269,6 +262,24 @@ impl Balance {
 }
 
 impl RawConfig {
+    /// What `/config` shows (the config with every secret `<redacted>`) and what the logger
+    /// must hide, found in one serialization.
+    pub fn redacted(&self) -> (serde_json::Value, Secrets) {
+        let mut shown = serde_json::Value::Null;
+        let values = secret::collect(|| {
+            // Every section serializes to JSON (string keys, finite numbers); should one ever
+            // refuse, `/config` says so rather than the reload failing.
+            shown = serde_json::to_value(self).unwrap_or_else(|e| {
+                serde_json::Value::String(format!("the config cannot be shown: {e}"))
+            });
+        });
+        let secrets = Secrets {
+            header_names: self.secret_header_names().map(str::to_owned).collect(),
+            values,
+        };
+        (shown, secrets)
+    }
+
     /// The value of every [`Secret`] in the config, wherever it is (plugins included), found by
     /// serializing the config once while collecting: no hand-kept list to forget a new one.
     pub fn secret_values(&self) -> Vec<String> {
@@ -298,6 +309,7 @@ impl RawConfig {
     }
 }
 
+/// The whole file, once every section parsed.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RawConfig {
     pub server: ServerSection,
