@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access_log::AccessLogSettings;
 use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
-use crate::config::schema::{AccessLogSection, ServerSection};
 use crate::conn::ConnSettings;
 use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
@@ -37,10 +38,29 @@ pub struct Snapshot {
 pub struct Settings {
     pub listeners: Vec<Listener>,
     pub admin: SocketAddr,
-    pub server: ServerSection,
-    pub access_log: Option<AccessLogSection>,
+    pub server: ServerSettings,
+    pub access_log: Option<AccessLogSettings>,
     /// The ensemble that discovered upstreams follow.
     pub zookeeper: Option<zkgate_discovery::Ensemble>,
+}
+
+/// Pingora's process settings, defaults applied and bounds checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Worker threads per listener; `None` keeps Pingora's default.
+    pub threads: Option<usize>,
+    pub work_stealing: bool,
+    /// How long Pingora waits after SIGTERM/SIGQUIT before stopping its runtimes.
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub upgrade_sock: Option<String>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub ca_file: Option<String>,
+    pub listener_tasks_per_fd: Option<usize>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// The zone this gateway runs in (its upstreams prefer backends of the same zone).
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

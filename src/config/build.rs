@@ -13,7 +13,6 @@ use zkgate_discovery::{Digest, Ensemble};
 
 use super::schema::*;
 use crate::admin::AdminToken;
-use crate::client_ip::{Cidr, ClientIp};
 use crate::conn::ConnSettings;
 use crate::route::{Route, RouteEnv, RouteSection, RouteTable};
 use crate::section::{At, ConfigErrors, Dur};
@@ -56,17 +55,9 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
             .map_err(|e| errors.push("admin.token", e))
             .ok()
     });
-    let trusted = raw
+    let client_ip = raw
         .client_ip
-        .trusted_proxies
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            Cidr::parse(t)
-                .map_err(|e| errors.push(format!("client_ip.trusted_proxies[{i}]"), e))
-                .ok()
-        })
-        .collect();
+        .build(&At::root().key("client_ip"), &mut errors);
     if raw.routes.is_empty() {
         errors.push("routes", "at least one route is needed");
     }
@@ -76,7 +67,7 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
         routes: RouteTable::new(routes),
         upstreams,
         settings,
-        client_ip: ClientIp::new(trusted, raw.client_ip.untrusted_forwarded),
+        client_ip,
         admin_token,
         shown,
         secrets,
@@ -147,66 +138,17 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
             conn: conn_settings(l, &at, errors),
         });
     }
-    server_bounds(&raw.server, errors);
-    if let Some(a) = &raw.access_log {
-        if a.path.is_empty() {
-            errors.push("access_log.path", "must name a file, `stdout` or `stderr`");
-        }
-        if a.buffer == Some(0) {
-            errors.push("access_log.buffer", "must be at least 1");
-        }
-    }
+    let server = raw.server.build(&At::root().key("server"), errors);
+    let access_log = raw
+        .access_log
+        .as_ref()
+        .map(|a| a.build(&At::root().key("access_log"), errors));
     Settings {
         listeners,
         admin: admin.unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
-        server: raw.server.clone(),
-        access_log: raw.access_log.clone(),
+        server,
+        access_log,
         zookeeper: raw.zookeeper.as_ref().map(|z| ensemble(raw, z, errors)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process settings: bounded, so that what `check` accepts `run` can start. Pingora unwraps the
-// creation of every thread it is asked for: `threads: 100000` passed and then panicked.
-
-/// Worker threads per listener (each listener has its own runtime with this many).
-pub const MAX_THREADS: usize = 1024;
-/// Accept tasks per listening socket.
-pub const MAX_LISTENER_TASKS_PER_FD: usize = 64;
-/// Idle upstream connections kept, all upstreams together.
-pub const MAX_UPSTREAM_KEEPALIVE_POOL: usize = 1_000_000;
-/// `grace_period` and `graceful_shutdown_timeout`: a stop that takes longer is a hang.
-pub const MAX_SHUTDOWN_WAIT: Duration = Duration::from_secs(3600);
-
-fn server_bounds(s: &ServerSection, errors: &mut ConfigErrors) {
-    let mut between = |key: &str, value: Option<usize>, min: usize, max: usize| {
-        if value.is_some_and(|v| v < min || v > max) {
-            errors.push(
-                format!("server.{key}"),
-                format!("must be between {min} and {max}"),
-            );
-        }
-    };
-    between("threads", s.threads, 1, MAX_THREADS);
-    between(
-        "listener_tasks_per_fd",
-        s.listener_tasks_per_fd,
-        1,
-        MAX_LISTENER_TASKS_PER_FD,
-    );
-    between(
-        "upstream_keepalive_pool_size",
-        s.upstream_keepalive_pool_size,
-        0,
-        MAX_UPSTREAM_KEEPALIVE_POOL,
-    );
-    for (key, value) in [
-        ("grace_period", s.grace_period),
-        ("graceful_shutdown_timeout", s.graceful_shutdown_timeout),
-    ] {
-        if value.is_some_and(|d| d.0 > MAX_SHUTDOWN_WAIT) {
-            errors.push(format!("server.{key}"), "must be at most 1h");
-        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod env;
 pub mod parse;
+pub mod process;
 pub mod schema;
 pub mod source;
 

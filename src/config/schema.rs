@@ -9,27 +9,6 @@ use crate::logging::Secrets;
 use crate::section::secret::{self, Secret};
 use crate::section::{Dur, Size};
 
-/// Pingora's server settings. Only the keys zkgate knows are accepted, so a typo is an error
-/// rather than a silently ignored default (Pingora's own loader ignores unknown keys).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    pub threads: Option<usize>,
-    pub work_stealing: Option<bool>,
-    /// Pingora sleeps this long after SIGTERM/SIGQUIT before stopping the runtimes; its own
-    /// default is 300 s, far longer than any container runtime waits.
-    pub grace_period: Option<Dur>,
-    pub graceful_shutdown_timeout: Option<Dur>,
-    pub upgrade_sock: Option<String>,
-    pub upstream_keepalive_pool_size: Option<usize>,
-    pub ca_file: Option<String>,
-    pub listener_tasks_per_fd: Option<usize>,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    /// The zone this gateway runs in: upstreams prefer backends of the same zone.
-    pub zone: Option<String>,
-}
-
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
@@ -37,28 +16,6 @@ pub struct AdminSection {
     /// The bearer token every admin write (drain, undrain) and `/config` must carry. Without
     /// one, writes are refused and reads stay open.
     pub token: Option<Secret>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AccessLogSection {
-    /// A file path, or `stdout` / `stderr`.
-    pub path: String,
-    /// Lines that may wait for the writer before new ones are dropped (and counted).
-    pub buffer: Option<usize>,
-}
-
-/// Where the client address comes from: the peer, or `X-Forwarded-For` when the peer is one
-/// of `trusted_proxies` (addresses or blocks like `10.0.0.0/8`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClientIpSection {
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
-    /// What becomes of `X-Forwarded-For`, `X-Real-IP` and `Forwarded` from a peer that is not
-    /// a trusted proxy (default `strip`).
-    #[serde(default)]
-    pub untrusted_forwarded: crate::client_ip::UntrustedForwarded,
 }
 
 /// The ZooKeeper ensemble that `zookeeper:` upstreams follow.
@@ -312,10 +269,10 @@ impl RawConfig {
 /// The whole file, once every section parsed.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RawConfig {
-    pub server: ServerSection,
+    pub server: super::process::ServerSection,
     pub admin: AdminSection,
-    pub client_ip: ClientIpSection,
-    pub access_log: Option<AccessLogSection>,
+    pub client_ip: crate::client_ip::ClientIpSection,
+    pub access_log: Option<crate::access_log::AccessLogSection>,
     pub zookeeper: Option<ZookeeperSection>,
     pub listeners: Vec<ListenerSection>,
     pub upstreams: Vec<UpstreamSection>,
