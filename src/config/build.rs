@@ -13,10 +13,9 @@ use zkgate_discovery::{Digest, Ensemble};
 
 use super::schema::*;
 use crate::admin::AdminToken;
-use crate::conn::ConnSettings;
 use crate::route::{Route, RouteEnv, RouteSection, RouteTable};
-use crate::section::{At, ConfigErrors, Dur};
-use crate::snapshot::{Listener, Settings, Snapshot};
+use crate::section::{At, ConfigErrors};
+use crate::snapshot::{Settings, Snapshot};
 use crate::upstream::breaker::{Breaker, BreakerPolicy};
 use crate::upstream::health::{HealthCheck, Probe};
 use crate::upstream::outlier::OutlierPolicy;
@@ -28,15 +27,11 @@ use crate::upstream::{
 };
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
-pub const DEFAULT_MAX_HEADERS: usize = 100;
-pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 const DEFAULT_CONNECT: Duration = Duration::from_secs(5);
 const DEFAULT_READ: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
-/// Pingora refuses more headers than this whatever we allow.
-const PINGORA_MAX_HEADERS: usize = 256;
 
 /// Builds a snapshot. Upstreams whose definition did not change since `prev` are carried over
 /// as they are, with their live membership and counters.
@@ -98,45 +93,27 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
     let mut names = HashSet::new();
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
-        let at = format!("listeners[{i}]");
+        let at = At::root().index("listeners", i);
         if !names.insert(l.name.as_str()) {
             errors.push(
-                format!("{at}.name"),
+                at.key("name"),
                 format!("listener `{}` is defined twice", l.name),
             );
         }
         let addr = match socket_addr(&l.listen) {
             Ok(a) => a,
             Err(e) => {
-                errors.push(format!("{at}.listen"), e);
+                errors.push(at.key("listen"), e);
                 continue;
             }
         };
         if !seen.insert(addr) {
             errors.push(
-                format!("{at}.listen"),
+                at.key("listen"),
                 format!("{addr} is already used by another listener or the admin listener"),
             );
         }
-        let max_headers = l.max_request_headers.unwrap_or(DEFAULT_MAX_HEADERS);
-        if max_headers == 0 || max_headers > PINGORA_MAX_HEADERS {
-            errors.push(
-                format!("{at}.max_request_headers"),
-                format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
-            );
-        }
-        listeners.push(Listener {
-            name: l.name.clone(),
-            addr,
-            kind: l.kind,
-            max_request_headers: max_headers,
-            max_request_header_bytes: l
-                .max_request_header_bytes
-                .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
-            keepalive_requests: l.keepalive_requests,
-            path: l.path.build(),
-            conn: conn_settings(l, &at, errors),
-        });
+        listeners.push(l.build(&at, addr, errors));
     }
     let server = raw.server.build(&At::root().key("server"), errors);
     let access_log = raw
@@ -149,63 +126,6 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
         server,
         access_log,
         zookeeper: raw.zookeeper.as_ref().map(|z| ensemble(raw, z, errors)),
-    }
-}
-
-/// A listener's deadlines and connection limits; every bad value is reported at its key.
-fn conn_settings(l: &ListenerSection, at: &str, errors: &mut ConfigErrors) -> ConnSettings {
-    let mut timeout = |key: &str, value: Option<Dur>, default: Duration, zero_ok: bool| {
-        let d = value.map_or(default, |d| d.0);
-        if d.is_zero() && !zero_ok {
-            errors.push(format!("{at}.{key}"), "must be more than 0");
-        } else if d > crate::conn::MAX_TIMEOUT {
-            errors.push(
-                format!("{at}.{key}"),
-                format!("must be at most {}s", crate::conn::MAX_TIMEOUT.as_secs()),
-            );
-        }
-        d
-    };
-    let header = timeout(
-        "client_header_timeout",
-        l.client_header_timeout,
-        crate::conn::DEFAULT_CLIENT_HEADER_TIMEOUT,
-        false,
-    );
-    let body = timeout(
-        "client_body_timeout",
-        l.client_body_timeout,
-        crate::conn::DEFAULT_CLIENT_BODY_TIMEOUT,
-        false,
-    );
-    let keepalive = timeout(
-        "keepalive_timeout",
-        l.keepalive_timeout,
-        crate::conn::DEFAULT_KEEPALIVE_TIMEOUT,
-        true,
-    );
-    for (key, v) in [
-        ("max_connections", l.max_connections),
-        ("max_connections_per_ip", l.max_connections_per_ip),
-    ] {
-        if v == Some(0) {
-            errors.push(format!("{at}.{key}"), "must be at least 1");
-        }
-    }
-    if let (Some(all), Some(per_ip)) = (l.max_connections, l.max_connections_per_ip) {
-        if per_ip > all {
-            errors.push(
-                format!("{at}.max_connections_per_ip"),
-                format!("is more than max_connections ({all})"),
-            );
-        }
-    }
-    ConnSettings {
-        client_header_timeout: header,
-        client_body_timeout: body,
-        keepalive_timeout: (!keepalive.is_zero()).then_some(keepalive),
-        max_connections: l.max_connections,
-        max_connections_per_ip: l.max_connections_per_ip,
     }
 }
 

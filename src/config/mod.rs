@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod env;
+pub mod listener;
 pub mod parse;
 pub mod process;
 pub mod schema;

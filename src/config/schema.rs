@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::logging::Secrets;
 use crate::section::secret::{self, Secret};
-use crate::section::{Dur, Size};
+use crate::section::Dur;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -48,32 +48,6 @@ pub struct DigestSection {
 pub struct UpstreamZookeeper {
     pub service: Option<String>,
     pub path: Option<String>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerSection {
-    pub name: String,
-    pub listen: String,
-    #[serde(default)]
-    pub kind: crate::snapshot::ListenerKind,
-    pub max_request_headers: Option<usize>,
-    pub max_request_header_bytes: Option<Size>,
-    pub keepalive_requests: Option<u32>,
-    /// How request paths are normalized before matching and forwarding.
-    #[serde(default)]
-    pub path: crate::route::path::PathSection,
-    /// Time for a client to send a complete request head: from the accept on a new
-    /// connection, from the first byte of each later request on a keep-alive one.
-    pub client_header_timeout: Option<Dur>,
-    /// The longest gap between two reads of a request body.
-    pub client_body_timeout: Option<Dur>,
-    /// How long a keep-alive connection may idle between requests; `0` turns keep-alive off.
-    pub keepalive_timeout: Option<Dur>,
-    /// Client connections open at once on this listener; more are closed as they arrive.
-    pub max_connections: Option<u32>,
-    /// Client connections open at once from one IP address.
-    pub max_connections_per_ip: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -274,7 +248,7 @@ pub struct RawConfig {
     pub client_ip: crate::client_ip::ClientIpSection,
     pub access_log: Option<crate::access_log::AccessLogSection>,
     pub zookeeper: Option<ZookeeperSection>,
-    pub listeners: Vec<ListenerSection>,
+    pub listeners: Vec<super::listener::ListenerSection>,
     pub upstreams: Vec<UpstreamSection>,
     pub routes: Vec<crate::route::RouteSection>,
 }
