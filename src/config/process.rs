@@ -99,3 +99,47 @@ impl ServerSection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let section: ServerSection = serde_yaml::from_str(yaml).expect("a server section");
+        let mut errors = ConfigErrors::default();
+        section.build(&At::root().key("server"), &mut errors);
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn process_settings_are_bounded() {
+        let errs = errors(
+            "{ threads: 100000, listener_tasks_per_fd: 0, upstream_keepalive_pool_size: 100000000000, grace_period: 2h, graceful_shutdown_timeout: 1h }",
+        );
+        assert_eq!(
+            errs,
+            [
+                "server.threads: must be between 1 and 1024",
+                "server.listener_tasks_per_fd: must be between 1 and 64",
+                "server.upstream_keepalive_pool_size: must be between 0 and 1000000",
+                "server.grace_period: must be at most 1h",
+            ],
+        );
+        assert_eq!(
+            errors("{ threads: 0 }"),
+            ["server.threads: must be between 1 and 1024"]
+        );
+        assert!(errors("{ threads: 1024, listener_tasks_per_fd: 64 }").is_empty());
+    }
+
+    #[test]
+    fn defaults_suit_a_container() {
+        let mut errors = ConfigErrors::default();
+        let s = ServerSection::default().build(&At::root().key("server"), &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(s.grace_period, DEFAULT_GRACE_PERIOD);
+        assert_eq!(s.graceful_shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert!(!s.work_stealing);
+        assert_eq!(s.threads, None);
+    }
+}

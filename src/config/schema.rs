@@ -1,7 +1,7 @@
-//! The YAML schema: plain serde types, one per config section, with unknown keys rejected.
-//!
-//! These types say what may be written; `build` says what it means. Nothing here is read on the
-//! request path.
+//! The whole file's schema: [`RawConfig`], the aggregate of every section (each module owns its
+//! own: `route::config`, `limit::config`, `client_ip`, `access_log`, `config::listener`,
+//! `config::process`), plus the sections that have no module of their own yet. Plain serde
+//! types with unknown keys rejected; nothing here is read on the request path.
 
 use serde::{Deserialize, Serialize};
 
