@@ -8,11 +8,45 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use pingora::proxy::Session;
+use serde::{Deserialize, Serialize};
 
-use crate::config::schema::AccessLogSection;
 use crate::metrics::METRICS;
+use crate::section::{At, ConfigErrors};
 
 const DEFAULT_BUFFER: usize = 8192;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// A file path, or `stdout` / `stderr`.
+    pub path: String,
+    /// Lines that may wait for the writer before new ones are dropped (and counted).
+    pub buffer: Option<usize>,
+}
+
+/// Where the access log goes and how many lines may wait for the writer, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// A file path, or `stdout` / `stderr`.
+    pub path: String,
+    pub buffer: usize,
+}
+
+impl AccessLogSection {
+    /// The settings, or what is wrong with them at `at` (the section's path, `access_log`).
+    pub fn build(&self, at: &At, errors: &mut ConfigErrors) -> AccessLogSettings {
+        if self.path.is_empty() {
+            errors.push(at.key("path"), "must name a file, `stdout` or `stderr`");
+        }
+        if self.buffer == Some(0) {
+            errors.push(at.key("buffer"), "must be at least 1");
+        }
+        AccessLogSettings {
+            path: self.path.clone(),
+            buffer: self.buffer.unwrap_or(DEFAULT_BUFFER),
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct AccessLog {
@@ -21,13 +55,13 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Opens the destination and starts the writer thread.
-    pub fn start(cfg: &AccessLogSection) -> io::Result<AccessLog> {
+    pub fn start(cfg: &AccessLogSettings) -> io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match cfg.path.as_str() {
             "stdout" => Box::new(io::stdout()),
             "stderr" => Box::new(io::stderr()),
             path => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let (tx, rx) = sync_channel(cfg.buffer.unwrap_or(DEFAULT_BUFFER));
+        let (tx, rx) = sync_channel(cfg.buffer);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(rx, out))?;

@@ -307,7 +307,7 @@ impl ServeHttp for Admin {
                 let snap = self.shared.load();
                 json_reply(
                     StatusCode::OK,
-                    json!({ "generation": snap.generation, "config": &snap.raw }),
+                    json!({ "generation": snap.generation, "config": &snap.shown }),
                 )
             }
             _ => reply(

@@ -10,6 +10,8 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::section::{At, ConfigErrors};
+
 /// What the upstream gets of the forwarding headers of a peer that is not a trusted proxy.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +111,36 @@ impl ClientIp {
             }
         }
         client
+    }
+}
+
+/// Where the client address comes from: the peer, or `X-Forwarded-For` when the peer is one
+/// of `trusted_proxies` (addresses or blocks like `10.0.0.0/8`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpSection {
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// What becomes of `X-Forwarded-For`, `X-Real-IP` and `Forwarded` from a peer that is not
+    /// a trusted proxy (default `strip`).
+    #[serde(default)]
+    pub untrusted_forwarded: UntrustedForwarded,
+}
+
+impl ClientIpSection {
+    /// How the client address is found; `at` is the section's path (`client_ip`).
+    pub fn build(&self, at: &At, errors: &mut ConfigErrors) -> ClientIp {
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                Cidr::parse(t)
+                    .map_err(|e| errors.push(at.index("trusted_proxies", i), e))
+                    .ok()
+            })
+            .collect();
+        ClientIp::new(trusted, self.untrusted_forwarded)
     }
 }
 

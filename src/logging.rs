@@ -90,10 +90,29 @@ pub fn set_secret_values(values: impl IntoIterator<Item = String>) {
     };
 }
 
+/// What one config tells the logger to hide, found when the config is built.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets {
+    /// Headers whose values the config holds as secrets.
+    pub header_names: Vec<String>,
+    /// The value of every `Secret` in the config.
+    pub values: Vec<String>,
+}
+
+/// Counts only: the values are what must never be shown.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("header_names", &self.header_names)
+            .field("values", &format_args!("{} {REDACTED}", self.values.len()))
+            .finish()
+    }
+}
+
 /// What a config install tells the logger: its secret header names and secret values.
-pub fn learn_secrets(raw: &crate::config::RawConfig) {
-    add_secret_headers(raw.secret_header_names());
-    set_secret_values(raw.secret_values());
+pub fn learn_secrets(secrets: &Secrets) {
+    add_secret_headers(secrets.header_names.iter().map(String::as_str));
+    set_secret_values(secrets.values.iter().cloned());
 }
 
 /// The stderr logger: `level` unless `RUST_LOG` is set, every line redacted. The caller installs

@@ -16,32 +16,22 @@ use pingora::services::{ServiceHandle, ServiceWithDependents};
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
-use crate::config::schema::{ListenerKind, ServerSection};
 use crate::config::Source;
 use crate::conn::{ConnApp, FdWatch, ListenerConns};
 use crate::proxy::Gateway;
 use crate::runtime::{DiscoveryService, Housekeeping, Live, Reloader};
-use crate::snapshot::{Listener, Settings, Snapshot};
+use crate::snapshot::{Listener, ListenerKind, ServerSettings, Settings, Snapshot};
 use crate::upstream::health::Prober;
 
-/// zkgate's defaults where Pingora's do not suit a container: its 300 s grace period outlives
-/// every orchestrator's kill timeout.
-const DEFAULT_GRACE_SECS: u64 = 5;
-const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 3;
-
-pub fn server_conf(s: &ServerSection) -> ServerConf {
+/// Pingora's configuration from settings the config build checked and completed.
+pub fn server_conf(s: &ServerSettings) -> ServerConf {
     let mut c = ServerConf::default();
     if let Some(t) = s.threads {
         c.threads = t;
     }
-    // One single-threaded runtime per thread, like nginx workers: measured 15 to 20% more
-    // requests per second than Pingora's work-stealing default (benches/compare.sh).
-    c.work_stealing = s.work_stealing.unwrap_or(false);
-    c.grace_period_seconds = Some(s.grace_period.map_or(DEFAULT_GRACE_SECS, |d| d.0.as_secs()));
-    c.graceful_shutdown_timeout_seconds = Some(
-        s.graceful_shutdown_timeout
-            .map_or(DEFAULT_SHUTDOWN_TIMEOUT_SECS, |d| d.0.as_secs()),
-    );
+    c.work_stealing = s.work_stealing;
+    c.grace_period_seconds = Some(s.grace_period.as_secs());
+    c.graceful_shutdown_timeout_seconds = Some(s.graceful_shutdown_timeout.as_secs());
     if let Some(p) = &s.upgrade_sock {
         c.upgrade_sock = p.clone();
     }

@@ -4,11 +4,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use crate::access_log::AccessLogSettings;
 use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
-use crate::config::schema::{AccessLogSection, ListenerKind, RawConfig, ServerSection};
 use crate::conn::ConnSettings;
+use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
 use crate::upstream::Upstream;
@@ -21,8 +25,10 @@ pub struct Snapshot {
     pub client_ip: ClientIp,
     /// What admin writes and `/config` must present; applies on reload, unlike `settings`.
     pub admin_token: Option<AdminToken>,
-    /// What it was built from, for `/config`.
-    pub raw: RawConfig,
+    /// What `/config` shows: the config it was built from, every secret `<redacted>`.
+    pub shown: serde_json::Value,
+    /// What the log must hide while this config serves (and for a while after).
+    pub secrets: Secrets,
     /// 1 for the first config, one more for each successful reload.
     pub generation: u64,
 }
@@ -32,10 +38,29 @@ pub struct Snapshot {
 pub struct Settings {
     pub listeners: Vec<Listener>,
     pub admin: SocketAddr,
-    pub server: ServerSection,
-    pub access_log: Option<AccessLogSection>,
+    pub server: ServerSettings,
+    pub access_log: Option<AccessLogSettings>,
     /// The ensemble that discovered upstreams follow.
     pub zookeeper: Option<zkgate_discovery::Ensemble>,
+}
+
+/// Pingora's process settings, defaults applied and bounds checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Worker threads per listener; `None` keeps Pingora's default.
+    pub threads: Option<usize>,
+    pub work_stealing: bool,
+    /// How long Pingora waits after SIGTERM/SIGQUIT before stopping its runtimes.
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub upgrade_sock: Option<String>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+    pub ca_file: Option<String>,
+    pub listener_tasks_per_fd: Option<usize>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// The zone this gateway runs in (its upstreams prefer backends of the same zone).
+    pub zone: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +75,14 @@ pub struct Listener {
     pub path: PathPolicy,
     /// Deadlines on slow and idle clients, and connection limits.
     pub conn: ConnSettings,
+}
+
+/// What a listener serves: HTTP, the one kind today.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerKind {
+    #[default]
+    Http,
 }
 
 impl Snapshot {

@@ -1,5 +1,7 @@
 //! End to end: an upstream reached over TLS (rustls), with certificate verification on by
 //! default. The backend is Python's HTTPS server with a certificate made by `openssl`.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

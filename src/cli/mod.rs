@@ -159,7 +159,7 @@ pub struct RegisterArgs {
     pub weight: u32,
     #[arg(long)]
     pub zone: Option<String>,
-    #[arg(long, default_value = crate::config::build::DEFAULT_ZK_ROOT)]
+    #[arg(long, default_value = crate::config::DEFAULT_ZK_ROOT)]
     pub root: String,
     /// Registered only while this `http://` URL answers 2xx; checked every --health-interval.
     #[arg(long)]

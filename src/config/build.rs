@@ -1,5 +1,8 @@
-//! Validation and build: a parsed [`RawConfig`] becomes a [`Snapshot`], or every problem found
-//! is returned, each with its YAML path.
+//! The assembly: a parsed [`RawConfig`] becomes a [`Snapshot`], or every problem found is
+//! returned, each with its YAML path. Each section builds itself; what is left here is what
+//! spans sections: unique names and addresses, cross-references (a route's upstream), the
+//! predecessor of each route and upstream in the previous snapshot, passed to its build as
+//! `prev` so that it may take over its live state, and the snapshot itself.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -7,37 +10,18 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
-use http::{Method, StatusCode};
-use regex::Regex;
 use zkgate_discovery::{Digest, Ensemble};
 
 use super::schema::*;
 use crate::admin::AdminToken;
-use crate::client_ip::{Cidr, ClientIp};
-use crate::conn::ConnSettings;
-use crate::limit::{ConcurrencyLimit, Rate, RateLimiter};
-use crate::metrics::RouteMetrics;
-use crate::route::path::{self, PathPolicy};
-use crate::route::rewrite::check_replacement;
-use crate::route::{
-    Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
-    PathRewrite, RateKey, Respond, RetryPolicy, Route, RouteRate, RouteTable,
-};
-use crate::section::Dur;
+use crate::route::{Route, RouteEnv, RouteSection, RouteTable};
 use crate::section::{At, ConfigErrors};
-use crate::snapshot::{Listener, Settings, Snapshot};
-use crate::upstream::config::UpstreamEnv;
+use crate::snapshot::{Settings, Snapshot};
+use crate::upstream::config::{absolute_path, UpstreamEnv};
 use crate::upstream::Upstream;
 
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
-pub const DEFAULT_MAX_HEADERS: usize = 100;
-pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
-pub const DEFAULT_ZK_ROOT: &str = "/zkgate";
-/// Pingora refuses more headers than this whatever we allow.
-const PINGORA_MAX_HEADERS: usize = 256;
 
 /// Builds a snapshot. Upstreams whose definition did not change since `prev` are carried over
 /// as they are, with their live membership and counters.
@@ -46,34 +30,32 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let settings = settings(&raw, &mut errors);
     let upstreams = upstreams(&raw, prev, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
-    let routes = routes(&raw.routes, &declared, &upstreams, prev, &mut errors);
+    let env = RouteEnv {
+        upstreams: &upstreams,
+        declared: &declared,
+    };
+    let routes = routes(&raw.routes, &env, prev, &mut errors);
     let admin_token = raw.admin.token.as_ref().and_then(|t| {
         AdminToken::new(&t.0)
             .map_err(|e| errors.push("admin.token", e))
             .ok()
     });
-    let trusted = raw
+    let client_ip = raw
         .client_ip
-        .trusted_proxies
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| {
-            Cidr::parse(t)
-                .map_err(|e| errors.push(format!("client_ip.trusted_proxies[{i}]"), e))
-                .ok()
-        })
-        .collect();
+        .build(&At::root().key("client_ip"), &mut errors);
     if raw.routes.is_empty() {
         errors.push("routes", "at least one route is needed");
     }
     errors.into_result(())?;
+    let (shown, secrets) = raw.redacted();
     Ok(Snapshot {
         routes: RouteTable::new(routes),
         upstreams,
         settings,
-        client_ip: ClientIp::new(trusted, raw.client_ip.untrusted_forwarded),
+        client_ip,
         admin_token,
-        raw,
+        shown,
+        secrets,
         generation: prev.map_or(1, |p| p.generation + 1),
     })
 }
@@ -101,163 +83,39 @@ fn settings(raw: &RawConfig, errors: &mut ConfigErrors) -> Settings {
     let mut names = HashSet::new();
     let mut listeners = Vec::new();
     for (i, l) in raw.listeners.iter().enumerate() {
-        let at = format!("listeners[{i}]");
+        let at = At::root().index("listeners", i);
         if !names.insert(l.name.as_str()) {
             errors.push(
-                format!("{at}.name"),
+                at.key("name"),
                 format!("listener `{}` is defined twice", l.name),
             );
         }
         let addr = match socket_addr(&l.listen) {
             Ok(a) => a,
             Err(e) => {
-                errors.push(format!("{at}.listen"), e);
+                errors.push(at.key("listen"), e);
                 continue;
             }
         };
         if !seen.insert(addr) {
             errors.push(
-                format!("{at}.listen"),
+                at.key("listen"),
                 format!("{addr} is already used by another listener or the admin listener"),
             );
         }
-        let max_headers = l.max_request_headers.unwrap_or(DEFAULT_MAX_HEADERS);
-        if max_headers == 0 || max_headers > PINGORA_MAX_HEADERS {
-            errors.push(
-                format!("{at}.max_request_headers"),
-                format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
-            );
-        }
-        listeners.push(Listener {
-            name: l.name.clone(),
-            addr,
-            kind: l.kind,
-            max_request_headers: max_headers,
-            max_request_header_bytes: l
-                .max_request_header_bytes
-                .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
-            keepalive_requests: l.keepalive_requests,
-            path: l.path.build(),
-            conn: conn_settings(l, &at, errors),
-        });
+        listeners.push(l.build(&at, addr, errors));
     }
-    server_bounds(&raw.server, errors);
-    if let Some(a) = &raw.access_log {
-        if a.path.is_empty() {
-            errors.push("access_log.path", "must name a file, `stdout` or `stderr`");
-        }
-        if a.buffer == Some(0) {
-            errors.push("access_log.buffer", "must be at least 1");
-        }
-    }
+    let server = raw.server.build(&At::root().key("server"), errors);
+    let access_log = raw
+        .access_log
+        .as_ref()
+        .map(|a| a.build(&At::root().key("access_log"), errors));
     Settings {
         listeners,
         admin: admin.unwrap_or_else(|| DEFAULT_ADMIN.parse().expect("valid default")),
-        server: raw.server.clone(),
-        access_log: raw.access_log.clone(),
+        server,
+        access_log,
         zookeeper: raw.zookeeper.as_ref().map(|z| ensemble(raw, z, errors)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process settings: bounded, so that what `check` accepts `run` can start. Pingora unwraps the
-// creation of every thread it is asked for: `threads: 100000` passed and then panicked.
-
-/// Worker threads per listener (each listener has its own runtime with this many).
-pub const MAX_THREADS: usize = 1024;
-/// Accept tasks per listening socket.
-pub const MAX_LISTENER_TASKS_PER_FD: usize = 64;
-/// Idle upstream connections kept, all upstreams together.
-pub const MAX_UPSTREAM_KEEPALIVE_POOL: usize = 1_000_000;
-/// `grace_period` and `graceful_shutdown_timeout`: a stop that takes longer is a hang.
-pub const MAX_SHUTDOWN_WAIT: Duration = Duration::from_secs(3600);
-
-fn server_bounds(s: &ServerSection, errors: &mut ConfigErrors) {
-    let mut between = |key: &str, value: Option<usize>, min: usize, max: usize| {
-        if value.is_some_and(|v| v < min || v > max) {
-            errors.push(
-                format!("server.{key}"),
-                format!("must be between {min} and {max}"),
-            );
-        }
-    };
-    between("threads", s.threads, 1, MAX_THREADS);
-    between(
-        "listener_tasks_per_fd",
-        s.listener_tasks_per_fd,
-        1,
-        MAX_LISTENER_TASKS_PER_FD,
-    );
-    between(
-        "upstream_keepalive_pool_size",
-        s.upstream_keepalive_pool_size,
-        0,
-        MAX_UPSTREAM_KEEPALIVE_POOL,
-    );
-    for (key, value) in [
-        ("grace_period", s.grace_period),
-        ("graceful_shutdown_timeout", s.graceful_shutdown_timeout),
-    ] {
-        if value.is_some_and(|d| d.0 > MAX_SHUTDOWN_WAIT) {
-            errors.push(format!("server.{key}"), "must be at most 1h");
-        }
-    }
-}
-
-/// A listener's deadlines and connection limits; every bad value is reported at its key.
-fn conn_settings(l: &ListenerSection, at: &str, errors: &mut ConfigErrors) -> ConnSettings {
-    let mut timeout = |key: &str, value: Option<Dur>, default: Duration, zero_ok: bool| {
-        let d = value.map_or(default, |d| d.0);
-        if d.is_zero() && !zero_ok {
-            errors.push(format!("{at}.{key}"), "must be more than 0");
-        } else if d > crate::conn::MAX_TIMEOUT {
-            errors.push(
-                format!("{at}.{key}"),
-                format!("must be at most {}s", crate::conn::MAX_TIMEOUT.as_secs()),
-            );
-        }
-        d
-    };
-    let header = timeout(
-        "client_header_timeout",
-        l.client_header_timeout,
-        crate::conn::DEFAULT_CLIENT_HEADER_TIMEOUT,
-        false,
-    );
-    let body = timeout(
-        "client_body_timeout",
-        l.client_body_timeout,
-        crate::conn::DEFAULT_CLIENT_BODY_TIMEOUT,
-        false,
-    );
-    let keepalive = timeout(
-        "keepalive_timeout",
-        l.keepalive_timeout,
-        crate::conn::DEFAULT_KEEPALIVE_TIMEOUT,
-        true,
-    );
-    for (key, v) in [
-        ("max_connections", l.max_connections),
-        ("max_connections_per_ip", l.max_connections_per_ip),
-    ] {
-        if v == Some(0) {
-            errors.push(format!("{at}.{key}"), "must be at least 1");
-        }
-    }
-    if let (Some(all), Some(per_ip)) = (l.max_connections, l.max_connections_per_ip) {
-        if per_ip > all {
-            errors.push(
-                format!("{at}.max_connections_per_ip"),
-                format!("is more than max_connections ({all})"),
-            );
-        }
-    }
-    ConnSettings {
-        client_header_timeout: header,
-        client_body_timeout: body,
-        keepalive_timeout: (!keepalive.is_zero()).then_some(keepalive),
-        max_connections: l.max_connections,
-        max_connections_per_ip: l.max_connections_per_ip,
     }
 }
 
@@ -320,73 +178,7 @@ fn zk_root(raw: &RawConfig) -> &str {
     raw.zookeeper
         .as_ref()
         .and_then(|z| z.root.as_deref())
-        .unwrap_or(DEFAULT_ZK_ROOT)
-}
-
-/// A ZooKeeper path: absolute, no trailing slash, no empty segment.
-fn absolute_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) || p.contains("//") {
-        return Err(format!(
-            "`{p}` is not an absolute ZooKeeper path like /zkgate/services/api"
-        ));
-    }
-    Ok(())
-}
-
-fn route_rate(rl: &RateLimitSection, at: &str, errors: &mut ConfigErrors) -> Option<RouteRate> {
-    let burst = rl
-        .burst
-        .unwrap_or_else(|| rl.per_second.ceil().clamp(1.0, u32::MAX as f64) as u32);
-    let rate = Rate::new(rl.per_second, burst)
-        .map_err(|e| errors.push(at, e))
-        .ok()?;
-    let key = match rl.key.as_deref().unwrap_or("client_ip") {
-        "client_ip" => RateKey::ClientIp,
-        "route" => RateKey::Route,
-        other => match other.strip_prefix("header:").map(HeaderName::try_from) {
-            Some(Ok(name)) => RateKey::Header(name),
-            _ => {
-                errors.push(
-                    format!("{at}.key"),
-                    format!("`{other}` is not client_ip, route or header:NAME"),
-                );
-                return None;
-            }
-        },
-    };
-    let max_keys = rl.max_keys.unwrap_or(100_000);
-    if max_keys == 0 {
-        errors.push(format!("{at}.max_keys"), "must be at least 1");
-        return None;
-    }
-    let limiter = match key {
-        RateKey::Route => RateLimiter::route(rate),
-        _ => RateLimiter::keyed(rate, max_keys),
-    };
-    Some(RouteRate {
-        limiter,
-        key,
-        definition: rl.clone(),
-    })
-}
-
-fn retry_policy(r: &RetrySection, at: &str, errors: &mut ConfigErrors) -> RetryPolicy {
-    let attempts = r.attempts.unwrap_or(RetryPolicy::DEFAULT_ATTEMPTS.into());
-    if !(1..=RetryPolicy::MAX_ATTEMPTS.into()).contains(&attempts) {
-        errors.push(
-            format!("{at}.attempts"),
-            format!("must be 1 to {}", RetryPolicy::MAX_ATTEMPTS),
-        );
-    }
-    let per_try_timeout = r.per_try_timeout.map(|d| d.0);
-    if per_try_timeout.is_some_and(|d| d.is_zero()) {
-        errors.push(format!("{at}.per_try_timeout"), "must be above zero");
-    }
-    RetryPolicy {
-        attempts: attempts.clamp(1, RetryPolicy::MAX_ATTEMPTS.into()) as u8,
-        after_send: r.after_send,
-        per_try_timeout,
-    }
+        .unwrap_or(super::DEFAULT_ZK_ROOT)
 }
 
 /// Each upstream is built by its own section; the names are checked here, where all are seen.
@@ -420,430 +212,26 @@ fn upstreams(
     out
 }
 
-fn header_name(text: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(text.as_bytes())
-        .map_err(|_| format!("`{text}` is not a valid header name"))
-}
-
-fn header_value(text: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(text).map_err(|_| format!("`{text}` is not a valid header value"))
-}
-
-fn regex(text: &str) -> Result<Regex, String> {
-    Regex::new(text).map_err(|e| format!("invalid regex: {e}"))
-}
-
-/// A route's header edits. Values not marked `public` are secrets: they are flagged sensitive
-/// (shown as `Sensitive` in any `Debug` dump, never indexed by HPACK) and kept out of error
-/// messages, which reach logs.
-fn header_ops(raw: &HeaderEdits, at: &str, errors: &mut ConfigErrors) -> HeaderOps {
-    for (i, p) in raw.public.iter().enumerate() {
-        let pat = format!("{at}.public[{i}]");
-        if let Err(e) = header_name(p) {
-            errors.push(pat, e);
-        } else if crate::logging::is_credential_header(p) {
-            errors.push(
-                pat,
-                format!("`{p}` carries credentials and is never public"),
-            );
-        } else if !raw
-            .set
-            .keys()
-            .chain(raw.add.keys())
-            .any(|k| k.eq_ignore_ascii_case(p))
-        {
-            errors.push(pat, format!("`{p}` is not a header of set or add"));
-        }
-    }
-    let mut pairs = |kind: &str,
-                     map: &std::collections::BTreeMap<String, String>|
-     -> Box<[(HeaderName, HeaderValue)]> {
-        map.iter()
-            .filter_map(|(k, v)| {
-                let public = raw.is_public(k);
-                let value = if public {
-                    header_value(v)
-                } else {
-                    HeaderValue::from_str(v)
-                        .map(|mut v| {
-                            v.set_sensitive(true);
-                            v
-                        })
-                        .map_err(|_| {
-                            "not a valid header value (not shown: it is secret unless listed in `public`)"
-                                .to_owned()
-                        })
-                };
-                match (header_name(k), value) {
-                    (Ok(n), Ok(v)) => Some((n, v)),
-                    (Err(e), _) | (_, Err(e)) => {
-                        errors.push(format!("{at}.{kind}.{k}"), e);
-                        None
-                    }
-                }
-            })
-            .collect()
-    };
-    let set = pairs("set", &raw.set);
-    let add = pairs("add", &raw.add);
-    let remove = raw
-        .remove
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| {
-            header_name(n)
-                .map_err(|e| errors.push(format!("{at}.remove[{i}]"), e))
-                .ok()
-        })
-        .collect();
-    HeaderOps { remove, set, add }
-}
-
-fn host_match(text: &str) -> Result<HostMatch, String> {
-    let host = text.to_ascii_lowercase();
-    let bad = |why: &str| Err(format!("`{text}` {why}"));
-    if host.contains(':') && !host.starts_with('[') {
-        return bad("must not carry a port: routes match the host name only");
-    }
-    if let Some(rest) = host.strip_prefix("*.") {
-        if rest.is_empty() || rest.contains('*') {
-            return bad("is not a valid wildcard (write *.example.com)");
-        }
-        return Ok(HostMatch::Suffix(format!(".{rest}").into()));
-    }
-    if host.is_empty() || host.contains('*') || host.contains('/') {
-        return bad("is not a host name (write example.com or *.example.com)");
-    }
-    Ok(HostMatch::Exact(host.trim_end_matches('.').into()))
-}
-
-fn path_match(m: &MatchSection, at: &str, errors: &mut ConfigErrors) -> Option<PathMatch> {
-    let given = [
-        m.path.is_some(),
-        m.path_prefix.is_some(),
-        m.path_regex.is_some(),
-    ];
-    if given.iter().filter(|g| **g).count() > 1 {
-        errors.push(
-            at.to_owned(),
-            "use only one of path, path_prefix and path_regex",
-        );
-        return None;
-    }
-    // Requests are matched on their normalized path, so a path that normalization would change
-    // could never match. The most lenient policy is the test: a listener may keep `//`, `%2F`
-    // and backslashes.
-    let must_be_absolute = |key: &str, p: &str, errors: &mut ConfigErrors| {
-        if !p.starts_with('/') {
-            errors.push(format!("{at}.{key}"), format!("`{p}` must start with `/`"));
-            return;
-        }
-        match path::normalize(p.as_bytes(), &PathPolicy::LENIENT) {
-            Ok(t) if t.query.is_none() && !t.changed() => {}
-            Ok(t) if t.query.is_none() => errors.push(
-                format!("{at}.{key}"),
-                format!(
-                    "`{p}` never matches: requests are matched on their normalized path, here `{}`",
-                    t.path
-                ),
-            ),
-            Ok(_) => errors.push(format!("{at}.{key}"), "a path cannot hold a query (`?`)"),
-            Err(r) => {
-                let why = r.reason().trim_end().trim_start_matches("bad request: ");
-                errors.push(format!("{at}.{key}"), format!("`{p}`: {why}"))
-            }
-        }
-    };
-    if let Some(p) = &m.path {
-        must_be_absolute("path", p, errors);
-        return Some(PathMatch::Exact(p.as_str().into()));
-    }
-    if let Some(p) = &m.path_prefix {
-        must_be_absolute("path_prefix", p, errors);
-        return Some(PathMatch::Prefix(p.as_str().into()));
-    }
-    if let Some(p) = &m.path_regex {
-        return regex(p)
-            .map(PathMatch::Regex)
-            .map_err(|e| errors.push(format!("{at}.path_regex"), e))
-            .ok();
-    }
-    Some(PathMatch::Prefix("/".into()))
-}
-
-fn rewrite(raw: &RewriteSection, at: &str, errors: &mut ConfigErrors) -> Option<PathRewrite> {
-    let regex_form = raw.pattern.is_some() || raw.replace.is_some();
-    let prefix_form = raw.strip_prefix.is_some() || raw.add_prefix.is_some();
-    if regex_form && prefix_form {
-        errors.push(
-            at.to_owned(),
-            "use either pattern/replace or strip_prefix/add_prefix, not both",
-        );
-        return None;
-    }
-    if regex_form {
-        let (Some(p), Some(r)) = (&raw.pattern, &raw.replace) else {
-            errors.push(at.to_owned(), "pattern and replace go together");
-            return None;
-        };
-        let pattern = regex(p)
-            .map_err(|e| errors.push(format!("{at}.pattern"), e))
-            .ok()?;
-        if let Err(e) = check_replacement(&pattern, r) {
-            errors.push(format!("{at}.replace"), e);
-            return None;
-        }
-        if !r.starts_with('/') && !r.starts_with('$') {
-            errors.push(
-                format!("{at}.replace"),
-                "must produce a path starting with `/`",
-            );
-        }
-        return Some(PathRewrite::Regex {
-            pattern,
-            replace: r.as_str().into(),
-        });
-    }
-    for (key, v) in [
-        ("strip_prefix", &raw.strip_prefix),
-        ("add_prefix", &raw.add_prefix),
-    ] {
-        if let Some(v) = v {
-            if !v.starts_with('/') {
-                errors.push(format!("{at}.{key}"), format!("`{v}` must start with `/`"));
-            }
-        }
-    }
-    if !prefix_form {
-        errors.push(
-            at.to_owned(),
-            "give pattern and replace, or strip_prefix and/or add_prefix",
-        );
-        return None;
-    }
-    Some(PathRewrite::Prefix {
-        strip: raw
-            .strip_prefix
-            .as_deref()
-            .map(|s| s.trim_end_matches('/').into()),
-        add: raw.add_prefix.as_deref().map(Into::into),
-    })
-}
-
-fn respond(raw: &RespondSection, at: &str, errors: &mut ConfigErrors) -> Option<Respond> {
-    let status = match StatusCode::from_u16(raw.status) {
-        Ok(s) if raw.status >= 200 => s,
-        _ => {
-            errors.push(
-                format!("{at}.status"),
-                format!("`{}` is not a final HTTP status (200 to 999)", raw.status),
-            );
-            return None;
-        }
-    };
-    let mut headers = Vec::new();
-    for (k, v) in &raw.headers {
-        match (header_name(k), header_value(v)) {
-            (Ok(n), Ok(v)) => headers.push((n, v)),
-            (Err(e), _) | (_, Err(e)) => errors.push(format!("{at}.headers.{k}"), e),
-        }
-    }
-    if !raw.body.is_empty() && !headers.iter().any(|(n, _)| n == CONTENT_TYPE) {
-        headers.push((
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        ));
-    }
-    Some(Respond {
-        status,
-        headers: headers.into(),
-        body: Bytes::from(raw.body.clone()),
-    })
-}
-
 fn routes(
     raw: &[RouteSection],
-    declared: &HashSet<&str>,
-    upstreams: &[Arc<Upstream>],
+    env: &RouteEnv<'_>,
     prev: Option<&Snapshot>,
     errors: &mut ConfigErrors,
 ) -> Vec<Route> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
-        let at = format!("routes[{i}]");
-        let before = errors.len();
+        let at = At::root().index("routes", i);
         if r.name.is_empty() {
-            errors.push(format!("{at}.name"), "must not be empty");
+            errors.push(at.key("name"), "must not be empty");
         } else if !names.insert(r.name.as_str()) {
             errors.push(
-                format!("{at}.name"),
+                at.key("name"),
                 format!("route `{}` is defined twice", r.name),
             );
         }
-        let m = &r.matches;
-        let host = match &m.host {
-            None => Some(HostMatch::Any),
-            Some(h) => host_match(h)
-                .map_err(|e| errors.push(format!("{at}.match.host"), e))
-                .ok(),
-        };
-        let path = path_match(m, &format!("{at}.match"), errors);
-        let mut methods = Vec::new();
-        for (j, name) in m.methods.iter().enumerate() {
-            let upper = name.to_ascii_uppercase();
-            match Method::from_bytes(upper.as_bytes()) {
-                Ok(method) => methods.push(method),
-                Err(_) => errors.push(
-                    format!("{at}.match.methods[{j}]"),
-                    format!("`{name}` is not an HTTP method"),
-                ),
-            }
-        }
-        let mut headers = Vec::new();
-        for (j, h) in m.headers.iter().enumerate() {
-            let hat = format!("{at}.match.headers[{j}]");
-            let Ok(name) = header_name(&h.name).map_err(|e| errors.push(format!("{hat}.name"), e))
-            else {
-                continue;
-            };
-            let value = match (&h.value, &h.regex) {
-                (Some(_), Some(_)) => {
-                    errors.push(hat, "use value or regex, not both");
-                    continue;
-                }
-                (Some(v), None) => match header_value(v) {
-                    Ok(mut v) => {
-                        // A route gated on a credential holds it: keep it out of dumps.
-                        v.set_sensitive(crate::logging::is_credential_header(&h.name));
-                        HeaderValueMatch::Exact(v)
-                    }
-                    Err(e) => {
-                        errors.push(format!("{hat}.value"), e);
-                        continue;
-                    }
-                },
-                (None, Some(re)) => match regex(re) {
-                    Ok(re) => HeaderValueMatch::Regex(re),
-                    Err(e) => {
-                        errors.push(format!("{hat}.regex"), e);
-                        continue;
-                    }
-                },
-                (None, None) => HeaderValueMatch::Present,
-            };
-            headers.push(HeaderCondition { name, value });
-        }
-        let plugin = r.plugin.as_ref().and_then(|p| {
-            let lookup = |name: &str| upstreams.iter().find(|u| *u.name == *name).cloned();
-            crate::plugin::build(
-                p,
-                &r.name,
-                m.path_prefix.as_deref(),
-                &format!("{at}.plugin"),
-                &lookup,
-                errors,
-            )
-        });
-        let answered_by_plugin = r.plugin.as_ref().is_some_and(|p| p.answers_itself());
-        let action = match (&r.upstream, &r.respond) {
-            (None, None) if answered_by_plugin => Some(Action::Plugin),
-            (Some(_), _) | (_, Some(_)) if answered_by_plugin => {
-                errors.push(
-                    at.clone(),
-                    "its plugin answers every request: drop upstream and respond",
-                );
-                None
-            }
-            (Some(_), Some(_)) => {
-                errors.push(at.clone(), "give either upstream or respond, not both");
-                None
-            }
-            (None, None) => {
-                errors.push(at.clone(), "needs an action: upstream or respond");
-                None
-            }
-            (Some(name), None) => match upstreams.iter().find(|u| *u.name == **name) {
-                Some(u) => Some(Action::Proxy(u.clone())),
-                None => {
-                    // One that is declared but failed its own checks has been reported already.
-                    if !declared.contains(name.as_str()) {
-                        errors.push(
-                            format!("{at}.upstream"),
-                            format!("no upstream named `{name}`"),
-                        );
-                    }
-                    None
-                }
-            },
-            (None, Some(resp)) => {
-                respond(resp, &format!("{at}.respond"), errors).map(Action::Respond)
-            }
-        };
-        let rewrite = r
-            .rewrite
-            .as_ref()
-            .and_then(|rw| rewrite(rw, &format!("{at}.rewrite"), errors));
-        if rewrite.is_some() && r.respond.is_some() {
-            errors.push(format!("{at}.rewrite"), "has no effect on a respond route");
-        }
-        let request_headers =
-            header_ops(&r.request_headers, &format!("{at}.request_headers"), errors);
-        let response_headers = header_ops(
-            &r.response_headers,
-            &format!("{at}.response_headers"),
-            errors,
-        );
-        let retry = retry_policy(&r.retry, &format!("{at}.retry"), errors);
-        let timeout = r.timeout.map(|d| d.0);
         let previous = prev.and_then(|p| p.routes.routes().iter().find(|x| *x.name == *r.name));
-        let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
-            // Unchanged, the buckets carry on: a reload is no way to reset a limit.
-            if let Some(kept) = previous
-                .and_then(|p| p.rate_limit.as_ref())
-                .filter(|k| k.definition == *rl)
-            {
-                return Some(kept.clone());
-            }
-            route_rate(rl, &format!("{at}.rate_limit"), errors).map(Arc::new)
-        });
-        let concurrency = r.max_in_flight.map(|max| {
-            if max == 0 {
-                errors.push(format!("{at}.max_in_flight"), "must be at least 1");
-            }
-            previous
-                .and_then(|p| p.concurrency.clone())
-                .filter(|c| c.max() == max)
-                .unwrap_or_else(|| Arc::new(ConcurrencyLimit::new(max)))
-        });
-        if timeout.is_some_and(|d| d.is_zero()) {
-            errors.push(format!("{at}.timeout"), "must be above zero");
-        }
-        if errors.len() > before {
-            continue;
-        }
-        let (Some(host), Some(path), Some(action)) = (host, path, action) else {
-            continue;
-        };
-        out.push(Route {
-            name: r.name.as_str().into(),
-            host,
-            path,
-            methods: MethodSet::new(methods),
-            headers: headers.into(),
-            action,
-            rewrite,
-            request_headers,
-            response_headers,
-            max_request_body: r.max_request_body.map(|s| s.0),
-            max_error_body: r.max_error_body.map(|s| s.0),
-            retry,
-            timeout,
-            rate_limit,
-            concurrency,
-            plugin,
-            metrics: RouteMetrics::new(&r.name),
-        });
+        out.extend(r.build(&at, env, previous, errors));
     }
     out
 }
@@ -971,28 +359,6 @@ routes:
     }
 
     #[test]
-    fn route_paths_must_be_in_normal_form() {
-        let errs = errors(
-            r#"
-routes:
-  - { name: a, match: { path: /a//b/../c }, respond: { body: x } }
-  - { name: b, match: { path_prefix: "/%61pi/" }, respond: { body: x } }
-  - { name: c, match: { path: "/x?y" }, respond: { body: x } }
-  - { name: d, match: { path: "/x%00" }, respond: { body: x } }
-  - { name: e, match: { path_prefix: "/a%2Fb//c\\d/" }, respond: { body: x } }
-"#,
-        );
-        let expected = [
-            "routes[0].match.path: `/a//b/../c` never matches: requests are matched on their normalized path, here `/a//c`",
-            "routes[1].match.path_prefix: `/%61pi/` never matches: requests are matched on their normalized path, here `/api/`",
-            "routes[2].match.path: a path cannot hold a query (`?`)",
-            "routes[3].match.path: `/x%00`: control character in the path",
-            "routes[4].match.path_prefix: `/a%2Fb//c\\d/` never matches: requests are matched on their normalized path, here `/a%2Fb//c%5Cd/`",
-        ];
-        assert_exactly(&errs, &expected);
-    }
-
-    #[test]
     fn zookeeper_upstreams_are_checked() {
         let errs = errors(
             r#"
@@ -1078,7 +444,7 @@ routes: [{ name: r, upstream: a }]
         assert_eq!(zk.connect, "h1:2181,h2:2181/prod");
         assert_eq!(zk.digest.as_ref().unwrap().password, "s3cret");
         // `/config` shows the config without the password.
-        let shown = serde_yaml::to_string(&ok.raw).unwrap();
+        let shown = ok.shown.to_string();
         assert!(
             shown.contains("<redacted>") && !shown.contains("s3cret"),
             "{shown}"
@@ -1125,8 +491,7 @@ routes:
             assert!(!errs.concat().contains(number), "{errs:?}");
         }
 
-        let ok = load_str(
-            r#"
+        let text = r#"
 listeners: [{ name: web, listen: "127.0.0.1:1" }]
 upstreams: [{ name: a, backends: ["127.0.0.1:1"] }]
 routes:
@@ -1138,17 +503,20 @@ routes:
       add: { x-key: add-s3cret }
       public: [x-proto]
     response_headers: { set: { set-cookie: "c=out-s3cret" } }
-"#,
-            None,
-        )
-        .expect("valid");
-        let shown = serde_json::to_string(&ok.raw).unwrap();
-        let debug = format!("{:?} {:?}", ok.raw, ok.routes.routes()[0].request_headers);
+"#;
+        let ok = load_str(text, None).expect("valid");
+        let raw = crate::config::parse::parse(text).expect("valid");
+        let shown = ok.shown.to_string();
+        let debug = format!("{raw:?} {:?}", ok.routes.routes()[0].request_headers);
         for text in [&shown, &debug] {
             assert!(!text.contains("s3cret"), "{text}");
             assert!(text.contains("https"), "{text}");
         }
-        assert!(shown.contains(r#""x-v","value":"2""#), "{shown}");
+        assert_eq!(
+            ok.shown["routes"][0]["match"]["headers"][1],
+            serde_json::json!({ "name": "x-v", "value": "2", "regex": null }),
+            "{shown}"
+        );
         let route = &ok.routes.routes()[0];
         let sensitive = |ops: &crate::route::HeaderOps| -> Vec<(String, bool)> {
             ops.set
@@ -1169,15 +537,14 @@ routes:
             sensitive(&route.response_headers),
             [("set-cookie".into(), true)]
         );
-        let mut secret: Vec<_> = ok.raw.secret_header_names().collect();
+        let mut secret = ok.secrets.header_names.clone();
         secret.sort_unstable();
         assert_eq!(secret, ["authorization", "set-cookie", "x-key"]);
     }
 
     #[test]
     fn every_secret_value_is_found_for_the_logger() {
-        let ok = load_str(
-            r#"
+        let text = r#"
 listeners: [{ name: web, listen: "127.0.0.1:1" }]
 admin: { token: admin-token-0123456789 }
 zookeeper: { connect: "h:1", digest: { user: u, password: zk-password } }
@@ -1194,11 +561,9 @@ routes:
             headers: { x-key: hk-s3cret }
             vars: { rk: vv-s3cret }
             template: { builtin: slack }
-"#,
-            None,
-        )
-        .expect("valid");
-        let mut found = ok.raw.secret_values();
+"#;
+        let ok = load_str(text, None).expect("valid");
+        let mut found = ok.secrets.values.clone();
         found.sort_unstable();
         assert_eq!(
             found,
@@ -1211,10 +576,11 @@ routes:
                 "zk-password"
             ]
         );
-        // Collecting is switched off again: `/config` collects nothing.
-        let _ = serde_json::to_string(&ok.raw).unwrap();
-        assert_eq!(ok.raw.secret_values().len(), 6);
-        let mut names: Vec<_> = ok.raw.secret_header_names().collect();
+        // Collecting is switched off again: a later serialization collects nothing.
+        let raw = crate::config::parse::parse(text).expect("valid");
+        let _ = serde_json::to_string(&raw).unwrap();
+        assert_eq!(raw.secret_values().len(), 6);
+        let mut names = ok.secrets.header_names.clone();
         names.sort_unstable();
         assert_eq!(names, ["x-key"]);
     }
@@ -1242,7 +608,7 @@ routes:
         assert!(token.verify(b"0123456789abcdef-s3cret"));
         assert!(!token.verify(b"0123456789abcdef-s3cre"));
         assert!(!token.verify(b""));
-        let shown = serde_json::to_string(&ok.raw).unwrap();
+        let shown = ok.shown.to_string();
         let debug = format!("{ok:?}");
         for text in [&shown, &debug] {
             assert!(!text.contains("s3cret"), "{text}");
@@ -1271,28 +637,5 @@ routes:
             first.upstream("b").unwrap(),
             second.upstream("b").unwrap()
         ));
-    }
-
-    #[test]
-    fn process_settings_are_bounded() {
-        let errors = |server: &str| {
-            errors(&format!(
-                "{server}\nroutes: [{{ name: r, match: {{ path_prefix: / }}, respond: {{ status: 204 }} }}]"
-            ))
-        };
-        let errs = errors(
-            "server: { threads: 100000, listener_tasks_per_fd: 0, upstream_keepalive_pool_size: 100000000000, grace_period: 2h, graceful_shutdown_timeout: 1h }",
-        );
-        assert_exactly(
-            &errs,
-            &[
-                "server.threads: must be between 1 and 1024",
-                "server.listener_tasks_per_fd: must be between 1 and 64",
-                "server.upstream_keepalive_pool_size: must be between 0 and 1000000",
-                "server.grace_period: must be at most 1h",
-            ],
-        );
-        assert_exactly(&errors("server: { threads: 0 }"), &["server.threads"]);
-        assert!(errors("server: { threads: 1024, listener_tasks_per_fd: 64 }").is_empty());
     }
 }

@@ -1,15 +1,22 @@
-//! Configuration: the YAML schema, parsing with every error collected and located, and the
-//! build into a runtime [`Snapshot`].
+//! The config loader: the source (a file or a `zk://` node), `${env:NAME}` expansion, parsing
+//! with every error collected and located, and the assembly of a runtime
+//! [`Snapshot`](crate::snapshot::Snapshot) from sections that each build themselves.
 
 pub mod build;
 pub mod env;
+pub mod listener;
 pub mod parse;
+pub mod process;
 pub mod schema;
 pub mod source;
 
 pub use crate::section::{ConfigError, ConfigErrors};
 pub use schema::RawConfig;
 pub use source::{Source, ZkNode, EMBEDDED_DEFAULT};
+
+/// `<root>/services/<service>` holds a service's instances unless `zookeeper.root` says
+/// otherwise; `zkgate register` writes below the same root.
+pub const DEFAULT_ZK_ROOT: &str = "/zkgate";
 
 use crate::snapshot::Snapshot;
 

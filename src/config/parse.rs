@@ -33,7 +33,7 @@ const SECTIONS: &[&str] = &[
     "routes",
 ];
 
-/// Parses `text`, expanding `${NAME}` references from the process environment.
+/// Parses `text`, expanding `${env:NAME}` references from the process environment.
 pub fn parse(text: &str) -> Result<RawConfig, ConfigErrors> {
     parse_with(text, &|name| std::env::var(name).ok())
 }
@@ -83,7 +83,7 @@ pub fn parse_with(
 }
 
 /// Parses and builds `text` as `check` does, minus what reaches outside the process: for the
-/// config fuzz target and the test that replays its corpus. `${NAME}` references see an empty
+/// config fuzz target and the test that replays its corpus. `${env:NAME}` references see an empty
 /// environment, and a config whose backends name hosts rather than addresses is parsed only
 /// (`Ok(None)`), since building it would resolve them.
 #[doc(hidden)]

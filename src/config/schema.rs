@@ -1,36 +1,14 @@
-//! The YAML schema: plain serde types, one per config section, with unknown keys rejected.
-//!
-//! These types say what may be written; `build` says what it means. Nothing here is read on the
-//! request path.
-
-use std::collections::BTreeMap;
+//! The whole file's schema: [`RawConfig`], the aggregate of every section (each module owns its
+//! own: `route::config`, `limit::config`, `client_ip`, `access_log`, `config::listener`,
+//! `config::process`), plus the sections that have no module of their own yet. Plain serde
+//! types with unknown keys rejected; nothing here is read on the request path.
 
 use serde::{Deserialize, Serialize};
 
-use crate::section::secret::{self, secret_map, Secret, REDACTED};
-use crate::section::{Dur, Size};
+use crate::logging::Secrets;
+use crate::section::secret::{self, Secret};
+use crate::section::Dur;
 use crate::upstream::config::UpstreamSection;
-
-/// Pingora's server settings. Only the keys zkgate knows are accepted, so a typo is an error
-/// rather than a silently ignored default (Pingora's own loader ignores unknown keys).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    pub threads: Option<usize>,
-    pub work_stealing: Option<bool>,
-    /// Pingora sleeps this long after SIGTERM/SIGQUIT before stopping the runtimes; its own
-    /// default is 300 s, far longer than any container runtime waits.
-    pub grace_period: Option<Dur>,
-    pub graceful_shutdown_timeout: Option<Dur>,
-    pub upgrade_sock: Option<String>,
-    pub upstream_keepalive_pool_size: Option<usize>,
-    pub ca_file: Option<String>,
-    pub listener_tasks_per_fd: Option<usize>,
-    pub user: Option<String>,
-    pub group: Option<String>,
-    /// The zone this gateway runs in: upstreams prefer backends of the same zone.
-    pub zone: Option<String>,
-}
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -39,28 +17,6 @@ pub struct AdminSection {
     /// The bearer token every admin write (drain, undrain) and `/config` must carry. Without
     /// one, writes are refused and reads stay open.
     pub token: Option<Secret>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AccessLogSection {
-    /// A file path, or `stdout` / `stderr`.
-    pub path: String,
-    /// Lines that may wait for the writer before new ones are dropped (and counted).
-    pub buffer: Option<usize>,
-}
-
-/// Where the client address comes from: the peer, or `X-Forwarded-For` when the peer is one
-/// of `trusted_proxies` (addresses or blocks like `10.0.0.0/8`).
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClientIpSection {
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
-    /// What becomes of `X-Forwarded-For`, `X-Real-IP` and `Forwarded` from a peer that is not
-    /// a trusted proxy (default `strip`).
-    #[serde(default)]
-    pub untrusted_forwarded: crate::client_ip::UntrustedForwarded,
 }
 
 /// The ZooKeeper ensemble that `zookeeper:` upstreams follow.
@@ -83,244 +39,29 @@ pub struct ZookeeperSection {
 #[serde(deny_unknown_fields)]
 pub struct DigestSection {
     pub user: String,
-    /// Usually `${ENV_VAR}`, so that it stays out of the shared config.
+    /// Usually `${env:NAME}`, so that it stays out of the shared config.
     pub password: Secret,
 }
 
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerSection {
-    pub name: String,
-    pub listen: String,
-    #[serde(default)]
-    pub kind: ListenerKind,
-    pub max_request_headers: Option<usize>,
-    pub max_request_header_bytes: Option<Size>,
-    pub keepalive_requests: Option<u32>,
-    /// How request paths are normalized before matching and forwarding.
-    #[serde(default)]
-    pub path: crate::route::path::PathSection,
-    /// Time for a client to send a complete request head: from the accept on a new
-    /// connection, from the first byte of each later request on a keep-alive one.
-    pub client_header_timeout: Option<Dur>,
-    /// The longest gap between two reads of a request body.
-    pub client_body_timeout: Option<Dur>,
-    /// How long a keep-alive connection may idle between requests; `0` turns keep-alive off.
-    pub keepalive_timeout: Option<Dur>,
-    /// Client connections open at once on this listener; more are closed as they arrive.
-    pub max_connections: Option<u32>,
-    /// Client connections open at once from one IP address.
-    pub max_connections_per_ip: Option<u32>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ListenerKind {
-    #[default]
-    Http,
-}
-
-/// When a request is tried again on another backend.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySection {
-    /// Tries in all, the first included (1 turns retries off); default 3.
-    pub attempts: Option<u32>,
-    /// Also retry a request that failed after it was sent (reset, timeout, no answer), if its
-    /// method is idempotent and its body fit the retry buffer. Off by default: only failures to
-    /// connect, when the backend cannot have seen the request, are retried.
-    #[serde(default)]
-    pub after_send: bool,
-    /// How long each try may wait for the backend to answer (each read); default the
-    /// upstream's read timeout.
-    pub per_try_timeout: Option<Dur>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteSection {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub matches: MatchSection,
-    pub upstream: Option<String>,
-    pub respond: Option<RespondSection>,
-    pub rewrite: Option<RewriteSection>,
-    #[serde(default)]
-    pub request_headers: HeaderEdits,
-    #[serde(default)]
-    pub response_headers: HeaderEdits,
-    pub max_request_body: Option<Size>,
-    pub max_error_body: Option<Size>,
-    #[serde(default)]
-    pub retry: RetrySection,
-    /// Bounds the wait for the backend's answer (its response head) across all tries,
-    /// counted from the request's arrival; overrides the upstream's read timeout.
-    pub timeout: Option<Dur>,
-    pub rate_limit: Option<RateLimitSection>,
-    /// Requests of this route in flight at once; more get 503.
-    pub max_in_flight: Option<u32>,
-    /// A plugin working at this route's phases (one kind: `alert_webhook`), as a map with the
-    /// kind as its one key.
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
-    pub plugin: Option<crate::plugin::PluginSection>,
-}
-
-/// A token bucket: `per_second` refill, `burst` capacity (default: one second's worth), one
-/// bucket per `key` (`client_ip`, default; `header:NAME`; or `route` for one bucket in all).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSection {
-    pub per_second: f64,
-    pub burst: Option<u32>,
-    pub key: Option<String>,
-    /// Keys remembered at most; a flood of new keys evicts old ones (which start afresh).
-    pub max_keys: Option<usize>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MatchSection {
-    pub host: Option<String>,
-    pub path: Option<String>,
-    pub path_prefix: Option<String>,
-    pub path_regex: Option<String>,
-    #[serde(default)]
-    pub methods: Vec<String>,
-    #[serde(default)]
-    pub headers: Vec<HeaderMatch>,
-}
-
-/// With neither `value` nor `regex`, the header only has to be present.
-#[derive(Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderMatch {
-    pub name: String,
-    pub value: Option<String>,
-    pub regex: Option<String>,
-}
-
-impl HeaderMatch {
-    /// What `/config` shows: a route that matches on a credential (`authorization: Bearer ...`)
-    /// holds that credential, so its value and regex are redacted.
-    fn shown(&self) -> (Option<&str>, Option<&str>) {
-        if crate::logging::is_credential_header(&self.name) {
-            let hide = |v: &Option<String>| v.as_ref().map(|_| REDACTED);
-            (hide(&self.value), hide(&self.regex))
-        } else {
-            (self.value.as_deref(), self.regex.as_deref())
-        }
-    }
-}
-
-impl Serialize for HeaderMatch {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let (value, regex) = self.shown();
-        let mut st = s.serialize_struct("HeaderMatch", 3)?;
-        st.serialize_field("name", &self.name)?;
-        st.serialize_field("value", &value)?;
-        st.serialize_field("regex", &regex)?;
-        st.end()
-    }
-}
-
-impl std::fmt::Debug for HeaderMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (value, regex) = self.shown();
-        f.debug_struct("HeaderMatch")
-            .field("name", &self.name)
-            .field("value", &value)
-            .field("regex", &regex)
-            .finish()
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RespondSection {
-    #[serde(default = "ok")]
-    pub status: u16,
-    #[serde(default)]
-    pub body: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-fn ok() -> u16 {
-    200
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RewriteSection {
-    pub pattern: Option<String>,
-    pub replace: Option<String>,
-    pub strip_prefix: Option<String>,
-    pub add_prefix: Option<String>,
-}
-
-/// Header edits of a route. Values of `set` and `add` are often credentials for the upstream
-/// (`Authorization`, an API key), so `/config` and debug logs show them as `<redacted>` unless
-/// their name is listed in `public`.
-#[derive(Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderEdits {
-    #[serde(default, deserialize_with = "secret_map")]
-    pub set: BTreeMap<String, String>,
-    #[serde(default, deserialize_with = "secret_map")]
-    pub add: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
-    /// Names (any case) of `set` and `add` headers whose values are not secret.
-    #[serde(default)]
-    pub public: Vec<String>,
-}
-
-impl HeaderEdits {
-    /// Whether the value `set` or `add` gives header `name` may be shown.
-    pub fn is_public(&self, name: &str) -> bool {
-        self.public.iter().any(|p| p.eq_ignore_ascii_case(name))
-    }
-
-    fn shown<'a>(&'a self, map: &'a BTreeMap<String, String>) -> BTreeMap<&'a str, &'a str> {
-        map.iter()
-            .map(|(k, v)| {
-                let v = if self.is_public(k) {
-                    v.as_str()
-                } else {
-                    REDACTED
-                };
-                (k.as_str(), v)
-            })
-            .collect()
-    }
-}
-
-/// What `/config` shows: the secret values replaced.
-impl Serialize for HeaderEdits {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("HeaderEdits", 4)?;
-        st.serialize_field("set", &self.shown(&self.set))?;
-        st.serialize_field("add", &self.shown(&self.add))?;
-        st.serialize_field("remove", &self.remove)?;
-        st.serialize_field("public", &self.public)?;
-        st.end()
-    }
-}
-
-impl std::fmt::Debug for HeaderEdits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeaderEdits")
-            .field("set", &self.shown(&self.set))
-            .field("add", &self.shown(&self.add))
-            .field("remove", &self.remove)
-            .field("public", &self.public)
-            .finish()
-    }
-}
-
 impl RawConfig {
+    /// What `/config` shows (the config with every secret `<redacted>`) and what the logger
+    /// must hide, found in one serialization.
+    pub fn redacted(&self) -> (serde_json::Value, Secrets) {
+        let mut shown = serde_json::Value::Null;
+        let values = secret::collect(|| {
+            // Every section serializes to JSON (string keys, finite numbers); should one ever
+            // refuse, `/config` says so rather than the reload failing.
+            shown = serde_json::to_value(self).unwrap_or_else(|e| {
+                serde_json::Value::String(format!("the config cannot be shown: {e}"))
+            });
+        });
+        let secrets = Secrets {
+            header_names: self.secret_header_names().map(str::to_owned).collect(),
+            values,
+        };
+        (shown, secrets)
+    }
+
     /// The value of every [`Secret`] in the config, wherever it is (plugins included), found by
     /// serializing the config once while collecting: no hand-kept list to forget a new one.
     pub fn secret_values(&self) -> Vec<String> {
@@ -353,12 +94,12 @@ impl RawConfig {
 /// The whole file, once every section parsed.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RawConfig {
-    pub server: ServerSection,
+    pub server: super::process::ServerSection,
     pub admin: AdminSection,
-    pub client_ip: ClientIpSection,
-    pub access_log: Option<AccessLogSection>,
+    pub client_ip: crate::client_ip::ClientIpSection,
+    pub access_log: Option<crate::access_log::AccessLogSection>,
     pub zookeeper: Option<ZookeeperSection>,
-    pub listeners: Vec<ListenerSection>,
+    pub listeners: Vec<super::listener::ListenerSection>,
     pub upstreams: Vec<UpstreamSection>,
-    pub routes: Vec<RouteSection>,
+    pub routes: Vec<crate::route::RouteSection>,
 }

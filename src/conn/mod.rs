@@ -9,6 +9,7 @@
 //! The proxy's first phase calls [`head_received`] once per request, which lifts the deadline.
 //! Gaps between body reads are Pingora's read timeout (`client_body_timeout`).
 
+pub mod config;
 pub mod io;
 pub mod log;
 pub mod pressure;
@@ -33,6 +34,7 @@ use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use tokio::sync::futures::Notified;
 use tokio::time::Sleep;
 
+pub use self::config::ConnKeys;
 use self::io::Guarded;
 use self::log::{suppressed_note, LogLimiter};
 use self::pressure::IDLE;

@@ -18,9 +18,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
+use crate::limit::RateKey;
 use crate::metrics::RouteMetrics;
 use crate::plugin::RequestInfo;
-use crate::route::{normalize_host, path, Action, RateKey, RequestView, RetryPolicy, Route};
+use crate::route::{normalize_host, path, Action, RequestView, RetryPolicy, Route};
 use crate::runtime::Live;
 use crate::snapshot::Listener;
 use crate::upstream::call::{self, Call, Outcome};

@@ -8,8 +8,10 @@
 //! 3. routes that tie (same host and path) are tried in declaration order, and the first whose
 //!    methods and headers also match wins. A group with no match falls through to the next.
 //!
-//! Matching borrows the request and allocates nothing.
+//! Matching borrows the request and allocates nothing. [`config`] holds the `routes:` section
+//! and its build.
 
+pub mod config;
 pub mod path;
 mod prefix;
 pub mod rewrite;
@@ -23,9 +25,10 @@ use http::{HeaderMap, Method, StatusCode};
 use regex::Regex;
 use rustc_hash::FxHashMap;
 
-use crate::limit::{ConcurrencyLimit, RateLimiter};
+use crate::limit::{ConcurrencyLimit, RouteRate};
 use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
+pub use config::{RouteEnv, RouteSection};
 use prefix::PrefixTree;
 pub use rewrite::{HeaderOps, PathRewrite};
 
@@ -51,22 +54,6 @@ pub struct Route {
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
     pub plugin: Option<crate::plugin::RoutePlugin>,
     pub metrics: RouteMetrics,
-}
-
-/// A route's token buckets and what they are keyed by.
-#[derive(Debug)]
-pub struct RouteRate {
-    pub limiter: RateLimiter,
-    pub key: RateKey,
-    /// What it was built from: a reload with the same keeps the buckets.
-    pub definition: crate::config::schema::RateLimitSection,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RateKey {
-    ClientIp,
-    Header(http::HeaderName),
-    Route,
 }
 
 /// When a request on this route is tried again, always on another backend.

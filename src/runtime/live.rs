@@ -24,7 +24,7 @@ pub struct Live {
 
 impl Live {
     pub fn new(snapshot: Snapshot) -> Arc<Live> {
-        crate::logging::learn_secrets(&snapshot.raw);
+        crate::logging::learn_secrets(&snapshot.secrets);
         let paths = watch::Sender::new(discovery_paths(&snapshot));
         Arc::new(Live {
             current: ArcSwap::from_pointee(snapshot),
@@ -46,7 +46,7 @@ impl Live {
     /// Publishes `next`: its discovered upstreams that are new objects get the last published
     /// members of their path first, then it is stored, and the watcher learns of new paths.
     pub fn install(&self, next: Snapshot) {
-        crate::logging::learn_secrets(&next.raw);
+        crate::logging::learn_secrets(&next.secrets);
         let mut discovered = self.lock();
         let prev = self.current.load();
         for u in &next.upstreams {

@@ -534,8 +534,9 @@ fn status_range(text: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-/// A ZooKeeper path: absolute, no trailing slash, no empty segment.
-fn absolute_path(p: &str) -> Result<(), String> {
+/// A ZooKeeper path: absolute, no trailing slash, no empty segment. The ensemble's chroot and
+/// root are checked with it too.
+pub fn absolute_path(p: &str) -> Result<(), String> {
     if !p.starts_with('/') || (p.len() > 1 && p.ends_with('/')) || p.contains("//") {
         return Err(format!(
             "`{p}` is not an absolute ZooKeeper path like /zkgate/services/api"
