@@ -1169,16 +1169,18 @@ fn routes(
             };
             headers.push(HeaderCondition { name, value });
         }
+        let previous = prev.and_then(|p| p.routes.routes().iter().find(|x| *x.name == *r.name));
         let plugin = r.plugin.as_ref().and_then(|p| {
             let lookup = |name: &str| upstreams.iter().find(|u| *u.name == *name).cloned();
-            crate::plugin::build(
-                p,
-                &r.name,
-                m.path_prefix.as_deref(),
-                &format!("{at}.plugin"),
-                &lookup,
-                errors,
-            )
+            let cx = crate::plugin::PluginCx {
+                route: &r.name,
+                path_prefix: m.path_prefix.as_deref(),
+                at: &crate::section::At::new(format!("{at}.plugin")),
+                upstreams: &lookup,
+                prev: previous.and_then(|p| p.plugin.as_ref()),
+                resources: crate::plugin::Resources::process(),
+            };
+            p.build(&cx, errors)
         });
         let answered_by_plugin = r.plugin.as_ref().is_some_and(|p| p.answers_itself());
         let action = match (&r.upstream, &r.respond) {
@@ -1231,7 +1233,6 @@ fn routes(
         );
         let retry = retry_policy(&r.retry, &format!("{at}.retry"), errors);
         let timeout = r.timeout.map(|d| d.0);
-        let previous = prev.and_then(|p| p.routes.routes().iter().find(|x| *x.name == *r.name));
         let rate_limit = r.rate_limit.as_ref().and_then(|rl| {
             // Unchanged, the buckets carry on: a reload is no way to reset a limit.
             if let Some(kept) = previous

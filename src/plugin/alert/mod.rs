@@ -232,7 +232,7 @@ impl HttpPlugin for AlertWebhook {
         request: &RequestInfo<'_>,
         state: &mut WebhookState,
     ) -> pingora::Result<bool> {
-        let Some(dest) = self.destination(request.path) else {
+        let Some(dest) = self.destination(request.path(session)) else {
             reply(
                 session,
                 404,
@@ -367,7 +367,13 @@ impl HttpPlugin for AlertWebhook {
         Ok(true)
     }
 
-    fn logging(&self, state: &mut WebhookState) {
+    fn logging(
+        &self,
+        _session: &Session,
+        _request: &RequestInfo<'_>,
+        _error: Option<&pingora::Error>,
+        state: &mut WebhookState,
+    ) {
         if let (Some(dest), Some(why)) = (&state.destination, &state.failure) {
             log::warn!(
                 "route {}: webhook for destination {dest} ({} alerts) not acknowledged: {why}",
