@@ -1,6 +1,7 @@
 //! The `alert_webhook` plugin's config: its YAML shape, and the build step that checks it with
 //! every error located and turns it into the plugin's runtime objects (templates compiled,
-//! headers parsed, secrets turned into keys, spools opened).
+//! headers parsed, secrets turned into keys, spool directories checked; a spool is opened on
+//! first use, so that `zkgate check` and a rejected reload touch no disk).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
