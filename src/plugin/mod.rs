@@ -637,5 +637,16 @@ mod tests {
             "routes[3].plugin.alert_webhook.destinations: at least one destination is needed"
         );
         assert!(serde_yaml::from_str::<Route>("plugin: { nope: {} }").is_err());
+
+        // Built, it is handed to the next build of the route as its predecessor.
+        let yaml = "plugin: { alert_webhook: { destinations: \
+            [{ name: d, url: 'http://127.0.0.1:9/', template: { builtin: generic } }] } }";
+        let section = serde_yaml::from_str::<Route>(yaml).expect("parses").plugin;
+        let built = section.build(&cx, &mut errors).expect("builds");
+        assert_eq!(format!("{built:?}"), "AlertWebhook(alerts)");
+        assert!(cx.prev::<alert::AlertWebhook>().is_none());
+        cx.prev = Some(&built);
+        let prev = cx.prev::<alert::AlertWebhook>().expect("the predecessor");
+        assert!(matches!(&built, RoutePlugin::AlertWebhook(b) if Arc::ptr_eq(b, prev)));
     }
 }
