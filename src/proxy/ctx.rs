@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::limit::Permit;
-use crate::plugin::PluginState;
+use crate::plugin::{PluginState, RequestInfo, RoutePlugin};
 use crate::route::Route;
 use crate::snapshot::Snapshot;
 use crate::upstream::call::Call;
@@ -59,6 +59,23 @@ impl RequestCtx {
 
     pub(super) fn route(&self) -> Option<&Route> {
         Some(self.snapshot.as_ref()?.routes.get(self.route?))
+    }
+
+    /// The route's plugin, what it is told about the request, and its state for it: borrowed
+    /// apart, so that calling a hook copies nothing.
+    pub(super) fn plugin(&mut self) -> Option<(&RoutePlugin, RequestInfo<'_>, &mut PluginState)> {
+        let plugin = self
+            .snapshot
+            .as_ref()?
+            .routes
+            .get(self.route?)
+            .plugin
+            .as_ref()?;
+        let request = RequestInfo {
+            normalized_path: self.normalized_path.as_deref(),
+            client: self.client,
+        };
+        Some((plugin, request, &mut self.plugin))
     }
 
     /// The current try failed on its backend: a retry avoids it, and it counts against the

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::HeaderValue;
+use pingora::cache::{CacheKey, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -204,14 +205,12 @@ impl ProxyHttp for Gateway {
             ctx.snapshot = Some(snapshot);
             return outcome;
         }
-        if let Some((plugin, route)) = route.and_then(|r| Some((r.plugin.as_ref()?, r))) {
+        if let Some(plugin) = route.and_then(|r| r.plugin.as_ref()) {
             ctx.plugin = plugin.new_state();
-            let path = ctx
-                .normalized_path
-                .as_deref()
-                .unwrap_or(session.req_header().uri.path())
-                .to_owned();
-            let request = RequestInfo { route, path: &path };
+            let request = RequestInfo {
+                normalized_path: ctx.normalized_path.as_deref(),
+                client: ctx.client,
+            };
             let answered = plugin
                 .request_filter(session, &request, &mut ctx.plugin)
                 .await;
@@ -240,6 +239,43 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Caching stays off unless the route's plugin enables it here.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        match ctx.plugin() {
+            Some((p, request, state)) => p.request_cache_filter(session, &request, state),
+            None => Ok(()),
+        }
+    }
+
+    /// Called only for a request whose cache a plugin enabled: that plugin makes the key.
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        if let Some((p, request, state)) = ctx.plugin() {
+            if let Some(key) = p.cache_key_callback(session, &request, state) {
+                return key;
+            }
+        }
+        // Pingora's default panics; a cache no plugin keys is a bug, failed as one request.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "cache enabled without a plugin cache key",
+        )
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        if let Some((p, request, state)) = ctx.plugin() {
+            if let Some(cacheable) = p.response_cache_filter(session, &request, resp, state) {
+                return cacheable;
+            }
+        }
+        // Pingora's default.
+        Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("default")))
     }
 
     async fn upstream_peer(
@@ -395,12 +431,17 @@ impl ProxyHttp for Gateway {
             }
             upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        route.request_headers.apply_request(upstream_request)
+        route.request_headers.apply_request(upstream_request)?;
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.upstream_request_filter(session, &request, upstream_request, state)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -431,14 +472,18 @@ impl ProxyHttp for Gateway {
         }
         route.response_headers.apply_response(upstream_response)?;
         ctx.error_body_room = room;
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.upstream_response_filter(session, &request, upstream_response, state)
+                .await?;
+        }
         Ok(())
     }
 
     fn upstream_response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let (Some(room), Some(chunk)) = (ctx.error_body_room.as_mut(), body.as_mut()) {
@@ -448,6 +493,36 @@ impl ProxyHttp for Gateway {
             if keep < chunk.len() {
                 *body = (keep > 0).then(|| chunk.slice(..keep));
             }
+        }
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.upstream_response_body_filter(session, &request, body, end_of_stream, state)?;
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match ctx.plugin() {
+            Some((p, request, state)) => {
+                p.response_filter(session, &request, response, state).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.response_body_filter(session, &request, body, end_of_stream, state)?;
         }
         Ok(None)
     }
@@ -516,8 +591,8 @@ impl ProxyHttp for Gateway {
         if let Some(call) = ctx.call.take() {
             call.finish(call_outcome(ctx.upstream_status, e));
         }
-        if let Some(plugin) = ctx.route().and_then(|r| r.plugin.clone()) {
-            plugin.logging(&mut ctx.plugin);
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.logging(session, &request, e, state);
         }
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();

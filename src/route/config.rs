@@ -229,7 +229,8 @@ impl RouteEnv<'_> {
 
 impl RouteSection {
     /// Builds the route at `at`, or reports why it cannot be. `prev` is the previous config's
-    /// route of the same name: its limiters take over their state when unchanged. The name's
+    /// route of the same name: its limiters take over their state when unchanged, and its
+    /// plugin is handed to the new plugin's build. The name's
     /// uniqueness is the assembly's to check.
     pub fn build(
         &self,
@@ -246,9 +247,15 @@ impl RouteSection {
         let headers = m.header_conditions(&at.key("match"), errors);
         let plugin = self.plugin.as_ref().and_then(|p| {
             let lookup = |name: &str| env.upstream(name);
-            let at = at.key("plugin");
-            let prefix = m.path_prefix.as_deref();
-            crate::plugin::build(p, &self.name, prefix, at.as_str(), &lookup, errors)
+            let cx = crate::plugin::PluginCx {
+                route: &self.name,
+                path_prefix: m.path_prefix.as_deref(),
+                at: &at.key("plugin"),
+                upstreams: &lookup,
+                prev: prev.and_then(|p| p.plugin.as_ref()),
+                resources: crate::plugin::Resources::process(),
+            };
+            p.build(&cx, errors)
         });
         let action = self.action(at, env, errors);
         let rewrite = self

@@ -1,6 +1,7 @@
 //! The `alert_webhook` plugin's config: its YAML shape, and the build step that checks it with
 //! every error located and turns it into the plugin's runtime objects (templates compiled,
-//! headers parsed, secrets turned into keys, spools opened).
+//! headers parsed, secrets turned into keys, spool directories checked; a spool is opened on
+//! first use, so that `zkgate check` and a rejected reload touch no disk).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use super::metrics::DestinationMetrics;
 use super::spool::LazySpool;
 use super::template::{DestinationValues, Template};
 use super::{AlertWebhook, Auth, Destination, Split};
+use crate::plugin::{PluginBuild, PluginCx};
 use crate::section::Secret;
 use crate::section::{At, ConfigErrors};
 use crate::section::{Dur, Size};
@@ -183,16 +185,36 @@ pub const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Builds the plugin of route `route` (at config path `at`, the `alert_webhook` section),
-/// collecting every error. `upstream` resolves a destination's upstream by name.
-pub fn build(
+impl PluginBuild for AlertWebhook {
+    type Section = AlertWebhookSection;
+
+    /// Every request to the route is a webhook for one of its destinations.
+    fn answers_itself(_: &AlertWebhookSection) -> bool {
+        true
+    }
+
+    fn route(&self) -> &str {
+        &self.route
+    }
+
+    fn build(
+        section: &AlertWebhookSection,
+        cx: &PluginCx<'_>,
+        errors: &mut ConfigErrors,
+    ) -> Option<AlertWebhook> {
+        build(section, cx, errors)
+    }
+}
+
+/// Builds the plugin of route `cx.route` (at config path `cx.at`, the `alert_webhook`
+/// section), collecting every error. Destinations name the gateway's upstreams by name.
+fn build(
     section: &AlertWebhookSection,
-    route: &str,
-    prefix: Option<&str>,
-    at: &str,
-    upstream: &dyn Fn(&str) -> Option<Arc<Upstream>>,
+    cx: &PluginCx<'_>,
     errors: &mut ConfigErrors,
 ) -> Option<AlertWebhook> {
+    let (route, prefix, at) = (cx.route, cx.path_prefix, cx.at.as_str());
+    let upstream = cx.upstreams;
     let before = errors.len();
     let Some(prefix) = prefix else {
         errors.push(
