@@ -9,12 +9,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::access_log::AccessLogSettings;
-use crate::admin::AdminToken;
 use crate::client_ip::ClientIp;
 use crate::conn::ConnSettings;
 use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
+use crate::section::AdminToken;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use std::time::Duration;
 use zkgate_discovery::{Digest, Ensemble};
 
 use super::schema::*;
-use crate::admin::AdminToken;
 use crate::route::{Route, RouteEnv, RouteSection, RouteTable};
+use crate::section::AdminToken;
 use crate::section::{At, ConfigErrors};
 use crate::snapshot::{Settings, Snapshot};
 use crate::upstream::config::{absolute_path, UpstreamEnv};

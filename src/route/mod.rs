@@ -404,6 +404,25 @@ mod tests {
         assert_eq!(normalize_host(b"[::1"), None);
     }
 
+    /// The table of the `routes:` list `yaml`, whose routes need no upstream.
+    fn table(yaml: &str) -> RouteTable {
+        use crate::section::{At, ConfigErrors};
+        let sections: Vec<config::RouteSection> = serde_yaml::from_str(yaml).expect("routes");
+        let declared = std::collections::HashSet::new();
+        let env = config::RouteEnv {
+            upstreams: &[],
+            declared: &declared,
+        };
+        let mut errors = ConfigErrors::default();
+        let routes = sections
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.build(&At::root().index("routes", i), &env, None, &mut errors))
+            .collect();
+        assert!(errors.is_empty(), "{errors}");
+        RouteTable::new(routes)
+    }
+
     #[test]
     fn regex_routes_match_in_declaration_order_like_a_linear_scan() {
         let patterns = [
@@ -415,13 +434,12 @@ mod tests {
             "^/c/.*\\.png$",
             "^/$",
         ];
-        let mut yaml =
-            String::from("listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nroutes:\n");
+        let mut yaml = String::new();
         for (i, p) in patterns.iter().enumerate() {
             let methods = if i == 1 { ", methods: [POST]" } else { "" };
             yaml += &format!("  - {{ name: r{i}, match: {{ path_regex: '{p}'{methods} }}, respond: {{ body: x }} }}\n");
         }
-        let snap = crate::config::load_str(&yaml, None).expect("config");
+        let routes = table(&yaml);
         let compiled: Vec<Regex> = patterns.iter().map(|p| Regex::new(p).unwrap()).collect();
         let headers = HeaderMap::new();
         for path in [
@@ -447,10 +465,7 @@ mod tests {
                     path,
                     headers: &headers,
                 };
-                let got = snap
-                    .routes
-                    .find(&view)
-                    .map(|id| snap.routes.get(id).name.to_string());
+                let got = routes.find(&view).map(|id| routes.get(id).name.to_string());
                 assert_eq!(got, expected, "{method} {path}");
             }
         }
@@ -458,8 +473,10 @@ mod tests {
 
     #[test]
     fn wildcard_hosts_take_the_longest_suffix_and_survive_odd_hosts() {
-        let yaml = "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nroutes:\n  - { name: short, match: { host: \"*.example.com\" }, respond: { body: x } }\n  - { name: long, match: { host: \"*.eu.example.com\" }, respond: { body: x } }\n";
-        let snap = crate::config::load_str(yaml, None).expect("config");
+        let routes = table(
+            "- { name: short, match: { host: \"*.example.com\" }, respond: { body: x } }\n\
+             - { name: long, match: { host: \"*.eu.example.com\" }, respond: { body: x } }\n",
+        );
         let headers = HeaderMap::new();
         let find = |host: &str| {
             let view = RequestView {
@@ -468,9 +485,7 @@ mod tests {
                 path: "/",
                 headers: &headers,
             };
-            snap.routes
-                .find(&view)
-                .map(|id| snap.routes.get(id).name.to_string())
+            routes.find(&view).map(|id| routes.get(id).name.to_string())
         };
         assert_eq!(find("a.eu.example.com").as_deref(), Some("long"));
         assert_eq!(find("a.b.example.com").as_deref(), Some("short"));
