@@ -239,6 +239,7 @@ fn routes(
 #[cfg(test)]
 mod tests {
     use crate::config::load_str;
+    use crate::section::error::assert_exactly;
 
     fn errors(yaml: &str) -> Vec<String> {
         let text = format!("listeners: [{{ name: web, listen: \"127.0.0.1:1\" }}]\n{yaml}");
@@ -246,18 +247,6 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(e) => e.iter().map(ToString::to_string).collect(),
         }
-    }
-
-    /// Each expected error starts one reported error, and nothing else is reported.
-    fn assert_exactly(errs: &[String], expected: &[&str]) {
-        for want in expected {
-            assert!(
-                errs.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
     }
 
     #[test]

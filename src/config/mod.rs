@@ -1,6 +1,6 @@
 //! The config loader: the source (a file or a `zk://` node), `${env:NAME}` expansion, parsing
 //! with every error collected and located, and the assembly of a runtime
-//! [`Snapshot`](crate::snapshot::Snapshot) from sections that each build themselves.
+//! [`Snapshot`] from sections that each build themselves.
 
 pub mod build;
 pub mod env;

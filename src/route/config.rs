@@ -671,6 +671,7 @@ fn regex(text: &str) -> Result<Regex, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::section::error::assert_exactly;
 
     #[derive(Deserialize)]
     struct Routes {
@@ -699,18 +700,6 @@ mod tests {
 
     fn errors(yaml: &str) -> Vec<String> {
         build(yaml, &[]).1
-    }
-
-    /// Each expected error starts one reported error, and nothing else is reported.
-    fn assert_exactly(errs: &[String], expected: &[&str]) {
-        for want in expected {
-            assert!(
-                errs.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in:\n{}",
-                errs.join("\n")
-            );
-        }
-        assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
     }
 
     #[test]

@@ -134,6 +134,20 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Test helper: each expected error starts one of the reported errors `errs`, and nothing
+/// else is reported.
+#[cfg(test)]
+pub(crate) fn assert_exactly(errs: &[String], expected: &[&str]) {
+    for want in expected {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "{}", errs.join("\n"));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

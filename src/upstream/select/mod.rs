@@ -203,6 +203,16 @@ fn reduced_weights(weights: &[u64], cap: u64) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    /// Every balancer, for the tests that hold for all of them.
+    const EVERY_BALANCE: [Balance; 6] = [
+        Balance::RoundRobin,
+        Balance::WeightedRoundRobin,
+        Balance::Random,
+        Balance::ConsistentHash,
+        Balance::LeastConn,
+        Balance::P2c,
+    ];
+
     pub(super) fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{i}:80")).collect()
     }
@@ -243,14 +253,7 @@ mod tests {
 
     #[test]
     fn all_drained_is_empty_not_a_panic() {
-        for b in [
-            Balance::RoundRobin,
-            Balance::WeightedRoundRobin,
-            Balance::Random,
-            Balance::ConsistentHash,
-            Balance::LeastConn,
-            Balance::P2c,
-        ] {
+        for b in EVERY_BALANCE {
             let s = selector(b, &[0, 0]);
             assert!(s.pick(3, Some(b"k")).is_none());
             let s = selector(b, &[]);
@@ -273,14 +276,7 @@ mod tests {
 
     #[test]
     fn balance_names_are_the_yaml_spelling() {
-        for b in [
-            Balance::RoundRobin,
-            Balance::WeightedRoundRobin,
-            Balance::Random,
-            Balance::ConsistentHash,
-            Balance::LeastConn,
-            Balance::P2c,
-        ] {
+        for b in EVERY_BALANCE {
             let yaml = serde_yaml::to_string(&b).unwrap();
             assert_eq!(yaml.trim(), b.as_str());
             assert_eq!(serde_yaml::from_str::<Balance>(b.as_str()).unwrap(), b);

@@ -1,6 +1,6 @@
 //! Alert message templates: minijinja templates compiled and checked once when the config is
 //! built, rendered for each outgoing message against a context made straight from the parsed
-//! [`Payload`].
+//! [`Payload`](super::payload::Payload).
 //!
 //! # Context
 //! Every top-level field of the payload by Alertmanager's name (`version`, `groupKey`,
