@@ -35,7 +35,7 @@ fn named_modules(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for (i, _) in text.match_indices("crate::") {
         let before = text[..i].chars().next_back();
-        // `zkgate_discovery::crate::` does not exist, but `$crate::` in a macro would.
+        // Part of a longer name, or `$crate::` in a macro: not a path this file names.
         if matches!(before, Some(c) if c.is_alphanumeric() || c == '_' || c == '$') {
             continue;
         }
