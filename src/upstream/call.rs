@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pingora::upstreams::peer::HttpPeer;
-
 use super::breaker::Admit;
 use super::state::InFlight;
 use super::{Picked, Upstream};
@@ -129,19 +127,24 @@ impl Call {
         self.attempt_started
     }
 
-    /// The backends this call failed on.
-    fn avoided(&self) -> &[SocketAddr] {
-        &self.avoid[..self.failed as usize]
+    /// Starts an attempt for any protocol: picks a backend for `key` (the balancer's hash
+    /// key), away from those this call failed on, and counts it in flight. Returns its address.
+    /// The first attempt of a call pays into the upstream's retry budget.
+    #[inline]
+    pub fn pick_backend(&mut self, key: Option<&[u8]>) -> Result<SocketAddr, Refusal> {
+        let picked = self.upstream.pick(key, self.avoided());
+        self.start(picked).map(|((), addr)| addr)
     }
 
-    /// Starts an attempt: picks a backend for `key` (the balancer's hash key), away from those
-    /// this call failed on, and counts it in flight. The first attempt of a call pays into the
-    /// upstream's retry budget.
+    /// Counts `picked`, the attempt a pick made (or its refusal when there was none), and
+    /// hands back what the protocol attached to it.
     #[inline]
-    pub fn pick(&mut self, key: Option<&[u8]>) -> Result<Box<HttpPeer>, Refusal> {
-        let avoid = self.avoided();
-        let Some(Picked { peer, attempt }) = self.upstream.select(key, avoid) else {
-            return Err(if avoid.is_empty() {
+    pub(super) fn start<P>(
+        &mut self,
+        picked: Option<Picked<P>>,
+    ) -> Result<(P, SocketAddr), Refusal> {
+        let Some(Picked { peer, attempt }) = picked else {
+            return Err(if self.failed == 0 {
                 Refusal::NoBackend
             } else {
                 Refusal::Unreachable
@@ -151,12 +154,18 @@ impl Call {
             self.upstream.policy.retry_budget.deposit();
         }
         self.tries += 1;
-        self.backend = Some(attempt.state().addr);
+        let addr = attempt.state().addr;
+        self.backend = Some(addr);
         // A pick replaces an attempt still open (a retry on a fresh connection to the same
         // backend): the old one leaves the in-flight count without an outcome, as before.
         self.attempt = Some(attempt);
         self.attempt_started = Some(Instant::now());
-        Ok(peer)
+        Ok((peer, addr))
+    }
+
+    /// The backends this call failed on, for a protocol's own pick.
+    pub(super) fn avoided(&self) -> &[SocketAddr] {
+        &self.avoid[..self.failed as usize]
     }
 
     /// The current attempt failed on its backend: it counts toward the backend's outlier
@@ -390,6 +399,20 @@ mod tests {
         let mut call = empty.begin().unwrap();
         assert_eq!(call.pick(None).unwrap_err(), Refusal::NoBackend);
         assert_eq!(Refusal::NoBackend.status(), 503);
+    }
+
+    #[test]
+    fn the_protocol_neutral_pick_counts_and_avoids_as_the_http_one_does() {
+        let u = upstream("call-neutral", policy(), backends(2));
+        let mut call = u.begin().unwrap();
+        let first = call.pick_backend(None).unwrap();
+        assert_eq!(call.backend(), Some(first));
+        assert_eq!(call.tries(), 1);
+        call.failed(5);
+        let second = call.pick_backend(None).unwrap();
+        assert_ne!(first, second);
+        call.failed(5);
+        assert_eq!(call.pick_backend(None).unwrap_err(), Refusal::Unreachable);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
+use super::call::{Call, Refusal};
 use super::{Picked, Upstream};
 
 /// How connections to this upstream's backends are made.
@@ -79,5 +80,15 @@ impl Upstream {
         self.choose(key, avoid, |members, i| {
             Box::new(members.http.get(i).clone())
         })
+    }
+}
+
+impl Call {
+    /// Starts an attempt for HTTP: [`Call::pick_backend`], with the picked backend's prepared
+    /// peer.
+    #[inline]
+    pub fn pick(&mut self, key: Option<&[u8]>) -> Result<Box<HttpPeer>, Refusal> {
+        let picked = self.upstream().select(key, self.avoided());
+        self.start(picked).map(|(peer, _)| peer)
     }
 }
