@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{CONNECTION, HOST, USER_AGENT};
@@ -128,7 +128,10 @@ impl HealthCheck {
 /// takes a fresh connection each time (a check must see that a new one can be made) and closes
 /// it after the status line.
 pub struct Prober {
-    connector: Connector,
+    options: ConnectorOptions,
+    /// Made on the first HTTP probe: loading the CA roots costs the process about 2 MB, which
+    /// a gateway with no HTTP health check should not pay.
+    connector: OnceLock<Connector>,
 }
 
 impl Prober {
@@ -137,8 +140,14 @@ impl Prober {
         let mut options = ConnectorOptions::from_server_conf(conf);
         options.keepalive_pool_size = 1;
         Prober {
-            connector: Connector::new(Some(options)),
+            options,
+            connector: OnceLock::new(),
         }
+    }
+
+    fn connector(&self) -> &Connector {
+        self.connector
+            .get_or_init(|| Connector::new(Some(self.options.clone())))
     }
 
     /// The status `peer` answers a `method` request for `path` with, HTTP/1.1 (over TLS when
@@ -151,7 +160,7 @@ impl Prober {
         host: Option<&str>,
     ) -> Result<u16, String> {
         let (mut session, _) = self
-            .connector
+            .connector()
             .get_http_session(peer)
             .await
             .map_err(|e| format!("connect: {e}"))?;
