@@ -33,6 +33,7 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let env = RouteEnv {
         upstreams: &upstreams,
         declared: &declared,
+        resources: crate::plugin::Resources::process(),
     };
     let routes = routes(&raw.routes, &env, prev, &mut errors);
     let admin_token = raw.admin.token.as_ref().and_then(|t| {

@@ -219,6 +219,8 @@ pub struct RouteEnv<'a> {
     /// Every upstream the config declares, built or not: a route naming one that failed its
     /// own checks is not reported a second time.
     pub declared: &'a HashSet<&'a str>,
+    /// What outlives reloads, for the routes' plugins.
+    pub resources: &'a crate::plugin::Resources,
 }
 
 impl RouteEnv<'_> {
@@ -253,7 +255,7 @@ impl RouteSection {
                 at: &at.key("plugin"),
                 upstreams: &lookup,
                 prev: prev.and_then(|p| p.plugin.as_ref()),
-                resources: crate::plugin::Resources::process(),
+                resources: env.resources,
             };
             p.build(&cx, errors)
         });
@@ -684,6 +686,7 @@ mod tests {
         let env = RouteEnv {
             upstreams: &[],
             declared: &declared,
+            resources: crate::plugin::Resources::process(),
         };
         let mut errors = ConfigErrors::default();
         let built = routes

@@ -412,6 +412,7 @@ mod tests {
         let env = config::RouteEnv {
             upstreams: &[],
             declared: &declared,
+            resources: &crate::plugin::Resources::default(),
         };
         let mut errors = ConfigErrors::default();
         let routes = sections

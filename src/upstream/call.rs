@@ -415,21 +415,22 @@ mod tests {
         assert_eq!(call.pick_backend(None).unwrap_err(), Refusal::Unreachable);
     }
 
+    /// A policy that ejects a backend for a minute after two failures in a row.
+    fn ejecting_after_two() -> UpstreamPolicy {
+        UpstreamPolicy {
+            outlier: Some(OutlierPolicy {
+                consecutive_failures: 2,
+                base_ejection: Duration::from_secs(60),
+                max_ejection: Duration::from_secs(60),
+                max_ejected_percent: 100,
+            }),
+            ..policy()
+        }
+    }
+
     #[test]
     fn failed_attempts_count_toward_outlier_ejection_and_leave_the_in_flight_count() {
-        let u = upstream(
-            "call-outlier",
-            UpstreamPolicy {
-                outlier: Some(OutlierPolicy {
-                    consecutive_failures: 2,
-                    base_ejection: Duration::from_secs(60),
-                    max_ejection: Duration::from_secs(60),
-                    max_ejected_percent: 100,
-                }),
-                ..policy()
-            },
-            backends(1),
-        );
+        let u = upstream("call-outlier", ejecting_after_two(), backends(1));
         let state = u.load().backends()[0].state.clone();
         let mut call = u.begin().unwrap();
         call.pick(None).unwrap();
@@ -447,19 +448,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_failures_in_a_row_and_an_unfinished_call_records_nothing() {
-        let u = upstream(
-            "call-reset",
-            UpstreamPolicy {
-                outlier: Some(OutlierPolicy {
-                    consecutive_failures: 2,
-                    base_ejection: Duration::from_secs(60),
-                    max_ejection: Duration::from_secs(60),
-                    max_ejected_percent: 100,
-                }),
-                ..policy()
-            },
-            backends(1),
-        );
+        let u = upstream("call-reset", ejecting_after_two(), backends(1));
         let state = u.load().backends()[0].state.clone();
         for _ in 0..5 {
             let mut bad = u.begin().unwrap();
