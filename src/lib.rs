@@ -3,6 +3,7 @@
 //! The layers, each importing only those below it:
 //! - leaf vocabulary: [`section`] (durations, sizes, secrets, located config errors),
 //!   [`clock`] (the one clock, driven by paused time in tests) and [`metrics`];
+//! - [`tls`]: TLS termination (certificates by SNI, client certificates, handshake metrics);
 //! - domain modules: [`route`] (the compiled route table), [`upstream`] (backend sets,
 //!   balancers, health, outlier ejection, breaker, retry budget), [`limit`] (request rates,
 //!   requests in flight) and [`plugin`] (features acting at the request's phases);
@@ -34,4 +35,5 @@ pub mod runtime;
 pub mod section;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;

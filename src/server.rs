@@ -51,6 +51,7 @@ pub fn server_conf(s: &ServerSettings) -> ServerConf {
 /// `text` is what `snapshot` was built from.
 pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> ! {
     let settings: Settings = snapshot.settings.clone();
+    crate::tls::publish_certificates(settings.listeners.iter().filter_map(|l| l.tls.as_deref()));
     let live = Live::new(snapshot);
     let conf = server_conf(&settings.server);
     let opt = Opt {
@@ -127,13 +128,36 @@ fn http_service(
     options.keepalive_request_limit = l.keepalive_requests;
     proxy.server_options = Some(options);
     let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
-    let mut svc = Service::new(format!("proxy {}", l.name), ConnApp::new(proxy, conns));
+    let mut app = ConnApp::new(proxy, conns);
+    if let Some(source) = tls_source(live, l) {
+        app = app.with_tls(source);
+    }
+    let mut svc = Service::new(format!("proxy {}", l.name), app);
     // No L4 read buffer: Pingora reads a request head into its own buffer anyway, so a
     // 64 KiB buffer per connection only adds a copy, and memory to every idle connection.
     svc.add_listener(
         ListenerConfig::tcp(l.addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
     );
     svc
+}
+
+/// Where a TLS listener's connections get their acceptor: the listener of the same name in
+/// the serving config, so that a reload swaps certificates for new connections. A reload that
+/// drops the listener's `tls:` cannot turn TLS off without a restart (it is warned about), so
+/// the listener keeps the TLS it started with until then.
+fn tls_source(live: &Arc<Live>, l: &Listener) -> Option<crate::tls::TlsSource> {
+    let first = l.tls.clone()?;
+    let live = live.clone();
+    let name = l.name.clone();
+    Some(Arc::new(move || {
+        live.load()
+            .settings
+            .listeners
+            .iter()
+            .find(|x| x.name == name)
+            .and_then(|x| x.tls.clone())
+            .unwrap_or_else(|| first.clone())
+    }))
 }
 
 /// Runs `server` until it exits the process. Pingora unwraps what can fail while starting its

@@ -15,6 +15,7 @@ use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
 use crate::section::AdminToken;
+use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 
 #[derive(Debug)]
@@ -75,6 +76,9 @@ pub struct Listener {
     pub path: PathPolicy,
     /// Deadlines on slow and idle clients, and connection limits.
     pub conn: ConnSettings,
+    /// TLS termination, when the listener has a `tls:` section. Whether it has one takes a
+    /// restart; what it holds (certificates, versions, client auth) applies on reload.
+    pub tls: Option<Arc<ListenerTls>>,
 }
 
 /// What a listener serves: HTTP, the one kind today.

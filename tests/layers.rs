@@ -10,6 +10,8 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     // leaf vocabulary
     &["section", "clock", "metrics"],
+    // TLS termination: certificates, handshakes, what a client certificate says
+    &["tls"],
     // admission and connection pieces with no routing knowledge
     &["client_ip", "limit", "conn", "logging", "access_log"],
     // domain modules

@@ -10,6 +10,7 @@ use crate::conn::ConnKeys;
 use crate::route::path::PathSection;
 use crate::section::{At, ConfigErrors, Dur, Size};
 use crate::snapshot::{Listener, ListenerKind};
+use crate::tls::TlsSection;
 
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
@@ -40,6 +41,8 @@ pub struct ListenerSection {
     pub max_connections: Option<u32>,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: Option<u32>,
+    /// TLS termination: certificates chosen by SNI, versions, client certificates.
+    pub tls: Option<TlsSection>,
 }
 
 impl ListenerSection {
@@ -63,6 +66,10 @@ impl ListenerSection {
             keepalive_requests: self.keepalive_requests,
             path: self.path.build(),
             conn: self.conn_keys().build(at, errors),
+            tls: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.build(&at.key("tls"), &self.name, errors)),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod io;
 pub mod log;
 pub mod pressure;
 pub mod state;
+mod tls;
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -330,6 +331,8 @@ pub fn client_body_timed_out(session: &ServerSession, e: &pingora::Error) -> boo
 pub struct ConnApp<A> {
     inner: Arc<A>,
     conns: Arc<ListenerConns>,
+    /// The listener's TLS, when it terminates TLS (see [`tls`]).
+    tls: Option<crate::tls::TlsSource>,
 }
 
 impl<A> ConnApp<A> {
@@ -337,6 +340,7 @@ impl<A> ConnApp<A> {
         ConnApp {
             inner: Arc::new(inner),
             conns,
+            tls: None,
         }
     }
 }
@@ -369,6 +373,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
                 return None;
             }
         };
+        let io = self.tls_front(io, accepted, peer).await?;
         let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
         if h2c || matches!(io.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_))) {
             // Not HTTP/1: Pingora's own handling (HTTP/2 has its own idle timeout).

@@ -431,6 +431,7 @@ impl ProxyHttp for Gateway {
             }
             upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
         }
+        crate::tls::client_cert_headers(session.digest(), upstream_request)?;
         route.request_headers.apply_request(upstream_request)?;
         if let Some((p, request, state)) = ctx.plugin() {
             p.upstream_request_filter(session, &request, upstream_request, state)

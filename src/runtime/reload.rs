@@ -56,6 +56,12 @@ impl Reloader {
                     );
                 }
                 let generation = next.generation;
+                crate::tls::publish_certificates(
+                    next.settings
+                        .listeners
+                        .iter()
+                        .filter_map(|l| l.tls.as_deref()),
+                );
                 self.shared.install(next);
                 METRICS.config_reloads.with_label_values(&["success"]).inc();
                 log::info!(
