@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conn::proxy_protocol::ProxyProtocolSection;
 use crate::conn::ConnKeys;
 use crate::route::path::PathSection;
 use crate::section::{At, ConfigErrors, Dur, Size};
@@ -40,6 +41,8 @@ pub struct ListenerSection {
     pub max_connections: Option<u32>,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: Option<u32>,
+    /// The PROXY protocol header from a load balancer in front; required when present.
+    pub proxy_protocol: Option<ProxyProtocolSection>,
 }
 
 impl ListenerSection {
@@ -52,7 +55,7 @@ impl ListenerSection {
                 format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
             );
         }
-        Listener {
+        let mut l = Listener {
             name: self.name.clone(),
             addr,
             kind: self.kind,
@@ -63,7 +66,15 @@ impl ListenerSection {
             keepalive_requests: self.keepalive_requests,
             path: self.path.build(),
             conn: self.conn_keys().build(at, errors),
-        }
+        };
+        l.conn.proxy_protocol = self.proxy_protocol.as_ref().map(|p| {
+            p.build(
+                &at.key("proxy_protocol"),
+                l.conn.client_header_timeout,
+                errors,
+            )
+        });
+        l
     }
 
     fn conn_keys(&self) -> ConnKeys {
