@@ -36,3 +36,10 @@ pub fn path(data: &[u8]) {
         panic!("{e}");
     }
 }
+
+/// A connection's first bytes through the PROXY protocol reader and parser, checked for never
+/// reading past a header and for taking whole every header `ppp` accepts
+/// ([`crate::conn::proxy_protocol::exercise`]).
+pub fn proxy_protocol(data: &[u8]) {
+    crate::conn::proxy_protocol::exercise(data);
+}

@@ -41,3 +41,8 @@ fn zk_instance_corpus() {
 fn path_corpus() {
     replay("path", zkgate::fuzz::path);
 }
+
+#[test]
+fn proxy_protocol_corpus() {
+    replay("proxy_protocol", zkgate::fuzz::proxy_protocol);
+}

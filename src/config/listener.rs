@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conn::proxy_protocol::ProxyProtocolSection;
 use crate::conn::ConnKeys;
 use crate::route::path::PathSection;
 use crate::section::{At, ConfigErrors, Dur, Size};
@@ -43,6 +44,8 @@ pub struct ListenerSection {
     pub max_connections_per_ip: Option<u32>,
     /// TLS termination: certificates chosen by SNI, versions, client certificates.
     pub tls: Option<TlsSection>,
+    /// The PROXY protocol header from a load balancer in front; required when present.
+    pub proxy_protocol: Option<ProxyProtocolSection>,
 }
 
 impl ListenerSection {
@@ -55,7 +58,7 @@ impl ListenerSection {
                 format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
             );
         }
-        Listener {
+        let mut l = Listener {
             name: self.name.clone(),
             addr,
             kind: self.kind,
@@ -70,7 +73,15 @@ impl ListenerSection {
                 .tls
                 .as_ref()
                 .and_then(|t| t.build(&at.key("tls"), &self.name, errors)),
-        }
+        };
+        l.conn.proxy_protocol = self.proxy_protocol.as_ref().map(|p| {
+            p.build(
+                &at.key("proxy_protocol"),
+                l.conn.client_header_timeout,
+                errors,
+            )
+        });
+        l
     }
 
     fn conn_keys(&self) -> ConnKeys {

@@ -75,6 +75,7 @@ impl ConnKeys {
             keepalive_timeout: (!keepalive.is_zero()).then_some(keepalive),
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            proxy_protocol: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod io;
 pub mod log;
 pub mod pressure;
+pub mod proxy_protocol;
 pub mod state;
 mod tls;
 
@@ -58,6 +59,8 @@ pub struct ConnSettings {
     pub keepalive_timeout: Option<Duration>,
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
+    /// The PROXY protocol header the listener requires (`None`: none is read).
+    pub proxy_protocol: Option<proxy_protocol::ProxyProtocol>,
 }
 
 impl Default for ConnSettings {
@@ -68,6 +71,7 @@ impl Default for ConnSettings {
             keepalive_timeout: Some(DEFAULT_KEEPALIVE_TIMEOUT),
             max_connections: None,
             max_connections_per_ip: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -210,6 +214,7 @@ pub struct ListenerConns {
     max_connections: Option<u32>,
     open: AtomicU32,
     per_ip: Option<PerIp>,
+    proxy_protocol: Option<proxy_protocol::Front>,
     closed: [IntCounter; 6],
     logs: [LogLimiter; 6],
 }
@@ -233,6 +238,10 @@ impl ListenerConns {
                 max,
                 shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
             }),
+            proxy_protocol: s
+                .proxy_protocol
+                .as_ref()
+                .map(|p| proxy_protocol::Front::new(name, p)),
             closed: Reason::ALL.map(|r| CLOSED.with_label_values(&[name, r.as_str()])),
             logs: Reason::ALL.map(|_| LogLimiter::new(LOG_EVERY)),
         }
@@ -260,20 +269,15 @@ impl ListenerConns {
         }
     }
 
-    fn admit(&self, peer: Option<IpAddr>) -> Result<Slot<'_>, Reason> {
+    /// A place among the listener's `max_connections`, taken at the accept.
+    fn admit(&self) -> Result<Slot<'_>, Reason> {
         let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut slot = Slot {
+        let slot = Slot {
             conns: self,
             ip: None,
         };
         if self.max_connections.is_some_and(|max| open > max) {
             return Err(Reason::MaxConnections);
-        }
-        if let (Some(per_ip), Some(ip)) = (&self.per_ip, peer) {
-            if !per_ip.acquire(ip) {
-                return Err(Reason::MaxConnectionsPerIp);
-            }
-            slot.ip = Some(ip);
         }
         Ok(slot)
     }
@@ -288,6 +292,20 @@ impl ListenerConns {
 struct Slot<'a> {
     conns: &'a ListenerConns,
     ip: Option<IpAddr>,
+}
+
+impl Slot<'_> {
+    /// A place among `max_connections_per_ip` for `peer`: the client's address, which on a
+    /// PROXY protocol listener is known only once its header is read.
+    fn admit_ip(&mut self, peer: Option<IpAddr>) -> Result<(), Reason> {
+        if let (Some(per_ip), Some(ip)) = (&self.conns.per_ip, peer) {
+            if !per_ip.acquire(ip) {
+                return Err(Reason::MaxConnectionsPerIp);
+            }
+            self.ip = Some(ip);
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Slot<'_> {
@@ -365,14 +383,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
         let _open = Open;
         let accepted = clock::now();
         pressure::on_accept(io.id(), accepted);
-        let peer = io::peer_ip(&io);
-        let _slot = match self.conns.admit(peer) {
+        let mut slot = match self.conns.admit() {
             Ok(slot) => slot,
             Err(reason) => {
-                self.conns.closed(reason, peer);
+                self.conns.closed(reason, io::peer_ip(&io));
                 return None;
             }
         };
+        // Front step 1: the PROXY protocol header, which replaces the peer address.
+        let mut io = io;
+        if let Some(p) = &self.conns.proxy_protocol {
+            if !p.run(&mut io, accepted, &self.conns).await {
+                return None;
+            }
+        }
+        let peer = io::peer_ip(&io);
+        if let Err(reason) = slot.admit_ip(peer) {
+            self.conns.closed(reason, peer);
+            return None;
+        }
         let io = self.tls_front(io, accepted, peer).await?;
         let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
         if h2c || matches!(io.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_))) {

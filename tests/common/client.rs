@@ -180,6 +180,15 @@ impl Conn {
         })
     }
 
+    /// A keep-alive connection on a stream the caller opened (and may have written to: a
+    /// PROXY protocol header, say).
+    pub fn from_stream(s: TcpStream) -> std::io::Result<Conn> {
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        Ok(Conn {
+            reader: BufReader::new(s),
+        })
+    }
+
     pub fn get(&mut self, target: &str) -> std::io::Result<Response> {
         let req = format!("GET {target} HTTP/1.1\r\nhost: test.local\r\n\r\n");
         self.reader.get_mut().write_all(req.as_bytes())?;
