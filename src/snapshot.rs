@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access_log::AccessLogSettings;
 use crate::client_ip::ClientIp;
+use crate::conn::h2::Http2Settings;
 use crate::conn::ConnSettings;
 use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
@@ -75,6 +76,8 @@ pub struct Listener {
     pub path: PathPolicy,
     /// Deadlines on slow and idle clients, and connection limits.
     pub conn: ConnSettings,
+    /// HTTP/2: h2c, and the limits of Pingora's HTTP/2 server.
+    pub http2: Http2Settings,
 }
 
 /// What a listener serves: HTTP, the one kind today.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conn::h2::Http2Section;
 use crate::conn::ConnKeys;
 use crate::route::path::PathSection;
 use crate::section::{At, ConfigErrors, Dur, Size};
@@ -40,6 +41,9 @@ pub struct ListenerSection {
     pub max_connections: Option<u32>,
     /// Client connections open at once from one IP address.
     pub max_connections_per_ip: Option<u32>,
+    /// HTTP/2: h2c on cleartext, and its limits.
+    #[serde(default)]
+    pub http2: Http2Section,
 }
 
 impl ListenerSection {
@@ -52,17 +56,23 @@ impl ListenerSection {
                 format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
             );
         }
+        let max_request_header_bytes = self
+            .max_request_header_bytes
+            .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0);
+        let conn = self.conn_keys().build(at, errors);
+        let http2 = self
+            .http2
+            .build(&at.key("http2"), max_request_header_bytes, &conn, errors);
         Listener {
             name: self.name.clone(),
             addr,
             kind: self.kind,
             max_request_headers: max_headers,
-            max_request_header_bytes: self
-                .max_request_header_bytes
-                .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
+            max_request_header_bytes,
             keepalive_requests: self.keepalive_requests,
             path: self.path.build(),
-            conn: self.conn_keys().build(at, errors),
+            conn,
+            http2,
         }
     }
 
