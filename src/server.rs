@@ -126,7 +126,10 @@ fn http_service(
     let mut proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
     let mut options = HttpServerOptions::default();
     options.keepalive_request_limit = l.keepalive_requests;
+    options.h2c = l.http2.h2c;
+    options.h2_idle_timeout = Some(l.http2.idle_timeout);
     proxy.server_options = Some(options);
+    proxy.h2_options = Some(l.http2.h2_options());
     let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
     let mut app = ConnApp::new(proxy, conns);
     if let Some(source) = tls_source(live, l) {

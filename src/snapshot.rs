@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access_log::AccessLogSettings;
 use crate::client_ip::ClientIp;
+use crate::conn::h2::Http2Settings;
 use crate::conn::ConnSettings;
 use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
@@ -79,6 +80,8 @@ pub struct Listener {
     /// TLS termination, when the listener has a `tls:` section. Whether it has one takes a
     /// restart; what it holds (certificates, versions, client auth) applies on reload.
     pub tls: Option<Arc<ListenerTls>>,
+    /// HTTP/2: h2c, and the limits of Pingora's HTTP/2 server.
+    pub http2: Http2Settings,
 }
 
 /// What a listener serves: HTTP, the one kind today.

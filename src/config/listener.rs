@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conn::h2::Http2Section;
 use crate::conn::proxy_protocol::ProxyProtocolSection;
 use crate::conn::ConnKeys;
 use crate::route::path::PathSection;
@@ -46,6 +47,9 @@ pub struct ListenerSection {
     pub tls: Option<TlsSection>,
     /// The PROXY protocol header from a load balancer in front; required when present.
     pub proxy_protocol: Option<ProxyProtocolSection>,
+    /// HTTP/2: h2c on cleartext, and its limits.
+    #[serde(default)]
+    pub http2: Http2Section,
 }
 
 impl ListenerSection {
@@ -58,30 +62,31 @@ impl ListenerSection {
                 format!("must be between 1 and {PINGORA_MAX_HEADERS}"),
             );
         }
-        let mut l = Listener {
+        let max_request_header_bytes = self
+            .max_request_header_bytes
+            .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0);
+        let mut conn = self.conn_keys().build(at, errors);
+        conn.proxy_protocol = self.proxy_protocol.as_ref().map(|p| {
+            p.build(&at.key("proxy_protocol"), conn.client_header_timeout, errors)
+        });
+        let http2 = self
+            .http2
+            .build(&at.key("http2"), max_request_header_bytes, &conn, errors);
+        Listener {
             name: self.name.clone(),
             addr,
             kind: self.kind,
             max_request_headers: max_headers,
-            max_request_header_bytes: self
-                .max_request_header_bytes
-                .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0),
+            max_request_header_bytes,
             keepalive_requests: self.keepalive_requests,
             path: self.path.build(),
-            conn: self.conn_keys().build(at, errors),
+            conn,
+            http2,
             tls: self
                 .tls
                 .as_ref()
                 .and_then(|t| t.build(&at.key("tls"), &self.name, errors)),
-        };
-        l.conn.proxy_protocol = self.proxy_protocol.as_ref().map(|p| {
-            p.build(
-                &at.key("proxy_protocol"),
-                l.conn.client_header_timeout,
-                errors,
-            )
-        });
-        l
+        }
     }
 
     fn conn_keys(&self) -> ConnKeys {

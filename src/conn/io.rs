@@ -3,6 +3,7 @@
 //! through to Pingora's stream.
 
 use std::any::Any;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,6 +18,7 @@ use pingora::protocols::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::h2::PREFACE;
 use super::state::ConnState;
 use super::{clock, ListenerConns};
 
@@ -24,9 +26,11 @@ pub struct Guarded {
     inner: Stream,
     state: Arc<ConnState>,
     listener: Arc<ListenerConns>,
-    /// The first byte of a new connection, read by [`Guarded::first_byte`] before Pingora's
-    /// session exists, and handed to its first read.
-    stash: Option<u8>,
+    /// The first bytes of a new connection, read before Pingora's session exists (the first
+    /// byte, and on an HTTP/2-capable connection as much of the preface as matched), handed to
+    /// its first reads: `stash[stashed]` is what is still to hand over.
+    stash: [u8; PREFACE.len()],
+    stashed: Range<usize>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -44,7 +48,8 @@ impl Guarded {
             inner,
             state,
             listener,
-            stash: None,
+            stash: [0; PREFACE.len()],
+            stashed: 0..0,
         }
     }
 
@@ -56,9 +61,30 @@ impl Guarded {
         if n == 0 {
             return Ok(false);
         }
-        self.stash = Some(b[0]);
+        self.stash[0] = b[0];
+        self.stashed = 0..1;
         self.state.on_first_byte(clock::now());
         Ok(true)
+    }
+
+    /// After [`Guarded::first_byte`]: reads on while what came is the start of `prefix`, and
+    /// says whether all of `prefix` came. Never reads past `prefix`'s length, and keeps every
+    /// byte read for the next reads.
+    pub async fn read_while_prefix_of(&mut self, prefix: &[u8]) -> std::io::Result<bool> {
+        let want = prefix.len().min(self.stash.len());
+        while self.stashed.end < want
+            && self.stash[..self.stashed.end] == prefix[..self.stashed.end]
+        {
+            let end = self.stashed.end;
+            let n =
+                tokio::io::AsyncReadExt::read(&mut self.inner, &mut self.stash[end..want]).await?;
+            if n == 0 {
+                // Closed within the preface: whoever reads next sees the bytes, then the end.
+                return Ok(false);
+            }
+            self.stashed.end += n;
+        }
+        Ok(self.stash[..self.stashed.end] == *prefix)
     }
 
     pub fn state(&self) -> &Arc<ConnState> {
@@ -82,10 +108,13 @@ impl AsyncRead for Guarded {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(b) = self.stash.take() {
-            buf.put_slice(&[b]);
+        if !self.stashed.is_empty() {
+            let from = self.stashed.start;
+            let n = self.stashed.len().min(buf.remaining());
+            buf.put_slice(&self.stash[from..from + n]);
+            self.stashed.start += n;
             // And whatever else has come, without waiting for more.
-            if buf.remaining() > 0 {
+            if self.stashed.is_empty() && buf.remaining() > 0 {
                 if let Poll::Ready(Err(e)) = Pin::new(&mut self.inner).poll_read(cx, buf) {
                     return Poll::Ready(Err(e));
                 }
@@ -198,7 +227,16 @@ impl GetSocketDigest for Guarded {
 #[async_trait]
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        let stashed = &self.stash[self.stashed.clone()];
+        if stashed.is_empty() {
+            return self.inner.try_peek(buf).await;
+        }
+        if stashed.len() >= buf.len() {
+            buf.copy_from_slice(&stashed[..buf.len()]);
+            return Ok(true);
+        }
+        // Part of what is asked for was read already and the rest not yet: no peek.
+        Ok(false)
     }
 }
 

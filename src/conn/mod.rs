@@ -10,6 +10,7 @@
 //! Gaps between body reads are Pingora's read timeout (`client_body_timeout`).
 
 pub mod config;
+pub mod h2;
 pub mod io;
 pub mod log;
 pub mod pressure;
@@ -217,6 +218,7 @@ pub struct ListenerConns {
     proxy_protocol: Option<proxy_protocol::Front>,
     closed: [IntCounter; 6],
     logs: [LogLimiter; 6],
+    versions: h2::Versions,
 }
 
 impl ListenerConns {
@@ -244,6 +246,7 @@ impl ListenerConns {
                 .map(|p| proxy_protocol::Front::new(name, p)),
             closed: Reason::ALL.map(|r| CLOSED.with_label_values(&[name, r.as_str()])),
             logs: Reason::ALL.map(|_| LogLimiter::new(LOG_EVERY)),
+            versions: h2::Versions::new(name),
         }
     }
 
@@ -403,9 +406,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
             return None;
         }
         let io = self.tls_front(io, accepted, peer).await?;
-        let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
-        if h2c || matches!(io.selected_alpn_proto(), Some(ALPN::H2 | ALPN::Custom(_))) {
-            // Not HTTP/1: Pingora's own handling (HTTP/2 has its own idle timeout).
+        if matches!(io.selected_alpn_proto(), Some(ALPN::Custom(_))) {
+            // Neither HTTP/1 nor HTTP/2: Pingora's own handling.
             let mut next = Some(io);
             while let Some(io) = next {
                 next = ServerApp::process_new(&self.inner, io, shutdown).await;
@@ -439,6 +441,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
         ));
         let mut sleep = pin!(tokio::time::sleep_until(clock::to_tokio(accepted)));
         let mut evict = pin!(IDLE.notified());
+        // HTTP/2 is decided by the first bytes (h2c) or was by ALPN: either way its preface
+        // is read under the head deadline, and the connection then goes to Pingora's HTTP/2.
+        let alpn_h2 = matches!(io.selected_alpn_proto(), Some(ALPN::H2));
+        let h2c =
+            io.get_ssl_digest().is_none() && self.inner.server_options().is_some_and(|o| o.h2c);
         let mut guarded = Box::new(Guarded::new(io, state.clone(), self.conns.clone()));
         // A new connection waits for its first byte here, before Pingora's session and request
         // futures exist: a client that connects and sends nothing costs its stream and this
@@ -447,14 +454,27 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
         // A server shutting down closes connections that asked for nothing yet, as Pingora does
         // with those waiting for a keep-alive request.
         let mut stopping = shutdown.clone();
-        let first_byte = async {
+        let first_bytes = async {
             tokio::select! {
-                got = guarded.first_byte() => got,
-                _ = stopping.wait_for(|stop| *stop) => Ok(false),
+                got = h2::first_bytes(&mut guarded, alpn_h2 || h2c) => got,
+                _ = stopping.wait_for(|stop| *stop) => Ok(h2::First::Nothing),
             }
         };
-        match watch(first_byte, &state, sleep.as_mut(), evict.as_mut()).await {
-            Outcome::Done(Ok(true)) => {}
+        match watch(first_bytes, &state, sleep.as_mut(), evict.as_mut()).await {
+            Outcome::Done(Ok(h2::First::Http2)) => {
+                c.versions.count(if alpn_h2 {
+                    h2::Version::H2
+                } else {
+                    h2::Version::H2c
+                });
+                // Pingora's HTTP/2 server, bounded by the listener's `http2` settings.
+                state.on_head();
+                let _ = ServerApp::process_new(&self.inner, guarded, shutdown).await;
+                return;
+            }
+            // ALPN promised HTTP/2 and the client sent something else.
+            Outcome::Done(Ok(h2::First::Http1)) if alpn_h2 => return,
+            Outcome::Done(Ok(h2::First::Http1)) => c.versions.count(h2::Version::Http1),
             Outcome::Done(_) => return,
             Outcome::Expired(e) => return c.closed(e.into(), peer),
             Outcome::Evicted => return c.closed(Reason::FdPressure, peer),

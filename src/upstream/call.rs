@@ -236,6 +236,7 @@ mod tests {
                 write_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(1),
                 tls: None,
+                protocol: crate::upstream::Protocol::Http1,
             },
             health: None,
             outlier: None,

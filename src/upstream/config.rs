@@ -21,8 +21,8 @@ use super::outlier::OutlierPolicy;
 use super::retry_budget::RetryBudget;
 use super::slow_start::SlowStart;
 use super::{
-    BackendSpec, Balance, HashKey, Invalid, Locality, PeerSettings, TlsSettings, Upstream,
-    UpstreamPolicy, DEFAULT_LEAST_CONN_CHOICES, MAX_LEAST_CONN_CHOICES,
+    BackendSpec, Balance, HashKey, Invalid, Locality, PeerSettings, Protocol, TlsSettings,
+    Upstream, UpstreamPolicy, DEFAULT_LEAST_CONN_CHOICES, MAX_LEAST_CONN_CHOICES,
 };
 use crate::section::{At, ConfigErrors, Dur};
 
@@ -39,6 +39,9 @@ pub struct UpstreamSection {
     #[serde(default)]
     pub timeouts: TimeoutSection,
     pub tls: Option<UpstreamTls>,
+    /// The HTTP version spoken to the backends: `http1`, `h2` (over `tls`, by ALPN) or `h2c`.
+    #[serde(default, skip_serializing_if = "Protocol::is_http1")]
+    pub protocol: Protocol,
     pub health_check: Option<HealthCheckSection>,
     pub outlier_detection: Option<OutlierSection>,
     pub retry_budget: Option<RetryBudgetSection>,
@@ -200,9 +203,10 @@ impl UpstreamSection {
         }
         let discovery = self.discovery(at, env, errors);
         let hash_key = self.hash_key(at, errors);
-        let settings = self
+        let mut settings = self
             .timeouts
             .settings(&at.key("timeouts"), self.tls.as_ref(), errors);
+        settings.protocol = self.protocol(at, errors);
         let health = self
             .health_check
             .as_ref()
@@ -324,6 +328,23 @@ impl UpstreamSection {
         }
     }
 
+    /// The `protocol`, checked against `tls`: `h2` is negotiated in the TLS handshake, `h2c`
+    /// is cleartext.
+    fn protocol(&self, at: &At, errors: &mut ConfigErrors) -> Protocol {
+        match (self.protocol, &self.tls) {
+            (Protocol::H2, None) => errors.push(
+                at.key("protocol"),
+                "h2 is HTTP/2 over TLS and needs `tls`; use h2c for cleartext HTTP/2",
+            ),
+            (Protocol::H2c, Some(_)) => errors.push(
+                at.key("protocol"),
+                "h2c is cleartext HTTP/2; use h2 with `tls`",
+            ),
+            _ => {}
+        }
+        self.protocol
+    }
+
     fn least_conn_choices(&self, at: &At, errors: &mut ConfigErrors) -> usize {
         match (self.balance, self.least_conn_choices) {
             (_, None) => DEFAULT_LEAST_CONN_CHOICES,
@@ -379,6 +400,7 @@ impl TimeoutSection {
                 sni: tls.sni.clone().unwrap_or_default(),
                 verify: tls.verify,
             }),
+            protocol: Protocol::Http1,
         }
     }
 }
@@ -654,6 +676,43 @@ health_check: { type: tcp, path: /x, interval: 10ms }
                 "upstreams[3].retry_budget.percent: must be 0 to 100",
             ]
         );
+    }
+
+    #[test]
+    fn the_protocol_goes_with_tls_and_is_set_on_every_prepared_peer() {
+        use pingora::protocols::ALPN;
+        let env = UpstreamEnv::default();
+        let errs = build(
+            "{ name: u, backends: [\"127.0.0.1:1\"], protocol: h2 }",
+            &env,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            ["upstreams[3].protocol: h2 is HTTP/2 over TLS and needs `tls`; use h2c for cleartext HTTP/2"]
+        );
+        let errs = build(
+            "{ name: u, backends: [\"127.0.0.1:1\"], protocol: h2c, tls: {} }",
+            &env,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errs,
+            ["upstreams[3].protocol: h2c is cleartext HTTP/2; use h2 with `tls`"]
+        );
+        let alpn = |yaml: &str| {
+            let u = build(yaml, &env, None).expect("valid");
+            let peer = u.select(None, &[]).expect("a backend").peer;
+            (peer.options.alpn.clone(), peer.is_tls())
+        };
+        let h2c = alpn("{ name: u, backends: [\"127.0.0.1:1\"], protocol: h2c }");
+        assert!(matches!(h2c, (ALPN::H2, false)), "{h2c:?}");
+        let h2 = alpn("{ name: u, backends: [\"127.0.0.1:1\"], protocol: h2, tls: {} }");
+        assert!(matches!(h2, (ALPN::H2, true)), "{h2:?}");
+        let h1 = alpn("{ name: u, backends: [\"127.0.0.1:1\"] }");
+        assert!(matches!(h1, (ALPN::H1, false)), "{h1:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use http::header::{CONNECTION, HOST, USER_AGENT};
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
@@ -150,8 +151,8 @@ impl Prober {
             .get_or_init(|| Connector::new(Some(self.options.clone())))
     }
 
-    /// The status `peer` answers a `method` request for `path` with, HTTP/1.1 (over TLS when
-    /// the peer says so); `host` is the Host header, the backend's address when `None`.
+    /// The status `peer` answers a `method` request for `path` with, in the peer's HTTP version
+    /// (over TLS when the peer says so); `host` is the Host header, the backend's address when `None`.
     async fn status(
         &self,
         peer: &HttpPeer,
@@ -167,12 +168,14 @@ impl Prober {
         let mut req = RequestHeader::build(method, path.as_bytes(), Some(3))
             .map_err(|e| format!("request: {e}"))?;
         let addr = peer._address.to_string();
+        // HTTP/2 forbids `Connection` (RFC 9113 §8.2.2); its probe ends with its stream.
+        let h1 = matches!(session, HttpSession::H1(_));
         let headers = [
             (HOST, host.unwrap_or(&addr)),
             (USER_AGENT, "zkgate-health-check"),
             (CONNECTION, "close"),
         ];
-        for (name, value) in headers {
+        for (name, value) in headers.into_iter().filter(|(n, _)| h1 || *n != CONNECTION) {
             req.insert_header(name, value)
                 .map_err(|e| format!("request: {e}"))?;
         }
@@ -250,6 +253,7 @@ mod tests {
             write_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             tls: None,
+            protocol: crate::upstream::Protocol::Http1,
         };
         let prober = Prober::new(&ServerConf::default());
         check.probe(&prober, addr, &settings).await

@@ -39,7 +39,7 @@ pub use hash_key::HashKey;
 use health::HealthCheck;
 use outlier::OutlierPolicy;
 use peer::HttpPeers;
-pub use peer::{PeerSettings, TlsSettings};
+pub use peer::{PeerSettings, Protocol, TlsSettings};
 use retry_budget::RetryBudget;
 use select::Selector;
 pub use select::{Balance, DEFAULT_LEAST_CONN_CHOICES, MAX_LEAST_CONN_CHOICES};

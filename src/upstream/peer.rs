@@ -6,10 +6,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
+use serde::{Deserialize, Serialize};
 
 use super::call::{Call, Refusal};
 use super::{Picked, Upstream};
+
+/// Streams multiplexed on one HTTP/2 connection to a backend before another is opened
+/// (Pingora's own default is one stream per connection).
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// How connections to this upstream's backends are made.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +25,26 @@ pub struct PeerSettings {
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
     pub tls: Option<TlsSettings>,
+    pub protocol: Protocol,
+}
+
+/// The HTTP version spoken to an upstream's backends (`upstreams[].protocol`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1, over TLS when the upstream has `tls`.
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN (a backend that does not offer `h2` is refused).
+    H2,
+    /// HTTP/2 with prior knowledge over cleartext.
+    H2c,
+}
+
+impl Protocol {
+    pub fn is_http1(&self) -> bool {
+        *self == Protocol::Http1
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +73,12 @@ impl PeerSettings {
         if let Some(t) = &self.tls {
             o.verify_cert = t.verify;
             o.verify_hostname = t.verify;
+        }
+        if self.protocol != Protocol::Http1 {
+            // HTTP/2 only: over TLS it is the one protocol ALPN offers; over cleartext Pingora
+            // takes it as prior knowledge.
+            o.alpn = ALPN::H2;
+            o.max_h2_streams = H2_STREAMS_PER_CONNECTION;
         }
         peer
     }

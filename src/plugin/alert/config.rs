@@ -26,7 +26,7 @@ use crate::section::{At, ConfigErrors};
 use crate::section::{Dur, Size};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::config::BreakerSection;
-use crate::upstream::{PeerSettings, TlsSettings, Upstream};
+use crate::upstream::{PeerSettings, Protocol, TlsSettings, Upstream};
 
 pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
 pub const DEFAULT_MAX_ALERTS: usize = 1000;
@@ -478,6 +478,7 @@ fn target(
                             sni: host.clone(),
                             verify: true,
                         }),
+                        protocol: Protocol::Http1,
                     },
                     host,
                     port,
