@@ -1,5 +1,9 @@
 //! The optional access log: one line per request, handed to a writer thread through a bounded
 //! queue, so a slow disk drops (and counts) lines instead of stalling requests.
+//!
+//! A line: `TIME CLIENT "METHOD TARGET VERSION" STATUS BYTES DURATIONms route=R backend=B
+//! http=HTTP/1.1 tls=TLSv1.3 cipher=C sni=S`, `-` for what a request has not. New fields go at
+//! the end, as `key=value`, so that what reads the older fields keeps working.
 
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
@@ -7,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
 
+use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
 
@@ -80,8 +85,9 @@ impl AccessLog {
         let client = session
             .client_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
         let line = format!(
-            "{} {} \"{} {} {:?}\" {} {} {:.3}ms route={} backend={}\n",
+            "{} {} \"{} {} {:?}\" {} {} {:.3}ms route={} backend={} http={} {}\n",
             humantime::format_rfc3339_millis(SystemTime::now()),
             client,
             req.method,
@@ -92,6 +98,8 @@ impl AccessLog {
             elapsed.as_secs_f64() * 1000.0,
             route.unwrap_or("-"),
             backend.map_or_else(|| "-".to_owned(), |b| b.to_string()),
+            http_version(req.version),
+            TlsFields(tls),
         );
         match self.tx.try_send(line) {
             Ok(()) => {}
@@ -125,6 +133,43 @@ impl std::fmt::Display for Target<'_> {
     }
 }
 
+/// The HTTP version as people write it (`HTTP/2`, not `HTTP/2.0`).
+fn http_version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
+}
+
+/// `tls=VERSION cipher=SUITE sni=NAME` of a TLS connection, `tls=- cipher=- sni=-` otherwise.
+struct TlsFields<'a>(Option<&'a SslDigest>);
+
+impl std::fmt::Display for TlsFields<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some(tls) = self.0 else {
+            return f.write_str("tls=- cipher=- sni=-");
+        };
+        write!(
+            f,
+            "tls={} cipher={} sni={}",
+            tls.version,
+            tls.cipher,
+            sni(tls).unwrap_or("-")
+        )
+    }
+}
+
+/// The server name the client asked for. The TLS listener's handshake leaves it in the
+/// digest's extension (the `TlsInfo` of the `tls` module): read it here once that exists.
+/// Until then a TLS connection logs `sni=-`.
+fn sni(_tls: &SslDigest) -> Option<&str> {
+    None
+}
+
 fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     while let Ok(line) = rx.recv() {
@@ -151,5 +196,24 @@ mod tests {
         assert_eq!(shown("http://h/x"), "http://h/x");
         assert_eq!(shown("h:443"), "h:443");
         assert_eq!(shown("*"), "*");
+    }
+
+    #[test]
+    fn http_and_tls_fields() {
+        assert_eq!(http_version(http::Version::HTTP_10), "HTTP/1.0");
+        assert_eq!(http_version(http::Version::HTTP_11), "HTTP/1.1");
+        assert_eq!(http_version(http::Version::HTTP_2), "HTTP/2");
+        assert_eq!(TlsFields(None).to_string(), "tls=- cipher=- sni=-");
+        let digest = SslDigest::new(
+            "TLS13_AES_128_GCM_SHA256",
+            "TLSv1.3",
+            None,
+            None,
+            Vec::new(),
+        );
+        assert_eq!(
+            TlsFields(Some(&digest)).to_string(),
+            "tls=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256 sni=-"
+        );
     }
 }

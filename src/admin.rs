@@ -18,6 +18,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::metrics;
+use crate::route::Action;
 use crate::runtime::Live;
 use crate::upstream::state::DRAINED;
 
@@ -144,6 +145,30 @@ impl Admin {
         json!({ "upstreams": list })
     }
 
+    /// Each route: the listeners it serves (`null` for all) and what it does. Match values
+    /// are left out (a header condition may hold a credential); `/config` has them, redacted.
+    fn routes(&self) -> serde_json::Value {
+        let snap = self.shared.load();
+        let list: Vec<_> = snap
+            .routes
+            .routes()
+            .iter()
+            .map(|r| {
+                let names = r.listeners.names();
+                let listeners =
+                    (!names.is_empty()).then(|| names.iter().map(|n| &**n).collect::<Vec<_>>());
+                let action = match &r.action {
+                    Action::Proxy(u) => json!({ "upstream": &*u.name }),
+                    Action::Respond(x) => json!({ "respond": x.status.as_u16() }),
+                    Action::Redirect(x) => json!({ "redirect": x.status.as_u16() }),
+                    Action::Plugin => json!({ "plugin": true }),
+                };
+                json!({ "name": &*r.name, "listeners": listeners, "action": action })
+            })
+            .collect();
+        json!({ "generation": snap.generation, "routes": list })
+    }
+
     /// `POST /upstreams/{name}/{addr}/drain` takes a backend out of rotation without removing
     /// it (its requests in flight finish; it keeps being health checked); `undrain` puts it
     /// back. The mark is kept across membership changes and reloads that keep the upstream.
@@ -264,6 +289,7 @@ impl ServeHttp for Admin {
                 json_reply(status, body)
             }
             "/upstreams" => json_reply(StatusCode::OK, self.upstreams()),
+            "/routes" => json_reply(StatusCode::OK, self.routes()),
             "/config" => {
                 let snap = self.shared.load();
                 json_reply(
@@ -274,7 +300,7 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found: try /metrics /healthz /readyz /upstreams /config\n".to_vec(),
+                b"not found: try /metrics /healthz /readyz /upstreams /routes /config\n".to_vec(),
             ),
         }
     }

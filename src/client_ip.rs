@@ -2,9 +2,11 @@
 //! listed as trusted, in which case `X-Forwarded-For` is read from the right, skipping trusted
 //! proxies, and the first address that is not one is the client (a client can prepend anything
 //! to the header, so only what trusted hops appended counts). The same trust decides what the
-//! upstream is told: a peer that is no trusted proxy cannot pass forwarding headers on.
+//! upstream is told: a peer that is no trusted proxy cannot pass forwarding headers on. The
+//! RFC 7239 `Forwarded` element this hop adds, when enabled, is written here too.
 
-use std::net::IpAddr;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -63,11 +65,24 @@ impl Cidr {
     }
 }
 
+/// Whether the upstream gets an RFC 7239 `Forwarded` element from this hop, and with what.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedMode {
+    /// None is added (`X-Forwarded-*` only).
+    #[default]
+    Off,
+    /// `for`, `proto` and `host`.
+    On,
+    /// Also `by`: the gateway's own address the request arrived on.
+    WithBy,
+}
+
 /// How the client address is found, built from `client_ip:`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientIp {
     trusted: Box<[Cidr]>,
     untrusted_forwarded: UntrustedForwarded,
+    forwarded: ForwardedMode,
 }
 
 impl ClientIp {
@@ -75,7 +90,20 @@ impl ClientIp {
         ClientIp {
             trusted: trusted.into(),
             untrusted_forwarded,
+            forwarded: ForwardedMode::Off,
         }
+    }
+
+    /// The same, adding a `Forwarded` element as `mode` says.
+    pub fn with_forwarded(self, mode: ForwardedMode) -> ClientIp {
+        ClientIp {
+            forwarded: mode,
+            ..self
+        }
+    }
+
+    pub fn forwarded(&self) -> ForwardedMode {
+        self.forwarded
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
@@ -125,6 +153,14 @@ pub struct ClientIpSection {
     /// a trusted proxy (default `strip`).
     #[serde(default)]
     pub untrusted_forwarded: UntrustedForwarded,
+    /// Adds this hop's RFC 7239 `Forwarded` element (`for`, `proto`, `host`) toward the
+    /// upstream: appended to a trusted proxy's, replacing anyone else's. Off by default.
+    #[serde(default)]
+    pub forwarded: bool,
+    /// Adds `by=` (the gateway's address the request arrived on) to that element. Off by
+    /// default: it tells the upstream an internal address.
+    #[serde(default)]
+    pub forwarded_by: bool,
 }
 
 impl ClientIpSection {
@@ -140,8 +176,58 @@ impl ClientIpSection {
                     .ok()
             })
             .collect();
-        ClientIp::new(trusted, self.untrusted_forwarded)
+        if self.forwarded_by && !self.forwarded {
+            errors.push(at.key("forwarded_by"), "needs forwarded: true");
+        }
+        let mode = match (self.forwarded, self.forwarded_by) {
+            (false, _) => ForwardedMode::Off,
+            (true, false) => ForwardedMode::On,
+            (true, true) => ForwardedMode::WithBy,
+        };
+        ClientIp::new(trusted, self.untrusted_forwarded).with_forwarded(mode)
     }
+}
+
+/// Appends this hop's `Forwarded` element (RFC 7239 §4) to `out`: `for` the peer, `proto`,
+/// then `host` when it is a plain host (a value a client could use to inject another pair or
+/// element is left out) and `by` when given. An IPv6 node is bracketed and quoted, as is any
+/// value that is not a token.
+pub fn forwarded_element(
+    out: &mut String,
+    peer: IpAddr,
+    tls: bool,
+    host: Option<&[u8]>,
+    by: Option<SocketAddr>,
+) {
+    // Writing to a String cannot fail.
+    let _ = match peer {
+        IpAddr::V4(v4) => write!(out, "for={v4}"),
+        IpAddr::V6(v6) => write!(out, "for=\"[{v6}]\""),
+    };
+    out.push_str(if tls { ";proto=https" } else { ";proto=http" });
+    if let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) {
+        if !host.is_empty() && host.bytes().all(is_host_byte) {
+            if host.bytes().all(is_token_byte) {
+                let _ = write!(out, ";host={host}");
+            } else {
+                let _ = write!(out, ";host=\"{host}\"");
+            }
+        }
+    }
+    if let Some(by) = by {
+        let _ = write!(out, ";by=\"{by}\"");
+    }
+}
+
+/// A byte of a `Host` value (RFC 3986 reg-name, IP literal, port): nothing that would need
+/// escaping inside a quoted string.
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
+}
+
+/// A `tchar` of RFC 9110 §5.6.2: such a value needs no quotes.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -236,6 +322,58 @@ mod tests {
         assert_eq!(
             none.resolve(ip("10.0.0.2"), &headers(&["1.2.3.4"])),
             ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn forwarded_elements_quote_what_is_not_a_token() {
+        let el = |peer: &str, tls: bool, host: Option<&str>, by: Option<&str>| {
+            let mut out = String::new();
+            forwarded_element(
+                &mut out,
+                ip(peer),
+                tls,
+                host.map(str::as_bytes),
+                by.map(|b| b.parse().unwrap()),
+            );
+            out
+        };
+        assert_eq!(
+            el("192.0.2.60", false, Some("example.com"), None),
+            "for=192.0.2.60;proto=http;host=example.com"
+        );
+        assert_eq!(
+            el("2001:db8:cafe::17", true, Some("example.com:8443"), None),
+            "for=\"[2001:db8:cafe::17]\";proto=https;host=\"example.com:8443\""
+        );
+        assert_eq!(
+            el("10.0.0.1", true, None, Some("[::1]:443")),
+            "for=10.0.0.1;proto=https;by=\"[::1]:443\""
+        );
+        // A Host that could smuggle a pair, an element or a quote is left out.
+        for bad in ["a\";for=1.2.3.4", "a b", "a\\b", "", "h\"x"] {
+            assert_eq!(
+                el("10.0.0.1", false, Some(bad), None),
+                "for=10.0.0.1;proto=http",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_by_needs_forwarded() {
+        let section: ClientIpSection =
+            serde_yaml::from_str("{ forwarded_by: true }").expect("section");
+        let mut errors = ConfigErrors::default();
+        section.build(&At::root().key("client_ip"), &mut errors);
+        let errs: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errs, ["client_ip.forwarded_by: needs forwarded: true"]);
+        let on: ClientIpSection =
+            serde_yaml::from_str("{ forwarded: true, forwarded_by: true }").expect("section");
+        assert_eq!(
+            on.build(&At::root().key("client_ip"), &mut errors)
+                .forwarded(),
+            ForwardedMode::WithBy
         );
     }
 }

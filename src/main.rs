@@ -25,7 +25,8 @@ fn main() -> ExitCode {
             method,
             url,
             headers,
-        } => cli::explain(config, &method, &url, &headers),
+            listener,
+        } => cli::explain(config, &method, &url, &headers, listener.as_deref()),
         Command::Run { config, upgrade } => cli::run(config, upgrade),
         Command::Config(ConfigCommand::Push {
             config,

@@ -1,5 +1,5 @@
-//! `zkgate explain`: which route serves a request, its rewritten path and its upstream, from a
-//! config alone.
+//! `zkgate explain`: which route serves a request on a listener, its rewritten path and its
+//! upstream (or its redirect), from a config alone.
 
 use std::process::ExitCode;
 
@@ -7,9 +7,15 @@ use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, Uri};
 
 use crate::config::Source;
-use crate::route::{normalize_host, path, Action, RequestView};
+use crate::route::{normalize_host, path, Action, ListenerId, RequestView};
 
-pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> ExitCode {
+pub fn explain(
+    src: Source,
+    method: &str,
+    url: &str,
+    headers: &[String],
+    listener: Option<&str>,
+) -> ExitCode {
     let snapshot = match super::load_or_report(&src) {
         Ok(s) => s,
         Err(code) => return code,
@@ -21,13 +27,23 @@ pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> Exit
     let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
         return fail(format!("`{method}` is not an HTTP method"));
     };
-    // The gateway normalizes with its first listener's policy unless told which listener.
-    let policy = snapshot
-        .settings
-        .listeners
-        .first()
-        .map(|l| l.path)
-        .unwrap_or_default();
+    // The request arrives on the first listener unless told which: its path policy applies,
+    // and only the routes that serve it match.
+    let listeners = &snapshot.settings.listeners;
+    let on = match listener {
+        None => 0,
+        Some(name) => match listeners.iter().position(|l| l.name == name) {
+            Some(i) => i,
+            None => {
+                let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+                return fail(format!(
+                    "no listener named `{name}` (the config has: {})",
+                    names.join(", ")
+                ));
+            }
+        },
+    };
+    let policy = listeners.get(on).map(|l| l.path).unwrap_or_default();
     let Ok(uri) = url.parse::<Uri>() else {
         return fail(format!("`{url}` is not a URL"));
     };
@@ -69,15 +85,30 @@ pub fn explain(src: Source, method: &str, url: &str, headers: &[String]) -> Exit
         path: &path,
         headers: &map,
     };
-    let Some(id) = snapshot.routes.find(&view) else {
+    let Some(id) = snapshot.routes.find_on(ListenerId(on as u32), &view) else {
         println!("no route matches: the gateway answers 404");
         return ExitCode::from(1);
     };
     let route = snapshot.routes.get(id);
+    if let Some(l) = listeners.get(on) {
+        println!("listener:  {}", l.name);
+    }
     println!("route:     {}", route.name);
     println!("path:      {path} (normalized)");
     match &route.action {
         Action::Respond(r) => println!("respond:   {} ({} byte body)", r.status, r.body.len()),
+        Action::Redirect(r) => {
+            // As the listener would answer: over TLS when its URL says https.
+            let tls = uri.scheme_str() == Some("https");
+            match r.location(tls, host.as_deref(), &path, uri.query()) {
+                Ok(to) => println!(
+                    "redirect:  {} {}",
+                    r.status.as_u16(),
+                    to.to_str().unwrap_or_default()
+                ),
+                Err(why) => print!("refused:   400 {why}"),
+            }
+        }
         Action::Plugin => {
             if let Some(p) = &route.plugin {
                 println!("plugin:    {p:?} answers");

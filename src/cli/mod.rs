@@ -65,6 +65,10 @@ pub enum Command {
         /// Extra request header, `name: value`; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
+        /// The listener the request arrives on (default: the first): routes limited to other
+        /// listeners do not match, and its path rules apply.
+        #[arg(short, long)]
+        listener: Option<String>,
     },
     /// Work with the alert_webhook plugin of a config.
     #[command(subcommand)]

@@ -30,10 +30,12 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let settings = settings(&raw, &mut errors);
     let upstreams = upstreams(&raw, prev, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let listeners: Vec<&str> = raw.listeners.iter().map(|l| l.name.as_str()).collect();
     let env = RouteEnv {
         upstreams: &upstreams,
         declared: &declared,
         resources: crate::plugin::Resources::process(),
+        listeners: &listeners,
     };
     let routes = routes(&raw.routes, &env, prev, &mut errors);
     let admin_token = raw.admin.token.as_ref().and_then(|t| {

@@ -29,6 +29,9 @@ use crate::upstream::call::{self, Call, Outcome};
 
 mod answer;
 mod ctx;
+mod forwarding;
+mod listener;
+mod redirect;
 
 use answer::{
     answer, answer_early, bad_request, gateway_failure, gateway_text, refuse, refused, Refused,
@@ -45,11 +48,16 @@ pub struct Gateway {
     shared: Arc<Live>,
     listener: Listener,
     access_log: Option<AccessLog>,
+    /// This listener's id in each snapshot, for routes limited to some listeners.
+    on: listener::ListenerSlot,
+    forwarding: forwarding::ForwardingValues,
 }
 
 impl Gateway {
     pub fn new(shared: Arc<Live>, listener: Listener, access_log: Option<AccessLog>) -> Self {
         Gateway {
+            on: listener::ListenerSlot::new(&listener.name),
+            forwarding: forwarding::ForwardingValues::new(listener.addr.port()),
             shared,
             listener,
             access_log,
@@ -193,7 +201,14 @@ impl ProxyHttp for Gateway {
             headers: &req.headers,
         };
         ctx.client = client_ip(session).map(|peer| snapshot.client_ip.resolve(peer, &req.headers));
-        let found = snapshot.routes.find(&view);
+        let found = snapshot.routes.find_on(self.on.id(&snapshot), &view);
+        let redirect_to = redirect::location(
+            found.map(|id| snapshot.routes.get(id)),
+            redirect::is_tls(session),
+            view.host,
+            view.path,
+            req.uri.query(),
+        );
         if target.changed() {
             ctx.normalized_path = Some(target.path.into_owned());
             ctx.authority = target.authority.map(Box::from);
@@ -202,6 +217,14 @@ impl ProxyHttp for Gateway {
         let route = found.map(|id| snapshot.routes.get(id));
         if let Some(refused) = route.and_then(|r| admit(r, ctx, &session.req_header().headers)) {
             let outcome = refuse(session, refused).await;
+            ctx.snapshot = Some(snapshot);
+            return outcome;
+        }
+        if let (Some(to), Some(route)) = (redirect_to, route) {
+            let outcome = match to {
+                Ok(to) => redirect::answer(session, route, to).await.map(|()| true),
+                Err(why) => bad_request(session, why).await,
+            };
             ctx.snapshot = Some(snapshot);
             return outcome;
         }
@@ -431,6 +454,7 @@ impl ProxyHttp for Gateway {
             }
             upstream_request.insert_header(X_FORWARDED_FOR, xff)?;
         }
+        self.forwarding_headers(session, upstream_request, ctx)?;
         crate::tls::client_cert_headers(session.digest(), upstream_request)?;
         route.request_headers.apply_request(upstream_request)?;
         if let Some((p, request, state)) = ctx.plugin() {
@@ -602,6 +626,29 @@ impl ProxyHttp for Gateway {
         if let Some(log) = &self.access_log {
             log.record(session, status, elapsed, route.map(|r| &*r.name), backend);
         }
+    }
+}
+
+impl Gateway {
+    /// `X-Forwarded-Proto`, `X-Forwarded-Port` and `Forwarded`, by the trust rule of
+    /// `X-Forwarded-For`.
+    fn forwarding_headers(
+        &self,
+        session: &Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        let Some(snapshot) = ctx.snapshot.as_ref() else {
+            return Ok(());
+        };
+        let passes = client_ip(session).is_some_and(|p| snapshot.client_ip.passes_forwarded(p));
+        forwarding::set_headers(
+            session,
+            upstream_request,
+            passes,
+            &snapshot.client_ip,
+            &self.forwarding,
+        )
     }
 }
 

@@ -1,5 +1,6 @@
-//! A route's YAML section and its build into a [`Route`]: matching (host, path, methods,
-//! headers), its action (an upstream, a fixed answer or its plugin), rewrites, header edits,
+//! A route's YAML section and its build into a [`Route`]: the listeners it serves, matching
+//! (host, path, methods, headers), its action (an upstream, a fixed answer, a redirect or its
+//! plugin), rewrites, header edits,
 //! retries, deadlines and limits. Every problem is reported at its YAML path, and nothing built
 //! here is parsed again on the request path.
 
@@ -13,10 +14,11 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::path::{self, PathPolicy};
+use super::redirect::RedirectSection;
 use super::rewrite::check_replacement;
 use super::{
-    Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, MethodSet, PathMatch,
-    PathRewrite, Respond, RetryPolicy, Route,
+    Action, HeaderCondition, HeaderOps, HeaderValueMatch, HostMatch, ListenerId, ListenerSet,
+    MethodSet, PathMatch, PathRewrite, Respond, RetryPolicy, Route,
 };
 use crate::logging::is_credential_header;
 use crate::metrics::RouteMetrics;
@@ -28,10 +30,14 @@ use crate::upstream::Upstream;
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     pub name: String,
+    /// The listeners (by name) this route serves; all of them when left out.
+    pub listeners: Option<Vec<String>>,
     #[serde(default, rename = "match")]
     pub matches: MatchSection,
     pub upstream: Option<String>,
     pub respond: Option<RespondSection>,
+    /// Answers with a redirect elsewhere (`http://` to `https://`, another host or path).
+    pub redirect: Option<RedirectSection>,
     pub rewrite: Option<RewriteSection>,
     #[serde(default)]
     pub request_headers: HeaderEdits,
@@ -221,6 +227,8 @@ pub struct RouteEnv<'a> {
     pub declared: &'a HashSet<&'a str>,
     /// What outlives reloads, for the routes' plugins.
     pub resources: &'a crate::plugin::Resources,
+    /// The names of the config's listeners, in order: a route's `listeners` refer to them.
+    pub listeners: &'a [&'a str],
 }
 
 impl RouteEnv<'_> {
@@ -242,6 +250,7 @@ impl RouteSection {
         errors: &mut ConfigErrors,
     ) -> Option<Route> {
         let before = errors.len();
+        let listeners = self.listener_set(at, env, errors);
         let m = &self.matches;
         let host = m.host_match(&at.key("match").key("host"), errors);
         let path = m.path_match(&at.key("match"), errors);
@@ -267,6 +276,9 @@ impl RouteSection {
         if rewrite.is_some() && self.respond.is_some() {
             errors.push(at.key("rewrite"), "has no effect on a respond route");
         }
+        if rewrite.is_some() && self.redirect.is_some() {
+            errors.push(at.key("rewrite"), "has no effect on a redirect route");
+        }
         let request_headers = self
             .request_headers
             .build(&at.key("request_headers"), errors);
@@ -291,6 +303,7 @@ impl RouteSection {
         }
         Some(Route {
             name: self.name.as_str().into(),
+            listeners,
             host: host?,
             path: path?,
             methods,
@@ -310,8 +323,45 @@ impl RouteSection {
         })
     }
 
-    /// What the route does: exactly one of an upstream, a fixed answer, or its plugin.
+    /// The listeners the route serves, each name resolved to its position in `listeners:`.
+    fn listener_set(&self, at: &At, env: &RouteEnv<'_>, errors: &mut ConfigErrors) -> ListenerSet {
+        let Some(names) = &self.listeners else {
+            return ListenerSet::default();
+        };
+        if names.is_empty() {
+            errors.push(
+                at.key("listeners"),
+                "name at least one listener, or leave listeners out for all of them",
+            );
+        }
+        let mut ids = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match env.listeners.iter().position(|l| l == name) {
+                Some(p) => ids.push(ListenerId(p as u32)),
+                None => errors.push(
+                    at.index("listeners", i),
+                    format!("no listener named `{name}`"),
+                ),
+            }
+        }
+        ListenerSet::new(&ids, names.iter().map(|n| n.as_str().into()).collect())
+    }
+
+    /// What the route does: exactly one of an upstream, a fixed answer, a redirect, or its
+    /// plugin.
     fn action(&self, at: &At, env: &RouteEnv<'_>, errors: &mut ConfigErrors) -> Option<Action> {
+        if let Some(redirect) = &self.redirect {
+            if self.upstream.is_some() || self.respond.is_some() || self.plugin.is_some() {
+                errors.push(
+                    at,
+                    "a redirect route answers every request: drop upstream, respond and plugin",
+                );
+                return None;
+            }
+            return redirect
+                .build(&at.key("redirect"), errors)
+                .map(Action::Redirect);
+        }
         let answered_by_plugin = self.plugin.as_ref().is_some_and(|p| p.answers_itself());
         match (&self.upstream, &self.respond) {
             (None, None) if answered_by_plugin => Some(Action::Plugin),
@@ -327,7 +377,7 @@ impl RouteSection {
                 None
             }
             (None, None) => {
-                errors.push(at, "needs an action: upstream or respond");
+                errors.push(at, "needs an action: upstream or respond (or redirect)");
                 None
             }
             (Some(name), None) => match env.upstream(name) {
@@ -687,6 +737,7 @@ mod tests {
             upstreams: &[],
             declared: &declared,
             resources: crate::plugin::Resources::process(),
+            listeners: &["web", "tls"],
         };
         let mut errors = ConfigErrors::default();
         let built = routes
@@ -756,5 +807,46 @@ routes:
             &errors("routes: [{ name: r, upstream: nowhere }]"),
             &["routes[0].upstream: no upstream named `nowhere`"],
         );
+    }
+
+    #[test]
+    fn listeners_are_named_and_resolved_at_build() {
+        assert_exactly(
+            &errors(
+                "routes:\n  - { name: a, listeners: [web, nope], respond: { body: x } }\n  - { name: b, listeners: [], respond: { body: x } }",
+            ),
+            &[
+                "routes[0].listeners[1]: no listener named `nope`",
+                "routes[1].listeners: name at least one listener, or leave listeners out for all of them",
+            ],
+        );
+        let (built, errs) = build(
+            "routes: [{ name: a, listeners: [tls], respond: { body: x } }, { name: b, respond: { body: x } }]",
+            &[],
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(!built[0].listeners.contains(ListenerId(0)));
+        assert!(built[0].listeners.contains(ListenerId(1)));
+        assert!(!built[0].listeners.contains(ListenerId::UNKNOWN));
+        assert_eq!(&*built[0].listeners.names()[0], "tls");
+        assert!(built[1].listeners.contains(ListenerId(0)));
+        assert!(built[1].listeners.contains(ListenerId::UNKNOWN));
+    }
+
+    #[test]
+    fn a_redirect_is_the_routes_only_action() {
+        assert_exactly(
+            &errors(
+                "routes:\n  - { name: a, redirect: { scheme: https }, respond: { body: x } }\n  - { name: b, redirect: { scheme: https }, rewrite: { strip_prefix: /x } }\n  - { name: c, redirect: { status: 200, scheme: https } }",
+            ),
+            &[
+                "routes[0]: a redirect route answers every request: drop upstream, respond and plugin",
+                "routes[1].rewrite: has no effect on a redirect route",
+                "routes[2].redirect.status: `200` is not a redirect status",
+            ],
+        );
+        let (built, errs) = build("routes: [{ name: a, redirect: { scheme: https } }]", &[]);
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(matches!(built[0].action, Action::Redirect(_)));
     }
 }

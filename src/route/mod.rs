@@ -8,12 +8,17 @@
 //! 3. routes that tie (same host and path) are tried in declaration order, and the first whose
 //!    methods and headers also match wins. A group with no match falls through to the next.
 //!
+//! A route may be limited to some listeners (`routes[].listeners`): each route carries the set
+//! of listener positions it serves, resolved at build, and matching skips the others with one
+//! bit test.
+//!
 //! Matching borrows the request and allocates nothing. [`config`] holds the `routes:` section
 //! and its build.
 
 pub mod config;
 pub mod path;
 mod prefix;
+pub mod redirect;
 pub mod rewrite;
 
 use std::borrow::Cow;
@@ -30,12 +35,15 @@ use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 pub use config::{RouteEnv, RouteSection};
 use prefix::PrefixTree;
+pub use redirect::Redirect;
 pub use rewrite::{HeaderOps, PathRewrite};
 
 /// One route, ready for the request path.
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
+    /// The listeners the route serves; all of them when empty.
+    pub listeners: ListenerSet,
     pub host: HostMatch,
     pub path: PathMatch,
     pub methods: MethodSet,
@@ -90,8 +98,59 @@ pub enum PathMatch {
 pub enum Action {
     Proxy(Arc<Upstream>),
     Respond(Respond),
+    /// Sends the client elsewhere (`Location`), such as from `http://` to `https://`.
+    Redirect(Redirect),
     /// The route's plugin answers every request.
     Plugin,
+}
+
+/// A listener, by its position in the config's `listeners:` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerId(pub u32);
+
+impl ListenerId {
+    /// A listener the config does not name (one renamed by a reload, which takes effect only
+    /// on restart): it is served by the routes that apply to every listener.
+    pub const UNKNOWN: ListenerId = ListenerId(u32::MAX);
+}
+
+/// The listeners a route serves, as a bit set; empty means every listener.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ListenerSet {
+    words: Box<[u64]>,
+    /// The names, in the order the route gives them, for `/routes` and `explain`.
+    names: Box<[Arc<str>]>,
+}
+
+impl ListenerSet {
+    /// The set of `ids` (with their `names`, for display).
+    pub fn new(ids: &[ListenerId], names: Vec<Arc<str>>) -> ListenerSet {
+        let Some(max) = ids.iter().map(|id| id.0).max() else {
+            return ListenerSet::default();
+        };
+        let mut words = vec![0u64; max as usize / 64 + 1];
+        for id in ids {
+            words[id.0 as usize / 64] |= 1 << (id.0 % 64);
+        }
+        ListenerSet {
+            words: words.into(),
+            names: names.into(),
+        }
+    }
+
+    #[inline]
+    pub fn contains(&self, id: ListenerId) -> bool {
+        self.words.is_empty()
+            || self
+                .words
+                .get(id.0 as usize / 64)
+                .is_some_and(|w| w & (1 << (id.0 % 64)) != 0)
+    }
+
+    /// The listeners named by the route; empty for all.
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.names
+    }
 }
 
 /// A fixed answer, its header prepared once.
@@ -313,12 +372,24 @@ impl RouteTable {
         &self.routes[id as usize]
     }
 
-    /// The id of the route that serves `req`, if any.
+    /// The id of the route that serves `req` on any listener, if any: the view of tools and
+    /// tests that stand on no listener. The proxy uses [`RouteTable::find_on`].
     #[inline]
     pub fn find(&self, req: &RequestView<'_>) -> Option<u32> {
+        self.find_where(req, None)
+    }
+
+    /// The id of the route that serves `req` on listener `on`, if any.
+    #[inline]
+    pub fn find_on(&self, on: ListenerId, req: &RequestView<'_>) -> Option<u32> {
+        self.find_where(req, Some(on))
+    }
+
+    #[inline]
+    fn find_where(&self, req: &RequestView<'_>, on: Option<ListenerId>) -> Option<u32> {
         if let Some(host) = req.host {
             if let Some(group) = self.hosts.get(host) {
-                if let Some(id) = self.find_in(group, req) {
+                if let Some(id) = self.find_in(group, req, on) {
                     return Some(id);
                 }
             }
@@ -330,21 +401,28 @@ impl RouteTable {
                 while let Some(dot) = rest.bytes().skip(1).position(|b| b == b'.') {
                     rest = &rest[dot + 1..];
                     if let Some(group) = self.wildcards.get(rest) {
-                        if let Some(id) = self.find_in(group, req) {
+                        if let Some(id) = self.find_in(group, req, on) {
                             return Some(id);
                         }
                     }
                 }
             }
         }
-        self.find_in(&self.any_host, req)
+        self.find_in(&self.any_host, req, on)
     }
 
     #[inline]
-    fn find_in(&self, group: &HostRoutes, req: &RequestView<'_>) -> Option<u32> {
+    fn find_in(
+        &self,
+        group: &HostRoutes,
+        req: &RequestView<'_>,
+        on: Option<ListenerId>,
+    ) -> Option<u32> {
         let mut accept = |id: u32| {
             let r = &self.routes[id as usize];
-            r.methods.contains(req.method) && r.headers.iter().all(|h| h.matches(req.headers))
+            on.is_none_or(|l| r.listeners.contains(l))
+                && r.methods.contains(req.method)
+                && r.headers.iter().all(|h| h.matches(req.headers))
         };
         if !group.exact.is_empty() {
             if let Some(ids) = group.exact.get(req.path) {
@@ -413,6 +491,7 @@ mod tests {
             upstreams: &[],
             declared: &declared,
             resources: &crate::plugin::Resources::default(),
+            listeners: &["web", "tls"],
         };
         let mut errors = ConfigErrors::default();
         let routes = sections
