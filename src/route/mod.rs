@@ -15,6 +15,7 @@ pub mod config;
 pub mod path;
 mod prefix;
 pub mod rewrite;
+pub mod upgrade;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub struct Route {
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
     pub plugin: Option<crate::plugin::RoutePlugin>,
     pub metrics: RouteMetrics,
+    pub upgrades: upgrade::Upgrades,
 }
 
 /// When a request on this route is tried again, always on another backend.
