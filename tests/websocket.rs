@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -208,7 +208,8 @@ fn gateway(server: &WsServer, upgrades: &str) -> Gateway {
          routes:\n\
          \x20 - name: plain\n    match: {{ path_prefix: /plain/ }}\n    rewrite: {{ strip_prefix: /plain }}\n\
          \x20   upstream: ws\n    upgrades: {{ allow: false }}\n\
-         \x20 - name: ws\n    upstream: ws\n    timeout: 1s\n    upgrades: {upgrades}\n",
+         \x20 - name: ws\n    upstream: ws\n    timeout: 1s\n    upgrades: {upgrades}\n\
+         access_log:\n  path: stdout\n",
         server.addr
     ))
 }
@@ -245,7 +246,10 @@ fn messages_echo_both_ways_large_and_fragmented_and_close_codes_pass_through() {
         "{}",
         gw.metrics()
     );
+    // One access log line per tunnel, written when it closed: status 101.
     let log = gw.log();
+    assert!(log.contains("\"GET /echo HTTP/1.1\" 101 "), "{log}");
+    assert!(log.contains("\"GET /close HTTP/1.1\" 101 "), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
 }
 
@@ -308,4 +312,53 @@ fn two_tunnels_at_once() {
     let gw = gateway(&server, "{ idle_timeout: 30s }");
     let out = client(&server.client_script(), gw.http, &["two"]);
     assert!(out.contains("two ok"), "{out}\n{}", gw.log());
+}
+
+/// A backend that reads a request head and then, by its path: `/hang` holds the connection for
+/// 15 s without a word; `/switch` answers `101 Switching Protocols` whatever was asked.
+fn odd_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head);
+                if head.starts_with("GET /switch") {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nraw",
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(15));
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_handshake_the_backend_never_answers_is_a_504_and_an_unasked_101_a_502() {
+    let backend = odd_backend();
+    // The route's timeout bounds the wait for the 101 as it bounds any answer, though the
+    // tunnel itself could stay silent for 30 s.
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  - name: odd\n    backends: [\"{backend}\"]\n\
+         routes:\n  - name: odd\n    upstream: odd\n    timeout: 1s\n    retry: {{ attempts: 1 }}\n\
+         \x20   upgrades: {{ idle_timeout: 30s }}\n"
+    ));
+    let handshake = b"GET /hang HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+                      sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
+    let r = raw(gw.http, handshake).expect("answer").expect("an answer");
+    assert_eq!(r.status, 504, "{}", r.text());
+    // A plain GET answered with 101: the client must not get bytes of a protocol it did not
+    // ask for.
+    let r = raw(gw.http, b"GET /switch HTTP/1.1\r\nhost: a\r\n\r\n")
+        .expect("answer")
+        .expect("an answer");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("switched protocols"), "{}", r.text());
 }
