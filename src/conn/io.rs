@@ -1,9 +1,12 @@
 //! The IO wrapper around each accepted client stream: it notes when the first byte of a request
-//! arrives (where the head deadline of a keep-alive request starts) and passes everything else
-//! through to Pingora's stream.
+//! arrives (where the head deadline of a keep-alive request starts), and in an upgraded tunnel
+//! when bytes last moved either way (it sees every read from the client and every write to it,
+//! which carry what the backend sent), ending the tunnel when they stop for its idle timeout.
+//! Everything else passes through to Pingora's stream.
 
 use std::any::Any;
 use std::ops::Range;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,9 +20,10 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use super::h2::PREFACE;
-use super::state::ConnState;
+use super::state::{ConnState, Phase, Silenced};
 use super::{clock, ListenerConns};
 
 pub struct Guarded {
@@ -31,6 +35,9 @@ pub struct Guarded {
     /// its first reads: `stash[stashed]` is what is still to hand over.
     stash: [u8; PREFACE.len()],
     stashed: Range<usize>,
+    /// A tunnel's wake-up at the end of its silence, made at its first wait (a tunnel is rare
+    /// and long: one allocation for its life, none per byte).
+    silence: Option<Pin<Box<Sleep>>>,
 }
 
 impl std::fmt::Debug for Guarded {
@@ -50,6 +57,50 @@ impl Guarded {
             listener,
             stash: [0; PREFACE.len()],
             stashed: 0..0,
+            silence: None,
+        }
+    }
+
+    /// For a tunnel's read or write that has to wait: `Ready` with the error that ends the
+    /// tunnel once its silence allowance has passed, else the timer is armed to wake this task
+    /// then. The timer is moved only when it fires: it may be early (bytes moved since it was
+    /// armed), never late, since the end of the silence only moves later.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        if let Some(why) = self.state.silence_passed(clock::now()) {
+            let text = match why {
+                Silenced::Handshake => "the backend did not answer the upgrade in time",
+                Silenced::Idle => "no byte moved either way for the upgrade idle_timeout",
+            };
+            return Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, text));
+        }
+        let until = clock::to_tokio(self.state.silent_until());
+        let timer = self
+            .silence
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if timer.as_mut().poll(cx).is_ready() {
+            timer.as_mut().reset(until);
+            if timer.as_mut().poll(cx).is_ready() {
+                // Due by tokio's coarser clock, not yet by ours: look again soon.
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Notes bytes moved by a tunnel's read or write, or its wait (`Pending`): the error that
+    /// ends it when the wait has outlasted its silence.
+    #[inline]
+    fn tunnel_io(&mut self, cx: &mut Context<'_>, moved: Poll<bool>) -> Option<std::io::Error> {
+        match moved {
+            Poll::Ready(true) => {
+                self.state.on_tunnel_io(clock::now());
+                None
+            }
+            Poll::Ready(false) => None,
+            Poll::Pending => match self.poll_silence(cx) {
+                Poll::Ready(e) => Some(e),
+                Poll::Pending => None,
+            },
         }
     }
 
@@ -123,11 +174,40 @@ impl AsyncRead for Guarded {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.state.awaiting_first_byte()
-            && matches!(r, Poll::Ready(Ok(())))
-            && buf.filled().len() > before
-        {
+        let phase = self.state.phase();
+        if phase <= Phase::Idle && matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.state.on_first_byte(clock::now());
+        } else if phase.is_tunnel() {
+            let moved = match &r {
+                Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len() > before),
+                Poll::Ready(Err(_)) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            };
+            if let Some(e) = self.tunnel_io(cx, moved) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        r
+    }
+}
+
+impl Guarded {
+    /// A write toward the client carries what the backend sent: in a tunnel it counts as bytes
+    /// moving, and a write that cannot go out ends the tunnel when its silence has passed.
+    #[inline]
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.state.phase().is_tunnel() {
+            let moved = match &r {
+                Poll::Ready(n) => Poll::Ready(n.as_ref().is_ok_and(|n| *n > 0)),
+                Poll::Pending => Poll::Pending,
+            };
+            if let Some(e) = self.tunnel_io(cx, moved) {
+                return Poll::Ready(Err(e));
+            }
         }
         r
     }
@@ -139,7 +219,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.after_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -155,7 +236,8 @@ impl AsyncWrite for Guarded {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

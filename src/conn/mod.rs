@@ -17,6 +17,7 @@ pub mod pressure;
 pub mod proxy_protocol;
 pub mod state;
 mod tls;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -366,11 +367,13 @@ impl<A> ConnApp<A> {
     }
 }
 
-/// How a wait of a connection ended: what it waited for, or the deadline, or an eviction.
+/// How a wait of a connection ended: what it waited for, or the deadline, or an eviction, or a
+/// tunnel silent past its backstop.
 enum Outcome<T> {
     Done(T),
     Expired(Expired),
     Evicted,
+    Stuck,
 }
 
 #[async_trait]
@@ -478,6 +481,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
             Outcome::Done(_) => return,
             Outcome::Expired(e) => return c.closed(e.into(), peer),
             Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
+            Outcome::Stuck => return,
         }
         let mut session = ServerSession::new_http1(guarded);
         session.set_keepalive(if *shutdown.borrow() {
@@ -505,6 +509,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
                 Outcome::Done(None) => return,
                 Outcome::Expired(e) => return c.closed(e.into(), peer),
                 Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
+                Outcome::Stuck => return tunnel_stuck(&c.name, peer),
             }
         }
     }
@@ -529,13 +534,21 @@ async fn watch<F: Future>(
         let Some(deadline) = state.deadline() else {
             return Poll::Pending;
         };
-        if armed != Some(deadline) {
+        // Moved only to an earlier deadline: one that moved later (a tunnel's, with every
+        // byte) is looked at again when the timer fires early.
+        if armed.is_none_or(|a| deadline < a) {
             sleep.as_mut().reset(clock::to_tokio(deadline));
             armed = Some(deadline);
         }
         if sleep.as_mut().poll(cx).is_ready() {
-            if let Some(e) = state.expired(clock::now()) {
+            let now = clock::now();
+            if let Some(e) = state.expired(now) {
                 return Poll::Ready(Outcome::Expired(e));
+            }
+            if state.stuck(now) {
+                // Recorded as the tunnel's silence for the proxy's metrics, then dropped.
+                state.silence_passed(now);
+                return Poll::Ready(Outcome::Stuck);
             }
             // Fired a hair early by our clock: arm it again rather than wait on a spent timer.
             armed = None;
@@ -553,6 +566,16 @@ async fn watch<F: Future>(
         Poll::Pending
     })
     .await
+}
+
+/// A tunnel outlived its idle timeout without the proxy noticing (it was stalled on a backend
+/// that stopped reading): dropped with its request, which writes no access log line.
+fn tunnel_stuck(listener: &str, peer: Option<IpAddr>) {
+    let peer = peer.map_or_else(|| "a client".to_owned(), |p| format!("client {p}"));
+    ::log::info!(
+        "listener {listener}: dropped the upgraded connection of {peer}, silent past its idle \
+         timeout while its backend did not read"
+    );
 }
 
 /// Probes the fd limit every quarter second, for when the accept loop no longer gets a

@@ -1,6 +1,6 @@
 //! The timeout state machine of one client connection: which deadline applies now (the request
-//! head's, the keep-alive wait's, or none while a request is served), driven by plain numbers of
-//! nanoseconds so that it is tested on a controlled clock.
+//! head's, the keep-alive wait's, none while a request is served, or a tunnel's silence), driven
+//! by plain numbers of nanoseconds so that it is tested on a controlled clock.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
@@ -13,7 +13,7 @@ const NO_DEADLINE: Nanos = Nanos::MAX;
 const NOT_IDLE: u64 = u64::MAX;
 
 /// Where a connection is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum Phase {
     /// Accepted, nothing read yet: the head deadline counts from the accept (as nginx's
@@ -26,6 +26,11 @@ pub enum Phase {
     /// The head is complete: the request is served, with no deadline of ours (the body's read
     /// gaps are bounded by Pingora's read timeout).
     Request = 3,
+    /// An upgrade request went to the backend, whose `101` is awaited: the wait is bounded by
+    /// the silence allowance the proxy set (the read timeout the request would have had).
+    Handshake = 4,
+    /// Upgraded to a tunnel: closed once no byte moved either way for the route's idle timeout.
+    Tunnel = 5,
 }
 
 impl Phase {
@@ -34,10 +39,33 @@ impl Phase {
             0 => Phase::Fresh,
             1 => Phase::Idle,
             2 => Phase::Head,
+            4 => Phase::Handshake,
+            5 => Phase::Tunnel,
             _ => Phase::Request,
         }
     }
+
+    /// Whether bytes moving either way are what keeps the connection: a handshake or a tunnel.
+    #[inline]
+    pub fn is_tunnel(self) -> bool {
+        self as u8 >= Phase::Handshake as u8
+    }
 }
+
+/// How a tunnel (or its handshake) was ended by its silence allowance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Silenced {
+    /// The backend did not answer the upgrade within the request's read timeout.
+    Handshake = 1,
+    /// No byte moved either way for the idle timeout.
+    Idle = 2,
+}
+
+/// The serve loop drops a tunnel this long after its silence passed, in case the proxy never
+/// polled the client stream to notice it itself (a backend that stopped reading stalls the
+/// proxy before any read or write of the client's).
+const SILENCE_BACKSTOP: Nanos = 5_000_000_000;
 
 /// Why a connection was closed by its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +87,11 @@ pub struct ConnState {
     header_timeout: Nanos,
     keepalive_timeout: Nanos,
     idle: &'static IdleSet,
+    /// In a tunnel phase: when the last byte moved (either way), how long the tunnel may stay
+    /// silent after it, and whether the silence ended it (a [`Silenced`], 0 for no).
+    last_io: AtomicU64,
+    allowance: AtomicU64,
+    silenced: AtomicU8,
 }
 
 impl ConnState {
@@ -76,6 +109,9 @@ impl ConnState {
             header_timeout,
             keepalive_timeout,
             idle,
+            last_io: AtomicU64::new(now),
+            allowance: AtomicU64::new(NO_DEADLINE),
+            silenced: AtomicU8::new(0),
         };
         s.enter_idle(now);
         s
@@ -100,7 +136,7 @@ impl ConnState {
             Phase::Idle => self
                 .deadline
                 .store(now.saturating_add(self.header_timeout), Ordering::Relaxed),
-            Phase::Head | Phase::Request => return,
+            Phase::Head | Phase::Request | Phase::Handshake | Phase::Tunnel => return,
         }
         self.phase.store(Phase::Head as u8, Ordering::Relaxed);
         self.leave_idle();
@@ -124,10 +160,81 @@ impl ConnState {
         self.enter_idle(now);
     }
 
-    /// The deadline now in force, if any.
+    /// The deadline now in force, if any. In a tunnel phase it is the serve loop's backstop,
+    /// a little after the end of the silence allowance ([`ConnState::stuck`]).
     pub fn deadline(&self) -> Option<Nanos> {
+        if self.phase().is_tunnel() {
+            return Some(self.silent_until().saturating_add(SILENCE_BACKSTOP));
+        }
         let d = self.deadline.load(Ordering::Relaxed);
         (d != NO_DEADLINE).then_some(d)
+    }
+
+    /// An upgrade request was sent to the backend at `now`; its `101` must come within `wait`.
+    pub fn on_upgrade_request(&self, now: Nanos, wait: Nanos) {
+        self.start_silence(Phase::Handshake, now, wait);
+    }
+
+    /// The backend switched protocols at `now`: the connection is a tunnel kept while bytes
+    /// move either way at least every `idle`.
+    pub fn on_switched(&self, now: Nanos, idle: Nanos) {
+        self.start_silence(Phase::Tunnel, now, idle);
+    }
+
+    /// The backend answered the upgrade request without switching: a plain request again.
+    pub fn on_upgrade_refused(&self) {
+        if self.phase() == Phase::Handshake {
+            self.phase.store(Phase::Request as u8, Ordering::Relaxed);
+        }
+    }
+
+    fn start_silence(&self, phase: Phase, now: Nanos, allowance: Nanos) {
+        self.last_io.store(now, Ordering::Relaxed);
+        self.allowance.store(allowance, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// A byte moved through the tunnel at `now`: one store, the whole per-byte cost.
+    #[inline]
+    pub fn on_tunnel_io(&self, now: Nanos) {
+        self.last_io.store(now, Ordering::Relaxed);
+    }
+
+    /// When the tunnel's silence allowance runs out, unless a byte moves before.
+    pub fn silent_until(&self) -> Nanos {
+        self.last_io
+            .load(Ordering::Relaxed)
+            .saturating_add(self.allowance.load(Ordering::Relaxed))
+    }
+
+    /// Whether the tunnel (or its handshake) has been silent past its allowance at `now`; the
+    /// first to see it records why, for the proxy's answer and metrics.
+    pub fn silence_passed(&self, now: Nanos) -> Option<Silenced> {
+        let why = match self.phase() {
+            Phase::Handshake => Silenced::Handshake,
+            Phase::Tunnel => Silenced::Idle,
+            _ => return None,
+        };
+        if now < self.silent_until() {
+            return None;
+        }
+        self.silenced.store(why as u8, Ordering::Relaxed);
+        Some(why)
+    }
+
+    /// Whether the silence allowance ended the tunnel or its handshake.
+    pub fn silenced(&self) -> Option<Silenced> {
+        match self.silenced.load(Ordering::Relaxed) {
+            1 => Some(Silenced::Handshake),
+            2 => Some(Silenced::Idle),
+            _ => None,
+        }
+    }
+
+    /// Whether a tunnel is still open past its silence and the backstop: the proxy did not
+    /// notice the silence, so the serve loop drops the connection.
+    pub fn stuck(&self, now: Nanos) -> bool {
+        self.phase().is_tunnel() && self.deadline().is_some_and(|d| now >= d)
     }
 
     /// Whether the deadline in force has passed at `now`, and which one it was.
@@ -139,7 +246,7 @@ impl ConnState {
         match self.phase() {
             Phase::Fresh | Phase::Head => Some(Expired::Header),
             Phase::Idle => Some(Expired::Keepalive),
-            Phase::Request => None,
+            Phase::Request | Phase::Handshake | Phase::Tunnel => None,
         }
     }
 
@@ -239,6 +346,63 @@ mod tests {
         s.on_head();
         assert_eq!(s.phase(), Phase::Request);
         assert_eq!(s.expired(1000 * S), None);
+    }
+
+    #[test]
+    fn a_tunnel_lives_while_bytes_move_either_way_and_closes_after_its_idle_timeout() {
+        let s = state(set(), 0);
+        s.on_head();
+        s.on_upgrade_request(S, 60 * S);
+        assert_eq!(s.phase(), Phase::Handshake);
+        s.on_switched(2 * S, 30 * S);
+        assert_eq!(s.phase(), Phase::Tunnel);
+        assert_eq!(s.silent_until(), 32 * S);
+        // Bytes one way, then the other: each pushes the end of the silence.
+        s.on_tunnel_io(20 * S);
+        assert_eq!(s.silence_passed(49 * S), None);
+        s.on_tunnel_io(45 * S);
+        assert_eq!(s.silence_passed(74 * S), None);
+        assert_eq!(s.silenced(), None);
+        assert_eq!(s.silence_passed(75 * S), Some(Silenced::Idle));
+        assert_eq!(s.silenced(), Some(Silenced::Idle));
+        // None of the connection's other deadlines apply to a tunnel.
+        assert_eq!(s.expired(10_000 * S), None);
+    }
+
+    #[test]
+    fn a_handshake_is_bounded_by_its_wait_and_a_refused_one_is_a_plain_request() {
+        let s = state(set(), 0);
+        s.on_head();
+        s.on_upgrade_request(10 * S, 5 * S);
+        assert_eq!(s.silence_passed(14 * S), None);
+        assert_eq!(s.silence_passed(15 * S), Some(Silenced::Handshake));
+
+        let s = state(set(), 0);
+        s.on_head();
+        s.on_upgrade_request(10 * S, 5 * S);
+        s.on_upgrade_refused();
+        assert_eq!(s.phase(), Phase::Request);
+        assert_eq!(s.silence_passed(1000 * S), None);
+        assert_eq!(s.deadline(), None);
+        // The next request on the connection is a plain one.
+        s.on_reuse(20 * S);
+        assert_eq!(s.phase(), Phase::Idle);
+        assert_eq!(s.expired(95 * S), Some(Expired::Keepalive));
+    }
+
+    #[test]
+    fn the_serve_loop_backstop_comes_a_little_after_the_silence() {
+        let s = state(set(), 0);
+        s.on_head();
+        s.on_switched(0, 10 * S);
+        assert_eq!(s.deadline(), Some(10 * S + SILENCE_BACKSTOP));
+        assert!(!s.stuck(10 * S));
+        assert!(s.stuck(10 * S + SILENCE_BACKSTOP));
+        s.on_tunnel_io(12 * S);
+        assert!(!s.stuck(10 * S + SILENCE_BACKSTOP));
+        // Not a tunnel: never stuck.
+        let s = state(set(), 0);
+        assert!(!s.stuck(10_000 * S));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub(super) error_body_room: Option<u64>,
     /// What the route's plugin keeps about this request.
     pub(super) plugin: PluginState,
+    /// Whether the request is a WebSocket handshake, or already its tunnel.
+    pub(super) tunnel: super::upgrade::Tunnel,
 }
 
 impl RequestCtx {
@@ -54,6 +56,7 @@ impl RequestCtx {
             request_body_bytes: 0,
             error_body_room: None,
             plugin: PluginState::None,
+            tunnel: Default::default(),
         }
     }
 

@@ -32,6 +32,7 @@ mod ctx;
 mod forwarding;
 mod listener;
 mod redirect;
+mod upgrade;
 
 use answer::{
     answer, answer_early, bad_request, gateway_failure, gateway_text, refuse, refused, Refused,
@@ -242,6 +243,7 @@ impl ProxyHttp for Gateway {
                 return answered;
             }
         }
+        upgrade::on_request(session, route, ctx);
         let outcome = answer_early(session, route).await;
         ctx.snapshot = Some(snapshot);
         outcome
@@ -255,6 +257,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let Some(chunk) = body else { return Ok(()) };
+        if upgrade::is_open(ctx) {
+            return Ok(());
+        }
         ctx.request_body_bytes += chunk.len() as u64;
         if let Some(limit) = ctx.route().and_then(|r| r.max_request_body) {
             if ctx.request_body_bytes > limit {
@@ -355,6 +360,7 @@ impl ProxyHttp for Gateway {
             o.read_timeout = Some(o.read_timeout.map_or(left, |t| t.min(left)));
             o.connection_timeout = Some(o.connection_timeout.map_or(left, |t| t.min(left)));
         }
+        upgrade::on_peer(session, route, ctx, o);
         Ok(peer)
     }
 
@@ -395,6 +401,9 @@ impl ProxyHttp for Gateway {
             // the same backend is tried again on a fresh one.
             e.retry.decide_reuse(client_reused);
         } else {
+            e.set_retry(false);
+        }
+        if upgrade::silenced(session) {
             e.set_retry(false);
         }
         e
@@ -470,8 +479,12 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if upstream_response.status.is_informational() {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            upgrade::on_switch(session, upstream_response, ctx)?;
+        } else if upstream_response.status.is_informational() {
             return Ok(());
+        } else {
+            upgrade::on_final_answer(session, ctx);
         }
         ctx.upstream_time = ctx
             .call
@@ -566,6 +579,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = match e.etype() {
+            _ if upgrade::handshake_timed_out(session) => 504,
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
@@ -622,7 +636,11 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.started.elapsed();
         let route = ctx.route();
         let metrics = route.map_or(RouteMetrics::unmatched(), |r| &r.metrics);
-        metrics.observe(status, elapsed, ctx.upstream_time);
+        metrics.observe(
+            status,
+            upgrade::request_time(ctx, elapsed),
+            ctx.upstream_time,
+        );
         if let Some(log) = &self.access_log {
             log.record(session, status, elapsed, route.map(|r| &*r.name), backend);
         }

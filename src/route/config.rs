@@ -57,6 +57,9 @@ pub struct RouteSection {
     /// kind as its one key.
     #[serde(default, with = "serde_yaml::with::singleton_map")]
     pub plugin: Option<crate::plugin::PluginSection>,
+    /// What a WebSocket upgrade on this route does (`upgrade.rs`).
+    #[serde(default)]
+    pub upgrades: super::upgrade::UpgradesSection,
 }
 
 /// When a request is tried again on another backend.
@@ -298,6 +301,7 @@ impl RouteSection {
         if timeout.is_some_and(|d| d.is_zero()) {
             errors.push(at.key("timeout"), "must be above zero");
         }
+        let upgrades = self.upgrades.build(&self.name, &at.key("upgrades"), errors);
         if errors.len() > before {
             return None;
         }
@@ -320,6 +324,7 @@ impl RouteSection {
             concurrency,
             plugin,
             metrics: RouteMetrics::new(&self.name),
+            upgrades,
         })
     }
 

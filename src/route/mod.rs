@@ -20,6 +20,7 @@ pub mod path;
 mod prefix;
 pub mod redirect;
 pub mod rewrite;
+pub mod upgrade;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -62,6 +63,7 @@ pub struct Route {
     pub concurrency: Option<Arc<ConcurrencyLimit>>,
     pub plugin: Option<crate::plugin::RoutePlugin>,
     pub metrics: RouteMetrics,
+    pub upgrades: upgrade::Upgrades,
 }
 
 /// When a request on this route is tried again, always on another backend.
