@@ -21,12 +21,16 @@ class Handler(BaseHTTPRequestHandler):
                 "body_bytes": len(body),
             }
         ).encode() + b"\n"
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(reply)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply)
+        head = (
+            "HTTP/1.1 200 OK\r\n"
+            f"server: {self.server_version}\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(reply)}\r\n\r\n"
+        ).encode()
+        # Head and body in one write: a backend killed while it answers then leaves a proxy
+        # either the whole answer or nothing (which it may retry elsewhere), never a head whose
+        # body cannot come. The failover tests kill backends under load and count on that.
+        self.wfile.write(head if self.command == "HEAD" else head + reply)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer
 
