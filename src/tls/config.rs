@@ -343,6 +343,13 @@ fn load_pair(
             );
             None
         }
+        Err(rustls::Error::InvalidCertificate(e)) => {
+            errors.push(
+                at.key("cert"),
+                format!("{}: the certificate cannot be served: {e}", c.cert),
+            );
+            None
+        }
         Err(e) => {
             errors.push(at.key("key"), format!("{}: unusable key: {e}", c.key));
             None
