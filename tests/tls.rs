@@ -113,8 +113,9 @@ impl Pki {
         ]);
     }
 
-    /// `{stem}.pem` / `{stem}.key` signed by `ca`, valid only in January 2020.
-    fn expired(&self, ca: &str, stem: &str, subj: &str) {
+    /// `{stem}.pem` / `{stem}.key` signed by `ca`, valid from `start` to `end`
+    /// (`YYYYMMDDHHMMSSZ`).
+    fn dated(&self, ca: &str, stem: &str, subj: &str, start: &str, end: &str) {
         self.openssl(&[
             "req",
             "-newkey",
@@ -135,7 +136,7 @@ impl Pki {
         std::fs::write(
             self.path("ca.cnf"),
             format!(
-                "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n"
+                "[ca]\ndefault_ca = d\n[d]\ndatabase = {d}/index.txt\nnew_certs_dir = {d}\nserial = {d}/serial\ndefault_md = sha256\npolicy = p\nx509_extensions = ext\n[p]\ncommonName = supplied\n[ext]\nbasicConstraints = CA:FALSE\n"
             ),
         )
         .unwrap();
@@ -153,9 +154,9 @@ impl Pki {
             "-out",
             &format!("{stem}.pem"),
             "-startdate",
-            "20200101000000Z",
+            start,
             "-enddate",
-            "20200102000000Z",
+            end,
             "-notext",
         ]);
     }
@@ -323,18 +324,32 @@ fn check_refuses_bad_certificates_with_their_yaml_paths() {
     pki.leaf("ca", "a", "/CN=a.test", &["a.test"]);
     pki.leaf("ca", "a2", "/CN=a2", &["a.test"]);
     pki.leaf("ca", "b", "/CN=b.test", &["b.test"]);
-    pki.expired("ca", "old", "/CN=old.test");
+    pki.dated(
+        "ca",
+        "old",
+        "/CN=old.test",
+        "20200101000000Z",
+        "20200102000000Z",
+    );
+    pki.dated(
+        "ca",
+        "new",
+        "/CN=new.test",
+        "20990101000000Z",
+        "20991231000000Z",
+    );
     let config = pki.path("zkgate.yaml");
     let mismatched = format!("{{ cert: {}, key: {} }}", pki.p("a.pem"), pki.p("b.key"));
     std::fs::write(
         &config,
         format!(
-            "admin: {{ listen: \"127.0.0.1:1\" }}\nlisteners:\n  - name: web\n    listen: \"127.0.0.1:2\"\n    tls:\n      certificates: [{}, {}, {}, {}, {{ cert: /nonexistent/x.pem, key: {} }}]\n      min_version: \"1.1\"\n{PING}",
+            "admin: {{ listen: \"127.0.0.1:1\" }}\nlisteners:\n  - name: web\n    listen: \"127.0.0.1:2\"\n    tls:\n      certificates: [{}, {}, {}, {}, {{ cert: /nonexistent/x.pem, key: {} }}, {}]\n      min_version: \"1.1\"\n{PING}",
             pki.pair("a"),
             pki.pair("old"),
             mismatched,
             pki.pair("a2"),
             pki.p("a.key"),
+            pki.pair("new"),
         ),
     )
     .unwrap();
@@ -375,6 +390,8 @@ fn check_refuses_bad_certificates_with_their_yaml_paths() {
         "listeners[0].tls.certificates[3].cert: ",
         "the name a.test is already claimed by certificates[0]",
         "listeners[0].tls.certificates[4].cert: cannot read /nonexistent/x.pem",
+        "listeners[0].tls.certificates[5].cert: ",
+        "is not valid before",
     ] {
         assert!(text.contains(want), "`{want}` not in:\n{text}");
     }

@@ -273,7 +273,10 @@ fn load_pair(
     let key = read_pem(&c.key).and_then(|text| {
         PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|e| match e {
             rustls::pki_types::pem::Error::NoItemsFound => {
-                format!("{}: no private key in it", c.key)
+                format!(
+                    "{}: no private key in it (an encrypted key must be decrypted first)",
+                    c.key
+                )
             }
             e => format!("{}: not a PEM private key: {e}", c.key),
         })
@@ -337,6 +340,13 @@ fn load_pair(
                     "{}: this key does not match the certificate {}",
                     c.key, c.cert
                 ),
+            );
+            None
+        }
+        Err(rustls::Error::InvalidCertificate(e)) => {
+            errors.push(
+                at.key("cert"),
+                format!("{}: the certificate cannot be served: {e}", c.cert),
             );
             None
         }
