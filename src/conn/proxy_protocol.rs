@@ -524,6 +524,23 @@ pub fn exercise(data: &[u8]) {
             Step::Invalid(_) => break Err(0),
         }
     };
+    // The same bytes one at a time (a peer's smallest segments): every prefix gets a step, and
+    // the header ends where it did when read in the steps' own sizes.
+    let mut one = 0;
+    let one_by_one = loop {
+        match next_step(&data[..one], Versions::BOTH) {
+            Step::Need(0) => panic!("a step that asks for no byte after {one}"),
+            Step::Need(_) if one == data.len() => break None,
+            Step::Need(_) => one += 1,
+            Step::Complete => break Some(one),
+            Step::Invalid(_) => break None,
+        }
+    };
+    assert_eq!(
+        one_by_one,
+        outcome.is_ok().then_some(len),
+        "read byte by byte, the header ends elsewhere"
+    );
     let reference = match ppp::HeaderResult::parse(data) {
         ppp::HeaderResult::V1(Ok(h)) => Some((
             h.header.len(),
