@@ -271,6 +271,45 @@ fn h2load_through_h2c_fails_nothing() {
     assert!(dispatched(&gw, "h2c") >= 20);
 }
 
+#[test]
+fn an_h2c_upstream_is_proxied_and_health_checked_over_http2() {
+    // The backend is another gateway, whose metrics say which protocol its clients spoke.
+    let back = Gateway::start(
+        r#"
+listeners:
+  - { name: web, listen: "{HTTP}", http2: { h2c: true } }
+routes:
+  - { name: health, match: { path: /healthz }, respond: { status: 200, body: "ok\n" } }
+  - { name: hello, respond: { status: 200, body: "hello over h2c\n" } }
+"#,
+    );
+    let front = Gateway::start(&format!(
+        r#"
+upstreams:
+  - name: h2c
+    backends: ["{}"]
+    protocol: h2c
+    health_check: {{ type: http, path: /healthz, interval: 100ms, timeout: 90ms, rise: 1, start_unhealthy: true }}
+routes:
+  - {{ name: all, upstream: h2c }}
+"#,
+        back.http
+    ));
+    // Only a passing probe lets traffic through.
+    assert!(
+        common::eventually(Duration::from_secs(10), || front.get("/x").status == 200),
+        "{}",
+        front.log()
+    );
+    let (status, body) = curl(&["--http1.1"], &url(&front, "/x"));
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("1.1 200", "hello over h2c\n")
+    );
+    assert!(dispatched(&back, "h2c") >= 1);
+    assert_eq!(dispatched(&back, "http/1.1"), 0, "{}", back.metrics());
+}
+
 /// A gRPC service of raw bytes (no protoc): `Unary` echoes, or fails NOT_FOUND for `missing`,
 /// `Bidi` answers each message with it reversed as it arrives; both set trailing metadata.
 const GRPC_SERVER: &str = r#"
