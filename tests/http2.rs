@@ -310,7 +310,7 @@ routes:
     assert_eq!(dispatched(&back, "http/1.1"), 0, "{}", back.metrics());
 }
 
-/// A gRPC service of raw bytes (no protoc): `Unary` echoes, or fails NOT_FOUND for `missing`,
+/// A gRPC service of raw bytes (no protoc), over TLS when given a certificate and key: `Unary` echoes, or fails NOT_FOUND for `missing`,
 /// `Bidi` answers each message with it reversed as it arrives; both set trailing metadata.
 const GRPC_SERVER: &str = r#"
 import sys, grpc
@@ -336,7 +336,12 @@ handler = grpc.method_handlers_generic_handler("test.Echo", {
 })
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
+if len(sys.argv) > 2:
+    with open(sys.argv[1], "rb") as c, open(sys.argv[2], "rb") as k:
+        creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+    port = server.add_secure_port("127.0.0.1:0", creds)
+else:
+    port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 print(port, flush=True)
 server.wait_for_termination()
@@ -374,6 +379,41 @@ print("bidi", ok, call.code().name, dict(call.trailing_metadata()).get("x-count"
 
 #[test]
 fn grpc_unary_and_bidi_streaming_calls_pass_with_their_trailers() {
+    grpc_through_the_gateway("protocol: h2c", &[]);
+}
+
+#[test]
+fn grpc_reaches_an_h2_upstream_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    grpc_through_the_gateway(
+        "protocol: h2, tls: { sni: localhost, verify: false }",
+        &[cert.to_str().unwrap(), key.to_str().unwrap()],
+    );
+}
+
+/// The gRPC calls of [`GRPC_CLIENT`] through an h2c listener to the upstream `grpc` with
+/// `upstream` keys, served by [`GRPC_SERVER`] started with `server_args`.
+fn grpc_through_the_gateway(upstream: &str, server_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let server_py = dir.path().join("server.py");
     let client_py = dir.path().join("client.py");
@@ -382,6 +422,7 @@ fn grpc_unary_and_bidi_streaming_calls_pass_with_their_trailers() {
     let mut server = KillOnDrop(
         Command::new("python3")
             .arg(&server_py)
+            .args(server_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -398,7 +439,7 @@ fn grpc_unary_and_bidi_streaming_calls_pass_with_their_trailers() {
 listeners:
   - {{ name: web, listen: "{{HTTP}}", http2: {{ h2c: true }} }}
 upstreams:
-  - {{ name: grpc, backends: ["127.0.0.1:{port}"], protocol: h2c }}
+  - {{ name: grpc, backends: ["127.0.0.1:{port}"], {upstream} }}
 routes:
   - {{ name: grpc, match: {{ path_prefix: /test.Echo/ }}, upstream: grpc }}
 "#
