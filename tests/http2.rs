@@ -469,3 +469,163 @@ routes:
     );
     assert!(dispatched(&gw, "h2c") >= 1);
 }
+
+/// A certificate for `localhost` (P-256, made by `openssl` in `dir`): its PEM paths.
+fn localhost_cert(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    (
+        cert.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    )
+}
+
+// Downstream TLS is the TLS task's (`listeners[].tls`, issue 13): these switch on once it is
+// merged (remove the `ignore`).
+#[test]
+#[ignore = "needs listeners[].tls from the TLS branch"]
+fn h2_by_alpn_on_a_tls_listener_beside_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_cert(dir.path());
+    let b = Backend::start("b");
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - name: web
+    listen: "{{HTTP}}"
+    client_header_timeout: 2s
+    tls: {{ certificates: [{{ cert: "{cert}", key: "{key}" }}] }}
+upstreams:
+  - {{ name: app, backends: ["{}"] }}
+routes:
+  - {{ name: ping, match: {{ path: /ping }}, respond: {{ status: 200, body: "pong\n" }} }}
+  - {{ name: small, match: {{ path_prefix: /small }}, upstream: app, max_request_body: 1KiB }}
+  - {{ name: app, upstream: app }}
+"#,
+        b.addr
+    ));
+    let https = format!("https://localhost:{}", gw.http.port());
+    let resolve = format!("localhost:{}:127.0.0.1", gw.http.port());
+    let tls = ["--resolve", resolve.as_str(), "--cacert", cert.as_str()];
+    let with = |more: &[&str], path: &str| {
+        let mut args = tls.to_vec();
+        args.extend_from_slice(more);
+        curl(&args, &format!("{https}{path}"))
+    };
+    assert_eq!(
+        with(&["--http2"], "/ping"),
+        ("2 200".into(), "pong\n".into())
+    );
+    assert_eq!(
+        with(&["--http1.1"], "/ping"),
+        ("1.1 200".into(), "pong\n".into())
+    );
+    let (status, body) = with(&["--http2"], "/echo");
+    assert_eq!(status, "2 200", "{body}");
+    let big = "x".repeat(4096);
+    assert_eq!(
+        with(&["--http2", "--data-binary", &big], "/small").0,
+        "2 413"
+    );
+    assert!(common::eventually(Duration::from_secs(5), || {
+        dispatched(&gw, "h2") >= 3 && dispatched(&gw, "http/1.1") >= 1
+    }));
+    assert_eq!(dispatched(&gw, "h2c"), 0);
+
+    let (counts, codes) = h2load(&[
+        "-n",
+        "4000",
+        "-c",
+        "10",
+        "-m",
+        "10",
+        &format!("{https}/ping"),
+    ]);
+    assert_eq!(counts, [4000, 4000, 4000, 4000, 0, 0, 0], "{codes}");
+}
+
+/// `GRPC_CLIENT` over TLS: the same calls on a secure channel trusting `argv[2]`.
+const GRPC_TLS_CLIENT: &str = r#"
+import sys, grpc
+with open(sys.argv[2], "rb") as f:
+    creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+grpc.insecure_channel = lambda target: grpc.secure_channel(
+    target, creds, options=(("grpc.ssl_target_name_override", "localhost"),))
+sys.argv = sys.argv[:2]
+exec(open(sys.argv[0].replace("tls_client.py", "client.py")).read())
+"#;
+
+#[test]
+#[ignore = "needs listeners[].tls from the TLS branch"]
+fn grpc_over_tls_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = localhost_cert(dir.path());
+    let server_py = dir.path().join("server.py");
+    std::fs::write(&server_py, GRPC_SERVER).unwrap();
+    std::fs::write(dir.path().join("client.py"), GRPC_CLIENT).unwrap();
+    let tls_client = dir.path().join("tls_client.py");
+    std::fs::write(&tls_client, GRPC_TLS_CLIENT).unwrap();
+    let mut server = KillOnDrop(
+        Command::new("python3")
+            .arg(&server_py)
+            .args([&cert, &key])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with grpcio (make deps-test)"),
+    );
+    let mut port = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let port: u16 = port.trim().parse().expect("the gRPC server's port");
+    let gw = Gateway::start(&format!(
+        r#"
+listeners:
+  - {{ name: web, listen: "{{HTTP}}", tls: {{ certificates: [{{ cert: "{cert}", key: "{key}" }}] }} }}
+upstreams:
+  - {{ name: grpc, backends: ["127.0.0.1:{port}"], protocol: h2, tls: {{ sni: localhost, verify: false }} }}
+routes:
+  - {{ name: grpc, match: {{ path_prefix: /test.Echo/ }}, upstream: grpc }}
+"#
+    ));
+    let out = Command::new("python3")
+        .arg(&tls_client)
+        .arg(gw.http.to_string())
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.log()
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            "unary echo:hello OK unary-done",
+            "missing NOT_FOUND no such thing looked-everywhere",
+            "bidi True OK 3",
+        ]
+    );
+    assert!(dispatched(&gw, "h2") >= 1);
+}
