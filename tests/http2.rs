@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, Gateway, KillOnDrop};
 
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A listener taking h2c, with short head and keep-alive deadlines, a proxied route, a respond
 /// route, and routes with each of the gateway's own refusals.
 fn gateway(backend: SocketAddr) -> Gateway {
@@ -117,7 +120,7 @@ fn h2c_and_http1_share_a_listener_and_http1_keeps_its_deadlines() {
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert!(took < Duration::from_secs(15), "never closed");
     // Half a preface: the same deadline, before anything is HTTP/2.
-    let (got, took) = stall(gw.http, &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..16]);
+    let (got, took) = stall(gw.http, &PREFACE[..16]);
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert!(took < Duration::from_secs(15), "never closed");
     assert!(common::eventually(Duration::from_secs(5), || counter(
@@ -134,7 +137,7 @@ fn a_listener_without_h2c_answers_a_preface_as_http1() {
     let (status, _) = curl(&["--http1.1"], &url(&gw, "/ping"));
     assert_eq!(status, "1.1 200");
     // `PRI * HTTP/2.0` is no HTTP/1 request: refused, not served as HTTP/2.
-    let (got, _) = stall(gw.http, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let (got, _) = stall(gw.http, PREFACE);
     assert!(
         got.is_empty() || got.starts_with(b"HTTP/1.1 4"),
         "{:?}",
@@ -204,14 +207,14 @@ fn the_gateways_own_answers_work_over_http2() {
 }
 
 #[test]
-fn max_header_list_size_bounds_the_decoded_headers_of_a_stream() {
+fn the_http2_limits_of_a_listener_apply() {
     let gw = Gateway::start(
         r#"
 listeners:
   - name: web
     listen: "{HTTP}"
     max_request_headers: 256
-    http2: { h2c: true, max_header_list_size: 16KiB }
+    http2: { h2c: true, max_header_list_size: 16KiB, idle_timeout: 1s }
 routes:
   - { name: ping, respond: { status: 200, body: "pong\n" } }
 "#,
@@ -231,6 +234,15 @@ routes:
     // About 24 KiB: the HTTP/2 layer answers 431 itself, below the listener's own limits
     // (256 fields, 64 KiB), which would have let it through.
     assert_eq!(with_headers(100), "2 431");
+
+    // A connection that opens no stream is closed after idle_timeout: the preface and an empty
+    // SETTINGS frame, then nothing (the listener's keepalive_timeout is the default 75 s).
+    let mut hello = PREFACE.to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let (got, took) = stall(gw.http, &hello);
+    // The server's own SETTINGS came, then the end, well before the 15 s the client waits.
+    assert!(got.len() >= 9 && got[3] == 4, "{got:?}");
+    assert!(took < Duration::from_secs(15), "never closed");
 }
 
 /// h2load's line `requests: N total, N started, N done, N succeeded, N failed, N errored, N
