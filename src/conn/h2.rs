@@ -174,6 +174,78 @@ pub async fn first_bytes(g: &mut Guarded, h2: bool) -> std::io::Result<First> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use pingora::protocols::{Peek, Stream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::super::pressure::IDLE;
+    use super::super::state::ConnState;
+    use super::super::{clock, ListenerConns};
+
+    /// A client on a loopback connection that wrote `sent` (then closed when `close`), and the
+    /// gateway's side of it wrapped as a listener wraps it.
+    async fn accepted(sent: &[u8], close: bool) -> (Box<Guarded>, Option<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        client.write_all(sent).await.expect("write");
+        let client = if close { None } else { Some(client) };
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(server));
+        let state = Arc::new(ConnState::new(1, 1, &IDLE, clock::now()));
+        let conns = Arc::new(ListenerConns::new("h2-test", &Default::default(), None));
+        (Box::new(Guarded::new(stream, state, conns)), client)
+    }
+
+    async fn read_all(g: &mut Guarded, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        g.read_exact(&mut got).await.expect("read");
+        got
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_decide_and_are_all_read_again() {
+        // HTTP/1 shorter than the preface: decided at the first byte that differs.
+        let head = b"GET / HTTP/1.0\r\n\r\n";
+        let (mut g, _c) = accepted(head, false).await;
+        assert_eq!(first_bytes(&mut g, true).await.expect("read"), First::Http1);
+        assert_eq!(read_all(&mut g, head.len()).await, head);
+
+        // The preface and a frame after it: Pingora's peek sees the preface, its reads the rest.
+        let mut h2 = PREFACE.to_vec();
+        h2.extend_from_slice(b"\0\0\0\x04\0\0\0\0\0");
+        let (mut g, _c) = accepted(&h2, false).await;
+        assert_eq!(first_bytes(&mut g, true).await.expect("read"), First::Http2);
+        let mut peeked = [0u8; PREFACE.len()];
+        assert!(g.try_peek(&mut peeked).await.expect("peek"));
+        assert_eq!(&peeked, PREFACE);
+        assert_eq!(read_all(&mut g, h2.len()).await, h2);
+
+        // Where HTTP/2 is not possible the preface is not even looked for.
+        let (mut g, _c) = accepted(PREFACE, false).await;
+        assert_eq!(
+            first_bytes(&mut g, false).await.expect("read"),
+            First::Http1
+        );
+        assert_eq!(read_all(&mut g, PREFACE.len()).await, PREFACE);
+
+        // Half a preface and the end: HTTP/1 reads the half, then the end.
+        let (mut g, _c) = accepted(&PREFACE[..10], true).await;
+        assert_eq!(first_bytes(&mut g, true).await.expect("read"), First::Http1);
+        let mut rest = Vec::new();
+        g.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, &PREFACE[..10]);
+
+        // Nothing at all.
+        let (mut g, _c) = accepted(b"", true).await;
+        assert_eq!(
+            first_bytes(&mut g, true).await.expect("read"),
+            First::Nothing
+        );
+    }
 
     fn build(yaml: &str, conn: &ConnSettings) -> (Http2Settings, Vec<String>) {
         let section: Http2Section = serde_yaml::from_str(yaml).expect("yaml");

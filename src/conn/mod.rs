@@ -8,6 +8,8 @@
 //! keep-alive one, as nginx does), and a keep-alive connection may idle `keepalive_timeout`.
 //! The proxy's first phase calls [`head_received`] once per request, which lifts the deadline.
 //! Gaps between body reads are Pingora's read timeout (`client_body_timeout`).
+//! A connection whose first bytes are the HTTP/2 preface (h2c, or after ALPN `h2`) goes to
+//! Pingora's HTTP/2 server instead, once those bytes came within the head deadline ([`h2`]).
 
 pub mod config;
 pub mod h2;
@@ -427,7 +429,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
-    /// The HTTP/1 loop of one connection: what Pingora's own loop does, plus the deadlines.
+    /// One connection: its first bytes under the head deadline, then Pingora's HTTP/2 server
+    /// if they are the HTTP/2 preface, else the HTTP/1 loop: what Pingora's own loop does, plus
+    /// the deadlines.
     async fn serve(
         self: &Arc<Self>,
         io: Stream,

@@ -35,7 +35,8 @@ pub enum Protocol {
     /// HTTP/1.1, over TLS when the upstream has `tls`.
     #[default]
     Http1,
-    /// HTTP/2 over TLS, negotiated by ALPN (a backend that does not offer `h2` is refused).
+    /// HTTP/2 over TLS, negotiated by ALPN (Pingora speaks HTTP/1.1 to a backend that does
+    /// not select `h2`).
     H2,
     /// HTTP/2 with prior knowledge over cleartext.
     H2c,
