@@ -1,12 +1,12 @@
 //! Criterion benchmarks of the request-path pieces: path normalization, route match among 1,000
-//! routes, path rewrites, and backend picks for each balancing algorithm. `tests/alloc_free.rs` proves the
+//! routes (with and without `listeners` on them), path rewrites, and backend picks for each balancing algorithm. `tests/alloc_free.rs` proves the
 //! same calls allocate nothing.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Method};
-use zkgate::route::RequestView;
+use zkgate::route::{ListenerId, RequestView};
 use zkgate::snapshot::Snapshot;
 
 #[global_allocator]
@@ -14,8 +14,13 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// 1,000 routes: exact paths, prefixes, host and wildcard-host routes, regexes.
 pub fn thousand_routes() -> Snapshot {
+    routes_on(None)
+}
+
+/// The same 1,000 routes, each limited to `listeners` (YAML, e.g. `[web]`) when given.
+fn routes_on(listeners: Option<&str>) -> Snapshot {
     let mut y = String::from(
-        "listeners: [{ name: web, listen: \"127.0.0.1:1\" }]\nupstreams:\n  - { name: u, backends: [\"127.0.0.1:2\"] }\nroutes:\n",
+        "listeners: [{ name: web, listen: \"127.0.0.1:1\" }, { name: tls, listen: \"127.0.0.1:3\" }]\nupstreams:\n  - { name: u, backends: [\"127.0.0.1:2\"] }\nroutes:\n",
     );
     for i in 0..300 {
         y += &format!("  - {{ name: exact{i}, match: {{ path: /exact/{i} }}, upstream: u }}\n");
@@ -35,6 +40,9 @@ pub fn thousand_routes() -> Snapshot {
     }
     for i in 0..150 {
         y += &format!("  - {{ name: regex{i}, match: {{ path_regex: \"^/re{i}/[0-9]+$\", methods: [GET] }}, upstream: u }}\n");
+    }
+    if let Some(l) = listeners {
+        y = y.replace("  - { name: ", &format!("  - {{ listeners: {l}, name: "));
     }
     zkgate::config::load_str(&y, None).expect("bench config")
 }
@@ -81,6 +89,35 @@ fn route_match(c: &mut Criterion) {
         });
     }
     g.finish();
+    // As the proxy matches: on its listener. Every route for every listener, then every route
+    // limited to the request's listener (each candidate costs one bit test more), then every
+    // route limited to both listeners.
+    let web = ListenerId(0);
+    for (group, listeners) in [
+        ("route_match_1000_on_listener", None),
+        ("route_match_1000_listeners_web", Some("[web]")),
+        ("route_match_1000_listeners_both", Some("[web, tls]")),
+    ] {
+        let snap = routes_on(listeners);
+        let mut g = c.benchmark_group(group);
+        for (name, host, path) in cases {
+            let view = RequestView {
+                method: &Method::GET,
+                host,
+                path,
+                headers: &headers,
+            };
+            assert_eq!(
+                snap.routes.find_on(web, &view).is_some(),
+                name != "miss",
+                "{group} {name}"
+            );
+            g.bench_function(name, |b| {
+                b.iter(|| black_box(snap.routes.find_on(black_box(web), black_box(&view))))
+            });
+        }
+        g.finish();
+    }
 }
 
 fn rewrite(c: &mut Criterion) {

@@ -76,7 +76,12 @@ pub(super) fn set_headers(
             }
         }
     }
-    let host = req.headers.get(HOST).map(HeaderValue::as_bytes);
+    // An HTTP/2 request may carry its host as `:authority` only.
+    let host = req
+        .headers
+        .get(HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
     forwarded_element(&mut value, peer.ip(), tls, host, by);
     let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         .map_err(|e| Error::because(ErrorType::InternalError, "Forwarded header", e))?;

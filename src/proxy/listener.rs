@@ -45,3 +45,34 @@ impl ListenerSlot {
         id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(listeners: &[&str], generation: u64) -> Snapshot {
+        let mut y = String::from("listeners:\n");
+        for (i, name) in listeners.iter().enumerate() {
+            y += &format!("  - {{ name: {name}, listen: \"127.0.0.1:{}\" }}\n", i + 1);
+        }
+        y += "routes: [{ name: r, respond: { body: x } }]\n";
+        let mut snap = crate::config::load_str(&y, None).expect("config");
+        snap.generation = generation;
+        snap
+    }
+
+    #[test]
+    fn the_id_follows_the_snapshot_a_request_uses() {
+        let slot = ListenerSlot::new("tls");
+        assert_eq!(slot.id(&snapshot(&["web", "tls"], 1)), ListenerId(1));
+        // A reload that reorders the listeners moves the id with it.
+        assert_eq!(slot.id(&snapshot(&["tls", "web"], 2)), ListenerId(0));
+        // One that renames it leaves only the routes for every listener.
+        assert_eq!(
+            slot.id(&snapshot(&["web", "https"], 3)),
+            ListenerId::UNKNOWN
+        );
+        // A request still on an older snapshot is matched in that snapshot's terms.
+        assert_eq!(slot.id(&snapshot(&["web", "tls"], 1)), ListenerId(1));
+    }
+}
