@@ -355,6 +355,14 @@ fn a_handshake_the_backend_never_answers_is_a_504_and_an_unasked_101_a_502() {
                       sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
     let r = raw(gw.http, handshake).expect("answer").expect("an answer");
     assert_eq!(r.status, 504, "{}", r.text());
+    // Logged as the backend's failure, like any backend that does not answer in time.
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .log()
+            .contains("did not answer the upgrade in time")),
+        "{}",
+        gw.log()
+    );
     // A plain GET answered with 101: the client must not get bytes of a protocol it did not
     // ask for.
     let r = raw(gw.http, b"GET /switch HTTP/1.1\r\nhost: a\r\n\r\n")
