@@ -315,7 +315,8 @@ fn two_tunnels_at_once() {
 }
 
 /// A backend that reads a request head and then, by its path: `/hang` holds the connection for
-/// 15 s without a word; `/switch` answers `101 Switching Protocols` whatever was asked.
+/// 30 s without a word; `/switch` answers `101 Switching Protocols` whatever was asked, and then
+/// holds it as well, reading nothing more.
 fn odd_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -333,7 +334,7 @@ fn odd_backend() -> SocketAddr {
                         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nraw",
                     );
                 }
-                std::thread::sleep(Duration::from_secs(15));
+                std::thread::sleep(Duration::from_secs(30));
             });
         }
     });
@@ -354,6 +355,14 @@ fn a_handshake_the_backend_never_answers_is_a_504_and_an_unasked_101_a_502() {
                       sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
     let r = raw(gw.http, handshake).expect("answer").expect("an answer");
     assert_eq!(r.status, 504, "{}", r.text());
+    // Logged as the backend's failure, like any backend that does not answer in time.
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .log()
+            .contains("did not answer the upgrade in time")),
+        "{}",
+        gw.log()
+    );
     // A plain GET answered with 101: the client must not get bytes of a protocol it did not
     // ask for.
     let r = raw(gw.http, b"GET /switch HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -361,4 +370,64 @@ fn a_handshake_the_backend_never_answers_is_a_504_and_an_unasked_101_a_502() {
         .expect("an answer");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("switched protocols"), "{}", r.text());
+}
+
+#[test]
+fn a_tunnel_stalled_on_a_backend_that_stopped_reading_is_dropped_after_its_idle_timeout() {
+    let backend = odd_backend();
+    let gw = Gateway::start(&format!(
+        "upstreams:\n  - name: odd\n    backends: [\"{backend}\"]\n\
+         routes:\n  - name: odd\n    upstream: odd\n    upgrades: {{ idle_timeout: 2s }}\n"
+    ));
+    let mut s = std::net::TcpStream::connect(gw.http).expect("connect");
+    s.write_all(
+        b"GET /switch HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .expect("handshake");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("101"), 1, "closed before the 101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // The client sends until every buffer between it and the backend, which reads nothing, is
+    // full: the gateway then waits on the backend and reads no more from the client, so only
+    // the connection loop's backstop can end the silent tunnel (2 s + 5 s), well before the
+    // backend lets go (30 s) or the upstream's write timeout (60 s).
+    let mut writer = s.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        while writer.write_all(&chunk).is_ok() {}
+    });
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("read timeout");
+    let mut rest = Vec::new();
+    let closed = match s.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "the tunnel was not closed");
+    assert!(
+        eventually(Duration::from_secs(5), || gw
+            .log()
+            .contains("dropped the upgraded connection")),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            &gw,
+            "zkgate_upgraded_idle_closed_total{route=\"odd\"}"
+        ) == Some(1.0)
+            && metric(&gw, "zkgate_upgraded_connections{route=\"odd\"}")
+                == Some(0.0)),
+        "{}",
+        gw.metrics()
+    );
 }

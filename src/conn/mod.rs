@@ -538,9 +538,14 @@ async fn watch<F: Future>(
         let Some(deadline) = state.deadline() else {
             return Poll::Pending;
         };
-        // Moved only to an earlier deadline: one that moved later (a tunnel's, with every
-        // byte) is looked at again when the timer fires early.
-        if armed.is_none_or(|a| deadline < a) {
+        // A tunnel's deadline moves later with every byte: its timer is moved only to an
+        // earlier one, and looked at again when it fires early.
+        let rearm = if state.phase().is_tunnel() {
+            armed.is_none_or(|a| deadline < a)
+        } else {
+            armed != Some(deadline)
+        };
+        if rearm {
             sleep.as_mut().reset(clock::to_tokio(deadline));
             armed = Some(deadline);
         }

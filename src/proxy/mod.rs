@@ -568,7 +568,12 @@ impl ProxyHttp for Gateway {
     /// A client closing its connection early is routine (a browser navigating away, a load
     /// generator stopping): it is counted as 499, not logged as an error.
     /// A body timeout is counted and logged (rate-limited) with the other closed connections.
+    /// A backend that did not answer a WebSocket handshake is logged like any backend timeout
+    /// (the error is on the client's side only because the wait is held there).
     fn suppress_error_log(&self, session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        if upgrade::handshake_timed_out(session) {
+            return false;
+        }
         client_went_away(error) || crate::conn::client_body_timed_out(session, error)
     }
 
