@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::METRICS;
 use crate::section::{At, ConfigErrors};
+use crate::tls::TlsInfo;
 
 const DEFAULT_BUFFER: usize = 8192;
 
@@ -163,11 +164,10 @@ impl std::fmt::Display for TlsFields<'_> {
     }
 }
 
-/// The server name the client asked for. The TLS listener's handshake leaves it in the
-/// digest's extension (the `TlsInfo` of the `tls` module): read it here once that exists.
-/// Until then a TLS connection logs `sni=-`.
-fn sni(_tls: &SslDigest) -> Option<&str> {
-    None
+/// The server name the client asked for, which the TLS listener's handshake leaves in the
+/// digest's extension.
+fn sni(tls: &SslDigest) -> Option<&str> {
+    tls.extension.get::<TlsInfo>()?.sni.as_deref()
 }
 
 fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {

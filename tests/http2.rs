@@ -510,10 +510,7 @@ fn localhost_cert(dir: &std::path::Path) -> (String, String) {
     )
 }
 
-// Downstream TLS is the TLS task's (`listeners[].tls`, issue 13): these switch on once it is
-// merged (remove the `ignore`).
 #[test]
-#[ignore = "needs listeners[].tls from the TLS branch"]
 fn h2_by_alpn_on_a_tls_listener_beside_http1() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = localhost_cert(dir.path());
@@ -586,7 +583,6 @@ exec(open(sys.argv[0].replace("tls_client.py", "client.py")).read())
 "#;
 
 #[test]
-#[ignore = "needs listeners[].tls from the TLS branch"]
 fn grpc_over_tls_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = localhost_cert(dir.path());
