@@ -145,6 +145,8 @@ async fn what_is_not_a_header_is_refused_at_its_first_bytes() {
         b"PROXY TCP4 1.1.1.1\x00 1.1.1.1 1 1\r\n",
         b"PROXY TCP4 1.1.1.1 1.1.1.1 1 1\rX",
         b"PROXY TCP4 1.1.1.1 1.1.1.1 1 1\n",
+        // ppp alone would take this as an UNKNOWN header ended by the lone LF.
+        b"PROXY UNKNOWN \n\rf\r\n",
     ] {
         assert!(
             matches!(read_off(junk, 4096).await, Err(ReadError::Malformed(_))),
