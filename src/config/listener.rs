@@ -67,7 +67,11 @@ impl ListenerSection {
             .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0);
         let mut conn = self.conn_keys().build(at, errors);
         conn.proxy_protocol = self.proxy_protocol.as_ref().map(|p| {
-            p.build(&at.key("proxy_protocol"), conn.client_header_timeout, errors)
+            p.build(
+                &at.key("proxy_protocol"),
+                conn.client_header_timeout,
+                errors,
+            )
         });
         let http2 = self
             .http2

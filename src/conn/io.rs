@@ -5,8 +5,8 @@
 //! Everything else passes through to Pingora's stream.
 
 use std::any::Any;
-use std::ops::Range;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
