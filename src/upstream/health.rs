@@ -61,6 +61,12 @@ impl HealthCheck {
         addr: SocketAddr,
         settings: &PeerSettings,
     ) -> Result<(), String> {
+        if matches!(self.probe, Probe::Http { .. }) {
+            // The connector is made on the first HTTP probe, and loading the CA roots it holds
+            // takes a while (hundreds of ms in a debug build on a loaded machine): not out of the
+            // probe's own timeout, which would fail a healthy backend's first check.
+            prober.connector();
+        }
         let probe = async {
             match &self.probe {
                 Probe::Tcp => TcpStream::connect(addr)
