@@ -42,7 +42,10 @@ fn routes_on(listeners: Option<&str>) -> Snapshot {
         y += &format!("  - {{ name: regex{i}, match: {{ path_regex: \"^/re{i}/[0-9]+$\", methods: [GET] }}, upstream: u }}\n");
     }
     if let Some(l) = listeners {
-        y = y.replace("  - { name: ", &format!("  - {{ listeners: {l}, name: "));
+        if let Some((head, routes)) = y.split_once("routes:\n") {
+            let routes = routes.replace("  - { name: ", &format!("  - {{ listeners: {l}, name: "));
+            y = format!("{head}routes:\n{routes}");
+        }
     }
     zkgate::config::load_str(&y, None).expect("bench config")
 }

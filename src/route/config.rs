@@ -836,6 +836,23 @@ routes:
         assert_eq!(&*built[0].listeners.names()[0], "tls");
         assert!(built[1].listeners.contains(ListenerId(0)));
         assert!(built[1].listeners.contains(ListenerId::UNKNOWN));
+        // Past the inline word.
+        let far = ListenerSet::new(
+            &[ListenerId(3), ListenerId(64), ListenerId(200)],
+            Vec::new(),
+        );
+        for (id, yes) in [
+            (3, true),
+            (4, false),
+            (64, true),
+            (65, false),
+            (200, true),
+            (201, false),
+        ] {
+            assert_eq!(far.contains(ListenerId(id)), yes, "{id}");
+        }
+        assert!(!far.contains(ListenerId::UNKNOWN));
+        assert!(ListenerSet::default().contains(ListenerId(500)));
     }
 
     #[test]

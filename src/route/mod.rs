@@ -116,37 +116,67 @@ impl ListenerId {
     pub const UNKNOWN: ListenerId = ListenerId(u32::MAX);
 }
 
-/// The listeners a route serves, as a bit set; empty means every listener.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// The listeners a route serves, as a bit set. The first 64 listeners are bits of one inline
+/// word, so the test costs the same whether the route names listeners or not (a route for
+/// every listener has all bits set); more listeners than that go to `more`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSet {
-    words: Box<[u64]>,
+    low: u64,
+    /// Listeners 64 and up; with `all`, every one of them.
+    more: Box<[u64]>,
+    all: bool,
     /// The names, in the order the route gives them, for `/routes` and `explain`.
     names: Box<[Arc<str>]>,
+}
+
+impl Default for ListenerSet {
+    /// Every listener.
+    fn default() -> Self {
+        ListenerSet {
+            low: u64::MAX,
+            more: Box::default(),
+            all: true,
+            names: Box::default(),
+        }
+    }
 }
 
 impl ListenerSet {
     /// The set of `ids` (with their `names`, for display).
     pub fn new(ids: &[ListenerId], names: Vec<Arc<str>>) -> ListenerSet {
-        let Some(max) = ids.iter().map(|id| id.0).max() else {
-            return ListenerSet::default();
-        };
-        let mut words = vec![0u64; max as usize / 64 + 1];
+        let mut low = 0u64;
+        let mut more = Vec::new();
         for id in ids {
-            words[id.0 as usize / 64] |= 1 << (id.0 % 64);
+            match id.0.checked_sub(64) {
+                None => low |= 1 << id.0,
+                Some(i) => {
+                    let word = i as usize / 64;
+                    if more.len() <= word {
+                        more.resize(word + 1, 0u64);
+                    }
+                    more[word] |= 1 << (i % 64);
+                }
+            }
         }
         ListenerSet {
-            words: words.into(),
+            low,
+            more: more.into(),
+            all: false,
             names: names.into(),
         }
     }
 
     #[inline]
     pub fn contains(&self, id: ListenerId) -> bool {
-        self.words.is_empty()
+        if id.0 < 64 {
+            return self.low & (1 << id.0) != 0;
+        }
+        let i = id.0 - 64;
+        self.all
             || self
-                .words
-                .get(id.0 as usize / 64)
-                .is_some_and(|w| w & (1 << (id.0 % 64)) != 0)
+                .more
+                .get(i as usize / 64)
+                .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
     /// The listeners named by the route; empty for all.
