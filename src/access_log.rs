@@ -92,7 +92,7 @@ impl AccessLog {
             humantime::format_rfc3339_millis(SystemTime::now()),
             client,
             req.method,
-            Target(&req.uri),
+            Target(&req.uri, req.version),
             req.version,
             status,
             session.body_bytes_sent(),
@@ -112,12 +112,17 @@ impl AccessLog {
 }
 
 /// A request target as logged: an absolute-form target's `user:password@` is left out. The
-/// access log never shows headers, so it holds no `Authorization` or `Cookie`.
-struct Target<'a>(&'a http::Uri);
+/// access log never shows headers, so it holds no `Authorization` or `Cookie`. An HTTP/2
+/// request's scheme and authority are pseudo-headers, not its target: it is logged by path and
+/// query, as an HTTP/1.1 request in origin form is (and as nginx logs both).
+struct Target<'a>(&'a http::Uri, http::Version);
 
 impl std::fmt::Display for Target<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let uri = self.0;
+        if self.1 == http::Version::HTTP_2 {
+            return f.write_str(uri.path_and_query().map_or("/", |pq| pq.as_str()));
+        }
         let Some(authority) = uri.authority() else {
             return write!(f, "{uri}");
         };
@@ -154,20 +159,19 @@ impl std::fmt::Display for TlsFields<'_> {
         let Some(tls) = self.0 else {
             return f.write_str("tls=- cipher=- sni=-");
         };
-        write!(
-            f,
-            "tls={} cipher={} sni={}",
-            tls.version,
-            tls.cipher,
-            sni(tls).unwrap_or("-")
-        )
+        // The handshake's own names (`TLSv1.3`, the IANA suite) when the listener left them;
+        // Pingora's digest spells rustls' enum names (`TLSv1_3`).
+        match tls.extension.get::<TlsInfo>() {
+            Some(info) => write!(
+                f,
+                "tls={} cipher={} sni={}",
+                info.version,
+                info.cipher,
+                info.sni.as_deref().unwrap_or("-")
+            ),
+            None => write!(f, "tls={} cipher={} sni=-", tls.version, tls.cipher),
+        }
     }
-}
-
-/// The server name the client asked for, which the TLS listener's handshake leaves in the
-/// digest's extension.
-fn sni(tls: &SslDigest) -> Option<&str> {
-    tls.extension.get::<TlsInfo>()?.sni.as_deref()
 }
 
 fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
@@ -190,7 +194,7 @@ mod tests {
 
     #[test]
     fn targets_are_logged_without_userinfo() {
-        let shown = |t: &str| Target(&t.parse().unwrap()).to_string();
+        let shown = |t: &str| Target(&t.parse().unwrap(), http::Version::HTTP_11).to_string();
         assert_eq!(shown("/a?b=1"), "/a?b=1");
         assert_eq!(shown("http://user:pw@h:8080/x?y"), "http://h:8080/x?y");
         assert_eq!(shown("http://h/x"), "http://h/x");

@@ -699,3 +699,81 @@ routes:
         ) >= 2.0
     );
 }
+
+/// What the routing task could not test before TLS existed: the upstream hears `https` from a
+/// TLS listener, a redirect with no scheme of its own keeps the request's, and the access log
+/// line of a TLS request carries its HTTP version, TLS version, cipher and the SNI it asked for.
+#[test]
+fn a_tls_request_is_forwarded_as_https_and_logged_with_its_tls_facts() {
+    let pki = Pki::new();
+    pki.ca("ca");
+    pki.leaf("ca", "a", "/CN=a.test", &["a.test"]);
+    let backend = Backend::start("echo");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let gw = Gateway::start(&format!(
+        r#"listeners:
+  - name: web
+    listen: {{HTTP}}
+    tls: {{ certificates: [{}] }}
+access_log: {{ path: "{}" }}
+upstreams: [{{ name: echo, backends: ["{}"] }}]
+routes:
+  - {{ name: moved, match: {{ path: /old }}, redirect: {{ path: /new, status: 308 }} }}
+  - {{ name: all, upstream: echo }}
+"#,
+        pki.pair("a"),
+        log.display(),
+        backend.addr
+    ));
+    let out = curl(
+        &pki,
+        "ca",
+        "a.test",
+        gw.http,
+        "/x",
+        &["--http2", "-H", "X-Forwarded-Proto: http"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = backend.seen();
+    let h = &seen.last().expect("the backend saw the request").headers;
+    assert_eq!(
+        h.get("x-forwarded-proto").map(String::as_str),
+        Some("https")
+    );
+    assert_eq!(h.get("x-forwarded-port"), Some(&gw.http.port().to_string()));
+
+    let out = curl(&pki, "ca", "a.test", gw.http, "/old", &["--http1.1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    let want = format!("< location: https://a.test:{}/new", gw.http.port());
+    assert!(stderr.contains("< http/1.1 308"), "{stderr}");
+    assert!(stderr.contains(&want), "{want} not in:\n{stderr}");
+
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || lines().lines().count() == 2),
+        "{}",
+        lines()
+    );
+    let text = lines();
+    let x = text
+        .lines()
+        .find(|l| l.contains("\"GET /x HTTP/2.0\""))
+        .unwrap_or_else(|| panic!("no line for /x:\n{text}"));
+    assert!(
+        x.contains(" http=HTTP/2 tls=TLSv1.3 cipher=TLS13_") && x.ends_with(" sni=a.test"),
+        "{x}"
+    );
+    let old = text
+        .lines()
+        .find(|l| l.contains("/old HTTP/1.1\""))
+        .unwrap_or_else(|| panic!("no line for /old:\n{text}"));
+    assert!(
+        old.contains(" 308 ") && old.contains("http=HTTP/1.1 tls=TLSv1.3"),
+        "{old}"
+    );
+}

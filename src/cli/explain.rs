@@ -100,7 +100,7 @@ pub fn explain(
         Action::Redirect(r) => {
             // As the listener would answer: over TLS when its URL says https.
             let tls = uri.scheme_str() == Some("https");
-            match r.location(tls, host.as_deref(), &path, uri.query()) {
+            match r.location(tls, host.as_deref(), uri.port_u16(), &path, uri.query()) {
                 Ok(to) => println!(
                     "redirect:  {} {}",
                     r.status.as_u16(),

@@ -207,6 +207,7 @@ impl ProxyHttp for Gateway {
             found.map(|id| snapshot.routes.get(id)),
             redirect::is_tls(session),
             view.host,
+            host_raw,
             view.path,
             req.uri.query(),
         );

@@ -22,13 +22,25 @@ pub(super) fn location(
     route: Option<&Route>,
     tls: bool,
     host: Option<&str>,
+    raw_host: Option<&[u8]>,
     path: &str,
     query: Option<&str>,
 ) -> Option<Result<HeaderValue, &'static str>> {
     match &route?.action {
-        Action::Redirect(r) => Some(r.location(tls, host, path, query)),
+        Action::Redirect(r) => Some(r.location(tls, host, port_of(raw_host), path, query)),
         _ => None,
     }
+}
+
+/// The port a `Host` (or absolute-form authority) names: the digits after its last `:`, past
+/// an IPv6 literal's `]`.
+fn port_of(raw_host: Option<&[u8]>) -> Option<u16> {
+    let raw = raw_host?;
+    let colon = raw.iter().rposition(|&b| b == b':')?;
+    if raw[colon..].contains(&b']') {
+        return None;
+    }
+    std::str::from_utf8(&raw[colon + 1..]).ok()?.parse().ok()
 }
 
 pub(super) async fn answer(session: &mut Session, route: &Route, to: HeaderValue) -> Result<()> {
@@ -43,4 +55,19 @@ pub(super) async fn answer(session: &mut Session, route: &Route, to: HeaderValue
     resp.insert_header(CONTENT_LENGTH, 0)?;
     route.response_headers.apply_response(&mut resp)?;
     session.write_response_header(Box::new(resp), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_of;
+
+    #[test]
+    fn the_port_of_a_host_header() {
+        assert_eq!(port_of(Some(b"a.test:8443")), Some(8443));
+        assert_eq!(port_of(Some(b"a.test")), None);
+        assert_eq!(port_of(Some(b"[::1]:8080")), Some(8080));
+        assert_eq!(port_of(Some(b"[::1]")), None);
+        assert_eq!(port_of(Some(b"a.test:x")), None);
+        assert_eq!(port_of(None), None);
+    }
 }

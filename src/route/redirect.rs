@@ -19,7 +19,8 @@ pub struct RedirectSection {
     pub scheme: Option<Scheme>,
     /// Default: the request's host (its validated `Host`, without its port).
     pub host: Option<String>,
-    /// Default: none, the scheme's own port.
+    /// Default: the port the request was sent to when the redirect keeps its scheme and host
+    /// (as nginx's `port_in_redirect`); none, the scheme's own, when it changes either.
     pub port: Option<u16>,
     /// `keep` (default): the request's normalized path; or a fixed path starting with `/`.
     pub path: Option<String>,
@@ -72,6 +73,9 @@ pub struct Redirect {
     /// What follows a host taken from the request: `:8443` or nothing.
     port: [Box<str>; 2],
     host_from_request: bool,
+    /// Neither scheme, host nor port is configured: the request's own port (from its `Host`)
+    /// stays, so `https://a.test:8443/old` goes to `https://a.test:8443/new`.
+    keep_request_port: bool,
     /// A fixed path, or the request's.
     path: Option<Box<str>>,
     keep_query: bool,
@@ -158,6 +162,7 @@ impl RedirectSection {
             status: http::StatusCode::from_u16(status).ok()?,
             head: [plain_head, tls_head],
             port: [plain_port, tls_port],
+            keep_request_port: self.scheme.is_none() && host.is_none() && self.port.is_none(),
             host_from_request: host.is_none(),
             path: path.map(Into::into),
             keep_query: self.query == QueryRule::Keep,
@@ -179,12 +184,13 @@ fn valid_host(h: &str) -> bool {
 
 impl Redirect {
     /// The `Location` for a request that came over TLS or not, to `host` (normalized: lower
-    /// case, no port), with its normalized `path` and raw `query`. One allocation, of the
-    /// exact size.
+    /// case, no port) and `port` (the port its `Host` named, if any), with its normalized
+    /// `path` and raw `query`. One allocation, of the exact size.
     pub fn location(
         &self,
         tls: bool,
         host: Option<&str>,
+        port: Option<u16>,
         path: &str,
         query: Option<&str>,
     ) -> Result<HeaderValue, &'static str> {
@@ -197,15 +203,21 @@ impl Redirect {
         };
         let path = self.path.as_deref().unwrap_or(path);
         let query = query.filter(|_| self.keep_query);
+        let port = port.filter(|_| self.keep_request_port);
         let len = self.head[i].len()
             + host.len()
             + self.port[i].len()
+            + port.map_or(0, |_| 6)
             + path.len()
             + query.map_or(0, |q| q.len() + 1);
         let mut out = String::with_capacity(len);
         out.push_str(&self.head[i]);
         out.push_str(host);
         out.push_str(&self.port[i]);
+        if let Some(p) = port {
+            use std::fmt::Write;
+            let _ = write!(out, ":{p}");
+        }
         out.push_str(path);
         if let Some(q) = query {
             out.push('?');
@@ -231,8 +243,25 @@ mod tests {
     }
 
     fn loc(r: &Redirect, tls: bool, host: Option<&str>, path: &str, q: Option<&str>) -> String {
-        let v = r.location(tls, host, path, q).expect("a location");
+        let v = r.location(tls, host, None, path, q).expect("a location");
         v.to_str().expect("ascii").to_owned()
+    }
+
+    #[test]
+    fn the_request_port_stays_only_when_scheme_host_and_port_do() {
+        let moved = redirect("{ path: /new }").unwrap();
+        let to = |r: &Redirect, port| {
+            let v = r
+                .location(true, Some("a.test"), port, "/old", None)
+                .unwrap();
+            v.to_str().unwrap().to_owned()
+        };
+        assert_eq!(to(&moved, Some(8443)), "https://a.test:8443/new");
+        assert_eq!(to(&moved, None), "https://a.test/new");
+        let https = redirect("{ scheme: https }").unwrap();
+        assert_eq!(to(&https, Some(8080)), "https://a.test/old");
+        let port = redirect("{ port: 9443 }").unwrap();
+        assert_eq!(to(&port, Some(8443)), "https://a.test:9443/old");
     }
 
     #[test]
@@ -278,12 +307,12 @@ mod tests {
         let r = redirect("{ scheme: https }").unwrap();
         for bad in ["evil.com/x", "a@b", "h?x", "h\"", "[zz]", ""] {
             assert_eq!(
-                r.location(false, Some(bad), "/", None),
+                r.location(false, Some(bad), None, "/", None),
                 Err(BAD_HOST),
                 "{bad}"
             );
         }
-        assert_eq!(r.location(false, None, "/", None), Err(NO_HOST));
+        assert_eq!(r.location(false, None, None, "/", None), Err(NO_HOST));
     }
 
     #[test]
