@@ -134,7 +134,7 @@ static DISPATCHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register zkgate_downstream_connections_total")
 });
 
-/// One listener's counters of [`DISPATCHED`], resolved once.
+/// One listener's counters of `zkgate_downstream_connections_total`, resolved once.
 pub struct Versions([IntCounter; 3]);
 
 impl Versions {

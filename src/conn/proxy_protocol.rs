@@ -14,7 +14,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::{SocketDigest, Stream};
 use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
@@ -24,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::log::{suppressed_note, LogLimiter};
 use super::state::Nanos;
 use super::{clock, ListenerConns, Reason, LOG_EVERY};
-use crate::section::{At, ConfigErrors, Dur};
+use crate::section::{At, Cidr, ConfigErrors, Dur};
 
 /// The longest v1 header, CRLF included (the specification's bound, for `UNKNOWN`).
 pub const V1_MAX: usize = 107;
@@ -69,7 +68,7 @@ impl Versions {
 /// A listener's PROXY protocol settings, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyProtocol {
-    pub trusted: Vec<IpNet>,
+    pub trusted: Vec<Cidr>,
     pub versions: Versions,
     pub timeout: Duration,
 }
@@ -91,7 +90,7 @@ impl ProxyProtocolSection {
         }
         let mut trusted = Vec::with_capacity(self.trusted.len());
         for (i, text) in self.trusted.iter().enumerate() {
-            match parse_block(text) {
+            match Cidr::parse(text) {
                 Ok(net) => trusted.push(net),
                 Err(e) => errors.push(at.index("trusted", i), e),
             }
@@ -139,38 +138,11 @@ impl ProxyProtocolSection {
     }
 }
 
-/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Host bits are ignored
-/// (`10.1.2.3/8` is `10.0.0.0/8`), as in `client_ip.trusted_proxies`.
-fn parse_block(text: &str) -> Result<IpNet, String> {
-    let (addr, len) = match text.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (text, None),
-    };
-    let ip: IpAddr = addr
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not an address or a block like 10.0.0.0/8"))?;
-    let Some(len) = len else {
-        return Ok(IpNet::from(ip));
-    };
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    len.trim()
-        .parse::<u8>()
-        .ok()
-        .and_then(|len| IpNet::new(ip, len).ok())
-        .map(|net| net.trunc())
-        .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))
-}
-
 impl ProxyProtocol {
     /// Whether `ip` may send a header. An IPv4 peer seen on a dual-stack socket (as
     /// `::ffff:a.b.c.d`) is matched as the IPv4 address it is.
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-            v4 => v4,
-        };
-        self.trusted.iter().any(|net| net.contains(&ip))
+        self.trusted.iter().any(|block| block.contains(ip))
     }
 }
 
