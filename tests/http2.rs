@@ -397,29 +397,10 @@ fn grpc_unary_and_bidi_streaming_calls_pass_with_their_trailers() {
 #[test]
 fn grpc_reaches_an_h2_upstream_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(made.success());
+    let (cert, key) = localhost_cert(dir.path());
     grpc_through_the_gateway(
         "protocol: h2, tls: { sni: localhost, verify: false }",
-        &[cert.to_str().unwrap(), key.to_str().unwrap()],
+        &[&cert, &key],
     );
 }
 
