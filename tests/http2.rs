@@ -40,6 +40,27 @@ routes:
     ))
 }
 
+/// The status nghttp (nghttp2's own client) reads for a POST of `body` to `url`, over h2c or
+/// TLS. An answer the gateway gives before it has read the body ends, as RFC 9113 §8.1 asks,
+/// with RST_STREAM(NO_ERROR) after the response; curl 7.88 (Debian 12) reports that as a failed
+/// transfer when the reset arrives while it still uploads, so it cannot check these answers
+/// reliably. nghttp reads them as sent.
+fn nghttp_post_status(url: &str, body: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("body");
+    std::fs::write(&file, body).unwrap();
+    let out = Command::new("nghttp")
+        .args(["-v", "-t", "10", "-d"])
+        .arg(&file)
+        .arg(url)
+        .output()
+        .expect("nghttp (Debian nghttp2-client)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split_once(" :status: ").map(|(_, s)| s.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no status from nghttp:\n{text}"))
+}
+
 /// curl's status line for one request: `"<http_version> <status>"`, and the body.
 fn curl(args: &[&str], url: &str) -> (String, String) {
     let out = Command::new("curl")
@@ -154,8 +175,10 @@ fn the_gateways_own_answers_work_over_http2() {
 
     // 413: a declared length over the limit, and a body of unknown length that passes it.
     let big = "x".repeat(4096);
-    let (status, body) = curl(&[h2, "--data-binary", &big], &url(&gw, "/small"));
-    assert_eq!(status, "2 413", "{body}");
+    assert_eq!(
+        nghttp_post_status(&url(&gw, "/small"), big.as_bytes()),
+        "413"
+    );
     let mut child = Command::new("curl")
         .args([
             "-sS",
@@ -532,8 +555,8 @@ routes:
     assert_eq!(status, "2 200", "{body}");
     let big = "x".repeat(4096);
     assert_eq!(
-        with(&["--http2", "--data-binary", &big], "/small").0,
-        "2 413"
+        nghttp_post_status(&format!("{https}/small"), big.as_bytes()),
+        "413"
     );
     assert!(common::eventually(Duration::from_secs(5), || {
         dispatched(&gw, "h2") >= 3 && dispatched(&gw, "http/1.1") >= 1
