@@ -32,7 +32,6 @@ zk_ensure_cmd nginx nginx-light
 zk_ensure_cmd haproxy haproxy
 zk_ensure_cmd wrk wrk
 command -v python3 >/dev/null 2>&1 || zk_die "python3 is needed"
-NGINX="$(zk_nginx_bin)"
 HAPROXY="$(zk_haproxy_bin)"
 ZKGATE="$(zk_zkgate_bin)" || exit 1
 BARE="${BARE_BIN:-$(zk_target_dir)/release/examples/bare_pingora}"
@@ -106,12 +105,9 @@ start_nginx_proxy() {
 }
 EOF
     } >"$dir/nginx.conf"
-    "$NGINX" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
-        || { cat "$dir/error.log" >&2; zk_die "nginx proxy config rejected"; }
-    PROXY_LOG="$dir/error.log"
-    zk_spawn "$dir/stderr.log" "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+    zk_run_nginx "$dir" "$PROXY_PORT" "nginx proxy"
     PROXY_PID=$ZK_LAST_PID
-    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "nginx proxy did not start"
+    PROXY_LOG="$dir/error.log"
 }
 
 start_haproxy() {

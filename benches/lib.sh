@@ -242,11 +242,21 @@ http {
 EOF
 }
 
+# zk_run_nginx DIR PORT WHAT: checks DIR/nginx.conf, starts nginx on it in the foreground and
+# waits for PORT; dies naming WHAT if either fails. Sets ZK_LAST_PID; its log is DIR/error.log.
+zk_run_nginx() {
+    local dir=$1 port=$2 what=$3 nginx
+    nginx="$(zk_nginx_bin)" || zk_die "nginx not found"
+    "$nginx" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
+        || { cat "$dir/error.log" >&2; zk_die "$what config rejected"; }
+    zk_spawn "$dir/stderr.log" "$nginx" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+    zk_wait_port "$port" 10 "$ZK_LAST_PID" "$dir/error.log" || zk_die "$what did not start"
+}
+
 # zk_start_nginx_backend PORT: one nginx worker on 127.0.0.1:PORT answering every request with
 # a fixed 19-byte body, keepalive on. Sets ZK_BACKEND_PID.
 zk_start_nginx_backend() {
-    local port=$1 dir="$ZK_TMP/nginx-backend" nginx
-    nginx="$(zk_nginx_bin)" || zk_die "nginx not found"
+    local port=$1 dir="$ZK_TMP/nginx-backend"
     mkdir -p "$dir"
     {
         zk_nginx_preamble "$dir"
@@ -261,11 +271,8 @@ zk_start_nginx_backend() {
 }
 EOF
     } >"$dir/nginx.conf"
-    "$nginx" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
-        || { cat "$dir/error.log" >&2; zk_die "nginx backend config rejected"; }
-    zk_spawn "$dir/stderr.log" "$nginx" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+    zk_run_nginx "$dir" "$port" "nginx backend"
     ZK_BACKEND_PID=$ZK_LAST_PID
-    zk_wait_port "$port" 10 "$ZK_BACKEND_PID" "$dir/error.log" || zk_die "nginx backend did not start"
     local body
     body="$(zk_http_body "http://127.0.0.1:$port/")"
     [[ "$body" == "$ZK_BACKEND_BODY" ]] || zk_die "nginx backend answered '$body'"

@@ -34,7 +34,6 @@ zk_ensure_cmd nginx nginx-light
 zk_ensure_cmd wrk wrk
 zk_ensure_cmd h2load nghttp2-client
 zk_ensure_cmd openssl openssl
-NGINX="$(zk_nginx_bin)"
 if [[ " $PROXIES " == *" zkgate "* ]]; then ZKGATE="$(zk_zkgate_bin)" || exit 1; fi
 
 RES="$ZK_TMP/results"
@@ -114,12 +113,9 @@ start_nginx() { # KIND
 }
 EOF
     } >"$dir/nginx.conf"
-    "$NGINX" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" >/dev/null 2>&1 \
-        || { cat "$dir/error.log" >&2; zk_die "nginx TLS config rejected"; }
-    PROXY_LOG="$dir/error.log"
-    zk_spawn "$dir/stderr.log" "$NGINX" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;'
+    zk_run_nginx "$dir" "$PROXY_PORT" "nginx TLS proxy"
     PROXY_PID=$ZK_LAST_PID
-    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "nginx did not start"
+    PROXY_LOG="$dir/error.log"
 }
 
 fail() {

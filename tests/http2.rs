@@ -427,18 +427,12 @@ fn grpc_reaches_an_h2_upstream_over_tls() {
     );
 }
 
-/// The gRPC calls of [`GRPC_CLIENT`] through an h2c listener to the upstream `grpc` with
-/// `upstream` keys, served by [`GRPC_SERVER`] started with `server_args`.
-fn grpc_through_the_gateway(upstream: &str, server_args: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let server_py = dir.path().join("server.py");
-    let client_py = dir.path().join("client.py");
-    std::fs::write(&server_py, GRPC_SERVER).unwrap();
-    std::fs::write(&client_py, GRPC_CLIENT).unwrap();
+/// [`GRPC_SERVER`] written at `server_py`, started with `args`, and the port it printed.
+fn grpc_server(server_py: &std::path::Path, args: &[&str]) -> (KillOnDrop, u16) {
     let mut server = KillOnDrop(
         Command::new("python3")
-            .arg(&server_py)
-            .args(server_args)
+            .arg(server_py)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -448,7 +442,18 @@ fn grpc_through_the_gateway(upstream: &str, server_args: &[&str]) {
     BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut port)
         .unwrap();
-    let port: u16 = port.trim().parse().expect("the gRPC server's port");
+    (server, port.trim().parse().expect("the gRPC server's port"))
+}
+
+/// The gRPC calls of [`GRPC_CLIENT`] through an h2c listener to the upstream `grpc` with
+/// `upstream` keys, served by [`GRPC_SERVER`] started with `server_args`.
+fn grpc_through_the_gateway(upstream: &str, server_args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server_py = dir.path().join("server.py");
+    let client_py = dir.path().join("client.py");
+    std::fs::write(&server_py, GRPC_SERVER).unwrap();
+    std::fs::write(&client_py, GRPC_CLIENT).unwrap();
+    let (_server, port) = grpc_server(&server_py, server_args);
 
     let gw = Gateway::start(&format!(
         r#"
@@ -595,19 +600,7 @@ fn grpc_over_tls_end_to_end() {
     std::fs::write(dir.path().join("client.py"), GRPC_CLIENT).unwrap();
     let tls_client = dir.path().join("tls_client.py");
     std::fs::write(&tls_client, GRPC_TLS_CLIENT).unwrap();
-    let mut server = KillOnDrop(
-        Command::new("python3")
-            .arg(&server_py)
-            .args([&cert, &key])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 with grpcio (make deps-test)"),
-    );
-    let mut port = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
-        .read_line(&mut port)
-        .unwrap();
-    let port: u16 = port.trim().parse().expect("the gRPC server's port");
+    let (_server, port) = grpc_server(&server_py, &[&cert, &key]);
     let gw = Gateway::start(&format!(
         r#"
 listeners:

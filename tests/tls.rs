@@ -71,9 +71,8 @@ impl Pki {
         ]);
     }
 
-    /// `{stem}.pem` / `{stem}.key` signed by CA `ca`, for `subj` with these DNS names (none:
-    /// no SAN extension at all, the CN is the name).
-    fn leaf(&self, ca: &str, stem: &str, subj: &str, dns: &[&str]) {
+    /// A P-256 key `{stem}.key` and a signing request `{stem}.csr` for `subj`.
+    fn key_and_request(&self, stem: &str, subj: &str) {
         self.openssl(&[
             "req",
             "-newkey",
@@ -88,6 +87,12 @@ impl Pki {
             "-out",
             &format!("{stem}.csr"),
         ]);
+    }
+
+    /// `{stem}.pem` / `{stem}.key` signed by CA `ca`, for `subj` with these DNS names (none:
+    /// no SAN extension at all, the CN is the name).
+    fn leaf(&self, ca: &str, stem: &str, subj: &str, dns: &[&str]) {
+        self.key_and_request(stem, subj);
         let mut ext = String::from("basicConstraints=CA:FALSE\n");
         if !dns.is_empty() {
             let sans: Vec<String> = dns.iter().map(|d| format!("DNS:{d}")).collect();
@@ -116,20 +121,7 @@ impl Pki {
     /// `{stem}.pem` / `{stem}.key` signed by `ca`, valid from `start` to `end`
     /// (`YYYYMMDDHHMMSSZ`).
     fn dated(&self, ca: &str, stem: &str, subj: &str, start: &str, end: &str) {
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            subj,
-            "-keyout",
-            &format!("{stem}.key"),
-            "-out",
-            &format!("{stem}.csr"),
-        ]);
+        self.key_and_request(stem, subj);
         let d = self.dir.path().display();
         std::fs::write(self.path("index.txt"), "").unwrap();
         std::fs::write(self.path("serial"), "1000\n").unwrap();
