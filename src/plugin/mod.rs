@@ -12,6 +12,7 @@
 //! session router) sees no HTTP phases and will get a trait of its own.
 
 pub mod alert;
+pub mod cache;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -516,6 +517,8 @@ macro_rules! plugins {
 // The plugins: one line each.
 plugins! {
     "alert_webhook" => AlertWebhook(alert::AlertWebhook),
+    "cache" => Cache(cache::Cache),
+    "cache_notify" => CacheNotify(cache::CacheNotify),
 }
 #[cfg(test)]
 mod tests {
