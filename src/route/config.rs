@@ -232,6 +232,10 @@ pub struct RouteEnv<'a> {
     pub resources: &'a crate::plugin::Resources,
     /// The names of the config's listeners, in order: a route's `listeners` refer to them.
     pub listeners: &'a [&'a str],
+    /// The ZooKeeper ensemble, for plugins that keep state there.
+    pub zookeeper: Option<&'a zkgate_discovery::Ensemble>,
+    /// The root znode (`zookeeper.root`, or its default).
+    pub zk_root: &'a str,
 }
 
 impl RouteEnv<'_> {
@@ -268,6 +272,8 @@ impl RouteSection {
                 upstreams: &lookup,
                 prev: prev.and_then(|p| p.plugin.as_ref()),
                 resources: env.resources,
+                zookeeper: env.zookeeper,
+                zk_root: env.zk_root,
             };
             p.build(&cx, errors)
         });
@@ -743,6 +749,8 @@ mod tests {
             declared: &declared,
             resources: crate::plugin::Resources::process(),
             listeners: &["web", "tls"],
+            zookeeper: None,
+            zk_root: "/zkgate",
         };
         let mut errors = ConfigErrors::default();
         let built = routes
