@@ -244,6 +244,12 @@ pub trait HttpPlugin: Send + Sync {
     ) {
     }
 
+    /// What the access log's `cache=` field says about the request (`hit`, `miss`,
+    /// `refresh`...); `None`, no such field.
+    fn cache_log(&self, _state: &Self::State) -> Option<&'static str> {
+        None
+    }
+
     /// Called on the background service's tick (every 100 ms) while the plugin is in the
     /// serving config: the place for work that outlives requests.
     fn tick(&self) {}
@@ -290,6 +296,10 @@ pub struct PluginCx<'a> {
     pub zookeeper: Option<&'a zkgate_discovery::Ensemble>,
     /// The gateway's root znode (`zookeeper.root`), under which a plugin keeps its nodes.
     pub zk_root: &'a str,
+    /// A digest of the route's settings that shape what its upstream answers (upstream,
+    /// rewrite, header edits): a cache keys its entries under it, so that a reload changing
+    /// them does not serve answers made under the old ones.
+    pub route_digest: [u8; 16],
 }
 
 impl PluginCx<'_> {
@@ -423,6 +433,14 @@ macro_rules! plugins {
             pub fn tick(&self) {
                 match self {
                     $(RoutePlugin::$kind(p) => p.tick(),)+
+                }
+            }
+
+            /// See [`HttpPlugin::cache_log`].
+            pub fn cache_log(&self, state: &PluginState) -> Option<&'static str> {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => p.cache_log(s),)+
+                    _ => None,
                 }
             }
 
@@ -727,6 +745,7 @@ mod tests {
             resources,
             zookeeper: None,
             zk_root: "/zkgate",
+            route_digest: [0; 16],
         }
     }
 

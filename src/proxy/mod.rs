@@ -716,7 +716,17 @@ impl ProxyHttp for Gateway {
             ctx.upstream_time,
         );
         if let Some(log) = &self.access_log {
-            log.record(session, status, elapsed, route.map(|r| &*r.name), backend);
+            let cache = route
+                .and_then(|r| r.plugin.as_ref())
+                .and_then(|p| p.cache_log(&ctx.plugin));
+            log.record(
+                session,
+                status,
+                elapsed,
+                route.map(|r| &*r.name),
+                backend,
+                cache,
+            );
         }
     }
 }

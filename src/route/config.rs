@@ -245,6 +245,22 @@ impl RouteEnv<'_> {
 }
 
 impl RouteSection {
+    /// A digest of what shapes the upstream's answers: the upstream's name, the rewrite and
+    /// the header edits (secret values as shown, so a changed secret keeps the digest).
+    fn digest(&self) -> [u8; 16] {
+        let shaping = (
+            &self.upstream,
+            &self.rewrite,
+            &self.request_headers,
+            &self.response_headers,
+        );
+        let text = serde_json::to_vec(&shaping).unwrap_or_default();
+        let sha = ring::digest::digest(&ring::digest::SHA256, &text);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&sha.as_ref()[..16]);
+        out
+    }
+
     /// Builds the route at `at`, or reports why it cannot be. `prev` is the previous config's
     /// route of the same name: its limiters take over their state when unchanged, and its
     /// plugin is handed to the new plugin's build. The name's
@@ -274,6 +290,7 @@ impl RouteSection {
                 resources: env.resources,
                 zookeeper: env.zookeeper,
                 zk_root: env.zk_root,
+                route_digest: self.digest(),
             };
             p.build(&cx, errors)
         });
