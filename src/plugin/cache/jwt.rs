@@ -112,7 +112,7 @@ impl Claims {
 /// not a number, negative or out of range.
 fn numeric_date(v: &serde_json::Value) -> Option<SystemTime> {
     let secs = v.as_f64()?;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return None;
     }
     UNIX_EPOCH.checked_add(Duration::from_secs_f64(secs))
@@ -859,4 +859,537 @@ fn spki_material(
     Err(format!(
         "a key of algorithm {oid} is not supported (RSA, EC P-256/P-384, Ed25519)"
     ))
+}
+
+#[cfg(test)]
+pub(crate) mod testkit;
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::testkit::Keys;
+    use super::*;
+
+    // RFC 7515 Appendix A.2 (RS256) and A.3 (ES256), the keys and tokens as the RFC prints them:
+    // known answers from outside this code base.
+    const RFC_RSA_N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
+    const RFC_RS256: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+    const RFC_EC_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const RFC_EC_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+    const RFC_ES256: &str = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+    /// The RFC tokens' `exp`.
+    const RFC_EXP: u64 = 1_300_819_380;
+
+    fn at_secs(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn section(jwks: Option<String>, key: Option<String>) -> JwtSection {
+        JwtSection {
+            jwks_file: jwks,
+            key_file: key,
+            issuer: None,
+            audience: None,
+            leeway: None,
+            algorithms: None,
+        }
+    }
+
+    fn build(s: &JwtSection) -> Result<Verifier, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let v = Verifier::build(s, &At::new("auth.jwt"), &mut errors);
+        match v {
+            Some(v) if errors.is_empty() => Ok(v),
+            _ => Err(errors),
+        }
+    }
+
+    fn jwks_verifier(dir: &tempfile::TempDir, keys: serde_json::Value) -> Verifier {
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+        build(&section(Some(path.display().to_string()), None)).unwrap()
+    }
+
+    #[test]
+    fn rfc_7515_a2_rs256_and_a3_es256_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = jwks_verifier(&dir, json!([{"kty": "RSA", "n": RFC_RSA_N, "e": "AQAB"}]));
+        let ec = jwks_verifier(
+            &dir,
+            json!([{"kty": "EC", "crv": "P-256", "x": RFC_EC_X, "y": RFC_EC_Y}]),
+        );
+        let now = at_secs(RFC_EXP - 100);
+        let claims = rsa.verify(RFC_RS256, now).unwrap();
+        assert_eq!(claims.get("iss").unwrap(), "joe");
+        // A claim whose name holds dots is found as written.
+        assert_eq!(claims.get("http://example.com/is_root").unwrap(), true);
+        assert_eq!(claims.expires(), Some(at_secs(RFC_EXP)));
+        assert_eq!(
+            ec.verify(RFC_ES256, now).unwrap().get("iss").unwrap(),
+            "joe"
+        );
+        // Each against the other's key: by default only the algorithms the keys can check
+        // are allowed.
+        assert_eq!(rsa.verify(RFC_ES256, now).unwrap_err(), JwtError::Algorithm);
+        assert_eq!(ec.verify(RFC_RS256, now).unwrap_err(), JwtError::Algorithm);
+        // The RFC tokens expired in 2011.
+        assert_eq!(
+            rsa.verify(RFC_RS256, SystemTime::now()).unwrap_err(),
+            JwtError::Expired
+        );
+    }
+
+    /// One character changed anywhere (header, payload, signature) and the token is refused.
+    #[test]
+    fn tampered_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = jwks_verifier(&dir, json!([{"kty": "RSA", "n": RFC_RSA_N, "e": "AQAB"}]));
+        let ec = jwks_verifier(
+            &dir,
+            json!([{"kty": "EC", "crv": "P-256", "x": RFC_EC_X, "y": RFC_EC_Y}]),
+        );
+        let now = at_secs(RFC_EXP - 100);
+        for (token, v) in [(RFC_RS256, &rsa), (RFC_ES256, &ec)] {
+            let (h, rest) = token.split_once('.').unwrap();
+            let (p, s) = rest.split_once('.').unwrap();
+            for i in 0..token.len() {
+                if token.as_bytes()[i] == b'.' {
+                    continue;
+                }
+                let mut b = token.as_bytes().to_vec();
+                b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+                let t = String::from_utf8(b).unwrap();
+                assert!(v.verify(&t, now).is_err(), "byte {i} of {token}");
+            }
+            // The payload of another token with this signature.
+            let forged = format!(
+                "{h}.{}.{s}",
+                URL_SAFE_NO_PAD.encode(br#"{"iss":"joe","exp":9999999999,"admin":true}"#)
+            );
+            assert_eq!(v.verify(&forged, now).unwrap_err(), JwtError::Signature);
+            // The signature left out or doubled.
+            assert!(v.verify(&format!("{h}.{p}."), now).is_err());
+            assert!(v.verify(&format!("{h}.{p}"), now).is_err());
+            assert!(v.verify(&format!("{h}.{p}.{s}.{s}"), now).is_err());
+        }
+    }
+
+    /// `none`, HS256 over a JWKS RSA key (the classic confusion: the public key used as the
+    /// HMAC secret) and names not on the allow-list are refused before any key is tried.
+    #[test]
+    fn algorithm_confusion_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = jwks_verifier(
+            &dir,
+            json!([{"kty": "RSA", "kid": "k", "n": RFC_RSA_N, "e": "AQAB"}]),
+        );
+        let now = at_secs(RFC_EXP - 100);
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"iss":"joe","sub":"mallory"}"#);
+        for alg in [
+            "none", "None", "HS256", "HS384", "HS512", "rs256", "ES512", "",
+        ] {
+            let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "k"}).to_string());
+            let input = format!("{header}.{payload}");
+            // Sign with HMAC keyed by the RSA modulus bytes, as a confused verifier would check.
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, RFC_RSA_N.as_bytes());
+            let tag = ring::hmac::sign(&key, input.as_bytes());
+            for sig in [String::new(), URL_SAFE_NO_PAD.encode(tag.as_ref())] {
+                assert_eq!(
+                    rsa.verify(&format!("{input}.{sig}"), now).unwrap_err(),
+                    JwtError::Algorithm,
+                    "{alg}"
+                );
+            }
+        }
+        // A header without `alg`, or with `crit`, is malformed.
+        let h = URL_SAFE_NO_PAD.encode(br#"{"kid":"k"}"#);
+        assert_eq!(
+            rsa.verify(&format!("{h}.{payload}.AAAA"), now).unwrap_err(),
+            JwtError::Malformed
+        );
+        let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","crit":["b64"],"b64":false}"#);
+        assert_eq!(
+            rsa.verify(&format!("{h}.{payload}.AAAA"), now).unwrap_err(),
+            JwtError::Malformed
+        );
+    }
+
+    #[test]
+    fn config_refuses_none_hs_and_unknown_algorithms() {
+        let keys = Keys::new();
+        let mut s = section(None, Some(keys.pub_pem("rsa")));
+        s.algorithms = Some(vec![
+            "RS256".into(),
+            "none".into(),
+            "HS256".into(),
+            "RS999".into(),
+        ]);
+        let errors = build(&s).unwrap_err();
+        let text = errors.to_string();
+        assert!(text.contains("auth.jwt.algorithms[1]: `none`"), "{text}");
+        assert!(
+            text.contains("auth.jwt.algorithms[2]: `HS256` is a shared-secret MAC"),
+            "{text}"
+        );
+        assert!(
+            text.contains("auth.jwt.algorithms[3]: unknown algorithm `RS999`"),
+            "{text}"
+        );
+        assert_eq!(errors.len(), 3);
+        // Algorithms no key can check.
+        s.algorithms = Some(vec!["ES256".into()]);
+        let text = build(&s).unwrap_err().to_string();
+        assert!(
+            text.contains("auth.jwt.algorithms: no key can check"),
+            "{text}"
+        );
+        s.algorithms = Some(vec![]);
+        assert!(build(&s).is_err());
+    }
+
+    #[test]
+    fn every_algorithm_verifies_openssl_signatures_by_kid() {
+        let keys = Keys::new();
+        let jwks = keys.jwks_file(
+            "jwks.json",
+            &[
+                keys.jwk("rsa", "r1"),
+                keys.jwk("rsa2", "r2"),
+                keys.jwk("ec", "e1"),
+                keys.jwk("ec384", "e2"),
+                keys.jwk("ed", "d1"),
+            ],
+        );
+        let v = build(&section(Some(jwks), None)).unwrap();
+        assert_eq!(
+            v.algorithms().collect::<Vec<_>>(),
+            ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+        );
+        let now = SystemTime::now();
+        let claims = json!({"sub": "alice", "exp": 4_000_000_000u64});
+        for (key, kid, alg) in [
+            ("rsa", "r1", "RS256"),
+            ("rsa2", "r2", "RS256"),
+            ("rsa", "r1", "RS384"),
+            ("rsa", "r1", "RS512"),
+            ("rsa", "r1", "PS256"),
+            ("rsa", "r1", "PS384"),
+            ("rsa2", "r2", "PS512"),
+            ("ec", "e1", "ES256"),
+            ("ec384", "e2", "ES384"),
+            ("ed", "d1", "EdDSA"),
+        ] {
+            let token = keys.sign(key, &json!({"alg": alg, "kid": kid}), &claims);
+            let c = v
+                .verify(&token, now)
+                .unwrap_or_else(|e| panic!("{alg}: {e}"));
+            assert_eq!(c.get("sub").unwrap(), "alice");
+            // Without a kid, the keys that fit the algorithm are tried.
+            let token = keys.sign(key, &json!({"alg": alg}), &claims);
+            assert!(v.verify(&token, now).is_ok(), "{alg} without kid");
+        }
+        // Signed by rsa, naming rsa2's kid: the signature does not hold.
+        let token = keys.sign("rsa", &json!({"alg": "RS256", "kid": "r2"}), &claims);
+        assert_eq!(v.verify(&token, now).unwrap_err(), JwtError::Signature);
+        // An unknown kid.
+        let token = keys.sign("rsa", &json!({"alg": "RS256", "kid": "r9"}), &claims);
+        assert_eq!(v.verify(&token, now).unwrap_err(), JwtError::UnknownKey);
+        // The kid of an EC key with an RSA algorithm.
+        let token = keys.sign("rsa", &json!({"alg": "RS256", "kid": "e1"}), &claims);
+        assert_eq!(v.verify(&token, now).unwrap_err(), JwtError::Algorithm);
+    }
+
+    #[test]
+    fn a_pem_public_key_or_certificate_is_the_alternative() {
+        let keys = Keys::new();
+        let now = SystemTime::now();
+        let claims = json!({"sub": "bob"});
+        for (name, alg) in [
+            ("rsa", "PS256"),
+            ("ec", "ES256"),
+            ("ec384", "ES384"),
+            ("ed", "EdDSA"),
+        ] {
+            let v = build(&section(None, Some(keys.pub_pem(name)))).unwrap();
+            let token = keys.sign(name, &json!({"alg": alg}), &claims);
+            assert!(v.verify(&token, now).is_ok(), "{name}");
+            // Another key's signature.
+            let other = if name == "rsa" { "rsa2" } else { "rsa" };
+            let alg2 = if other == "rsa" { "RS256" } else { "PS256" };
+            let token = keys.sign(other, &json!({"alg": alg2}), &claims);
+            assert!(v.verify(&token, now).is_err(), "{name}");
+        }
+        // A certificate's key.
+        let d = keys.dir.path();
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req", "-new", "-x509", "-key", "ec.pem", "-subj", "/CN=idp", "-days", "2", "-out",
+                "cert.pem",
+            ])
+            .current_dir(d)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let v = build(&section(
+            None,
+            Some(keys.path("cert.pem").display().to_string()),
+        ))
+        .unwrap();
+        let token = keys.sign("ec", &json!({"alg": "ES256"}), &claims);
+        assert!(v.verify(&token, now).is_ok());
+        // A private key is refused, with the way out.
+        let text = build(&section(
+            None,
+            Some(keys.path("ec.pem").display().to_string()),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            text.starts_with("auth.jwt.key_file: holds a private key"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unusable_key_files_are_located_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let cases = [
+            (section(None, None), "auth.jwt: needs `jwks_file`"),
+            (
+                section(Some("/nonexistent/jwks.json".into()), None),
+                "auth.jwt.jwks_file: cannot read `/nonexistent/jwks.json`",
+            ),
+            (section(Some(write("a", "not json")), None), "auth.jwt.jwks_file: not a JWKS document"),
+            (section(Some(write("b", r#"{"keys":[]}"#)), None), "auth.jwt.jwks_file: holds no usable signing key"),
+            (
+                section(Some(write("c", r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#)), None),
+                "auth.jwt.jwks_file: keys[0]: is a symmetric (`oct`) key",
+            ),
+            (
+                section(Some(write("d", &json!({"keys":[{"kty":"RSA","use":"enc","n":RFC_RSA_N,"e":"AQAB"}]}).to_string())), None),
+                "holds no usable signing key",
+            ),
+            (
+                section(Some(write("e", &json!({"keys":[{"kty":"RSA","kid":"small","n":URL_SAFE_NO_PAD.encode([0xc5u8; 128]),"e":"AQAB"}]}).to_string())), None),
+                "keys[0] (kid `small`): an RSA modulus of 1024 bits",
+            ),
+            (
+                section(Some(write("f", &json!({"keys":[{"kty":"EC","crv":"P-256","x":RFC_EC_X}]}).to_string())), None),
+                "keys[0]: has no `y`",
+            ),
+            (
+                section(Some(write("g", &json!({"keys":[{"kty":"RSA","alg":"HS256","n":RFC_RSA_N,"e":"AQAB"}]}).to_string())), None),
+                "keys[0]: `HS256` is a shared-secret MAC",
+            ),
+            (
+                section(Some(write("h", &json!({"keys":[{"kty":"EC","alg":"RS256","crv":"P-256","x":RFC_EC_X,"y":RFC_EC_Y}]}).to_string())), None),
+                "`alg: RS256` does not fit a EC P-256 key",
+            ),
+            (section(None, Some(write("i", "hello"))), "auth.jwt.key_file: holds no PEM block"),
+            (
+                section(Some(write("j", r#"{"keys":[]}"#)), Some(write("k", ""))),
+                "auth.jwt.key_file: give either",
+            ),
+        ];
+        for (s, want) in cases {
+            let text = build(&s).unwrap_err().to_string();
+            assert!(text.contains(want), "want {want:?} in {text:?}");
+        }
+        let mut s = section(
+            Some(write(
+                "l",
+                &json!({"keys":[{"kty":"RSA","n":RFC_RSA_N,"e":"AQAB"}]}).to_string(),
+            )),
+            None,
+        );
+        s.issuer = Some(String::new());
+        s.leeway = Some(Dur(Duration::from_secs(3600)));
+        let text = build(&s).unwrap_err().to_string();
+        assert!(
+            text.contains("auth.jwt.issuer: must not be empty"),
+            "{text}"
+        );
+        assert!(
+            text.contains("auth.jwt.leeway: must be at most 5m"),
+            "{text}"
+        );
+    }
+
+    /// exp, nbf, iss and aud on a controlled clock: the edges are where the leeway ends.
+    #[test]
+    fn claims_are_checked_at_their_edges() {
+        let keys = Keys::new();
+        let mut s = section(None, Some(keys.pub_pem("ec")));
+        s.issuer = Some("https://sso.example.com".into());
+        s.audience = Some("o2ims".into());
+        s.leeway = Some(Dur(Duration::from_secs(30)));
+        let v = build(&s).unwrap();
+        let t = 2_000_000_000u64;
+        let sign = |c: serde_json::Value| keys.sign("ec", &json!({"alg": "ES256"}), &c);
+        let base =
+            json!({"iss": "https://sso.example.com", "aud": "o2ims", "exp": t, "nbf": t - 100});
+        let token = sign(base.clone());
+        assert!(v.verify(&token, at_secs(t - 1)).is_ok());
+        assert!(v.verify(&token, at_secs(t + 29)).is_ok());
+        assert_eq!(
+            v.verify(&token, at_secs(t + 30)).unwrap_err(),
+            JwtError::Expired
+        );
+        assert!(v.verify(&token, at_secs(t - 130)).is_ok());
+        assert_eq!(
+            v.verify(&token, at_secs(t - 131)).unwrap_err(),
+            JwtError::NotYetValid
+        );
+
+        let with = |k: &str, val: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = val;
+            sign(c)
+        };
+        let now = at_secs(t - 10);
+        assert_eq!(
+            v.verify(&with("iss", json!("https://evil")), now)
+                .unwrap_err(),
+            JwtError::Issuer
+        );
+        assert_eq!(
+            v.verify(&with("iss", json!(1)), now).unwrap_err(),
+            JwtError::Issuer
+        );
+        assert_eq!(
+            v.verify(&with("aud", json!("other")), now).unwrap_err(),
+            JwtError::Audience
+        );
+        assert!(v
+            .verify(&with("aud", json!(["other", "o2ims"])), now)
+            .is_ok());
+        assert_eq!(
+            v.verify(&with("aud", json!(["other"])), now).unwrap_err(),
+            JwtError::Audience
+        );
+        assert_eq!(
+            v.verify(&with("exp", json!("soon")), now).unwrap_err(),
+            JwtError::Malformed
+        );
+        assert_eq!(
+            v.verify(&with("exp", json!(-5)), now).unwrap_err(),
+            JwtError::Malformed
+        );
+        assert_eq!(
+            v.verify(&with("nbf", json!(1e300)), now).unwrap_err(),
+            JwtError::Malformed
+        );
+        // Fractional seconds are dates too.
+        assert!(v.verify(&with("exp", json!(t as f64 + 0.5)), now).is_ok());
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().remove("aud");
+        assert_eq!(v.verify(&sign(c), now).unwrap_err(), JwtError::Audience);
+        // No exp: valid, and no expiry to cap entries by.
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().remove("exp");
+        assert_eq!(v.verify(&sign(c), now).unwrap().expires(), None);
+    }
+
+    #[test]
+    fn dotted_claim_paths_walk_objects() {
+        let claims = Claims {
+            map: json!({
+                "realm_access": {"roles": ["o2ims-reader"]},
+                "a.b": 1,
+                "a": {"b": 2, "c": {"d": "deep"}},
+                "s": "x"
+            })
+            .as_object()
+            .unwrap()
+            .clone(),
+        };
+        assert_eq!(
+            claims.get("realm_access.roles").unwrap(),
+            &json!(["o2ims-reader"])
+        );
+        assert_eq!(claims.get("a.b").unwrap(), 1);
+        assert_eq!(claims.get("a.c.d").unwrap(), "deep");
+        assert!(claims.get("a.c.d.e").is_none());
+        assert!(claims.get("s.t").is_none());
+        assert!(claims.get("missing.x").is_none());
+        assert!(claims.get("").is_none());
+    }
+
+    /// No input panics: a seeded loop of mangled tokens, from a valid one and from noise. None of
+    /// them verifies unless it is the valid token itself.
+    #[test]
+    fn mangled_tokens_never_panic_or_pass() {
+        let keys = Keys::new();
+        let v = build(&section(None, Some(keys.pub_pem("ec")))).unwrap();
+        let good = keys.sign(
+            "ec",
+            &json!({"alg": "ES256"}),
+            &json!({"sub": "a", "exp": 4_000_000_000u64}),
+        );
+        let now = SystemTime::now();
+        assert!(v.verify(&good, now).is_ok());
+        let pieces = [
+            ".",
+            "..",
+            "=",
+            "eyJ",
+            "e30",
+            "bnVsbA",
+            "W10",
+            "IiI",
+            "eyJhbGciOiJFUzI1NiJ9",
+            "\u{0}",
+            "é",
+            "%",
+            "A",
+            "eyJhbGciOiJub25lIn0",
+            "eyJleHAiOjF9",
+            "MTIz",
+        ];
+        let mut rng = fastrand::Rng::with_seed(14);
+        for round in 0..20_000 {
+            let mut t: Vec<u8> = if round % 4 == 0 {
+                Vec::new()
+            } else {
+                good.as_bytes().to_vec()
+            };
+            for _ in 0..rng.usize(1..6) {
+                match rng.u8(0..5) {
+                    0 if !t.is_empty() => {
+                        let i = rng.usize(..t.len());
+                        t[i] = rng.u8(..);
+                    }
+                    1 if !t.is_empty() => t.truncate(rng.usize(..t.len())),
+                    2 => {
+                        let i = rng.usize(..=t.len());
+                        let p = pieces[rng.usize(..pieces.len())].as_bytes();
+                        t.splice(i..i, p.iter().copied());
+                    }
+                    3 if !t.is_empty() => {
+                        let i = rng.usize(..t.len());
+                        t.remove(i);
+                    }
+                    _ => t.extend(std::iter::repeat_n(b'A', rng.usize(..64))),
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&t) else {
+                continue;
+            };
+            let r = v.verify(text, now);
+            assert!(r.is_err() || text == good, "mangled token verified: {text}");
+        }
+        // Long and deep inputs.
+        assert_eq!(
+            v.verify(&"A".repeat(MAX_TOKEN_LEN + 1), now).unwrap_err(),
+            JwtError::Malformed
+        );
+        let deep = URL_SAFE_NO_PAD.encode("[".repeat(5000));
+        assert!(v.verify(&format!("{deep}.{deep}.{deep}"), now).is_err());
+    }
 }
