@@ -525,3 +525,456 @@ fn non_empty(
 pub fn bypass_without_auth(headers: &HeaderMap, has_client_cert: bool) -> bool {
     has_client_cert || headers.contains_key(AUTHORIZATION) || headers.contains_key(COOKIE)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use http::HeaderValue;
+    use serde_json::json;
+
+    use super::super::jwt::testkit::Keys;
+    use super::super::profile::Kind;
+    use super::super::store::StoreClass;
+    use super::*;
+
+    const T: u64 = 2_000_000_000;
+    const ISS: &str = "https://sso.example.com";
+
+    fn at_secs(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn rule(share: Share, scope: Option<ScopeKind>, roles: &[&str]) -> Rule {
+        Rule {
+            template: "{base}/resourceTypes".into(),
+            ttl: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            share,
+            class: StoreClass::Shared,
+            scope,
+            roles: roles.iter().map(|r| Box::<str>::from(*r)).collect(),
+            kind: Kind::Generic,
+        }
+    }
+
+    fn auth(keys: &Keys, scope: ScopeKind) -> AuthSection {
+        AuthSection {
+            scope,
+            claim: Some("sub".into()),
+            roles_claim: Some("groups".into()),
+            bind_certificate: None,
+            jwt: Some(JwtSection {
+                jwks_file: Some(keys.jwks_file("jwks.json", &[keys.jwk("rsa", "k1")])),
+                key_file: None,
+                issuer: Some(ISS.into()),
+                audience: Some("o2ims".into()),
+                leeway: None,
+                algorithms: Some(vec!["RS256".into()]),
+            }),
+            hash_key: Some(Secret("0123456789abcdef0123456789abcdef".into())),
+            leeway: None,
+        }
+    }
+
+    fn maker(a: &AuthSection) -> ScopeMaker {
+        let mut errors = ConfigErrors::default();
+        let m = ScopeMaker::build(a, &At::new("routes[0].plugin.cache.auth"), &mut errors);
+        assert!(errors.is_empty(), "{errors}");
+        m.unwrap()
+    }
+
+    fn token(keys: &Keys, claims: serde_json::Value) -> String {
+        let mut c = json!({"iss": ISS, "aud": "o2ims", "exp": T});
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        keys.sign("rsa", &json!({"alg": "RS256", "kid": "k1"}), &c)
+    }
+
+    fn bearer(t: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+        h
+    }
+
+    fn tag(s: Scope) -> [u8; 16] {
+        match s {
+            Scope::Keyed { tag, .. } => tag,
+            other => panic!("not keyed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_default_mode_bypasses_credentials() {
+        let mut h = HeaderMap::new();
+        assert!(!bypass_without_auth(&h, false));
+        assert!(bypass_without_auth(&h, true));
+        h.insert(COOKIE, HeaderValue::from_static("session=1"));
+        assert!(bypass_without_auth(&h, false));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic YTpi"));
+        assert!(bypass_without_auth(&h, false));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        assert!(!bypass_without_auth(&h, false));
+    }
+
+    /// Two principals with the same roles: one role_class tag, two per_claim tags. A holder of
+    /// none of the rule's roles bypasses (the origin's 403 is passed on).
+    #[test]
+    fn role_class_shares_across_principals_and_per_claim_does_not() {
+        let keys = Keys::new();
+        let now = at_secs(T - 60);
+        let alice = token(
+            &keys,
+            json!({"sub": "alice", "groups": ["o2ims-reader", "staff"]}),
+        );
+        let bob = token(&keys, json!({"sub": "bob", "groups": "staff o2ims-reader"}));
+        let admin = token(
+            &keys,
+            json!({"sub": "root", "groups": ["o2ims-admin", "o2ims-reader"]}),
+        );
+        let nobody = token(&keys, json!({"sub": "eve", "groups": ["staff"]}));
+        let m = maker(&auth(&keys, ScopeKind::PerClaim));
+
+        let per_claim = rule(Share::Scoped, None, &[]);
+        let (a, b) = (
+            m.scope(&per_claim, &bearer(&alice), None, now),
+            m.scope(&per_claim, &bearer(&bob), None, now),
+        );
+        assert_ne!(tag(a), tag(b));
+        assert_eq!(
+            a,
+            Scope::Keyed {
+                tag: tag(a),
+                expires: Some(at_secs(T)),
+                label: ScopeLabel::Claim
+            }
+        );
+        // Another token of the same principal shares alice's entries.
+        let alice2 = token(&keys, json!({"sub": "alice", "exp": T + 600}));
+        assert_eq!(
+            tag(m.scope(&per_claim, &bearer(&alice2), None, now)),
+            tag(a)
+        );
+
+        let readers = rule(
+            Share::Scoped,
+            Some(ScopeKind::RoleClass),
+            &["o2ims-reader", "o2ims-admin"],
+        );
+        let (ra, rb) = (
+            m.scope(&readers, &bearer(&alice), None, now),
+            m.scope(&readers, &bearer(&bob), None, now),
+        );
+        assert_eq!(tag(ra), tag(rb));
+        assert!(matches!(
+            ra,
+            Scope::Keyed {
+                label: ScopeLabel::Roles,
+                ..
+            }
+        ));
+        // The admin holds both roles: another class.
+        assert_ne!(tag(m.scope(&readers, &bearer(&admin), None, now)), tag(ra));
+        // The rule's role order does not matter.
+        let swapped = rule(
+            Share::Scoped,
+            Some(ScopeKind::RoleClass),
+            &["o2ims-admin", "o2ims-reader"],
+        );
+        assert_eq!(tag(m.scope(&swapped, &bearer(&alice), None, now)), tag(ra));
+        // Role class and claim tags never meet.
+        assert_ne!(tag(ra), tag(a));
+        assert_eq!(
+            m.scope(&readers, &bearer(&nobody), None, now),
+            Scope::Bypass(BypassReason::NoRole)
+        );
+        // A reader on the admin-only rule.
+        let dms = rule(
+            Share::Scoped,
+            Some(ScopeKind::RoleClass),
+            &["o2ims-admin", "o2ims-deployer"],
+        );
+        assert_eq!(
+            m.scope(&dms, &bearer(&alice), None, now),
+            Scope::Bypass(BypassReason::NoRole)
+        );
+        assert!(matches!(
+            m.scope(&dms, &bearer(&admin), None, now),
+            Scope::Keyed { .. }
+        ));
+        // A dotted roles claim.
+        let mut a2 = auth(&keys, ScopeKind::RoleClass);
+        a2.roles_claim = Some("realm_access.roles".into());
+        let m2 = maker(&a2);
+        let kc = token(
+            &keys,
+            json!({"sub": "k", "realm_access": {"roles": ["o2ims-reader"]}}),
+        );
+        assert!(matches!(
+            m2.scope(&readers, &bearer(&kc), None, now),
+            Scope::Keyed { .. }
+        ));
+        assert_eq!(
+            m2.scope(&readers, &bearer(&alice), None, now),
+            Scope::Bypass(BypassReason::NoRole)
+        );
+    }
+
+    #[test]
+    fn bad_expired_or_unreadable_tokens_bypass() {
+        let keys = Keys::new();
+        let m = maker(&auth(&keys, ScopeKind::PerClaim));
+        let r = rule(Share::Scoped, None, &[]);
+        let good = token(&keys, json!({"sub": "alice"}));
+        assert!(matches!(
+            m.scope(&r, &bearer(&good), None, at_secs(T - 1)),
+            Scope::Keyed { .. }
+        ));
+        let invalid = Scope::Bypass(BypassReason::InvalidToken);
+        // Expired (past the leeway), another key's signature, a forged payload.
+        assert_eq!(m.scope(&r, &bearer(&good), None, at_secs(T + 30)), invalid);
+        let other = keys.sign(
+            "rsa2",
+            &json!({"alg": "RS256", "kid": "k1"}),
+            &json!({"iss": ISS, "aud": "o2ims", "sub": "alice"}),
+        );
+        assert_eq!(m.scope(&r, &bearer(&other), None, at_secs(T - 1)), invalid);
+        let (h, rest) = good.split_once('.').unwrap();
+        let s = rest.split_once('.').unwrap().1;
+        let forged = format!(
+            "{h}.{}.{s}",
+            URL_SAFE_NO_PAD
+                .encode(br#"{"iss":"https://sso.example.com","aud":"o2ims","sub":"root"}"#)
+        );
+        assert_eq!(m.scope(&r, &bearer(&forged), None, at_secs(T - 1)), invalid);
+        // No principal claim.
+        let nosub = token(&keys, json!({"groups": ["x"]}));
+        assert_eq!(m.scope(&r, &bearer(&nosub), None, at_secs(T - 1)), invalid);
+        // Not a bearer token, or a cookie: credentials this mode cannot name.
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Basic YWxpY2U6cHc="),
+        );
+        assert_eq!(
+            m.scope(&r, &h, None, at_secs(T - 1)),
+            Scope::Bypass(BypassReason::Credentials)
+        );
+        let mut h = bearer(&good);
+        h.insert(COOKIE, HeaderValue::from_static("s=1"));
+        assert_eq!(
+            m.scope(&r, &h, None, at_secs(T - 1)),
+            Scope::Bypass(BypassReason::Credentials)
+        );
+        // Two Authorization headers.
+        let mut h = bearer(&good);
+        h.append(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(m.scope(&r, &h, None, at_secs(T - 1)), invalid);
+        // Nothing at all: anonymous.
+        assert_eq!(
+            m.scope(&r, &HeaderMap::new(), None, at_secs(T - 1)),
+            Scope::Anonymous
+        );
+        // A certificate alone cannot name a claim.
+        assert_eq!(
+            m.scope(&r, &HeaderMap::new(), Some(&[7u8; 32]), at_secs(T - 1)),
+            Scope::Bypass(BypassReason::Credentials)
+        );
+    }
+
+    /// `share: never` forces per_credential even on a role_class rule: two tokens of one
+    /// principal, or two principals of one role, never share.
+    #[test]
+    fn share_never_forces_per_credential() {
+        let keys = Keys::new();
+        let m = maker(&auth(&keys, ScopeKind::RoleClass));
+        let now = at_secs(T - 60);
+        let dms = rule(Share::Never, Some(ScopeKind::RoleClass), &["o2ims-admin"]);
+        assert_eq!(m.effective(&dms), ScopeKind::PerCredential);
+        let a1 = token(&keys, json!({"sub": "a", "groups": ["o2ims-admin"]}));
+        let a2 = token(
+            &keys,
+            json!({"sub": "a", "groups": ["o2ims-admin"], "jti": "2"}),
+        );
+        let s1 = m.scope(&dms, &bearer(&a1), None, now);
+        assert!(
+            matches!(s1, Scope::Keyed { label: ScopeLabel::Credential, expires: Some(e), .. } if e == at_secs(T))
+        );
+        assert_ne!(tag(s1), tag(m.scope(&dms, &bearer(&a2), None, now)));
+        assert_eq!(tag(s1), tag(m.scope(&dms, &bearer(&a1), None, now)));
+    }
+
+    #[test]
+    fn per_credential_hashes_every_credential_and_reads_exp_only_to_shorten() {
+        let keys = Keys::new();
+        let mut a = auth(&keys, ScopeKind::PerCredential);
+        a.jwt = None;
+        let m = maker(&a);
+        let r = rule(Share::Scoped, None, &[]);
+        let now = at_secs(T - 60);
+        let tok = token(&keys, json!({"sub": "a"}));
+        let s = m.scope(&r, &bearer(&tok), None, now);
+        assert_eq!(
+            s,
+            Scope::Keyed {
+                tag: tag(s),
+                expires: Some(at_secs(T)),
+                label: ScopeLabel::Credential
+            }
+        );
+        // The cert and the cookie are part of the credential.
+        let with_cert = m.scope(&r, &bearer(&tok), Some(&[1u8; 32]), now);
+        assert_ne!(tag(with_cert), tag(s));
+        assert_ne!(
+            tag(m.scope(&r, &bearer(&tok), Some(&[2u8; 32]), now)),
+            tag(with_cert)
+        );
+        let mut h = bearer(&tok);
+        h.insert(COOKIE, HeaderValue::from_static("s=1"));
+        assert_ne!(tag(m.scope(&r, &h, None, now)), tag(s));
+        // An opaque token: keyed, no expiry. An unsigned "JWT" already past its exp: bypassed.
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer opaque-token-1"),
+        );
+        assert!(matches!(
+            m.scope(&r, &h, None, now),
+            Scope::Keyed { expires: None, .. }
+        ));
+        assert_eq!(
+            m.scope(&r, &bearer(&tok), None, at_secs(T)),
+            Scope::Bypass(BypassReason::InvalidToken)
+        );
+        // The same credential under another hash_key gives another tag (replicas must agree).
+        let mut b = a.clone();
+        b.hash_key = Some(Secret("another-key-of-32-bytes-xxxxxxxx".into()));
+        assert_ne!(tag(maker(&b).scope(&r, &bearer(&tok), None, now)), tag(s));
+        // Without hash_key, a per-process key: stable across builds (reloads) of this process.
+        b.hash_key = None;
+        let (p1, p2) = (maker(&b), maker(&b));
+        assert!(!p1.has_hash_key());
+        assert_eq!(
+            tag(p1.scope(&r, &bearer(&tok), None, now)),
+            tag(p2.scope(&r, &bearer(&tok), None, now))
+        );
+        // Framing: moving bytes between the Authorization value and the cookie changes the tag.
+        let mut h1 = HeaderMap::new();
+        h1.insert(AUTHORIZATION, HeaderValue::from_static("Bearer ab"));
+        h1.insert(COOKIE, HeaderValue::from_static("c"));
+        let mut h2 = HeaderMap::new();
+        h2.insert(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        h2.insert(COOKIE, HeaderValue::from_static("bc"));
+        assert_ne!(
+            tag(m.scope(&r, &h1, None, now)),
+            tag(m.scope(&r, &h2, None, now))
+        );
+    }
+
+    /// RFC 8705: a token bound to a certificate is only good on a connection with it, and with
+    /// `bind_certificate` the certificate is part of the principal.
+    #[test]
+    fn certificate_bound_tokens() {
+        let keys = Keys::new();
+        let mut a = auth(&keys, ScopeKind::PerClaim);
+        a.bind_certificate = Some(true);
+        let m = maker(&a);
+        let r = rule(Share::Scoped, None, &[]);
+        let now = at_secs(T - 60);
+        let cert = [9u8; 32];
+        let bound = token(
+            &keys,
+            json!({"sub": "a", "cnf": {"x5t#S256": URL_SAFE_NO_PAD.encode(cert)}}),
+        );
+        let invalid = Scope::Bypass(BypassReason::InvalidToken);
+        assert!(matches!(
+            m.scope(&r, &bearer(&bound), Some(&cert), now),
+            Scope::Keyed { .. }
+        ));
+        assert_eq!(m.scope(&r, &bearer(&bound), Some(&[8u8; 32]), now), invalid);
+        assert_eq!(m.scope(&r, &bearer(&bound), None, now), invalid);
+        // A proof-of-possession the gateway does not check (DPoP).
+        let dpop = token(&keys, json!({"sub": "a", "cnf": {"jkt": "abc"}}));
+        assert_eq!(m.scope(&r, &bearer(&dpop), None, now), invalid);
+        // Unbound token: the connection's certificate still splits the principal.
+        let plain = token(&keys, json!({"sub": "a"}));
+        assert_ne!(
+            tag(m.scope(&r, &bearer(&plain), Some(&[1u8; 32]), now)),
+            tag(m.scope(&r, &bearer(&plain), Some(&[2u8; 32]), now))
+        );
+    }
+
+    #[test]
+    fn validation_errors_are_located() {
+        let keys = Keys::new();
+        let build = |a: &AuthSection| {
+            let mut errors = ConfigErrors::default();
+            let m = ScopeMaker::build(a, &At::new("routes[0].plugin.cache.auth"), &mut errors);
+            assert_eq!(m.is_some(), errors.is_empty());
+            errors.to_string()
+        };
+        let mut a = auth(&keys, ScopeKind::PerClaim);
+        a.claim = None;
+        assert!(build(&a)
+            .contains("routes[0].plugin.cache.auth.claim: `scope: per_claim` needs `claim`"));
+        let mut a = auth(&keys, ScopeKind::RoleClass);
+        a.roles_claim = None;
+        assert!(build(&a).contains("auth.roles_claim: `scope: role_class` needs `roles_claim`"));
+        let mut a = auth(&keys, ScopeKind::RoleClass);
+        a.jwt = None;
+        assert!(build(&a).contains("auth.jwt: `scope: role_class` trusts a token's claims"));
+        let mut a = auth(&keys, ScopeKind::PerClaim);
+        a.hash_key = Some(Secret("short".into()));
+        a.claim = Some("a..b".into());
+        let text = build(&a);
+        assert!(
+            text.contains("auth.hash_key: must be at least 16 bytes"),
+            "{text}"
+        );
+        assert!(text.contains("auth.claim: must be a claim name"), "{text}");
+        assert!(!text.contains("short"), "the secret is not shown: {text}");
+        let mut a = auth(&keys, ScopeKind::PerClaim);
+        a.leeway = Some(Dur(Duration::from_secs(5)));
+        a.jwt.as_mut().unwrap().leeway = Some(Dur(Duration::from_secs(5)));
+        assert!(build(&a).contains("auth.leeway: is also given as `jwt.leeway`"));
+        let mut a = auth(&keys, ScopeKind::PerClaim);
+        a.jwt.as_mut().unwrap().jwks_file = Some("/nonexistent".into());
+        assert!(build(&a).contains("auth.jwt.jwks_file: cannot read"));
+        // per_credential needs no jwt.
+        let mut a = auth(&keys, ScopeKind::PerCredential);
+        a.jwt = None;
+        a.claim = None;
+        a.roles_claim = None;
+        assert_eq!(build(&a), "");
+        // The rules' check.
+        let m = maker(&a);
+        assert!(m.check_rule(ScopeKind::PerCredential, &[]).is_ok());
+        assert!(m
+            .check_rule(ScopeKind::PerClaim, &[])
+            .unwrap_err()
+            .contains("auth.jwt"));
+        let m = maker(&auth(&keys, ScopeKind::PerClaim));
+        assert!(m
+            .check_rule(ScopeKind::RoleClass, &[])
+            .unwrap_err()
+            .contains("`roles`"));
+        assert!(m.check_rule(ScopeKind::RoleClass, &["r".into()]).is_ok());
+        // The section as YAML: unknown keys are errors.
+        let y: Result<AuthSection, _> =
+            serde_yaml::from_str("scope: per_claim\nclaim: sub\nbogus: 1\n");
+        assert!(y.is_err());
+        let y: AuthSection = serde_yaml::from_str(
+            "scope: role_class\nroles_claim: groups\njwt: { key_file: /k.pem, algorithms: [ES256] }\nhash_key: \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(y.scope, ScopeKind::RoleClass);
+    }
+}
