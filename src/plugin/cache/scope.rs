@@ -295,6 +295,11 @@ impl ScopeMaker {
                     Ok(c) => c,
                     Err(_) => return Scope::Bypass(BypassReason::InvalidToken),
                 };
+                // The leeway lets a token a little past its `exp` verify (clocks differ), but
+                // the cache serves it nothing: the origin decides on it, and nothing is stored.
+                if claims.expires().is_some_and(|exp| exp <= now) {
+                    return Scope::Bypass(BypassReason::InvalidToken);
+                }
                 let Some(cnf) = certificate_binding(&claims, cert_sha256) else {
                     return Scope::Bypass(BypassReason::InvalidToken);
                 };
@@ -739,8 +744,20 @@ mod tests {
             Scope::Keyed { .. }
         ));
         let invalid = Scope::Bypass(BypassReason::InvalidToken);
-        // Expired (past the leeway), another key's signature, a forged payload.
+        // Expired: past the leeway, and within it (it verifies, but is served nothing).
         assert_eq!(m.scope(&r, &bearer(&good), None, at_secs(T + 30)), invalid);
+        assert_eq!(m.scope(&r, &bearer(&good), None, at_secs(T)), invalid);
+        let readers = rule(Share::Scoped, Some(ScopeKind::RoleClass), &["o2ims-reader"]);
+        let reader = token(&keys, json!({"sub": "r", "groups": ["o2ims-reader"]}));
+        assert!(matches!(
+            m.scope(&readers, &bearer(&reader), None, at_secs(T - 1)),
+            Scope::Keyed { .. }
+        ));
+        assert_eq!(
+            m.scope(&readers, &bearer(&reader), None, at_secs(T + 5)),
+            invalid
+        );
+        // Another key's signature, a forged payload.
         let other = keys.sign(
             "rsa2",
             &json!({"alg": "RS256", "kid": "k1"}),
