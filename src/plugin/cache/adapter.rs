@@ -259,7 +259,7 @@ impl Storage for StoreBackend {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> pingora::Result<Option<(CacheMeta, HitHandler)>> {
-        let now = crate::clock::now_ms();
+        let now = super::store::wall_ms();
         let store = &self.shared.store;
         // The first lookup has no variance: any variant of the URI tells Pingora the `Vary`
         // names, and it asks again with the request's variance.
@@ -327,7 +327,7 @@ impl Storage for StoreBackend {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> pingora::Result<bool> {
-        let now = crate::clock::now_ms();
+        let now = super::store::wall_ms();
         let hash = key.combined_bin();
         let Some((old, _)) = self.shared.store.get(&hash, now).await else {
             return Ok(false);
@@ -491,4 +491,167 @@ pub fn at_ms(ms: u64) -> SystemTime {
 /// Milliseconds since the epoch of `t`.
 pub fn to_ms(t: SystemTime) -> u64 {
     ms(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::cache::store::StoreConfig;
+
+    fn shared(name: &str) -> &'static Shared {
+        let cfg = StoreConfig {
+            name: name.into(),
+            memory: 64 << 20,
+            redis: None,
+        };
+        super::super::shared(&Resources::default(), &cfg)
+    }
+
+    fn facts(max: u64, synth_etag: bool) -> EntryFacts {
+        let now = super::super::store::wall_ms();
+        EntryFacts {
+            tags: Box::new([]),
+            class: StoreClass::MemoryOnly,
+            target: "/x".into(),
+            kind: 0,
+            created_ms: now,
+            hard_expiry_ms: now + 60_000,
+            synth_etag,
+            max_object_size: max,
+        }
+    }
+
+    fn meta(facts: EntryFacts, etag: Option<&str>) -> CacheMeta {
+        let mut resp = ResponseHeader::build(200, None).expect("head");
+        resp.insert_header("transfer-encoding", "chunked")
+            .expect("te");
+        resp.insert_header("connection", "keep-alive")
+            .expect("conn");
+        if let Some(e) = etag {
+            resp.insert_header(ETAG, e).expect("etag");
+        }
+        let adm = Admission {
+            fresh: Duration::from_secs(60),
+            stale_while_revalidate: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(300),
+            class: StoreClass::MemoryOnly,
+            synth_etag: facts.synth_etag,
+        };
+        match cacheable(&adm, &resp, SystemTime::now(), facts) {
+            RespCacheable::Cacheable(m) => m,
+            RespCacheable::Uncacheable(r) => panic!("uncacheable: {r:?}"),
+        }
+    }
+
+    async fn fill(
+        storage: &'static StoreBackend,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        chunks: &[&'static [u8]],
+    ) -> pingora::Result<MissFinishType> {
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let mut miss = storage.get_miss_handler(key, meta, &span).await?;
+        for (i, c) in chunks.iter().enumerate() {
+            miss.write_body(Bytes::from_static(c), i + 1 == chunks.len())
+                .await?;
+        }
+        miss.finish().await
+    }
+
+    async fn read_all(
+        storage: &'static StoreBackend,
+        key: &CacheKey,
+    ) -> Option<(CacheMeta, Vec<u8>)> {
+        let (meta, mut hit) = storage
+            .lookup(key, &pingora::cache::trace::Span::inactive().handle())
+            .await
+            .ok()??;
+        let mut body = Vec::new();
+        while let Some(b) = hit.read_body().await.ok()? {
+            body.extend_from_slice(&b);
+        }
+        Some((meta, body))
+    }
+
+    #[tokio::test]
+    async fn a_stored_answer_gets_its_length_a_strong_etag_and_no_hop_by_hop_headers() {
+        let shared = shared("adapter-etag");
+        let storage = storage(&Resources::default(), shared);
+        let key = key(b"GET /x", &[1; 16]);
+        let m = meta(facts(1024, true), None);
+        fill(storage, &key, &m, &[b"hello ", b"world"])
+            .await
+            .expect("stored");
+        let (stored, body) = read_all(storage, &key).await.expect("a hit");
+        assert_eq!(body, b"hello world");
+        let h = stored.headers();
+        assert_eq!(
+            h.get(CONTENT_LENGTH).map(|v| v.as_bytes()),
+            Some(&b"11"[..])
+        );
+        let etag = super::super::status::synthesized_etag(b"hello world");
+        assert_eq!(h.get(ETAG).map(|v| v.as_bytes()), Some(etag.as_bytes()));
+        assert!(h.get(TRANSFER_ENCODING).is_none() && h.get(CONNECTION).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_origins_etag_is_kept() {
+        let shared = shared("adapter-origin-etag");
+        let storage = storage(&Resources::default(), shared);
+        let key = key(b"GET /y", &[1; 16]);
+        let m = meta(facts(1024, true), Some("\"v1\""));
+        fill(storage, &key, &m, &[b"body"]).await.expect("stored");
+        let (stored, _) = read_all(storage, &key).await.expect("a hit");
+        assert_eq!(
+            stored.headers().get(ETAG).map(|v| v.as_bytes()),
+            Some(&b"\"v1\""[..])
+        );
+    }
+
+    /// Trap 7: past max_object_size the miss handler keeps accepting (the client gets every
+    /// byte), stores nothing, and fails only at finish.
+    #[tokio::test]
+    async fn a_body_over_the_bound_is_accepted_and_not_stored() {
+        let shared = shared("adapter-too-large");
+        let storage = storage(&Resources::default(), shared);
+        let key = key(b"GET /big", &[1; 16]);
+        let m = meta(facts(8, false), None);
+        let span = pingora::cache::trace::Span::inactive().handle();
+        let mut miss = storage
+            .get_miss_handler(&key, &m, &span)
+            .await
+            .expect("handler");
+        for chunk in [&b"12345"[..], b"67890", b"more"] {
+            miss.write_body(Bytes::from_static(chunk), false)
+                .await
+                .expect("accepted");
+        }
+        assert!(miss.finish().await.is_err(), "fails at finish only");
+        assert!(read_all(storage, &key).await.is_none(), "nothing stored");
+    }
+
+    #[tokio::test]
+    async fn a_hit_serves_a_range_of_its_body() {
+        let mut hit = Hit {
+            body: Bytes::from_static(b"0123456789"),
+            done: false,
+            range: None,
+        };
+        assert!(hit.can_seek());
+        hit.seek(2, Some(5)).expect("in range");
+        assert_eq!(
+            hit.read_body().await.expect("read").as_deref(),
+            Some(&b"234"[..])
+        );
+        assert_eq!(hit.read_body().await.expect("read"), None);
+        assert!(hit.seek(8, Some(3)).is_err());
+    }
+
+    #[test]
+    fn keys_of_two_routes_differ_for_the_same_request() {
+        let a = key(b"GET host /p", &[1; 16]);
+        let b = key(b"GET host /p", &[2; 16]);
+        assert_ne!(a.primary_bin(), b.primary_bin());
+        assert_eq!(a.primary_bin(), key(b"GET host /p", &[1; 16]).primary_bin());
+    }
 }

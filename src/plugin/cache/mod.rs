@@ -308,7 +308,7 @@ impl HttpPlugin for Cache {
         _upstream_request: &mut RequestHeader,
         st: &mut CacheState,
     ) -> pingora::Result<()> {
-        st.sent_ms = crate::clock::now_ms();
+        st.sent_ms = store::wall_ms();
         Ok(())
     }
 
@@ -426,19 +426,21 @@ impl HttpPlugin for Cache {
     fn cache_log(&self, st: &CacheState) -> Option<&'static str> {
         st.outcome.log_field(st.refresh)
     }
+
+    /// The store's expiry sweep and Redis breaker (a store shared by routes is ticked by each).
+    fn tick(&self) {
+        self.shared.store.tick(store::wall_ms());
+    }
 }
 
 /// `Cache-Status` (RFC 9211).
 const CACHE_STATUS: &str = "cache-status";
 
 impl Cache {
-    /// Drops what `tags` name: the epochs first, so a fetch in flight since before this
-    /// cannot store what was just invalidated, then the entries, then the other replicas.
+    /// Drops what `tags` name here (the store moves their epochs too, so a fetch in flight
+    /// since before cannot store what was just invalidated), then on the other replicas.
     fn invalidate(&self, tags: &[store::TagId]) {
-        let now = crate::clock::now_ms();
-        for tag in tags {
-            self.shared.store.epochs().bump(*tag, now);
-        }
+        let now = store::wall_ms();
         self.shared
             .store
             .purge_tags(tags, store::EvictReason::Invalidation);
