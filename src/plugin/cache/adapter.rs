@@ -261,12 +261,11 @@ impl Storage for StoreBackend {
     ) -> pingora::Result<Option<(CacheMeta, HitHandler)>> {
         let now = super::store::wall_ms();
         let store = &self.shared.store;
-        // The first lookup has no variance: any variant of the URI tells Pingora the `Vary`
-        // names, and it asks again with the request's variance.
-        let found = match key.variance_bin() {
-            None => store.get_primary(&key.primary_bin(), now).await,
-            Some(_) => store.get(&key.combined_bin(), now).await,
-        };
+        // Pingora's slots: the first lookup (no variance) reads the primary slot, where the
+        // first variant stored lives and tells the `Vary` names; another variant lives under
+        // the combined hash, which Pingora asks for next. `get_primary` (the newest variant of
+        // any slot) would answer the first lookup with a variant that is not in its slot.
+        let found = store.get(&key.combined_bin(), now).await;
         let Some((entry, _tier)) = found else {
             return Ok(None);
         };
