@@ -204,6 +204,17 @@ fn oran_every_get_path_has_its_shape() {
             Shape::List("resourcePoolId", pools.clone()),
         ),
         (
+            "/o2ims-infrastructureCluster/v1/clusterResources".into(),
+            Shape::List("clusterResourceId", f.ids("clusterResource")),
+        ),
+        (
+            format!(
+                "/o2ims-infrastructureCluster/v1/clusterResources/{}",
+                f.ids("clusterResource")[1]
+            ),
+            Shape::Item("clusterResourceId", f.ids("clusterResource")[1].clone()),
+        ),
+        (
             "/o2ims-infrastructureMonitoring/api_versions".into(),
             Shape::Item("uriPrefix", "/o2ims-infrastructureMonitoring".into()),
         ),
@@ -1218,6 +1229,19 @@ fn oran_mutations_notify_in_its_exact_shape() {
         .get("profileData")
         .is_none());
 
+    // A cluster resource's objectRef has the singular /clusterResource/ of constants.go.
+    let cr = &f.ids("clusterResource")[0];
+    let out = f.mutate(json!({"kind": "clusterResource", "id": cr, "wait": true}));
+    assert_eq!(
+        out["objectRef"],
+        json!(format!(
+            "/o2ims-infrastructureCluster/v1/clusterResource/{cr}"
+        ))
+    );
+    let n = posts(&rx, 11)[9].json();
+    assert_eq!(n["objectRef"], out["objectRef"]);
+    assert_eq!(n["postObjectState"]["clusterResourceId"], json!(cr));
+
     // Alarms go to alarm subscribers; a filter names the event type NOT to send.
     let t_sub = f.token("smo", &["o2ims-subscriber"], 300);
     let alarm_subs = "/o2ims-infrastructureMonitoring/v1/alarmSubscriptions";
@@ -1424,7 +1448,12 @@ fn attempts(f: &O2Ims) -> Vec<(u64, Option<u64>)> {
     f.deliveries()
         .iter()
         .filter(|d| d["kind"] == "notification")
-        .map(|d| (d["attempt"].as_u64().expect("attempt"), d["status"].as_u64()))
+        .map(|d| {
+            (
+                d["attempt"].as_u64().expect("attempt"),
+                d["status"].as_u64(),
+            )
+        })
         .collect()
 }
 
@@ -1660,4 +1689,146 @@ fn counters_faults_and_header_modes() {
     );
     let r = f.get("/o2ims/v1/resourcePools", Some(&f.token("x", &[], 300)));
     assert_eq!((r.status, r.header("cache-control")), (200, None));
+}
+
+/// Runs `openssl` in `dir`; panics with its stderr.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn oran_https_callback_through_a_tls_listener() {
+    // A CA and a leaf for IP 127.0.0.1, as tests/tls.rs makes them.
+    let pki = tempfile::tempdir().unwrap();
+    let d = pki.path();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    openssl(
+        d,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=smo-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        d,
+        &[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=smo", "-keyout", "smo.key", "-out", "smo.csr"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        d.join("smo.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "smo.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "smo.ext",
+            "-out",
+            "smo.pem",
+        ],
+    );
+
+    // The SMO side: zkgate terminating TLS in front of the receiver.
+    let rx = Receiver::start();
+    let gw = common::Gateway::start(&format!(
+        "listeners:\n  - name: web\n    listen: {{HTTP}}\n    tls: {{ certificates: [{{ cert: {0}/smo.pem, key: {0}/smo.key }}] }}\n\
+         upstreams:\n  - name: smo\n    backends: [\"{1}\"]\n\
+         routes:\n  - name: smo\n    upstream: smo\n",
+        d.display(),
+        rx.addr
+    ));
+    let cb = format!("https://127.0.0.1:{}/smo/v1/observer", gw.http.port());
+
+    // The real oran check, https only; loopback is allowed as the SMO host is 127.0.0.1 here.
+    let strict = |ca: Option<std::path::PathBuf>| {
+        O2Ims::start(
+            Dialect::Oran,
+            Opts {
+                allow_http: false,
+                callback_ca: ca,
+                ..Opts::default()
+            },
+        )
+    };
+    let untrusting = strict(None);
+    assert_eq!(
+        subscribe(&untrusting, json!({"callback": cb})).0,
+        400,
+        "an unknown CA fails the reachability check"
+    );
+    let reach = untrusting.deliveries();
+    assert_eq!(reach.len(), 1);
+    assert!(
+        reach[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("CERTIFICATE_VERIFY_FAILED")),
+        "{reach:?}"
+    );
+    assert!(rx.requests().is_empty());
+
+    let f = strict(Some(d.join("ca.pem")));
+    assert_eq!(
+        subscribe(&f, json!({"callback": cb.replace("https:", "http:")})).0,
+        400
+    );
+    let (s, v) = subscribe(&f, json!({"callback": cb}));
+    assert_eq!(s, 201, "{v}");
+    let got = rx.requests();
+    assert_eq!(
+        (got.len(), got[0].method.as_str(), got[0].target.as_str()),
+        (1, "GET", "/smo/v1/observer")
+    );
+    f.mutate(json!({"kind": "resourcePool", "id": f.ids("resourcePool")[0], "wait": true}));
+    let p = &posts(&rx, 1)[0];
+    assert_eq!(p.json()["notificationEventType"], json!(1));
+    let d: Vec<Value> = f
+        .deliveries()
+        .into_iter()
+        .filter(|d| d["kind"] == "notification")
+        .collect();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["status"], json!(204));
 }

@@ -10,7 +10,7 @@ import uuid
 from http import HTTPStatus
 from urllib.parse import unquote_plus
 
-from o2common import OPS, HttpError, field_paths, matches, parse_filter
+from o2common import ID_FIELD, OPS, HttpError, field_paths, matches, parse_filter
 
 
 class Req:
@@ -111,12 +111,7 @@ class Dialect:
         with self.state.lock:
             obj = self.state.inventory[kind].get(oid)
             if obj is None:
-                field = {"resourcePool": "resourcePoolId", "resource": "resourceId",
-                         "resourceType": "resourceTypeId",
-                         "deploymentManager": "deploymentManagerId",
-                         "location": "globalLocationId", "oCloudSite": "oCloudSiteId",
-                         "alarmDictionary": "alarmDictionaryId",
-                         "alarm": "alarmEventRecordId"}.get(kind, "id")
+                field = ID_FIELD.get(kind, "id")
                 raise HttpError(404, f"requested {label} not found", {field: oid})
             return self.render(kind, obj)
 

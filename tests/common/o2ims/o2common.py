@@ -286,13 +286,14 @@ def _drop_path(obj, path):
 
 
 KINDS = ["ocloud", "resourcePool", "resource", "resourceType", "deploymentManager", "location",
-         "oCloudSite", "alarmDictionary", "alarm"]
+         "oCloudSite", "alarmDictionary", "alarm", "clusterResource"]
 
 ID_FIELD = {
     "ocloud": "oCloudId", "resourcePool": "resourcePoolId", "resource": "resourceId",
     "resourceType": "resourceTypeId", "deploymentManager": "deploymentManagerId",
     "location": "globalLocationId", "oCloudSite": "oCloudSiteId",
     "alarmDictionary": "alarmDictionaryId", "alarm": "alarmEventRecordId",
+    "clusterResource": "clusterResourceId",
 }
 
 
@@ -302,13 +303,15 @@ def uid(name):
 
 def build_inventory(readable_ids):
     """3 pools, 2 sites, 2 locations, 4 resource types (each with an alarm dictionary), 2
-    deployment managers, 40 resources (32 in the first pool: two pti pages) and 5 alarms, as
+    deployment managers, 40 resources (32 in the first pool: two pti pages), 5 alarms and 2
+    cluster resources (oran's cluster API), as
     {kind: {id: object}} with every field any dialect shows; dialects drop what they lack."""
     def mk(kind, i):
         if readable_ids:
             short = {"resourcePool": "pool", "resource": "node", "resourceType": "rt",
                      "deploymentManager": "dm", "oCloudSite": "site", "alarm": "alarm",
-                     "alarmDictionary": "dict", "ocloud": "ocloud"}.get(kind, kind)
+                     "alarmDictionary": "dict", "ocloud": "ocloud",
+                     "clusterResource": "cr"}.get(kind, kind)
             return f"{short}-{i:02d}" if kind == "resource" else f"{short}-{i}"
         return uid(f"{kind}-{i}")
 
@@ -396,6 +399,14 @@ def build_inventory(readable_ids):
             "alarmChangedTime": "2026-12-01T00:00:00Z", "alarmAcknowledged": False,
             "resourceTypeID": types[i % 4], "resourceID": resources[i], "perceivedSeverity": i % 5,
             "extensions": {},
+        }
+    for i in range(2):
+        c = mk("clusterResource", i + 1)
+        inv["clusterResource"][c] = {
+            "clusterResourceId": c, "name": f"master-{i}", "description": f"node {i + 1}",
+            "clusterResourceTypeId": uid("clusterResourceType-1"),
+            "memberOf": [uid("nodeCluster-1")], "artifactResourceIds": [],
+            "resourceId": resources[i], "extensions": {},
         }
     return inv
 

@@ -7,7 +7,8 @@ value is ignored); unknown field names in `filter`/`fields` are 400; no paging; 
 is stripped; callbacks must be https on the SMO host, not loopback, and answer a GET with 204;
 a duplicate callback is 400 (not 409); notifications carry an integer event type, a uuid
 `notificationId`, object states, and `objectRef` even on delete, with a Location's id being the
-SHA-1 tracking uuid of its globalLocationId; delivery succeeds on a status <= 204, is tried 5
+SHA-1 tracking uuid of its globalLocationId and a cluster resource's path being the singular
+/clusterResource/ (the API's is /clusterResources/); delivery succeeds on a status <= 204, is tried 5
 times with a doubling delay (10 s scaled to 10 ms), and a refused connection is not retried."""
 
 import ipaddress
@@ -22,6 +23,7 @@ from o2common import OPS, HttpError, select
 
 INV = "/o2ims-infrastructureInventory"
 MON = "/o2ims-infrastructureMonitoring"
+CLUSTER = "/o2ims-infrastructureCluster"
 
 ADMIN, READER, DEPLOYER = "o2ims-admin", "o2ims-reader", "o2ims-deployer"
 SUBSCRIBER, MAINTAINER = "o2ims-subscriber", "o2ims-maintainer"
@@ -83,6 +85,10 @@ class Oran(Dialect):
         self.add("GET", v + "/oCloudSites", READ, self.get_list("oCloudSite"))
         self.add("GET", v + "/oCloudSites/(?P<id>[^/]+)", READ,
                  self.get_item("oCloudSite", "id", "oCloudSite"))
+        c = CLUSTER + "/v1"
+        self.add("GET", c + "/clusterResources", READ, self.get_list("clusterResource"))
+        self.add("GET", c + "/clusterResources/(?P<id>[^/]+)", READ,
+                 self.get_item("clusterResource", "id", "clusterResource"))
         m = MON + "/v1"
         self.add("GET", MON + "/api_versions", READ, self.versions(MON, "1.0.0"))
         self.add("GET", m + "/api_versions", READ, self.versions(m, "1.0.0"))
@@ -225,6 +231,9 @@ class Oran(Dialect):
             return v
         if kind == "alarm":
             return f"{MON}/v1/alarms/{oid}"
+        if kind == "clusterResource":
+            # constants.go: ClusterResourcePath is "/clusterResource", the API's is plural.
+            return f"{CLUSTER}/v1/clusterResource/{obj['clusterResourceId']}"
         return f"{v}/{self.SEGMENT[kind]}/{oid}"
 
     def state_of(self, kind, obj):
