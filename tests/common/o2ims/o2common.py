@@ -543,13 +543,21 @@ class Worker(threading.Thread):
         while not self.stopped.is_set():
             job = self.jobs.get()
             if job is None:
-                return
+                break
             try:
                 deliver(self.state, self.sid, job)
             finally:
                 done = job.get("done")
                 if done is not None:
                     done.release()
+        # Stopped (the subscription is gone): whoever waits on a queued job stops waiting.
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.get("done") is not None:
+                job["done"].release()
 
 
 def deliver(state, sid, job):

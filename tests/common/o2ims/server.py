@@ -56,6 +56,17 @@ class Handler(BaseHTTPRequestHandler):
             log.flush()
 
     def read_body(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    # Trailers, if any, end with an empty line.
+                    while self.rfile.readline().strip():
+                        pass
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
         n = self.headers.get("Content-Length")
         if n is None:
             return b""
