@@ -94,10 +94,25 @@ class Handler(BaseHTTPRequestHandler):
 class ApiHandler(Handler):
     def handle_any(self):
         state = self.state
-        dialect = state.dialect
         req = Req(self.command, self.path, self.headers, self.read_body())
-        sub = None
-        status = 500
+        req.sub = None
+        answer = self.answer(req)
+        # Counted before the answer leaves: a test that has its answer sees it counted.
+        state.count(self.command, self.path, req.sub, answer[0] if answer else 0)
+        if answer is None:
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        status, data, ctype, headers = answer
+        self.send(status, data, ctype, headers, head_only=req.method == "HEAD")
+
+    def answer(self, req):
+        """(status, body, content type, headers), or None to hang up without answering."""
+        state = self.state
+        dialect = state.dialect
         try:
             with state.lock:
                 rule = dict(state.behaviour)
@@ -105,16 +120,9 @@ class ApiHandler(Handler):
                 if rule.get("latency_ms"):
                     time.sleep(rule["latency_ms"] / 1000)
                 if rule.get("close"):
-                    status = 0
-                    self.close_connection = True
-                    try:
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    return
+                    return None
                 if rule.get("status"):
                     raise HttpError(rule["status"], f"injected status {rule['status']}")
-            roles = handler = None
             if state.args.auth == "jwt":
                 auth = self.headers.get("Authorization", "")
                 scheme, _, tok = auth.partition(" ")
@@ -123,7 +131,7 @@ class ApiHandler(Handler):
                     raise HttpError(401, "missing or invalid bearer token",
                                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
                 req.claims = claims
-                sub = claims.get("sub")
+                req.sub = claims.get("sub")
             roles, handler = dialect.route(req)
             if roles is not None and state.args.auth == "jwt":
                 if not roles & roles_of(req.claims):
@@ -143,22 +151,17 @@ class ApiHandler(Handler):
                 if inm and (inm.strip() == "*" or tag in [t.strip() for t in inm.split(",")]):
                     status = 304
                     data = b""
-            self.send(status, data if data else None, "application/json", headers,
-                      head_only=req.method == "HEAD")
+            return status, data or None, "application/json", headers
         except HttpError as e:
-            status = e.status
             ctype, body = dialect.error(e.status, e.detail, e.extra, req)
             headers = dict(e.headers)
             if state.args.headers == "no-store":
                 headers["Cache-Control"] = "no-store"
-            self.send(e.status, body, ctype, headers, head_only=req.method == "HEAD")
+            return e.status, body, ctype, headers
         except Exception as e:  # the fake's own bug: answer 500 and say what
-            status = 500
             ctype, body = dialect.error(500, f"fake server error: {type(e).__name__}: {e}",
                                         None, req)
-            self.send(500, body, ctype)
-        finally:
-            state.count(self.command, self.path, sub, status)
+            return 500, body, ctype, {}
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
 
