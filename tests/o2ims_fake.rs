@@ -33,6 +33,14 @@ fn ids_of(v: &Value, id_field: &str) -> Vec<String> {
         .collect()
 }
 
+/// Unpadded base64url, as in a JWT.
+fn base64_url(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .expect("base64url")
+}
+
 fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
@@ -723,6 +731,21 @@ fn tokens_401_and_roles_403_per_path() {
     );
     assert_ne!(tampered, good);
     assert_eq!(f.get(&pools, Some(&tampered)).status, 401);
+    // Extra claims ride along; the standard ones stay.
+    let aud =
+        f.token_with(json!({"sub": "a", "groups": ["o2ims-reader"], "claims": {"aud": "gw"}}));
+    assert_eq!(f.get(&pools, Some(&aud)).status, 200);
+    let payload = aud.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(&base64_url(payload)).unwrap();
+    assert_eq!(
+        (
+            claims["aud"].clone(),
+            claims["sub"].clone(),
+            claims["iss"].clone()
+        ),
+        (json!("gw"), json!("a"), json!("o2ims-fake"))
+    );
+    assert!(claims["exp"].as_u64().unwrap() > claims["iat"].as_u64().unwrap());
     // The JWKS names both keys.
     let jwks: Value = serde_json::from_slice(&std::fs::read(f.jwks_path()).unwrap()).unwrap();
     let kinds: Vec<&str> = jwks["keys"]

@@ -212,6 +212,13 @@ impl O2Ims {
         out["token"].as_str().expect("token").to_owned()
     }
 
+    /// A token from a full `/__fake/token` body: `{sub, groups, exp_in, alg, claims}`, where
+    /// `claims` (say `{"aud": "x"}`) is merged over the standard ones.
+    pub fn token_with(&self, body: Value) -> String {
+        let out = self.call("POST", "/__fake/token", body);
+        out["token"].as_str().expect("token").to_owned()
+    }
+
     /// `GET path` on the API with an optional bearer token.
     pub fn get(&self, path: &str, token: Option<&str>) -> Response {
         self.api_request("GET", path, token, b"")

@@ -8,8 +8,9 @@ is stripped; callbacks must be https on the SMO host, not loopback, and answer a
 a duplicate callback is 400 (not 409); notifications carry an integer event type, a uuid
 `notificationId`, object states, and `objectRef` even on delete, with a Location's id being the
 SHA-1 tracking uuid of its globalLocationId and a cluster resource's path being the singular
-/clusterResource/ (the API's is /clusterResources/); delivery succeeds on a status <= 204, is tried 5
-times with a doubling delay (10 s scaled to 10 ms), and a refused connection is not retried."""
+/clusterResource/ (the API's is /clusterResources/); delivery succeeds on a status <= 204, is
+tried 5 times with a doubling delay (10 s scaled to 10 ms), and a refused connection is not
+retried."""
 
 import ipaddress
 import socket
