@@ -168,6 +168,9 @@ pub fn parse(body: &[u8]) -> Result<Notification, Rejection> {
                 .ok_or_else(|| Rejection::bad(format!("notificationEventType {n} is unknown")))?;
             if alarm {
                 (Dialect::OranAlarm, alarm_event(code)?, None)
+            } else if fields.contains_key("callbackUrl") {
+                // netweave with integer event types.
+                (Dialect::Netweave, inventory_event(code)?, None)
             } else {
                 (Dialect::Oran, inventory_event(code)?, None)
             }

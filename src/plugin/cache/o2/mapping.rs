@@ -125,7 +125,8 @@ fn is_version(s: &str) -> bool {
 /// The kind a path segment under a base of `family` names.
 fn kind_of(segment: &str, family: Family) -> Option<Kind> {
     let kind = match segment {
-        "api_versions" => Kind::Ocloud,
+        // netweave's OCloud is `oCloudInfrastructure`.
+        "api_versions" | "oCloudInfrastructure" => Kind::Ocloud,
         "resourcePools" => Kind::ResourcePools,
         "resources" => Kind::Resources,
         "resourceTypes" => Kind::ResourceTypes,
@@ -213,14 +214,18 @@ fn by_ids(n: &Notification, store: &str, out: &mut TagSet) -> Mapped {
         ("subscriptionId", Kind::Subscriptions),
     ];
     let id_field = |kind: Kind| IDS.iter().find(|(_, k)| *k == kind).map(|(f, _)| *f);
+    // A top-level `subscriptionId` (netweave) is the subscription the notification belongs to,
+    // not the changed object: a subscription is named only by its states.
+    let id = |field: &str| match field {
+        "subscriptionId" => [n.post.as_ref(), n.prior.as_ref()]
+            .into_iter()
+            .flatten()
+            .find_map(|m| m.get(field)?.as_str().filter(|s| !s.is_empty())),
+        _ => n.field(field),
+    };
     let kind = n.kind.or_else(|| {
         IDS.iter()
-            .find(|(field, _)| {
-                // netweave's top-level `subscriptionId` is the subscription the notification
-                // belongs to, not the changed object.
-                n.field(field).is_some()
-                    && !(n.dialect == Dialect::Netweave && *field == "subscriptionId")
-            })
+            .find(|(field, _)| id(field).is_some())
             .map(|(_, k)| *k)
     });
     let Some(kind) = kind else {
@@ -236,7 +241,7 @@ fn by_ids(n: &Notification, store: &str, out: &mut TagSet) -> Mapped {
         out.push(tag(store, TagName::Kind(Kind::Ocloud)));
         return Mapped::Tags;
     }
-    match id_field(kind).and_then(|f| n.field(f)) {
+    match id_field(kind).and_then(id) {
         Some(id) => {
             item(n, store, kind, id, out);
             Mapped::Tags
@@ -475,6 +480,25 @@ mod tests {
             out.as_slice(),
             &[t(TagName::Kind(Kind::DeploymentManagers))]
         );
+    }
+
+    #[test]
+    fn netweave_ocloud_and_int_events() {
+        let (m, out) = mapped(
+            r#"{"subscriptionId":"s1","notificationEventType":"o2ims.OCloud.Updated",
+            "objectRef":"/o2ims/v1/oCloudInfrastructure"}"#,
+        );
+        assert_eq!(m, Mapped::Tags);
+        assert_eq!(out.as_slice(), &[t(TagName::Kind(Kind::Ocloud))]);
+        // netweave with integer event types and no ref: its subscriptionId names no object.
+        let (m, out) = mapped(
+            r#"{"subscriptionId":"s1","notificationEventType":1,"callbackUrl":"https://x/cb",
+            "resourceTypeId":null,"resourcePoolId":"P3","notificationId":"n"}"#,
+        );
+        assert_eq!(m, Mapped::Tags);
+        has(&out, &[TagName::Item(Kind::ResourcePools, "P3")]);
+        let (m, _) = mapped(r#"{"subscriptionId":"s1","notificationEventType":1}"#);
+        assert_eq!(m, Mapped::Family(Family::Inventory));
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl CacheNotify {
             Auth::Token(expected) => bearer().is_some_and(|v| v.ct_eq(expected).into()),
             Auth::Certs(allowed) => TlsInfo::of(session.digest())
                 .and_then(|i| i.client.as_ref())
-                .is_some_and(|c| allowed.iter().any(|a| *a == c.fingerprint)),
+                .is_some_and(|c| allowed.contains(&c.fingerprint)),
             Auth::Jwt(verifier) => bearer()
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| {
