@@ -113,6 +113,8 @@ pub struct CacheNotify {
     shared: OnceLock<&'static Shared>,
     /// Whether the missing store was already reported.
     warned: AtomicBool,
+    /// The dedupe and counters while no cache route has made the store.
+    orphan: NotifyState,
 }
 
 impl CacheNotify {
@@ -170,12 +172,11 @@ impl CacheNotify {
     }
 
     fn count_rejected(&self) {
-        if let Some(s) = self.shared() {
-            s.notify.rejected.fetch_add(1, Ordering::Relaxed);
-            s.notify
-                .metrics(&s.name)
-                .count(None, NotifyResult::Rejected);
-        }
+        let state = self.shared().map_or(&self.orphan, |s| &s.notify);
+        state.rejected.fetch_add(1, Ordering::Relaxed);
+        state
+            .metrics(&self.store)
+            .count(None, NotifyResult::Rejected);
     }
 }
 
@@ -242,20 +243,23 @@ impl HttpPlugin for CacheNotify {
             let r = Rejection::too_large(self.max_body as usize);
             return finish(session, problem_head(413)?, &r).await;
         };
-        let Some(shared) = self.shared() else {
-            // No cache route names this store, so nothing is cached under it: nothing to evict.
-            if !self.warned.swap(true, Ordering::Relaxed) {
-                log::warn!(
-                    "route {}: cache_notify store `{}` is named by no cache route; \
-                     notifications evict nothing",
-                    self.route,
-                    self.store
-                );
+        let now_ms = crate::clock::now_ms();
+        let outcome = match self.shared() {
+            Some(shared) => receive(shared, body, now_ms).await,
+            None => {
+                // No cache route names this store, so nothing is cached under it: the body is
+                // still judged, so that the sender learns of what it gets wrong.
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "route {}: cache_notify store `{}` is named by no cache route; \
+                         notifications evict nothing",
+                        self.route,
+                        self.store
+                    );
+                }
+                decide(&self.orphan, &self.store, &body, now_ms).0
             }
-            no_content(session).await?;
-            return Ok(true);
         };
-        let outcome = receive(shared, body, crate::clock::now_ms()).await;
         match &outcome.problem {
             None => no_content(session).await?,
             Some(r) => return finish(session, problem_head(r.status)?, r).await,
@@ -321,7 +325,10 @@ impl PluginBuild for CacheNotify {
         if errors.len() > before {
             return None;
         }
+        let orphan = NotifyState::default();
+        orphan.configure(window.as_millis().min(u64::MAX as u128) as u64, entries);
         Some(CacheNotify {
+            orphan,
             route: cx.route.into(),
             store: section.store.trim().into(),
             auth: auth?,
