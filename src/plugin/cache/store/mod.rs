@@ -6,8 +6,13 @@
 
 pub mod epochs;
 pub mod memory;
+pub mod metrics;
 pub mod redis;
 
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -127,17 +132,55 @@ pub struct EntryInfo {
 
 /// The tiers, the tag index and the epochs of one store name.
 pub struct Store {
+    name: Box<str>,
+    memory: memory::Memory,
+    redis: Option<redis::RedisTier>,
     epochs: Epochs,
+    metrics: Arc<metrics::StoreMetrics>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    l2_hits: AtomicU64,
 }
 
+/// The wall clock in ms since the epoch: what `created_ms` and `hard_expiry_ms` are on, and
+/// what a local purge records as its epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The least the expiry sweep visits per tick.
+const SWEEP_MIN: usize = 64;
+
 impl Store {
-    pub fn new(_cfg: &StoreConfig) -> Store {
-        todo!("T4")
+    pub fn new(cfg: &StoreConfig) -> Store {
+        let metrics = Arc::new(metrics::StoreMetrics::new(&cfg.name));
+        let counted = metrics.clone();
+        let evictions = memory::Evictions::new(Box::new(move |why, n| counted.evicted(why, n)));
+        Store {
+            name: cfg.name.clone(),
+            memory: memory::Memory::new(cfg.memory, evictions),
+            redis: cfg
+                .redis
+                .as_ref()
+                .map(|r| redis::RedisTier::new(&cfg.name, r, metrics.clone())),
+            epochs: Epochs::default(),
+            metrics,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            l2_hits: AtomicU64::new(0),
+        }
+    }
+
+    /// The store's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Applies a reloaded memory bound.
-    pub fn resize(&self, _memory: u64) {
-        todo!("T4")
+    pub fn resize(&self, memory: u64) {
+        self.memory.resize(memory);
     }
 
     /// The per-tag epochs (bumped by evictions and by the replica bus).
@@ -145,55 +188,244 @@ impl Store {
         &self.epochs
     }
 
+    /// Why `e` may not be served at `now_ms`, if it may not.
+    fn dead(&self, e: &Entry, now_ms: u64) -> Option<EvictReason> {
+        if now_ms >= e.hard_expiry_ms {
+            Some(EvictReason::Expired)
+        } else if self.epochs.stale(&e.tags, e.created_ms) {
+            Some(EvictReason::Invalidation)
+        } else {
+            None
+        }
+    }
+
+    /// The entry under `key` in memory, dropping it when it may no longer be served.
+    fn get_memory(&self, key: &KeyHash, now_ms: u64) -> Option<Arc<Entry>> {
+        let e = self.memory.get(key)?;
+        match self.dead(&e, now_ms) {
+            None => Some(e),
+            Some(why) => {
+                if self.memory.remove_exact(key, &e) {
+                    self.memory.evictions().add(why, 1);
+                }
+                None
+            }
+        }
+    }
+
+    /// An entry read from Redis, checked, then promoted into memory.
+    fn promote(&self, key: KeyHash, e: Entry, now_ms: u64) -> Option<Arc<Entry>> {
+        if self.dead(&e, now_ms).is_some() {
+            // Stale for every replica that knows the epoch: drop it for all of them.
+            if let Some(r) = &self.redis {
+                r.spawn_remove(key);
+            }
+            return None;
+        }
+        let e = Arc::new(e);
+        self.memory.insert(key, e.clone());
+        self.l2_hits.fetch_add(1, Ordering::Relaxed);
+        Some(e)
+    }
+
+    fn counted(&self, found: Option<(Arc<Entry>, Tier)>) -> Option<(Arc<Entry>, Tier)> {
+        match &found {
+            Some((_, Tier::Memory)) => self.hits.fetch_add(1, Ordering::Relaxed),
+            Some((_, Tier::Redis)) => 0,
+            None => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        found
+    }
+
     /// The entry under `key`, from memory, else from Redis (promoted to memory). `None` past
     /// its hard expiry, or when an epoch of one of its tags is newer than its `created_ms`.
-    pub async fn get(&self, _key: &KeyHash, _now_ms: u64) -> Option<(Arc<Entry>, Tier)> {
-        todo!("T4")
+    pub async fn get(&self, key: &KeyHash, now_ms: u64) -> Option<(Arc<Entry>, Tier)> {
+        if let Some(e) = self.get_memory(key, now_ms) {
+            return self.counted(Some((e, Tier::Memory)));
+        }
+        let found = match &self.redis {
+            Some(r) => match r.get(key).await {
+                Some(e) => self.promote(*key, e, now_ms).map(|e| (e, Tier::Redis)),
+                None => None,
+            },
+            None => None,
+        };
+        self.counted(found)
     }
 
     /// The newest variant stored under a primary key (Pingora's first lookup of a `Vary`ing
     /// response).
-    pub async fn get_primary(
-        &self,
-        _primary: &KeyHash,
-        _now_ms: u64,
-    ) -> Option<(Arc<Entry>, Tier)> {
-        todo!("T4")
+    pub async fn get_primary(&self, primary: &KeyHash, now_ms: u64) -> Option<(Arc<Entry>, Tier)> {
+        if let Some(key) = self.memory.variant_of(primary) {
+            if let Some(e) = self.get_memory(&key, now_ms) {
+                return self.counted(Some((e, Tier::Memory)));
+            }
+        }
+        let found = match &self.redis {
+            Some(r) => match r.get_primary(primary).await {
+                Some((key, e)) => self.promote(key, e, now_ms).map(|e| (e, Tier::Redis)),
+                None => None,
+            },
+            None => None,
+        };
+        self.counted(found)
     }
 
     /// Stores an entry in memory now; a `Shared` one is written to Redis in the background.
-    pub fn insert(&self, _key: KeyHash, _entry: Entry) {
-        todo!("T4")
+    pub fn insert(&self, key: KeyHash, entry: Entry) {
+        self.insert_at(key, entry, wall_ms());
     }
 
-    pub fn remove(&self, _key: &KeyHash, _why: EvictReason) -> bool {
-        todo!("T4")
+    /// [`Store::insert`] on a given clock. An entry already past its expiry, or made before
+    /// an eviction of one of its tags (the request was in flight when the eviction came), is
+    /// not stored at all.
+    pub fn insert_at(&self, key: KeyHash, entry: Entry, now_ms: u64) {
+        if let Some(why) = self.dead(&entry, now_ms) {
+            self.memory.evictions().add(why, 1);
+            return;
+        }
+        let entry = Arc::new(entry);
+        self.memory.insert(key, entry.clone());
+        if let Some(r) = &self.redis {
+            r.spawn_put(key, entry);
+        }
+    }
+
+    pub fn remove(&self, key: &KeyHash, why: EvictReason) -> bool {
+        let found = self.memory.remove(key).is_some();
+        if found {
+            self.memory.evictions().add(why, 1);
+        }
+        if why != EvictReason::SessionLoss {
+            if let Some(r) = &self.redis {
+                r.spawn_remove(*key);
+            }
+        }
+        found
     }
 
     /// Removes every entry holding one of `tags`, in both tiers; returns how many in memory.
-    pub fn purge_tags(&self, _tags: &[TagId], _why: EvictReason) -> usize {
-        todo!("T4")
+    /// The tags' epochs move to now, so an entry whose request was in flight is refused too.
+    pub fn purge_tags(&self, tags: &[TagId], why: EvictReason) -> usize {
+        self.purge_tags_at(tags, why, wall_ms())
+    }
+
+    /// [`Store::purge_tags`] on a given clock. A `session_loss` purge empties memory only and
+    /// moves no epoch: the re-read epochs decide what Redis may still serve.
+    pub fn purge_tags_at(&self, tags: &[TagId], why: EvictReason, now_ms: u64) -> usize {
+        let mut n = 0;
+        for tag in tags {
+            if why != EvictReason::SessionLoss {
+                self.epochs.bump(*tag, now_ms);
+            }
+            for key in self.memory.tagged(*tag) {
+                n += usize::from(self.memory.remove(&key).is_some());
+            }
+        }
+        self.memory.evictions().add(why, n as u64);
+        if why != EvictReason::SessionLoss && !tags.is_empty() {
+            if let Some(r) = &self.redis {
+                r.spawn_purge(Some(tags.to_vec()));
+            }
+        }
+        n
     }
 
     /// Removes every entry whose target starts with `prefix` and was created before `older_than_ms`.
-    pub fn purge_prefix(&self, _prefix: &str, _older_than_ms: u64, _why: EvictReason) -> usize {
-        todo!("T4")
+    pub fn purge_prefix(&self, prefix: &str, older_than_ms: u64, why: EvictReason) -> usize {
+        let doomed: Vec<(KeyHash, Arc<Entry>)> = self
+            .memory
+            .iter()
+            .filter(|(_, e)| e.target.starts_with(prefix) && e.created_ms < older_than_ms)
+            .collect();
+        let n = doomed
+            .iter()
+            .filter(|(k, e)| self.memory.remove_exact(k, e))
+            .count();
+        self.memory.evictions().add(why, n as u64);
+        if why != EvictReason::SessionLoss {
+            if let Some(r) = &self.redis {
+                r.spawn_purge_prefix(prefix.to_owned(), older_than_ms);
+            }
+        }
+        n
     }
 
-    pub fn purge_all(&self, _why: EvictReason) -> usize {
-        todo!("T4")
+    pub fn purge_all(&self, why: EvictReason) -> usize {
+        self.purge_all_at(why, wall_ms())
+    }
+
+    /// [`Store::purge_all`] on a given clock: memory, and unless the reason is `session_loss`,
+    /// Redis and a store-wide epoch.
+    pub fn purge_all_at(&self, why: EvictReason, now_ms: u64) -> usize {
+        if why != EvictReason::SessionLoss {
+            self.epochs.bump_all(now_ms);
+            if let Some(r) = &self.redis {
+                r.spawn_purge(None);
+            }
+        }
+        let keys: Vec<(KeyHash, Arc<Entry>)> = self.memory.iter().collect();
+        let n = keys
+            .iter()
+            .filter(|(k, e)| self.memory.remove_exact(k, e))
+            .count();
+        self.memory.evictions().add(why, n as u64);
+        n
     }
 
     pub fn stats(&self) -> StoreStats {
-        todo!("T4")
+        let ev = self.memory.evictions();
+        StoreStats {
+            entries: self.memory.len() as u64,
+            bytes: self.memory.bytes(),
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            l2_hits: self.l2_hits.load(Ordering::Relaxed),
+            redis_up: self.redis.as_ref().map(|r| r.up()),
+            evictions: memory::REASONS
+                .iter()
+                .map(|r| (r.as_str(), ev.get(*r)))
+                .collect(),
+        }
     }
 
-    pub fn entries(&self, _prefix: &str, _limit: usize, _now_ms: u64) -> Vec<EntryInfo> {
-        todo!("T4")
+    /// The memory bound in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.memory.capacity()
+    }
+
+    /// Up to `limit` entries in memory whose target starts with `prefix`, oldest first.
+    pub fn entries(&self, prefix: &str, limit: usize, now_ms: u64) -> Vec<EntryInfo> {
+        let mut found: Vec<Arc<Entry>> = self
+            .memory
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| e.target.starts_with(prefix) && self.dead(e, now_ms).is_none())
+            .collect();
+        found.sort_by(|a, b| (a.created_ms, &a.target).cmp(&(b.created_ms, &b.target)));
+        found
+            .iter()
+            .take(limit)
+            .map(|e| EntryInfo {
+                target: e.target.to_string(),
+                kind: e.kind,
+                age_ms: now_ms.saturating_sub(e.created_ms),
+                ttl_ms: e.hard_expiry_ms.saturating_sub(now_ms),
+                tags: e.tags.iter().map(|t| t.0).collect(),
+                size: memory::weight(e),
+            })
+            .collect()
     }
 
     /// Called every 100 ms: the expiry sweep and the Redis breaker.
-    pub fn tick(&self, _now_ms: u64) {
-        todo!("T4")
+    pub fn tick(&self, now_ms: u64) {
+        let budget = (self.memory.len() / 64).max(SWEEP_MIN);
+        let n = self.memory.sweep(now_ms, budget);
+        self.memory.evictions().add(EvictReason::Expired, n as u64);
+        self.metrics.memory_bytes.set(self.memory.bytes() as i64);
+        self.metrics.memory_entries.set(self.memory.len() as i64);
+        if let Some(r) = &self.redis {
+            r.tick(now_ms);
+        }
     }
 }
