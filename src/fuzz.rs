@@ -43,3 +43,22 @@ pub fn path(data: &[u8]) {
 pub fn proxy_protocol(data: &[u8]) {
     crate::conn::proxy_protocol::exercise(data);
 }
+
+/// An O2 IMS notification body through the dialect parser and the eviction mapping, checked
+/// for answering only 400 or 413 to what it refuses and for evicting something exactly when it
+/// accepts ([`crate::plugin::cache::o2::dialect::parse`], [`crate::plugin::cache::o2::mapping::map`]).
+pub fn notification(data: &[u8]) {
+    use crate::plugin::cache::o2::{dialect, mapping};
+    match dialect::parse(data) {
+        Err(r) => assert!(matches!(r.status, 400 | 413), "{r:?}"),
+        Ok(n) => {
+            let mut out = crate::plugin::cache::store::TagSet::new();
+            let m = mapping::map(&n, "fuzz", &mut out);
+            assert_eq!(
+                m == mapping::Mapped::Unknown,
+                out.is_empty(),
+                "{m:?} {out:?}"
+            );
+        }
+    }
+}

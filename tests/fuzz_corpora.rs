@@ -46,3 +46,8 @@ fn path_corpus() {
 fn proxy_protocol_corpus() {
     replay("proxy_protocol", zkgate::fuzz::proxy_protocol);
 }
+
+#[test]
+fn notification_corpus() {
+    replay("notification", zkgate::fuzz::notification);
+}

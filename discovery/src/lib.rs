@@ -4,6 +4,7 @@
 //! node that replicas share.
 
 mod backoff;
+pub mod cache_bus;
 pub mod config_node;
 pub mod ensemble;
 mod failure;

@@ -1,0 +1,498 @@
+//! The cache's replica bus in ZooKeeper: per-tag epochs and bans that every gateway replica
+//! writes and follows, so that an eviction on one replica reaches all of them.
+//!
+//! Under `<root>/cache/<store>/`:
+//! - `epochs/<16 hex digits of the tag>` holds `{"ms":…,"origin":…}`: the newest eviction of the
+//!   tag. A notification's tags are written in one multi-op. An epoch is state, not an event:
+//!   a replica that missed one (a reconnect, ZOOKEEPER-4698's lost persistent-watch events)
+//!   repairs it by reading every epoch again, which it does on every (re)connect.
+//! - `bans/ban-<seq>` holds `{"ms":…,"origin":…,"prefix"|"key":…}`: a purge of targets.
+//!
+//! One persistent recursive watch on the store's node follows both. A lost session (not a lost
+//! connection) is reported, since what was missed cannot be known: the cache drops its entries.
+//! Nothing here knows Pingora or the cache; the consumer is an [`EpochSink`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use zookeeper_client as zk;
+
+use crate::backoff::Backoff;
+use crate::ensemble::Ensemble;
+use crate::failure::{classify, ended, Failure};
+use crate::watcher::SessionEvent;
+
+/// Notifications waiting to be written; past this a publish is dropped (and counted): the
+/// tags' entries were already purged here, and the TTLs bound what the others keep.
+const QUEUE: usize = 4096;
+/// Bursts of publishes within this window are written as one multi-op.
+const COALESCE: Duration = Duration::from_millis(5);
+/// Operations per multi-op, far below ZooKeeper's 1 MiB request bound.
+const MULTI_OPS: usize = 128;
+/// Node reads in flight at once during a full re-read.
+const PIPELINE: usize = 256;
+
+/// A purge of targets sent to every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ban {
+    /// One request target.
+    Key(String),
+    /// Every target under a prefix.
+    Prefix(String),
+}
+
+/// Where the bus delivers what it reads.
+pub trait EpochSink: Send + Sync + 'static {
+    /// The epoch of `tag` is `ms`, written by replica `origin` (`live`: from a watch event;
+    /// otherwise from the full re-read after a (re)connect, which repeats known epochs).
+    fn epoch(&self, tag: u64, ms: u64, origin: &str, live: bool);
+    /// A ban written at `ms` by `origin`.
+    fn ban(&self, ban: &Ban, ms: u64, origin: &str);
+    fn session(&self, _event: SessionEvent) {}
+    /// Every epoch and ban was read once in the current session, and the watch is armed.
+    fn synced(&self) {}
+}
+
+#[derive(Serialize, Deserialize)]
+struct EpochNode<'a> {
+    ms: u64,
+    #[serde(borrow)]
+    origin: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BanNode {
+    ms: u64,
+    origin: String,
+    #[serde(flatten)]
+    ban: Ban,
+}
+
+enum Cmd {
+    Epochs(Vec<u64>, u64),
+    Ban(Ban, u64),
+}
+
+/// The handle of a running bus. Dropping it stops the bus.
+pub struct CacheBus {
+    tx: mpsc::Sender<Cmd>,
+    healthy: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+    _stop: watch::Sender<bool>,
+}
+
+impl CacheBus {
+    /// Queues an epoch bump of `tags` at `ms`; never blocks.
+    pub fn publish(&self, tags: &[u64], ms: u64) {
+        if tags.is_empty() {
+            return;
+        }
+        if self.tx.try_send(Cmd::Epochs(tags.to_vec(), ms)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a ban; never blocks.
+    pub fn publish_ban(&self, ban: Ban, ms: u64) {
+        if self.tx.try_send(Cmd::Ban(ban, ms)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connected, with the watch armed and everything read.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Publishes dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The store's node: `<root>/cache/<store>`.
+pub fn store_path(root: &str, store: &str) -> String {
+    format!("{}/cache/{store}", root.trim_end_matches('/'))
+}
+
+/// Starts the bus of `store` under `root` on a thread of its own (it needs no runtime from the
+/// caller, which may be a config build), as replica `origin`.
+pub fn start(
+    ensemble: Ensemble,
+    root: &str,
+    store: &str,
+    origin: String,
+    sink: Arc<dyn EpochSink>,
+) -> std::io::Result<CacheBus> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let healthy = Arc::new(AtomicBool::new(false));
+    let base = store_path(root, store);
+    let task = Task {
+        ensemble,
+        base,
+        origin,
+        sink,
+        healthy: healthy.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("cache-bus-{store}"))
+        .spawn(move || runtime.block_on(task.run(rx, stop_rx)))?;
+    Ok(CacheBus {
+        tx,
+        healthy,
+        dropped: Arc::new(AtomicU64::new(0)),
+        _stop: stop_tx,
+    })
+}
+
+struct Task {
+    ensemble: Ensemble,
+    base: String,
+    origin: String,
+    sink: Arc<dyn EpochSink>,
+    healthy: Arc<AtomicBool>,
+}
+
+/// Why one session's loop returned without an error.
+enum Stop {
+    Shutdown,
+    /// The connection came back within the session: re-arm and re-read.
+    Reconnected,
+}
+
+impl Task {
+    async fn run(self, mut rx: mpsc::Receiver<Cmd>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new();
+        // Writes not done yet; kept across sessions.
+        let mut pending = Pending::default();
+        loop {
+            let mut connected = false;
+            match self
+                .session(&mut rx, &mut stop, &mut pending, &mut connected)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) if connected => {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    log::warn!(
+                        "cache bus {}: zookeeper session ended ({e}); the cache drops its \
+                         entries and reconnects",
+                        self.base
+                    );
+                    self.sink.session(SessionEvent::Lost);
+                }
+                // No session was made: nothing was followed, so nothing was missed since the
+                // last loss (reported when it happened).
+                Err(e) => {
+                    log::warn!("cache bus {}: cannot connect to zookeeper: {e}", self.base);
+                    self.sink.session(SessionEvent::Disconnected);
+                }
+            }
+            if connected {
+                backoff.reset();
+            }
+            if !backoff.wait(&mut stop).await {
+                return;
+            }
+        }
+    }
+
+    /// One ZooKeeper session: `Ok` on shutdown, `Err` once it is over.
+    async fn session(
+        &self,
+        rx: &mut mpsc::Receiver<Cmd>,
+        stop: &mut watch::Receiver<bool>,
+        pending: &mut Pending,
+        connected: &mut bool,
+    ) -> Result<(), zk::Error> {
+        let client = self.ensemble.connect().await?;
+        *connected = true;
+        self.sink.session(SessionEvent::Connected);
+        let opts = zk::CreateMode::Persistent.with_acls(self.ensemble.acls());
+        let mut retry = Backoff::new();
+        loop {
+            let result = async {
+                for dir in ["epochs", "bans"] {
+                    match client.mkdir(&format!("{}/{dir}", self.base), &opts).await {
+                        Ok(()) | Err(zk::Error::NodeExists) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                self.follow(&client, rx, stop, pending).await
+            }
+            .await;
+            self.healthy.store(false, Ordering::Relaxed);
+            let e = match result {
+                Ok(Stop::Shutdown) => return Ok(()),
+                Ok(Stop::Reconnected) => continue,
+                Err(e) => e,
+            };
+            if classify(&e) == Failure::SessionEnded {
+                return Err(e);
+            }
+            log::warn!(
+                "cache bus {}: {e}; the session stands, trying again once connected",
+                self.base
+            );
+            self.sink.session(SessionEvent::Disconnected);
+            if !retry.wait(stop).await {
+                return Ok(());
+            }
+            let mut state = client.state_watcher();
+            let back = crate::failure::connected_again(&mut state, stop, || {}).await?;
+            if !back {
+                return Ok(());
+            }
+            self.sink.session(SessionEvent::Connected);
+        }
+    }
+
+    async fn follow(
+        &self,
+        client: &zk::Client,
+        rx: &mut mpsc::Receiver<Cmd>,
+        stop: &mut watch::Receiver<bool>,
+        pending: &mut Pending,
+    ) -> Result<Stop, zk::Error> {
+        // Armed before the full read, so no change falls in between.
+        let mut watcher = client
+            .watch(&self.base, zk::AddWatchMode::PersistentRecursive)
+            .await?;
+        let mut known = self.read_all(client).await?;
+        self.write(client, pending, &mut known).await?;
+        self.healthy.store(true, Ordering::Relaxed);
+        self.sink.synced();
+        let mut disconnected = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Ok(Stop::Shutdown),
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { return Ok(Stop::Shutdown) };
+                    pending.add(cmd);
+                    // A burst (a storm of notifications) costs one multi-op.
+                    let deadline = tokio::time::Instant::now() + COALESCE;
+                    while let Ok(Some(cmd)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                        pending.add(cmd);
+                    }
+                    if !disconnected {
+                        self.write(client, pending, &mut known).await?;
+                    }
+                }
+                ev = watcher.changed() => {
+                    match ev.event_type {
+                        zk::EventType::Session => match ev.session_state {
+                            s if s.is_terminated() => return Err(ended(s)),
+                            zk::SessionState::SyncConnected if disconnected => {
+                                self.sink.session(SessionEvent::Connected);
+                                return Ok(Stop::Reconnected);
+                            }
+                            zk::SessionState::SyncConnected => {}
+                            _ => {
+                                if !disconnected {
+                                    self.healthy.store(false, Ordering::Relaxed);
+                                    self.sink.session(SessionEvent::Disconnected);
+                                }
+                                disconnected = true;
+                            }
+                        },
+                        zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
+                            self.read_one(client, &ev.path, &mut known).await?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads every epoch and ban; returns the tags that have a node.
+    async fn read_all(&self, client: &zk::Client) -> Result<HashSet<u64>, zk::Error> {
+        let mut known = HashSet::new();
+        for dir in ["epochs", "bans"] {
+            let parent = format!("{}/{dir}", self.base);
+            let children = match client.get_children(&parent).await {
+                Ok((c, _)) => c,
+                Err(zk::Error::NoNode) => continue,
+                Err(e) => return Err(e),
+            };
+            for chunk in children.chunks(PIPELINE) {
+                let reads: Vec<_> = chunk
+                    .iter()
+                    .map(|c| client.get_data(&format!("{parent}/{c}")))
+                    .collect();
+                for (child, read) in chunk.iter().zip(reads) {
+                    let data = match read.await {
+                        Ok((d, _)) => d,
+                        Err(zk::Error::NoNode) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    self.deliver(dir, child, &data, false, &mut known);
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    async fn read_one(
+        &self,
+        client: &zk::Client,
+        path: &str,
+        known: &mut HashSet<u64>,
+    ) -> Result<(), zk::Error> {
+        let Some(rest) = path.strip_prefix(&self.base) else {
+            return Ok(());
+        };
+        let Some((dir, child)) = rest.trim_start_matches('/').split_once('/') else {
+            return Ok(());
+        };
+        match client.get_data(path).await {
+            Ok((data, _)) => {
+                self.deliver(dir, child, &data, true, known);
+                Ok(())
+            }
+            // Pruned since: nothing to apply.
+            Err(zk::Error::NoNode) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn deliver(&self, dir: &str, child: &str, data: &[u8], live: bool, known: &mut HashSet<u64>) {
+        match dir {
+            "epochs" => {
+                let Ok(tag) = u64::from_str_radix(child, 16) else {
+                    return;
+                };
+                known.insert(tag);
+                match serde_json::from_slice::<EpochNode<'_>>(data) {
+                    Ok(e) => self.sink.epoch(tag, e.ms, &e.origin, live),
+                    Err(e) => log::warn!("cache bus {}/epochs/{child}: skipped: {e}", self.base),
+                }
+            }
+            "bans" => match serde_json::from_slice::<BanNode>(data) {
+                Ok(b) => self.sink.ban(&b.ban, b.ms, &b.origin),
+                Err(e) => log::warn!("cache bus {}/bans/{child}: skipped: {e}", self.base),
+            },
+            _ => {}
+        }
+    }
+
+    /// Writes what is pending: epochs in multi-ops (created when the tag has no node yet),
+    /// bans as sequential nodes. What failed on a lost connection stays pending.
+    async fn write(
+        &self,
+        client: &zk::Client,
+        pending: &mut Pending,
+        known: &mut HashSet<u64>,
+    ) -> Result<(), zk::Error> {
+        let opts = zk::CreateMode::Persistent.with_acls(self.ensemble.acls());
+        while !pending.epochs.is_empty() {
+            let batch: Vec<(u64, u64)> = pending
+                .epochs
+                .iter()
+                .take(MULTI_OPS)
+                .map(|(t, ms)| (*t, *ms))
+                .collect();
+            let bodies: Vec<(String, Vec<u8>)> = batch
+                .iter()
+                .map(|(tag, ms)| (self.epoch_path(*tag), self.epoch_body(*ms)))
+                .collect();
+            let mut multi = client.new_multi_writer();
+            for ((tag, _), (path, body)) in batch.iter().zip(&bodies) {
+                if known.contains(tag) {
+                    multi.add_set_data(path, body, None)?;
+                } else {
+                    multi.add_create(path, body, &opts)?;
+                }
+            }
+            match multi.commit().await {
+                Ok(_) => {}
+                Err(zk::MultiWriteError::OperationFailed { .. }) => {
+                    // Another replica created a node first (or one was pruned): one at a time.
+                    for (path, body) in &bodies {
+                        set_or_create(client, path, body, &opts).await?;
+                    }
+                }
+                Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
+            }
+            for (tag, ms) in batch {
+                known.insert(tag);
+                if pending.epochs.get(&tag) == Some(&ms) {
+                    pending.epochs.remove(&tag);
+                }
+            }
+        }
+        while let Some((ban, ms)) = pending.bans.first() {
+            let body = serde_json::to_vec(&BanNode {
+                ms: *ms,
+                origin: self.origin.clone(),
+                ban: ban.clone(),
+            })
+            .unwrap_or_default();
+            let seq = zk::CreateMode::PersistentSequential.with_acls(self.ensemble.acls());
+            client
+                .create(&format!("{}/bans/ban-", self.base), &body, &seq)
+                .await?;
+            pending.bans.remove(0);
+        }
+        Ok(())
+    }
+
+    fn epoch_path(&self, tag: u64) -> String {
+        format!("{}/epochs/{tag:016x}", self.base)
+    }
+
+    fn epoch_body(&self, ms: u64) -> Vec<u8> {
+        serde_json::to_vec(&EpochNode {
+            ms,
+            origin: self.origin.as_str().into(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+async fn set_or_create(
+    client: &zk::Client,
+    path: &str,
+    body: &[u8],
+    opts: &zk::CreateOptions<'_>,
+) -> Result<(), zk::Error> {
+    match client.set_data(path, body, None).await {
+        Ok(_) => Ok(()),
+        Err(zk::Error::NoNode) => match client.create(path, body, opts).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NodeExists) => client.set_data(path, body, None).await.map(|_| ()),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes waiting for ZooKeeper: the newest epoch per tag, bans in order.
+#[derive(Default)]
+struct Pending {
+    epochs: BTreeMap<u64, u64>,
+    bans: Vec<(Ban, u64)>,
+}
+
+impl Pending {
+    fn add(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Epochs(tags, ms) => {
+                for t in tags {
+                    let e = self.epochs.entry(t).or_insert(ms);
+                    *e = (*e).max(ms);
+                }
+            }
+            Cmd::Ban(b, ms) => self.bans.push((b, ms)),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The cache bus against a real ZooKeeper: epochs and bans written by one replica reach the
+//! others, a burst is written whole, a replica that starts later reads every epoch, and a
+//! session lost while ZooKeeper is down is reported, then every epoch read again.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use zkgate_discovery::cache_bus::{self, Ban, EpochSink};
+use zkgate_discovery::testkit::ZkServer;
+use zkgate_discovery::{Ensemble, SessionEvent};
+use zookeeper_client as zk;
+
+#[derive(Default)]
+struct Seen {
+    /// tag -> (ms, origin, live)
+    epochs: Mutex<BTreeMap<u64, (u64, String, bool)>>,
+    bans: Mutex<Vec<(Ban, u64, String)>>,
+    sessions: Mutex<Vec<SessionEvent>>,
+    synced: Mutex<usize>,
+}
+
+impl EpochSink for Seen {
+    fn epoch(&self, tag: u64, ms: u64, origin: &str, live: bool) {
+        self.epochs
+            .lock()
+            .unwrap()
+            .insert(tag, (ms, origin.to_owned(), live));
+    }
+    fn ban(&self, ban: &Ban, ms: u64, origin: &str) {
+        self.bans
+            .lock()
+            .unwrap()
+            .push((ban.clone(), ms, origin.to_owned()));
+    }
+    fn session(&self, event: SessionEvent) {
+        self.sessions.lock().unwrap().push(event);
+    }
+    fn synced(&self) {
+        *self.synced.lock().unwrap() += 1;
+    }
+}
+
+impl Seen {
+    fn epoch(&self, tag: u64) -> Option<(u64, String, bool)> {
+        self.epochs.lock().unwrap().get(&tag).cloned()
+    }
+    fn synced(&self) -> usize {
+        *self.synced.lock().unwrap()
+    }
+}
+
+async fn until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}
+
+fn replica(server: &ZkServer, name: &str, session: Duration) -> (cache_bus::CacheBus, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let ensemble = Ensemble::new(server.connect_string(), session);
+    let bus = cache_bus::start(ensemble, "/zkgate", "o2", name.to_owned(), seen.clone()).unwrap();
+    (bus, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_and_bans_reach_every_replica() {
+    let server = ZkServer::start();
+    let (a, seen_a) = replica(&server, "a", Duration::from_secs(4));
+    let (_b, seen_b) = replica(&server, "b", Duration::from_secs(4));
+    assert!(
+        until(Duration::from_secs(10), || seen_a.synced() == 1
+            && seen_b.synced() == 1)
+        .await
+    );
+    assert!(a.healthy());
+
+    a.publish(&[1, 0xdead_beef], 1_000);
+    assert!(
+        until(Duration::from_secs(10), || seen_b
+            .epoch(0xdead_beef)
+            .is_some()
+            && seen_b.epoch(1).is_some())
+        .await
+    );
+    assert_eq!(seen_b.epoch(1), Some((1_000, "a".to_owned(), true)));
+    // The writer sees its own write too (the cache ignores its own origin's purge).
+    assert!(until(Duration::from_secs(10), || seen_a.epoch(1).is_some()).await);
+
+    // A newer epoch of a tag that has a node: set, not created.
+    a.publish(&[1], 2_000);
+    assert!(
+        until(Duration::from_secs(10), || seen_b.epoch(1).map(|e| e.0)
+            == Some(2_000))
+        .await
+    );
+
+    // A burst of 300 notifications (more tags than one multi-op holds) arrives whole.
+    for i in 0..300u64 {
+        a.publish(&[10_000 + i], 3_000 + i);
+    }
+    assert!(
+        until(Duration::from_secs(20), || (0..300u64)
+            .all(
+                |i| seen_b.epoch(10_000 + i).map(|e| e.0) == Some(3_000 + i)
+            ))
+        .await,
+        "{} of 300",
+        (0..300u64)
+            .filter(|i| seen_b.epoch(10_000 + i).is_some())
+            .count()
+    );
+    let client = zk::Client::connect(&server.connect_string()).await.unwrap();
+    let (data, _) = client
+        .get_data(&format!("/zkgate/cache/o2/epochs/{:016x}", 0xdead_beefu64))
+        .await
+        .unwrap();
+    let node: serde_json::Value = serde_json::from_slice(&data).unwrap();
+    assert_eq!(node, serde_json::json!({"ms": 1000, "origin": "a"}));
+
+    a.publish_ban(
+        Ban::Prefix("/o2ims-infrastructureInventory/v2/resourcePools".into()),
+        5_000,
+    );
+    assert!(
+        until(Duration::from_secs(10), || !seen_b
+            .bans
+            .lock()
+            .unwrap()
+            .is_empty())
+        .await
+    );
+    assert_eq!(
+        seen_b.bans.lock().unwrap()[0],
+        (
+            Ban::Prefix("/o2ims-infrastructureInventory/v2/resourcePools".into()),
+            5_000,
+            "a".to_owned()
+        )
+    );
+
+    // A replica started later reads every epoch and ban (not live).
+    let (_c, seen_c) = replica(&server, "c", Duration::from_secs(4));
+    assert!(until(Duration::from_secs(10), || seen_c.synced() == 1).await);
+    assert_eq!(seen_c.epoch(1), Some((2_000, "a".to_owned(), false)));
+    assert_eq!(seen_c.epochs.lock().unwrap().len(), 302);
+    assert_eq!(seen_c.bans.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_is_reported_and_epochs_reread() {
+    let mut server = ZkServer::start();
+    let (a, seen_a) = replica(&server, "a", Duration::from_secs(2));
+    let (b, seen_b) = replica(&server, "b", Duration::from_secs(2));
+    assert!(
+        until(Duration::from_secs(10), || seen_a.synced() == 1
+            && seen_b.synced() == 1)
+        .await
+    );
+
+    server.kill();
+    assert!(until(Duration::from_secs(10), || !a.healthy()).await);
+    // Published while ZooKeeper is down: kept and written once it is back.
+    a.publish(&[7], 7_000);
+    // Past the session timeout, so the sessions expire rather than resume.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.restart();
+
+    assert!(
+        until(Duration::from_secs(20), || seen_b
+            .sessions
+            .lock()
+            .unwrap()
+            .contains(&SessionEvent::Lost))
+        .await,
+        "{:?}",
+        seen_b.sessions.lock().unwrap()
+    );
+    assert!(
+        until(Duration::from_secs(20), || seen_b.synced() >= 2
+            && b.healthy())
+        .await
+    );
+    assert!(
+        until(Duration::from_secs(20), || seen_b.epoch(7).map(|e| e.0)
+            == Some(7_000))
+        .await
+    );
+    assert!(a.healthy());
+}
