@@ -305,10 +305,36 @@ impl HttpPlugin for Cache {
         &self,
         _session: &mut Session,
         _request: &RequestInfo<'_>,
-        _upstream_request: &mut RequestHeader,
+        upstream_request: &mut RequestHeader,
         st: &mut CacheState,
     ) -> pingora::Result<()> {
         st.sent_ms = store::wall_ms();
+        if st.rule.is_none() {
+            return Ok(());
+        }
+        // With `query: { allow: [...] }` the key holds the allowed parameters only, so the
+        // origin must not see the others: an unkeyed parameter could change a stored answer.
+        let Some(query) = upstream_request.uri.query() else {
+            return Ok(());
+        };
+        let mut kept = String::new();
+        let Some(kept) = self.key.upstream_query(query, &mut kept) else {
+            return Ok(());
+        };
+        let path = upstream_request.uri.path();
+        let target = if kept.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{kept}")
+        };
+        let uri = http::Uri::try_from(target).map_err(|e| {
+            pingora::Error::because(
+                ErrorType::InternalError,
+                "query without unkeyed parameters",
+                e,
+            )
+        })?;
+        upstream_request.set_uri(uri);
         Ok(())
     }
 
@@ -468,16 +494,22 @@ impl PluginBuild for Cache {
         errors: &mut ConfigErrors,
     ) -> Option<Cache> {
         let cfg = section.build(cx.route, cx.at, errors)?;
-        if let config::Replicas::ZooKeeper { .. } = cfg.replicas {
-            if cx.zookeeper.is_none() {
+        let zookeeper = match (cfg.replicas, cx.zookeeper) {
+            (config::Replicas::ZooKeeper { .. }, None) => {
                 errors.push(
                     cx.at.key("replicas"),
                     "replicas: zookeeper needs the gateway's zookeeper section",
                 );
                 return None;
             }
-        }
+            (config::Replicas::ZooKeeper { .. }, Some(ensemble)) => Some(ensemble),
+            (config::Replicas::Off, _) => None,
+        };
         let shared = shared(cx.resources, &cfg.store);
+        if let Some(ensemble) = zookeeper {
+            // Idempotent per store: the first build starts it, reloads keep it.
+            bus::install_bus(shared, ensemble, cx.zk_root);
+        }
         let lock = cfg
             .lock
             .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
