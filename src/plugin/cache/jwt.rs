@@ -121,6 +121,11 @@ fn numeric_date(v: &serde_json::Value) -> Option<SystemTime> {
 /// The longest token looked at: a header line is bounded by the listener anyway, and this
 /// keeps the base64 and JSON work of a hostile token small.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// The most keys one token is checked against (a token without `kid`, or a JWKS that reuses
+/// one): each costs a public-key operation, so a hostile token cannot make a request cost many.
+const MAX_KEYS_TRIED: usize = 4;
+/// The most signing keys a JWKS may hold.
+const MAX_KEYS: usize = 64;
 /// The largest JWKS or PEM file read.
 const MAX_KEY_FILE: usize = 1024 * 1024;
 
@@ -493,14 +498,18 @@ impl Verifier {
                     // The kid names a key of another type: the token picked the wrong algorithm.
                     return Err(JwtError::Algorithm);
                 }
-                fitting.any(|k| k.material.verify(alg, message, &sig))
+                fitting
+                    .take(MAX_KEYS_TRIED)
+                    .any(|k| k.material.verify(alg, message, &sig))
             }
             None => {
                 let mut fitting = self.keys.iter().filter(fits).peekable();
                 if fitting.peek().is_none() {
                     return Err(JwtError::UnknownKey);
                 }
-                fitting.any(|k| k.material.verify(alg, message, &sig))
+                fitting
+                    .take(MAX_KEYS_TRIED)
+                    .any(|k| k.material.verify(alg, message, &sig))
             }
         };
         if !verified {
@@ -666,6 +675,12 @@ fn parse_jwks(text: &str, at: &At, errors: &mut ConfigErrors) -> Vec<Key> {
             alg,
             material,
         });
+    }
+    if keys.len() > MAX_KEYS {
+        errors.push(
+            at.clone(),
+            format!("holds {} signing keys: at most {MAX_KEYS}", keys.len()),
+        );
     }
     if keys.is_empty() && errors.len() == before {
         errors.push(
@@ -1219,6 +1234,31 @@ mod tests {
             text.contains("auth.jwt.leeway: must be at most 5m"),
             "{text}"
         );
+    }
+
+    /// A token cannot make a request cost many signature checks, nor a JWKS hold too many keys.
+    #[test]
+    fn keys_tried_per_token_and_keys_per_jwks_are_bounded() {
+        let keys = Keys::new();
+        let unnamed = |name: &str| {
+            let mut k = keys.jwk(name, "x");
+            k.as_object_mut().unwrap().remove("kid");
+            k
+        };
+        let token = keys.sign("rsa", &json!({"alg": "RS256"}), &json!({"sub": "a"}));
+        let now = SystemTime::now();
+        let mut set = vec![unnamed("rsa2"); MAX_KEYS_TRIED - 1];
+        set.push(unnamed("rsa"));
+        let v = build(&section(Some(keys.jwks_file("a.json", &set)), None)).unwrap();
+        assert!(v.verify(&token, now).is_ok());
+        set.insert(0, unnamed("rsa2"));
+        let v = build(&section(Some(keys.jwks_file("b.json", &set)), None)).unwrap();
+        assert_eq!(v.verify(&token, now).unwrap_err(), JwtError::Signature);
+        let many = vec![unnamed("rsa"); MAX_KEYS + 1];
+        let text = build(&section(Some(keys.jwks_file("c.json", &many)), None))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("holds 65 signing keys: at most 64"), "{text}");
     }
 
     /// exp, nbf, iss and aud on a controlled clock: the edges are where the leeway ends.
