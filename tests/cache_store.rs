@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::redis::Redis;
+use common::{request, Gateway};
 use zkgate::plugin::cache::store::redis::RedisConfig;
 use zkgate::plugin::cache::store::{
     wall_ms, Entry, EvictReason, KeyHash, Store, StoreClass, StoreConfig, TagId, Tier,
@@ -217,4 +218,61 @@ async fn redis_killed_under_reads_and_writes_then_restarted() {
         .await
         .expect("shared again");
     assert_eq!((&e.body[..], tier), (&b"after"[..], Tier::Redis));
+}
+
+/// The admin endpoints through a real gateway (no cache route yet): reads are open or
+/// token-guarded as documented, purges need the token and a JSON body, and a bad one is
+/// answered, not obeyed.
+#[test]
+fn admin_cache_endpoints_answer_and_guard_writes() {
+    const TOKEN: &str = "cache-admin-token-0123456789";
+    let right = ("authorization", "Bearer cache-admin-token-0123456789");
+    let json = ("content-type", "application/json");
+    let gw = Gateway::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\", token: {TOKEN} }}\nupstreams: [{{ name: u, backends: [\"127.0.0.1:9\"] }}]\nroutes: [{{ name: r, upstream: u }}]\n"
+    ));
+    let call = |method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]| {
+        request(gw.admin, method, target, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+    };
+    let r = call("GET", "/cache", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stores"], serde_json::json!([]));
+    assert_eq!(call("GET", "/cache/entries", &[], b"").status, 401);
+    assert_eq!(call("GET", "/cache/entries", &[right], b"").status, 404);
+    assert_eq!(
+        call("GET", "/cache/entries?limit=0", &[right], b"").status,
+        400
+    );
+    let all = br#"{"store":"o2","all":true}"#;
+    assert_eq!(call("POST", "/cache/purge", &[json], all).status, 401);
+    assert_eq!(
+        call(
+            "POST",
+            "/cache/purge",
+            &[right, ("content-type", "text/plain")],
+            all
+        )
+        .status,
+        403
+    );
+    let r = call("POST", "/cache/purge", &[right, json], all);
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        r.text().contains("no cache store named `o2`"),
+        "{}",
+        r.text()
+    );
+    let r = call("POST", "/cache/purge", &[right, json], b"{\"store\":");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let big = vec![b' '; 100 << 10];
+    assert_eq!(
+        call("POST", "/cache/purge", &[right, json], &big).status,
+        413
+    );
+    // The other admin writes are untouched.
+    assert_eq!(
+        call("POST", "/upstreams/u/127.0.0.1:9/drain", &[right], b"").status,
+        200
+    );
 }

@@ -62,6 +62,7 @@ fn find(name: Option<&str>) -> Result<&'static Shared, Reply> {
             .find(|s| &*s.name == n)
             .ok_or_else(|| error(404, format!("no cache store named `{n}`"))),
         None if all.len() == 1 => Ok(all[0]),
+        None if all.is_empty() => Err(error(404, "no cache store is configured")),
         None => Err(error(
             400,
             format!(
