@@ -81,6 +81,7 @@ impl AccessLog {
         elapsed: Duration,
         route: Option<&str>,
         backend: Option<SocketAddr>,
+        cache: Option<&'static str>,
     ) {
         let req = session.req_header();
         let client = session
@@ -88,7 +89,7 @@ impl AccessLog {
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
         let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
         let line = format!(
-            "{} {} \"{} {} {:?}\" {} {} {:.3}ms route={} backend={} http={} {}\n",
+            "{} {} \"{} {} {:?}\" {} {} {:.3}ms route={} backend={} http={} {}{}\n",
             humantime::format_rfc3339_millis(SystemTime::now()),
             client,
             req.method,
@@ -101,12 +102,26 @@ impl AccessLog {
             backend.map_or_else(|| "-".to_owned(), |b| b.to_string()),
             http_version(req.version),
             TlsFields(tls),
+            CacheField(cache),
         );
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 METRICS.access_log_dropped.inc()
             }
+        }
+    }
+}
+
+/// ` cache=hit` on a request of a cached route (a hit has no backend and no upstream time, so
+/// without it a hit reads as a zero-latency proxied answer); nothing otherwise.
+struct CacheField(Option<&'static str>);
+
+impl std::fmt::Display for CacheField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(c) => write!(f, " cache={c}"),
+            None => Ok(()),
         }
     }
 }

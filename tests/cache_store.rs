@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::redis::Redis;
-use common::{request, Gateway};
+use common::{request, Backend, Gateway};
 use zkgate::plugin::cache::store::redis::RedisConfig;
 use zkgate::plugin::cache::store::{
     wall_ms, Entry, EvictReason, KeyHash, Store, StoreClass, StoreConfig, TagId, Tier,
@@ -274,5 +274,99 @@ fn admin_cache_endpoints_answer_and_guard_writes() {
     assert_eq!(
         call("POST", "/upstreams/u/127.0.0.1:9/drain", &[right], b"").status,
         200
+    );
+}
+
+/// Through a caching gateway: `/cache` counts the store, `/cache/entries` lists its targets,
+/// and each kind of purge makes the next request go to the origin again.
+#[test]
+fn admin_purges_reach_a_caching_route() {
+    use std::sync::atomic::Ordering;
+    const TOKEN: &str = "cache-admin-token-0123456789";
+    let right = ("authorization", "Bearer cache-admin-token-0123456789");
+    let json = ("content-type", "application/json");
+    let backend = Backend::start("origin");
+    let gw = Gateway::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\", token: {TOKEN} }}
+upstreams: [{{ name: u, backends: [\"{}\"] }}]
+routes:
+  - name: r
+    upstream: u
+    plugin:
+      cache: {{ store: e2e, override_origin: true, rules: [{{ path: /items/**, ttl: 10m }}] }}
+",
+        backend.addr
+    ));
+    let origin = || backend.requests.load(Ordering::SeqCst);
+    let get = |target: &str| {
+        let r = gw.get(target);
+        assert_eq!(r.status, 200, "{target}: {}", r.text());
+    };
+    let call = |method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]| {
+        request(gw.admin, method, target, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
+    };
+    let purge = |body: &str| {
+        let r = call("POST", "/cache/purge", &[right, json], body.as_bytes());
+        assert_eq!(r.status, 200, "{body}: {}", r.text());
+        r.json()["purged"].as_u64().unwrap_or(u64::MAX)
+    };
+    get("/items/1");
+    get("/items/1");
+    get("/items/2");
+    assert_eq!(origin(), 2, "the second GET of /items/1 is a hit");
+
+    let r = call("GET", "/cache", &[], b"");
+    let store = &r.json()["stores"][0];
+    assert_eq!(store["store"], "e2e", "{}", r.text());
+    assert_eq!(store["entries"], 2, "{}", r.text());
+    assert!(store["hits"].as_u64().unwrap_or(0) >= 1, "{}", r.text());
+    let r = call(
+        "GET",
+        "/cache/entries?store=e2e&prefix=/items/",
+        &[right],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut targets: Vec<String> = r.json()["entries"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|e| e["target"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    assert_eq!(targets, ["/items/1", "/items/2"]);
+
+    assert_eq!(
+        purge(r#"{"store":"e2e","prefix":"/items/1","replicas":"local"}"#),
+        1
+    );
+    get("/items/1");
+    get("/items/2");
+    assert_eq!(origin(), 3, "only /items/1 went to the origin again");
+    get("/items/1");
+    assert_eq!(origin(), 3, "and is cached again");
+
+    assert_eq!(purge(r#"{"store":"e2e","key":"/items/2"}"#), 1);
+    get("/items/2");
+    assert_eq!(origin(), 4);
+
+    let r = call(
+        "POST",
+        "/cache/purge",
+        &[right, json],
+        br#"{"store":"e2e","all":true,"replicas":"all"}"#,
+    );
+    assert_eq!(r.status, 409, "no replica bus: {}", r.text());
+    assert_eq!(purge(r#"{"store":"e2e","all":true}"#), 2);
+    get("/items/1");
+    get("/items/2");
+    assert_eq!(origin(), 6);
+    let text = gw.metrics();
+    assert!(
+        text.contains("zkgate_cache_evictions_total{reason=\"purge\",store=\"e2e\"} 4"),
+        "{text}"
     );
 }

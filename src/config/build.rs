@@ -36,6 +36,8 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
         declared: &declared,
         resources: crate::plugin::Resources::process(),
         listeners: &listeners,
+        zookeeper: settings.zookeeper.as_ref(),
+        zk_root: zk_root(&raw),
     };
     let routes = routes(&raw.routes, &env, prev, &mut errors);
     let admin_token = raw.admin.token.as_ref().and_then(|t| {

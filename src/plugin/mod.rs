@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::cache::{CacheKey, RespCacheable};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,11 @@ pub struct RequestInfo<'a> {
     pub normalized_path: Option<&'a str>,
     /// The client's address: the peer, or from X-Forwarded-For behind trusted proxies.
     pub client: Option<IpAddr>,
+    /// Whether this is a request the gateway made itself: the background refresh of a stale
+    /// cache entry (Pingora's subrequest), which runs every phase again.
+    pub subrequest: bool,
+    /// SHA-256 of the verified client certificate's DER, on an mTLS connection.
+    pub client_cert_sha256: Option<&'a [u8; 32]>,
 }
 
 impl<'a> RequestInfo<'a> {
@@ -106,6 +112,65 @@ pub trait HttpPlugin: Send + Sync {
         _state: &mut Self::State,
     ) -> Option<pingora::Result<RespCacheable>> {
         None
+    }
+
+    /// `cache_hit_filter`: a fresh or stale (`is_fresh` false) entry was found for the
+    /// request; `Some` forces it to be treated as expired or as a miss.
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        _is_fresh: bool,
+        _request: &RequestInfo<'_>,
+        _state: &mut Self::State,
+    ) -> pingora::Result<Option<ForcedFreshness>> {
+        Ok(None)
+    }
+
+    /// `cache_miss`: the request goes to the origin and its answer may be stored (the proxy
+    /// still tells the cache, whatever the plugin does).
+    fn cache_miss(
+        &self,
+        _session: &mut Session,
+        _request: &RequestInfo<'_>,
+        _state: &mut Self::State,
+    ) {
+    }
+
+    /// `should_serve_stale`: whether a stale entry may answer, on `error` (`None`: while it is
+    /// revalidated). `None` leaves Pingora's answer (stale only on an upstream error).
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _error: Option<&pingora::Error>,
+        _request: &RequestInfo<'_>,
+        _state: &mut Self::State,
+    ) -> Option<bool> {
+        None
+    }
+
+    /// `cache_vary_filter`: the variance of the request for a stored response's `meta`;
+    /// `None`, it does not vary.
+    fn cache_vary_filter(
+        &self,
+        _meta: &CacheMeta,
+        _req: &RequestHeader,
+        _state: &mut Self::State,
+    ) -> Option<HashBinary> {
+        None
+    }
+
+    /// `request_body_filter`: each chunk of the request body, after the route's size cap.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _request: &RequestInfo<'_>,
+        _state: &mut Self::State,
+    ) -> pingora::Result<()> {
+        Ok(())
     }
 
     /// `upstream_request_filter`: the request about to go upstream, after the route's rewrite
@@ -179,9 +244,19 @@ pub trait HttpPlugin: Send + Sync {
     ) {
     }
 
+    /// What the access log's `cache=` field says about the request (`hit`, `miss`,
+    /// `refresh`...); `None`, no such field.
+    fn cache_log(&self, _state: &Self::State) -> Option<&'static str> {
+        None
+    }
+
     /// Called on the background service's tick (every 100 ms) while the plugin is in the
     /// serving config: the place for work that outlives requests.
     fn tick(&self) {}
+
+    /// Called once when the gateway shuts down, within its grace period, for each plugin of
+    /// the serving config: the place to undo what the plugin did outside the process.
+    async fn shutdown(&self) {}
 }
 
 /// How a plugin is built from its section of a route's `plugin:` map.
@@ -217,6 +292,14 @@ pub struct PluginCx<'a> {
     pub prev: Option<&'a RoutePlugin>,
     /// What lives as long as the process.
     pub resources: &'a Resources,
+    /// The gateway's ZooKeeper ensemble (`zookeeper:`), if it has one.
+    pub zookeeper: Option<&'a zkgate_discovery::Ensemble>,
+    /// The gateway's root znode (`zookeeper.root`), under which a plugin keeps its nodes.
+    pub zk_root: &'a str,
+    /// A digest of the route's settings that shape what its upstream answers (upstream,
+    /// rewrite, header edits): a cache keys its entries under it, so that a reload changing
+    /// them does not serve answers made under the old ones.
+    pub route_digest: [u8; 16],
 }
 
 impl PluginCx<'_> {
@@ -279,6 +362,8 @@ impl Resources {
 macro_rules! plugins {
     ($($key:literal => $kind:ident($plugin:ty),)+) => {
         /// A route's `plugin:` section: exactly one kind.
+        // Parsed once per config load, never on the request path: its size does not matter.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
         #[serde(deny_unknown_fields)]
         pub enum PluginSection {
@@ -348,6 +433,102 @@ macro_rules! plugins {
             pub fn tick(&self) {
                 match self {
                     $(RoutePlugin::$kind(p) => p.tick(),)+
+                }
+            }
+
+            /// See [`HttpPlugin::cache_log`].
+            pub fn cache_log(&self, state: &PluginState) -> Option<&'static str> {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => p.cache_log(s),)+
+                    _ => None,
+                }
+            }
+
+            /// See [`HttpPlugin::shutdown`].
+            pub async fn shutdown(&self) {
+                match self {
+                    $(RoutePlugin::$kind(p) => p.shutdown().await,)+
+                }
+            }
+
+            /// See [`HttpPlugin::cache_hit_filter`].
+            pub async fn cache_hit_filter(
+                &self,
+                session: &mut Session,
+                meta: &CacheMeta,
+                hit: &mut HitHandler,
+                is_fresh: bool,
+                request: &RequestInfo<'_>,
+                state: &mut PluginState,
+            ) -> pingora::Result<Option<ForcedFreshness>> {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => {
+                        p.cache_hit_filter(session, meta, hit, is_fresh, request, s).await
+                    })+
+                    _ => Ok(None),
+                }
+            }
+
+            /// See [`HttpPlugin::cache_miss`].
+            pub fn cache_miss(
+                &self,
+                session: &mut Session,
+                request: &RequestInfo<'_>,
+                state: &mut PluginState,
+            ) {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => {
+                        p.cache_miss(session, request, s)
+                    })+
+                    _ => {}
+                }
+            }
+
+            /// See [`HttpPlugin::should_serve_stale`].
+            pub fn should_serve_stale(
+                &self,
+                session: &mut Session,
+                error: Option<&pingora::Error>,
+                request: &RequestInfo<'_>,
+                state: &mut PluginState,
+            ) -> Option<bool> {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => {
+                        p.should_serve_stale(session, error, request, s)
+                    })+
+                    _ => None,
+                }
+            }
+
+            /// See [`HttpPlugin::cache_vary_filter`].
+            pub fn cache_vary_filter(
+                &self,
+                meta: &CacheMeta,
+                req: &RequestHeader,
+                state: &mut PluginState,
+            ) -> Option<HashBinary> {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => {
+                        p.cache_vary_filter(meta, req, s)
+                    })+
+                    _ => None,
+                }
+            }
+
+            /// See [`HttpPlugin::request_body_filter`].
+            pub async fn request_body_filter(
+                &self,
+                session: &mut Session,
+                body: &mut Option<Bytes>,
+                end_of_stream: bool,
+                request: &RequestInfo<'_>,
+                state: &mut PluginState,
+            ) -> pingora::Result<()> {
+                match (self, state) {
+                    $((RoutePlugin::$kind(p), PluginState::$kind(s)) => {
+                        p.request_body_filter(session, body, end_of_stream, request, s).await
+                    })+
+                    _ => Ok(()),
                 }
             }
 
@@ -562,6 +743,9 @@ mod tests {
             upstreams: &|_| None,
             prev: None,
             resources,
+            zookeeper: None,
+            zk_root: "/zkgate",
+            route_digest: [0; 16],
         }
     }
 

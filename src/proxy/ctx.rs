@@ -38,6 +38,10 @@ pub struct RequestCtx {
     pub(super) plugin: PluginState,
     /// Whether the request is a WebSocket handshake, or already its tunnel.
     pub(super) tunnel: super::upgrade::Tunnel,
+    /// Whether the gateway made this request itself (a cache entry's background refresh).
+    pub(super) subrequest: bool,
+    /// SHA-256 of the verified client certificate, for a route plugin on an mTLS connection.
+    pub(super) client_cert_sha256: Option<[u8; 32]>,
 }
 
 impl RequestCtx {
@@ -57,6 +61,8 @@ impl RequestCtx {
             error_body_room: None,
             plugin: PluginState::None,
             tunnel: Default::default(),
+            subrequest: false,
+            client_cert_sha256: None,
         }
     }
 
@@ -77,6 +83,8 @@ impl RequestCtx {
         let request = RequestInfo {
             normalized_path: self.normalized_path.as_deref(),
             client: self.client,
+            subrequest: self.subrequest,
+            client_cert_sha256: self.client_cert_sha256.as_ref(),
         };
         Some((plugin, request, &mut self.plugin))
     }

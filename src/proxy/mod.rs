@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::HeaderValue;
-use pingora::cache::{CacheKey, NoCacheReason, RespCacheable};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{
+    CacheKey, CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -217,7 +220,15 @@ impl ProxyHttp for Gateway {
         }
         ctx.route = found;
         let route = found.map(|id| snapshot.routes.get(id));
-        if let Some(refused) = route.and_then(|r| admit(r, ctx, &session.req_header().headers)) {
+        // A cache entry's background refresh is the gateway's own request: the client it
+        // stands for was admitted already, so it takes neither a rate token nor a slot.
+        ctx.subrequest = session.subrequest_ctx.is_some();
+        let admitted = if ctx.subrequest {
+            None
+        } else {
+            route.and_then(|r| admit(r, ctx, &session.req_header().headers))
+        };
+        if let Some(refused) = admitted {
             let outcome = refuse(session, refused).await;
             ctx.snapshot = Some(snapshot);
             return outcome;
@@ -232,9 +243,12 @@ impl ProxyHttp for Gateway {
         }
         if let Some(plugin) = route.and_then(|r| r.plugin.as_ref()) {
             ctx.plugin = plugin.new_state();
+            ctx.client_cert_sha256 = client_cert_sha256(session);
             let request = RequestInfo {
                 normalized_path: ctx.normalized_path.as_deref(),
                 client: ctx.client,
+                subrequest: ctx.subrequest,
+                client_cert_sha256: ctx.client_cert_sha256.as_ref(),
             };
             let answered = plugin
                 .request_filter(session, &request, &mut ctx.plugin)
@@ -252,20 +266,25 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(chunk) = body else { return Ok(()) };
         if upgrade::is_open(ctx) {
             return Ok(());
         }
-        ctx.request_body_bytes += chunk.len() as u64;
-        if let Some(limit) = ctx.route().and_then(|r| r.max_request_body) {
-            if ctx.request_body_bytes > limit {
-                return Err(gateway_failure(413, "request body too large"));
+        if let Some(chunk) = body {
+            ctx.request_body_bytes += chunk.len() as u64;
+            if let Some(limit) = ctx.route().and_then(|r| r.max_request_body) {
+                if ctx.request_body_bytes > limit {
+                    return Err(gateway_failure(413, "request body too large"));
+                }
             }
+        }
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.request_body_filter(session, body, end_of_stream, &request, state)
+                .await?;
         }
         Ok(())
     }
@@ -305,6 +324,55 @@ impl ProxyHttp for Gateway {
         }
         // Pingora's default.
         Ok(RespCacheable::Uncacheable(NoCacheReason::Custom("default")))
+    }
+
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        if let Some((p, request, state)) = ctx.plugin() {
+            p.cache_miss(session, &request, state);
+        }
+        session.cache.cache_miss();
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        hit: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        match ctx.plugin() {
+            Some((p, request, state)) => {
+                p.cache_hit_filter(session, meta, hit, is_fresh, &request, state)
+                    .await
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let (p, _, state) = ctx.plugin()?;
+        p.cache_vary_filter(meta, req, state)
+    }
+
+    /// The plugin decides; by default (Pingora's) stale is served only on an upstream error.
+    fn should_serve_stale(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        if let Some((p, request, state)) = ctx.plugin() {
+            if let Some(serve) = p.should_serve_stale(session, error, &request, state) {
+                return serve;
+            }
+        }
+        error.is_some_and(|e| e.esource() == &ErrorSource::Upstream)
     }
 
     async fn upstream_peer(
@@ -648,7 +716,17 @@ impl ProxyHttp for Gateway {
             ctx.upstream_time,
         );
         if let Some(log) = &self.access_log {
-            log.record(session, status, elapsed, route.map(|r| &*r.name), backend);
+            let cache = route
+                .and_then(|r| r.plugin.as_ref())
+                .and_then(|p| p.cache_log(&ctx.plugin));
+            log.record(
+                session,
+                status,
+                elapsed,
+                route.map(|r| &*r.name),
+                backend,
+                cache,
+            );
         }
     }
 }
@@ -674,6 +752,24 @@ impl Gateway {
             &self.forwarding,
         )
     }
+}
+
+/// SHA-256 of the client certificate of the request's TLS connection, if it gave one.
+fn client_cert_sha256(session: &Session) -> Option<[u8; 32]> {
+    let hex = crate::tls::TlsInfo::of(session.digest())?
+        .client
+        .as_ref()?
+        .fingerprint
+        .as_bytes();
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *o = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 /// How an upstream call ended, from the backend's answer or the error the request failed with.

@@ -232,6 +232,10 @@ pub struct RouteEnv<'a> {
     pub resources: &'a crate::plugin::Resources,
     /// The names of the config's listeners, in order: a route's `listeners` refer to them.
     pub listeners: &'a [&'a str],
+    /// The ZooKeeper ensemble, for plugins that keep state there.
+    pub zookeeper: Option<&'a zkgate_discovery::Ensemble>,
+    /// The root znode (`zookeeper.root`, or its default).
+    pub zk_root: &'a str,
 }
 
 impl RouteEnv<'_> {
@@ -241,6 +245,22 @@ impl RouteEnv<'_> {
 }
 
 impl RouteSection {
+    /// A digest of what shapes the upstream's answers: the upstream's name, the rewrite and
+    /// the header edits (secret values as shown, so a changed secret keeps the digest).
+    fn digest(&self) -> [u8; 16] {
+        let shaping = (
+            &self.upstream,
+            &self.rewrite,
+            &self.request_headers,
+            &self.response_headers,
+        );
+        let text = serde_json::to_vec(&shaping).unwrap_or_default();
+        let sha = ring::digest::digest(&ring::digest::SHA256, &text);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&sha.as_ref()[..16]);
+        out
+    }
+
     /// Builds the route at `at`, or reports why it cannot be. `prev` is the previous config's
     /// route of the same name: its limiters take over their state when unchanged, and its
     /// plugin is handed to the new plugin's build. The name's
@@ -268,6 +288,9 @@ impl RouteSection {
                 upstreams: &lookup,
                 prev: prev.and_then(|p| p.plugin.as_ref()),
                 resources: env.resources,
+                zookeeper: env.zookeeper,
+                zk_root: env.zk_root,
+                route_digest: self.digest(),
             };
             p.build(&cx, errors)
         });
@@ -743,6 +766,8 @@ mod tests {
             declared: &declared,
             resources: crate::plugin::Resources::process(),
             listeners: &["web", "tls"],
+            zookeeper: None,
+            zk_root: "/zkgate",
         };
         let mut errors = ConfigErrors::default();
         let built = routes

@@ -524,6 +524,8 @@ mod tests {
             declared: &declared,
             resources: &crate::plugin::Resources::default(),
             listeners: &["web", "tls"],
+            zookeeper: None,
+            zk_root: "/zkgate",
         };
         let mut errors = ConfigErrors::default();
         let routes = sections

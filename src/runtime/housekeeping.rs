@@ -2,7 +2,7 @@
 //! 100 ms it walks the serving snapshot and ticks each upstream (ejections that are over, the
 //! local zone, slow-start ramps, gauges, the health checks that are due) and each route plugin
 //! (spool replays); every 10 s the routes' rate limiters forget the keys whose buckets have
-//! refilled. It takes the snapshot afresh on each tick, so what a reload adds is kept from the
+//! refilled; on shutdown it calls each plugin's `shutdown`. It takes the snapshot afresh on each tick, so what a reload adds is kept from the
 //! next tick on and what it drops is left alone.
 
 use std::sync::Arc;
@@ -59,6 +59,19 @@ impl Housekeeping {
     }
 }
 
+impl Housekeeping {
+    /// Lets each plugin of the serving config undo what it did outside the process (a
+    /// cache's O2 subscription), one after the other, within the shutdown grace period.
+    async fn shutdown_plugins(&self) {
+        let snapshot = self.live.load_full();
+        for r in snapshot.routes.routes() {
+            if let Some(plugin) = &r.plugin {
+                plugin.shutdown().await;
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -67,7 +80,10 @@ impl BackgroundService for Housekeeping {
         let mut n = 0u64;
         loop {
             tokio::select! {
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    self.shutdown_plugins().await;
+                    return;
+                }
                 _ = tick.tick() => {
                     n += 1;
                     self.tick(n);

@@ -1,4 +1,494 @@
 //! The one place zkgate calls `pingora::cache`, whose API is marked unstable: enabling the
 //! cache with our storage and lock, keys, metas, and the storage traits over `store::Store`.
 //!
-//! CONTRACT (issue 14): owned by T1.
+//! What an entry needs besides Pingora's meta (its tags, target, kind, class, hard expiry, the
+//! time its request was sent, whether to synthesize an `ETag`) travels from the response
+//! filter to the miss handler in the meta's extensions, which Pingora hands to
+//! [`Storage::get_miss_handler`] untouched.
+
+use std::any::Any;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, ETAG, SET_COOKIE, TRANSFER_ENCODING, UPGRADE};
+use pingora::cache::key::{CacheHashKey, HashBinary};
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::storage::{HandleHit, HandleMiss, MissFinishType};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, HitHandler,
+    MissHandler, NoCacheReason, PurgeOutcome, PurgeTarget, PurgeType, RespCacheable, Storage,
+};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+
+use super::policy::Admission;
+use super::status::CacheOutcome;
+use super::store::{Entry, EvictReason, KeyHash, StoreClass, TagId};
+use super::Shared;
+use crate::plugin::Resources;
+
+/// The cache lock of one store and how long readers wait on it.
+#[derive(Clone, Copy)]
+pub struct LockOptions {
+    lock: &'static CacheKeyLockImpl,
+    wait: Duration,
+}
+
+/// The lock of the store `store`, made the first time with writers timing out after `age`
+/// (a process-lifetime value, as Pingora wants it `'static`: it survives reloads, so a new
+/// `age` applies from the next process).
+pub fn lock_for(resources: &Resources, store: &str, age: Duration, wait: Duration) -> LockOptions {
+    let lock: &'static CacheLock = resources.get_or_init(store, || CacheLock::new(age));
+    LockOptions { lock, wait }
+}
+
+/// Our storage as Pingora sees it: a leaked wrapper around the store of one name.
+pub struct StoreBackend {
+    shared: &'static Shared,
+}
+
+/// The storage of `shared`, made once per store name.
+fn storage(resources: &Resources, shared: &'static Shared) -> &'static StoreBackend {
+    resources.get_or_init(&shared.name, || StoreBackend { shared })
+}
+
+/// The adapter's handle on one store: its storage and its lock, ready for [`enable`].
+#[derive(Clone, Copy)]
+pub struct Enabler {
+    storage: &'static StoreBackend,
+    lock: Option<LockOptions>,
+}
+
+impl Enabler {
+    pub fn new(resources: &Resources, shared: &'static Shared, lock: Option<LockOptions>) -> Self {
+        Enabler {
+            storage: storage(resources, shared),
+            lock,
+        }
+    }
+}
+
+/// Turns the cache on for this request, with our storage and the store's lock.
+pub fn enable(session: &mut Session, e: &Enabler) {
+    let (lock, overrides) = match e.lock {
+        Some(l) => {
+            let mut o = CacheOptionOverrides::default();
+            o.wait_timeout = Some(l.wait);
+            // One wait, then the reader goes to the origin itself (nginx's
+            // proxy_cache_lock_timeout): a stuck writer never queues readers twice.
+            o.max_lock_retries = Some(1);
+            (Some(l.lock), Some(o))
+        }
+        None => (None, None),
+    };
+    session.cache.enable(e.storage, None, None, lock, overrides);
+}
+
+/// The cache key: the route's namespace (a digest of what shapes its upstream's answers, so a
+/// reload that changes them starts that route cold) framed before the primary bytes.
+pub fn key(primary: &[u8], namespace: &[u8; 16]) -> CacheKey {
+    let mut bytes = Vec::with_capacity(namespace.len() + primary.len());
+    bytes.extend_from_slice(namespace);
+    bytes.extend_from_slice(primary);
+    CacheKey::new(bytes, "")
+}
+
+/// What an entry carries besides the meta, from the response filter to the miss handler.
+#[derive(Clone, Debug)]
+pub struct EntryFacts {
+    pub tags: Box<[TagId]>,
+    pub class: StoreClass,
+    pub target: Box<str>,
+    pub kind: u16,
+    /// When the upstream request went out (ms since the epoch).
+    pub created_ms: u64,
+    /// The latest the entry may live to: freshness, stale windows and the token's `exp`.
+    pub hard_expiry_ms: u64,
+    pub synth_etag: bool,
+    /// Bodies larger than this are streamed to the client and not stored.
+    pub max_object_size: u64,
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and `Set-Cookie` never enter the store: a stored head
+/// is replayed to HTTP/2 clients too, which reset streams that carry them.
+fn strip_for_storage(resp: &mut ResponseHeader) {
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, SET_COOKIE] {
+        resp.remove_header(&name);
+    }
+    for name in ["keep-alive", "proxy-connection", "proxy-authenticate"] {
+        resp.remove_header(name);
+    }
+}
+
+/// The meta of an admitted response, with `facts` for the store.
+pub fn cacheable(
+    adm: &Admission,
+    resp: &ResponseHeader,
+    now: SystemTime,
+    facts: EntryFacts,
+) -> RespCacheable {
+    let mut header = resp.clone();
+    strip_for_storage(&mut header);
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let mut meta = CacheMeta::new(
+        now + adm.fresh,
+        now,
+        secs(adm.stale_while_revalidate),
+        secs(adm.stale_if_error),
+        header,
+    );
+    meta.extensions_mut().insert(facts);
+    RespCacheable::Cacheable(meta)
+}
+
+/// Whether the declared length is over `max`: such an answer streams through unstored.
+pub fn too_large(resp: &ResponseHeader, max: u64) -> bool {
+    resp.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > max)
+}
+
+/// An uncacheable answer, for `reason`.
+pub fn uncacheable(reason: &'static str) -> RespCacheable {
+    RespCacheable::Uncacheable(NoCacheReason::Custom(reason))
+}
+
+/// The answer "too large to store", which keeps streaming.
+pub fn uncacheable_too_large() -> RespCacheable {
+    RespCacheable::Uncacheable(NoCacheReason::ResponseTooLarge)
+}
+
+/// A hit to be treated as a miss (the requester's token expired since the entry was stored).
+pub fn force_miss() -> ForcedFreshness {
+    ForcedFreshness::ForceMiss
+}
+
+/// A hit taken out of freshness at `expired_at`, its stale windows kept (degraded mode).
+pub fn force_stale(expired_at: SystemTime) -> ForcedFreshness {
+    ForcedFreshness::ForceExpiredServeStale {
+        expired_at: Some(expired_at),
+    }
+}
+
+/// When the entry of `meta` was stored.
+pub fn created(meta: &CacheMeta) -> SystemTime {
+    meta.created()
+}
+
+/// The `Vary` names of a stored response, for the variance.
+pub fn vary_names<'m>(meta: &'m CacheMeta, out: &mut smallvec::SmallVec<[&'m str; 4]>) {
+    for v in meta.headers().get_all(http::header::VARY) {
+        let Ok(v) = v.to_str() else { continue };
+        out.extend(v.split(',').map(str::trim).filter(|n| !n.is_empty()));
+    }
+}
+
+/// The variance as Pingora wants it.
+pub fn variance(hash: Option<[u8; 16]>) -> Option<HashBinary> {
+    hash
+}
+
+/// What the cache did, from Pingora's phase of the request, once the answer's head is known.
+/// `waited` tells a hit that waited on the lock.
+pub fn outcome(session: &Session) -> CacheOutcome {
+    match session.cache.phase() {
+        CachePhase::Hit => {
+            if session.cache.lock_duration().is_some() {
+                CacheOutcome::Collapsed
+            } else {
+                CacheOutcome::Hit
+            }
+        }
+        CachePhase::Stale | CachePhase::StaleUpdating => CacheOutcome::Stale,
+        CachePhase::Miss => CacheOutcome::Miss,
+        CachePhase::Expired => CacheOutcome::Expired,
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheOutcome::Revalidated,
+        CachePhase::Disabled(reason) => match reason {
+            NoCacheReason::CacheLockTimeout | NoCacheReason::CacheLockRetryLimit => {
+                CacheOutcome::Uncacheable("lock-timeout")
+            }
+            NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
+                CacheOutcome::Uncacheable("too-large")
+            }
+            NoCacheReason::Custom(why) => CacheOutcome::Uncacheable(why),
+            NoCacheReason::NeverEnabled => CacheOutcome::None,
+            _ => CacheOutcome::Uncacheable("origin"),
+        },
+        CachePhase::Bypass => CacheOutcome::Uncacheable("bypass"),
+        CachePhase::Uninit | CachePhase::CacheKey => CacheOutcome::None,
+    }
+}
+
+/// Whether the request waited on the lock and then went to the origin on its own.
+pub fn lock_timed_out(session: &Session) -> bool {
+    matches!(
+        session.cache.phase(),
+        CachePhase::Disabled(NoCacheReason::CacheLockTimeout | NoCacheReason::CacheLockRetryLimit)
+    )
+}
+
+/// Seconds of freshness left of the entry being served (negative once stale).
+pub fn ttl(session: &Session, now: SystemTime) -> i64 {
+    let Some(meta) = session.cache.maybe_cache_meta() else {
+        return 0;
+    };
+    let until = meta.fresh_until();
+    match until.duration_since(now) {
+        Ok(left) => left.as_secs() as i64,
+        Err(past) => -(past.duration().as_secs() as i64) - 1,
+    }
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn storage_error(context: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, context)
+}
+
+#[async_trait]
+impl Storage for StoreBackend {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> pingora::Result<Option<(CacheMeta, HitHandler)>> {
+        let now = crate::clock::now_ms();
+        let store = &self.shared.store;
+        // The first lookup has no variance: any variant of the URI tells Pingora the `Vary`
+        // names, and it asks again with the request's variance.
+        let found = match key.variance_bin() {
+            None => store.get_primary(&key.primary_bin(), now).await,
+            Some(_) => store.get(&key.combined_bin(), now).await,
+        };
+        let Some((entry, _tier)) = found else {
+            return Ok(None);
+        };
+        let meta = CacheMeta::deserialize(&entry.meta.0, &entry.meta.1)?;
+        let hit = Hit {
+            body: entry.body.clone(),
+            done: false,
+            range: None,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> pingora::Result<MissHandler> {
+        let facts = meta
+            .extensions()
+            .get::<EntryFacts>()
+            .cloned()
+            .ok_or_else(|| storage_error("cache meta without entry facts"))?;
+        let (internal, header) = meta.serialize()?;
+        Ok(Box::new(Miss {
+            shared: self.shared,
+            key: key.combined_bin(),
+            primary: key.primary_bin(),
+            variance: key.variance_bin(),
+            meta: (internal, header),
+            body: BytesMut::new(),
+            too_large: false,
+            facts,
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> pingora::Result<PurgeOutcome> {
+        let removed = self
+            .shared
+            .store
+            .remove(&target.key().combined_bin(), EvictReason::Purge);
+        Ok(if removed {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    /// After a 304, the entry gets the merged head and new freshness; its body stays.
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> pingora::Result<bool> {
+        let now = crate::clock::now_ms();
+        let hash = key.combined_bin();
+        let Some((old, _)) = self.shared.store.get(&hash, now).await else {
+            return Ok(false);
+        };
+        let (internal, header) = meta.serialize()?;
+        let lifetime = old.hard_expiry_ms.saturating_sub(old.created_ms);
+        let entry = Entry {
+            primary: old.primary,
+            variance: old.variance,
+            meta: (internal.into(), header.into()),
+            body: old.body.clone(),
+            created_ms: now,
+            hard_expiry_ms: now.saturating_add(lifetime),
+            tags: old.tags.clone(),
+            class: old.class,
+            target: old.target.clone(),
+            kind: old.kind,
+        };
+        self.shared.store.insert(hash, entry);
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// A stored body being served.
+struct Hit {
+    body: Bytes,
+    done: bool,
+    range: Option<(usize, usize)>,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> pingora::Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(match self.range {
+            Some((start, end)) => self.body.slice(start..end),
+            None => self.body.clone(),
+        }))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> pingora::Result<()> {
+        let len = self.body.len();
+        let end = end.map_or(len, |e| e.min(len));
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "range outside the body");
+        }
+        self.range = Some((start, end));
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// An origin body being stored as it streams to the client.
+struct Miss {
+    shared: &'static Shared,
+    key: KeyHash,
+    primary: KeyHash,
+    variance: Option<KeyHash>,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+    /// Past `max_object_size`: the bytes are dropped, the client still gets them (trap 7).
+    too_large: bool,
+    facts: EntryFacts,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> pingora::Result<()> {
+        if self.too_large {
+            return Ok(());
+        }
+        if (self.body.len() + data.len()) as u64 > self.facts.max_object_size {
+            self.too_large = true;
+            self.body = BytesMut::new();
+            return Ok(());
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    /// Stores the entry. A body that outgrew `max_object_size` fails here only: Pingora logs
+    /// it and releases the lock, and the client has had its whole answer.
+    async fn finish(self: Box<Self>) -> pingora::Result<MissFinishType> {
+        if self.too_large {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "body over cache.max_object_size: streamed, not stored",
+            );
+        }
+        let body = self.body.freeze();
+        let meta = stored_meta(&self.meta, &body, self.facts.synth_etag)?;
+        let size = body.len();
+        let f = self.facts;
+        let entry = Entry {
+            primary: self.primary,
+            variance: self.variance,
+            meta,
+            body,
+            created_ms: f.created_ms,
+            hard_expiry_ms: f.hard_expiry_ms,
+            tags: f.tags,
+            class: f.class,
+            target: f.target,
+            kind: f.kind,
+        };
+        self.shared.store.insert(self.key, entry);
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+/// The meta as stored: the length of the whole body known, and the synthesized `ETag` (trap
+/// 10: the answer that filled the entry went out without it, the hits after it carry it).
+fn stored_meta(
+    (internal, header): &(Vec<u8>, Vec<u8>),
+    body: &Bytes,
+    synth_etag: bool,
+) -> pingora::Result<(Bytes, Bytes)> {
+    let mut meta = CacheMeta::deserialize(internal, header)?;
+    let head = meta.response_header_mut();
+    head.insert_header(CONTENT_LENGTH, body.len())?;
+    if synth_etag && !head.headers.contains_key(ETAG) {
+        head.insert_header(ETAG, super::status::synthesized_etag(body))?;
+    }
+    let (internal, header) = meta.serialize()?;
+    Ok((internal.into(), header.into()))
+}
+
+/// The instant of `ms` since the epoch.
+pub fn at_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Milliseconds since the epoch of `t`.
+pub fn to_ms(t: SystemTime) -> u64 {
+    ms(t)
+}

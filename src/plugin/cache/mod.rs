@@ -1,10 +1,11 @@
 //! The `cache` route plugin: an RFC 9111 shared HTTP cache with an `o2ims` profile, and the
 //! `cache_notify` plugin that evicts from it on O2 IMS notifications.
 //!
-//! CONTRACT (issue 14, lead): this file is owned by T1. The submodules and their owners:
-//! adapter, status, metrics: T1 · config, profile, template, key, policy, explain: T2 ·
-//! scope, jwt: T3 · store/*, admin: T4 · o2/*, bus: T5. Only `adapter.rs` names
-//! `pingora::cache` types besides the hook signatures.
+//! One request through the cache: `request_filter` (rule, scope, tags; a bypass stops there)
+//! → `request_cache_filter` (the adapter enables Pingora's cache) → `cache_key_callback` →
+//! `cache_hit_filter` → `response_cache_filter` (admission) → `response_filter`
+//! (`Cache-Status`) → `logging` (metrics, invalidation). Only `adapter.rs` calls into
+//! `pingora::cache`; this file forwards the hooks' Pingora types to it unopened.
 
 pub mod adapter;
 pub mod admin;
@@ -23,10 +24,20 @@ pub mod store;
 pub mod template;
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use http::Method;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{ErrorSource, ErrorType};
+use smallvec::SmallVec;
 
 pub use o2::notify::CacheNotify;
 
-use crate::plugin::{HttpPlugin, PluginBuild, PluginCx, Resources};
+use crate::plugin::{HttpPlugin, PluginBuild, PluginCx, RequestInfo, Resources};
 use crate::section::ConfigErrors;
 
 /// What one store name shares for the life of the process, across reloads and across every
@@ -79,20 +90,363 @@ pub fn stores() -> Vec<&'static Shared> {
         .clone()
 }
 
-/// The `cache` plugin of one route.
+/// The `cache` plugin of one route: a thin glue of phases over the rules (policy), the keys,
+/// the scope and the adapter to Pingora's cache.
 pub struct Cache {
     route: Box<str>,
+    shared: &'static Shared,
+    rules: policy::Rules,
+    key: key::KeyBuilder,
+    scope: Option<scope::ScopeMaker>,
+    enabler: adapter::Enabler,
+    /// A digest of the route's settings that shape its upstream's answers (trap 6).
+    namespace: [u8; 16],
+    max_object_size: u64,
+    statuses: Box<[u16]>,
+    degraded_ttl: Duration,
+    metrics: metrics::RouteCacheMetrics,
 }
 
 /// What the cache works out about one request.
 #[derive(Default)]
 pub struct CacheState {
+    /// The rule the request matched, when the cache is on for it.
+    rule: Option<policy::RuleId>,
+    /// The rule's resource kind, for the metrics.
+    kind: Option<profile::Kind>,
+    /// Whose entries the request may see (set with `rule`).
+    scope: Option<scope::Scope>,
+    /// The tags an entry stored for this request gets.
+    tags: store::TagSet,
     /// What the cache did, for `Cache-Status`, the access log and the metrics.
     pub outcome: status::CacheOutcome,
+    /// What an unsafe method invalidates when it succeeds.
+    invalidate: store::TagSet,
+    /// The gateway's own background refresh of a stale entry.
+    refresh: bool,
+    /// When the upstream request went out (ms since the epoch): the entry's creation time,
+    /// which an eviction during the fetch is newer than.
+    sent_ms: u64,
+    /// The origin's answer is being stored.
+    stored: bool,
+    /// A stale entry answers because the origin failed with this status.
+    stale_on_error: Option<u16>,
 }
 
+impl CacheState {
+    fn bypass(&mut self, why: status::BypassReason) {
+        self.outcome = status::CacheOutcome::Bypass(why);
+    }
+}
+
+thread_local! {
+    /// The primary key's bytes, reused by every request on the thread.
+    static PRIMARY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[async_trait]
 impl HttpPlugin for Cache {
     type State = CacheState;
+
+    /// The rule, the scope (a JWT verified here: a hit runs no later phase an access check
+    /// could sit in) and the tags; a bypass stops here.
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        request: &RequestInfo<'_>,
+        st: &mut CacheState,
+    ) -> pingora::Result<bool> {
+        st.refresh = request.subrequest;
+        let req = session.req_header();
+        let path = request.path(session);
+        if !matches!(req.method, Method::GET | Method::HEAD) {
+            self.rules
+                .invalidations(&req.method, path, &mut st.invalidate);
+        }
+        let Some(m) = self.rules.matched(path) else {
+            st.bypass(status::BypassReason::NoRule);
+            return Ok(false);
+        };
+        st.kind = Some(m.rule.kind);
+        if let Err(why) = self.rules.on_request(&req.method, &req.headers) {
+            st.bypass(why);
+            return Ok(false);
+        }
+        let cert = request.client_cert_sha256.map(|c| &c[..]);
+        let scope = match &self.scope {
+            Some(maker) => maker.scope(m.rule, &req.headers, cert, SystemTime::now()),
+            None if scope::bypass_without_auth(&req.headers, cert.is_some()) => {
+                scope::Scope::Bypass(status::BypassReason::Credentials)
+            }
+            None => scope::Scope::Anonymous,
+        };
+        if let scope::Scope::Bypass(why) = scope {
+            st.bypass(why);
+            return Ok(false);
+        }
+        self.rules.tags(&m, path, &mut st.tags);
+        st.rule = Some(m.id);
+        st.scope = Some(scope);
+        Ok(false)
+    }
+
+    fn request_cache_filter(
+        &self,
+        session: &mut Session,
+        _request: &RequestInfo<'_>,
+        st: &mut CacheState,
+    ) -> pingora::Result<()> {
+        if st.rule.is_some() {
+            adapter::enable(session, &self.enabler);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(
+        &self,
+        session: &Session,
+        request: &RequestInfo<'_>,
+        st: &mut CacheState,
+    ) -> Option<pingora::Result<CacheKey>> {
+        let scope = st.scope.as_ref()?;
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+            .unwrap_or_default();
+        let tag = match scope {
+            scope::Scope::Keyed { tag, .. } => Some(tag),
+            _ => None,
+        };
+        let key = PRIMARY.with_borrow_mut(|buf| {
+            self.key.primary(
+                host,
+                request.path(session),
+                request.query(session),
+                tag,
+                buf,
+            );
+            adapter::key(buf, &self.namespace)
+        });
+        Some(Ok(key))
+    }
+
+    /// A hit for a requester whose token has expired is a miss; in degraded mode an entry
+    /// older than `degraded_ttl` is stale (its stale windows kept, so nobody waits).
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        meta: &CacheMeta,
+        _hit: &mut HitHandler,
+        is_fresh: bool,
+        _request: &RequestInfo<'_>,
+        st: &mut CacheState,
+    ) -> pingora::Result<Option<ForcedFreshness>> {
+        let now = SystemTime::now();
+        if let Some(scope::Scope::Keyed {
+            expires: Some(exp), ..
+        }) = st.scope
+        {
+            if exp <= now {
+                return Ok(Some(adapter::force_miss()));
+            }
+        }
+        if is_fresh && self.shared.channel.degraded() {
+            let cap = adapter::created(meta) + self.degraded_ttl;
+            if cap < now {
+                return Ok(Some(adapter::force_stale(cap)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stale while revalidating within the entry's window; stale on any failure of the origin,
+    /// the gateway's own refusals included (no backend, circuit open, route timeout: trap 4),
+    /// but not on a client's failure.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        error: Option<&pingora::Error>,
+        _request: &RequestInfo<'_>,
+        st: &mut CacheState,
+    ) -> Option<bool> {
+        st.rule?;
+        let Some(e) = error else {
+            return Some(true);
+        };
+        if e.esource() == &ErrorSource::Downstream {
+            return Some(false);
+        }
+        let status = match e.etype() {
+            ErrorType::HTTPStatus(code) if *code < 500 => return Some(false),
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => 502,
+        };
+        st.stale_on_error = Some(status);
+        Some(true)
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        req: &RequestHeader,
+        st: &mut CacheState,
+    ) -> Option<HashBinary> {
+        st.rule?;
+        let mut names = SmallVec::new();
+        adapter::vary_names(meta, &mut names);
+        adapter::variance(self.key.variance(&names, req))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        _request: &RequestInfo<'_>,
+        _upstream_request: &mut RequestHeader,
+        st: &mut CacheState,
+    ) -> pingora::Result<()> {
+        st.sent_ms = crate::clock::now_ms();
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        _request: &RequestInfo<'_>,
+        resp: &ResponseHeader,
+        st: &mut CacheState,
+    ) -> Option<pingora::Result<RespCacheable>> {
+        let id = st.rule?;
+        let status = resp.status.as_u16();
+        if !self.statuses.is_empty() && !self.statuses.contains(&status) {
+            return Some(Ok(adapter::uncacheable("status")));
+        }
+        // Trap 7: a declared length over the bound streams through; an undeclared one is
+        // cut off by the miss handler, which keeps streaming.
+        if adapter::too_large(resp, self.max_object_size) {
+            return Some(Ok(adapter::uncacheable_too_large()));
+        }
+        let now = SystemTime::now();
+        let cap = match st.scope {
+            Some(scope::Scope::Keyed { expires, .. }) => expires,
+            _ => None,
+        };
+        let degraded = self.shared.channel.degraded();
+        let adm = match self.rules.on_response(id, resp, now, cap, degraded) {
+            Ok(adm) => adm,
+            Err(why) => return Some(Ok(adapter::uncacheable(why.as_str()))),
+        };
+        let mut hard = now + adm.fresh + adm.stale_while_revalidate.max(adm.stale_if_error);
+        if let Some(cap) = cap {
+            hard = hard.min(cap);
+        }
+        let target = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
+        let sent = if st.sent_ms == 0 {
+            adapter::to_ms(now)
+        } else {
+            st.sent_ms
+        };
+        let facts = adapter::EntryFacts {
+            tags: st.tags.as_slice().into(),
+            class: adm.class,
+            target: target.into(),
+            kind: st.kind.map_or(0, |k| k as u16),
+            created_ms: sent,
+            hard_expiry_ms: adapter::to_ms(hard),
+            synth_etag: adm.synth_etag,
+            max_object_size: self.max_object_size,
+        };
+        st.stored = true;
+        Some(Ok(adapter::cacheable(&adm, resp, now, facts)))
+    }
+
+    /// `Cache-Status` on every answer of the route, from the store or the origin.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _request: &RequestInfo<'_>,
+        response: &mut ResponseHeader,
+        st: &mut CacheState,
+    ) -> pingora::Result<()> {
+        if st.rule.is_some() {
+            st.outcome = match st.stale_on_error {
+                Some(code) => status::CacheOutcome::StaleIfError(code),
+                None => adapter::outcome(session),
+            };
+        }
+        if st.outcome == status::CacheOutcome::None {
+            return Ok(());
+        }
+        let ttl = if st.outcome.served_from_store() {
+            adapter::ttl(session, SystemTime::now())
+        } else {
+            0
+        };
+        let stored = st.stored && !st.outcome.served_from_store();
+        let value = status::cache_status(st.outcome, ttl, stored, false);
+        response.insert_header(CACHE_STATUS, value)?;
+        Ok(())
+    }
+
+    /// Metrics, and the invalidation by a successful unsafe request, here and (through the
+    /// bus) on every replica.
+    fn logging(
+        &self,
+        session: &Session,
+        _request: &RequestInfo<'_>,
+        _error: Option<&pingora::Error>,
+        st: &mut CacheState,
+    ) {
+        if st.outcome == status::CacheOutcome::None && st.rule.is_some() {
+            st.outcome = adapter::outcome(session);
+        }
+        let kind = st.kind.unwrap_or(profile::Kind::Generic);
+        self.metrics.observe(kind, st.outcome);
+        if st.refresh {
+            self.metrics.refreshes.inc();
+        }
+        if adapter::lock_timed_out(session) {
+            self.metrics.lock_timeouts.inc();
+        }
+        let succeeded = session
+            .response_written()
+            .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
+        if !st.invalidate.is_empty() && succeeded {
+            self.invalidate(&st.invalidate);
+        }
+    }
+
+    fn cache_log(&self, st: &CacheState) -> Option<&'static str> {
+        st.outcome.log_field(st.refresh)
+    }
+}
+
+/// `Cache-Status` (RFC 9211).
+const CACHE_STATUS: &str = "cache-status";
+
+impl Cache {
+    /// Drops what `tags` name: the epochs first, so a fetch in flight since before this
+    /// cannot store what was just invalidated, then the entries, then the other replicas.
+    fn invalidate(&self, tags: &[store::TagId]) {
+        let now = crate::clock::now_ms();
+        for tag in tags {
+            self.shared.store.epochs().bump(*tag, now);
+        }
+        self.shared
+            .store
+            .purge_tags(tags, store::EvictReason::Invalidation);
+        if let Some(bus) = self.shared.bus.get() {
+            bus.publish(tags, now);
+        }
+        self.metrics.invalidations.inc();
+    }
 }
 
 impl PluginBuild for Cache {
@@ -107,10 +461,36 @@ impl PluginBuild for Cache {
     }
 
     fn build(
-        _section: &config::CacheSection,
-        _cx: &PluginCx<'_>,
-        _errors: &mut ConfigErrors,
+        section: &config::CacheSection,
+        cx: &PluginCx<'_>,
+        errors: &mut ConfigErrors,
     ) -> Option<Cache> {
-        todo!("T1")
+        let cfg = section.build(cx.route, cx.at, errors)?;
+        if let config::Replicas::ZooKeeper { .. } = cfg.replicas {
+            if cx.zookeeper.is_none() {
+                errors.push(
+                    cx.at.key("replicas"),
+                    "replicas: zookeeper needs the gateway's zookeeper section",
+                );
+                return None;
+            }
+        }
+        let shared = shared(cx.resources, &cfg.store);
+        let lock = cfg
+            .lock
+            .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
+        Some(Cache {
+            route: cx.route.into(),
+            shared,
+            rules: cfg.rules,
+            key: cfg.key,
+            scope: cfg.scope,
+            enabler: adapter::Enabler::new(cx.resources, shared, lock),
+            namespace: cx.route_digest,
+            max_object_size: cfg.max_object_size,
+            statuses: cfg.statuses,
+            degraded_ttl: cfg.degraded_ttl,
+            metrics: metrics::RouteCacheMetrics::new(cx.route),
+        })
     }
 }
