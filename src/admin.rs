@@ -18,6 +18,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::metrics;
+use crate::plugin::cache;
 use crate::route::Action;
 use crate::runtime::Live;
 use crate::upstream::state::DRAINED;
@@ -44,7 +45,7 @@ impl Refusal {
             ),
             Refusal::FormBody => (
                 StatusCode::FORBIDDEN,
-                "admin writes with a form content type are refused; send no body",
+                "admin writes with a form content type are refused; send no body (application/json to /cache/purge)",
             ),
             Refusal::NoTokenConfigured => (
                 StatusCode::FORBIDDEN,
@@ -260,11 +261,15 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let write = req.method == http::Method::POST;
-        let guarded = req.uri.path() == "/config";
+        // Listed targets may carry identifiers in their queries: read with the token, as /config.
+        let guarded = matches!(req.uri.path(), "/config" | "/cache/entries");
         let refused = admit(req, self.shared.load().admin_token.as_ref(), write, guarded);
         if let Err(why) = refused {
             log::debug!("admin: refused {} {}: {why:?}", req.method, req.uri.path());
             return why.reply();
+        }
+        if write && req.uri.path() == "/cache/purge" {
+            return cache_purge(session).await;
         }
         if write {
             let (status, body) = self.drain(req.uri.path());
@@ -274,7 +279,7 @@ impl ServeHttp for Admin {
             return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "text/plain",
-                b"GET, or POST /upstreams/NAME/ADDR/drain|undrain\n".to_vec(),
+                b"GET, or POST /upstreams/NAME/ADDR/drain|undrain or /cache/purge\n".to_vec(),
             );
         }
         match req.uri.path() {
@@ -290,6 +295,8 @@ impl ServeHttp for Admin {
             }
             "/upstreams" => json_reply(StatusCode::OK, self.upstreams()),
             "/routes" => json_reply(StatusCode::OK, self.routes()),
+            "/cache" => cache_reply(cache::admin::overview()),
+            "/cache/entries" => cache_reply(cache::admin::entries(req.uri.query())),
             "/config" => {
                 let snap = self.shared.load();
                 json_reply(
@@ -300,10 +307,47 @@ impl ServeHttp for Admin {
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                b"not found: try /metrics /healthz /readyz /upstreams /routes /config\n".to_vec(),
+                b"not found: try /metrics /healthz /readyz /upstreams /routes /config /cache\n"
+                    .to_vec(),
             ),
         }
     }
+}
+
+/// The largest `POST /cache/purge` body read.
+const PURGE_BODY_MAX: usize = 64 << 10;
+
+fn cache_reply((status, body): cache::admin::Reply) -> Response<Vec<u8>> {
+    json_reply(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        body,
+    )
+}
+
+/// `POST /cache/purge`: reads the JSON body (bounded), then purges.
+async fn cache_purge(session: &mut ServerSession) -> Response<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= PURGE_BODY_MAX => {
+                body.extend_from_slice(&chunk)
+            }
+            Ok(Some(_)) => {
+                return json_reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({ "error": "a purge body is at most 64 KiB" }),
+                )
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("reading the body: {e}") }),
+                )
+            }
+        }
+    }
+    cache_reply(cache::admin::purge(&body))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod client;
 pub mod gateway;
 pub mod nginx;
 pub mod o2ims;
+pub mod redis;
 pub mod zk;
 
 // Each test file uses some of these names and the benches others.

@@ -333,10 +333,33 @@ impl Store {
 
     /// Removes every entry whose target starts with `prefix` and was created before `older_than_ms`.
     pub fn purge_prefix(&self, prefix: &str, older_than_ms: u64, why: EvictReason) -> usize {
+        self.purge_targets(prefix, false, older_than_ms, why)
+    }
+
+    /// Removes every entry (each variant, each scope) whose target is `target`, created before
+    /// `older_than_ms`.
+    pub fn purge_target(&self, target: &str, older_than_ms: u64, why: EvictReason) -> usize {
+        self.purge_targets(target, true, older_than_ms, why)
+    }
+
+    fn purge_targets(
+        &self,
+        text: &str,
+        exact: bool,
+        older_than_ms: u64,
+        why: EvictReason,
+    ) -> usize {
+        let matches = |t: &str| {
+            if exact {
+                t == text
+            } else {
+                t.starts_with(text)
+            }
+        };
         let doomed: Vec<(KeyHash, Arc<Entry>)> = self
             .memory
             .iter()
-            .filter(|(_, e)| e.target.starts_with(prefix) && e.created_ms < older_than_ms)
+            .filter(|(_, e)| matches(&e.target) && e.created_ms < older_than_ms)
             .collect();
         let n = doomed
             .iter()
@@ -345,7 +368,7 @@ impl Store {
         self.memory.evictions().add(why, n as u64);
         if why != EvictReason::SessionLoss {
             if let Some(r) = &self.redis {
-                r.spawn_purge_prefix(prefix.to_owned(), older_than_ms);
+                r.spawn_purge_prefix(text.to_owned(), exact, older_than_ms);
             }
         }
         n

@@ -513,9 +513,10 @@ impl RedisTier {
         });
     }
 
-    /// Removes the entries whose target starts with `prefix`, created before `older_than_ms`:
-    /// a scan of the store's entries, reading only their heads (an admin purge, not a hot path).
-    pub fn spawn_purge_prefix(&self, prefix: String, older_than_ms: u64) {
+    /// Removes the entries whose target starts with `prefix` (is `prefix` when `exact`),
+    /// created before `older_than_ms`: a scan of the store's entries, reading only their heads
+    /// (an admin purge, not a hot path).
+    pub fn spawn_purge_prefix(&self, prefix: String, exact: bool, older_than_ms: u64) {
         let i = self.inner.clone();
         spawn(async move {
             let Some(mut c) = i.connection() else { return };
@@ -542,7 +543,12 @@ impl RedisTier {
                         continue;
                     };
                     if let Some(h) = decode_head(&head) {
-                        if h.target.starts_with(&prefix) && h.created_ms < older_than_ms {
+                        let hit = if exact {
+                            h.target == prefix
+                        } else {
+                            h.target.starts_with(&prefix)
+                        };
+                        if hit && h.created_ms < older_than_ms {
                             let _ = tokio::time::timeout(
                                 i.cfg.timeout,
                                 redis::cmd("UNLINK").arg(&k).query_async::<i64>(&mut c),
