@@ -126,7 +126,7 @@ impl EpochSink for StoreSink {
             .store
             .purge_tags(&[tag], EvictReason::Invalidation);
         if live {
-            let lag_ms = crate::clock::now_ms().saturating_sub(ms);
+            let lag_ms = super::store::wall_ms().saturating_sub(ms);
             self.remote.observe(lag_ms as f64 / 1000.0);
         }
     }

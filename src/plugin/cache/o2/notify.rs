@@ -243,7 +243,8 @@ impl HttpPlugin for CacheNotify {
             let r = Rejection::too_large(self.max_body as usize);
             return finish(session, problem_head(413)?, &r).await;
         };
-        let now_ms = crate::clock::now_ms();
+        // Unix ms: epochs travel between replicas and are compared with entries' `created_ms`.
+        let now_ms = crate::plugin::cache::store::wall_ms();
         let outcome = match self.shared() {
             Some(shared) => receive(shared, body, now_ms).await,
             None => {
