@@ -140,3 +140,254 @@ pub fn tag(store: &str, t: TagName<'_>) -> TagId {
     }
     TagId(h.digest())
 }
+
+/// What a template's path names, which decides its item or collection tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// One document with no id (`{base}`, `api_versions`): the kind tag covers it.
+    Singleton,
+    /// A list: tagged `c:<path after the base>`, so every page, filter and field set of it
+    /// goes at once.
+    Collection,
+    /// One object, named by the template's last capture: tagged `i:<kind>:<id>`, with every
+    /// query variant and sub-path (`resourceTypes/{typeId}/alarmDictionary`).
+    Item,
+}
+
+/// One path of a profile and its defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct ProfileRule {
+    pub path: &'static str,
+    pub ttl_secs: u64,
+    pub kind: Kind,
+    pub shape: Shape,
+    /// Never shared across credentials (`share: never`).
+    pub share_never: bool,
+    /// Never written to a shared tier (`store: memory_only`).
+    pub memory_only: bool,
+    /// The roles that may read it (oran's OpenAPI `security` table), for `role_class`.
+    pub roles: &'static [&'static str],
+}
+
+const READ: &[&str] = &["o2ims-admin", "o2ims-reader"];
+const DEPLOY: &[&str] = &["o2ims-admin", "o2ims-deployer"];
+const SUBSCRIBE: &[&str] = &["o2ims-admin", "o2ims-reader", "o2ims-subscriber"];
+const ALARMS: &[&str] = &["o2ims-admin", "o2ims-reader", "o2ims-maintainer"];
+
+const fn rule(path: &'static str, ttl_secs: u64, kind: Kind, shape: Shape) -> ProfileRule {
+    ProfileRule {
+        path,
+        ttl_secs,
+        kind,
+        shape,
+        share_never: false,
+        memory_only: false,
+        roles: READ,
+    }
+}
+
+/// The `o2ims` profile (design §1.2). Lifetimes are short where objects change often
+/// (resources, alarms) and long where they are near static (types, dictionaries). The
+/// deployment managers carry cluster credentials (notes §0.3), so they are never shared
+/// across credentials and never leave the memory tier.
+pub const O2IMS: &[ProfileRule] = &[
+    rule("{base}", 1800, Kind::Ocloud, Shape::Singleton),
+    rule("{base}/api_versions", 1800, Kind::Ocloud, Shape::Singleton),
+    rule(
+        "/o2ims-infrastructureInventory/api_versions",
+        1800,
+        Kind::Ocloud,
+        Shape::Singleton,
+    ),
+    rule("/o2ims/api_versions", 1800, Kind::Ocloud, Shape::Singleton),
+    rule(
+        "{base}/resourcePools",
+        300,
+        Kind::ResourcePools,
+        Shape::Collection,
+    ),
+    rule(
+        "{base}/resourcePools/{poolId}",
+        300,
+        Kind::ResourcePools,
+        Shape::Item,
+    ),
+    rule(
+        "{base}/resourcePools/{poolId}/resources",
+        60,
+        Kind::Resources,
+        Shape::Collection,
+    ),
+    rule(
+        "{base}/resourcePools/{poolId}/resources/{resourceId}",
+        60,
+        Kind::Resources,
+        Shape::Item,
+    ),
+    rule("{base}/resources", 60, Kind::Resources, Shape::Collection),
+    rule(
+        "{base}/resources/{resourceId}",
+        60,
+        Kind::Resources,
+        Shape::Item,
+    ),
+    rule(
+        "{base}/resourceTypes",
+        1800,
+        Kind::ResourceTypes,
+        Shape::Collection,
+    ),
+    rule(
+        "{base}/resourceTypes/{typeId}",
+        1800,
+        Kind::ResourceTypes,
+        Shape::Item,
+    ),
+    rule(
+        "{base}/resourceTypes/{typeId}/alarmDictionary",
+        1800,
+        Kind::ResourceTypes,
+        Shape::Item,
+    ),
+    rule(
+        "{base}/alarmDictionaries",
+        1800,
+        Kind::AlarmDictionaries,
+        Shape::Collection,
+    ),
+    rule(
+        "{base}/alarmDictionaries/{alarmDictionaryId}",
+        1800,
+        Kind::AlarmDictionaries,
+        Shape::Item,
+    ),
+    ProfileRule {
+        share_never: true,
+        memory_only: true,
+        roles: DEPLOY,
+        ..rule(
+            "{base}/deploymentManagers",
+            600,
+            Kind::DeploymentManagers,
+            Shape::Collection,
+        )
+    },
+    ProfileRule {
+        share_never: true,
+        memory_only: true,
+        roles: DEPLOY,
+        ..rule(
+            "{base}/deploymentManagers/{dmId}",
+            600,
+            Kind::DeploymentManagers,
+            Shape::Item,
+        )
+    },
+    rule("{base}/locations", 300, Kind::Locations, Shape::Collection),
+    rule(
+        "{base}/locations/{globalLocationId}",
+        300,
+        Kind::Locations,
+        Shape::Item,
+    ),
+    rule(
+        "{base}/oCloudSites",
+        300,
+        Kind::OCloudSites,
+        Shape::Collection,
+    ),
+    rule(
+        "{base}/oCloudSites/{oCloudSiteId}",
+        300,
+        Kind::OCloudSites,
+        Shape::Item,
+    ),
+    ProfileRule {
+        share_never: true,
+        roles: SUBSCRIBE,
+        ..rule(
+            "{base}/subscriptions",
+            30,
+            Kind::Subscriptions,
+            Shape::Collection,
+        )
+    },
+    ProfileRule {
+        share_never: true,
+        roles: SUBSCRIBE,
+        ..rule(
+            "{base}/subscriptions/{subscriptionId}",
+            30,
+            Kind::Subscriptions,
+            Shape::Item,
+        )
+    },
+    ProfileRule {
+        roles: ALARMS,
+        ..rule(
+            "/o2ims-infrastructureMonitoring/{version}/alarms",
+            30,
+            Kind::Alarms,
+            Shape::Collection,
+        )
+    },
+    ProfileRule {
+        roles: ALARMS,
+        ..rule(
+            "/o2ims-infrastructureMonitoring/{version}/alarms/{alarmEventRecordId}",
+            30,
+            Kind::Alarms,
+            Shape::Item,
+        )
+    },
+    ProfileRule {
+        share_never: true,
+        roles: ALARMS,
+        ..rule(
+            "/o2ims-infrastructureMonitoring/{version}/alarmSubscriptions",
+            30,
+            Kind::AlarmSubscriptions,
+            Shape::Collection,
+        )
+    },
+    ProfileRule {
+        share_never: true,
+        roles: ALARMS,
+        ..rule(
+            "/o2ims-infrastructureMonitoring/{version}/alarmSubscriptions/{alarmSubscriptionId}",
+            30,
+            Kind::AlarmSubscriptions,
+            Shape::Item,
+        )
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::cache::template::Template;
+
+    #[test]
+    fn every_profile_template_compiles_and_items_capture_their_id() {
+        for r in O2IMS {
+            let t = Template::compile(r.path).unwrap_or_else(|e| panic!("{}: {e}", r.path));
+            assert!(!t.is_empty());
+            if r.shape == Shape::Item {
+                assert!(r.path.contains("}/") || r.path.ends_with('}'), "{}", r.path);
+            }
+        }
+    }
+
+    #[test]
+    fn tags_differ_by_store_and_by_text() {
+        let a = tag("o2", TagName::Item(Kind::Resources, "R1"));
+        assert_eq!(a, tag("o2", TagName::Item(Kind::Resources, "R1")));
+        assert_ne!(a, tag("o3", TagName::Item(Kind::Resources, "R1")));
+        assert_ne!(a, tag("o2", TagName::Item(Kind::Resources, "R2")));
+        assert_ne!(a, tag("o2", TagName::Item(Kind::ResourcePools, "R1")));
+        assert_ne!(
+            tag("o2", TagName::Collection("resources")),
+            tag("o2", TagName::Uri("resources"))
+        );
+    }
+}
