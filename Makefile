@@ -30,10 +30,10 @@ deps:
 # The end-to-end tests start real servers: ZooKeeper (with its JRE), Alertmanager and nginx (the
 # reference for the hardening tests) among them.
 ## deps-test: deps, and the real servers and clients the end-to-end tests start (ZooKeeper,
-##   Alertmanager, nginx, h2load; Python's websockets and grpcio)
+##   Alertmanager, nginx, h2load, Redis, Varnish; Python's websockets, grpcio and cryptography)
 deps-test: deps
-	@$(ENSURE) zookeeper prometheus-alertmanager nginx-light nghttp2-client
-	@python3 -c 'import websockets, grpc' 2>/dev/null || python3 -m pip install -q -r tests/requirements.txt
+	@$(ENSURE) zookeeper prometheus-alertmanager nginx-light nghttp2-client redis-server varnish
+	@python3 -c 'import websockets, grpc, cryptography' 2>/dev/null || python3 -m pip install -q -r tests/requirements.txt
 
 ## deps-musl: deps, and musl-tools with the Rust musl target for the static binary
 deps-musl: deps

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod client;
 pub mod gateway;
 pub mod nginx;
+pub mod o2ims;
 pub mod zk;
 
 // Each test file uses some of these names and the benches others.
