@@ -12,7 +12,7 @@ ENSURE       := scripts/ensure-packages.sh
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config alert_payload zk_instance path proxy_protocol
 
-.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-tls bench-webhook docker deps deps-test deps-musl zk-up zk-down clean
+.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-tls bench-webhook bench-cache bench-cache-propagation docker deps deps-test deps-musl zk-up zk-down clean
 
 # `make` alone installs the build's packages, as it always has; `make help` lists the targets.
 .DEFAULT_GOAL := deps
@@ -103,6 +103,14 @@ bench-tls: build deps-test
 ## bench-webhook: Alertmanager webhooks through the alert plugin against proxying the same payload
 bench-webhook: build
 	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate benches/webhook.sh
+
+## bench-cache: cache hits through zkgate against nginx proxy_cache and Varnish, 200 B and 20 KiB, one CPU each
+bench-cache: build deps-test
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate benches/cache-compare.sh
+
+## bench-cache-propagation: O2 notification to eviction on 3 replicas (ZooKeeper), p50/p99 over 200 rounds
+bench-cache-propagation: deps-test
+	$(CARGO) bench --bench cache-propagation
 
 ## docker: the scratch image (needs a container engine; see README)
 docker: build-optimized
