@@ -131,5 +131,63 @@ pub fn explain(
             println!("forwarded: {method} {rewritten}");
         }
     }
+    if let Some(crate::plugin::RoutePlugin::Cache(_)) = &route.plugin {
+        // The key takes the Host header as the proxy sees it (port included).
+        let host = map.get(HOST).map_or(&b""[..], |v| v.as_bytes());
+        if let Err(why) = explain_cache(&src, &route.name, &method, host, &path, uri.query(), &map)
+        {
+            return fail(why);
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// The cache's view of the request: its rule, scope, key and tags. The built plugin keeps its
+/// parts private, so the route's section is read and built again from the same source.
+fn explain_cache(
+    src: &Source,
+    route: &str,
+    method: &Method,
+    host: &[u8],
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    use crate::plugin::cache::explain::{explain, Request};
+    use crate::plugin::PluginSection;
+    use crate::section::{At, ConfigErrors};
+
+    let text = src
+        .read()
+        .map_err(|e| format!("{} error(s) reading the config", e.len()))?;
+    let raw = crate::config::parse::parse(&text)
+        .map_err(|e| format!("{} error(s) parsing the config", e.len()))?;
+    let Some((i, section)) = raw
+        .routes
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| match &r.plugin {
+            Some(PluginSection::Cache(c)) if r.name == route => Some((i, c)),
+            _ => None,
+        })
+    else {
+        return Err(format!("route `{route}` has no cache section"));
+    };
+    let mut errors = ConfigErrors::default();
+    let at = At::root().index("routes", i).key("plugin").key("cache");
+    let Some(cfg) = section.build(route, &at, &mut errors) else {
+        return Err(format!("the cache section of `{route}` does not build"));
+    };
+    let request = Request {
+        method,
+        host,
+        path,
+        query,
+        headers,
+        now: std::time::SystemTime::now(),
+    };
+    for (label, line) in explain(&cfg, &request) {
+        println!("{:<10} {line}", format!("{label}:"));
+    }
+    Ok(())
 }

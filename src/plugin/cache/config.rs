@@ -441,7 +441,11 @@ mod tests {
         assert!(c.scope.is_none());
         assert_eq!(c.key.query(), &QueryKey::Keep);
         let only = &c.rules.all()[0];
-        assert!(only.from_origin);
+        assert!(
+            c.rules
+                .meta(crate::plugin::cache::policy::RuleId(0))
+                .from_origin
+        );
         assert_eq!(
             (only.stale_while_revalidate, only.stale_if_error),
             (Duration::ZERO, Duration::ZERO)

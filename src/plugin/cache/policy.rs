@@ -50,18 +50,17 @@ pub struct Rule {
     /// The roles a `role_class` scope intersects the token's roles with.
     pub roles: Box<[Box<str>]>,
     pub kind: Kind,
+}
+
+/// What a rule knows besides the contract's [`Rule`] (kept apart so that struct's literal
+/// stays as the other modules' tests write it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleMeta {
     /// What the path names (item, list, singleton), for its tags.
     pub shape: Shape,
     /// No lifetime of its own: the origin's explicit one, else the RFC 9111 §4.2.2 heuristic.
     /// The implicit last rule of a route without a profile.
     pub from_origin: bool,
-}
-
-impl Rule {
-    /// False for a rule written with `ttl: 0`: its paths bypass the cache.
-    pub fn caches(&self) -> bool {
-        self.from_origin || !self.ttl.is_zero()
-    }
 }
 
 /// A rule that matched a path, with the ids the template captured (`poolId`, `resourceId`...).
@@ -74,12 +73,19 @@ pub struct Matched<'a> {
     /// The path after the API base, without its leading or trailing slash
     /// (`resourcePools/P1/resources`): the collection tag's text.
     pub rest: &'a str,
+    /// The rule's shape and lifetime source.
+    pub meta: RuleMeta,
 }
 
-impl Matched<'_> {
+impl<'a> Matched<'a> {
+    /// False for a rule written with `ttl: 0`: its paths bypass the cache.
+    pub fn caches(&self) -> bool {
+        self.meta.from_origin || !self.rule.ttl.is_zero()
+    }
+
     /// The item's id: the last capture, when the rule names an item.
-    pub fn item(&self) -> Option<&str> {
-        if self.rule.shape != Shape::Item {
+    pub fn item(&self) -> Option<&'a str> {
+        if self.meta.shape != Shape::Item {
             return None;
         }
         self.ids.iter().rev().flatten().next().map(|(_, v)| *v)
@@ -176,6 +182,7 @@ pub enum ClassWord {
 #[derive(Debug)]
 pub struct Rules {
     rules: Box<[Rule]>,
+    metas: Box<[RuleMeta]>,
     /// Every compiled template and the index of its rule, in match order.
     templates: Box<[(Template, u16)]>,
     /// `f:` and `k:` of each rule, hashed at build.
@@ -216,6 +223,7 @@ impl Rules {
         let before = errors.len();
         let profile: &[profile::ProfileRule] = if defaults.o2ims { profile::O2IMS } else { &[] };
         let mut rules: Vec<Rule> = Vec::new();
+        let mut metas: Vec<RuleMeta> = Vec::new();
         let mut templates: Vec<(Template, u16)> = Vec::new();
         let mut used = vec![false; profile.len()];
         let mut seen: Vec<&str> = Vec::new();
@@ -272,9 +280,11 @@ impl Rules {
                     (None, None) => Box::default(),
                 },
                 kind: base.map_or(Kind::Generic, |b| b.kind),
+            };
+            metas.push(RuleMeta {
                 shape: base.map_or_else(|| shape_of(&r.path), |b| b.shape),
                 from_origin: r.ttl.is_none() && base.is_none(),
-            };
+            });
             check_rule(&rule, section, at, errors);
             let id = rules.len() as u16;
             match Template::compile(&r.path) {
@@ -305,6 +315,8 @@ impl Rules {
                 scope: None,
                 roles: p.roles.iter().map(|s| (*s).into()).collect(),
                 kind: p.kind,
+            });
+            metas.push(RuleMeta {
                 shape: p.shape,
                 from_origin: false,
             });
@@ -327,6 +339,8 @@ impl Rules {
                 scope: None,
                 roles: Box::default(),
                 kind: Kind::Generic,
+            });
+            metas.push(RuleMeta {
                 shape: Shape::Collection,
                 from_origin: true,
             });
@@ -348,6 +362,7 @@ impl Rules {
             .collect();
         Some(Rules {
             rules: rules.into(),
+            metas: metas.into(),
             templates: templates.into(),
             kind_tags,
             store: store.into(),
@@ -365,6 +380,11 @@ impl Rules {
         &self.rules
     }
 
+    /// The shape and lifetime source of rule `id`.
+    pub fn meta(&self, id: RuleId) -> RuleMeta {
+        self.metas[usize::from(id.0)]
+    }
+
     /// The store the tags are hashed for.
     pub fn store(&self) -> &str {
         &self.store
@@ -380,6 +400,7 @@ impl Rules {
                 rule: &self.rules[usize::from(*id)],
                 ids: c.ids,
                 rest: c.rest,
+                meta: self.metas[usize::from(*id)],
             })
         })
     }
@@ -387,7 +408,7 @@ impl Rules {
     /// The rule for `path`, if any: `None` when no rule matches or the first match says
     /// `ttl: 0` (both bypass the cache as `no-rule`).
     pub fn matched<'a>(&'a self, path: &'a str) -> Option<Matched<'a>> {
-        self.lookup(path).filter(|m| m.rule.caches())
+        self.lookup(path).filter(Matched::caches)
     }
 
     pub fn rule(&self, id: RuleId) -> &Rule {
@@ -441,6 +462,7 @@ impl Rules {
         degraded: bool,
     ) -> Result<Admission, NoStoreReason> {
         let rule = self.rule(id);
+        let meta = self.metas[usize::from(id.0)];
         let headers = &resp.headers;
         let status = resp.status.as_u16();
         if !self.statuses.contains(&status) {
@@ -492,7 +514,7 @@ impl Rules {
                 http_date(expires)
                     .and_then(|e| e.duration_since(date).ok())
                     .unwrap_or_default()
-            } else if rule.from_origin {
+            } else if meta.from_origin {
                 heuristic(status, headers, now)
             } else {
                 rule.ttl
@@ -550,7 +572,7 @@ impl Rules {
             let (family, k) = self.kind_tags[usize::from(m.id.0)];
             out.push(family);
             out.push(k);
-            match m.rule.shape {
+            match m.meta.shape {
                 Shape::Item => {
                     if let Some(id) = m.item() {
                         out.push(profile::tag(&self.store, TagName::Item(kind, id)));
@@ -563,6 +585,26 @@ impl Rules {
             }
         }
         out.push(profile::tag(&self.store, TagName::Uri(normalized(path))));
+    }
+
+    /// The names of the tags [`Rules::tags`] gives, in the same order, for `explain`.
+    pub fn tag_names<'a>(&self, m: &Matched<'a>, path: &'a str, mut f: impl FnMut(TagName<'a>)) {
+        f(TagName::Ns);
+        let kind = m.rule.kind;
+        if kind != Kind::Generic {
+            f(TagName::Family(kind.family()));
+            f(TagName::Kind(kind));
+            match m.meta.shape {
+                Shape::Item => {
+                    if let Some(id) = m.item() {
+                        f(TagName::Item(kind, id));
+                    }
+                }
+                Shape::Collection => f(TagName::Collection(m.rest)),
+                Shape::Singleton => {}
+            }
+        }
+        f(TagName::Uri(normalized(path)));
     }
 
     /// What an unsafe `method` on `path` invalidates when it succeeds (RFC 9111 §4.4): the
@@ -584,7 +626,7 @@ impl Rules {
         if kind == Kind::Generic {
             return;
         }
-        match m.rule.shape {
+        match m.meta.shape {
             Shape::Item => {
                 if let Some(id) = m.item() {
                     out.push(profile::tag(&self.store, TagName::Item(kind, id)));
@@ -1190,7 +1232,7 @@ mod tests {
             .matched("/o2ims-infrastructureInventory/v2/resourcePools/P/resources")
             .unwrap();
         assert_eq!(
-            (m.rule.ttl, m.rule.kind, m.rule.shape),
+            (m.rule.ttl, m.rule.kind, m.meta.shape),
             (secs(5), Kind::Resources, Shape::Collection)
         );
         assert!(r
@@ -1201,7 +1243,7 @@ mod tests {
             .is_some());
         let m = r.matched("/extra/1").unwrap();
         assert_eq!(
-            (m.rule.kind, m.rule.shape, m.item()),
+            (m.rule.kind, m.meta.shape, m.item()),
             (Kind::Generic, Shape::Item, Some("1"))
         );
         // An o2ims route caches no path outside its rules.
@@ -1213,7 +1255,7 @@ mod tests {
         let r = rules("{ rules: [{ path: /private/**, ttl: 0 }, { path: /**, ttl: 1m }] }");
         assert!(r.matched("/private/a").is_none());
         assert_eq!(r.matched("/a").unwrap().rule.ttl, secs(60));
-        assert!(!r.matched("/a").unwrap().rule.from_origin);
+        assert!(!r.matched("/a").unwrap().meta.from_origin);
     }
 
     #[test]
@@ -1320,6 +1362,25 @@ mod tests {
                 profile::tag("g", TagName::Uri("/a/b"))
             ]
         );
+    }
+
+    #[test]
+    fn tag_names_are_the_tags() {
+        for (yaml, path) in [
+            (
+                "{ profile: o2ims }",
+                "/o2ims-infrastructureInventory/v2/resourcePools/P1/resources/R1",
+            ),
+            ("{ profile: o2ims }", "/o2ims/v1/resources/"),
+            ("{ profile: o2ims }", "/o2ims-infrastructureInventory/v2"),
+            ("{}", "/a/b?c"),
+        ] {
+            let r = rules(yaml);
+            let m = r.matched(path).unwrap();
+            let mut names = TagSet::new();
+            r.tag_names(&m, path, |n| names.push(profile::tag(r.store(), n)));
+            assert_eq!(names, tagset(&r, path), "{path}");
+        }
     }
 
     fn inval(r: &Rules, m: Method, path: &str) -> TagSet {

@@ -106,6 +106,20 @@ pub enum TagName<'a> {
     Uri(&'a str),
 }
 
+impl std::fmt::Display for TagName<'_> {
+    /// The tag's text as hashed (after the store's name), as `zkgate explain` shows it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TagName::Ns => f.write_str("ns"),
+            TagName::Family(x) => write!(f, "f:{}", x.as_str()),
+            TagName::Kind(k) => write!(f, "k:{}", k.as_str()),
+            TagName::Item(k, id) => write!(f, "i:{}:{id}", k.as_str()),
+            TagName::Collection(c) => write!(f, "c:{c}"),
+            TagName::Uri(u) => write!(f, "u:{u}"),
+        }
+    }
+}
+
 /// The tag `t` of store `store`: xxh3-64 of the store's name, a NUL, and the tag's text, so
 /// two stores never share a tag and every replica computes the same id.
 pub fn tag(store: &str, t: TagName<'_>) -> TagId {
@@ -389,5 +403,24 @@ mod tests {
             tag("o2", TagName::Collection("resources")),
             tag("o2", TagName::Uri("resources"))
         );
+    }
+
+    #[test]
+    fn the_text_shown_is_the_text_hashed() {
+        use xxhash_rust::xxh3::xxh3_64;
+        for t in [
+            TagName::Ns,
+            TagName::Family(Family::Monitoring),
+            TagName::Kind(Kind::OCloudSites),
+            TagName::Item(Kind::Resources, "R1"),
+            TagName::Collection("resourcePools/P1/resources"),
+            TagName::Uri("/a/b"),
+        ] {
+            assert_eq!(
+                tag("o2", t).0,
+                xxh3_64(format!("o2\0{t}").as_bytes()),
+                "{t}"
+            );
+        }
     }
 }
