@@ -539,7 +539,7 @@ mod tests {
     use serde_json::json;
 
     use super::super::jwt::testkit::Keys;
-    use super::super::profile::{Kind, Shape};
+    use super::super::profile::Kind;
     use super::super::store::StoreClass;
     use super::*;
 
@@ -561,8 +561,6 @@ mod tests {
             scope,
             roles: roles.iter().map(|r| Box::<str>::from(*r)).collect(),
             kind: Kind::Generic,
-            shape: Shape::Collection,
-            from_origin: false,
         }
     }
 
