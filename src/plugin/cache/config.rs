@@ -225,6 +225,15 @@ impl CacheSection {
             .auth
             .as_ref()
             .and_then(|a| ScopeMaker::build(a, &at.key("auth"), errors));
+        if let (Some(rules), Some(scope)) = (&rules, &scope) {
+            // A rule's own scope that this `auth` cannot produce would pass the build and then
+            // never cache (every request bypassing), so it is refused here.
+            for rule in rules.all().iter().filter(|r| r.scope.is_some()) {
+                if let Err(e) = scope.check_rule(scope.effective(rule), &rule.roles) {
+                    errors.push(at.key("rules"), format!("rule `{}`: {e}", rule.template));
+                }
+            }
+        }
         let redis = self
             .redis
             .as_ref()
@@ -526,6 +535,22 @@ mod tests {
         assert_eq!(e[0].0, "c.o2ims");
         let e = build("{ statuses: [] }").unwrap_err();
         assert_eq!(e[0].0, "c.statuses");
+    }
+
+    #[test]
+    fn a_rule_scope_the_routes_auth_cannot_produce_is_refused() {
+        let e = build(
+            "{ auth: { scope: per_credential },
+               rules: [{ path: /types, ttl: 1m, scope: role_class, roles: [reader] }] }",
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "c.rules");
+        assert!(e[0].1.contains("/types") && e[0].1.contains("auth.jwt"), "{e:?}");
+        assert!(build(
+            "{ auth: { scope: per_credential }, rules: [{ path: /types, ttl: 1m, scope: per_credential }] }"
+        )
+        .is_ok());
     }
 
     #[test]

@@ -506,9 +506,14 @@ impl PluginBuild for Cache {
             (config::Replicas::Off, _) => None,
         };
         let shared = shared(cx.resources, &cfg.store);
-        if let Some(ensemble) = zookeeper {
-            // Idempotent per store: the first build starts it, reloads keep it.
+        if let (Some(ensemble), config::Replicas::ZooKeeper { epoch_slack }) =
+            (zookeeper, cfg.replicas)
+        {
+            // Idempotent per store: the first build starts it, reloads keep it. The slack
+            // covers clock skew between the replicas that stamp epochs and entries.
             bus::install_bus(shared, ensemble, cx.zk_root);
+            let slack_ms = u64::try_from(epoch_slack.as_millis()).unwrap_or(u64::MAX);
+            shared.store.epochs().set_slack(slack_ms);
         }
         let lock = cfg
             .lock
