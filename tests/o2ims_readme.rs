@@ -142,11 +142,13 @@ fn the_readme_walkthrough_shows_a_hit_and_the_eviction() {
 
     // Three answers for the pool: stored, hit, then (after the notification) stored again.
     let statuses = cache_statuses(&stdout);
-    assert_eq!(statuses.len(), 3, "{stdout}");
+    assert_eq!(statuses.len(), 4, "{stdout}");
     assert_eq!(statuses[0], "zkgate; fwd=uri-miss; stored", "{stdout}");
     assert!(statuses[1].starts_with("zkgate; hit; ttl="), "{stdout}");
     assert_eq!(statuses[2], "zkgate; fwd=uri-miss; stored", "{stdout}");
-    // The bodies: generation 1 twice, then the renamed pool at generation 2.
+    // What is stored after the eviction is served: the epoch only refuses older entries.
+    assert!(statuses[3].starts_with("zkgate; hit; ttl="), "{stdout}");
+    // The bodies: generation 1 twice, then the renamed pool at generation 2, twice.
     let generations: Vec<&str> = stdout
         .split("{\"resourcePoolId\": ")
         .skip(1)
@@ -158,10 +160,10 @@ fn the_readme_walkthrough_shows_a_hit_and_the_eviction() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(generations, ["1", "1", "2"], "{stdout}");
+    assert_eq!(generations, ["1", "1", "2", "2"], "{stdout}");
     assert_eq!(
         stdout.matches("\"description\": \"renamed\"").count(),
-        1,
+        2,
         "{stdout}"
     );
     // The subscription was made, one notification delivered, and counted as applied.
