@@ -62,6 +62,28 @@ impl<'a> RequestInfo<'a> {
     }
 }
 
+/// The request body of a plugin that answers itself, read whole, or `None` when it is larger
+/// than `max` bytes (by its `Content-Length`, before reading anything, or as it arrives). After
+/// `None` the rest of the body is unread, so the caller must not keep the connection alive.
+pub async fn read_body_within(session: &mut Session, max: u64) -> pingora::Result<Option<Bytes>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 /// The hooks of a route plugin, each named after the Pingora phase it is called from and
 /// called only on requests of a route that has the plugin. Every hook does nothing by default.
 #[async_trait]

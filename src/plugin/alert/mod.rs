@@ -22,7 +22,7 @@ pub mod template;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::Method;
 use pingora::connectors::http::Connector;
@@ -34,7 +34,7 @@ use subtle::ConstantTimeEq;
 use self::destination::Message;
 pub use self::destination::{Destination, Split};
 use self::payload::{Limits, Payload};
-use super::{HttpPlugin, RequestInfo};
+use super::{read_body_within, HttpPlugin, RequestInfo};
 
 /// How long Alertmanager is asked to wait when a spool is full.
 const FULL_RETRY_AFTER_SECS: u64 = 30;
@@ -133,18 +133,6 @@ impl AlertWebhook {
                 .is_some_and(|v| same_secret(v.as_bytes(), expected)),
         }
     }
-
-    /// The body, read up to the limit: `None` when it is over.
-    async fn read_body(&self, session: &mut Session) -> pingora::Result<Option<Bytes>> {
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if (body.len() + chunk.len()) as u64 > self.max_body {
-                return Ok(None);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Some(body.freeze()))
-    }
 }
 
 #[async_trait]
@@ -191,15 +179,7 @@ impl HttpPlugin for AlertWebhook {
             )
             .await;
         }
-        let declared = session
-            .req_header()
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        let body = match declared {
-            Some(n) if n > self.max_body => None,
-            _ => self.read_body(session).await?,
-        };
+        let body = read_body_within(session, self.max_body).await?;
         let Some(body) = body else {
             // The rest of the body is left unread: the connection cannot carry another request.
             session.set_keepalive(None);

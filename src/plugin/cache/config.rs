@@ -546,7 +546,10 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(e[0].0, "c.rules");
-        assert!(e[0].1.contains("/types") && e[0].1.contains("auth.jwt"), "{e:?}");
+        assert!(
+            e[0].1.contains("/types") && e[0].1.contains("auth.jwt"),
+            "{e:?}"
+        );
         assert!(build(
             "{ auth: { scope: per_credential }, rules: [{ path: /types, ttl: 1m, scope: per_credential }] }"
         )

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::Method;
 use pingora::http::ResponseHeader;
@@ -29,7 +29,7 @@ use super::{NotifyResult, NotifyState};
 use crate::plugin::cache::jwt::{JwtSection, Verifier};
 use crate::plugin::cache::store::{EvictReason, TagSet};
 use crate::plugin::cache::Shared;
-use crate::plugin::{HttpPlugin, PluginBuild, PluginCx, RequestInfo};
+use crate::plugin::{read_body_within, HttpPlugin, PluginBuild, PluginCx, RequestInfo};
 use crate::section::{At, ConfigErrors, Dur, Secret, Size};
 use crate::tls::info::TlsInfo;
 
@@ -159,18 +159,6 @@ impl CacheNotify {
         }
     }
 
-    /// The body, read up to the limit: `None` when it is over.
-    async fn read_body(&self, session: &mut Session) -> pingora::Result<Option<Bytes>> {
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if (body.len() + chunk.len()) as u64 > self.max_body {
-                return Ok(None);
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Some(body.freeze()))
-    }
-
     fn count_rejected(&self) {
         let state = self.shared().map_or(&self.orphan, |s| &s.notify);
         state.rejected.fetch_add(1, Ordering::Relaxed);
@@ -227,15 +215,7 @@ impl HttpPlugin for CacheNotify {
             };
             return finish(session, problem_head(415)?, &r).await;
         }
-        let declared = session
-            .req_header()
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        let body = match declared {
-            Some(n) if n > self.max_body => None,
-            _ => self.read_body(session).await?,
-        };
+        let body = read_body_within(session, self.max_body).await?;
         let Some(body) = body else {
             // The rest of the body is left unread: the connection cannot carry another request.
             session.set_keepalive(None);
