@@ -3,8 +3,6 @@
 //! measuring, a counting allocator (as in `tests/alloc_free.rs`) asserts that this path
 //! allocates nothing once the per-thread key buffer has grown.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -13,34 +11,8 @@ use zkgate::plugin::cache::config::{CacheConfig, CacheSection};
 use zkgate::plugin::cache::store::TagSet;
 use zkgate::section::{At, ConfigErrors};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn allocations(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const PATH: &str = "/o2ims-infrastructureInventory/v2/resourcePools/5d1e2f30-7a4b-4c6d-8e9f-0a1b2c3d4e5f/resources";
 const QUERY: &str = "filter=(eq,resourceTypeId,7c1f8a2e-0b3d-4e5f-9a6b-1c2d3e4f5a6b)&fields=resourceId,description&all_fields";
@@ -76,7 +48,7 @@ fn bench(c: &mut Criterion) {
     let mut tags = TagSet::new();
     let mut key = Vec::new();
     prepare(&cfg, &headers, &mut tags, &mut key);
-    let n = allocations(|| {
+    let n = counting_alloc::allocations(|| {
         black_box(prepare(&cfg, &headers, &mut tags, &mut key));
     });
     assert_eq!(n, 0, "the cache's request path allocated {n} time(s)");

@@ -3,9 +3,7 @@
 //! `tests/alloc_free.rs` counts allocations). TinyUFO, the other candidate of the design, is
 //! not in the lock file (no pingora crate here depends on it), so quick_cache is measured alone.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,31 +13,8 @@ use futures::FutureExt;
 use zkgate::plugin::cache::store::memory::{weight, ENTRY_OVERHEAD, TAG_OVERHEAD};
 use zkgate::plugin::cache::store::{Entry, KeyHash, Store, StoreClass, StoreConfig, TagId};
 
-/// Counts the live bytes of the whole process.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
 
 const N: u32 = 100_000;
 const NOW: u64 = 1_700_000_000_000;
@@ -80,11 +55,11 @@ fn filled(body: usize) -> (Store, i64) {
     let body = Bytes::from(vec![b'x'; body]);
     let meta = Bytes::from(vec![b'm'; 300]);
     let s = store(u64::MAX / 4);
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live_bytes();
     for n in 0..N {
         s.insert_at(key(n), entry(n, &body, &meta), NOW);
     }
-    let added = LIVE.load(Ordering::Relaxed) - before;
+    let added = counting_alloc::live_bytes() - before;
     assert_eq!(s.stats().entries, u64::from(N));
     (s, added as i64)
 }

@@ -2,40 +2,11 @@
 //! normal form, route matching and backend picks. A counting
 //! allocator counts this thread's allocations around the calls.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use http::{HeaderMap, Method};
 use zkgate::route::RequestView;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn allocations(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 const CONFIG: &str = r#"
 listeners: [{ name: web, listen: "127.0.0.1:1" }]
@@ -63,7 +34,7 @@ fn normalizing_a_normal_path_does_not_allocate() {
         "/svc/v2/users/42/orders?page=2&x=%2F",
         "/files/caf%C3%A9/a;b=c/~x",
     ] {
-        let n = allocations(|| {
+        let n = counting_alloc::allocations(|| {
             let t = normalize(raw.as_bytes(), &policy).expect("normal path");
             assert!(!t.changed());
         });
@@ -99,7 +70,7 @@ fn route_matching_and_backend_picks_do_not_allocate() {
             headers: &headers,
         };
         let mut found = None;
-        let n = allocations(|| {
+        let n = counting_alloc::allocations(|| {
             for _ in 0..1000 {
                 found = snap.routes.find(&view);
             }
@@ -118,7 +89,7 @@ fn route_matching_and_backend_picks_do_not_allocate() {
         set.backends()[0]
             .state
             .set(zkgate::upstream::state::EJECTED, true);
-        let n = allocations(|| {
+        let n = counting_alloc::allocations(|| {
             for turn in 0..1000 {
                 assert!(set.pick(turn, Some(key), &[]).is_some());
             }
@@ -138,7 +109,7 @@ fn an_upstream_call_allocates_nothing_beyond_its_picks() {
     let key: &[u8] = b"10.0.0.1";
     for u in &snap.upstreams {
         // What two picks cost by themselves: the boxed peer Pingora takes.
-        let picks = allocations(|| {
+        let picks = counting_alloc::allocations(|| {
             for _ in 0..1000 {
                 let first = u.select(Some(key), &[]).expect("a backend");
                 let second = u.select(Some(key), &[]).expect("a backend");
@@ -146,7 +117,7 @@ fn an_upstream_call_allocates_nothing_beyond_its_picks() {
             }
         });
         // A call that fails on one backend and retries on another.
-        let calls = allocations(|| {
+        let calls = counting_alloc::allocations(|| {
             for _ in 0..1000 {
                 let mut call = u.begin().expect("no breaker");
                 drop(call.pick(Some(key)).expect("a backend"));
