@@ -1,7 +1,4 @@
 //! `plugin.cache`: the YAML section of the cache plugin, its validation and what it builds.
-//!
-//! CONTRACT (issue 14): owned by T2. Fields may be added; the built `CacheConfig` is what T1
-//! turns into the plugin.
 
 use std::time::Duration;
 
@@ -9,7 +6,6 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 use super::key::{KeyBuilder, QueryKey};
-use super::o2::O2Section;
 use super::policy::{RuleDefaults, Rules, Share};
 use super::scope::{AuthSection, ScopeKind, ScopeMaker};
 use super::store::redis::RedisSection;
@@ -74,8 +70,6 @@ pub struct CacheSection {
     pub redis: Option<Box<RedisSection>>,
     #[serde(default)]
     pub replicas: Option<Box<serde_yaml::Value>>,
-    #[serde(default)]
-    pub o2ims: Option<Box<O2Section>>,
 }
 
 /// The cache lock (request coalescing).
@@ -204,9 +198,6 @@ impl CacheSection {
         let query = self.query_key(at, errors);
         let key_headers = self.key_headers(at, errors);
         let replicas = self.replicas(at, errors);
-        if self.o2ims.is_some() && profile != Profile::O2ims {
-            errors.push(at.key("o2ims"), "needs `profile: o2ims`");
-        }
         let defaults = RuleDefaults {
             o2ims: profile == Profile::O2ims,
             stale_while_revalidate: self.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
@@ -531,8 +522,6 @@ mod tests {
         assert!(!paths.contains(&"c.statuses[0]"));
         let e = build("{ lock: { timeout: 1s, wait: 2s } }").unwrap_err();
         assert_eq!(e[0].0, "c.lock");
-        let e = build("{ o2ims: {} }").unwrap_err();
-        assert_eq!(e[0].0, "c.o2ims");
         let e = build("{ statuses: [] }").unwrap_err();
         assert_eq!(e[0].0, "c.statuses");
     }

@@ -6,8 +6,6 @@
 //! shared-secret MAC verified with a public key is the classic algorithm-confusion forgery, and
 //! a JWKS holds public keys only. The algorithm of a token must be on the configured allow-list
 //! and must fit the type of the key its `kid` names, so a token cannot choose how it is checked.
-//!
-//! CONTRACT (issue 14): owned by T3. T5 uses `JwtSection` and `Verifier` for the callback.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

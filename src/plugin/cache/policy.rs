@@ -1,8 +1,6 @@
 //! RFC 9111 decisions of a shared cache: which requests may use it, which responses it may
 //! store and for how long, with the route's rules (path templates, lifetimes, marks) on top of
 //! the origin's `Cache-Control`.
-//!
-//! CONTRACT (issue 14): owned by T2.
 
 use std::time::{Duration, SystemTime};
 

@@ -1,9 +1,6 @@
 //! The `o2ims` profile: the O2 IMS paths, their default lifetimes and marks, their resource
 //! kinds, and the tag vocabulary that both the cache (when storing) and the notifications
 //! (when evicting) speak.
-//!
-//! CONTRACT (issue 14): owned by T2. `Kind`, `Family`, `TagName` and `tag` are the shared
-//! vocabulary (T5 calls them); they are complete here and T2 may only add to them.
 
 use super::store::TagId;
 

@@ -7,8 +7,6 @@
 //! that reaches the key, the store and Redis. A token that does not verify, or holds none of a
 //! rule's roles, bypasses the cache, so the origin answers it (401, 403) itself: the cache never
 //! makes up or masks an authorization answer.
-//!
-//! CONTRACT (issue 14): owned by T3.
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};

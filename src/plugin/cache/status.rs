@@ -1,7 +1,5 @@
 //! What the cache did with a request: the `Cache-Status` header (RFC 9211), the access log's
 //! `cache=` field and the outcome label of the metrics.
-//!
-//! CONTRACT (issue 14): owned by T1. `BypassReason` is shared by policy (T2) and scope (T3).
 
 /// Why a request was passed to the origin without the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,11 +1,9 @@
 //! The O2 IMS side of the cache: the notification dialects, what a notification evicts, the
-//! callback plugin, the gateway's own subscription and the warm-up.
+//! callback plugin and its bookkeeping (the gateway's own subscription and the warm-up come next).
 
 pub mod dialect;
 pub mod mapping;
 pub mod notify;
-pub mod subscription;
-pub mod warmup;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +13,6 @@ use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Histogram,
     HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
-use serde::{Deserialize, Serialize};
 
 pub use notify::{receive, NotifyOutcome};
 
@@ -219,11 +216,6 @@ impl NotifyMetrics {
         self.notifications[d][result as usize].inc();
     }
 }
-
-/// `cache.o2ims`: the subscription and the warm-up.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct O2Section {}
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,6 @@
 //! Per-tag epochs: the time of the newest eviction of each tag, so an entry created before it
 //! is never served, whichever replica or tier holds it.
 //!
-//! CONTRACT (issue 14): owned by T4.
-//!
 //! Every hit asks [`Epochs::stale`], so the common case (no eviction since the entry was
 //! made) is answered from two atomics without touching the map: `max` is the newest epoch of
 //! any tag, and an entry created after it (plus the slack) cannot be older than one of its own.

@@ -1,7 +1,5 @@
 //! The memory tier: entries bounded in bytes, a primary-to-variant index and a tag index.
 //!
-//! CONTRACT (issue 14): owned by T4.
-//!
 //! The entries live in a `quick_cache` weighted by their bytes. The indexes sit beside it, each
 //! behind its own sharded locks; the only lock order is cache shard -> index shard (the eviction
 //! hook unindexes under the cache's lock), so no index lock is ever held while calling the cache.

@@ -1,8 +1,6 @@
 //! The cache's storage: a memory tier bounded in bytes, an optional Redis tier shared by the
 //! replicas, the tag index that invalidation works by, and the per-tag epochs that make an
 //! eviction win over an entry stored before it. No Pingora type appears here.
-//!
-//! CONTRACT (issue 14): owned by T4. The public items below are the seam T1, T2 and T5 call.
 
 pub mod epochs;
 pub mod memory;

@@ -1,8 +1,6 @@
 //! The Redis tier: entries shared by every replica, keys of one store in one hash slot, tags as
 //! Redis sets, and a breaker that skips Redis while it is down.
 //!
-//! CONTRACT (issue 14): owned by T4.
-//!
 //! Nothing here is on a client's path except the read after a memory miss, which is bounded by
 //! `timeout` and skipped while the breaker is open. Writes and purges are spawned. Every key of
 //! a store is `zkgate:{<store>}:...`, so a multi-key script stays in one slot on a cluster.
