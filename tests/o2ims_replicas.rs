@@ -1,7 +1,8 @@
 //! Three gateways sharing one cache store name through ZooKeeper (`replicas: { mode: zookeeper }`)
 //! in front of the test O2 server (oran dialect): a change the O2 server notifies to replica 1
 //! only evicts the item and its collection list on replicas 2 and 3 as well, an unrelated item
-//! stays a hit everywhere, and the evicted paths are stored again and served as hits afterwards.
+//! stays a hit everywhere, the evicted paths are stored again and served as hits afterwards; and
+//! a ZooKeeper outage past the session timeout makes every replica drop its entries.
 // The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::o2ims::{Dialect, Headers, O2Ims, Opts};
-use common::{Conn, Gateway, Response};
+use common::{request, Conn, Gateway, Response};
 use serde_json::json;
 use zkgate_discovery::testkit::ZkServer;
 
@@ -24,7 +25,7 @@ const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
 /// are stored again soon after the change.
 fn gateway_config(zk: &str, o2: &O2Ims) -> String {
     format!(
-        r#"zookeeper: {{ connect: "{zk}" }}
+        r#"zookeeper: {{ connect: "{zk}", session_timeout: 2s }}
 upstreams: [{{ name: o2, backends: ["{api}"] }}]
 routes:
   - name: notify
@@ -210,5 +211,72 @@ fn a_change_notified_to_one_replica_evicts_on_all_three() {
                 i + 1
             );
         }
+    }
+}
+
+/// `zkgate_cache_evictions_total{reason="session_loss"}` of store o2.
+fn session_loss_evictions(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("zkgate_cache_evictions_total{")
+                && l.contains(r#"reason="session_loss""#)
+                && l.contains(r#"store="o2""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn a_lost_zookeeper_session_drops_the_entries() {
+    let mut zk = ZkServer::start();
+    let o2 = O2Ims::start(
+        Dialect::Oran,
+        Opts {
+            auth: false,
+            headers: Headers::None,
+            ..Opts::default()
+        },
+    );
+    let config = gateway_config(&zk.connect_string(), &o2);
+    let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
+    let pool = o2.ids("resourcePool")[0].clone();
+    let item = format!("{}/resourcePools/{pool}", o2.base());
+    let mut conns: Vec<Conn> = gws
+        .iter()
+        .map(|g| Conn::open(g.http).expect("connection"))
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        warm(c, &item, i + 1);
+        assert_eq!(session_loss_evictions(&gws[i].metrics()), 0);
+    }
+
+    // Down for longer than the 2 s session timeout, so the sessions expire (a wait for the
+    // outage to last, not a timing asserted).
+    zk.kill();
+    std::thread::sleep(Duration::from_secs(5));
+    zk.restart();
+
+    for (i, gw) in gws.iter().enumerate() {
+        let dropped = common::eventually(Duration::from_secs(30), || {
+            session_loss_evictions(&gw.metrics()) > 0
+        });
+        assert!(
+            dropped,
+            "replica {} dropped nothing after its session was lost:\n{}",
+            i + 1,
+            gw.metrics()
+        );
+    }
+    // The entry is gone: the next GET goes to the origin.
+    for (i, gw) in gws.iter().enumerate() {
+        let r = request(gw.http, "GET", &item, &[], b"").expect("GET");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            !is_hit(&r),
+            "replica {}: still a hit after the session loss",
+            i + 1
+        );
     }
 }
