@@ -11,12 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::o2ims::{Dialect, Headers, O2Ims, Opts};
+use common::o2ims::{generation, is_hit, replica_config, Dialect, Headers, O2Ims, Opts, CALLBACK};
 use common::{percentile, Conn, Gateway};
 use serde_json::json;
 use zkgate_discovery::testkit::ZkServer;
-
-const CALLBACK: &str = "/zkgate/o2ims/notify";
 
 /// `cargo bench` passes `--bench` (200 rounds); under `cargo test` this is a 5-round smoke test.
 /// `CACHE_PROPAGATION_ROUNDS=N` sets it either way.
@@ -45,43 +43,6 @@ fn give_up_after() -> Duration {
     )
 }
 
-fn gateway_config(zk: &str, o2: &O2Ims) -> String {
-    format!(
-        r#"zookeeper: {{ connect: "{zk}" }}
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: notify
-    match: {{ path: {CALLBACK} }}
-    plugin:
-      cache_notify:
-        store: o2
-        auth: {{ jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }} }}
-  - name: o2ims
-    match: {{ path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        replicas: {{ mode: zookeeper }}
-"#,
-        api = o2.api,
-        jwks = o2.jwks_path().display(),
-    )
-}
-
-fn is_hit(r: &common::Response) -> bool {
-    r.header("cache-status")
-        .is_some_and(|s| s.split(';').any(|p| p.trim() == "hit"))
-}
-
-fn generation(r: &common::Response) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| v["_generation"].as_u64())
-        .unwrap_or(0)
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -96,20 +57,11 @@ fn main() {
             ..Opts::default()
         },
     );
-    let config = gateway_config(&zk.connect_string(), &o2);
+    let config = replica_config(&zk.connect_string(), &o2);
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
 
     // The SMO's subscription, with replica 1's callback (the fake checks it is reachable).
-    let token = o2.token("smo", &["o2ims-subscriber"], 3600);
-    let sub = json!({ "callback": format!("http://{}{CALLBACK}", gws[0].http),
-                      "consumerSubscriptionId": "3f20d850-af4f-a84f-fb5a-0ad585410361" });
-    let r = o2.api_request(
-        "POST",
-        &format!("{}/subscriptions", o2.base()),
-        Some(&token),
-        sub.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 201, "subscription refused: {}", r.text());
+    o2.subscribe_smo(&format!("http://{}{CALLBACK}", gws[0].http));
 
     // The resources' item paths, read from the fake directly; each round changes the next one,
     // so a round never starts on an item a previous round evicted moments ago.

@@ -10,58 +10,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::o2ims::{Dialect, Headers, O2Ims, Opts};
+use common::o2ims::{generation, is_hit, replica_config, Dialect, Headers, O2Ims, Opts, CALLBACK};
 use common::{request, Conn, Gateway, Response};
 use serde_json::json;
 use zkgate_discovery::testkit::ZkServer;
-
-const CALLBACK: &str = "/zkgate/o2ims/notify";
 
 /// How long a replica may take to learn of a change through ZooKeeper before the test fails
 /// (generous: the machine is shared; the resource's TTL, a minute, is far beyond it).
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(10);
 
-/// The config shape of benches/cache-propagation.rs; a short epoch slack so the evicted paths
-/// are stored again soon after the change.
-fn gateway_config(zk: &str, o2: &O2Ims) -> String {
-    format!(
-        r#"zookeeper: {{ connect: "{zk}", session_timeout: 2s }}
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: notify
-    match: {{ path: {CALLBACK} }}
-    plugin:
-      cache_notify:
-        store: o2
-        auth: {{ jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }} }}
-  - name: o2ims
-    match: {{ path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        replicas: {{ mode: zookeeper, epoch_slack: 200ms }}
-"#,
-        api = o2.api,
-        jwks = o2.jwks_path().display(),
-    )
-}
-
 fn cache_status(r: &Response) -> String {
     r.header("cache-status").unwrap_or("").to_owned()
-}
-
-fn is_hit(r: &Response) -> bool {
-    r.header("cache-status")
-        .is_some_and(|s| s.split(';').any(|p| p.trim() == "hit"))
-}
-
-fn generation(r: &Response) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(&r.body)
-        .ok()
-        .and_then(|v| v["_generation"].as_u64())
-        .unwrap_or(0)
 }
 
 const CHANGED: &str = "changed by the test";
@@ -106,20 +65,11 @@ fn a_change_notified_to_one_replica_evicts_on_all_three() {
             ..Opts::default()
         },
     );
-    let config = gateway_config(&zk.connect_string(), &o2);
+    let config = replica_config(&zk.connect_string(), &o2);
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
 
     // The SMO's subscription, with replica 1's callback only.
-    let token = o2.token("smo", &["o2ims-subscriber"], 3600);
-    let sub = json!({ "callback": format!("http://{}{CALLBACK}", gws[0].http),
-                      "consumerSubscriptionId": "3f20d850-af4f-a84f-fb5a-0ad585410361" });
-    let r = o2.api_request(
-        "POST",
-        &format!("{}/subscriptions", o2.base()),
-        Some(&token),
-        sub.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 201, "subscription refused: {}", r.text());
+    o2.subscribe_smo(&format!("http://{}{CALLBACK}", gws[0].http));
 
     // Two resources of one pool: one changes, the other must stay cached.
     let pool = o2.ids("resourcePool")[0].clone();
@@ -239,7 +189,7 @@ fn a_lost_zookeeper_session_drops_the_entries() {
             ..Opts::default()
         },
     );
-    let config = gateway_config(&zk.connect_string(), &o2);
+    let config = replica_config(&zk.connect_string(), &o2);
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
     let pool = o2.ids("resourcePool")[0].clone();
     let item = format!("{}/resourcePools/{pool}", o2.base());

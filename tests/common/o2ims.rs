@@ -241,6 +241,21 @@ impl O2Ims {
             .unwrap_or_else(|e| panic!("{method} {path} on the O2 fake: {e}"))
     }
 
+    /// Subscribes `callback` (a full URL) as the SMO would, with the subscriber role; the fake
+    /// checks that it answers its reachability GET before it says 201.
+    pub fn subscribe_smo(&self, callback: &str) {
+        let token = self.token("smo", &["o2ims-subscriber"], 3600);
+        let sub = json!({ "callback": callback,
+                          "consumerSubscriptionId": "3f20d850-af4f-a84f-fb5a-0ad585410361" });
+        let r = self.api_request(
+            "POST",
+            &format!("{}/subscriptions", self.base()),
+            Some(&token),
+            sub.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 201, "subscription refused: {}", r.text());
+    }
+
     /// `POST /__fake/mutate`: `{kind, id, op: create|modify|delete, fields, wait, drop,
     /// duplicate, omit_object_ref, delay_ms, int_type, token}`. The generation goes up by one
     /// and every subscriber is notified in the dialect's shape. Kinds: ocloud, resourcePool,
@@ -354,6 +369,52 @@ impl O2Ims {
         assert_eq!(r.status, 200, "{method} {path} {body}: {}", r.text());
         r.json()
     }
+}
+
+/// Where [`replica_config`] takes O2 notifications.
+pub const CALLBACK: &str = "/zkgate/o2ims/notify";
+
+/// The config of one of several gateway replicas in front of `o2`: the `o2ims` profile on every
+/// path, a `cache_notify` callback on [`CALLBACK`] that trusts the fake's keys, and evictions
+/// shared through the ZooKeeper at `zk` (2 s sessions, so an outage can outlast one; a 200 ms
+/// epoch slack, so the evicted paths are stored again soon after a change).
+pub fn replica_config(zk: &str, o2: &O2Ims) -> String {
+    format!(
+        r#"zookeeper: {{ connect: "{zk}", session_timeout: 2s }}
+upstreams: [{{ name: o2, backends: ["{api}"] }}]
+routes:
+  - name: notify
+    match: {{ path: {CALLBACK} }}
+    plugin:
+      cache_notify:
+        store: o2
+        auth: {{ jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }} }}
+  - name: o2ims
+    match: {{ path_prefix: / }}
+    upstream: o2
+    plugin:
+      cache:
+        profile: o2ims
+        store: o2
+        replicas: {{ mode: zookeeper, epoch_slack: 200ms }}
+"#,
+        api = o2.api,
+        jwks = o2.jwks_path().display(),
+    )
+}
+
+/// Whether an answer came from the gateway's cache (its `Cache-Status` says `hit`).
+pub fn is_hit(r: &Response) -> bool {
+    r.header("cache-status")
+        .is_some_and(|s| s.split(';').any(|p| p.trim() == "hit"))
+}
+
+/// The `_generation` the fake puts in a body (0 when it has none: a list, or not JSON).
+pub fn generation(r: &Response) -> u64 {
+    serde_json::from_slice::<Value>(&r.body)
+        .ok()
+        .and_then(|v| v["_generation"].as_u64())
+        .unwrap_or(0)
 }
 
 /// A request the [`Receiver`] got.
