@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::o2ims::{generation, is_hit, replica_config, Dialect, Headers, O2Ims, Opts, CALLBACK};
+use common::o2ims::{generation, is_hit, replica_config, replica_origin, CALLBACK};
 use common::{percentile, Conn, Gateway};
 use serde_json::json;
 use zkgate_discovery::testkit::ZkServer;
@@ -48,15 +48,7 @@ fn main() {
         return;
     }
     let zk = ZkServer::start();
-    let o2 = O2Ims::start(
-        Dialect::Oran,
-        Opts {
-            // No bearer on the reads, so the cache serves them without an `auth:` scope.
-            auth: false,
-            headers: Headers::None,
-            ..Opts::default()
-        },
-    );
+    let o2 = replica_origin();
     let config = replica_config(&zk.connect_string(), &o2);
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
 

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::o2ims::{generation, is_hit, replica_config, Dialect, Headers, O2Ims, Opts, CALLBACK};
+use common::o2ims::{generation, is_hit, replica_config, replica_origin, CALLBACK};
 use common::{request, Conn, Gateway, Response};
 use serde_json::json;
 use zkgate_discovery::testkit::ZkServer;
@@ -56,15 +56,7 @@ fn warm(c: &mut Conn, path: &str, replica: usize) {
 #[test]
 fn a_change_notified_to_one_replica_evicts_on_all_three() {
     let zk = ZkServer::start();
-    let o2 = O2Ims::start(
-        Dialect::Oran,
-        Opts {
-            // No bearer on the reads, so the cache serves them without an `auth:` scope.
-            auth: false,
-            headers: Headers::None,
-            ..Opts::default()
-        },
-    );
+    let o2 = replica_origin();
     let config = replica_config(&zk.connect_string(), &o2);
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
 
@@ -181,14 +173,7 @@ fn session_loss_evictions(metrics: &str) -> u64 {
 #[test]
 fn a_lost_zookeeper_session_drops_the_entries() {
     let mut zk = ZkServer::start();
-    let o2 = O2Ims::start(
-        Dialect::Oran,
-        Opts {
-            auth: false,
-            headers: Headers::None,
-            ..Opts::default()
-        },
-    );
+    let o2 = replica_origin();
     let config = replica_config(&zk.connect_string(), &o2);
     let gws: Vec<Gateway> = (0..3).map(|_| Gateway::start(&config)).collect();
     let pool = o2.ids("resourcePool")[0].clone();

@@ -403,6 +403,19 @@ routes:
     )
 }
 
+/// The fake that [`replica_config`] fronts: the oran dialect, with no bearer needed on reads (so
+/// the cache serves them without an `auth:` scope) and no cache headers of its own.
+pub fn replica_origin() -> O2Ims {
+    O2Ims::start(
+        Dialect::Oran,
+        Opts {
+            auth: false,
+            headers: Headers::None,
+            ..Opts::default()
+        },
+    )
+}
+
 /// Whether an answer came from the gateway's cache (its `Cache-Status` says `hit`).
 pub fn is_hit(r: &Response) -> bool {
     r.header("cache-status")
