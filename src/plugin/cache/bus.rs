@@ -46,13 +46,29 @@ pub enum ChannelPart {
 }
 
 /// Whether notifications can be trusted to arrive: degraded while any part is down.
-#[derive(Default)]
 pub struct ChannelHealth {
     down: AtomicU8,
     last_notification_ms: AtomicU64,
+    /// Counts the returns to healthy, for what must run again then (the warm-up).
+    recovered: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ChannelHealth {
+    fn default() -> ChannelHealth {
+        ChannelHealth {
+            down: AtomicU8::new(0),
+            last_notification_ms: AtomicU64::new(0),
+            recovered: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl ChannelHealth {
+    /// Changes each time the channel turns healthy again after a part was down.
+    pub fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recovered.subscribe()
+    }
+
     /// Whether lifetimes must shrink to `degraded_ttl`.
     pub fn degraded(&self) -> bool {
         self.down.load(Ordering::Relaxed) != 0
@@ -65,7 +81,10 @@ impl ChannelHealth {
     /// Records whether `part` works.
     pub fn set(&self, part: ChannelPart, ok: bool) {
         if ok {
-            self.down.fetch_and(!(part as u8), Ordering::Relaxed);
+            let before = self.down.fetch_and(!(part as u8), Ordering::Relaxed);
+            if before == part as u8 {
+                self.recovered.send_modify(|n| *n += 1);
+            }
         } else {
             self.down.fetch_or(part as u8, Ordering::Relaxed);
         }
@@ -215,8 +234,13 @@ mod tests {
         assert!(c.degraded());
         c.set(ChannelPart::Bus, true);
         assert!(c.degraded());
+        let recoveries = c.recoveries();
         c.set(ChannelPart::Subscription, true);
         assert!(!c.degraded());
+        assert_eq!(*recoveries.borrow(), 1);
+        // Setting a part that was up already is no recovery.
+        c.set(ChannelPart::Bus, true);
+        assert_eq!(*recoveries.borrow(), 1);
         c.set_degraded(true);
         assert!(c.degraded());
         c.set_degraded(false);

@@ -6,6 +6,8 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 use super::key::{KeyBuilder, QueryKey};
+use super::o2::subscription::{SubscriptionConfig, SubscriptionSection};
+use super::o2::warmup::{WarmupConfig, WarmupSection};
 use super::policy::{RuleDefaults, Rules, Share};
 use super::scope::{AuthSection, ScopeKind, ScopeMaker};
 use super::store::redis::RedisSection;
@@ -70,6 +72,19 @@ pub struct CacheSection {
     pub redis: Option<Box<RedisSection>>,
     #[serde(default)]
     pub replicas: Option<Box<serde_yaml::Value>>,
+    /// The O2 IMS side: the gateway's own subscription and the warm-up.
+    #[serde(default)]
+    pub o2ims: Option<Box<O2imsSection>>,
+}
+
+/// `plugin.cache.o2ims`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct O2imsSection {
+    #[serde(default)]
+    pub subscription: Option<SubscriptionSection>,
+    #[serde(default)]
+    pub warmup: Option<WarmupSection>,
 }
 
 /// The cache lock (request coalescing).
@@ -110,6 +125,10 @@ pub struct CacheConfig {
     pub replicas: Replicas,
     pub degraded_ttl: Duration,
     pub profile: Profile,
+    /// `o2ims.subscription`, when the gateway keeps its own.
+    pub subscription: Option<SubscriptionConfig>,
+    /// `o2ims.warmup`, when listed collections are fetched ahead of clients.
+    pub warmup: Option<WarmupConfig>,
 }
 
 /// `lock: { timeout, age }`.
@@ -229,6 +248,14 @@ impl CacheSection {
             .redis
             .as_ref()
             .and_then(|r| r.build(&at.key("redis"), errors));
+        let o2ims_at = at.key("o2ims");
+        let o2ims = self.o2ims.as_deref();
+        let subscription = o2ims
+            .and_then(|o| o.subscription.as_ref())
+            .and_then(|s| s.build(&o2ims_at.key("subscription"), errors));
+        let warmup = o2ims
+            .and_then(|o| o.warmup.as_ref())
+            .and_then(|w| w.build(&o2ims_at.key("warmup"), errors));
         if errors.len() > before {
             return None;
         }
@@ -247,6 +274,8 @@ impl CacheSection {
             replicas,
             degraded_ttl,
             profile,
+            subscription,
+            warmup,
         })
     }
 

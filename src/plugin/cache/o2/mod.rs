@@ -1,9 +1,11 @@
 //! The O2 IMS side of the cache: the notification dialects, what a notification evicts, the
-//! callback plugin and its bookkeeping (the gateway's own subscription and the warm-up come next).
+//! callback plugin and its bookkeeping, the gateway's own subscription and the warm-up.
 
 pub mod dialect;
 pub mod mapping;
 pub mod notify;
+pub mod subscription;
+pub mod warmup;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
