@@ -181,9 +181,10 @@ impl CacheSection {
         if memory == 0 {
             errors.push(at.key("memory"), "must be more than 0");
         }
+        // Unset, it follows a small `memory` down: only a value the user wrote is refused.
         let max_object_size = self
             .max_object_size
-            .map_or(DEFAULT_MAX_OBJECT_SIZE, |s| s.0);
+            .map_or(DEFAULT_MAX_OBJECT_SIZE.min(memory / 8).max(1), |s| s.0);
         if max_object_size == 0 {
             errors.push(at.key("max_object_size"), "must be more than 0");
         } else if max_object_size > memory / 8 {
@@ -549,6 +550,13 @@ mod tests {
             assert!(paths.contains(&want), "{want} not in {e:?}");
         }
         assert!(!paths.contains(&"c.statuses[0]"));
+        // Unset, max_object_size follows a small memory bound instead of refusing it.
+        assert_eq!(
+            build("{ memory: 1MiB }").unwrap().max_object_size,
+            128 << 10
+        );
+        let e = build("{ memory: 1MiB, max_object_size: 1MiB }").unwrap_err();
+        assert_eq!(e[0].0, "c.max_object_size");
         let e = build("{ lock: { timeout: 1s, wait: 2s } }").unwrap_err();
         assert_eq!(e[0].0, "c.lock");
         let e = build("{ statuses: [] }").unwrap_err();
