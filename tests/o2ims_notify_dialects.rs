@@ -1,0 +1,196 @@
+//! O2 IMS notifications of every dialect end to end: a gateway with the `o2ims` profile and a
+//! `cache_notify` callback, the test O2 server subscribed to it as the SMO, and a change made on
+//! the server's control port. A resource pool's change evicts the pool, the pools' list and
+//! (oran, whose pools name their site) the site that embeds the pool; an oran location's
+//! change, whose `objectRef` holds a tracking UUID, evicts the location by its
+//! `globalLocationId`; every unrelated entry stays a hit, and the server's request counters show
+//! that a hit never reached it.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::o2ims::{is_hit, Dialect, O2Ims, Opts};
+use common::{request, Gateway};
+use serde_json::json;
+
+const CALLBACK: &str = "/zkgate/o2ims/notify";
+
+/// The fake (reads without a bearer, so the cache serves them without an `auth:` scope),
+/// subscribed to a gateway caching it under the o2ims profile.
+fn start(d: Dialect) -> (O2Ims, Gateway) {
+    let fake = O2Ims::start(
+        d,
+        Opts {
+            auth: false,
+            ..Opts::default()
+        },
+    );
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams:
+  - {{ name: o2, backends: ["{api}"] }}
+routes:
+  - name: o2ims-notify
+    match: {{ path: {CALLBACK} }}
+    plugin:
+      cache_notify:
+        store: o2
+        auth: {{ jwt: {{ jwks_file: "{jwks}" }} }}
+  - name: o2ims
+    match: {{ path_prefix: /o2ims }}
+    upstream: o2
+    plugin:
+      # netweave sends `no-store` on everything: the profile's lifetimes decide.
+      cache: {{ profile: o2ims, store: o2, override_origin: true }}
+"#,
+        api = fake.api,
+        jwks = fake.jwks_path().display(),
+    ));
+    fake.subscribe_smo(&format!("http://{}{CALLBACK}", gw.http));
+    (fake, gw)
+}
+
+/// GETs `path` through the gateway (200 expected); whether the cache answered it, checked
+/// against the fake's counter: a hit never reaches it, anything else does once.
+fn hit(fake: &O2Ims, gw: &Gateway, path: &str) -> bool {
+    let before = fake.count(path);
+    let r = request(gw.http, "GET", path, &[], b"").unwrap();
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    let hit = is_hit(&r);
+    assert_eq!(
+        fake.count(path) - before,
+        u64::from(!hit),
+        "{path}: Cache-Status {:?}",
+        r.header("cache-status")
+    );
+    hit
+}
+
+/// Caches every path (a GET, then a hit).
+fn warm(fake: &O2Ims, gw: &Gateway, paths: &[String]) {
+    for path in paths {
+        hit(fake, gw, path);
+        assert!(hit(fake, gw, path), "{path} is not cached");
+    }
+}
+
+/// Changes `kind` `id` on the fake, which notifies the gateway (and waits for its answer).
+fn change(fake: &O2Ims, kind: &str, id: &str) {
+    let changed = fake.mutate(json!({"kind": kind, "id": id, "op": "modify", "wait": true}));
+    assert_eq!(changed["notified"], json!(1), "{changed}");
+}
+
+fn check(fake: &O2Ims, gw: &Gateway, evicted: &[String], kept: &[String], what: &str) {
+    for path in evicted {
+        assert!(!hit(fake, gw, path), "{path} survived {what}");
+    }
+    for path in kept {
+        assert!(hit(fake, gw, path), "{path} was evicted by {what}");
+    }
+}
+
+/// The applied notifications of store o2 in `dialect`.
+fn applied(gw: &Gateway, dialect: &str) -> u64 {
+    let series = format!(
+        "zkgate_cache_notifications_total{{dialect=\"{dialect}\",result=\"applied\",store=\"o2\"}} "
+    );
+    gw.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A pool's change in `d`: the pool and the list of pools go, the other pools, the pool's
+/// resources list of another pool and the resource types stay.
+fn a_pool_change_evicts_the_pool_and_its_list(d: Dialect) {
+    let (fake, gw) = start(d);
+    let b = d.base();
+    let pools = fake.ids("resourcePool");
+    let (p0, p2) = (&pools[0], &pools[2]);
+    let evicted = vec![
+        format!("{b}/resourcePools/{p0}"),
+        format!("{b}/resourcePools"),
+    ];
+    let kept = vec![
+        format!("{b}/resourcePools/{p2}"),
+        format!("{b}/resourcePools/{p2}/resources"),
+        format!("{b}/resourceTypes"),
+    ];
+    warm(&fake, &gw, &evicted);
+    warm(&fake, &gw, &kept);
+    change(&fake, "resourcePool", p0);
+    check(&fake, &gw, &evicted, &kept, "the pool's change");
+    assert_eq!(applied(&gw, d.name()), 1, "{}", gw.metrics());
+}
+
+#[test]
+fn pti_a_pool_change_evicts_the_pool_and_its_list() {
+    a_pool_change_evicts_the_pool_and_its_list(Dialect::Pti);
+}
+
+#[test]
+fn netweave_a_pool_change_evicts_the_pool_and_its_list() {
+    a_pool_change_evicts_the_pool_and_its_list(Dialect::Netweave);
+}
+
+#[test]
+fn oran_a_pool_change_evicts_its_site_and_a_location_change_its_global_location_id() {
+    let d = Dialect::Oran;
+    let (fake, gw) = start(d);
+    let b = d.base();
+    let pools = fake.ids("resourcePool");
+    let sites = fake.ids("oCloudSite");
+    let locations = fake.ids("location");
+    // The fake's first two pools are in the first site, the third in the second; each site
+    // is in the location of the same rank.
+    let site_of = |pool: &str| {
+        let r = fake.get(&format!("{b}/resourcePools/{pool}"), None);
+        r.json()["oCloudSiteId"].as_str().unwrap().to_owned()
+    };
+    let (p0, p2) = (&pools[0], &pools[2]);
+    assert_eq!(site_of(p0), sites[0]);
+    assert_eq!(site_of(p2), sites[1]);
+
+    let evicted = vec![
+        format!("{b}/resourcePools/{p0}"),
+        format!("{b}/resourcePools"),
+        format!("{b}/oCloudSites/{}", sites[0]),
+        format!("{b}/oCloudSites"),
+    ];
+    let kept = vec![
+        format!("{b}/resourcePools/{p2}"),
+        format!("{b}/oCloudSites/{}", sites[1]),
+        format!("{b}/locations/{}", locations[0]),
+        format!("{b}/locations"),
+        format!("{b}/resourceTypes"),
+    ];
+    warm(&fake, &gw, &evicted);
+    warm(&fake, &gw, &kept);
+    change(&fake, "resourcePool", p0);
+    check(&fake, &gw, &evicted, &kept, "the pool's change");
+
+    // oran's location objectRef names a tracking UUID, not the globalLocationId the URLs hold:
+    // the id in the states decides.
+    let changed =
+        fake.mutate(json!({"kind": "location", "id": locations[0], "op": "modify", "wait": true}));
+    assert_eq!(changed["notified"], json!(1), "{changed}");
+    let tracking = changed["objectRef"].as_str().unwrap();
+    assert!(
+        !tracking.ends_with(&locations[0]),
+        "the fake's ref is a tracking id: {tracking}"
+    );
+    let evicted = vec![
+        format!("{b}/locations/{}", locations[0]),
+        format!("{b}/locations"),
+    ];
+    let kept = vec![
+        format!("{b}/locations/{}", locations[1]),
+        format!("{b}/oCloudSites/{}", sites[1]),
+        format!("{b}/resourcePools/{p2}"),
+        format!("{b}/resourceTypes"),
+    ];
+    warm(&fake, &gw, &[format!("{b}/locations/{}", locations[1])]);
+    check(&fake, &gw, &evicted, &kept, "the location's change");
+    assert_eq!(applied(&gw, "oran"), 2, "{}", gw.metrics());
+}
