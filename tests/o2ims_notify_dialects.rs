@@ -3,8 +3,10 @@
 //! the server's control port. A resource pool's change evicts the pool, the pools' list and
 //! (oran, whose pools name their site) the site that embeds the pool; an oran location's
 //! change, whose `objectRef` holds a tracking UUID, evicts the location by its
-//! `globalLocationId`; every unrelated entry stays a hit, and the server's request counters show
-//! that a hit never reached it.
+//! `globalLocationId`; pti's delete with no `objectRef` evicts by its JSON-string prior state;
+//! netweave's top-level resource evicts its pool's list by the flat `resourcePoolId`; an
+//! `objectRef` under a known kind but an unknown path evicts the whole kind. Every unrelated
+//! entry stays a hit, and the server's request counters show that a hit never reached it.
 // The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
 
@@ -193,4 +195,95 @@ fn oran_a_pool_change_evicts_its_site_and_a_location_change_its_global_location_
     warm(&fake, &gw, &[format!("{b}/locations/{}", locations[1])]);
     check(&fake, &gw, &evicted, &kept, "the location's change");
     assert_eq!(applied(&gw, "oran"), 2, "{}", gw.metrics());
+}
+
+/// The first resource of `pool` in the fake.
+fn first_resource(fake: &O2Ims, pool: &str) -> String {
+    let inv = fake.inventory();
+    let b = fake.base();
+    let r = fake.get(&format!("{b}/resourcePools/{pool}/resources"), None);
+    let list = r.json();
+    // netweave wraps its lists: {"resources": [...], "total": N}.
+    let items = list.get("resources").unwrap_or(&list);
+    let id = items[0]["resourceId"].as_str();
+    id.unwrap_or_else(|| panic!("no resource in {pool}: {list} ({inv})"))
+        .to_owned()
+}
+
+#[test]
+fn pti_a_delete_without_object_ref_evicts_by_its_prior_state() {
+    let d = Dialect::Pti;
+    let (fake, gw) = start(d);
+    let b = d.base();
+    let pools = fake.ids("resourcePool");
+    let (p0, p2) = (&pools[0], &pools[2]);
+    let r0 = first_resource(&fake, p0);
+    let evicted = vec![
+        format!("{b}/resourcePools/{p0}/resources/{r0}"),
+        format!("{b}/resourcePools/{p0}/resources"),
+    ];
+    let kept = vec![
+        format!("{b}/resourcePools/{p2}/resources"),
+        format!("{b}/resourcePools/{p0}"),
+        format!("{b}/resourceTypes"),
+    ];
+    warm(&fake, &gw, &evicted);
+    warm(&fake, &gw, &kept);
+    // pti never sends inventory deletes by itself: the control port forces the body it would
+    // send (no objectRef, the states a JSON string).
+    fake.notify(json!({"kind": "resource", "id": r0, "op": "delete", "wait": true}));
+    let sent = fake
+        .deliveries()
+        .into_iter()
+        .rfind(|d| d["kind"] == "notification")
+        .unwrap();
+    assert!(sent["body"].get("objectRef").is_none(), "{sent}");
+    assert!(sent["body"]["priorObjectState"].is_string(), "{sent}");
+    check(&fake, &gw, &evicted, &kept, "the resource's delete");
+    assert_eq!(applied(&gw, "pti"), 1, "{}", gw.metrics());
+}
+
+#[test]
+fn netweave_a_top_level_resource_evicts_its_pools_list_by_the_flat_pool_id() {
+    let d = Dialect::Netweave;
+    let (fake, gw) = start(d);
+    let b = d.base();
+    let pools = fake.ids("resourcePool");
+    let (p0, p2) = (&pools[0], &pools[2]);
+    let r0 = first_resource(&fake, p0);
+    let evicted = vec![
+        format!("{b}/resources/{r0}"),
+        format!("{b}/resources"),
+        format!("{b}/resourcePools/{p0}/resources"),
+    ];
+    let kept = vec![
+        format!("{b}/resourcePools/{p2}/resources"),
+        format!("{b}/resourcePools/{p0}"),
+        format!("{b}/resourceTypes"),
+    ];
+    warm(&fake, &gw, &evicted);
+    warm(&fake, &gw, &kept);
+    change(&fake, "resource", &r0);
+    check(&fake, &gw, &evicted, &kept, "the resource's change");
+}
+
+#[test]
+fn oran_an_unknown_path_under_a_known_kind_evicts_the_whole_kind() {
+    let d = Dialect::Oran;
+    let (fake, gw) = start(d);
+    let b = d.base();
+    let pools = fake.ids("resourcePool");
+    let evicted = vec![
+        format!("{b}/resourcePools/{}", pools[0]),
+        format!("{b}/resourcePools/{}", pools[2]),
+        format!("{b}/resourcePools"),
+    ];
+    let kept = vec![format!("{b}/resourceTypes"), format!("{b}/locations")];
+    warm(&fake, &gw, &evicted);
+    warm(&fake, &gw, &kept);
+    fake.notify(
+        json!({"raw": {"notificationId": "k1", "notificationEventType": 1,
+        "objectRef": format!("{b}/resourcePools/{}/future/sub/path", pools[0])}, "wait": true}),
+    );
+    check(&fake, &gw, &evicted, &kept, "a kind-wide purge");
 }
