@@ -2,7 +2,8 @@
 //! Redis killed with SIGKILL in the middle of a bounded load of GETs (every request still
 //! answered 2xx, the outage visible in `zkgate_cache_redis_up`, `redis_errors_total` and the
 //! log), then restarted (the tier comes back on both replicas unasked, and shares entries
-//! again); and in front of the test O2 IMS server with tokens, no deployment manager's secret
+//! again); Redis hung with SIGSTOP under load (each command waits its timeout, no request
+//! fails, the breaker turns the tier off, SIGCONT brings it back); and in front of the test O2 IMS server with tokens, no deployment manager's secret
 //! marker ever reaching Redis while other O2 answers do.
 // The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
@@ -117,12 +118,14 @@ fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
                             r.status,
                             r.text()
                         )),
-                        Err(e) => {
-                            failures.lock().unwrap().push(format!("{target}: {e}"));
-                            conn = Conn::open(addrs[t % 2]).unwrap();
-                        }
+                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
                     }
                     done.fetch_add(1, Ordering::SeqCst);
+                    // One failure fails the test: stop, rather than wait out every request's
+                    // read timeout when the gateway hangs.
+                    if !failures.lock().unwrap().is_empty() {
+                        break;
+                    }
                 }
             })
         })
@@ -275,4 +278,122 @@ routes:
             "the token is in Redis under {k}"
         );
     }
+}
+
+/// The process id of the `redis-server` on `redis`'s port.
+fn redis_pid(redis: &Redis) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "info", "server"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_owned())
+        .expect("process_id in INFO server")
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Redis that stops answering (SIGSTOP: the connections stay open, no command returns) is
+/// worse than a dead one: every command waits for the timeout. Requests still all succeed, the
+/// breaker turns the tier off, and after SIGCONT it comes back.
+#[test]
+fn a_hung_redis_under_load_fails_no_request_and_the_tier_comes_back() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 300;
+
+    let redis = Redis::start();
+    let pid = redis_pid(&redis);
+    let origin = Backend::start("origin");
+    let replicas = [replica(&origin, &redis), replica(&origin, &redis)];
+    let r = replicas[0].get("/items/warm");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(eventually(Duration::from_secs(5), || entry_keys(&redis) == 1));
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let addrs = [replicas[0].http, replicas[1].http];
+    let clients: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (done, failures) = (done.clone(), failures.clone());
+            thread::spawn(move || {
+                let mut conn = Conn::open(addrs[t % 2]).unwrap();
+                for n in 0..PER_THREAD {
+                    let target = format!("/items/hung-{}-{}", (t + n % 2) % THREADS, n / 3);
+                    match conn.get(&target) {
+                        Ok(r) if (200..300).contains(&r.status) => {}
+                        Ok(r) => failures.lock().unwrap().push(format!(
+                            "{target}: {} {}",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    // One failure fails the test: stop, rather than wait out every request's
+                    // read timeout when the gateway hangs.
+                    if !failures.lock().unwrap().is_empty() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(60), || done
+        .load(Ordering::SeqCst)
+        >= THREADS * PER_THREAD / 4));
+    signal(&pid, "-STOP");
+    let paused_at = done.load(Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    // Resume before asserting, so a failure does not leave a stopped process behind.
+    let down: Vec<Option<f64>> = replicas.iter().map(redis_up).collect();
+    signal(&pid, "-CONT");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        THREADS * PER_THREAD,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        paused_at < THREADS * PER_THREAD * 9 / 10,
+        "paused at {paused_at}"
+    );
+    assert_eq!(
+        down,
+        [Some(0.0), Some(0.0)],
+        "the breaker turned the tier off"
+    );
+    for gw in &replicas {
+        assert!(redis_errors(gw) > 0.0);
+        assert!(
+            eventually(Duration::from_secs(10), || redis_up(gw) == Some(1.0)),
+            "redis_up stays {:?} after SIGCONT",
+            redis_up(gw)
+        );
+    }
+    // Shared again: a path one replica stored is, on the other's first request, a hit from
+    // Redis (a fresh path each try, so the other replica's own memory cannot answer).
+    let mut n = 0;
+    assert!(eventually(Duration::from_secs(10), || {
+        n += 1;
+        let path = format!("/items/after-the-hang-{n}");
+        assert_eq!(replicas[0].get(&path).status, 200);
+        thread::sleep(Duration::from_millis(50));
+        replicas[1]
+            .get(&path)
+            .header("cache-status")
+            .is_some_and(|c| c.contains("hit"))
+    }));
 }
