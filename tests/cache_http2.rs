@@ -1,6 +1,6 @@
 //! The cache over HTTP/2: a TLS listener offering h2 by ALPN in front of a cached route; curl's
 //! second `--http2` GET is a hit (`Cache-Status: zkgate; hit`) that never reaches the origin,
-//! and h2load's bounded burst of concurrent streams on a new object is answered 2xx every time
+//! a conditional GET with its ETag is a 304 from the cache, and h2load's bounded burst of concurrent streams on a new object is answered 2xx every time
 //! while the origin is asked once (the misses in flight wait for the one fetch).
 // The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
@@ -35,8 +35,22 @@ fn localhost_cert(dir: &std::path::Path) -> (String, String) {
 
 /// One `curl --http2` GET: the HTTP version it used, the status and the `cache-status` header.
 fn curl_h2(gw: &Gateway, cert: &str, path: &str) -> (String, u16, Option<String>) {
+    let (version, status, headers) = curl_h2_with(gw, cert, path, &[]);
+    (version, status, header(&headers, "cache-status"))
+}
+
+fn header(headers: &str, name: &str) -> Option<String> {
+    headers.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// One `curl --http2` GET with `extra` arguments: the HTTP version, the status and the head.
+fn curl_h2_with(gw: &Gateway, cert: &str, path: &str, extra: &[&str]) -> (String, u16, String) {
     let port = gw.http.port();
     let out = Command::new("curl")
+        .args(extra)
         .args(["-sS", "--http2", "--max-time", "20", "-o", "/dev/null"])
         .args(["-D", "-", "-w", "%{http_version}"])
         .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
@@ -55,13 +69,8 @@ fn curl_h2(gw: &Gateway, cert: &str, path: &str) -> (String, u16, Option<String>
         .next()
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0);
-    let cache_status = text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("cache-status")
-            .then(|| v.trim().to_owned())
-    });
     let version = text.lines().last().unwrap_or("").to_owned();
-    (version, status, cache_status)
+    (version, status, text)
 }
 
 /// Requests of `target` the origin read.
@@ -105,6 +114,19 @@ routes:
             .as_deref()
             .is_some_and(|c| c.starts_with("zkgate; hit")),
         "the second GET is a hit: {cache:?}"
+    );
+    assert_eq!(origin_saw(&origin, "/h2/object"), 1);
+
+    // A conditional GET over h2 with the validator of the stored answer: 304 from the cache.
+    let (_, _, head) = curl_h2_with(&gw, &cert, "/h2/object", &[]);
+    let etag = header(&head, "etag").unwrap_or_else(|| panic!("no ETag on a hit:\n{head}"));
+    let inm = format!("if-none-match: {etag}");
+    let (version, status, head) = curl_h2_with(&gw, &cert, "/h2/object", &["-H", &inm]);
+    assert_eq!((version.as_str(), status), ("2", 304), "{head}");
+    assert_eq!(
+        header(&head, "etag").as_deref(),
+        Some(etag.as_str()),
+        "{head}"
     );
     assert_eq!(origin_saw(&origin, "/h2/object"), 1);
 
