@@ -108,9 +108,11 @@ routes:
         auth:
           scope: per_claim
           claim: sub
+          roles_claim: groups
           jwt: {{ jwks_file: "{}", issuer: o2ims-fake }}
         rules:
           - {{ path: "{{base}}/resourcePools/{{poolId}}", ttl: 42s }}
+          - {{ path: "{{base}}/resourceTypes", ttl: 5m, scope: role_class, roles: [o2ims-admin] }}
 "#,
             fake.jwks_path().display()
         ),
@@ -182,6 +184,26 @@ routes:
         );
     }
     assert!(!all.contains(principal), "the principal is printed:\n{all}");
+
+    // The profile's marks on deployment managers, and a role_class rule the token's roles do
+    // not reach: bypass, the origin decides.
+    let (code, out, err) = explain(&format!("{base}/deploymentManagers"), &token);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(" share never memory_only "), "{out}");
+    assert!(out.contains("scope:     per_credential"), "{out}");
+    let (code, out, err) = explain(&format!("{base}/resourceTypes"), &token);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("scope:     bypass"), "{out}");
+    assert!(!out.contains("key:"), "{out}");
+    let admin = fake.token(principal, &["o2ims-admin"], 600);
+    let (_, out, _) = explain(&format!("{base}/resourceTypes"), &admin);
+    assert!(out.contains("scope:     role_class [o2ims-admin]"), "{out}");
+    for part in admin.split('.') {
+        assert!(
+            !out.contains(part),
+            "a part of the token is printed:\n{out}"
+        );
+    }
 
     // Another principal: another key, and a bad token says bypass, not which token.
     let (_, other, _) = explain(
