@@ -280,14 +280,14 @@ routes:
     }
 }
 
-/// The process id of the `redis-server` on `redis`'s port.
+/// The process id of the `redis-server` on `redis`'s port (its `INFO server`).
 fn redis_pid(redis: &Redis) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "info", "server"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let mut c = ::redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let info: String = ::redis::cmd("INFO").arg("server").query(&mut c).unwrap();
+    info.lines()
         .find_map(|l| l.strip_prefix("process_id:"))
         .map(|p| p.trim().to_owned())
         .expect("process_id in INFO server")
