@@ -13,6 +13,7 @@
 
 pub mod alert;
 pub mod cache;
+pub mod client;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
