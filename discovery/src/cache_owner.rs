@@ -141,7 +141,7 @@ impl CacheOwner {
         match client.set_data(&path, &body, None).await {
             Ok(_) => Ok(()),
             Err(zk::Error::NoNode) => {
-                let opts = zk::CreateMode::Persistent.with_acls(self.acls.clone());
+                let opts = zk::CreateMode::Persistent.with_acls(self.acls);
                 match client.create(&path, &body, &opts).await {
                     Ok(_) => Ok(()),
                     Err(zk::Error::NodeExists) => {
@@ -239,7 +239,7 @@ impl Task {
         let client = self.ensemble.connect().await?;
         *connected = true;
         let acls = self.ensemble.acls();
-        let dir = zk::CreateMode::Persistent.with_acls(acls.clone());
+        let dir = zk::CreateMode::Persistent.with_acls(acls);
         match client.mkdir(&format!("{}/members", self.base), &dir).await {
             Ok(()) | Err(zk::Error::NodeExists) => {}
             Err(e) => return Err(e),
