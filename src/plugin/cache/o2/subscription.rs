@@ -293,6 +293,9 @@ struct Status {
     ever_up: bool,
     /// Wall ms of the last successful check at the O-Cloud (the owner's, or the record's).
     checked_ms: u64,
+    /// Monotonic ms when that check was made (owner) or first seen in the record (follower):
+    /// with the wall age, it tells a stalled owner whatever the clock skew between replicas.
+    fresh_at: u64,
     /// The last failure, for the admin.
     error: Option<String>,
     alarm_id: Option<String>,
@@ -305,6 +308,7 @@ impl Status {
             bad_since: 0,
             ever_up: false,
             checked_ms: 0,
+            fresh_at: 0,
             error: None,
             alarm_id: None,
         }
@@ -313,11 +317,12 @@ impl Status {
     /// Whether notifications can be trusted to arrive, at monotonic `now` and wall `wall`.
     fn healthy(&self, check_every: Duration, now: u64, wall: u64) -> bool {
         let every = check_every.as_millis() as u64;
-        let fresh = |checked: u64| checked > 0 && wall.saturating_sub(checked) <= 3 * every;
+        let fresh = self.checked_ms > 0
+            && wall.saturating_sub(self.checked_ms) <= 3 * every
+            && now.saturating_sub(self.fresh_at) <= 3 * every;
         match &self.state {
             SubState::Off => true,
-            SubState::Active { .. } => fresh(self.checked_ms),
-            SubState::Following { .. } => fresh(self.checked_ms),
+            SubState::Active { .. } | SubState::Following { .. } => fresh,
             SubState::Subscribing => false,
             SubState::Lost { .. } | SubState::Unowned => {
                 self.ever_up && now.saturating_sub(self.bad_since) <= 2 * every
@@ -719,16 +724,8 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
         stop: &mut mpsc::Receiver<oneshot::Sender<()>>,
     ) -> Option<oneshot::Sender<()>> {
         loop {
-            tokio::select! {
-                reply = stop.recv() => return Some(reply.unwrap_or_else(|| oneshot::channel().0)),
-                r = roles.changed() => {
-                    if r.is_err() {
-                        // The election is gone: nothing will change any more.
-                        std::future::pending::<()>().await;
-                    }
-                    return None;
-                }
-                _ = tokio::time::sleep(self.check_every() / 4) => self.tracker.refresh(),
+            if let Some(exit) = self.pause(self.check_every(), roles, stop).await {
+                return exit;
             }
         }
     }
@@ -744,7 +741,10 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
         loop {
             match self.coord.read().await {
                 Ok(Some(r)) => self.tracker.update(|s| {
-                    s.checked_ms = r.checked;
+                    if r.checked != s.checked_ms {
+                        s.checked_ms = r.checked;
+                        s.fresh_at = crate::clock::now_ms();
+                    }
                     s.alarm_id = r.alarm_subscription_id.clone();
                     s.error = None;
                 }),
@@ -752,14 +752,40 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
                 Err(e) => self.tracker.update(|s| s.error = Some(e)),
             }
             let every = self.check_every();
+            if let Some(exit) = self.pause(every, roles, stop).await {
+                return exit;
+            }
+        }
+    }
+
+    /// Sleeps `d`, re-checking the health every quarter period meanwhile (a bound may pass
+    /// between two attempts); `Some` when the role changed (`None` inside) or stop came.
+    async fn pause(
+        &self,
+        d: Duration,
+        roles: &mut watch::Receiver<Role>,
+        stop: &mut mpsc::Receiver<oneshot::Sender<()>>,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            let tick = (self.check_every() / 4).max(Duration::from_millis(10));
+            let next = until.min(tokio::time::Instant::now() + tick);
             tokio::select! {
-                reply = stop.recv() => return Some(reply.unwrap_or_else(|| oneshot::channel().0)),
+                reply = stop.recv() => {
+                    return Some(Some(reply.unwrap_or_else(|| oneshot::channel().0)));
+                }
                 r = roles.changed() => {
                     if r.is_ok() {
-                        return None;
+                        return Some(None);
                     }
+                    // The election is gone: only the stop can end the wait now.
+                    let reply = stop.recv().await;
+                    return Some(Some(reply.unwrap_or_else(|| oneshot::channel().0)));
                 }
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep_until(next) => self.tracker.refresh(),
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
             }
         }
     }
@@ -792,7 +818,11 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
                         adopt = false;
                         log::warn!("cache subscription: lost: {why}; subscribing again");
                         self.tracker.set_state(SubState::Lost { why: why.clone() });
-                    } else if let SubState::Lost { .. } = self.tracker.state() {
+                        self.tracker.update(|s| s.error = Some(why));
+                        // At once: finding or making it again is what follows a loss.
+                        continue;
+                    }
+                    if let SubState::Lost { .. } = self.tracker.state() {
                         self.tracker.set_state(SubState::Lost { why: why.clone() });
                     }
                     self.tracker.update(|s| s.error = Some(why));
@@ -800,17 +830,9 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
                     retry_pause(failures, self.check_every())
                 }
             };
-            tokio::select! {
-                reply = stop.recv() => return Some(reply.unwrap_or_else(|| oneshot::channel().0)),
-                r = roles.changed() => {
-                    if r.is_ok() {
-                        return None;
-                    }
-                }
-                _ = tokio::time::sleep(pause) => {}
+            if let Some(exit) = self.pause(pause, roles, stop).await {
+                return exit;
             }
-            // The health may have gone past its bound while waiting.
-            self.tracker.refresh();
         }
     }
 
@@ -872,6 +894,7 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
         };
         self.tracker.update(|s| {
             s.checked_ms = now;
+            s.fresh_at = crate::clock::now_ms();
             s.alarm_id = alarm_id;
         });
         self.tracker.set_state(SubState::Active {
@@ -977,12 +1000,26 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
                 .unwrap_or(&[]),
             _ => &[],
         };
-        Ok(items.iter().find_map(|s| {
-            let ours = s["consumerSubscriptionId"].as_str() == Some(&settings.consumer_id)
-                || s["callback"].as_str() == Some(&settings.cfg.callback);
-            ours.then(|| s[family.id_field()].as_str().map(str::to_owned))
-                .flatten()
-        }))
+        let id = |s: &Value| s[family.id_field()].as_str().map(str::to_owned);
+        let callback = |s: &Value| s["callback"].as_str() == Some(&settings.cfg.callback);
+        if let Some(found) = items.iter().find(|s| callback(s)).and_then(id) {
+            return Ok(Some(found));
+        }
+        // Ours by its consumer id, with a callback this config no longer names (it changed):
+        // removed, so that the new one can be made under the same consumer id.
+        let outdated = items
+            .iter()
+            .filter(|s| s["consumerSubscriptionId"].as_str() == Some(&settings.consumer_id))
+            .filter_map(id);
+        for old in outdated {
+            let path = format!("{collection}/{old}");
+            let a = self.call(Method::DELETE, &path, None).await?;
+            log::info!(
+                "cache subscription: removed {path} (another callback), answered {}",
+                a.status
+            );
+        }
+        Ok(None)
     }
 
     async fn call(
@@ -1267,4 +1304,487 @@ fn replica_name() -> String {
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// An O-Cloud in memory: its subscriptions, the calls it got, and faults to switch on.
+    #[derive(Default)]
+    struct FakeO2 {
+        subs: Mutex<BTreeMap<String, Value>>,
+        calls: Mutex<Vec<String>>,
+        /// POST and the list answer 503.
+        refuse: std::sync::atomic::AtomicBool,
+        next: AtomicUsize,
+    }
+
+    impl FakeO2 {
+        fn count(&self, prefix: &str) -> usize {
+            let calls = self.calls.lock().unwrap();
+            calls.iter().filter(|c| c.starts_with(prefix)).count()
+        }
+        fn lose_all(&self) {
+            self.subs.lock().unwrap().clear();
+        }
+    }
+
+    fn answer(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            body: if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            },
+            complete: true,
+        }
+    }
+
+    const BASE: &str = "/o2ims-infrastructureInventory/v2";
+
+    #[async_trait]
+    impl O2Api for Arc<FakeO2> {
+        async fn call(
+            &self,
+            method: Method,
+            path: &str,
+            body: Option<Vec<u8>>,
+        ) -> Result<Answer, String> {
+            self.calls.lock().unwrap().push(format!("{method} {path}"));
+            let coll = format!("{BASE}/subscriptions");
+            let refuse = self.refuse.load(Ordering::SeqCst);
+            let mut subs = self.subs.lock().unwrap();
+            Ok(match (method, path) {
+                (Method::GET, VERSIONS) => {
+                    answer(200, json!({ "apiVersions": [{ "version": "2.0.0" }] }))
+                }
+                (_, p) if refuse && p == coll => answer(503, json!({ "title": "down" })),
+                (Method::GET, p) if p == coll => {
+                    answer(200, Value::Array(subs.values().cloned().collect()))
+                }
+                (Method::POST, p) if p == coll => {
+                    let mut v: Value = serde_json::from_slice(&body.unwrap_or_default()).unwrap();
+                    let id = format!("sub-{}", self.next.fetch_add(1, Ordering::SeqCst));
+                    v["subscriptionId"] = json!(id);
+                    subs.insert(id, v.clone());
+                    answer(201, v)
+                }
+                (m, p) => match p.strip_prefix(&format!("{coll}/")) {
+                    Some(id) if m == Method::GET => match subs.get(id) {
+                        Some(v) => answer(200, v.clone()),
+                        None => answer(404, Value::Null),
+                    },
+                    Some(id) if m == Method::DELETE => match subs.remove(id) {
+                        Some(_) => answer(200, Value::Null),
+                        None => answer(404, Value::Null),
+                    },
+                    _ => answer(404, Value::Null),
+                },
+            })
+        }
+    }
+
+    /// An election the test decides, and the record in memory.
+    struct FakeCoord {
+        role: watch::Sender<Role>,
+        record: Mutex<Option<SubscriptionRecord>>,
+        others: AtomicUsize,
+        resigned: std::sync::atomic::AtomicBool,
+    }
+
+    impl FakeCoord {
+        fn new(role: Role) -> Arc<FakeCoord> {
+            Arc::new(FakeCoord {
+                role: watch::Sender::new(role),
+                record: Mutex::new(None),
+                others: AtomicUsize::new(0),
+                resigned: Default::default(),
+            })
+        }
+        fn record(&self) -> Option<SubscriptionRecord> {
+            self.record.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Coord for Arc<FakeCoord> {
+        fn roles(&self) -> watch::Receiver<Role> {
+            self.role.subscribe()
+        }
+        async fn read(&self) -> Result<Option<SubscriptionRecord>, String> {
+            Ok(self.record())
+        }
+        async fn write(&self, record: &SubscriptionRecord) -> Result<(), String> {
+            *self.record.lock().unwrap() = Some(record.clone());
+            Ok(())
+        }
+        async fn forget(&self) {
+            *self.record.lock().unwrap() = None;
+        }
+        async fn others(&self) -> usize {
+            self.others.load(Ordering::SeqCst)
+        }
+        async fn resign(&self) {
+            self.resigned.store(true, Ordering::SeqCst);
+        }
+    }
+
+    const EVERY: Duration = Duration::from_secs(10);
+    const CALLBACK: &str = "https://smo.example.com/notify";
+
+    fn settings(store: &str) -> Arc<Mutex<Arc<Settings>>> {
+        Arc::new(Mutex::new(Arc::new(Settings {
+            cfg: SubscriptionConfig {
+                mode: Mode::Subscribe,
+                callback: CALLBACK.into(),
+                consumer_subscription_id: None,
+                check_every: EVERY,
+                authorization: None,
+                alarms: false,
+                filter: None,
+                base: None,
+                upstream: None,
+            },
+            consumer_id: default_consumer_id(store),
+            upstream: None,
+        })))
+    }
+
+    struct Run {
+        o2: Arc<FakeO2>,
+        coord: Arc<FakeCoord>,
+        tracker: Arc<Tracker>,
+        channel: &'static ChannelHealth,
+        stop: mpsc::Sender<oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Run {
+        fn state(&self) -> SubState {
+            self.tracker.state()
+        }
+        async fn stop(self) {
+            let (tx, rx) = oneshot::channel();
+            self.stop.send(tx).await.unwrap();
+            rx.await.unwrap();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn start(store: &str, o2: Arc<FakeO2>, coord: Arc<FakeCoord>) -> Run {
+        let channel: &'static ChannelHealth = Box::leak(Box::default());
+        let tracker = Arc::new(Tracker::new(store, channel, SubState::Unowned));
+        tracker
+            .check_every_ms
+            .store(EVERY.as_millis() as u64, Ordering::Relaxed);
+        let (stop, rx) = mpsc::channel(1);
+        let engine = Engine::new(o2.clone(), coord.clone(), settings(store), tracker.clone());
+        let task = tokio::spawn(engine.run(rx));
+        Run {
+            o2,
+            coord,
+            tracker,
+            channel,
+            stop,
+            task,
+        }
+    }
+
+    /// Lets the spawned engine run on the paused clock for `d`.
+    async fn pass(d: Duration) {
+        let step = Duration::from_millis(50);
+        let mut gone = Duration::ZERO;
+        while gone < d {
+            tokio::time::advance(step).await;
+            tokio::task::yield_now().await;
+            gone += step;
+        }
+    }
+
+    fn active_id(s: &SubState) -> &str {
+        match s {
+            SubState::Active { id, .. } => id,
+            other => panic!("not active: {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_owner_subscribes_checks_and_subscribes_again_after_a_loss() {
+        let run = start(
+            "t-loss",
+            Arc::default(),
+            FakeCoord::new(Role::Owner { since_ms: 1 }),
+        );
+        let recoveries = run.channel.recoveries();
+        assert!(run.channel.degraded(), "down until subscribed");
+        pass(Duration::from_millis(100)).await;
+        let first = active_id(&run.state()).to_owned();
+        assert_eq!(run.o2.count("POST"), 1);
+        assert!(!run.channel.degraded());
+        assert_eq!(*recoveries.borrow(), 1, "subscribed at start is a recovery");
+        let record = run.coord.record().unwrap();
+        assert_eq!(record.subscription_id, first);
+        assert_eq!(record.callback, CALLBACK);
+
+        // Checked every period, with no new POST while it exists.
+        pass(EVERY * 3).await;
+        assert_eq!(active_id(&run.state()), first);
+        assert_eq!(run.o2.count("POST"), 1);
+        assert!(run.o2.count(&format!("GET {BASE}/subscriptions/{first}")) >= 2);
+
+        // Lost, and the O-Cloud refuses new ones: Lost, degraded only past 2 x check_every.
+        run.o2.refuse.store(true, Ordering::SeqCst);
+        run.o2.lose_all();
+        pass(EVERY + Duration::from_millis(100)).await;
+        assert!(
+            matches!(run.state(), SubState::Lost { .. }),
+            "{:?}",
+            run.state()
+        );
+        assert!(!run.channel.degraded(), "degraded before 2 x check_every");
+        pass(EVERY * 2 + EVERY / 2).await;
+        assert!(matches!(run.state(), SubState::Lost { .. }));
+        assert!(run.channel.degraded(), "still trusted long after the loss");
+
+        // The O-Cloud takes them again: a new one, healthy, a second recovery.
+        run.o2.refuse.store(false, Ordering::SeqCst);
+        pass(EVERY + Duration::from_millis(100)).await;
+        let second = active_id(&run.state()).to_owned();
+        assert_ne!(second, first);
+        assert_eq!(run.o2.subs.lock().unwrap().len(), 1);
+        assert!(!run.channel.degraded());
+        assert_eq!(*recoveries.borrow(), 2);
+        run.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_up_to_the_check_period() {
+        let o2: Arc<FakeO2> = Arc::default();
+        o2.refuse.store(true, Ordering::SeqCst);
+        let run = start("t-backoff", o2, FakeCoord::new(Role::Owner { since_ms: 1 }));
+        pass(Duration::from_secs(60)).await;
+        assert_eq!(run.state(), SubState::Subscribing);
+        assert!(run.channel.degraded(), "never subscribed: down");
+        // 0.25 + 0.5 + 1 + 2 + 4 + 8 + 10 + 10 ... s: about 12 lists in a minute, not 240.
+        let lists = run.o2.count(&format!("GET {BASE}/subscriptions"));
+        assert!((8..=16).contains(&lists), "{lists} tries in a minute");
+        assert_eq!(retry_pause(1, EVERY), Duration::from_millis(250));
+        assert_eq!(retry_pause(3, EVERY), Duration::from_secs(1));
+        assert_eq!(retry_pause(40, EVERY), EVERY);
+        run.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_owner_adopts_the_record_or_finds_ours_in_the_list() {
+        // The record names a subscription the O-Cloud has: adopted with no POST.
+        let o2: Arc<FakeO2> = Arc::default();
+        let coll = format!("{BASE}/subscriptions");
+        o2.call(
+            Method::POST,
+            &coll,
+            Some(json!({ "callback": CALLBACK }).to_string().into_bytes()),
+        )
+        .await
+        .unwrap();
+        o2.calls.lock().unwrap().clear();
+        let coord = FakeCoord::new(Role::Owner { since_ms: 1 });
+        *coord.record.lock().unwrap() = Some(SubscriptionRecord {
+            subscription_id: "sub-0".into(),
+            callback: CALLBACK.into(),
+            created: 5,
+            checked: 5,
+            alarm_subscription_id: None,
+        });
+        let run = start("t-adopt", o2, coord);
+        pass(Duration::from_millis(100)).await;
+        assert_eq!(active_id(&run.state()), "sub-0");
+        assert_eq!(run.o2.count("POST"), 0);
+        assert_eq!(
+            run.coord.record().unwrap().created,
+            5,
+            "the same subscription"
+        );
+        run.stop().await;
+
+        // No record (a crash before it was written): found by the consumer id and callback.
+        let o2: Arc<FakeO2> = Arc::default();
+        let consumer = default_consumer_id("t-find");
+        let made = json!({ "callback": CALLBACK, "consumerSubscriptionId": consumer });
+        o2.call(Method::POST, &coll, Some(made.to_string().into_bytes()))
+            .await
+            .unwrap();
+        o2.calls.lock().unwrap().clear();
+        let run = start("t-find", o2, FakeCoord::new(Role::Owner { since_ms: 1 }));
+        pass(Duration::from_millis(100)).await;
+        assert_eq!(active_id(&run.state()), "sub-0");
+        assert_eq!(run.o2.count("POST"), 0);
+        run.stop().await;
+
+        // Ours by consumer id but with an old callback: removed, and a new one made.
+        let o2: Arc<FakeO2> = Arc::default();
+        let consumer = default_consumer_id("t-moved");
+        let old = json!({ "callback": "https://old/cb", "consumerSubscriptionId": consumer });
+        o2.call(Method::POST, &coll, Some(old.to_string().into_bytes()))
+            .await
+            .unwrap();
+        let run = start("t-moved", o2, FakeCoord::new(Role::Owner { since_ms: 1 }));
+        pass(Duration::from_millis(100)).await;
+        assert_eq!(active_id(&run.state()), "sub-1");
+        let subs = run.o2.subs.lock().unwrap().clone();
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs["sub-1"]["callback"], CALLBACK);
+        drop(subs);
+        run.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_is_degraded_when_the_owner_stops_checking() {
+        let coord = FakeCoord::new(Role::Following {
+            owner: "other".into(),
+        });
+        *coord.record.lock().unwrap() = Some(SubscriptionRecord {
+            subscription_id: "sub-9".into(),
+            callback: CALLBACK.into(),
+            created: wall_ms(),
+            checked: wall_ms(),
+            alarm_subscription_id: None,
+        });
+        let run = start("t-follow", Arc::default(), coord);
+        pass(Duration::from_millis(100)).await;
+        assert_eq!(
+            run.state(),
+            SubState::Following {
+                owner: "other".into()
+            }
+        );
+        assert!(!run.channel.degraded());
+        // The owner keeps checking (a new `checked` each period): healthy.
+        for _ in 0..4 {
+            pass(EVERY).await;
+            let mut r = run.coord.record().unwrap();
+            r.checked += 1;
+            *run.coord.record.lock().unwrap() = Some(r);
+        }
+        assert!(!run.channel.degraded());
+        // It stalls: past 3 x check_every without a new check (seen within a period, as the
+        // follower reads the record once a period), degraded.
+        pass(EVERY * 2).await;
+        assert!(!run.channel.degraded());
+        pass(EVERY * 3).await;
+        assert!(run.channel.degraded());
+        // It takes over when the owner goes: subscribes itself.
+        run.coord.role.send_replace(Role::Owner { since_ms: 2 });
+        pass(Duration::from_millis(200)).await;
+        // The record's sub-9 is unknown to this O-Cloud: a loss, then a new one.
+        assert_eq!(active_id(&run.state()), "sub-0");
+        assert!(!run.channel.degraded());
+        assert_eq!(run.o2.count("POST"), 1);
+        run.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_owner_deletes_on_stop_and_one_of_several_hands_over() {
+        let run = start(
+            "t-stop",
+            Arc::default(),
+            FakeCoord::new(Role::Owner { since_ms: 1 }),
+        );
+        pass(Duration::from_millis(100)).await;
+        let id = active_id(&run.state()).to_owned();
+        run.coord.others.store(1, Ordering::SeqCst);
+        let (o2, coord) = (run.o2.clone(), run.coord.clone());
+        run.stop().await;
+        assert_eq!(o2.count("DELETE"), 0, "another replica takes it over");
+        assert!(coord.record().is_some());
+        assert!(coord.resigned.load(Ordering::SeqCst));
+
+        let run = start("t-stop", o2, coord);
+        pass(Duration::from_millis(100)).await;
+        assert_eq!(active_id(&run.state()), id, "adopted");
+        let (o2, coord) = (run.o2.clone(), run.coord.clone());
+        coord.others.store(0, Ordering::SeqCst);
+        run.stop().await;
+        assert_eq!(o2.count(&format!("DELETE {BASE}/subscriptions/{id}")), 1);
+        assert!(o2.subs.lock().unwrap().is_empty());
+        assert!(coord.record().is_none());
+    }
+
+    #[test]
+    fn the_state_gauge_is_one_hot() {
+        let channel: &'static ChannelHealth = Box::leak(Box::default());
+        let t = Tracker::new("t-gauge", channel, SubState::Unowned);
+        t.set_state(SubState::Lost { why: "x".into() });
+        let v: Vec<i64> = t.gauges.iter().map(IntGauge::get).collect();
+        assert_eq!(v, [0, 0, 0, 0, 1, 0]);
+        assert_eq!(t.view()["state"], "lost");
+        assert_eq!(t.view()["why"], "x");
+    }
+
+    fn build(yaml: &str) -> (Option<SubscriptionConfig>, Vec<String>) {
+        let section: SubscriptionSection = serde_yaml::from_str(yaml).unwrap();
+        let mut errors = ConfigErrors::default();
+        let at = At::new("s");
+        let built = section.build(&at, &mut errors);
+        (built, errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn the_section_is_validated_where_it_is_wrong() {
+        let (c, e) = build("{ callback: 'https://smo/cb' }");
+        let c = c.unwrap();
+        assert!(e.is_empty());
+        assert_eq!(c.mode, Mode::Subscribe);
+        assert_eq!(c.check_every, DEFAULT_CHECK_EVERY);
+        assert!(!c.alarms);
+
+        let (_, e) = build("{ mode: subscribe }");
+        assert!(e[0].starts_with("s.callback:"), "{e:?}");
+        let (_, e) = build("{ callback: 'ftp://smo/cb' }");
+        assert!(
+            e[0].starts_with("s.callback:") && e[0].contains("http(s)"),
+            "{e:?}"
+        );
+        let (_, e) = build("{ callback: 'not a url' }");
+        assert!(e[0].starts_with("s.callback:"), "{e:?}");
+        let (_, e) = build("{ callback: 'https://smo/cb', check_every: 0s }");
+        assert!(e[0].starts_with("s.check_every:"), "{e:?}");
+        let (_, e) = build("{ mode: tap }");
+        assert!(
+            e[0].starts_with("s.mode:") && e[0].contains("cache_notify"),
+            "{e:?}"
+        );
+        let (_, e) = build("{ callback: 'https://smo/cb', base: 'o2ims/v1' }");
+        assert!(e[0].starts_with("s.base:"), "{e:?}");
+        let (c, e) = build("{ mode: off }");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(c.unwrap().mode, Mode::Off);
+
+        let (c, _) = build(
+            "{ callback: 'https://smo/cb', authorization: 'abc', alarms: true, \
+             filter: { objectType: [1] }, check_every: 5s }",
+        );
+        let c = c.unwrap();
+        assert_eq!(c.authorization.unwrap().to_str().unwrap(), "Bearer abc");
+        assert!(c.alarms);
+        assert_eq!(c.filter.unwrap(), json!({ "objectType": [1] }));
+        let (c, _) = build("{ callback: 'https://smo/cb', authorization: 'Basic eHk=' }");
+        assert_eq!(
+            c.unwrap().authorization.unwrap().to_str().unwrap(),
+            "Basic eHk="
+        );
+    }
+
+    #[test]
+    fn the_default_consumer_id_is_a_stable_uuid_v5_of_the_store() {
+        let a = default_consumer_id("o2");
+        assert_eq!(a, default_consumer_id("o2"));
+        assert_ne!(a, default_consumer_id("o3"));
+        let u = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(u.get_version_num(), 5);
+    }
 }
