@@ -1,6 +1,6 @@
 //! The gateway's own O2 subscription (`o2ims.subscription`) with three replicas sharing one
 //! store through a real ZooKeeper, in front of the test O2 server (oran dialect): exactly one
-//! subscription at the O-Cloud whatever the number of replicas; a subscription the O-Cloud loses
+//! inventory and one alarm subscription at the O-Cloud whatever the number of replicas; a subscription the O-Cloud loses
 //! is noticed and made again, with the store degraded (shorter lifetimes) while it is missing; a
 //! killed owner's subscription is adopted by the next owner (no second POST); an owner stopping
 //! gracefully hands it over while others run, and the last one removes it.
@@ -31,7 +31,7 @@ fn config(zk: &str, o2: &O2Ims, callback: &str) -> String {
         replicas,
         &format!(
             "{replicas}\n        degraded_ttl: 1s\n        o2ims:\n          subscription: \
-             {{ callback: \"{callback}\", check_every: 500ms }}"
+             {{ callback: \"{callback}\", check_every: 500ms, alarms: true }}"
         ),
     )
 }
@@ -79,6 +79,16 @@ fn at_origin(o2: &O2Ims) -> Vec<Value> {
         .filter(|s| s["family"] == "inventory")
         .collect()
 }
+
+/// The alarm subscriptions the fake holds.
+fn alarms_at_origin(o2: &O2Ims) -> Vec<Value> {
+    o2.subscriptions()
+        .into_iter()
+        .filter(|s| s["family"] == "alarm")
+        .collect()
+}
+
+const ALARMS: &str = "/o2ims-infrastructureMonitoring/v1/alarmSubscriptions";
 
 fn posts(o2: &O2Ims) -> u64 {
     o2.count_method("POST", &format!("{}/subscriptions", o2.base()))
@@ -128,6 +138,8 @@ fn one_subscription_for_three_replicas_made_again_when_the_o_cloud_loses_it() {
     assert_eq!(subs[0]["id"], id.as_str());
     assert_eq!(subs[0]["record"]["callback"], callback.as_str());
     assert_eq!(posts(&o2), 1, "more than one POST for three replicas");
+    assert_eq!(alarms_at_origin(&o2).len(), 1, "{:?}", o2.subscriptions());
+    assert_eq!(o2.count_method("POST", ALARMS), 1);
     // The O-Cloud checked the callback before it said 201 (oran's reachability GET).
     assert!(smo.requests().iter().any(|r| r.method == "GET"));
     assert_eq!(gauge(&gws[owner], "active"), Some(1));
@@ -149,7 +161,7 @@ fn one_subscription_for_three_replicas_made_again_when_the_o_cloud_loses_it() {
 
     // The O-Cloud forgets every subscription and refuses new ones for now.
     o2.behave(json!({ "path_regex": "/subscriptions$", "status": 503 }));
-    assert_eq!(o2.restart(), 1);
+    assert_eq!(o2.restart(), 2, "the inventory and the alarm subscription");
     assert!(
         eventually(WITHIN, || state(gw) == "lost"),
         "the loss was not noticed: {}",
@@ -186,6 +198,7 @@ fn one_subscription_for_three_replicas_made_again_when_the_o_cloud_loses_it() {
     assert_eq!(subs.len(), 1, "{subs:?}");
     assert_eq!(last["id"], subs[0]["id"]);
     assert_ne!(last["id"], id.as_str(), "the lost id was kept");
+    assert_eq!(alarms_at_origin(&o2).len(), 1, "{:?}", o2.subscriptions());
     assert_eq!(gauge(gw, "active"), Some(1));
     assert!(
         eventually(WITHIN, || gws.iter().all(|g| !degraded(g))),
@@ -211,6 +224,8 @@ fn a_killed_owner_is_adopted_and_the_last_graceful_stop_deletes() {
     assert_eq!(adopted, id, "the next owner did not adopt the subscription");
     assert_eq!(posts(&o2), 1, "the next owner subscribed again");
     assert_eq!(at_origin(&o2).len(), 1);
+    assert_eq!(o2.count_method("POST", ALARMS), 1);
+    assert_eq!(alarms_at_origin(&o2).len(), 1);
     let deletes =
         |o2: &O2Ims| o2.count_method("DELETE", &format!("{}/subscriptions/{id}", o2.base()));
     assert_eq!(deletes(&o2), 0);
@@ -234,5 +249,5 @@ fn a_killed_owner_is_adopted_and_the_last_graceful_stop_deletes() {
     final_gw.signal("TERM");
     final_gw.child.wait().unwrap();
     assert_eq!(deletes(&o2), 1);
-    assert!(at_origin(&o2).is_empty(), "{:?}", at_origin(&o2));
+    assert!(o2.subscriptions().is_empty(), "{:?}", o2.subscriptions());
 }

@@ -286,7 +286,8 @@ impl SubState {
 #[derive(Clone, Debug)]
 struct Status {
     state: SubState,
-    /// Monotonic ms when the state last turned Lost or Unowned (kept while it stays so).
+    /// Monotonic ms when the state last turned Lost, Unowned or Subscribing (kept while it
+    /// stays one of them).
     bad_since: u64,
     /// Whether the subscription was ever in place while this manager ran: before that, any
     /// state but Active (or a fresh owner's record) counts as down.
@@ -323,8 +324,9 @@ impl Status {
         match &self.state {
             SubState::Off => true,
             SubState::Active { .. } | SubState::Following { .. } => fresh,
-            SubState::Subscribing => false,
-            SubState::Lost { .. } | SubState::Unowned => {
+            // A takeover (Subscribing after another owner) or a loss is given 2 periods; at
+            // start, before the subscription was ever in place, nothing is trusted.
+            SubState::Subscribing | SubState::Lost { .. } | SubState::Unowned => {
                 self.ever_up && now.saturating_sub(self.bad_since) <= 2 * every
             }
         }
@@ -392,8 +394,13 @@ impl Tracker {
         if s.state == state {
             return;
         }
-        let bad = matches!(state, SubState::Lost { .. } | SubState::Unowned);
-        let was_bad = matches!(s.state, SubState::Lost { .. } | SubState::Unowned);
+        let gap = |s: &SubState| {
+            matches!(
+                s,
+                SubState::Lost { .. } | SubState::Unowned | SubState::Subscribing
+            )
+        };
+        let (bad, was_bad) = (gap(&state), gap(&s.state));
         if bad && !was_bad {
             s.bad_since = crate::clock::now_ms();
         }
