@@ -690,6 +690,10 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
             .clone()
     }
 
+    fn off(&self) -> bool {
+        self.settings().cfg.mode == Mode::Off
+    }
+
     fn check_every(&self) -> Duration {
         let every = self.settings().cfg.check_every;
         self.tracker.check_every_ms.store(
@@ -706,6 +710,14 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
         loop {
             let role = roles.borrow_and_update().clone();
             let done = match role {
+                // A reload to `mode: off`: nothing is checked or made until one back to
+                // `subscribe`; what exists at the O-Cloud stays (the last stop removes it).
+                _ if self.off() => {
+                    self.tracker.set_state(SubState::Off);
+                    self.pause(self.check_every(), &mut roles, &mut stop)
+                        .await
+                        .flatten()
+                }
                 Role::Unknown => {
                     self.tracker.set_state(SubState::Unowned);
                     self.wait(&mut roles, &mut stop).await
@@ -745,7 +757,7 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
         stop: &mut mpsc::Receiver<oneshot::Sender<()>>,
     ) -> Option<oneshot::Sender<()>> {
         self.tracker.set_state(SubState::Following { owner });
-        loop {
+        while !self.off() {
             match self.coord.read().await {
                 Ok(Some(r)) => self.tracker.update(|s| {
                     if r.checked != s.checked_ms {
@@ -763,6 +775,7 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
                 return exit;
             }
         }
+        None
     }
 
     /// Sleeps `d`, re-checking the health every quarter period meanwhile (a bound may pass
@@ -809,7 +822,7 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
         let mut failures = 0u32;
         // Whether the record may be adopted (not after the O-Cloud said it is gone).
         let mut adopt = true;
-        loop {
+        while !self.off() {
             let pause = match self.establish(adopt).await {
                 Ok(()) => {
                     failures = 0;
@@ -841,6 +854,7 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
                 return exit;
             }
         }
+        None
     }
 
     /// Makes sure the subscriptions exist: the record's ids checked (adopted), or found by
@@ -1138,6 +1152,8 @@ struct Manager {
     tracker: Arc<Tracker>,
     /// Asks the manager to stop; it answers when done.
     stop: mpsc::Sender<oneshot::Sender<()>>,
+    /// The other end, until the manager's thread starts (at the first plan with `subscribe`).
+    waiting: Mutex<Option<mpsc::Receiver<oneshot::Sender<()>>>>,
 }
 
 /// What a `Cache` built with the section hands its store's manager: prepared at config build,
@@ -1206,7 +1222,11 @@ impl SubscriptionSlot {
     /// Starts the manager of `store` with `plan` the first time; later (every tick of the
     /// serving config, a reload's new plan among them) hands it the plan's settings.
     pub fn serve(&self, store: &str, channel: &'static ChannelHealth, plan: &Plan) {
-        if let Some(m) = self.manager.get() {
+        let m = match self.manager.get() {
+            Some(m) => m,
+            None => self.make(store, channel, plan),
+        };
+        {
             let mut current = m.settings.lock().unwrap_or_else(PoisonError::into_inner);
             if !Arc::ptr_eq(&current, &plan.settings) {
                 *current = plan.settings.clone();
@@ -1215,46 +1235,56 @@ impl SubscriptionSlot {
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
+        }
+        if plan.settings.cfg.mode == Mode::Off {
             return;
         }
-        static STARTING: Mutex<()> = Mutex::new(());
-        let _one = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.manager.get().is_some() {
+        // Started by the first plan that subscribes (at start, or a reload from `off`).
+        let Some(stop_rx) = m
+            .waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return;
-        }
-        let cfg = &plan.settings.cfg;
-        let initial = match cfg.mode {
-            Mode::Off => SubState::Off,
-            Mode::Subscribe => SubState::Unowned,
         };
-        let tracker = Arc::new(Tracker::new(store, channel, initial));
-        tracker.check_every_ms.store(
-            cfg.check_every.as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let settings = Arc::new(Mutex::new(plan.settings.clone()));
-        let (stop, stop_rx) = mpsc::channel(1);
-        if cfg.mode == Mode::Subscribe {
-            let zk = plan.zookeeper.clone();
-            let (store_name, s, t) = (store.to_owned(), settings.clone(), tracker.clone());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let spawned = runtime.and_then(|rt| {
-                std::thread::Builder::new()
-                    .name(format!("cache-sub-{store}"))
-                    .spawn(move || rt.block_on(manage(store_name, zk, s, t, stop_rx)))
-            });
-            if let Err(e) = spawned {
-                log::error!("cache store {store}: cannot start the subscription manager: {e}");
-                return;
-            }
-        }
-        let _ = self.manager.set(Manager {
-            settings,
-            tracker,
-            stop,
+        let zk = plan.zookeeper.clone();
+        let (store_name, s, t) = (store.to_owned(), m.settings.clone(), m.tracker.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let spawned = runtime.and_then(|rt| {
+            std::thread::Builder::new()
+                .name(format!("cache-sub-{store}"))
+                .spawn(move || rt.block_on(manage(store_name, zk, s, t, stop_rx)))
         });
+        if let Err(e) = spawned {
+            log::error!("cache store {store}: cannot start the subscription manager: {e}");
+        }
+    }
+
+    fn make(&self, store: &str, channel: &'static ChannelHealth, plan: &Plan) -> &Manager {
+        static MAKING: Mutex<()> = Mutex::new(());
+        let _one = MAKING.lock().unwrap_or_else(PoisonError::into_inner);
+        self.manager.get_or_init(|| {
+            let cfg = &plan.settings.cfg;
+            let initial = match cfg.mode {
+                Mode::Off => SubState::Off,
+                Mode::Subscribe => SubState::Unowned,
+            };
+            let tracker = Arc::new(Tracker::new(store, channel, initial));
+            tracker.check_every_ms.store(
+                cfg.check_every.as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let (stop, stop_rx) = mpsc::channel(1);
+            Manager {
+                settings: Arc::new(Mutex::new(plan.settings.clone())),
+                tracker,
+                stop,
+                waiting: Mutex::new(Some(stop_rx)),
+            }
+        })
     }
 
     /// Removes (or hands over) the subscription, within 2 s.
@@ -1262,6 +1292,14 @@ impl SubscriptionSlot {
         let Some(m) = self.manager.get() else {
             return;
         };
+        if m.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            // Never started (`mode: off` throughout): nothing to remove.
+            return;
+        }
         let (tx, rx) = oneshot::channel();
         if m.stop.try_send(tx).is_err() {
             // Stopped already (another route of the store asked first), or never ran.
@@ -1463,6 +1501,7 @@ mod tests {
     }
 
     struct Run {
+        settings: Arc<Mutex<Arc<Settings>>>,
         o2: Arc<FakeO2>,
         coord: Arc<FakeCoord>,
         tracker: Arc<Tracker>,
@@ -1490,9 +1529,11 @@ mod tests {
             .check_every_ms
             .store(EVERY.as_millis() as u64, Ordering::Relaxed);
         let (stop, rx) = mpsc::channel(1);
-        let engine = Engine::new(o2.clone(), coord.clone(), settings(store), tracker.clone());
+        let settings = settings(store);
+        let engine = Engine::new(o2.clone(), coord.clone(), settings.clone(), tracker.clone());
         let task = tokio::spawn(engine.run(rx));
         Run {
+            settings,
             o2,
             coord,
             tracker,
@@ -1719,6 +1760,43 @@ mod tests {
         assert_eq!(o2.count(&format!("DELETE {BASE}/subscriptions/{id}")), 1);
         assert!(o2.subs.lock().unwrap().is_empty());
         assert!(coord.record().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_to_off_stops_the_checks_and_one_back_resumes_them() {
+        let run = start(
+            "t-off",
+            Arc::default(),
+            FakeCoord::new(Role::Owner { since_ms: 1 }),
+        );
+        pass(Duration::from_millis(100)).await;
+        let id = active_id(&run.state()).to_owned();
+        let set_mode = |mode| {
+            let mut s = run.settings.lock().unwrap();
+            let mut cfg = s.cfg.clone();
+            cfg.mode = mode;
+            *s = Arc::new(Settings {
+                cfg,
+                consumer_id: s.consumer_id.clone(),
+                upstream: None,
+            });
+        };
+        set_mode(Mode::Off);
+        pass(EVERY * 2).await;
+        assert_eq!(run.state(), SubState::Off);
+        let checks = run.o2.count("GET");
+        pass(EVERY * 5).await;
+        assert_eq!(run.o2.count("GET"), checks, "checked while off");
+        assert!(!run.channel.degraded(), "off is not a broken channel");
+        set_mode(Mode::Subscribe);
+        pass(EVERY * 2).await;
+        assert_eq!(
+            active_id(&run.state()),
+            id,
+            "the same subscription, adopted"
+        );
+        assert_eq!(run.o2.count("POST"), 1);
+        run.stop().await;
     }
 
     #[test]
