@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::o2ims::{is_hit, replica_config, replica_origin, O2Ims, Receiver};
+use common::o2ims::{is_hit, replica_config, replica_origin, O2Ims, Receiver, CALLBACK};
 use common::{eventually, Gateway};
 use serde_json::{json, Value};
 use zkgate_discovery::testkit::ZkServer;
@@ -250,4 +250,40 @@ fn a_killed_owner_is_adopted_and_the_last_graceful_stop_deletes() {
     final_gw.child.wait().unwrap();
     assert_eq!(deletes(&o2), 1);
     assert!(o2.subscriptions().is_empty(), "{:?}", o2.subscriptions());
+}
+
+#[test]
+fn a_reload_with_another_callback_replaces_the_subscription_checked_by_cache_notify() {
+    let zk = ZkServer::start();
+    let o2 = replica_origin();
+    let smo = Receiver::start();
+    let gw = Gateway::start(&config(&zk.connect_string(), &o2, &smo.url("/notify")));
+    let (_, first) = settled(&[&gw]);
+
+    // The gateway's own cache_notify route becomes the callback: on reload the owner removes
+    // the subscription made for the old one and makes another, whose reachability GET the
+    // O-Cloud sends to cache_notify (204).
+    let own = format!("http://{}{CALLBACK}", gw.http);
+    gw.write_config(&config(&zk.connect_string(), &o2, &own));
+    gw.signal("HUP");
+    let mut last = Value::Null;
+    let moved = eventually(WITHIN, || {
+        last = subscription(&gw);
+        last["state"] == "active" && last["id"] != first.as_str()
+    });
+    assert!(moved, "no new subscription after the reload: {last}");
+    let subs = at_origin(&o2);
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_eq!(subs[0]["record"]["callback"], own.as_str());
+    let alarms = alarms_at_origin(&o2);
+    assert_eq!(alarms.len(), 1, "{alarms:?}");
+    assert_eq!(alarms[0]["record"]["callback"], own.as_str());
+    let checked = o2.deliveries().into_iter().any(|d| {
+        d["kind"] == "reachability" && d["callback"] == own.as_str() && d["status"] == 204
+    });
+    assert!(
+        checked,
+        "cache_notify did not answer the reachability GET: {:?}",
+        o2.deliveries()
+    );
 }

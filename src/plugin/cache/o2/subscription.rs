@@ -884,7 +884,7 @@ impl<A: O2Api, C: Coord> Engine<A, C> {
             .ensure(Family::Inventory, &inventory, known, &settings)
             .await?;
         let alarm_id = if cfg.alarms {
-            let known = adopt
+            let known = (adopt && record.callback == cfg.callback)
                 .then_some(record.alarm_subscription_id.as_deref())
                 .flatten();
             Some(
