@@ -13,6 +13,7 @@
 
 pub mod alert;
 pub mod cache;
+pub mod client;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -305,6 +306,8 @@ pub struct PluginCx<'a> {
     pub route: &'a str,
     /// The route's `match.path_prefix`, if it has one.
     pub path_prefix: Option<&'a str>,
+    /// The route's upstream's name, if it has one (a plugin's own calls may go through it).
+    pub upstream: Option<&'a str>,
     /// The YAML path of the section being built.
     pub at: &'a At,
     /// The gateway's upstreams, by name.
@@ -761,6 +764,7 @@ mod tests {
         PluginCx {
             route,
             path_prefix: None,
+            upstream: None,
             at,
             upstreams: &|_| None,
             prev: None,

@@ -284,6 +284,7 @@ impl RouteSection {
             let cx = crate::plugin::PluginCx {
                 route: &self.name,
                 path_prefix: m.path_prefix.as_deref(),
+                upstream: self.upstream.as_deref(),
                 at: &at.key("plugin"),
                 upstreams: &lookup,
                 prev: prev.and_then(|p| p.plugin.as_ref()),
