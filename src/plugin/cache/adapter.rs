@@ -492,6 +492,31 @@ pub fn to_ms(t: SystemTime) -> u64 {
     ms(t)
 }
 
+/// Stores `body` under `key` the way the miss handler stores an origin's answer (the same
+/// meta, synthesized `ETag` and bounds): the warm-up's way into the store. `meta` is what
+/// [`cacheable`] made; `variance`, the request's variance when the response varies, is kept in
+/// the meta and the entry takes the primary slot, as Pingora admits a first variant. `false`
+/// for an uncacheable `meta`; a body over the entry's `max_object_size` is an error.
+pub async fn admit(
+    e: &Enabler,
+    key: &CacheKey,
+    meta: RespCacheable,
+    variance: Option<[u8; 16]>,
+    body: Bytes,
+) -> pingora::Result<bool> {
+    let RespCacheable::Cacheable(mut meta) = meta else {
+        return Ok(false);
+    };
+    if let Some(v) = variance {
+        meta.set_variance_key(v);
+    }
+    let span = pingora::cache::trace::Span::inactive().handle();
+    let mut miss = e.storage.get_miss_handler(key, &meta, &span).await?;
+    miss.write_body(body, true).await?;
+    miss.finish().await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

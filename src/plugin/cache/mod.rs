@@ -95,9 +95,10 @@ pub fn stores() -> Vec<&'static Shared> {
 pub struct Cache {
     route: Box<str>,
     shared: &'static Shared,
-    rules: policy::Rules,
-    key: key::KeyBuilder,
-    scope: Option<scope::ScopeMaker>,
+    // Shared with the route's warm-up, which admits entries as this route would.
+    rules: Arc<policy::Rules>,
+    key: Arc<key::KeyBuilder>,
+    scope: Option<Arc<scope::ScopeMaker>>,
     enabler: adapter::Enabler,
     /// A digest of the route's settings that shape its upstream's answers (trap 6).
     namespace: [u8; 16],
@@ -105,6 +106,8 @@ pub struct Cache {
     statuses: Box<[u16]>,
     degraded_ttl: Duration,
     metrics: metrics::RouteCacheMetrics,
+    /// `o2ims.warmup`, run by a task of the store's (`o2/warmup.rs`).
+    warmup: Option<Arc<o2::warmup::Warmup>>,
 }
 
 /// What the cache works out about one request.
@@ -456,6 +459,9 @@ impl HttpPlugin for Cache {
     /// The store's expiry sweep and Redis breaker (a store shared by routes is ticked by each).
     fn tick(&self) {
         self.shared.store.tick(store::wall_ms());
+        if let Some(w) = &self.warmup {
+            w.tick();
+        }
     }
 }
 
@@ -518,18 +524,23 @@ impl PluginBuild for Cache {
         let lock = cfg
             .lock
             .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
-        Some(Cache {
+        let mut cache = Cache {
             route: cx.route.into(),
             shared,
-            rules: cfg.rules,
-            key: cfg.key,
-            scope: cfg.scope,
+            rules: Arc::new(cfg.rules),
+            key: Arc::new(cfg.key),
+            scope: cfg.scope.map(Arc::new),
             enabler: adapter::Enabler::new(cx.resources, shared, lock),
             namespace: cx.route_digest,
             max_object_size: cfg.max_object_size,
             statuses: cfg.statuses,
             degraded_ttl: cfg.degraded_ttl,
             metrics: metrics::RouteCacheMetrics::new(cx.route),
-        })
+            warmup: None,
+        };
+        if let Some(w) = cfg.warmup {
+            cache.warmup = Some(o2::warmup::Warmup::bind(w, &cache, cx, errors)?);
+        }
+        Some(cache)
     }
 }
