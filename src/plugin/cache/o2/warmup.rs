@@ -307,7 +307,10 @@ impl Warmup {
         // A missing upstream was reported by the route itself.
         let upstream = upstream?;
         let store = &*cache.shared.name;
-        let runner = cx.resources.get_or_init(cx.route, || Runner {
+        // Per route and store: a reload that moves the route to another store gets a task
+        // watching that store's channel (the old one, no longer ticked, stays idle).
+        let runner_name = format!("{}\0{store}", cx.route);
+        let runner = cx.resources.get_or_init(&runner_name, || Runner {
             plan: Mutex::new(None),
             started: AtomicBool::new(false),
             ticked_ms: AtomicU64::new(0),
