@@ -5,6 +5,7 @@
 
 mod backoff;
 pub mod cache_bus;
+pub mod cache_owner;
 pub mod config_node;
 pub mod ensemble;
 mod failure;

@@ -13,6 +13,7 @@
 
 pub mod alert;
 pub mod cache;
+pub mod client;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -305,6 +306,8 @@ pub struct PluginCx<'a> {
     pub route: &'a str,
     /// The route's `match.path_prefix`, if it has one.
     pub path_prefix: Option<&'a str>,
+    /// The route's upstream's name, if it has one (a plugin's own calls may go through it).
+    pub upstream: Option<&'a str>,
     /// The YAML path of the section being built.
     pub at: &'a At,
     /// The gateway's upstreams, by name.
@@ -322,8 +325,6 @@ pub struct PluginCx<'a> {
     /// rewrite, header edits): a cache keys its entries under it, so that a reload changing
     /// them does not serve answers made under the old ones.
     pub route_digest: [u8; 16],
-    /// The name of the route's upstream, when it proxies to one.
-    pub route_upstream: Option<&'a str>,
     /// The one host the route matches (`match.host` without a wildcard, lowercase), if any.
     pub route_host: Option<&'a str>,
     /// Whether the route rewrites the path or edits request or response headers: a request a
@@ -768,6 +769,7 @@ mod tests {
         PluginCx {
             route,
             path_prefix: None,
+            upstream: None,
             at,
             upstreams: &|_| None,
             prev: None,
@@ -775,7 +777,6 @@ mod tests {
             zookeeper: None,
             zk_root: "/zkgate",
             route_digest: [0; 16],
-            route_upstream: None,
             route_host: None,
             route_edits: false,
         }

@@ -289,6 +289,7 @@ impl RouteSection {
             let cx = crate::plugin::PluginCx {
                 route: &self.name,
                 path_prefix: m.path_prefix.as_deref(),
+                upstream: self.upstream.as_deref(),
                 at: &at.key("plugin"),
                 upstreams: &lookup,
                 prev: prev.and_then(|p| p.plugin.as_ref()),
@@ -296,7 +297,6 @@ impl RouteSection {
                 zookeeper: env.zookeeper,
                 zk_root: env.zk_root,
                 route_digest: self.digest(),
-                route_upstream: self.upstream.as_deref(),
                 route_host: exact_host.as_deref(),
                 route_edits: self.rewrite.is_some()
                     || self.request_headers != HeaderEdits::default()

@@ -16,15 +16,12 @@ use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use ring::hmac;
 
+use crate::plugin::client;
 use crate::upstream::breaker::{Admit, Breaker};
-use crate::upstream::call::Outcome as CallOutcome;
 use crate::upstream::{PeerSettings, Upstream};
 
 /// How much of a destination's answer is kept for the log when it refuses a message.
 const EXCERPT: usize = 512;
-/// A response body longer than this is not read to the end: the connection is closed instead
-/// of being pooled.
-const MAX_DRAIN: usize = 1 << 20;
 
 /// Where a destination's messages go.
 pub enum Target {
@@ -166,35 +163,17 @@ impl Sender {
             } => {
                 // The same call as a proxied request's: the upstream's own breaker speaks for
                 // it, and the outcome counts toward the backend's outlier detection.
-                let mut call = match upstream.begin() {
-                    Ok(call) => call,
-                    Err(_) => {
-                        return Outcome::Failed(format!(
-                            "upstream `{}`: its circuit breaker is open",
-                            upstream.name
-                        ))
-                    }
-                };
-                let peer = match call.pick(None) {
-                    Ok(peer) => peer,
-                    Err(_) => {
-                        // Ended all the same, so that a half-open breaker's probe is not lost.
-                        call.finish(CallOutcome::Failed);
-                        return Outcome::Failed(format!(
-                            "upstream `{}` has no backend",
-                            upstream.name
-                        ));
-                    }
-                };
-                let authority = host.clone().unwrap_or_else(|| peer._address.to_string());
-                let outcome = self
-                    .exchange_with(connector, &peer, &authority, path, body)
-                    .await;
-                call.finish(match outcome {
-                    Outcome::Failed(_) => CallOutcome::BackendFailed,
-                    Outcome::Delivered(_) | Outcome::Rejected { .. } => CallOutcome::Ok,
-                });
-                outcome
+                let sent = client::through_upstream(
+                    upstream,
+                    |peer| async move {
+                        let authority = host.clone().unwrap_or_else(|| peer._address.to_string());
+                        self.exchange_with(connector, &peer, &authority, path, body)
+                            .await
+                    },
+                    |outcome| matches!(outcome, Outcome::Failed(_)),
+                )
+                .await;
+                sent.unwrap_or_else(|why| Outcome::Failed(why.describe(&upstream.name)))
             }
             Target::Url {
                 host,
@@ -237,7 +216,6 @@ impl Sender {
         path: &str,
         body: &Bytes,
     ) -> pingora::Result<(u16, String)> {
-        let (mut session, _reused) = connector.get_http_session(peer).await?;
         let mut req = RequestHeader::build(
             self.method.clone(),
             path.as_bytes(),
@@ -251,33 +229,11 @@ impl Sender {
         if let Some(sig) = &self.signature {
             req.insert_header(sig.header.clone(), sig.sign(body))?;
         }
-        session.write_request_header(Box::new(req)).await?;
-        session.write_request_body(body.clone(), true).await?;
-        session.finish_request_body().await?;
-        session.read_response_header().await?;
-        let status = session.response_header().map_or(0, |h| h.status.as_u16());
-        let mut excerpt = Vec::new();
-        let mut read = 0usize;
-        let mut whole = false;
-        while read <= MAX_DRAIN {
-            match session.read_response_body().await? {
-                Some(chunk) => {
-                    read += chunk.len();
-                    let room = EXCERPT.saturating_sub(excerpt.len());
-                    excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                }
-                None => {
-                    whole = true;
-                    break;
-                }
-            }
-        }
-        if whole {
-            connector
-                .release_http_session(session, peer, peer.options.idle_timeout)
-                .await;
-        }
-        Ok((status, String::from_utf8_lossy(&excerpt).trim().to_owned()))
+        let answer = client::exchange(connector, peer, req, body.clone(), EXCERPT).await?;
+        Ok((
+            answer.status,
+            String::from_utf8_lossy(&answer.body).trim().to_owned(),
+        ))
     }
 }
 

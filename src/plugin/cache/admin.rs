@@ -45,6 +45,7 @@ pub fn overview() -> Reply {
                 "degraded": s.channel.degraded(),
                 "last_notification_age_ms": (last > 0).then(|| now.saturating_sub(last)),
                 "bus": s.bus.get().map(|b| json!({ "healthy": b.healthy() })),
+                "subscription": s.subscription.view(),
             })
         })
         .collect();

@@ -53,6 +53,8 @@ pub struct Shared {
     pub bus: OnceLock<Arc<dyn bus::Bus>>,
     /// Notification bookkeeping: dedupe, counters, subscription state.
     pub notify: o2::NotifyState,
+    /// The gateway's own O2 subscription (`o2ims.subscription`), once a build starts it.
+    pub subscription: o2::subscription::SubscriptionSlot,
 }
 
 /// Every store of the process, for the admin API.
@@ -69,6 +71,7 @@ pub fn shared(resources: &Resources, cfg: &store::StoreConfig) -> &'static Share
             channel: bus::ChannelHealth::default(),
             bus: OnceLock::new(),
             notify: o2::NotifyState::default(),
+            subscription: o2::subscription::SubscriptionSlot::default(),
         }
     });
     if made {
@@ -106,6 +109,9 @@ pub struct Cache {
     statuses: Box<[u16]>,
     degraded_ttl: Duration,
     metrics: metrics::RouteCacheMetrics,
+    /// The store's O2 subscription as this route configures it, started by the serving
+    /// config's tick.
+    subscription: Option<o2::subscription::Plan>,
     /// `o2ims.warmup`, run by a task of the store's (`o2/warmup.rs`).
     warmup: Option<Arc<o2::warmup::Warmup>>,
 }
@@ -459,9 +465,19 @@ impl HttpPlugin for Cache {
     /// The store's expiry sweep and Redis breaker (a store shared by routes is ticked by each).
     fn tick(&self) {
         self.shared.store.tick(store::wall_ms());
+        if let Some(plan) = &self.subscription {
+            self.shared
+                .subscription
+                .serve(&self.shared.name, &self.shared.channel, plan);
+        }
         if let Some(w) = &self.warmup {
             w.tick();
         }
+    }
+
+    /// The owner removes the O2 subscription (or leaves it to the next owner).
+    async fn shutdown(&self) {
+        self.shared.subscription.shutdown().await;
     }
 }
 
@@ -521,6 +537,7 @@ impl PluginBuild for Cache {
             let slack_ms = u64::try_from(epoch_slack.as_millis()).unwrap_or(u64::MAX);
             shared.store.epochs().set_slack(slack_ms);
         }
+        let subscription = o2::subscription::plan(&cfg.store.name, &cfg, cx, errors);
         let lock = cfg
             .lock
             .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
@@ -536,6 +553,7 @@ impl PluginBuild for Cache {
             statuses: cfg.statuses,
             degraded_ttl: cfg.degraded_ttl,
             metrics: metrics::RouteCacheMetrics::new(cx.route),
+            subscription,
             warmup: None,
         };
         if let Some(w) = cfg.warmup {

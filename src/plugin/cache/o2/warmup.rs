@@ -19,13 +19,13 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::upstreams::peer::HttpPeer;
 use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
 
 use crate::plugin::cache::{adapter, scope, store, Cache, Shared};
-use crate::plugin::PluginCx;
+use crate::plugin::{client, PluginCx};
 use crate::section::{At, ConfigErrors, Dur, Secret};
-use crate::upstream::call::Outcome as CallOutcome;
 use crate::upstream::Upstream;
 
 /// `concurrency` when unset.
@@ -264,7 +264,7 @@ impl Warmup {
     ) -> Option<Arc<Warmup>> {
         let at = cx.at.key("o2ims").key("warmup");
         let before = errors.len();
-        let upstream = match cx.route_upstream {
+        let upstream = match cx.upstream {
             Some(name) => cx.upstream(name),
             None => {
                 errors.push(
@@ -523,63 +523,66 @@ impl Warmup {
         &self,
         req: RequestHeader,
     ) -> Result<Option<(ResponseHeader, Bytes)>, String> {
-        let name = &self.upstream.name;
-        let mut call = self
-            .upstream
-            .begin()
-            .map_err(|r| format!("upstream `{name}`: {}", r.reason()))?;
-        let peer = match call.pick(None) {
-            Ok(p) => p,
-            Err(r) => {
-                // Ended all the same, so that a half-open breaker's probe is not lost.
-                call.finish(CallOutcome::Failed);
-                return Err(format!("upstream `{name}`: {}", r.reason()));
-            }
-        };
         let connector = &self.runner.connector;
-        let answer = async {
-            let (mut session, _reused) = connector.get_http_session(&*peer).await?;
-            session.write_request_header(Box::new(req)).await?;
-            session.finish_request_body().await?;
-            session.read_response_header().await?;
-            let resp = session.response_header().cloned().ok_or_else(|| {
-                pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "no response head")
-            })?;
-            if adapter::too_large(&resp, self.max_object_size) {
-                return Ok(None);
-            }
-            let mut body = BytesMut::new();
-            while let Some(chunk) = session.read_response_body().await? {
-                if (body.len() + chunk.len()) as u64 > self.max_object_size {
-                    return Ok(None);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            connector
-                .release_http_session(session, &*peer, peer.options.idle_timeout)
-                .await;
-            Ok::<_, Box<pingora::Error>>(Some((resp, body.freeze())))
-        }
-        .await;
+        let max = self.max_object_size;
+        let answer = client::through_upstream(
+            &self.upstream,
+            |peer| async move {
+                (
+                    get(connector, &peer, req, max).await,
+                    peer._address.to_string(),
+                )
+            },
+            |(answer, _)| match answer {
+                Ok(Some((resp, _))) => resp.status.is_server_error(),
+                Ok(None) => false,
+                Err(_) => true,
+            },
+        )
+        .await
+        .map_err(|why| why.describe(&self.upstream.name))?;
         match answer {
-            Ok(Some((resp, _))) if resp.status.is_server_error() => {
-                call.finish(CallOutcome::BackendFailed);
-                Err(format!(
-                    "{} answered {}",
-                    peer._address,
-                    resp.status.as_u16()
-                ))
+            (Ok(Some((resp, _))), backend) if resp.status.is_server_error() => {
+                Err(format!("{backend} answered {}", resp.status.as_u16()))
             }
-            Ok(a) => {
-                call.finish(CallOutcome::Ok);
-                Ok(a)
-            }
-            Err(e) => {
-                call.finish(CallOutcome::BackendFailed);
-                Err(format!("{}: {e}", peer._address))
-            }
+            (Ok(a), _) => Ok(a),
+            (Err(e), backend) => Err(format!("{backend}: {e}")),
         }
     }
+}
+
+/// A GET on a pooled connection to `peer`: the head and whole body, `None` past `max` bytes
+/// (the connection is then dropped, not pooled).
+async fn get(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: RequestHeader,
+    max: u64,
+) -> pingora::Result<Option<(ResponseHeader, Bytes)>> {
+    let (mut session, _reused) = connector.get_http_session(peer).await?;
+    session.write_request_header(Box::new(req)).await?;
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    let Some(resp) = session.response_header().cloned() else {
+        return pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "no response head",
+        );
+    };
+    if adapter::too_large(&resp, max) {
+        return Ok(None);
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_response_body().await? {
+        if (body.len() + chunk.len()) as u64 > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    connector
+        .release_http_session(session, peer, peer.options.idle_timeout)
+        .await;
+    Ok(Some((resp, body.freeze())))
 }
 
 /// The task of one route's warm-up: a run once the channel is healthy, then one after each
