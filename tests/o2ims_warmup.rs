@@ -1,8 +1,9 @@
 //! The cache warm-up (`cache.o2ims.warmup`) end to end: listed collections are fetched from the
 //! O2 fake before any client asks, so the first client GET is a hit; after the ZooKeeper
 //! session is lost (which drops every entry) and the channel comes back, they are fetched
-//! again. And the checks a config gets: the route must have an upstream, a host to key by and
-//! a rule caching each path.
+//! again. With the gateway's own subscription, the warm-up waits for it to be active, and runs
+//! again when a lost one is made again after the store was degraded. And the checks a config
+//! gets: the route must have an upstream, a host to key by and a rule caching each path.
 // The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
 #![allow(clippy::unwrap_used)]
 
@@ -10,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::o2ims::{is_hit, replica_origin};
+use common::o2ims::{is_hit, replica_origin, Receiver};
 use common::{eventually, request, Gateway};
 use zkgate_discovery::testkit::ZkServer;
 
@@ -106,6 +107,79 @@ routes:
     assert!(is_hit(&r), "{:?}", r.header("cache-status"));
     assert_eq!(o2.count(&pools), before);
     assert_eq!(warmed(&gw, "failed"), 0);
+}
+
+/// Whether `GET /cache` says store o2 is degraded.
+fn degraded(gw: &Gateway) -> bool {
+    common::get(gw.admin, "/cache").json()["stores"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["store"] == "o2"))
+        .is_some_and(|s| s["degraded"] == true)
+}
+
+#[test]
+fn the_warm_up_waits_for_the_subscription_and_runs_again_when_it_is_made_again() {
+    let o2 = replica_origin();
+    let b = o2.base();
+    let smo = Receiver::start();
+    // The SMO's callback fails the O-Cloud's reachability check: no subscription yet.
+    smo.set_statuses(500, 204);
+    let gw = Gateway::start(&format!(
+        r#"
+upstreams: [{{ name: o2, backends: ["{api}"] }}]
+routes:
+  - name: o2ims
+    match: {{ host: test.local, path_prefix: / }}
+    upstream: o2
+    plugin:
+      cache:
+        profile: o2ims
+        store: o2
+        o2ims:
+          subscription: {{ callback: "{callback}", check_every: 500ms }}
+          warmup: {{ paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"], version: v2 }}
+"#,
+        api = o2.api,
+        callback = smo.url("/notify"),
+    ));
+    let types = format!("{b}/resourceTypes");
+    let posts = || o2.count_method("POST", &format!("{b}/subscriptions"));
+    assert!(
+        eventually(Duration::from_secs(30), || posts() >= 2),
+        "the gateway did not try to subscribe again:\n{}",
+        gw.log()
+    );
+    assert_eq!(warmed(&gw, "stored"), 0, "warmed up with no subscription");
+    assert_eq!(o2.count(&types), 0);
+
+    // The subscription goes through: the channel is healthy, the warm-up runs.
+    smo.set_statuses(204, 204);
+    assert!(
+        eventually(Duration::from_secs(30), || warmed(&gw, "stored") == 2),
+        "no warm-up once subscribed:\n{}\n{}",
+        gw.metrics(),
+        gw.log()
+    );
+    assert_eq!(o2.count(&types), 1);
+
+    // The O-Cloud forgets it, and cannot take a new one for a while: the store turns degraded
+    // (a loss is tolerated for two check periods); once made again, the warm-up runs again.
+    smo.set_statuses(500, 204);
+    assert_eq!(o2.restart(), 1);
+    assert!(
+        eventually(Duration::from_secs(30), || degraded(&gw)),
+        "never degraded:\n{}",
+        gw.log()
+    );
+    assert_eq!(warmed(&gw, "stored"), 2);
+    smo.set_statuses(204, 204);
+    assert!(
+        eventually(Duration::from_secs(30), || warmed(&gw, "stored") >= 4
+            && o2.count(&types) >= 2),
+        "no warm-up after the subscription was made again:\n{}\n{}",
+        gw.metrics(),
+        gw.log()
+    );
 }
 
 #[test]
