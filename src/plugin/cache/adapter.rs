@@ -671,6 +671,32 @@ mod tests {
         assert!(hit.seek(8, Some(3)).is_err());
     }
 
+    /// The warm-up's way in: what `admit` stores reads back as a miss handler's entry would,
+    /// its variance kept in the meta for Pingora's variant check.
+    #[tokio::test]
+    async fn an_admitted_answer_reads_back_like_a_stored_miss() {
+        let shared = shared("adapter-admit");
+        let e = Enabler::new(&Resources::default(), shared, None);
+        let warm = key(b"GET /warm", &[1; 16]);
+        let m = RespCacheable::Cacheable(meta(facts(1024, true), None));
+        let body = Bytes::from_static(b"warm");
+        assert!(admit(&e, &warm, m, Some([7; 16]), body)
+            .await
+            .expect("admitted"));
+        let (stored, body) = read_all(e.storage, &warm).await.expect("a hit");
+        assert_eq!(body, b"warm");
+        assert_eq!(stored.variance(), Some([7; 16]));
+        let etag = super::super::status::synthesized_etag(b"warm");
+        assert_eq!(
+            stored.headers().get(ETAG).map(|v| v.as_bytes()),
+            Some(etag.as_bytes())
+        );
+        let other = key(b"GET /cold", &[1; 16]);
+        let refused = admit(&e, &other, uncacheable("status"), None, Bytes::new()).await;
+        assert!(!refused.expect("no error"));
+        assert!(read_all(e.storage, &other).await.is_none());
+    }
+
     #[test]
     fn keys_of_two_routes_differ_for_the_same_request() {
         let a = key(b"GET host /p", &[1; 16]);
