@@ -177,6 +177,32 @@ fn the_smo_gets_every_notification_and_only_those_it_accepts_evict() {
     ) == 1));
     assert!(smo.posts().iter().any(|p| p.body == big.as_bytes()));
     assert!(hit(&gw, &pool(p2)), "an unread body evicted {p2}");
+    // The same without a declared length: cut off as it streams, still passed on whole.
+    let chunked = format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len());
+    let r = request(
+        gw.http,
+        "POST",
+        TAP,
+        &[
+            ("content-type", "application/json"),
+            ("transfer-encoding", "chunked"),
+        ],
+        chunked.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert!(eventually(Duration::from_secs(5), || tapped(
+        &gw,
+        "too_large"
+    ) == 2));
+    assert_eq!(
+        smo.posts()
+            .iter()
+            .filter(|p| p.body == big.as_bytes())
+            .count(),
+        2
+    );
+    assert!(hit(&gw, &pool(p2)), "an unread body evicted {p2}");
     assert_eq!(tapped(&gw, "evaluated"), 2);
 }
 
