@@ -325,6 +325,11 @@ pub struct PluginCx<'a> {
     /// rewrite, header edits): a cache keys its entries under it, so that a reload changing
     /// them does not serve answers made under the old ones.
     pub route_digest: [u8; 16],
+    /// The one host the route matches (`match.host` without a wildcard, lowercase), if any.
+    pub route_host: Option<&'a str>,
+    /// Whether the route rewrites the path or edits request or response headers: a request a
+    /// plugin sends through the route's upstream itself gets none of that.
+    pub route_edits: bool,
 }
 
 impl PluginCx<'_> {
@@ -772,6 +777,8 @@ mod tests {
             zookeeper: None,
             zk_root: "/zkgate",
             route_digest: [0; 16],
+            route_host: None,
+            route_edits: false,
         }
     }
 

@@ -279,6 +279,11 @@ impl RouteSection {
         let path = m.path_match(&at.key("match"), errors);
         let methods = m.methods(&at.key("match"), errors);
         let headers = m.header_conditions(&at.key("match"), errors);
+        let exact_host = m
+            .host
+            .as_deref()
+            .filter(|h| !h.contains('*'))
+            .map(str::to_ascii_lowercase);
         let plugin = self.plugin.as_ref().and_then(|p| {
             let lookup = |name: &str| env.upstream(name);
             let cx = crate::plugin::PluginCx {
@@ -292,6 +297,10 @@ impl RouteSection {
                 zookeeper: env.zookeeper,
                 zk_root: env.zk_root,
                 route_digest: self.digest(),
+                route_host: exact_host.as_deref(),
+                route_edits: self.rewrite.is_some()
+                    || self.request_headers != HeaderEdits::default()
+                    || self.response_headers != HeaderEdits::default(),
             };
             p.build(&cx, errors)
         });

@@ -492,6 +492,31 @@ pub fn to_ms(t: SystemTime) -> u64 {
     ms(t)
 }
 
+/// Stores `body` under `key` the way the miss handler stores an origin's answer (the same
+/// meta, synthesized `ETag` and bounds): the warm-up's way into the store. `meta` is what
+/// [`cacheable`] made; `variance`, the request's variance when the response varies, is kept in
+/// the meta and the entry takes the primary slot, as Pingora admits a first variant. `false`
+/// for an uncacheable `meta`; a body over the entry's `max_object_size` is an error.
+pub async fn admit(
+    e: &Enabler,
+    key: &CacheKey,
+    meta: RespCacheable,
+    variance: Option<[u8; 16]>,
+    body: Bytes,
+) -> pingora::Result<bool> {
+    let RespCacheable::Cacheable(mut meta) = meta else {
+        return Ok(false);
+    };
+    if let Some(v) = variance {
+        meta.set_variance_key(v);
+    }
+    let span = pingora::cache::trace::Span::inactive().handle();
+    let mut miss = e.storage.get_miss_handler(key, &meta, &span).await?;
+    miss.write_body(body, true).await?;
+    miss.finish().await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -644,6 +669,32 @@ mod tests {
         );
         assert_eq!(hit.read_body().await.expect("read"), None);
         assert!(hit.seek(8, Some(3)).is_err());
+    }
+
+    /// The warm-up's way in: what `admit` stores reads back as a miss handler's entry would,
+    /// its variance kept in the meta for Pingora's variant check.
+    #[tokio::test]
+    async fn an_admitted_answer_reads_back_like_a_stored_miss() {
+        let shared = shared("adapter-admit");
+        let e = Enabler::new(&Resources::default(), shared, None);
+        let warm = key(b"GET /warm", &[1; 16]);
+        let m = RespCacheable::Cacheable(meta(facts(1024, true), None));
+        let body = Bytes::from_static(b"warm");
+        assert!(admit(&e, &warm, m, Some([7; 16]), body)
+            .await
+            .expect("admitted"));
+        let (stored, body) = read_all(e.storage, &warm).await.expect("a hit");
+        assert_eq!(body, b"warm");
+        assert_eq!(stored.variance(), Some([7; 16]));
+        let etag = super::super::status::synthesized_etag(b"warm");
+        assert_eq!(
+            stored.headers().get(ETAG).map(|v| v.as_bytes()),
+            Some(etag.as_bytes())
+        );
+        let other = key(b"GET /cold", &[1; 16]);
+        let refused = admit(&e, &other, uncacheable("status"), None, Bytes::new()).await;
+        assert!(!refused.expect("no error"));
+        assert!(read_all(e.storage, &other).await.is_none());
     }
 
     #[test]

@@ -98,9 +98,10 @@ pub fn stores() -> Vec<&'static Shared> {
 pub struct Cache {
     route: Box<str>,
     shared: &'static Shared,
-    rules: policy::Rules,
-    key: key::KeyBuilder,
-    scope: Option<scope::ScopeMaker>,
+    // Shared with the route's warm-up, which admits entries as this route would.
+    rules: Arc<policy::Rules>,
+    key: Arc<key::KeyBuilder>,
+    scope: Option<Arc<scope::ScopeMaker>>,
     enabler: adapter::Enabler,
     /// A digest of the route's settings that shape its upstream's answers (trap 6).
     namespace: [u8; 16],
@@ -111,6 +112,8 @@ pub struct Cache {
     /// The store's O2 subscription as this route configures it, started by the serving
     /// config's tick.
     subscription: Option<o2::subscription::Plan>,
+    /// `o2ims.warmup`, run by a task of the store's (`o2/warmup.rs`).
+    warmup: Option<Arc<o2::warmup::Warmup>>,
 }
 
 /// What the cache works out about one request.
@@ -467,6 +470,9 @@ impl HttpPlugin for Cache {
                 .subscription
                 .serve(&self.shared.name, &self.shared.channel, plan);
         }
+        if let Some(w) = &self.warmup {
+            w.tick();
+        }
     }
 
     /// The owner removes the O2 subscription (or leaves it to the next owner).
@@ -535,12 +541,12 @@ impl PluginBuild for Cache {
         let lock = cfg
             .lock
             .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
-        Some(Cache {
+        let mut cache = Cache {
             route: cx.route.into(),
             shared,
-            rules: cfg.rules,
-            key: cfg.key,
-            scope: cfg.scope,
+            rules: Arc::new(cfg.rules),
+            key: Arc::new(cfg.key),
+            scope: cfg.scope.map(Arc::new),
             enabler: adapter::Enabler::new(cx.resources, shared, lock),
             namespace: cx.route_digest,
             max_object_size: cfg.max_object_size,
@@ -548,6 +554,11 @@ impl PluginBuild for Cache {
             degraded_ttl: cfg.degraded_ttl,
             metrics: metrics::RouteCacheMetrics::new(cx.route),
             subscription,
-        })
+            warmup: None,
+        };
+        if let Some(w) = cfg.warmup {
+            cache.warmup = Some(o2::warmup::Warmup::bind(w, &cache, cx, errors)?);
+        }
+        Some(cache)
     }
 }

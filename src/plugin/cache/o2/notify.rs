@@ -1,25 +1,30 @@
 //! The `cache_notify` plugin: the O2 notification callback, which authenticates its caller,
 //! drops repeats and evicts what the notification names.
 //!
-//! It answers every request itself and reads the body in `request_filter` with
-//! `session.read_request_body()`, as `alert_webhook` does: an answering plugin owns the whole
-//! exchange, so the body is read exactly when the caller is known to be allowed and the size
-//! within bounds, and no proxy phase after it runs. (A `request_body_filter` hook is what a
-//! `tap` mode, which proxies the body to the SMO, would need.)
+//! In `receive` mode it answers every request itself and reads the body in `request_filter`
+//! with `session.read_request_body()`, as `alert_webhook` does: an answering plugin owns the
+//! whole exchange, so the body is read exactly when the caller is known to be allowed and the
+//! size within bounds, and no proxy phase after it runs. Success is 204 and never more, since
+//! oran-o2ims counts anything above 204 as a failure and sends it again (notes §1.9). Every
+//! refusal is an RFC 9457 ProblemDetails.
 //!
-//! Success is 204 and never more, since oran-o2ims counts anything above 204 as a failure and
-//! sends it again (notes §1.9). Every refusal is an RFC 9457 ProblemDetails.
+//! In `tap` mode (for O-Clouds that accept no callback but the SMO's own) the route proxies
+//! the O-Cloud's requests to the SMO unchanged. A POST's body is copied aside as it streams
+//! through `request_body_filter`, up to `max_body`, and evicts in `logging` only when the SMO
+//! answered 2xx: the SMO authenticated the sender, and a notification it refused must not
+//! empty the cache.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::Method;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
@@ -51,6 +56,7 @@ pub struct NotifySection {
     /// The store this callback evicts from (a `cache` route's `store`, by default its name).
     pub store: String,
     /// Who may post notifications: exactly one of `token`, `client_cert_sha256`, `jwt`.
+    /// Required in `receive` mode; optional in `tap` mode, where the SMO authenticates.
     #[serde(default)]
     pub auth: Option<NotifyAuthSection>,
     /// The largest body accepted (413 past it).
@@ -58,9 +64,16 @@ pub struct NotifySection {
     pub max_body: Option<Size>,
     #[serde(default)]
     pub dedupe: Option<DedupeSection>,
-    /// `receive` (the default): the route answers the O-Cloud itself.
+    /// `receive` (the default): the route answers the O-Cloud itself. `tap`: the route has an
+    /// upstream (the SMO's callback), and a notification evicts once the SMO accepted it.
     #[serde(default)]
     pub mode: Option<String>,
+}
+
+impl NotifySection {
+    fn tap(&self) -> bool {
+        self.mode.as_deref() == Some("tap")
+    }
 }
 
 /// `cache_notify.auth`.
@@ -104,7 +117,10 @@ enum Auth {
 pub struct CacheNotify {
     route: Box<str>,
     store: Box<str>,
-    auth: Auth,
+    /// `None` only in tap mode, where the SMO behind the route decides.
+    auth: Option<Auth>,
+    /// In tap mode, the counters of the tapped requests.
+    tap: Option<TapMetrics>,
     max_body: u64,
     window_ms: u64,
     entries: usize,
@@ -130,6 +146,9 @@ impl CacheNotify {
     }
 
     fn authorized(&self, session: &Session) -> bool {
+        let Some(auth) = &self.auth else {
+            return true;
+        };
         let bearer = || {
             session
                 .req_header()
@@ -137,7 +156,7 @@ impl CacheNotify {
                 .get(AUTHORIZATION)
                 .map(|v| v.as_bytes())
         };
-        match &self.auth {
+        match auth {
             Auth::Token(expected) => bearer().is_some_and(|v| v.ct_eq(expected).into()),
             Auth::Certs(allowed) => TlsInfo::of(session.digest())
                 .and_then(|i| i.client.as_ref())
@@ -154,7 +173,7 @@ impl CacheNotify {
 
     fn challenge(&self) -> &'static str {
         match self.auth {
-            Auth::Certs(_) => "Mutual-TLS realm=\"zkgate\"",
+            Some(Auth::Certs(_)) => "Mutual-TLS realm=\"zkgate\"",
             _ => "Bearer realm=\"zkgate\"",
         }
     }
@@ -168,16 +187,32 @@ impl CacheNotify {
     }
 }
 
+/// What tap mode keeps about one proxied request.
+#[derive(Default)]
+pub struct TapState {
+    /// A POST: its body is a notification once the SMO accepts it.
+    post: bool,
+    /// The body so far (within `max_body`).
+    body: BytesMut,
+    /// The body went past `max_body`: it streamed on to the SMO and evicts nothing.
+    over: bool,
+    /// When the request arrived (Unix ms): the epoch of what it evicts.
+    arrived_ms: u64,
+}
+
 #[async_trait]
 impl HttpPlugin for CacheNotify {
-    type State = ();
+    type State = TapState;
 
     async fn request_filter(
         &self,
         session: &mut Session,
         _request: &RequestInfo<'_>,
-        _state: &mut (),
+        state: &mut TapState,
     ) -> pingora::Result<bool> {
+        if self.tap.is_some() {
+            return self.tap_request(session, state).await;
+        }
         let method = session.req_header().method.clone();
         if method != Method::GET && method != Method::HEAD && method != Method::POST {
             let mut head = problem_head(405)?;
@@ -230,14 +265,7 @@ impl HttpPlugin for CacheNotify {
             None => {
                 // No cache route names this store, so nothing is cached under it: the body is
                 // still judged, so that the sender learns of what it gets wrong.
-                if !self.warned.swap(true, Ordering::Relaxed) {
-                    log::warn!(
-                        "route {}: cache_notify store `{}` is named by no cache route; \
-                         notifications evict nothing",
-                        self.route,
-                        self.store
-                    );
-                }
+                self.warn_orphan();
                 decide(&self.orphan, &self.store, &body, now_ms).0
             }
         };
@@ -247,13 +275,178 @@ impl HttpPlugin for CacheNotify {
         }
         Ok(true)
     }
+
+    /// Tap mode: a copy of a POST's body, the chunks themselves passed on untouched.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        _request: &RequestInfo<'_>,
+        state: &mut TapState,
+    ) -> pingora::Result<()> {
+        if !state.post || state.over {
+            return Ok(());
+        }
+        if let Some(chunk) = body {
+            if (state.body.len() + chunk.len()) as u64 > self.max_body {
+                state.over = true;
+                state.body = BytesMut::new();
+            } else {
+                state.body.extend_from_slice(chunk);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tap mode: the eviction, once the SMO has answered the POST with a 2xx.
+    fn logging(
+        &self,
+        session: &Session,
+        _request: &RequestInfo<'_>,
+        error: Option<&pingora::Error>,
+        state: &mut TapState,
+    ) {
+        let Some(metrics) = &self.tap else { return };
+        if !state.post {
+            return;
+        }
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let accepted = error.is_none() && status.is_some_and(|s| (200..300).contains(&s));
+        if !accepted {
+            match status {
+                Some(s) if error.is_none() => {
+                    log::debug!(
+                        "route {}: the SMO answered a tapped notification with {s}: nothing \
+                         evicted",
+                        self.route
+                    );
+                    metrics.refused.inc();
+                }
+                _ => metrics.failed.inc(),
+            }
+            return;
+        }
+        if state.over {
+            log::warn!(
+                "route {}: a tapped notification over max_body ({} bytes) passed to the SMO \
+                 unread: nothing evicted",
+                self.route,
+                self.max_body
+            );
+            metrics.too_large.inc();
+            return;
+        }
+        let body = std::mem::take(&mut state.body).freeze();
+        let outcome = match self.shared() {
+            Some(shared) => apply(shared, &body, state.arrived_ms),
+            None => {
+                self.warn_orphan();
+                decide(&self.orphan, &self.store, &body, state.arrived_ms).0
+            }
+        };
+        if let Some(r) = &outcome.problem {
+            // The SMO took it, so the sender is told nothing: the log says why it evicted
+            // nothing.
+            log::info!(
+                "route {}: a tapped notification the SMO accepted evicts nothing: {} {}",
+                self.route,
+                r.status,
+                r.detail
+            );
+        }
+        metrics.evaluated.inc();
+    }
+}
+
+impl CacheNotify {
+    /// Tap mode's `request_filter`: the optional check of the caller, then the request goes on
+    /// to the SMO; a POST's body is copied as it passes.
+    async fn tap_request(
+        &self,
+        session: &mut Session,
+        state: &mut TapState,
+    ) -> pingora::Result<bool> {
+        if !self.authorized(session) {
+            self.count_rejected();
+            let mut head = problem_head(401)?;
+            head.insert_header(WWW_AUTHENTICATE, self.challenge())?;
+            let r = Rejection {
+                status: 401,
+                title: "Unauthorized",
+                detail: "missing or refused credentials".into(),
+            };
+            return finish(session, head, &r).await;
+        }
+        if session.req_header().method != Method::POST {
+            // The reachability GET, or whatever else the SMO's callback answers.
+            return Ok(false);
+        }
+        state.post = true;
+        state.arrived_ms = crate::plugin::cache::store::wall_ms();
+        let declared = session
+            .req_header()
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            state.over = true;
+        }
+        Ok(false)
+    }
+
+    fn warn_orphan(&self) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "route {}: cache_notify store `{}` is named by no cache route; notifications \
+                 evict nothing",
+                self.route,
+                self.store
+            );
+        }
+    }
+}
+
+static TAP_TOTAL: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    // Registration fails only on a duplicate name, which this single static rules out.
+    register_int_counter_vec!(
+        "zkgate_cache_notify_tap_total",
+        "POSTs a cache_notify route in tap mode passed to the SMO, by route and result: \
+         evaluated (the SMO answered 2xx, the body was handled as a notification: \
+         zkgate_cache_notifications_total says how), refused (the SMO answered otherwise: \
+         nothing evicted), too_large (over max_body: passed on unread, nothing evicted), \
+         failed (no answer from the SMO).",
+        &["route", "result"]
+    )
+    .expect("register zkgate_cache_notify_tap_total")
+});
+
+/// The tap counters of one route, labels resolved at build.
+struct TapMetrics {
+    evaluated: IntCounter,
+    refused: IntCounter,
+    too_large: IntCounter,
+    failed: IntCounter,
+}
+
+impl TapMetrics {
+    fn new(route: &str) -> TapMetrics {
+        let c = |result| TAP_TOTAL.with_label_values(&[route, result]);
+        TapMetrics {
+            evaluated: c("evaluated"),
+            refused: c("refused"),
+            too_large: c("too_large"),
+            failed: c("failed"),
+        }
+    }
 }
 
 impl PluginBuild for CacheNotify {
     type Section = NotifySection;
 
-    fn answers_itself(_: &NotifySection) -> bool {
-        true
+    /// In tap mode the route proxies to the SMO.
+    fn answers_itself(section: &NotifySection) -> bool {
+        !section.tap()
     }
 
     fn route(&self) -> &str {
@@ -270,7 +463,10 @@ impl PluginBuild for CacheNotify {
         if section.store.trim().is_empty() {
             errors.push(at.key("store"), "must name a cache store");
         }
-        let auth = build_auth(section.auth.as_ref(), &at.key("auth"), errors);
+        let auth = match (&section.auth, section.tap()) {
+            (None, true) => None,
+            (auth, _) => build_auth(auth.as_ref(), &at.key("auth"), errors),
+        };
         let max_body = section.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0);
         if max_body == 0 || max_body > dialect::MAX_BODY as u64 {
             errors.push(
@@ -294,14 +490,11 @@ impl PluginBuild for CacheNotify {
             );
         }
         match section.mode.as_deref() {
-            None | Some("receive") => {}
-            Some("tap") => errors.push(
+            None | Some("receive") | Some("tap") => {}
+            Some(other) => errors.push(
                 at.key("mode"),
-                "`tap` is not available yet: the callback answers the O-Cloud itself (`receive`)",
+                format!("`{other}` is not a mode (receive, tap)"),
             ),
-            Some(other) => {
-                errors.push(at.key("mode"), format!("`{other}` is not a mode (receive)"))
-            }
         }
         if errors.len() > before {
             return None;
@@ -312,7 +505,13 @@ impl PluginBuild for CacheNotify {
             orphan,
             route: cx.route.into(),
             store: section.store.trim().into(),
-            auth: auth?,
+            auth: match auth {
+                Some(a) => Some(a),
+                // Only tap mode goes without: build_auth reported the rest.
+                None if section.tap() && section.auth.is_none() => None,
+                None => return None,
+            },
+            tap: section.tap().then(|| TapMetrics::new(cx.route)),
             max_body,
             window_ms: window.as_millis().min(u64::MAX as u128) as u64,
             entries,
@@ -413,8 +612,13 @@ pub struct NotifyOutcome {
 /// Handles one authenticated notification body arrived at `now_ms`: parse, drop a repeat, bump
 /// the epochs of what it names and purge it here, then queue the epochs for the other replicas.
 pub async fn receive(shared: &'static Shared, body: Bytes, now_ms: u64) -> NotifyOutcome {
+    apply(shared, &body, now_ms)
+}
+
+/// [`receive`], which waits on nothing: tap mode runs it from `logging`.
+pub fn apply(shared: &'static Shared, body: &[u8], now_ms: u64) -> NotifyOutcome {
     let started = Instant::now();
-    let (mut outcome, tags) = decide(&shared.notify, &shared.name, &body, now_ms);
+    let (mut outcome, tags) = decide(&shared.notify, &shared.name, body, now_ms);
     if tags.is_empty() {
         return outcome;
     }
