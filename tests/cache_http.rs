@@ -276,6 +276,28 @@ fn vary_keeps_variants_apart() {
     assert_eq!(origin.count("/v"), 2, "one origin request per variant");
 }
 
+/// RFC 9211: a request whose URI is stored under another variant is a `vary-miss`, not a
+/// `uri-miss`; the first request of a URI stays a `uri-miss`.
+#[test]
+fn a_new_variant_of_a_stored_uri_is_a_vary_miss() {
+    let origin = Origin::start();
+    let mut spec = ok("max-age=60", "varied");
+    spec.headers.push(("vary".into(), "accept-language".into()));
+    origin.set("/vm", spec);
+    let gw = gateway(&origin, "{}");
+    let get_in = |lang: &str| {
+        request(gw.http, "GET", "/vm", &[("accept-language", lang)], b"").expect("get")
+    };
+    let first = get_in("en");
+    assert_eq!(status_of(&first), "zkgate; fwd=uri-miss; stored");
+    let other = get_in("fr");
+    assert_eq!(status_of(&other), "zkgate; fwd=vary-miss; stored");
+    let third = get_in("de");
+    assert_eq!(status_of(&third), "zkgate; fwd=vary-miss; stored");
+    assert!(status_of(&get_in("fr")).contains("hit"));
+    assert_eq!(origin.count("/vm"), 3);
+}
+
 #[test]
 fn no_store_private_and_set_cookie_are_not_stored_and_s_maxage_wins() {
     let origin = Origin::start();

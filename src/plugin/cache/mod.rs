@@ -131,6 +131,8 @@ pub struct CacheState {
     stored: bool,
     /// A stale entry answers because the origin failed with this status.
     stale_on_error: Option<u16>,
+    /// The lookup found the URI but not the request's variant (`fwd=vary-miss`).
+    vary_miss: bool,
 }
 
 impl CacheState {
@@ -289,6 +291,12 @@ impl HttpPlugin for Cache {
         Some(true)
     }
 
+    /// Whether the miss is a vary miss can only be told here, before the answer's variance is
+    /// set on the key for storing.
+    fn cache_miss(&self, session: &mut Session, _request: &RequestInfo<'_>, st: &mut CacheState) {
+        st.vary_miss = adapter::vary_miss(session);
+    }
+
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
@@ -416,7 +424,7 @@ impl HttpPlugin for Cache {
             0
         };
         let stored = st.stored && !st.outcome.served_from_store();
-        let value = status::cache_status(st.outcome, ttl, stored, false);
+        let value = status::cache_status(st.outcome, ttl, stored, st.vary_miss);
         response.insert_header(CACHE_STATUS, value)?;
         Ok(())
     }
