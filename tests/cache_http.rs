@@ -450,6 +450,52 @@ fn two_hundred_concurrent_gets_make_one_origin_request() {
     assert_eq!(origin.count("/busy"), 1);
 }
 
+/// A reader that gives up waiting on the lock (`lock.timeout`) fetches from the origin itself
+/// and says so: `detail=lock-timeout` in Cache-Status, `cache=lock-timeout` in the access log,
+/// counted in `lock_timeouts_total` and as a miss.
+#[test]
+fn a_reader_that_gives_up_on_the_lock_says_lock_timeout() {
+    let origin = Origin::start();
+    origin.set(
+        "/lt",
+        Spec {
+            delay_ms: 800,
+            ..ok("max-age=60", "slow")
+        },
+    );
+    let gw = gateway(&origin, "{ lock: { timeout: 100ms, age: 10s } }");
+    let addr = gw.http;
+    let writer = thread::spawn(move || request(addr, "GET", "/lt", &[], b""));
+    assert!(eventually(Duration::from_secs(5), || origin.count("/lt") == 1));
+    let reader = gw.get("/lt");
+    let writer = writer.join().expect("writer").expect("answer");
+    assert_eq!(status_of(&writer), "zkgate; fwd=uri-miss; stored");
+    assert_eq!(reader.text(), "slow");
+    assert_eq!(
+        status_of(&reader),
+        "zkgate; fwd=uri-miss; detail=lock-timeout",
+        "{reader:?}"
+    );
+    assert_eq!(
+        origin.count("/lt"),
+        2,
+        "the reader went to the origin itself"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || access_log(&gw)
+            .contains("cache=lock-timeout")),
+        "{}",
+        access_log(&gw)
+    );
+    let metrics = gw.metrics();
+    for line in [
+        "zkgate_cache_lock_timeouts_total{route=\"cached\"} 1",
+        "zkgate_cache_requests_total{kind=\"generic\",result=\"miss\",route=\"cached\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
+
 /// Trap 7: a chunked body over max_object_size streams to the client whole and is not stored.
 #[test]
 fn a_large_chunked_body_streams_whole_and_is_not_stored() {

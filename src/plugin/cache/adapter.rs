@@ -209,7 +209,7 @@ pub fn outcome(session: &Session) -> CacheOutcome {
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheOutcome::Revalidated,
         CachePhase::Disabled(reason) => match reason {
             NoCacheReason::CacheLockTimeout | NoCacheReason::CacheLockRetryLimit => {
-                CacheOutcome::Uncacheable("lock-timeout")
+                CacheOutcome::LockTimeout
             }
             NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
                 CacheOutcome::Uncacheable("too-large")

@@ -414,6 +414,10 @@ impl HttpPlugin for Cache {
                 Some(code) => status::CacheOutcome::StaleIfError(code),
                 None => adapter::outcome(session),
             };
+            if st.outcome == status::CacheOutcome::LockTimeout {
+                // No `cache_miss` ran: the reader went from its wait to the origin.
+                st.vary_miss = adapter::vary_miss(session);
+            }
         }
         if st.outcome == status::CacheOutcome::None {
             return Ok(());
