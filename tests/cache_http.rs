@@ -450,6 +450,46 @@ fn two_hundred_concurrent_gets_make_one_origin_request() {
     assert_eq!(origin.count("/busy"), 1);
 }
 
+/// A reader that arrives while another request fetches the entry waits on the lock and is
+/// served that fetch's entry: a hit that says `collapsed`, logged and counted as coalesced.
+#[test]
+fn a_reader_served_the_writers_entry_says_collapsed() {
+    let origin = Origin::start();
+    origin.set(
+        "/col",
+        Spec {
+            delay_ms: 600,
+            ..ok("max-age=60", "filled")
+        },
+    );
+    let gw = gateway(&origin, "{}");
+    let addr = gw.http;
+    let writer = thread::spawn(move || request(addr, "GET", "/col", &[], b""));
+    // The reader goes only once the writer's request is at the origin, holding the lock.
+    assert!(eventually(Duration::from_secs(5), || origin.count("/col") == 1));
+    let reader = gw.get("/col");
+    let writer = writer.join().expect("writer").expect("answer");
+    assert_eq!(status_of(&writer), "zkgate; fwd=uri-miss; stored");
+    assert_eq!(reader.text(), "filled");
+    let cs = status_of(&reader);
+    assert!(
+        cs.starts_with("zkgate; hit; ttl=") && cs.ends_with("; collapsed"),
+        "{reader:?}"
+    );
+    assert_eq!(origin.count("/col"), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || access_log(&gw)
+            .contains("cache=collapsed")),
+        "{}",
+        access_log(&gw)
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("zkgate_cache_coalesced_total{kind=\"generic\",route=\"cached\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// A reader that gives up waiting on the lock (`lock.timeout`) fetches from the origin itself
 /// and says so: `detail=lock-timeout` in Cache-Status, `cache=lock-timeout` in the access log,
 /// counted in `lock_timeouts_total` and as a miss.
