@@ -322,6 +322,9 @@ pub struct PluginCx<'a> {
     /// rewrite, header edits): a cache keys its entries under it, so that a reload changing
     /// them does not serve answers made under the old ones.
     pub route_digest: [u8; 16],
+    /// The route's `timeout` (the bound on its upstream answer across every try), if it has
+    /// one: a plugin holding requests behind the upstream's (the cache lock) checks against it.
+    pub route_timeout: Option<std::time::Duration>,
 }
 
 impl PluginCx<'_> {
@@ -768,6 +771,7 @@ mod tests {
             zookeeper: None,
             zk_root: "/zkgate",
             route_digest: [0; 16],
+            route_timeout: None,
         }
     }
 

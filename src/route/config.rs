@@ -291,6 +291,7 @@ impl RouteSection {
                 zookeeper: env.zookeeper,
                 zk_root: env.zk_root,
                 route_digest: self.digest(),
+                route_timeout: self.timeout.map(|d| d.0),
             };
             p.build(&cx, errors)
         });

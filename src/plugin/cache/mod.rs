@@ -527,6 +527,9 @@ impl PluginBuild for Cache {
             let slack_ms = u64::try_from(epoch_slack.as_millis()).unwrap_or(u64::MAX);
             shared.store.epochs().set_slack(slack_ms);
         }
+        if let Some(why) = cfg.lock.and_then(|l| l.misfit(cx.route_timeout)) {
+            log::warn!("{}: {why}", cx.at);
+        }
         let lock = cfg
             .lock
             .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
