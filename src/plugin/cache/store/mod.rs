@@ -162,7 +162,7 @@ impl Store {
             redis: cfg
                 .redis
                 .as_ref()
-                .map(|r| redis::RedisTier::new(&cfg.name, r, metrics.clone())),
+                .map(|r| redis::RedisTier::new(&cfg.name, r)),
             epochs: Epochs::default(),
             metrics,
             hits: AtomicU64::new(0),
