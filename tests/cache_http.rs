@@ -579,3 +579,42 @@ fn entries_survive_a_reload() {
     assert!(status_of(&after).contains("hit"), "{after:?}");
     assert_eq!(origin.count("/r"), 1);
 }
+
+/// A reload whose routes no longer name a store gives its memory back (counted as `unused`
+/// evictions); a later reload naming it again finds it cold and fills it again.
+#[test]
+fn a_store_no_route_names_after_a_reload_is_emptied_and_can_come_back() {
+    let origin = Origin::start();
+    origin.set("/u", ok("max-age=60", "kept"));
+    let gw = gateway(&origin, "{}");
+    gw.get("/u");
+    assert!(status_of(&gw.get("/u")).contains("hit"));
+    let with_cache = std::fs::read_to_string(&gw.config).expect("config");
+    let plugin = "    plugin:\n      cache: {}\n";
+    assert!(with_cache.contains(plugin), "{with_cache}");
+    std::fs::write(&gw.config, with_cache.replace(plugin, "")).expect("write");
+    gw.signal("HUP");
+    assert!(eventually(Duration::from_secs(10), || gw
+        .get("/u")
+        .header("cache-status")
+        .is_none()));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let m = gw.metrics();
+            m.contains("zkgate_cache_entries{store=\"cached\",tier=\"memory\"} 0")
+                && m.contains("zkgate_cache_evictions_total{reason=\"unused\",store=\"cached\"} 1")
+        }),
+        "{}",
+        gw.metrics()
+    );
+    std::fs::write(&gw.config, &with_cache).expect("write");
+    gw.signal("HUP");
+    // The first answer with the cache back on: the entry was not kept.
+    let mut first = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        first = gw.get("/u").header("cache-status").map(str::to_owned);
+        first.is_some()
+    }));
+    assert_eq!(first.as_deref(), Some("zkgate; fwd=uri-miss; stored"));
+    assert!(status_of(&gw.get("/u")).contains("hit"));
+}

@@ -22,8 +22,9 @@ pub mod scope;
 pub mod status;
 pub mod store;
 pub mod template;
+pub mod usage;
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -50,7 +51,7 @@ pub struct Shared {
     /// Whether the notification channel can be trusted (else lifetimes shrink to `degraded_ttl`).
     pub channel: bus::ChannelHealth,
     /// The replica fan-out, once installed (only with `replicas: zookeeper`).
-    pub bus: OnceLock<Arc<dyn bus::Bus>>,
+    pub bus: bus::BusSlot,
     /// Notification bookkeeping: dedupe, counters, subscription state.
     pub notify: o2::NotifyState,
 }
@@ -67,7 +68,7 @@ pub fn shared(resources: &Resources, cfg: &store::StoreConfig) -> &'static Share
             name: cfg.name.clone(),
             store: store::Store::new(cfg),
             channel: bus::ChannelHealth::default(),
-            bus: OnceLock::new(),
+            bus: bus::BusSlot::default(),
             notify: o2::NotifyState::default(),
         }
     });
@@ -105,6 +106,8 @@ pub struct Cache {
     statuses: Box<[u16]>,
     degraded_ttl: Duration,
     metrics: metrics::RouteCacheMetrics,
+    /// While any built plugin names the store, it keeps its entries and bus.
+    _uses: usage::StoreUse,
 }
 
 /// What the cache works out about one request.
@@ -517,6 +520,7 @@ impl PluginBuild for Cache {
             (config::Replicas::ZooKeeper { .. }, Some(ensemble)) => Some(ensemble),
             (config::Replicas::Off, _) => None,
         };
+        let uses = usage::StoreUse::new(&cfg.store.name);
         let shared = shared(cx.resources, &cfg.store);
         if let (Some(ensemble), config::Replicas::ZooKeeper { epoch_slack }) =
             (zookeeper, cfg.replicas)
@@ -545,6 +549,7 @@ impl PluginBuild for Cache {
             statuses: cfg.statuses,
             degraded_ttl: cfg.degraded_ttl,
             metrics: metrics::RouteCacheMetrics::new(cx.route),
+            _uses: uses,
         })
     }
 }

@@ -39,7 +39,8 @@ static VECS: LazyLock<Vecs> = LazyLock::new(|| Vecs {
         "zkgate_cache_evictions_total",
         "Entries that left a cache store's memory tier, by reason: capacity (room for newer \
          ones), expired, invalidation (a notification or unsafe method), purge (admin), \
-         session_loss (ZooKeeper session lost), too_large (refused at insert).",
+         session_loss (ZooKeeper session lost), too_large (refused at insert), unused (no route \
+         names the store after a reload).",
         &["store", "reason"]
     )
     .expect("register zkgate_cache_evictions_total"),
@@ -70,7 +71,7 @@ pub enum RedisOp {
 pub struct StoreMetrics {
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
-    evictions: [IntCounter; 6],
+    evictions: [IntCounter; REASONS.len()],
 }
 
 /// The handles of a store's Redis tier, made only for a store that has one: a memory-only
