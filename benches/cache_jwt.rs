@@ -4,6 +4,10 @@
 //!
 //! The token and key are RFC 7515 Appendix A.2's (RSA 2048), so the figure is that of a real
 //! signature without a key generator in the bench.
+//!
+//! Measured (`cargo bench --bench cache_jwt -- --warm-up-time 1 --measurement-time 3`, the
+//! shared 2-core build machine, load about 3): cold 26.7 µs, remembered 0.53 µs (SHA-256 of the
+//! 400-byte token, the lookup, the claims checked), about 50 times less.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
