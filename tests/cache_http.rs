@@ -276,6 +276,28 @@ fn vary_keeps_variants_apart() {
     assert_eq!(origin.count("/v"), 2, "one origin request per variant");
 }
 
+/// RFC 9211: a request whose URI is stored under another variant is a `vary-miss`, not a
+/// `uri-miss`; the first request of a URI stays a `uri-miss`.
+#[test]
+fn a_new_variant_of_a_stored_uri_is_a_vary_miss() {
+    let origin = Origin::start();
+    let mut spec = ok("max-age=60", "varied");
+    spec.headers.push(("vary".into(), "accept-language".into()));
+    origin.set("/vm", spec);
+    let gw = gateway(&origin, "{}");
+    let get_in = |lang: &str| {
+        request(gw.http, "GET", "/vm", &[("accept-language", lang)], b"").expect("get")
+    };
+    let first = get_in("en");
+    assert_eq!(status_of(&first), "zkgate; fwd=uri-miss; stored");
+    let other = get_in("fr");
+    assert_eq!(status_of(&other), "zkgate; fwd=vary-miss; stored");
+    let third = get_in("de");
+    assert_eq!(status_of(&third), "zkgate; fwd=vary-miss; stored");
+    assert!(status_of(&get_in("fr")).contains("hit"));
+    assert_eq!(origin.count("/vm"), 3);
+}
+
 #[test]
 fn no_store_private_and_set_cookie_are_not_stored_and_s_maxage_wins() {
     let origin = Origin::start();
@@ -428,6 +450,92 @@ fn two_hundred_concurrent_gets_make_one_origin_request() {
     assert_eq!(origin.count("/busy"), 1);
 }
 
+/// A reader that arrives while another request fetches the entry waits on the lock and is
+/// served that fetch's entry: a hit that says `collapsed`, logged and counted as coalesced.
+#[test]
+fn a_reader_served_the_writers_entry_says_collapsed() {
+    let origin = Origin::start();
+    origin.set(
+        "/col",
+        Spec {
+            delay_ms: 600,
+            ..ok("max-age=60", "filled")
+        },
+    );
+    let gw = gateway(&origin, "{}");
+    let addr = gw.http;
+    let writer = thread::spawn(move || request(addr, "GET", "/col", &[], b""));
+    // The reader goes only once the writer's request is at the origin, holding the lock.
+    assert!(eventually(Duration::from_secs(5), || origin.count("/col") == 1));
+    let reader = gw.get("/col");
+    let writer = writer.join().expect("writer").expect("answer");
+    assert_eq!(status_of(&writer), "zkgate; fwd=uri-miss; stored");
+    assert_eq!(reader.text(), "filled");
+    let cs = status_of(&reader);
+    assert!(
+        cs.starts_with("zkgate; hit; ttl=") && cs.ends_with("; collapsed"),
+        "{reader:?}"
+    );
+    assert_eq!(origin.count("/col"), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || access_log(&gw)
+            .contains("cache=collapsed")),
+        "{}",
+        access_log(&gw)
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("zkgate_cache_coalesced_total{kind=\"generic\",route=\"cached\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A reader that gives up waiting on the lock (`lock.timeout`) fetches from the origin itself
+/// and says so: `detail=lock-timeout` in Cache-Status, `cache=lock-timeout` in the access log,
+/// counted in `lock_timeouts_total` and as a miss.
+#[test]
+fn a_reader_that_gives_up_on_the_lock_says_lock_timeout() {
+    let origin = Origin::start();
+    origin.set(
+        "/lt",
+        Spec {
+            delay_ms: 800,
+            ..ok("max-age=60", "slow")
+        },
+    );
+    let gw = gateway(&origin, "{ lock: { timeout: 100ms, age: 10s } }");
+    let addr = gw.http;
+    let writer = thread::spawn(move || request(addr, "GET", "/lt", &[], b""));
+    assert!(eventually(Duration::from_secs(5), || origin.count("/lt") == 1));
+    let reader = gw.get("/lt");
+    let writer = writer.join().expect("writer").expect("answer");
+    assert_eq!(status_of(&writer), "zkgate; fwd=uri-miss; stored");
+    assert_eq!(reader.text(), "slow");
+    assert_eq!(
+        status_of(&reader),
+        "zkgate; fwd=uri-miss; detail=lock-timeout",
+        "{reader:?}"
+    );
+    assert_eq!(
+        origin.count("/lt"),
+        2,
+        "the reader went to the origin itself"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || access_log(&gw)
+            .contains("cache=lock-timeout")),
+        "{}",
+        access_log(&gw)
+    );
+    let metrics = gw.metrics();
+    for line in [
+        "zkgate_cache_lock_timeouts_total{route=\"cached\"} 1",
+        "zkgate_cache_requests_total{kind=\"generic\",result=\"miss\",route=\"cached\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
+
 /// Trap 7: a chunked body over max_object_size streams to the client whole and is not stored.
 #[test]
 fn a_large_chunked_body_streams_whole_and_is_not_stored() {
@@ -470,4 +578,43 @@ fn entries_survive_a_reload() {
     let after = gw.get("/r");
     assert!(status_of(&after).contains("hit"), "{after:?}");
     assert_eq!(origin.count("/r"), 1);
+}
+
+/// A reload whose routes no longer name a store gives its memory back (counted as `unused`
+/// evictions); a later reload naming it again finds it cold and fills it again.
+#[test]
+fn a_store_no_route_names_after_a_reload_is_emptied_and_can_come_back() {
+    let origin = Origin::start();
+    origin.set("/u", ok("max-age=60", "kept"));
+    let gw = gateway(&origin, "{}");
+    gw.get("/u");
+    assert!(status_of(&gw.get("/u")).contains("hit"));
+    let with_cache = std::fs::read_to_string(&gw.config).expect("config");
+    let plugin = "    plugin:\n      cache: {}\n";
+    assert!(with_cache.contains(plugin), "{with_cache}");
+    std::fs::write(&gw.config, with_cache.replace(plugin, "")).expect("write");
+    gw.signal("HUP");
+    assert!(eventually(Duration::from_secs(10), || gw
+        .get("/u")
+        .header("cache-status")
+        .is_none()));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let m = gw.metrics();
+            m.contains("zkgate_cache_entries{store=\"cached\",tier=\"memory\"} 0")
+                && m.contains("zkgate_cache_evictions_total{reason=\"unused\",store=\"cached\"} 1")
+        }),
+        "{}",
+        gw.metrics()
+    );
+    std::fs::write(&gw.config, &with_cache).expect("write");
+    gw.signal("HUP");
+    // The first answer with the cache back on: the entry was not kept.
+    let mut first = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        first = gw.get("/u").header("cache-status").map(str::to_owned);
+        first.is_some()
+    }));
+    assert_eq!(first.as_deref(), Some("zkgate; fwd=uri-miss; stored"));
+    assert!(status_of(&gw.get("/u")).contains("hit"));
 }

@@ -220,6 +220,73 @@ async fn redis_killed_under_reads_and_writes_then_restarted() {
     assert_eq!((&e.body[..], tier), (&b"after"[..], Tier::Redis));
 }
 
+fn metric_line(name: &str) -> Option<String> {
+    let text = String::from_utf8(zkgate::metrics::render()).expect("utf-8");
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .map(|l| l[name.len()..].trim().to_owned())
+}
+
+/// The Redis tier's size is sampled by the tick, not per request: the entries and bytes the
+/// store holds in Redis whichever replica wrote them (a memory-only entry is not there), again
+/// once the sample period has passed. A store without Redis shows no Redis gauges at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tick_samples_the_redis_tiers_size() {
+    use zkgate::plugin::cache::store::redis::{encode, SAMPLE_EVERY_MS};
+    let redis = Redis::start();
+    let a = Store::new(&config("sized", &redis));
+    let mut want_bytes = 0;
+    for i in 0..3 {
+        let e = entry(
+            i,
+            &"x".repeat(100 * (i as usize + 1)),
+            &[1],
+            StoreClass::Shared,
+        );
+        want_bytes += encode(&e).len();
+        a.insert(key(i), e);
+    }
+    a.insert(key(9), entry(9, "local", &[1], StoreClass::MemoryOnly));
+    wait_for("3 entries in Redis", || entry_keys(&redis) == 3).await;
+    let entries = r#"zkgate_cache_entries{store="sized",tier="redis"}"#;
+    let bytes = r#"zkgate_cache_stored_bytes{store="sized",tier="redis"}"#;
+    let t0 = wall_ms();
+    a.tick(t0);
+    wait_for("the first sample", || {
+        metric_line(entries).as_deref() == Some("3")
+    })
+    .await;
+    assert_eq!(metric_line(bytes), Some(want_bytes.to_string()));
+    assert_eq!(
+        metric_line(r#"zkgate_cache_redis_up{store="sized"}"#).as_deref(),
+        Some("1")
+    );
+
+    // Another replica's writes count too, from the next sample on.
+    let b = Store::new(&config("sized", &redis));
+    b.insert(key(3), entry(3, "from b", &[1], StoreClass::Shared));
+    wait_for("4 entries in Redis", || entry_keys(&redis) == 4).await;
+    a.tick(t0 + SAMPLE_EVERY_MS);
+    wait_for("the next sample", || {
+        metric_line(entries).as_deref() == Some("4")
+    })
+    .await;
+
+    let _memory_only = Store::new(&StoreConfig {
+        name: "memory-only".into(),
+        memory: 1 << 20,
+        redis: None,
+    });
+    assert_eq!(
+        metric_line(r#"zkgate_cache_entries{store="memory-only",tier="memory"}"#).as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        metric_line(r#"zkgate_cache_redis_up{store="memory-only"}"#),
+        None
+    );
+}
+
 /// The admin endpoints through a real gateway (no cache route yet): reads are open or
 /// token-guarded as documented, purges need the token and a JSON body, and a bad one is
 /// answered, not obeyed.

@@ -330,6 +330,9 @@ pub struct PluginCx<'a> {
     /// Whether the route rewrites the path or edits request or response headers: a request a
     /// plugin sends through the route's upstream itself gets none of that.
     pub route_edits: bool,
+    /// The route's `timeout` (the bound on its upstream answer across every try), if it has
+    /// one: a plugin holding requests behind the upstream's (the cache lock) checks against it.
+    pub route_timeout: Option<std::time::Duration>,
 }
 
 impl PluginCx<'_> {
@@ -779,6 +782,7 @@ mod tests {
             route_digest: [0; 16],
             route_host: None,
             route_edits: false,
+            route_timeout: None,
         }
     }
 

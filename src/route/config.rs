@@ -301,6 +301,7 @@ impl RouteSection {
                 route_edits: self.rewrite.is_some()
                     || self.request_headers != HeaderEdits::default()
                     || self.response_headers != HeaderEdits::default(),
+                route_timeout: self.timeout.map(|d| d.0),
             };
             p.build(&cx, errors)
         });

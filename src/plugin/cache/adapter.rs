@@ -209,7 +209,7 @@ pub fn outcome(session: &Session) -> CacheOutcome {
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => CacheOutcome::Revalidated,
         CachePhase::Disabled(reason) => match reason {
             NoCacheReason::CacheLockTimeout | NoCacheReason::CacheLockRetryLimit => {
-                CacheOutcome::Uncacheable("lock-timeout")
+                CacheOutcome::LockTimeout
             }
             NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge => {
                 CacheOutcome::Uncacheable("too-large")
@@ -221,6 +221,17 @@ pub fn outcome(session: &Session) -> CacheOutcome {
         CachePhase::Bypass => CacheOutcome::Uncacheable("bypass"),
         CachePhase::Uninit | CachePhase::CacheKey => CacheOutcome::None,
     }
+}
+
+/// Whether the lookup found an entry for the URI but not for the request's variant: Pingora set
+/// the variance on the key only then (it keeps none for a primary slot that matched). Call it
+/// from `cache_miss`, or once a lock wait gave up: by the time an origin answer is admitted,
+/// Pingora has set the variance it is stored under.
+pub fn vary_miss(session: &Session) -> bool {
+    session
+        .cache
+        .maybe_cache_key()
+        .is_some_and(|k| k.variance_bin().is_some())
 }
 
 /// Whether the request waited on the lock and then went to the origin on its own.

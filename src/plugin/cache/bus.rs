@@ -33,6 +33,30 @@ pub trait Bus: Send + Sync {
     fn healthy(&self) -> bool;
 }
 
+/// Where a store keeps its running bus: set by the first build that names the store, taken
+/// (which stops it) when no route names the store any more, set again if one names it later.
+#[derive(Default)]
+pub struct BusSlot(Mutex<Option<Arc<dyn Bus>>>);
+
+impl BusSlot {
+    /// The running bus, if any.
+    pub fn get(&self) -> Option<Arc<dyn Bus>> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set(&self, bus: Arc<dyn Bus>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(bus);
+    }
+
+    /// Removes the bus; it stops once the last user of it lets go.
+    pub fn take(&self) -> Option<Arc<dyn Bus>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
 /// A part of the notification channel that can fail on its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -212,7 +236,7 @@ pub fn install_bus(shared: &'static Shared, ensemble: &Ensemble, root: &str) {
     });
     match cache_bus::start(ensemble.clone(), root, &shared.name, origin, sink) {
         Ok(inner) => {
-            let _ = shared.bus.set(Arc::new(ZkBus { inner }));
+            shared.bus.set(Arc::new(ZkBus { inner }));
         }
         Err(e) => log::error!(
             "cache store {}: cannot start the replica bus: {e}; evictions stay on this replica",

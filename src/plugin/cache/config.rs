@@ -96,6 +96,36 @@ pub struct LockConfig {
     pub age: Duration,
 }
 
+impl LockConfig {
+    /// Why this lock does not fit a route whose upstream answer is bounded by `route_timeout`
+    /// (across every try, design trap 3), if it does not. A reader waits on the lock while the
+    /// writer fetches: when `timeout` is the shorter, every reader of a slow answer the route
+    /// still accepts gives up and goes to the origin too, the load coalescing is there to
+    /// spare; when `age` is, the writer's lock lapses mid-fetch and a second fetch starts.
+    /// A longer lock costs nothing: the writer's fetch ends by the route's timeout anyway.
+    pub fn misfit(&self, route_timeout: Option<Duration>) -> Option<String> {
+        let t = route_timeout?;
+        let name = |d: Duration| humantime::format_duration(d).to_string();
+        if self.timeout < t {
+            return Some(format!(
+                "lock.timeout ({}) is shorter than the route's timeout ({}): while the origin takes between the two, the requests waiting for one entry's fetch give up and all go to the origin; set lock.timeout to at least {}",
+                name(self.timeout),
+                name(t),
+                name(t)
+            ));
+        }
+        if self.age < t {
+            return Some(format!(
+                "lock.age ({}) is shorter than the route's timeout ({}): a fetch still within the route's time loses its lock, and the waiting requests start a second one; set lock.age to at least {}",
+                name(self.age),
+                name(t),
+                name(t)
+            ));
+        }
+        None
+    }
+}
+
 /// How replicas learn of evictions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replicas {
@@ -448,6 +478,37 @@ mod tests {
                 .map(|e| (e.path.clone(), e.message.clone()))
                 .collect()),
         }
+    }
+
+    /// Trap 3: readers wait through every try of the writer, so a lock shorter than the
+    /// route's own bound is called out; a longer one, or a route without a bound, is fine.
+    #[test]
+    fn a_lock_shorter_than_the_routes_timeout_is_called_out() {
+        let secs = Duration::from_secs;
+        let lock = |timeout, age| LockConfig {
+            timeout: secs(timeout),
+            age: secs(age),
+        };
+        assert_eq!(DEFAULT_LOCK.misfit(None), None);
+        assert_eq!(DEFAULT_LOCK.misfit(Some(secs(5))), None);
+        assert_eq!(lock(30, 60).misfit(Some(secs(5))), None);
+        let short = lock(2, 60)
+            .misfit(Some(secs(5)))
+            .expect("timeout too short");
+        assert!(
+            short.starts_with("lock.timeout (2s) is shorter than the route's timeout (5s)")
+                && short.contains("all go to the origin")
+                && short.ends_with("at least 5s"),
+            "{short}"
+        );
+        let lapses = lock(10, 3).misfit(Some(secs(5))).expect("age too short");
+        assert!(
+            lapses.starts_with("lock.age (3s) is shorter than the route's timeout (5s)")
+                && lapses.contains("second one"),
+            "{lapses}"
+        );
+        let built = build("{ lock: { timeout: 1s, age: 2s } }").expect("valid");
+        assert!(built.lock.expect("lock").misfit(Some(secs(3))).is_some());
     }
 
     #[test]

@@ -6,7 +6,16 @@
 //! shared-secret MAC verified with a public key is the classic algorithm-confusion forgery, and
 //! a JWKS holds public keys only. The algorithm of a token must be on the configured allow-list
 //! and must fit the type of the key its `kid` names, so a token cannot choose how it is checked.
+//!
+//! A token that verified is remembered (by the SHA-256 of its bytes, in a bounded cache of each
+//! verifier), so a client sending it again costs a hash and a lookup instead of a public-key
+//! operation (tens of µs for RS256). What a remembered token gets is what verifying it again
+//! would give: the signature and header depend on nothing but the token and the keys, which a
+//! verifier never changes (a reload that reads a changed JWKS or key builds a new verifier,
+//! with an empty cache), and the claims are checked again against the time of each request, so
+//! no token passes past its `exp`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::alphabet;
@@ -126,6 +135,9 @@ const MAX_KEYS_TRIED: usize = 4;
 const MAX_KEYS: usize = 64;
 /// The largest JWKS or PEM file read.
 const MAX_KEY_FILE: usize = 1024 * 1024;
+/// The bytes of verified tokens one verifier remembers (each weighs [`verified_weight`]): some
+/// thousands of typical tokens, more than the clients of one gateway hold at once.
+const VERIFIED_BYTES: u64 = 4 << 20;
 
 /// A signature algorithm zkgate verifies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +295,52 @@ pub struct Verifier {
     issuer: Option<Box<str>>,
     audience: Option<Box<str>>,
     leeway: Duration,
+    verified: VerifiedTokens,
+}
+
+/// A token whose signature verified, by the SHA-256 of its bytes: a collision-resistant key, so
+/// no other token can be crafted to find it. Only tokens signed by a configured key get in,
+/// so a client cannot fill it with made-up ones.
+struct VerifiedTokens(quick_cache::sync::Cache<[u8; 32], Verified, ByTokenSize>);
+
+#[derive(Clone)]
+struct Verified {
+    claims: Arc<Claims>,
+    weight: u32,
+}
+
+/// Weighs a remembered token by its length: its claims, parsed, take about as much again.
+#[derive(Clone)]
+struct ByTokenSize;
+
+impl quick_cache::Weighter<[u8; 32], Verified> for ByTokenSize {
+    fn weight(&self, _key: &[u8; 32], val: &Verified) -> u64 {
+        u64::from(val.weight)
+    }
+}
+
+/// What a token of `len` bytes is charged: the token's share of its parsed claims (the payload
+/// is about three quarters of it, its JSON parsed into a map about twice that) and the entry.
+fn verified_weight(len: usize) -> u32 {
+    u32::try_from(len.saturating_mul(2).saturating_add(256)).unwrap_or(u32::MAX)
+}
+
+impl VerifiedTokens {
+    fn new() -> VerifiedTokens {
+        VerifiedTokens(quick_cache::sync::Cache::with_weighter(
+            1024,
+            VERIFIED_BYTES,
+            ByTokenSize,
+        ))
+    }
+}
+
+impl std::fmt::Debug for VerifiedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedTokens")
+            .field("len", &self.0.len())
+            .finish()
+    }
 }
 
 /// The protected header fields read; the rest is ignored.
@@ -436,6 +494,7 @@ impl Verifier {
             issuer,
             audience,
             leeway,
+            verified: VerifiedTokens::new(),
         })
     }
 
@@ -452,11 +511,47 @@ impl Verifier {
         self.issuer.as_deref()
     }
 
-    /// Verifies a compact JWS (without the `Bearer ` prefix).
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, JwtError> {
+    /// Verifies a compact JWS (without the `Bearer ` prefix). A token verified before is not
+    /// checked against the keys again, only its claims against `now`.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Arc<Claims>, JwtError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(JwtError::Malformed);
         }
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
+        if let Some(known) = self.verified.0.get(&id) {
+            return match self.check_claims(&known.claims, now) {
+                Ok(()) => Ok(known.claims),
+                Err(e) => {
+                    // Past its `exp` (+ leeway) it never passes again: no need to keep it.
+                    if e == JwtError::Expired {
+                        self.verified.0.remove(&id);
+                    }
+                    Err(e)
+                }
+            };
+        }
+        let claims = Arc::new(self.verify_signed(token)?);
+        let checked = self.check_claims(&claims, now);
+        // Remembered once its signature verified, unless it is already expired for good: a
+        // token early for its `nbf` becomes valid later, one refused for its issuer or
+        // audience stays refused cheaply, and the claims are checked again on each use.
+        if checked != Err(JwtError::Expired) {
+            self.verified.0.insert(
+                id,
+                Verified {
+                    claims: claims.clone(),
+                    weight: verified_weight(token.len()),
+                },
+            );
+        }
+        checked?;
+        Ok(claims)
+    }
+
+    /// The token's claims if its header and signature verify against the keys (not its claims).
+    fn verify_signed(&self, token: &str) -> Result<Claims, JwtError> {
         let mut parts = token.split('.');
         let (Some(h64), Some(p64), Some(s64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -520,9 +615,7 @@ impl Verifier {
             .map_err(|_| JwtError::Malformed)?;
         let map: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&payload).map_err(|_| JwtError::Malformed)?;
-        let claims = Claims { map };
-        self.check_claims(&claims, now)?;
-        Ok(claims)
+        Ok(Claims { map })
     }
 
     fn check_claims(&self, claims: &Claims, now: SystemTime) -> Result<(), JwtError> {
@@ -986,6 +1079,84 @@ mod tests {
             assert!(v.verify(&format!("{h}.{p}"), now).is_err());
             assert!(v.verify(&format!("{h}.{p}.{s}.{s}"), now).is_err());
         }
+    }
+
+    /// A token is checked against the keys once: its second use gets the same claims without
+    /// a signature check, at any time before its `exp` (+ leeway), and not after.
+    #[test]
+    fn a_verified_token_is_remembered_and_still_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = jwks_verifier(&dir, json!([{"kty": "RSA", "n": RFC_RSA_N, "e": "AQAB"}]));
+        let first = v.verify(RFC_RS256, at_secs(RFC_EXP - 100)).unwrap();
+        let again = v.verify(RFC_RS256, at_secs(RFC_EXP + 29)).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the second use is not verified again"
+        );
+        assert_eq!(v.verified.0.len(), 1);
+        assert_eq!(
+            v.verify(RFC_RS256, at_secs(RFC_EXP + 30)).unwrap_err(),
+            JwtError::Expired,
+            "the leeway ends where a cold verify would end it"
+        );
+        assert_eq!(v.verified.0.len(), 0, "an expired token is forgotten");
+        assert_eq!(
+            v.verify(RFC_RS256, at_secs(RFC_EXP + 60)).unwrap_err(),
+            JwtError::Expired
+        );
+        assert_eq!(
+            v.verified.0.len(),
+            0,
+            "nor remembered when first seen expired"
+        );
+        // A copy with one signature byte changed is another token, checked on its own.
+        v.verify(RFC_RS256, at_secs(RFC_EXP - 100)).unwrap();
+        let mut forged = RFC_RS256.as_bytes().to_vec();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(
+            v.verify(&forged, at_secs(RFC_EXP - 100)).unwrap_err(),
+            JwtError::Signature
+        );
+    }
+
+    /// The remembered tokens belong to the verifier: a reload that reads a changed JWKS builds
+    /// another, which checks every token against its own keys.
+    #[test]
+    fn a_changed_jwks_forgets_what_the_old_keys_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = at_secs(RFC_EXP - 100);
+        let old = jwks_verifier(&dir, json!([{"kty": "RSA", "n": RFC_RSA_N, "e": "AQAB"}]));
+        old.verify(RFC_RS256, now).unwrap();
+        let new = jwks_verifier(
+            &dir,
+            json!([{"kty": "EC", "crv": "P-256", "x": RFC_EC_X, "y": RFC_EC_Y}]),
+        );
+        assert!(new.verify(RFC_RS256, now).is_err());
+        assert!(new.verify(RFC_ES256, now).is_ok());
+    }
+
+    /// However many tokens verify, the remembered ones stay within their byte bound.
+    #[test]
+    fn the_remembered_tokens_are_bounded() {
+        let cache = VerifiedTokens::new();
+        let claims = Arc::new(Claims {
+            map: serde_json::Map::new(),
+        });
+        let n = 4 * (VERIFIED_BYTES / u64::from(verified_weight(1000)));
+        for i in 0..n {
+            let mut id = [0u8; 32];
+            id[..8].copy_from_slice(&i.to_le_bytes());
+            let verified = Verified {
+                claims: claims.clone(),
+                weight: verified_weight(1000),
+            };
+            cache.0.insert(id, verified);
+        }
+        assert!(cache.0.weight() <= VERIFIED_BYTES, "{}", cache.0.weight());
+        assert!((cache.0.len() as u64) < n);
+        assert!(cache.0.len() > 100, "{}", cache.0.len());
     }
 
     /// `none`, HS256 over a JWKS RSA key (the classic confusion: the public key used as the

@@ -22,8 +22,9 @@ pub mod scope;
 pub mod status;
 pub mod store;
 pub mod template;
+pub mod usage;
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -50,7 +51,7 @@ pub struct Shared {
     /// Whether the notification channel can be trusted (else lifetimes shrink to `degraded_ttl`).
     pub channel: bus::ChannelHealth,
     /// The replica fan-out, once installed (only with `replicas: zookeeper`).
-    pub bus: OnceLock<Arc<dyn bus::Bus>>,
+    pub bus: bus::BusSlot,
     /// Notification bookkeeping: dedupe, counters, subscription state.
     pub notify: o2::NotifyState,
     /// The gateway's own O2 subscription (`o2ims.subscription`), once a build starts it.
@@ -69,7 +70,7 @@ pub fn shared(resources: &Resources, cfg: &store::StoreConfig) -> &'static Share
             name: cfg.name.clone(),
             store: store::Store::new(cfg),
             channel: bus::ChannelHealth::default(),
-            bus: OnceLock::new(),
+            bus: bus::BusSlot::default(),
             notify: o2::NotifyState::default(),
             subscription: o2::subscription::SubscriptionSlot::default(),
         }
@@ -114,6 +115,8 @@ pub struct Cache {
     subscription: Option<o2::subscription::Plan>,
     /// `o2ims.warmup`, run by a task of the store's (`o2/warmup.rs`).
     warmup: Option<Arc<o2::warmup::Warmup>>,
+    /// While any built plugin names the store, it keeps its entries and bus.
+    _uses: usage::StoreUse,
 }
 
 /// What the cache works out about one request.
@@ -140,6 +143,8 @@ pub struct CacheState {
     stored: bool,
     /// A stale entry answers because the origin failed with this status.
     stale_on_error: Option<u16>,
+    /// The lookup found the URI but not the request's variant (`fwd=vary-miss`).
+    vary_miss: bool,
 }
 
 impl CacheState {
@@ -298,6 +303,12 @@ impl HttpPlugin for Cache {
         Some(true)
     }
 
+    /// Whether the miss is a vary miss can only be told here, before the answer's variance is
+    /// set on the key for storing.
+    fn cache_miss(&self, session: &mut Session, _request: &RequestInfo<'_>, st: &mut CacheState) {
+        st.vary_miss = adapter::vary_miss(session);
+    }
+
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
@@ -415,6 +426,10 @@ impl HttpPlugin for Cache {
                 Some(code) => status::CacheOutcome::StaleIfError(code),
                 None => adapter::outcome(session),
             };
+            if st.outcome == status::CacheOutcome::LockTimeout {
+                // No `cache_miss` ran: the reader went from its wait to the origin.
+                st.vary_miss = adapter::vary_miss(session);
+            }
         }
         if st.outcome == status::CacheOutcome::None {
             return Ok(());
@@ -425,7 +440,7 @@ impl HttpPlugin for Cache {
             0
         };
         let stored = st.stored && !st.outcome.served_from_store();
-        let value = status::cache_status(st.outcome, ttl, stored, false);
+        let value = status::cache_status(st.outcome, ttl, stored, st.vary_miss);
         response.insert_header(CACHE_STATUS, value)?;
         Ok(())
     }
@@ -527,6 +542,7 @@ impl PluginBuild for Cache {
             (config::Replicas::ZooKeeper { .. }, Some(ensemble)) => Some(ensemble),
             (config::Replicas::Off, _) => None,
         };
+        let uses = usage::StoreUse::new(&cfg.store.name);
         let shared = shared(cx.resources, &cfg.store);
         if let (Some(ensemble), config::Replicas::ZooKeeper { epoch_slack }) =
             (zookeeper, cfg.replicas)
@@ -538,6 +554,9 @@ impl PluginBuild for Cache {
             shared.store.epochs().set_slack(slack_ms);
         }
         let subscription = o2::subscription::plan(&cfg.store.name, &cfg, cx, errors);
+        if let Some(why) = cfg.lock.and_then(|l| l.misfit(cx.route_timeout)) {
+            log::warn!("{}: {why}", cx.at);
+        }
         let lock = cfg
             .lock
             .map(|l| adapter::lock_for(cx.resources, &cfg.store.name, l.age, l.timeout));
@@ -555,6 +574,7 @@ impl PluginBuild for Cache {
             metrics: metrics::RouteCacheMetrics::new(cx.route),
             subscription,
             warmup: None,
+            _uses: uses,
         };
         if let Some(w) = cfg.warmup {
             cache.warmup = Some(o2::warmup::Warmup::bind(w, &cache, cx, errors)?);

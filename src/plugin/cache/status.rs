@@ -52,6 +52,9 @@ pub enum CacheOutcome {
     StaleIfError(u16),
     /// Fetched from the origin (and maybe stored).
     Miss,
+    /// Waited on the lock for another request's fetch past `lock.timeout`, then fetched from
+    /// the origin itself, without storing (nginx's `proxy_cache_lock_timeout`).
+    LockTimeout,
     /// A stale entry was fetched again from the origin.
     Expired,
     /// A stale entry was revalidated with the origin (304).
@@ -69,7 +72,7 @@ impl CacheOutcome {
             CacheOutcome::None => "none",
             CacheOutcome::Hit | CacheOutcome::Collapsed => "hit",
             CacheOutcome::Stale | CacheOutcome::StaleIfError(_) => "stale",
-            CacheOutcome::Miss => "miss",
+            CacheOutcome::Miss | CacheOutcome::LockTimeout => "miss",
             CacheOutcome::Expired => "expired",
             CacheOutcome::Revalidated => "revalidated",
             CacheOutcome::Bypass(_) => "bypass",
@@ -89,6 +92,7 @@ impl CacheOutcome {
             CacheOutcome::Stale => "stale",
             CacheOutcome::StaleIfError(_) => "stale-if-error",
             CacheOutcome::Miss => "miss",
+            CacheOutcome::LockTimeout => "lock-timeout",
             CacheOutcome::Expired => "expired",
             CacheOutcome::Revalidated => "revalidated",
             CacheOutcome::Bypass(_) => "bypass",
@@ -115,7 +119,7 @@ const NAME: &str = "zkgate";
 /// The `Cache-Status` value (RFC 9211) for `outcome`. `ttl` is the entry's remaining freshness
 /// in seconds (negative once stale) on answers from the store; `stored`, whether the origin's
 /// answer is being stored; `vary_miss`, whether an entry was found for the URI but not for the
-/// request's variant.
+/// request's variant (a miss, or a lock timeout after such a lookup).
 pub fn cache_status(outcome: CacheOutcome, ttl: i64, stored: bool, vary_miss: bool) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(48);
@@ -146,6 +150,10 @@ pub fn cache_status(outcome: CacheOutcome, ttl: i64, stored: bool, vary_miss: bo
                     Ok(())
                 }
             })
+        }
+        CacheOutcome::LockTimeout => {
+            let fwd = if vary_miss { "vary-miss" } else { "uri-miss" };
+            write!(out, "; fwd={fwd}; detail=lock-timeout")
         }
         CacheOutcome::Bypass(why) => write!(out, "; fwd=bypass; detail={}", why.as_str()),
         CacheOutcome::Uncacheable(why) => write!(out, "; fwd=uri-miss; detail={why}"),
@@ -205,6 +213,20 @@ mod tests {
             ),
             (CacheOutcome::Expired, 0, false, false, "zkgate; fwd=stale"),
             (
+                CacheOutcome::LockTimeout,
+                0,
+                false,
+                false,
+                "zkgate; fwd=uri-miss; detail=lock-timeout",
+            ),
+            (
+                CacheOutcome::LockTimeout,
+                0,
+                false,
+                true,
+                "zkgate; fwd=vary-miss; detail=lock-timeout",
+            ),
+            (
                 CacheOutcome::Bypass(BypassReason::Credentials),
                 0,
                 false,
@@ -247,5 +269,11 @@ mod tests {
         assert_eq!(CacheOutcome::StaleIfError(500).result(), "stale");
         assert!(CacheOutcome::Revalidated.served_from_store());
         assert!(!CacheOutcome::Miss.served_from_store());
+        assert_eq!(
+            CacheOutcome::LockTimeout.log_field(false),
+            Some("lock-timeout")
+        );
+        assert_eq!(CacheOutcome::LockTimeout.result(), "miss");
+        assert!(!CacheOutcome::LockTimeout.served_from_store());
     }
 }

@@ -131,6 +131,8 @@ pub struct CacheNotify {
     warned: AtomicBool,
     /// The dedupe and counters while no cache route has made the store.
     orphan: NotifyState,
+    /// A callback names the store too: it keeps its bus (and entries) while this route lives.
+    _uses: crate::plugin::cache::usage::StoreUse,
 }
 
 impl CacheNotify {
@@ -517,6 +519,7 @@ impl PluginBuild for CacheNotify {
             entries,
             shared: OnceLock::new(),
             warned: AtomicBool::new(false),
+            _uses: crate::plugin::cache::usage::StoreUse::new(section.store.trim()),
         })
     }
 }

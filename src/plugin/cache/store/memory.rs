@@ -60,18 +60,19 @@ impl Weighter<KeyHash, Arc<Entry>> for ByBytes {
 
 /// Evictions by reason, shared with the eviction hook.
 pub struct Evictions {
-    counts: [AtomicU64; 6],
+    counts: [AtomicU64; REASONS.len()],
     /// Called with each count added (the store's metric handles).
     on_count: Box<dyn Fn(EvictReason, u64) + Send + Sync>,
 }
 
-pub const REASONS: [EvictReason; 6] = [
+pub const REASONS: [EvictReason; 7] = [
     EvictReason::Capacity,
     EvictReason::Expired,
     EvictReason::Invalidation,
     EvictReason::Purge,
     EvictReason::SessionLoss,
     EvictReason::TooLarge,
+    EvictReason::Unused,
 ];
 
 impl Evictions {

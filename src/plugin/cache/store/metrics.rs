@@ -23,14 +23,15 @@ static VECS: LazyLock<Vecs> = LazyLock::new(|| Vecs {
     // Registration only fails on a duplicate name, which this single static rules out.
     stored_bytes: register_int_gauge_vec!(
         "zkgate_cache_stored_bytes",
-        "Bytes held by a cache store's memory tier, as its bound counts them (bodies, metas, \
-         targets and a measured per-entry overhead).",
+        "Bytes held by a cache store, by tier: memory as its bound counts them (bodies, metas, \
+         targets and a measured per-entry overhead); redis, the framed entries' lengths, \
+         sampled every 30 s (Redis's own key overhead not counted).",
         &["store", "tier"]
     )
     .expect("register zkgate_cache_stored_bytes"),
     entries: register_int_gauge_vec!(
         "zkgate_cache_entries",
-        "Entries held by a cache store's memory tier.",
+        "Entries held by a cache store, by tier (redis: sampled every 30 s).",
         &["store", "tier"]
     )
     .expect("register zkgate_cache_entries"),
@@ -38,13 +39,15 @@ static VECS: LazyLock<Vecs> = LazyLock::new(|| Vecs {
         "zkgate_cache_evictions_total",
         "Entries that left a cache store's memory tier, by reason: capacity (room for newer \
          ones), expired, invalidation (a notification or unsafe method), purge (admin), \
-         session_loss (ZooKeeper session lost), too_large (refused at insert).",
+         session_loss (ZooKeeper session lost), too_large (refused at insert), unused (no route \
+         names the store after a reload).",
         &["store", "reason"]
     )
     .expect("register zkgate_cache_evictions_total"),
     redis_up: register_int_gauge_vec!(
         "zkgate_cache_redis_up",
-        "1 while a cache store's Redis tier answers, 0 while its breaker skips it.",
+        "1 while a cache store's Redis tier answers, 0 while its breaker skips it or before it \
+         first answered (only stores with a Redis tier have it).",
         &["store"]
     )
     .expect("register zkgate_cache_redis_up"),
@@ -68,9 +71,16 @@ pub enum RedisOp {
 pub struct StoreMetrics {
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
-    evictions: [IntCounter; 6],
-    pub redis_up: IntGauge,
-    redis_errors: [IntCounter; 3],
+    evictions: [IntCounter; REASONS.len()],
+}
+
+/// The handles of a store's Redis tier, made only for a store that has one: a memory-only
+/// store shows no `redis_up 0` that would read as an outage.
+pub struct RedisMetrics {
+    pub up: IntGauge,
+    pub bytes: IntGauge,
+    pub entries: IntGauge,
+    errors: [IntCounter; 3],
 }
 
 impl StoreMetrics {
@@ -80,9 +90,6 @@ impl StoreMetrics {
             memory_bytes: v.stored_bytes.with_label_values(&[store, "memory"]),
             memory_entries: v.entries.with_label_values(&[store, "memory"]),
             evictions: REASONS.map(|r| v.evictions.with_label_values(&[store, r.as_str()])),
-            redis_up: v.redis_up.with_label_values(&[store]),
-            redis_errors: ["get", "set", "purge"]
-                .map(|op| v.redis_errors.with_label_values(&[store, op])),
         }
     }
 
@@ -90,13 +97,26 @@ impl StoreMetrics {
         let i = REASONS.iter().position(|r| *r == why).unwrap_or(0);
         self.evictions[i].inc_by(n);
     }
+}
 
-    pub fn redis_error(&self, op: RedisOp) {
+impl RedisMetrics {
+    pub fn new(store: &str) -> RedisMetrics {
+        let v = &*VECS;
+        RedisMetrics {
+            up: v.redis_up.with_label_values(&[store]),
+            bytes: v.stored_bytes.with_label_values(&[store, "redis"]),
+            entries: v.entries.with_label_values(&[store, "redis"]),
+            errors: ["get", "set", "purge"]
+                .map(|op| v.redis_errors.with_label_values(&[store, op])),
+        }
+    }
+
+    pub fn error(&self, op: RedisOp) {
         let i = match op {
             RedisOp::Get => 0,
             RedisOp::Set => 1,
             RedisOp::Purge => 2,
         };
-        self.redis_errors[i].inc();
+        self.errors[i].inc();
     }
 }

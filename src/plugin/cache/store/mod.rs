@@ -53,6 +53,8 @@ pub enum EvictReason {
     Purge,
     SessionLoss,
     TooLarge,
+    /// No route names the store any more (a reload dropped them): its memory is given back.
+    Unused,
 }
 
 impl EvictReason {
@@ -65,6 +67,7 @@ impl EvictReason {
             EvictReason::Purge => "purge",
             EvictReason::SessionLoss => "session_loss",
             EvictReason::TooLarge => "too_large",
+            EvictReason::Unused => "unused",
         }
     }
 }
@@ -162,7 +165,7 @@ impl Store {
             redis: cfg
                 .redis
                 .as_ref()
-                .map(|r| redis::RedisTier::new(&cfg.name, r, metrics.clone())),
+                .map(|r| redis::RedisTier::new(&cfg.name, r)),
             epochs: Epochs::default(),
             metrics,
             hits: AtomicU64::new(0),
@@ -391,6 +394,22 @@ impl Store {
             .filter(|(k, e)| self.memory.remove_exact(k, e))
             .count();
         self.memory.evictions().add(why, n as u64);
+        n
+    }
+
+    /// Gives the memory tier's entries back, once no route names the store: memory only, as on
+    /// a session loss (Redis is shared with replicas that may still use it, and the epochs
+    /// stay, so an entry purged while the store was unused is not served when it comes back).
+    pub fn release(&self) -> usize {
+        let keys: Vec<(KeyHash, Arc<Entry>)> = self.memory.iter().collect();
+        let n = keys
+            .iter()
+            .filter(|(k, e)| self.memory.remove_exact(k, e))
+            .count();
+        self.memory.evictions().add(EvictReason::Unused, n as u64);
+        // No tick runs for a store no route names: its gauges are set here.
+        self.metrics.memory_bytes.set(self.memory.bytes() as i64);
+        self.metrics.memory_entries.set(self.memory.len() as i64);
         n
     }
 

@@ -14,7 +14,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script};
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{RedisOp, StoreMetrics};
+use super::metrics::{RedisMetrics, RedisOp};
 use super::{Entry, KeyHash, StoreClass, TagId};
 use crate::section::{At, ConfigErrors, Dur, Size};
 
@@ -376,14 +376,41 @@ struct Inner {
     client: Option<redis::Client>,
     conn: OnceLock<Option<ConnectionManager>>,
     breaker: Breaker,
-    metrics: Arc<StoreMetrics>,
+    metrics: RedisMetrics,
     log: LogLimit,
     probing: AtomicBool,
     up: AtomicBool,
+    /// A size sample is running.
+    sampling: AtomicBool,
+    /// When the last size sample started (ms since the epoch; 0: never).
+    sampled_ms: AtomicU64,
 }
 
+/// How often the tick samples the store's size in Redis (`stored_bytes`/`entries`, tier
+/// `redis`): a walk of its entry set, in steps of [`SAMPLE_STEP`] keys, off the request path.
+pub const SAMPLE_EVERY_MS: u64 = 30_000;
+/// Keys one step of the size sample looks at: one short script, so Redis is never held long.
+const SAMPLE_STEP: usize = 500;
+
+/// One step of the size sample: the lengths of a batch of the store's entry keys (from its
+/// `all` set), dropping from the set the keys that expired.
+static SAMPLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local r = redis.call('SSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local n, bytes = 0, 0
+for _, m in ipairs(r[2]) do
+  local len = redis.call('STRLEN', m)
+  if len == 0 then redis.call('SREM', KEYS[1], m) else n = n + 1; bytes = bytes + len end
+end
+return {r[1], n, bytes}
+",
+    )
+});
+
 impl RedisTier {
-    pub fn new(store: &str, cfg: &RedisConfig, metrics: Arc<StoreMetrics>) -> RedisTier {
+    pub fn new(store: &str, cfg: &RedisConfig) -> RedisTier {
+        let metrics = RedisMetrics::new(store);
         let client = match redis::Client::open(cfg.url.as_str()) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -391,7 +418,7 @@ impl RedisTier {
                 None
             }
         };
-        metrics.redis_up.set(0);
+        metrics.up.set(0);
         RedisTier {
             inner: Arc::new(Inner {
                 store: store.into(),
@@ -407,6 +434,8 @@ impl RedisTier {
                 },
                 probing: AtomicBool::new(false),
                 up: AtomicBool::new(false),
+                sampling: AtomicBool::new(false),
+                sampled_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -567,7 +596,11 @@ impl RedisTier {
     /// `retry_after`, so `redis_up` recovers without waiting for traffic.
     pub fn tick(&self, now_ms: u64) {
         let i = &self.inner;
-        if i.client.is_none() || i.up.load(Ordering::Relaxed) {
+        if i.client.is_none() {
+            return;
+        }
+        if i.up.load(Ordering::Relaxed) {
+            self.sample_due(now_ms);
             return;
         }
         if i.probing.swap(true, Ordering::AcqRel) {
@@ -585,6 +618,39 @@ impl RedisTier {
         });
         if !spawned {
             i.probing.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl RedisTier {
+    /// Starts a size sample when the last one started [`SAMPLE_EVERY_MS`] ago (or never), and
+    /// none is running.
+    fn sample_due(&self, now_ms: u64) {
+        let i = &self.inner;
+        let last = i.sampled_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < SAMPLE_EVERY_MS {
+            return;
+        }
+        if i.sampling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        i.sampled_ms.store(now_ms.max(1), Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let spawned = spawn(async move {
+            if let Some((entries, bytes)) = inner.sample().await {
+                inner
+                    .metrics
+                    .entries
+                    .set(i64::try_from(entries).unwrap_or(i64::MAX));
+                inner
+                    .metrics
+                    .bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            inner.sampling.store(false, Ordering::Release);
+        });
+        if !spawned {
+            i.sampling.store(false, Ordering::Release);
         }
     }
 }
@@ -636,6 +702,30 @@ impl Inner {
             .clone()
     }
 
+    /// The entries of the store in Redis and their bytes, walked in steps; `None` when a step
+    /// failed (the gauges then keep the last sample).
+    async fn sample(&self) -> Option<(u64, u64)> {
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        let mut cursor = String::from("0");
+        loop {
+            let mut inv = SAMPLE.prepare_invoke();
+            inv.key(self.all_key()).arg(&cursor).arg(SAMPLE_STEP);
+            let (next, n, b): (String, u64, u64) = self
+                .run(
+                    RedisOp::Get,
+                    |mut c, inv| async move { inv.invoke_async(&mut c).await },
+                    inv,
+                )
+                .await?;
+            entries += n;
+            bytes += b;
+            if next == "0" {
+                return Some((entries, bytes));
+            }
+            cursor = next;
+        }
+    }
+
     /// Runs one command under the breaker and the timeout; `None` when skipped or failed.
     async fn run<A, T, F, Fut>(&self, op: RedisOp, f: F, arg: A) -> Option<T>
     where
@@ -650,7 +740,7 @@ impl Inner {
             Ok(Ok(v)) => {
                 self.breaker.success();
                 if !self.up.swap(true, Ordering::Relaxed) {
-                    self.metrics.redis_up.set(1);
+                    self.metrics.up.set(1);
                     log::info!("cache store {}: Redis tier up", self.store);
                 }
                 Some(v)
@@ -668,10 +758,10 @@ impl Inner {
 
     fn failed(&self, op: RedisOp, why: &str) {
         let now = wall_ms();
-        self.metrics.redis_error(op);
+        self.metrics.error(op);
         self.breaker.failure(now);
         if self.breaker.open() && self.up.swap(false, Ordering::Relaxed) {
-            self.metrics.redis_up.set(0);
+            self.metrics.up.set(0);
         }
         let last = self.log.last_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= LOG_EVERY_MS
