@@ -7,7 +7,8 @@
 #   ZKGATE_BIN=target/release/zkgate benches/cache-compare.sh  # skip cargo build
 #
 # Environment: DURATION (default 10s), ROUNDS (default 3), CONNECTIONS (wrk -c, default 64),
-# PROXIES (default "zkgate nginx varnish"), ZKGATE_BIN, KEEP_TMP=1.
+# PROXIES (default "zkgate nginx varnish"), MISSES (default 1; 0 skips the miss runs), ZKGATE_BIN,
+# KEEP_TMP=1.
 #
 # Every proxy runs pinned to CPU 1 and wrk to CPU 0 (`taskset`), since Varnish has no
 # single-thread mode: the figure is what one CPU of each cache serves. A warm-up pass fills each
