@@ -7,12 +7,20 @@
 #   ZKGATE_BIN=target/release/zkgate benches/cache-compare.sh  # skip cargo build
 #
 # Environment: DURATION (default 10s), ROUNDS (default 3), CONNECTIONS (wrk -c, default 64),
-# PROXIES (default "zkgate nginx varnish"), ZKGATE_BIN, KEEP_TMP=1.
+# PROXIES (default "zkgate nginx varnish"), MISSES (default 1; 0 skips the miss runs), ZKGATE_BIN,
+# KEEP_TMP=1.
 #
 # Every proxy runs pinned to CPU 1 and wrk to CPU 0 (`taskset`), since Varnish has no
 # single-thread mode: the figure is what one CPU of each cache serves. A warm-up pass fills each
 # cache first, and each run checks that the origin (an nginx that logs every request) saw no
 # request during the measured run, so every counted answer was a hit. Exits non-zero on errors.
+#
+# CPU per request: user+sys of the proxy (every process of it: nginx's master and worker,
+# Varnish's manager and child; every thread) from /proc/<pid>/stat over the measured run,
+# divided by the requests wrk completed. Misses (zkgate only; MISSES=0 skips them): each request
+# carries a query value of its own (`?miss=<round>-<n>`), so each is a miss that goes to the
+# origin and is stored, the whole cost of a miss; the run checks that the origin saw at least
+# as many requests as wrk counted.
 set -euo pipefail
 
 # shellcheck source=benches/lib.sh
@@ -22,6 +30,7 @@ DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXIES=${PROXIES:-zkgate nginx varnish}
+MISSES=${MISSES:-1}
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || zk_die "ROUNDS must be a positive integer"
 
 zk_init zkgate-cache-compare
@@ -75,6 +84,41 @@ EOF
 } >"$ORIGIN/nginx.conf"
 zk_run_nginx "$ORIGIN" "$ORIGIN_PORT" "origin nginx"
 origin_requests() { wc -l <"$ORIGIN/access.log" 2>/dev/null || echo 0; }
+
+CLK_TCK="$(getconf CLK_TCK)"
+# tree_ticks PID: user+sys clock ticks of PID and its descendants, all threads (a process's
+# /proc/<pid>/stat sums its threads; utime and stime are fields 14 and 15, counted here after
+# the ")" that closes the command name, which may hold spaces).
+tree_ticks() {
+    local pids=("$1") i=0 total=0 p fields
+    while ((i < ${#pids[@]})); do
+        for p in $(pgrep -P "${pids[i]}" || true); do pids+=("$p"); done
+        i=$((i + 1))
+    done
+    for p in "${pids[@]}"; do
+        fields="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+        fields="${fields##*) }"
+        # shellcheck disable=SC2086
+        set -- $fields
+        total=$((total + ${12} + ${13}))
+    done
+    echo "$total"
+}
+wrk_requests() { awk '/ requests in / { print $1 }' "$1"; }
+# cpu_us_per_req TICKS REQUESTS
+cpu_us_per_req() {
+    awk -v t="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { if (n > 0) printf "%.1f\n", t / hz * 1e6 / n }'
+}
+
+# Every request of a miss run has a target of its own: `<path>?miss=<run>-<n>`.
+cat >"$ZK_TMP/miss.lua" <<'LUA'
+local run, n = "0", 0
+function init(args) run = args[1] or "0" end
+function request()
+    n = n + 1
+    return wrk.format("GET", wrk.path .. "?miss=" .. run .. "-" .. n)
+end
+LUA
 
 # Each start_* sets PROXY_PORT, PROXY_PID and PROXY_LOG.
 start_zkgate() {
@@ -170,13 +214,15 @@ EOF
 
 # measure PROXY OBJECT ROUND: warm, then one pinned wrk run; records req/s and p99.
 measure() {
-    local proxy=$1 object=$2 round=$3 out before after non2xx sock rps p99 label
+    local proxy=$1 object=$2 round=$3 out before after non2xx sock rps p99 label ticks cpu
     label="$proxy-$object"
     out="$RES/$label-$round.wrk"
     for _ in 1 2 3; do zk_http_body "http://127.0.0.1:$PROXY_PORT/$object" >/dev/null; done
     before="$(origin_requests)"
+    ticks="$(tree_ticks "$PROXY_PID")"
     timeout 300 taskset -c "$WRK_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
         "http://127.0.0.1:$PROXY_PORT/$object" >"$out" 2>&1 || zk_log "wrk for $label exited $?"
+    ticks=$(($(tree_ticks "$PROXY_PID") - ticks))
     after="$(origin_requests)"
     read -r non2xx sock < <(wrk_errors "$out")
     ((non2xx == 0 && sock == 0)) || fail "$label: $non2xx non-2xx/3xx, $sock socket errors"
@@ -184,15 +230,46 @@ measure() {
     rps="$(wrk_rps "$out")"
     p99="$(wrk_p99_ms "$out")"
     [[ -n "$rps" ]] || { fail "$label: no result"; return; }
+    cpu="$(cpu_us_per_req "$ticks" "$(wrk_requests "$out")")"
     echo "$rps" >>"$RES/$label.rps"
     echo "$p99" >>"$RES/$label.p99"
-    zk_log "$label round $round: $rps req/s, p99 $p99 ms"
+    echo "$cpu" >>"$RES/$label.cpu"
+    zk_log "$label round $round: $rps req/s, p99 $p99 ms, $cpu us CPU/request"
+}
+
+# measure_miss PROXY OBJECT ROUND: one pinned wrk run where every request is a miss.
+measure_miss() {
+    local proxy=$1 object=$2 round=$3 out before after non2xx sock rps p99 label ticks cpu n
+    label="$proxy-$object-miss"
+    out="$RES/$label-$round.wrk"
+    before="$(origin_requests)"
+    ticks="$(tree_ticks "$PROXY_PID")"
+    timeout 300 taskset -c "$WRK_CPU" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+        -s "$ZK_TMP/miss.lua" "http://127.0.0.1:$PROXY_PORT/$object" -- "$round" >"$out" 2>&1 \
+        || zk_log "wrk for $label exited $?"
+    ticks=$(($(tree_ticks "$PROXY_PID") - ticks))
+    after="$(origin_requests)"
+    read -r non2xx sock < <(wrk_errors "$out")
+    ((non2xx == 0 && sock == 0)) || fail "$label: $non2xx non-2xx/3xx, $sock socket errors"
+    n="$(wrk_requests "$out")"
+    [[ -n "$n" ]] || { fail "$label: no result"; return; }
+    ((after - before >= n)) || fail "$label: the origin saw $((after - before)) requests for $n answers (some were hits)"
+    rps="$(wrk_rps "$out")"
+    p99="$(wrk_p99_ms "$out")"
+    cpu="$(cpu_us_per_req "$ticks" "$n")"
+    echo "$rps" >>"$RES/$label.rps"
+    echo "$p99" >>"$RES/$label.p99"
+    echo "$cpu" >>"$RES/$label.cpu"
+    zk_log "$label round $round: $rps req/s, p99 $p99 ms, $cpu us CPU/request"
 }
 
 for proxy in $PROXIES; do
     "start_$proxy"
     for round in $(seq 1 "$ROUNDS"); do
         for object in small big; do measure "$proxy" "$object" "$round"; done
+        if [[ "$proxy" == zkgate && "$MISSES" != 0 ]]; then
+            for object in small big; do measure_miss "$proxy" "$object" "$round"; done
+        fi
     done
     zk_stop "$PROXY_PID" 10
 done
@@ -204,13 +281,21 @@ median_of() { # FILE
 }
 
 printf '\nCache hits, one CPU per proxy, wrk -c%s -d%s, median of %s rounds\n' "$CONNECTIONS" "$DURATION" "$ROUNDS"
-printf '%-8s %-7s %12s %10s\n' proxy object 'req/s' 'p99 ms'
+printf '%-8s %-7s %12s %10s %14s\n' proxy object 'req/s' 'p99 ms' 'CPU us/req'
 for object in small big; do
     for proxy in $PROXIES; do
-        printf '%-8s %-7s %12s %10s\n' "$proxy" "$object" "$(median_of "$RES/$proxy-$object.rps")" \
-            "$(median_of "$RES/$proxy-$object.p99")"
+        printf '%-8s %-7s %12s %10s %14s\n' "$proxy" "$object" "$(median_of "$RES/$proxy-$object.rps")" \
+            "$(median_of "$RES/$proxy-$object.p99")" "$(median_of "$RES/$proxy-$object.cpu")"
     done
 done
+if [[ " $PROXIES " == *" zkgate "* && "$MISSES" != 0 ]]; then
+    printf '\nCache misses through zkgate (a query value of its own per request, stored)\n'
+    printf '%-8s %-7s %12s %10s %14s\n' proxy object 'req/s' 'p99 ms' 'CPU us/req'
+    for object in small big; do
+        printf '%-8s %-7s %12s %10s %14s\n' zkgate "$object" "$(median_of "$RES/zkgate-$object-miss.rps")" \
+            "$(median_of "$RES/zkgate-$object-miss.p99")" "$(median_of "$RES/zkgate-$object-miss.cpu")"
+    done
+fi
 if [[ " $PROXIES " == *" zkgate "* ]]; then
     for peer in nginx varnish; do
         [[ " $PROXIES " == *" $peer "* ]] || continue

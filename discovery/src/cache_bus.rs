@@ -13,9 +13,12 @@
 //! Nothing here knows Pingora or the cache; the consumer is an [`EpochSink`].
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -29,8 +32,6 @@ use crate::watcher::SessionEvent;
 /// Notifications waiting to be written; past this a publish is dropped (and counted): the
 /// tags' entries were already purged here, and the TTLs bound what the others keep.
 const QUEUE: usize = 4096;
-/// Bursts of publishes within this window are written as one multi-op.
-const COALESCE: Duration = Duration::from_millis(5);
 /// Operations per multi-op, far below ZooKeeper's 1 MiB request bound.
 const MULTI_OPS: usize = 128;
 /// Node reads in flight at once during a full re-read.
@@ -92,6 +93,11 @@ impl CacheBus {
         if tags.is_empty() {
             return;
         }
+        log::trace!(
+            "cache bus: publish {} tags of {ms} at {}us",
+            tags.len(),
+            wall_us()
+        );
         if self.tx.try_send(Cmd::Epochs(tags.to_vec(), ms)).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -278,9 +284,10 @@ impl Task {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return Ok(Stop::Shutdown) };
                     pending.add(cmd);
-                    // A burst (a storm of notifications) costs one multi-op.
-                    let deadline = tokio::time::Instant::now() + COALESCE;
-                    while let Ok(Some(cmd)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                    // A burst (a storm of notifications) costs one multi-op: whatever queued
+                    // up meanwhile goes with this one, and what comes during the write goes
+                    // with the next. Nothing waits for company.
+                    while let Ok(cmd) = rx.try_recv() {
                         pending.add(cmd);
                     }
                     if !disconnected {
@@ -288,27 +295,49 @@ impl Task {
                     }
                 }
                 ev = watcher.changed() => {
-                    match ev.event_type {
-                        zk::EventType::Session => match ev.session_state {
-                            s if s.is_terminated() => return Err(ended(s)),
-                            zk::SessionState::SyncConnected if disconnected => {
-                                self.sink.session(SessionEvent::Connected);
-                                return Ok(Stop::Reconnected);
-                            }
-                            zk::SessionState::SyncConnected => {}
-                            _ => {
-                                if !disconnected {
-                                    self.healthy.store(false, Ordering::Relaxed);
-                                    self.sink.session(SessionEvent::Disconnected);
+                    // A notification's tags arrive as one event each, together: their reads
+                    // go out at once, one round trip for all instead of one each.
+                    let mut reads = Reads::default();
+                    let mut next = Some(ev);
+                    while let Some(ev) = next.take() {
+                        match ev.event_type {
+                            zk::EventType::Session => {
+                                // What was read before the session changed is applied first.
+                                self.apply(reads.take(), &mut known).await?;
+                                match ev.session_state {
+                                    s if s.is_terminated() => return Err(ended(s)),
+                                    zk::SessionState::SyncConnected if disconnected => {
+                                        self.sink.session(SessionEvent::Connected);
+                                        return Ok(Stop::Reconnected);
+                                    }
+                                    zk::SessionState::SyncConnected => {}
+                                    _ => {
+                                        if !disconnected {
+                                            self.healthy.store(false, Ordering::Relaxed);
+                                            self.sink.session(SessionEvent::Disconnected);
+                                        }
+                                        disconnected = true;
+                                    }
                                 }
-                                disconnected = true;
+                                // The watcher must not be polled past a terminal event, and a
+                                // session change ends the batch anyway.
+                                break;
                             }
-                        },
-                        zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
-                            self.read_one(client, &ev.path, &mut known).await?;
+                            zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
+                                log::trace!(
+                                    "cache bus: event {} zxid {} at {}us",
+                                    ev.path,
+                                    ev.zxid,
+                                    wall_us()
+                                );
+                                let read = client.get_data(&ev.path);
+                                reads.0.push((ev.path, Box::pin(read)));
+                            }
+                            _ => {}
                         }
-                        _ => {}
+                        next = ready(watcher.changed());
                     }
+                    self.apply(reads.take(), &mut known).await?;
                 }
             }
         }
@@ -342,27 +371,27 @@ impl Task {
         Ok(known)
     }
 
-    async fn read_one(
-        &self,
-        client: &zk::Client,
-        path: &str,
-        known: &mut HashSet<u64>,
-    ) -> Result<(), zk::Error> {
-        let Some(rest) = path.strip_prefix(&self.base) else {
-            return Ok(());
-        };
-        let Some((dir, child)) = rest.trim_start_matches('/').split_once('/') else {
-            return Ok(());
-        };
-        match client.get_data(path).await {
-            Ok((data, _)) => {
-                self.deliver(dir, child, &data, true, known);
-                Ok(())
+    /// Awaits the reads the watch events asked for, in their order, and delivers each.
+    async fn apply(&self, reads: Reads<'_>, known: &mut HashSet<u64>) -> Result<(), zk::Error> {
+        for (path, read) in reads.0 {
+            let result = read.await;
+            let Some(rest) = path.strip_prefix(&self.base) else {
+                continue;
+            };
+            let Some((dir, child)) = rest.trim_start_matches('/').split_once('/') else {
+                continue;
+            };
+            match result {
+                Ok((data, _)) => {
+                    log::trace!("cache bus: read {path} at {}us", wall_us());
+                    self.deliver(dir, child, &data, true, known);
+                }
+                // Pruned since: nothing to apply.
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(e),
             }
-            // Pruned since: nothing to apply.
-            Err(zk::Error::NoNode) => Ok(()),
-            Err(e) => Err(e),
         }
+        Ok(())
     }
 
     fn deliver(&self, dir: &str, child: &str, data: &[u8], live: bool, known: &mut HashSet<u64>) {
@@ -413,7 +442,14 @@ impl Task {
                     multi.add_create(path, body, &opts)?;
                 }
             }
-            match multi.commit().await {
+            log::trace!(
+                "cache bus: writing {} epochs at {}us",
+                batch.len(),
+                wall_us()
+            );
+            let result = multi.commit().await;
+            log::trace!("cache bus: written at {}us", wall_us());
+            match result {
                 Ok(_) => {}
                 Err(zk::MultiWriteError::OperationFailed { .. }) => {
                     // Another replica created a node first (or one was pruned): one at a time.
@@ -457,6 +493,37 @@ impl Task {
         })
         .unwrap_or_default()
     }
+}
+
+type Read<'c> = Pin<Box<dyn Future<Output = Result<(Vec<u8>, zk::Stat), zk::Error>> + Send + 'c>>;
+
+/// Node reads sent and not awaited yet, with their paths.
+#[derive(Default)]
+struct Reads<'c>(Vec<(String, Read<'c>)>);
+
+impl<'c> Reads<'c> {
+    fn take(&mut self) -> Reads<'c> {
+        Reads(std::mem::take(&mut self.0))
+    }
+}
+
+/// The output of `f` if it is ready now (a watch event already received), without waiting.
+fn ready<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f
+        .as_mut()
+        .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// The wall clock in microseconds, for the trace of a publish's way through ZooKeeper.
+fn wall_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
 }
 
 async fn set_or_create(

@@ -45,6 +45,10 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "o2ims-fake"
     state = None
+    # TCP_NODELAY, as Go's net/http (oran-o2ims) sets: the headers and the body go out in two
+    # writes, and without it Nagle holds the body until the client's delayed ACK of the headers
+    # (40 ms on Linux) on a kept-alive connection such as a gateway's pooled one.
+    disable_nagle_algorithm = True
 
     def version_string(self):
         return self.server_version
