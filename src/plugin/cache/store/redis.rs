@@ -387,7 +387,7 @@ struct Inner {
 }
 
 /// How often the tick samples the store's size in Redis (`stored_bytes`/`entries`, tier
-/// `redis`): a walk of its entry set, in steps of [`SAMPLE_STEP`] keys, off the request path.
+/// `redis`): a walk of its entry set, in steps of `SAMPLE_STEP` keys, off the request path.
 pub const SAMPLE_EVERY_MS: u64 = 30_000;
 /// Keys one step of the size sample looks at: one short script, so Redis is never held long.
 const SAMPLE_STEP: usize = 500;
