@@ -227,15 +227,7 @@ impl HttpPlugin for CacheNotify {
             return finish(session, head, &r).await;
         }
         if !self.authorized(session) {
-            self.count_rejected();
-            let mut head = problem_head(401)?;
-            head.insert_header(WWW_AUTHENTICATE, self.challenge())?;
-            let r = Rejection {
-                status: 401,
-                title: "Unauthorized",
-                detail: "missing or refused credentials".into(),
-            };
-            return finish(session, head, &r).await;
+            return self.unauthorized(session).await;
         }
         if method != Method::POST {
             // The reachability check oran-o2ims makes before it accepts a subscription.
@@ -370,15 +362,7 @@ impl CacheNotify {
         state: &mut TapState,
     ) -> pingora::Result<bool> {
         if !self.authorized(session) {
-            self.count_rejected();
-            let mut head = problem_head(401)?;
-            head.insert_header(WWW_AUTHENTICATE, self.challenge())?;
-            let r = Rejection {
-                status: 401,
-                title: "Unauthorized",
-                detail: "missing or refused credentials".into(),
-            };
-            return finish(session, head, &r).await;
+            return self.unauthorized(session).await;
         }
         if session.req_header().method != Method::POST {
             // The reachability GET, or whatever else the SMO's callback answers.
@@ -395,6 +379,19 @@ impl CacheNotify {
             state.over = true;
         }
         Ok(false)
+    }
+
+    /// The 401 (with the challenge) for a caller the callback's `auth` refuses.
+    async fn unauthorized(&self, session: &mut Session) -> pingora::Result<bool> {
+        self.count_rejected();
+        let mut head = problem_head(401)?;
+        head.insert_header(WWW_AUTHENTICATE, self.challenge())?;
+        let r = Rejection {
+            status: 401,
+            title: "Unauthorized",
+            detail: "missing or refused credentials".into(),
+        };
+        finish(session, head, &r).await
     }
 
     fn warn_orphan(&self) {
