@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::upstream::call::Outcome as CallOutcome;
@@ -37,12 +37,31 @@ pub async fn exchange(
     body: Bytes,
     keep: usize,
 ) -> pingora::Result<Answer> {
+    exchange_with_head(connector, peer, req, body, keep)
+        .await
+        .map(|(_, answer)| answer)
+}
+
+/// [`exchange`], with the answer's head for a caller that reads its headers.
+pub async fn exchange_with_head(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: RequestHeader,
+    body: Bytes,
+    keep: usize,
+) -> pingora::Result<(ResponseHeader, Answer)> {
     let (mut session, _reused) = connector.get_http_session(peer).await?;
     session.write_request_header(Box::new(req)).await?;
     session.write_request_body(body, true).await?;
     session.finish_request_body().await?;
     session.read_response_header().await?;
-    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    let Some(head) = session.response_header().cloned() else {
+        return pingora::Error::e_explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "no response head",
+        );
+    };
+    let status = head.status.as_u16();
     let drain = MAX_DRAIN.max(keep);
     let mut kept = Vec::new();
     let mut read = 0usize;
@@ -65,11 +84,12 @@ pub async fn exchange(
             .release_http_session(session, peer, peer.options.idle_timeout)
             .await;
     }
-    Ok(Answer {
+    let answer = Answer {
         status,
         body: kept,
         complete: whole && read <= keep,
-    })
+    };
+    Ok((head, answer))
 }
 
 /// Why a call through an upstream reached no backend.

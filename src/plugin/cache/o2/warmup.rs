@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, HOST};
 use http::{HeaderMap, HeaderValue, Method};
 use pingora::connectors::http::Connector;
@@ -559,30 +559,10 @@ async fn get(
     req: RequestHeader,
     max: u64,
 ) -> pingora::Result<Option<(ResponseHeader, Bytes)>> {
-    let (mut session, _reused) = connector.get_http_session(peer).await?;
-    session.write_request_header(Box::new(req)).await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    let Some(resp) = session.response_header().cloned() else {
-        return pingora::Error::e_explain(
-            pingora::ErrorType::InvalidHTTPHeader,
-            "no response head",
-        );
-    };
-    if adapter::too_large(&resp, max) {
-        return Ok(None);
-    }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = session.read_response_body().await? {
-        if (body.len() + chunk.len()) as u64 > max {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    connector
-        .release_http_session(session, peer, peer.options.idle_timeout)
-        .await;
-    Ok(Some((resp, body.freeze())))
+    let keep = usize::try_from(max).unwrap_or(usize::MAX);
+    let (head, answer) =
+        client::exchange_with_head(connector, peer, req, Bytes::new(), keep).await?;
+    Ok(answer.complete.then(|| (head, Bytes::from(answer.body))))
 }
 
 /// The task of one route's warm-up: a run once the channel is healthy, then one after each
