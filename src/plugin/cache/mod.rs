@@ -187,13 +187,13 @@ impl HttpPlugin for Cache {
             return Ok(false);
         }
         let cert = request.client_cert_sha256.map(|c| &c[..]);
-        let scope = match &self.scope {
-            Some(maker) => maker.scope(m.rule, &req.headers, cert, SystemTime::now()),
-            None if scope::bypass_without_auth(&req.headers, cert.is_some()) => {
-                scope::Scope::Bypass(status::BypassReason::Credentials)
-            }
-            None => scope::Scope::Anonymous,
-        };
+        let scope = scope::of_request(
+            self.scope.as_deref(),
+            m.rule,
+            &req.headers,
+            cert,
+            SystemTime::now(),
+        );
         if let scope::Scope::Bypass(why) = scope {
             st.bypass(why);
             return Ok(false);
@@ -366,51 +366,36 @@ impl HttpPlugin for Cache {
         st: &mut CacheState,
     ) -> Option<pingora::Result<RespCacheable>> {
         let id = st.rule?;
-        let status = resp.status.as_u16();
-        if !self.statuses.is_empty() && !self.statuses.contains(&status) {
-            return Some(Ok(adapter::uncacheable("status")));
-        }
-        // Trap 7: a declared length over the bound streams through; an undeclared one is
-        // cut off by the miss handler, which keeps streaming.
-        if adapter::too_large(resp, self.max_object_size) {
-            return Some(Ok(adapter::uncacheable_too_large()));
-        }
-        let now = SystemTime::now();
-        let cap = match st.scope {
-            Some(scope::Scope::Keyed { expires, .. }) => expires,
-            _ => None,
-        };
-        let degraded = self.shared.channel.degraded();
-        let adm = match self.rules.on_response(id, resp, now, cap, degraded) {
-            Ok(adm) => adm,
-            Err(why) => return Some(Ok(adapter::uncacheable(why.as_str()))),
-        };
-        let mut hard = now + adm.fresh + adm.stale_while_revalidate.max(adm.stale_if_error);
-        if let Some(cap) = cap {
-            hard = hard.min(cap);
-        }
         let target = session
             .req_header()
             .uri
             .path_and_query()
             .map_or("/", |pq| pq.as_str());
+        let now = SystemTime::now();
         let sent = if st.sent_ms == 0 {
             adapter::to_ms(now)
         } else {
             st.sent_ms
         };
-        let facts = adapter::EntryFacts {
-            tags: st.tags.as_slice().into(),
-            class: adm.class,
-            target: target.into(),
-            kind: st.kind.map_or(0, |k| k as u16),
-            created_ms: sent,
-            hard_expiry_ms: adapter::to_ms(hard),
-            synth_etag: adm.synth_etag,
-            max_object_size: self.max_object_size,
+        let entry = Entry {
+            rule: id,
+            kind: st.kind,
+            scope: st.scope.as_ref(),
+            tags: &st.tags,
+            target,
+            sent_ms: sent,
         };
-        st.stored = true;
-        Some(Ok(adapter::cacheable(&adm, resp, now, facts)))
+        let meta = admission(
+            &self.rules,
+            &self.statuses,
+            self.max_object_size,
+            self.shared.channel.degraded(),
+            &entry,
+            resp,
+            now,
+        );
+        st.stored = matches!(meta, RespCacheable::Cacheable(_));
+        Some(Ok(meta))
     }
 
     /// `Cache-Status` on every answer of the route, from the store or the origin.
@@ -498,6 +483,64 @@ impl HttpPlugin for Cache {
 
 /// `Cache-Status` (RFC 9211).
 const CACHE_STATUS: &str = "cache-status";
+
+/// What an origin's answer is stored with, besides the answer itself.
+pub(crate) struct Entry<'a> {
+    pub rule: policy::RuleId,
+    pub kind: Option<profile::Kind>,
+    pub scope: Option<&'a scope::Scope>,
+    pub tags: &'a store::TagSet,
+    /// The request's path and query.
+    pub target: &'a str,
+    /// When the request went to the origin (ms since the epoch).
+    pub sent_ms: u64,
+}
+
+/// Whether and how `resp` is stored: the configured statuses, the size bound, then the rule's
+/// lifetimes (capped by the requester's token and, when `degraded`, by `degraded_ttl`). The one
+/// decision for a proxied miss and for the warm-up, so that their entries are alike.
+pub(crate) fn admission(
+    rules: &policy::Rules,
+    statuses: &[u16],
+    max_object_size: u64,
+    degraded: bool,
+    entry: &Entry<'_>,
+    resp: &ResponseHeader,
+    now: SystemTime,
+) -> RespCacheable {
+    let status = resp.status.as_u16();
+    if !statuses.is_empty() && !statuses.contains(&status) {
+        return adapter::uncacheable("status");
+    }
+    // Trap 7: a declared length over the bound streams through; an undeclared one is
+    // cut off by the miss handler, which keeps streaming.
+    if adapter::too_large(resp, max_object_size) {
+        return adapter::uncacheable_too_large();
+    }
+    let cap = match entry.scope {
+        Some(scope::Scope::Keyed { expires, .. }) => *expires,
+        _ => None,
+    };
+    let adm = match rules.on_response(entry.rule, resp, now, cap, degraded) {
+        Ok(adm) => adm,
+        Err(why) => return adapter::uncacheable(why.as_str()),
+    };
+    let mut hard = now + adm.fresh + adm.stale_while_revalidate.max(adm.stale_if_error);
+    if let Some(cap) = cap {
+        hard = hard.min(cap);
+    }
+    let facts = adapter::EntryFacts {
+        tags: entry.tags.as_slice().into(),
+        class: adm.class,
+        target: entry.target.into(),
+        kind: entry.kind.map_or(0, |k| k as u16),
+        created_ms: entry.sent_ms,
+        hard_expiry_ms: adapter::to_ms(hard),
+        synth_etag: adm.synth_etag,
+        max_object_size,
+    };
+    adapter::cacheable(&adm, resp, now, facts)
+}
 
 impl Cache {
     /// Drops what `tags` name here (the store moves their epochs too, so a fetch in flight

@@ -523,6 +523,24 @@ fn non_empty(
     }
 }
 
+/// Whose entries a request matching `rule` may see: the route's `auth` decides, and without
+/// one a request with credentials bypasses the cache.
+pub fn of_request(
+    maker: Option<&ScopeMaker>,
+    rule: &Rule,
+    headers: &HeaderMap,
+    cert: Option<&[u8]>,
+    now: SystemTime,
+) -> Scope {
+    match maker {
+        Some(maker) => maker.scope(rule, headers, cert, now),
+        None if bypass_without_auth(headers, cert.is_some()) => {
+            Scope::Bypass(BypassReason::Credentials)
+        }
+        None => Scope::Anonymous,
+    }
+}
+
 /// The rule without `auth:`: a request with credentials (`Authorization`, `Cookie`, a client
 /// certificate) bypasses the cache.
 pub fn bypass_without_auth(headers: &HeaderMap, has_client_cert: bool) -> bool {

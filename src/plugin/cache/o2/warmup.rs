@@ -23,7 +23,7 @@ use pingora::upstreams::peer::HttpPeer;
 use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use serde::{Deserialize, Serialize};
 
-use crate::plugin::cache::{adapter, scope, store, Cache, Shared};
+use crate::plugin::cache::{adapter, admission, scope, store, Cache, Entry, Shared};
 use crate::plugin::{client, PluginCx};
 use crate::section::{At, ConfigErrors, Dur, Secret};
 use crate::upstream::Upstream;
@@ -437,20 +437,14 @@ impl Warmup {
             return Ok(Fetched::Skipped);
         }
         let now = SystemTime::now();
-        let scope = match &self.scope {
-            Some(maker) => maker.scope(m.rule, &headers, None, now),
-            None if scope::bypass_without_auth(&headers, false) => {
-                scope::Scope::Bypass(super::super::status::BypassReason::Credentials)
-            }
-            None => scope::Scope::Anonymous,
-        };
-        let (tag, cap) = match scope {
-            scope::Scope::Anonymous => (None, None),
+        let scope = scope::of_request(self.scope.as_deref(), m.rule, &headers, None, now);
+        let tag = match &scope {
+            scope::Scope::Anonymous => None,
             scope::Scope::Keyed {
                 tag,
-                expires,
                 label: scope::ScopeLabel::Roles,
-            } => (Some(tag), expires),
+                ..
+            } => Some(*tag),
             // Keyed by the warm-up's own credential or claim: nobody else would hit it.
             scope::Scope::Keyed { .. } | scope::Scope::Bypass(_) => return Ok(Fetched::Skipped),
         };
@@ -478,31 +472,24 @@ impl Warmup {
             None => return Ok(Fetched::TooLarge),
         };
 
-        // The decisions of `response_cache_filter`, in the same order.
-        let status = resp.status.as_u16();
-        if !self.statuses.is_empty() && !self.statuses.contains(&status) {
-            return Ok(Fetched::Uncacheable);
-        }
-        let now = SystemTime::now();
-        let degraded = self.shared.channel.degraded();
-        let Ok(adm) = self.rules.on_response(m.id, &resp, now, cap, degraded) else {
-            return Ok(Fetched::Uncacheable);
+        // The decisions of `response_cache_filter`.
+        let entry = Entry {
+            rule: m.id,
+            kind: Some(m.rule.kind),
+            scope: Some(&scope),
+            tags: &tags,
+            target,
+            sent_ms,
         };
-        let mut hard = now + adm.fresh + adm.stale_while_revalidate.max(adm.stale_if_error);
-        if let Some(cap) = cap {
-            hard = hard.min(cap);
-        }
-        let facts = adapter::EntryFacts {
-            tags: tags.as_slice().into(),
-            class: adm.class,
-            target: target.into(),
-            kind: m.rule.kind as u16,
-            created_ms: sent_ms,
-            hard_expiry_ms: adapter::to_ms(hard),
-            synth_etag: adm.synth_etag,
-            max_object_size: self.max_object_size,
-        };
-        let meta = adapter::cacheable(&adm, &resp, now, facts);
+        let meta = admission(
+            &self.rules,
+            &self.statuses,
+            self.max_object_size,
+            self.shared.channel.degraded(),
+            &entry,
+            &resp,
+            SystemTime::now(),
+        );
         let mut vary = smallvec::SmallVec::<[&str; 4]>::new();
         for v in resp.headers.get_all(http::header::VARY) {
             if let Ok(v) = v.to_str() {
