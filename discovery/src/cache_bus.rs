@@ -10,15 +10,18 @@
 //!
 //! One persistent recursive watch on the store's node follows both. A lost session (not a lost
 //! connection) is reported, since what was missed cannot be known: the cache drops its entries.
+//! Epochs and bans older than what the sink still needs ([`EpochSink::forget_before`]) are
+//! deleted once a minute (by default) by every replica, each delete conditional on the node's version, so
+//! that a newer epoch written meanwhile is never lost.
 //! Nothing here knows Pingora or the cache; the consumer is an [`EpochSink`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -36,6 +39,10 @@ const QUEUE: usize = 4096;
 const MULTI_OPS: usize = 128;
 /// Node reads in flight at once during a full re-read.
 const PIPELINE: usize = 256;
+/// How often old epochs and bans are pruned by default, and how many nodes one round deletes
+/// at most.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_MAX: usize = 1000;
 
 /// A purge of targets sent to every replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +64,16 @@ pub trait EpochSink: Send + Sync + 'static {
     fn session(&self, _event: SessionEvent) {}
     /// Every epoch and ban was read once in the current session, and the watch is armed.
     fn synced(&self) {}
+    /// The time (ms since the epoch) before which an epoch or a ban no longer matters at
+    /// `now_ms`, because every entry it could refuse has expired: such nodes are deleted.
+    /// `None` keeps them all.
+    fn forget_before(&self, _now_ms: u64) -> Option<u64> {
+        None
+    }
+    /// How often to prune.
+    fn prune_every(&self) -> Duration {
+        PRUNE_EVERY
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -278,9 +295,13 @@ impl Task {
         self.healthy.store(true, Ordering::Relaxed);
         self.sink.synced();
         let mut disconnected = false;
+        let every = self.sink.prune_every();
+        let mut prune = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ok(Stop::Shutdown),
+                _ = prune.tick(), if !disconnected => self.prune(client, &mut known).await?,
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { return Ok(Stop::Shutdown) };
                     pending.add(cmd);
@@ -343,9 +364,9 @@ impl Task {
         }
     }
 
-    /// Reads every epoch and ban; returns the tags that have a node.
-    async fn read_all(&self, client: &zk::Client) -> Result<HashSet<u64>, zk::Error> {
-        let mut known = HashSet::new();
+    /// Reads every epoch and ban; returns what has a node.
+    async fn read_all(&self, client: &zk::Client) -> Result<Known, zk::Error> {
+        let mut known = Known::default();
         for dir in ["epochs", "bans"] {
             let parent = format!("{}/{dir}", self.base);
             let children = match client.get_children(&parent).await {
@@ -359,12 +380,12 @@ impl Task {
                     .map(|c| client.get_data(&format!("{parent}/{c}")))
                     .collect();
                 for (child, read) in chunk.iter().zip(reads) {
-                    let data = match read.await {
-                        Ok((d, _)) => d,
+                    let (data, stat) = match read.await {
+                        Ok(read) => read,
                         Err(zk::Error::NoNode) => continue,
                         Err(e) => return Err(e),
                     };
-                    self.deliver(dir, child, &data, false, &mut known);
+                    self.deliver(dir, child, &data, stat.version, false, &mut known);
                 }
             }
         }
@@ -372,7 +393,7 @@ impl Task {
     }
 
     /// Awaits the reads the watch events asked for, in their order, and delivers each.
-    async fn apply(&self, reads: Reads<'_>, known: &mut HashSet<u64>) -> Result<(), zk::Error> {
+    async fn apply(&self, reads: Reads<'_>, known: &mut Known) -> Result<(), zk::Error> {
         for (path, read) in reads.0 {
             let result = read.await;
             let Some(rest) = path.strip_prefix(&self.base) else {
@@ -382,9 +403,9 @@ impl Task {
                 continue;
             };
             match result {
-                Ok((data, _)) => {
+                Ok((data, stat)) => {
                     log::trace!("cache bus: read {path} at {}us", wall_us());
-                    self.deliver(dir, child, &data, true, known);
+                    self.deliver(dir, child, &data, stat.version, true, known);
                 }
                 // Pruned since: nothing to apply.
                 Err(zk::Error::NoNode) => {}
@@ -394,24 +415,77 @@ impl Task {
         Ok(())
     }
 
-    fn deliver(&self, dir: &str, child: &str, data: &[u8], live: bool, known: &mut HashSet<u64>) {
+    fn deliver(
+        &self,
+        dir: &str,
+        child: &str,
+        data: &[u8],
+        version: i32,
+        live: bool,
+        known: &mut Known,
+    ) {
         match dir {
             "epochs" => {
                 let Ok(tag) = u64::from_str_radix(child, 16) else {
                     return;
                 };
-                known.insert(tag);
+                known.tags.insert(tag);
                 match serde_json::from_slice::<EpochNode<'_>>(data) {
-                    Ok(e) => self.sink.epoch(tag, e.ms, &e.origin, live),
+                    Ok(e) => {
+                        known
+                            .nodes
+                            .insert(format!("epochs/{child}"), (e.ms, version));
+                        self.sink.epoch(tag, e.ms, &e.origin, live);
+                    }
                     Err(e) => log::warn!("cache bus {}/epochs/{child}: skipped: {e}", self.base),
                 }
             }
             "bans" => match serde_json::from_slice::<BanNode>(data) {
-                Ok(b) => self.sink.ban(&b.ban, b.ms, &b.origin),
+                Ok(b) => {
+                    known.nodes.insert(format!("bans/{child}"), (b.ms, version));
+                    self.sink.ban(&b.ban, b.ms, &b.origin);
+                }
                 Err(e) => log::warn!("cache bus {}/bans/{child}: skipped: {e}", self.base),
             },
             _ => {}
         }
+    }
+
+    /// Deletes up to [`PRUNE_MAX`] epochs and bans older than the sink needs, each only if it
+    /// is still the version that was read (a newer epoch of the tag stays).
+    async fn prune(&self, client: &zk::Client, known: &mut Known) -> Result<(), zk::Error> {
+        let Some(before) = self.sink.forget_before(wall_ms()) else {
+            return Ok(());
+        };
+        let old: Vec<(String, i32)> = known
+            .nodes
+            .iter()
+            .filter(|(_, (ms, _))| *ms < before)
+            .take(PRUNE_MAX)
+            .map(|(path, (_, version))| (path.clone(), *version))
+            .collect();
+        let mut deleted = 0usize;
+        for (child, version) in old {
+            match client
+                .delete(&format!("{}/{child}", self.base), Some(version))
+                .await
+            {
+                Ok(()) | Err(zk::Error::NoNode) => {
+                    deleted += 1;
+                    known.forget(&child);
+                }
+                // Written again since it was read: its event brings the new version.
+                Err(zk::Error::BadVersion) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if deleted > 0 {
+            log::debug!(
+                "cache bus {}: pruned {deleted} old epochs and bans",
+                self.base
+            );
+        }
+        Ok(())
     }
 
     /// Writes what is pending: epochs in multi-ops (created when the tag has no node yet),
@@ -420,7 +494,7 @@ impl Task {
         &self,
         client: &zk::Client,
         pending: &mut Pending,
-        known: &mut HashSet<u64>,
+        known: &mut Known,
     ) -> Result<(), zk::Error> {
         let opts = zk::CreateMode::Persistent.with_acls(self.ensemble.acls());
         while !pending.epochs.is_empty() {
@@ -436,7 +510,7 @@ impl Task {
                 .collect();
             let mut multi = client.new_multi_writer();
             for ((tag, _), (path, body)) in batch.iter().zip(&bodies) {
-                if known.contains(tag) {
+                if known.tags.contains(tag) {
                     multi.add_set_data(path, body, None)?;
                 } else {
                     multi.add_create(path, body, &opts)?;
@@ -460,7 +534,7 @@ impl Task {
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             }
             for (tag, ms) in batch {
-                known.insert(tag);
+                known.tags.insert(tag);
                 if pending.epochs.get(&tag) == Some(&ms) {
                     pending.epochs.remove(&tag);
                 }
@@ -541,6 +615,33 @@ async fn set_or_create(
         },
         Err(e) => Err(e),
     }
+}
+
+/// What this replica knows of the nodes under the store's node.
+#[derive(Default)]
+struct Known {
+    /// The tags that have an epoch node (written with `set_data`, the others created).
+    tags: HashSet<u64>,
+    /// Every epoch and ban read, by path under the store's node: its time and version.
+    nodes: HashMap<String, (u64, i32)>,
+}
+
+impl Known {
+    fn forget(&mut self, child: &str) {
+        self.nodes.remove(child);
+        if let Some(tag) = child
+            .strip_prefix("epochs/")
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+        {
+            self.tags.remove(&tag);
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Writes waiting for ZooKeeper: the newest epoch per tag, bans in order.

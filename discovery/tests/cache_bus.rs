@@ -20,6 +20,8 @@ struct Seen {
     bans: Mutex<Vec<(Ban, u64, String)>>,
     sessions: Mutex<Vec<SessionEvent>>,
     synced: Mutex<usize>,
+    /// What `forget_before` answers (0: nothing is forgotten).
+    forget_before: std::sync::atomic::AtomicU64,
 }
 
 impl EpochSink for Seen {
@@ -40,6 +42,18 @@ impl EpochSink for Seen {
     }
     fn synced(&self) {
         *self.synced.lock().unwrap() += 1;
+    }
+    fn forget_before(&self, _now_ms: u64) -> Option<u64> {
+        match self
+            .forget_before
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            ms => Some(ms),
+        }
+    }
+    fn prune_every(&self) -> Duration {
+        Duration::from_millis(200)
     }
 }
 
@@ -194,4 +208,62 @@ async fn a_lost_session_is_reported_and_epochs_reread() {
         .await
     );
     assert!(a.healthy());
+}
+
+/// Epochs and bans older than what the sink needs are deleted from ZooKeeper; newer ones stay,
+/// and a tag whose node was pruned is written again (created) by its next publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_epochs_and_bans_are_pruned_and_newer_ones_kept() {
+    let server = ZkServer::start();
+    let (a, seen_a) = replica(&server, "a", Duration::from_secs(4));
+    let (_b, seen_b) = replica(&server, "b", Duration::from_secs(4));
+    assert!(
+        until(Duration::from_secs(10), || seen_a.synced() == 1
+            && seen_b.synced() == 1)
+        .await
+    );
+    a.publish(&[1, 2], 1_000);
+    a.publish(&[3], 5_000);
+    a.publish_ban(Ban::Prefix("/old".into()), 1_000);
+    a.publish_ban(Ban::Prefix("/new".into()), 5_000);
+    assert!(
+        until(Duration::from_secs(10), || seen_b.epoch(3).is_some()
+            && seen_b.bans.lock().unwrap().len() == 2)
+        .await
+    );
+    let zk = zk::Client::connect(&server.connect_string()).await.unwrap();
+    let children = |dir: &'static str| {
+        let zk = zk.clone();
+        async move {
+            let (mut c, _) = zk
+                .get_children(&format!("/zkgate/cache/o2/{dir}"))
+                .await
+                .unwrap();
+            c.sort();
+            c
+        }
+    };
+    assert_eq!(children("epochs").await.len(), 3);
+    // Replica b alone forgets what is older than 3 s: epochs 1 and 2 and the first ban go.
+    seen_b
+        .forget_before
+        .store(3_000, std::sync::atomic::Ordering::Relaxed);
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = children("epochs").await;
+        if left.len() == 1 && children("bans").await.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, vec![format!("{:016x}", 3u64)]);
+    assert_eq!(children("bans").await.len(), 1, "the newer ban stays");
+    // A pruned tag published again is created anew and reaches the other replica.
+    a.publish(&[1], 9_000);
+    assert!(
+        until(Duration::from_secs(10), || seen_b.epoch(1).map(|e| e.0)
+            == Some(9_000))
+        .await
+    );
+    assert_eq!(children("epochs").await.len(), 2);
 }

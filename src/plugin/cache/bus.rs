@@ -199,6 +199,11 @@ impl EpochSink for StoreSink {
         }
     }
 
+    /// Epochs and bans older than any entry the store may still serve.
+    fn forget_before(&self, now_ms: u64) -> Option<u64> {
+        Some(self.shared.store.forget_before(now_ms))
+    }
+
     fn synced(&self) {
         if self.was_up.swap(true, Ordering::Relaxed) {
             log::info!(

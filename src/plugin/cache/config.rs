@@ -26,6 +26,9 @@ pub const DEFAULT_LOCK: LockConfig = LockConfig {
     timeout: Duration::from_secs(5),
     age: Duration::from_secs(10),
 };
+/// `max_lifetime` when unset.
+pub const DEFAULT_MAX_LIFETIME: Duration =
+    Duration::from_millis(super::store::DEFAULT_MAX_LIFETIME_MS);
 /// `degraded_ttl` when unset.
 pub const DEFAULT_DEGRADED_TTL: Duration = Duration::from_secs(15);
 /// `replicas.epoch_slack` when unset: covers clock skew between replicas (design §4.6).
@@ -46,6 +49,10 @@ pub struct CacheSection {
     pub memory: Option<Size>,
     #[serde(default)]
     pub max_object_size: Option<Size>,
+    /// The longest any entry is kept after its fetch, whatever its lifetimes say (default 24h);
+    /// evictions are remembered (and kept in ZooKeeper) that long.
+    #[serde(default)]
+    pub max_lifetime: Option<Dur>,
     #[serde(default)]
     pub statuses: Option<Vec<u16>>,
     #[serde(default)]
@@ -154,6 +161,8 @@ pub struct CacheConfig {
     pub statuses: Box<[u16]>,
     pub replicas: Replicas,
     pub degraded_ttl: Duration,
+    /// `max_lifetime`.
+    pub max_lifetime: Duration,
     pub profile: Profile,
     /// `o2ims.subscription`, when the gateway keeps its own.
     pub subscription: Option<SubscriptionConfig>,
@@ -231,6 +240,10 @@ impl CacheSection {
         check_statuses(statuses, &at.key("statuses"), errors);
         let lock = self.lock(at, errors);
         let degraded_ttl = self.degraded_ttl.map_or(DEFAULT_DEGRADED_TTL, |d| d.0);
+        let max_lifetime = self.max_lifetime.map_or(DEFAULT_MAX_LIFETIME, |d| d.0);
+        if max_lifetime < Duration::from_secs(1) {
+            errors.push(at.key("max_lifetime"), "must be at least 1s");
+        }
         if degraded_ttl.is_zero() {
             errors.push(at.key("degraded_ttl"), "must be more than 0");
         }
@@ -304,6 +317,7 @@ impl CacheSection {
             statuses: statuses.into(),
             replicas,
             degraded_ttl,
+            max_lifetime,
             profile,
             subscription,
             warmup,

@@ -587,6 +587,9 @@ impl PluginBuild for Cache {
         };
         let uses = usage::StoreUse::new(&cfg.store.name);
         let shared = shared(cx.resources, &cfg.store);
+        shared
+            .store
+            .set_max_lifetime(u64::try_from(cfg.max_lifetime.as_millis()).unwrap_or(u64::MAX));
         if let (Some(ensemble), config::Replicas::ZooKeeper { epoch_slack }) =
             (zookeeper, cfg.replicas)
         {

@@ -74,6 +74,22 @@ impl Epochs {
         self.max.fetch_max(newest, Ordering::Release);
     }
 
+    /// Forgets the epochs an entry made after `before_ms` can no longer meet (slack included):
+    /// with every entry's life capped (`max_lifetime`), older ones refuse nothing that is still
+    /// stored. Returns how many went.
+    pub fn forget_before(&self, before_ms: u64) -> usize {
+        let slack = self.slack_ms.load(Ordering::Relaxed);
+        let mut tags = self.tags.write().unwrap_or_else(PoisonError::into_inner);
+        let was = tags.len();
+        tags.retain(|_, ms| ms.saturating_add(slack) > before_ms);
+        was - tags.len()
+    }
+
+    /// The slack (`replicas.epoch_slack`).
+    pub fn slack_ms(&self) -> u64 {
+        self.slack_ms.load(Ordering::Relaxed)
+    }
+
     /// Sets the slack (`replicas.epoch_slack`); 0 until set, which is right for one replica.
     pub fn set_slack(&self, ms: u64) {
         self.slack_ms.store(ms, Ordering::Relaxed);
@@ -123,6 +139,24 @@ mod tests {
         assert!(e.stale(&[TagId(9)], 2_400));
         assert!(e.stale(&[], 1_999));
         assert!(!e.stale(&[TagId(9)], 2_500));
+    }
+
+    #[test]
+    fn old_epochs_are_forgotten_but_not_those_the_slack_still_reaches() {
+        let e = Epochs::default();
+        e.set_slack(100);
+        e.bump(TagId(1), 1_000);
+        e.bump(TagId(2), 1_950);
+        e.bump(TagId(3), 3_000);
+        // An entry made at 2_049 could still meet tag 2's epoch (1_950 + 100): kept.
+        assert_eq!(e.forget_before(2_049), 1);
+        assert_eq!(e.newest(&[TagId(1)]), 0);
+        assert_eq!(e.newest(&[TagId(2)]), 1_950);
+        assert!(e.stale(&[TagId(2)], 2_049));
+        // One made at 2_050 or later cannot.
+        assert_eq!(e.forget_before(2_050), 1);
+        assert_eq!(e.len(), 1);
+        assert!(e.stale(&[TagId(3)], 3_050));
     }
 
     #[test]

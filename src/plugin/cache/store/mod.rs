@@ -141,6 +141,10 @@ pub struct Store {
     hits: AtomicU64,
     misses: AtomicU64,
     l2_hits: AtomicU64,
+    /// `max_lifetime` in ms: the cap on every entry's hard expiry after its creation.
+    max_lifetime_ms: AtomicU64,
+    /// When the tick last forgot old epochs.
+    forgot_ms: AtomicU64,
 }
 
 /// The wall clock in ms since the epoch: what `created_ms` and `hard_expiry_ms` are on, and
@@ -153,6 +157,11 @@ pub fn wall_ms() -> u64 {
 
 /// The least the expiry sweep visits per tick.
 const SWEEP_MIN: usize = 64;
+/// `max_lifetime` when unset: no entry is served longer after its fetch, whatever its
+/// lifetimes, so evictions need to be remembered no longer (design §4.6, pruning).
+pub const DEFAULT_MAX_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+/// How often the tick forgets epochs past `max_lifetime`.
+const FORGET_EVERY_MS: u64 = 60_000;
 
 impl Store {
     pub fn new(cfg: &StoreConfig) -> Store {
@@ -171,7 +180,23 @@ impl Store {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             l2_hits: AtomicU64::new(0),
+            max_lifetime_ms: AtomicU64::new(DEFAULT_MAX_LIFETIME_MS),
+            forgot_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Applies `max_lifetime` (a store shared by routes takes the newest build's).
+    pub fn set_max_lifetime(&self, ms: u64) {
+        self.max_lifetime_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Before this time (ms) an eviction concerns no entry the store may still serve at
+    /// `now_ms`: every entry made before it is past `max_lifetime`. The replica bus deletes
+    /// older epochs and bans from ZooKeeper.
+    pub fn forget_before(&self, now_ms: u64) -> u64 {
+        now_ms
+            .saturating_sub(self.max_lifetime_ms.load(Ordering::Relaxed))
+            .saturating_sub(self.epochs.slack_ms())
     }
 
     /// The store's name.
@@ -280,7 +305,11 @@ impl Store {
     /// [`Store::insert`] on a given clock. An entry already past its expiry, or made before
     /// an eviction of one of its tags (the request was in flight when the eviction came), is
     /// not stored at all.
-    pub fn insert_at(&self, key: KeyHash, entry: Entry, now_ms: u64) {
+    pub fn insert_at(&self, key: KeyHash, mut entry: Entry, now_ms: u64) {
+        let lifetime = self.max_lifetime_ms.load(Ordering::Relaxed);
+        entry.hard_expiry_ms = entry
+            .hard_expiry_ms
+            .min(entry.created_ms.saturating_add(lifetime));
         if let Some(why) = self.dead(&entry, now_ms) {
             self.memory.evictions().add(why, 1);
             return;
@@ -457,8 +486,18 @@ impl Store {
             .collect()
     }
 
-    /// Called every 100 ms: the expiry sweep and the Redis breaker.
+    /// Called every 100 ms: the expiry sweep, the Redis breaker, and once a minute the
+    /// epochs past `max_lifetime` forgotten.
     pub fn tick(&self, now_ms: u64) {
+        let last = self.forgot_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= FORGET_EVERY_MS
+            && self
+                .forgot_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.epochs.forget_before(self.forget_before(now_ms));
+        }
         let budget = (self.memory.len() / 64).max(SWEEP_MIN);
         let n = self.memory.sweep(now_ms, budget);
         self.memory.evictions().add(EvictReason::Expired, n as u64);

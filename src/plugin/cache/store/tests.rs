@@ -253,3 +253,33 @@ async fn resize_shrinks_within_the_new_bound() {
     assert!(st.entries < before);
     assert_eq!(s.memory.tagged(TagId(1)).len() as u64, st.entries);
 }
+
+/// `max_lifetime` caps an entry whose own lifetimes run longer, and the tick forgets the
+/// epochs that no entry still stored can meet (the cap plus the slack), once a minute.
+#[tokio::test]
+async fn max_lifetime_caps_entries_and_bounds_the_epochs_remembered() {
+    let s = store(1 << 20);
+    s.set_max_lifetime(10_000);
+    s.epochs().set_slack(1_000);
+    let mut long = entry(1, 10, &[7], "/long");
+    long.hard_expiry_ms = T0 + 3_600_000;
+    s.insert_at(key(1), long, T0);
+    assert!(has(&s, 1, T0 + 9_999).await);
+    assert!(!has(&s, 1, T0 + 10_000).await, "past max_lifetime");
+
+    s.epochs().bump(TagId(7), T0);
+    s.epochs().bump(TagId(8), T0 + 65_000);
+    // At T0 + 11 s an entry made at T0 may still be stored and meet tag 7's epoch (slack 1 s):
+    // kept. At T0 + 71 s nothing made before T0 + 60 s survives: tag 7 goes, tag 8 stays.
+    assert_eq!(s.forget_before(T0 + 11_000), T0);
+    s.tick(T0 + 11_000);
+    assert_eq!(s.epochs().len(), 2);
+    s.tick(T0 + 71_000);
+    assert_eq!(s.epochs().len(), 1);
+    assert_eq!(s.epochs().newest(&[TagId(8)]), T0 + 65_000);
+    // The next forgetting waits a minute.
+    s.tick(T0 + 130_000);
+    assert_eq!(s.epochs().len(), 1);
+    s.tick(T0 + 131_000);
+    assert_eq!(s.epochs().len(), 0);
+}
