@@ -217,13 +217,8 @@ fn a_tap_route_needs_an_upstream() {
          cache_notify: { store: o2, mode: tap }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = common::check(&config);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("routes[0]: needs an action: upstream or respond"),
         "{stderr}"

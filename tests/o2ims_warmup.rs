@@ -210,13 +210,8 @@ routes:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = common::check(&config);
+    assert_eq!(code, Some(1), "{stderr}");
     for part in [
         "routes[0].plugin.cache.o2ims.warmup.concurrency: must be between 1 and 64",
         "routes[1].plugin.cache.o2ims.warmup: cannot be used on a route with a rewrite",
@@ -240,13 +235,8 @@ routes:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = common::check(&config);
+    assert_eq!(code, Some(1), "{stderr}");
     for part in [
         "routes[0].plugin.cache.o2ims.warmup.host: is required",
         "routes[0].plugin.cache.o2ims.warmup.paths[1]: `/metrics`: no rule of this route caches it",

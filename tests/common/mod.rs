@@ -19,7 +19,8 @@ pub mod zk;
 pub use {backend::*, client::*, gateway::*, zk::*};
 
 use std::net::TcpListener;
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,6 +58,26 @@ pub fn free_port() -> u16 {
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_zkgate")
+}
+
+/// `zkgate check -c PATH`, as an operator runs it: its exit code and stderr.
+pub fn check(path: &Path) -> (Option<i32>, String) {
+    let (code, _, stderr) = check_with_stdout(path);
+    (code, stderr)
+}
+
+/// `zkgate check -c PATH`: its exit code, stdout (where a passing check says `ok`) and stderr.
+pub fn check_with_stdout(path: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("zkgate check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Polls `f` until it holds or `timeout` passes.
