@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::o2ims::{Dialect, O2Ims, Opts};
+use common::o2ims::{o2ims_config, Dialect, O2Ims, Opts};
 use common::redis::Redis;
 use common::{eventually, request, Backend, Conn, Gateway};
 
@@ -214,27 +214,21 @@ fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
 fn no_deployment_manager_secret_ever_reaches_redis() {
     let redis = Redis::start();
     let fake = O2Ims::start(Dialect::Oran, Opts::default());
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: o2ims
-    match: {{ path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        redis: {{ url: "{url}" }}
-        auth:
-          scope: per_claim
-          claim: sub
-          jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }}
-          hash_key: "0123456789abcdef0123456789abcdef"
+    let gw = Gateway::start(&o2ims_config(
+        &fake,
+        "path_prefix: /",
+        &format!(
+            r#"
+redis: {{ url: "{url}" }}
+auth:
+  scope: per_claim
+  claim: sub
+  jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }}
+  hash_key: "0123456789abcdef0123456789abcdef"
 "#,
-        api = fake.api,
-        url = redis.url(),
-        jwks = fake.jwks_path().display(),
+            url = redis.url(),
+            jwks = fake.jwks_path().display(),
+        ),
     ));
     let admin = fake.token("root", &["o2ims-admin"], 300);
     let auth = format!("Bearer {admin}");

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::o2ims::{is_hit, replica_origin, Receiver};
+use common::o2ims::{is_hit, o2ims_config, replica_origin, Receiver};
 use common::{eventually, request, Gateway};
 use zkgate_discovery::testkit::ZkServer;
 
@@ -41,26 +41,20 @@ fn listed_collections_are_cached_before_clients_and_again_after_a_lost_session()
     let b = o2.base();
     // The host is the route's (`test.local`, what the test client sends): no `host:` needed.
     let gw = Gateway::start(&format!(
-        r#"
-zookeeper: {{ connect: "{zk}", session_timeout: 2s }}
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: o2ims
-    match: {{ host: test.local, path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        replicas: {{ mode: zookeeper, epoch_slack: 200ms }}
-        o2ims:
-          warmup:
-            paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"]
-            version: v2
-            concurrency: 2
+        "zookeeper: {{ connect: \"{}\", session_timeout: 2s }}\n{}",
+        zk.connect_string(),
+        o2ims_config(
+            &o2,
+            "host: test.local, path_prefix: /",
+            r#"
+replicas: { mode: zookeeper, epoch_slack: 200ms }
+o2ims:
+  warmup:
+    paths: ["{base}/resourceTypes", "{base}/resourcePools"]
+    version: v2
+    concurrency: 2
 "#,
-        zk = zk.connect_string(),
-        api = o2.api,
+        ),
     ));
     let types = format!("{b}/resourceTypes");
     let pools = format!("{b}/resourcePools");
@@ -124,23 +118,17 @@ fn the_warm_up_waits_for_the_subscription_and_runs_again_when_it_is_made_again()
     let smo = Receiver::start();
     // The SMO's callback fails the O-Cloud's reachability check: no subscription yet.
     smo.set_statuses(500, 204);
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: o2ims
-    match: {{ host: test.local, path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        o2ims:
-          subscription: {{ callback: "{callback}", check_every: 500ms }}
-          warmup: {{ paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"], version: v2 }}
+    let gw = Gateway::start(&o2ims_config(
+        &o2,
+        "host: test.local, path_prefix: /",
+        &format!(
+            r#"
+o2ims:
+  subscription: {{ callback: "{callback}", check_every: 500ms }}
+  warmup: {{ paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"], version: v2 }}
 "#,
-        api = o2.api,
-        callback = smo.url("/notify"),
+            callback = smo.url("/notify"),
+        ),
     ));
     let types = format!("{b}/resourceTypes");
     let posts = || o2.count_method("POST", &format!("{b}/subscriptions"));
