@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::o2ims::{is_hit, o2ims_config, replica_origin, Receiver};
@@ -170,11 +171,23 @@ o2ims:
     );
 }
 
+/// Writes `yaml` to `config`, which `zkgate check` must refuse naming each of `parts`; its
+/// stderr.
+fn refused(config: &Path, yaml: &str, parts: &[&str]) -> String {
+    std::fs::write(config, yaml).unwrap();
+    let (code, stderr) = common::check(config);
+    assert_eq!(code, Some(1), "{stderr}");
+    for part in parts {
+        assert!(stderr.contains(part), "{part}\n{stderr}");
+    }
+    stderr
+}
+
 #[test]
 fn a_warm_up_needs_an_upstream_a_host_and_a_rule_for_each_path() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("zkgate.yaml");
-    std::fs::write(
+    refused(
         &config,
         r#"
 upstreams: [{ name: o2, backends: ["127.0.0.1:9"] }]
@@ -196,18 +209,13 @@ routes:
         profile: o2ims
         o2ims: { warmup: { paths: ["{base}/resourceTypes"] } }
 "#,
-    )
-    .unwrap();
-    let (code, stderr) = common::check(&config);
-    assert_eq!(code, Some(1), "{stderr}");
-    for part in [
-        "routes[0].plugin.cache.o2ims.warmup.concurrency: must be between 1 and 64",
-        "routes[1].plugin.cache.o2ims.warmup: cannot be used on a route with a rewrite",
-    ] {
-        assert!(stderr.contains(part), "{part}\n{stderr}");
-    }
+        &[
+            "routes[0].plugin.cache.o2ims.warmup.concurrency: must be between 1 and 64",
+            "routes[1].plugin.cache.o2ims.warmup: cannot be used on a route with a rewrite",
+        ],
+    );
     // With the concurrency fixed, the checks that need the route.
-    std::fs::write(
+    let stderr = refused(
         &config,
         r#"
 upstreams: [{ name: o2, backends: ["127.0.0.1:9"] }]
@@ -221,15 +229,10 @@ routes:
         o2ims:
           warmup: { paths: ["{base}/resourceTypes", "/metrics"] }
 "#,
-    )
-    .unwrap();
-    let (code, stderr) = common::check(&config);
-    assert_eq!(code, Some(1), "{stderr}");
-    for part in [
-        "routes[0].plugin.cache.o2ims.warmup.host: is required",
-        "routes[0].plugin.cache.o2ims.warmup.paths[1]: `/metrics`: no rule of this route caches it",
-    ] {
-        assert!(stderr.contains(part), "{part}\n{stderr}");
-    }
+        &[
+            "routes[0].plugin.cache.o2ims.warmup.host: is required",
+            "routes[0].plugin.cache.o2ims.warmup.paths[1]: `/metrics`: no rule of this route caches it",
+        ],
+    );
     assert!(!stderr.contains("paths[0]"), "{stderr}");
 }
