@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -68,6 +69,57 @@ fn entry_keys(redis: &Redis) -> usize {
     redis.keys().iter().filter(|k| k.contains("}:e:")).count()
 }
 
+/// GETs on keep-alive connections to both replicas, running in the background.
+struct Load {
+    /// Requests answered or failed so far.
+    done: Arc<AtomicUsize>,
+    /// Each failure: its target and the status and body, or the error.
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<thread::JoinHandle<()>>,
+}
+
+/// Starts `threads` clients, alternating between the replicas at `addrs`, each sending
+/// `per_thread` GETs of `/items/{prefix}{k}-{n}`: keys of its own that repeat (hits in memory,
+/// in Redis from the other replica) and keep growing (misses that ask Redis first), so Redis
+/// is read and written all along. A client stops at the first failure of any.
+fn load(addrs: [SocketAddr; 2], threads: usize, per_thread: usize, prefix: &'static str) -> Load {
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients = (0..threads)
+        .map(|t| {
+            let (done, failures) = (done.clone(), failures.clone());
+            thread::spawn(move || {
+                let mut conn = Conn::open(addrs[t % 2]).unwrap();
+                for n in 0..per_thread {
+                    // Half of each thread's targets are also read by the next thread, which
+                    // uses the other replica.
+                    let target = format!("/items/{prefix}{}-{}", (t + n % 2) % threads, n / 3);
+                    match conn.get(&target) {
+                        Ok(r) if (200..300).contains(&r.status) => {}
+                        Ok(r) => failures.lock().unwrap().push(format!(
+                            "{target}: {} {}",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    // One failure fails the test: stop, rather than wait out every request's
+                    // read timeout when the gateway hangs.
+                    if !failures.lock().unwrap().is_empty() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    Load {
+        done,
+        failures,
+        clients,
+    }
+}
+
 #[test]
 fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
     const THREADS: usize = 6;
@@ -96,40 +148,16 @@ fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
         assert_eq!(redis_up(gw), Some(1.0));
     }
 
-    // The load: keep-alive clients on both replicas, each over keys of its own that repeat
-    // (hits in memory, in Redis from the other replica) and keep growing (misses that ask
-    // Redis first), so Redis is read and written all along.
-    let done = Arc::new(AtomicUsize::new(0));
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let addrs = [replicas[0].http, replicas[1].http];
-    let clients: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (done, failures) = (done.clone(), failures.clone());
-            thread::spawn(move || {
-                let mut conn = Conn::open(addrs[t % 2]).unwrap();
-                for n in 0..PER_THREAD {
-                    // Half of each thread's targets are also read by the next thread, which
-                    // uses the other replica.
-                    let target = format!("/items/{}-{}", (t + n % 2) % THREADS, n / 3);
-                    match conn.get(&target) {
-                        Ok(r) if (200..300).contains(&r.status) => {}
-                        Ok(r) => failures.lock().unwrap().push(format!(
-                            "{target}: {} {}",
-                            r.status,
-                            r.text()
-                        )),
-                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                    // One failure fails the test: stop, rather than wait out every request's
-                    // read timeout when the gateway hangs.
-                    if !failures.lock().unwrap().is_empty() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
+    let Load {
+        done,
+        failures,
+        clients,
+    } = load(
+        [replicas[0].http, replicas[1].http],
+        THREADS,
+        PER_THREAD,
+        "",
+    );
     assert!(
         eventually(Duration::from_secs(60), || done.load(Ordering::SeqCst)
             >= KILL_AT),
@@ -312,35 +340,16 @@ fn a_hung_redis_under_load_fails_no_request_and_the_tier_comes_back() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(eventually(Duration::from_secs(5), || entry_keys(&redis) == 1));
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let addrs = [replicas[0].http, replicas[1].http];
-    let clients: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (done, failures) = (done.clone(), failures.clone());
-            thread::spawn(move || {
-                let mut conn = Conn::open(addrs[t % 2]).unwrap();
-                for n in 0..PER_THREAD {
-                    let target = format!("/items/hung-{}-{}", (t + n % 2) % THREADS, n / 3);
-                    match conn.get(&target) {
-                        Ok(r) if (200..300).contains(&r.status) => {}
-                        Ok(r) => failures.lock().unwrap().push(format!(
-                            "{target}: {} {}",
-                            r.status,
-                            r.text()
-                        )),
-                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                    // One failure fails the test: stop, rather than wait out every request's
-                    // read timeout when the gateway hangs.
-                    if !failures.lock().unwrap().is_empty() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
+    let Load {
+        done,
+        failures,
+        clients,
+    } = load(
+        [replicas[0].http, replicas[1].http],
+        THREADS,
+        PER_THREAD,
+        "hung-",
+    );
     assert!(eventually(Duration::from_secs(60), || done
         .load(Ordering::SeqCst)
         >= THREADS * PER_THREAD / 4));
