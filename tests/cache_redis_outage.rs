@@ -120,6 +120,33 @@ fn load(addrs: [SocketAddr; 2], threads: usize, per_thread: usize, prefix: &'sta
     }
 }
 
+impl Load {
+    /// Requests answered or failed so far.
+    fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits for every client to end: the failures.
+    fn finish(self) -> Vec<String> {
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        failures
+    }
+}
+
+/// Fails naming the first few `failures`, if any, of the `total` requests sent.
+fn assert_none_failed(failures: &[String], total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        total,
+        &failures[..failures.len().min(5)]
+    );
+}
+
 #[test]
 fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
     const THREADS: usize = 6;
@@ -148,36 +175,21 @@ fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
         assert_eq!(redis_up(gw), Some(1.0));
     }
 
-    let Load {
-        done,
-        failures,
-        clients,
-    } = load(
+    let load = load(
         [replicas[0].http, replicas[1].http],
         THREADS,
         PER_THREAD,
         "",
     );
     assert!(
-        eventually(Duration::from_secs(60), || done.load(Ordering::SeqCst)
-            >= KILL_AT),
+        eventually(Duration::from_secs(60), || load.done() >= KILL_AT),
         "the load stalled at {} requests",
-        done.load(Ordering::SeqCst)
+        load.done()
     );
     let stored_before_kill = entry_keys(&redis);
     redis.kill();
-    let killed_at = done.load(Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        THREADS * PER_THREAD,
-        &failures[..failures.len().min(5)]
-    );
+    let killed_at = load.done();
+    assert_none_failed(&load.finish(), THREADS * PER_THREAD);
     assert!(
         stored_before_kill > 10,
         "entries reached Redis before the kill"
@@ -340,35 +352,21 @@ fn a_hung_redis_under_load_fails_no_request_and_the_tier_comes_back() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(eventually(Duration::from_secs(5), || entry_keys(&redis) == 1));
 
-    let Load {
-        done,
-        failures,
-        clients,
-    } = load(
+    let load = load(
         [replicas[0].http, replicas[1].http],
         THREADS,
         PER_THREAD,
         "hung-",
     );
-    assert!(eventually(Duration::from_secs(60), || done
-        .load(Ordering::SeqCst)
+    assert!(eventually(Duration::from_secs(60), || load.done()
         >= THREADS * PER_THREAD / 4));
     signal(&pid, "-STOP");
-    let paused_at = done.load(Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap().clone();
+    let paused_at = load.done();
+    let failures = load.finish();
     // Resume before asserting, so a failure does not leave a stopped process behind.
     let down: Vec<Option<f64>> = replicas.iter().map(redis_up).collect();
     signal(&pid, "-CONT");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        THREADS * PER_THREAD,
-        &failures[..failures.len().min(5)]
-    );
+    assert_none_failed(&failures, THREADS * PER_THREAD);
     assert!(
         paused_at < THREADS * PER_THREAD * 9 / 10,
         "paused at {paused_at}"
