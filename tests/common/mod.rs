@@ -20,7 +20,7 @@ pub use {backend::*, client::*, gateway::*, zk::*};
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -58,6 +58,30 @@ pub fn free_port() -> u16 {
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_zkgate")
+}
+
+/// A self-signed certificate for `localhost` (P-256, with the name in its subjectAltName, made
+/// by `openssl` in `dir`), for a TLS listener that curl or h2load reach as `localhost`: the
+/// paths of its certificate and key PEMs.
+pub fn localhost_cert(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec"])
+        .args(["-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    (
+        cert.to_str().expect("a UTF-8 temp path").to_owned(),
+        key.to_str().expect("a UTF-8 temp path").to_owned(),
+    )
 }
 
 /// `zkgate check -c PATH`, as an operator runs it: its exit code and stderr.
