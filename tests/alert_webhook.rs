@@ -549,13 +549,8 @@ routes:
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = common::check(&config);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("routes[0].plugin.alert_webhook.destinations[0].template: line "),
         "{stderr}"

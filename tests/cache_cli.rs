@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::bin;
 use common::o2ims::{Dialect, O2Ims, Opts};
+use common::{bin, check_with_stdout as check};
 
 const O2IMS_YAML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/o2ims.yaml");
 
@@ -23,10 +23,6 @@ fn zkgate(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn check(path: &Path) -> (Option<i32>, String, String) {
-    zkgate(&["check", "-c", path.to_str().unwrap()])
 }
 
 #[test]

@@ -7,31 +7,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Backend, Gateway};
-
-/// A certificate for `localhost` (P-256, made by `openssl` in `dir`): its PEM paths.
-fn localhost_cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec"])
-        .args(["-pkeyopt", "ec_paramgen_curve:P-256"])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(made.success());
-    (
-        cert.to_str().unwrap().to_owned(),
-        key.to_str().unwrap().to_owned(),
-    )
-}
+use common::{localhost_cert, Backend, Gateway};
 
 /// One `curl --http2` GET: the HTTP version it used, the status and the `cache-status` header.
 fn curl_h2(gw: &Gateway, cert: &str, path: &str) -> (String, u16, Option<String>) {

@@ -10,12 +10,13 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::o2ims::{Dialect, O2Ims, Opts};
+use common::o2ims::{o2ims_config, Dialect, O2Ims, Opts};
 use common::redis::Redis;
 use common::{eventually, request, Backend, Conn, Gateway};
 
@@ -68,6 +69,84 @@ fn entry_keys(redis: &Redis) -> usize {
     redis.keys().iter().filter(|k| k.contains("}:e:")).count()
 }
 
+/// GETs on keep-alive connections to both replicas, running in the background.
+struct Load {
+    /// Requests answered or failed so far.
+    done: Arc<AtomicUsize>,
+    /// Each failure: its target and the status and body, or the error.
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<thread::JoinHandle<()>>,
+}
+
+/// Starts `threads` clients, alternating between the replicas at `addrs`, each sending
+/// `per_thread` GETs of `/items/{prefix}{k}-{n}`: keys of its own that repeat (hits in memory,
+/// in Redis from the other replica) and keep growing (misses that ask Redis first), so Redis
+/// is read and written all along. A client stops at the first failure of any.
+fn load(addrs: [SocketAddr; 2], threads: usize, per_thread: usize, prefix: &'static str) -> Load {
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let clients = (0..threads)
+        .map(|t| {
+            let (done, failures) = (done.clone(), failures.clone());
+            thread::spawn(move || {
+                let mut conn = Conn::open(addrs[t % 2]).unwrap();
+                for n in 0..per_thread {
+                    // Half of each thread's targets are also read by the next thread, which
+                    // uses the other replica.
+                    let target = format!("/items/{prefix}{}-{}", (t + n % 2) % threads, n / 3);
+                    match conn.get(&target) {
+                        Ok(r) if (200..300).contains(&r.status) => {}
+                        Ok(r) => failures.lock().unwrap().push(format!(
+                            "{target}: {} {}",
+                            r.status,
+                            r.text()
+                        )),
+                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    // One failure fails the test: stop, rather than wait out every request's
+                    // read timeout when the gateway hangs.
+                    if !failures.lock().unwrap().is_empty() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    Load {
+        done,
+        failures,
+        clients,
+    }
+}
+
+impl Load {
+    /// Requests answered or failed so far.
+    fn done(&self) -> usize {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// Waits for every client to end: the failures.
+    fn finish(self) -> Vec<String> {
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        failures
+    }
+}
+
+/// Fails naming the first few `failures`, if any, of the `total` requests sent.
+fn assert_none_failed(failures: &[String], total: usize) {
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        total,
+        &failures[..failures.len().min(5)]
+    );
+}
+
 #[test]
 fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
     const THREADS: usize = 6;
@@ -96,60 +175,21 @@ fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
         assert_eq!(redis_up(gw), Some(1.0));
     }
 
-    // The load: keep-alive clients on both replicas, each over keys of its own that repeat
-    // (hits in memory, in Redis from the other replica) and keep growing (misses that ask
-    // Redis first), so Redis is read and written all along.
-    let done = Arc::new(AtomicUsize::new(0));
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let addrs = [replicas[0].http, replicas[1].http];
-    let clients: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (done, failures) = (done.clone(), failures.clone());
-            thread::spawn(move || {
-                let mut conn = Conn::open(addrs[t % 2]).unwrap();
-                for n in 0..PER_THREAD {
-                    // Half of each thread's targets are also read by the next thread, which
-                    // uses the other replica.
-                    let target = format!("/items/{}-{}", (t + n % 2) % THREADS, n / 3);
-                    match conn.get(&target) {
-                        Ok(r) if (200..300).contains(&r.status) => {}
-                        Ok(r) => failures.lock().unwrap().push(format!(
-                            "{target}: {} {}",
-                            r.status,
-                            r.text()
-                        )),
-                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                    // One failure fails the test: stop, rather than wait out every request's
-                    // read timeout when the gateway hangs.
-                    if !failures.lock().unwrap().is_empty() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
+    let load = load(
+        [replicas[0].http, replicas[1].http],
+        THREADS,
+        PER_THREAD,
+        "",
+    );
     assert!(
-        eventually(Duration::from_secs(60), || done.load(Ordering::SeqCst)
-            >= KILL_AT),
+        eventually(Duration::from_secs(60), || load.done() >= KILL_AT),
         "the load stalled at {} requests",
-        done.load(Ordering::SeqCst)
+        load.done()
     );
     let stored_before_kill = entry_keys(&redis);
     redis.kill();
-    let killed_at = done.load(Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        THREADS * PER_THREAD,
-        &failures[..failures.len().min(5)]
-    );
+    let killed_at = load.done();
+    assert_none_failed(&load.finish(), THREADS * PER_THREAD);
     assert!(
         stored_before_kill > 10,
         "entries reached Redis before the kill"
@@ -214,27 +254,21 @@ fn redis_killed_under_load_fails_no_request_and_the_tier_comes_back() {
 fn no_deployment_manager_secret_ever_reaches_redis() {
     let redis = Redis::start();
     let fake = O2Ims::start(Dialect::Oran, Opts::default());
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: o2ims
-    match: {{ path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        redis: {{ url: "{url}" }}
-        auth:
-          scope: per_claim
-          claim: sub
-          jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }}
-          hash_key: "0123456789abcdef0123456789abcdef"
+    let gw = Gateway::start(&o2ims_config(
+        &fake,
+        "path_prefix: /",
+        &format!(
+            r#"
+redis: {{ url: "{url}" }}
+auth:
+  scope: per_claim
+  claim: sub
+  jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }}
+  hash_key: "0123456789abcdef0123456789abcdef"
 "#,
-        api = fake.api,
-        url = redis.url(),
-        jwks = fake.jwks_path().display(),
+            url = redis.url(),
+            jwks = fake.jwks_path().display(),
+        ),
     ));
     let admin = fake.token("root", &["o2ims-admin"], 300);
     let auth = format!("Bearer {admin}");
@@ -318,54 +352,21 @@ fn a_hung_redis_under_load_fails_no_request_and_the_tier_comes_back() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(eventually(Duration::from_secs(5), || entry_keys(&redis) == 1));
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
-    let addrs = [replicas[0].http, replicas[1].http];
-    let clients: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let (done, failures) = (done.clone(), failures.clone());
-            thread::spawn(move || {
-                let mut conn = Conn::open(addrs[t % 2]).unwrap();
-                for n in 0..PER_THREAD {
-                    let target = format!("/items/hung-{}-{}", (t + n % 2) % THREADS, n / 3);
-                    match conn.get(&target) {
-                        Ok(r) if (200..300).contains(&r.status) => {}
-                        Ok(r) => failures.lock().unwrap().push(format!(
-                            "{target}: {} {}",
-                            r.status,
-                            r.text()
-                        )),
-                        Err(e) => failures.lock().unwrap().push(format!("{target}: {e}")),
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                    // One failure fails the test: stop, rather than wait out every request's
-                    // read timeout when the gateway hangs.
-                    if !failures.lock().unwrap().is_empty() {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
-    assert!(eventually(Duration::from_secs(60), || done
-        .load(Ordering::SeqCst)
+    let load = load(
+        [replicas[0].http, replicas[1].http],
+        THREADS,
+        PER_THREAD,
+        "hung-",
+    );
+    assert!(eventually(Duration::from_secs(60), || load.done()
         >= THREADS * PER_THREAD / 4));
     signal(&pid, "-STOP");
-    let paused_at = done.load(Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap().clone();
+    let paused_at = load.done();
+    let failures = load.finish();
     // Resume before asserting, so a failure does not leave a stopped process behind.
     let down: Vec<Option<f64>> = replicas.iter().map(redis_up).collect();
     signal(&pid, "-CONT");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        THREADS * PER_THREAD,
-        &failures[..failures.len().min(5)]
-    );
+    assert_none_failed(&failures, THREADS * PER_THREAD);
     assert!(
         paused_at < THREADS * PER_THREAD * 9 / 10,
         "paused at {paused_at}"

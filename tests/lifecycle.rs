@@ -92,18 +92,6 @@ fn reload_carries_unchanged_upstreams_and_applies_changed_backends() {
     );
 }
 
-fn check(path: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(path)
-        .output()
-        .expect("zkgate check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn check_reports_every_error_with_its_path_and_binds_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -127,13 +127,8 @@ routes:
 "#,
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("check");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = check(&path);
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("routes[1].listeners[1]: no listener named `tls`"),
         "{err}"

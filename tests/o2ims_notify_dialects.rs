@@ -83,6 +83,7 @@ fn change(fake: &O2Ims, kind: &str, id: &str) {
     assert_eq!(changed["notified"], json!(1), "{changed}");
 }
 
+/// Checks that `what` evicted every path of `evicted` and none of `kept`.
 fn check(fake: &O2Ims, gw: &Gateway, evicted: &[String], kept: &[String], what: &str) {
     for path in evicted {
         assert!(!hit(fake, gw, path), "{path} survived {what}");
@@ -90,6 +91,21 @@ fn check(fake: &O2Ims, gw: &Gateway, evicted: &[String], kept: &[String], what: 
     for path in kept {
         assert!(hit(fake, gw, path), "{path} was evicted by {what}");
     }
+}
+
+/// Caches `evicted` and `kept`, has `what` happen (`event`), then [`check`]s it.
+fn evicts(
+    fake: &O2Ims,
+    gw: &Gateway,
+    evicted: &[String],
+    kept: &[String],
+    what: &str,
+    event: impl FnOnce(),
+) {
+    warm(fake, gw, evicted);
+    warm(fake, gw, kept);
+    event();
+    check(fake, gw, evicted, kept, what);
 }
 
 /// The applied notifications of store o2 in `dialect`.
@@ -119,10 +135,9 @@ fn a_pool_change_evicts_the_pool_and_its_list(d: Dialect) {
         format!("{b}/resourcePools/{p2}/resources"),
         format!("{b}/resourceTypes"),
     ];
-    warm(&fake, &gw, &evicted);
-    warm(&fake, &gw, &kept);
-    change(&fake, "resourcePool", p0);
-    check(&fake, &gw, &evicted, &kept, "the pool's change");
+    evicts(&fake, &gw, &evicted, &kept, "the pool's change", || {
+        change(&fake, "resourcePool", p0)
+    });
     assert_eq!(applied(&gw, d.name()), 1, "{}", gw.metrics());
 }
 
@@ -167,10 +182,9 @@ fn oran_a_pool_change_evicts_its_site_and_a_location_change_its_global_location_
         format!("{b}/locations"),
         format!("{b}/resourceTypes"),
     ];
-    warm(&fake, &gw, &evicted);
-    warm(&fake, &gw, &kept);
-    change(&fake, "resourcePool", p0);
-    check(&fake, &gw, &evicted, &kept, "the pool's change");
+    evicts(&fake, &gw, &evicted, &kept, "the pool's change", || {
+        change(&fake, "resourcePool", p0)
+    });
 
     // oran's location objectRef names a tracking UUID, not the globalLocationId the URLs hold:
     // the id in the states decides.
@@ -210,61 +224,86 @@ fn first_resource(fake: &O2Ims, pool: &str) -> String {
         .to_owned()
 }
 
-#[test]
-fn pti_a_delete_without_object_ref_evicts_by_its_prior_state() {
-    let d = Dialect::Pti;
+/// A resource's change in a dialect: the fake and its gateway, the fake's first pool `p0` and
+/// that pool's first resource `r0`, and the entries the change keeps (another pool's resources,
+/// the pool itself, the resource types).
+struct ResourceChange {
+    fake: O2Ims,
+    gw: Gateway,
+    p0: String,
+    r0: String,
+    kept: Vec<String>,
+}
+
+fn resource_change(d: Dialect) -> ResourceChange {
     let (fake, gw) = start(d);
     let b = d.base();
     let pools = fake.ids("resourcePool");
-    let (p0, p2) = (&pools[0], &pools[2]);
-    let r0 = first_resource(&fake, p0);
-    let evicted = vec![
-        format!("{b}/resourcePools/{p0}/resources/{r0}"),
-        format!("{b}/resourcePools/{p0}/resources"),
-    ];
+    let (p0, p2) = (pools[0].clone(), &pools[2]);
+    let r0 = first_resource(&fake, &p0);
     let kept = vec![
         format!("{b}/resourcePools/{p2}/resources"),
         format!("{b}/resourcePools/{p0}"),
         format!("{b}/resourceTypes"),
     ];
-    warm(&fake, &gw, &evicted);
-    warm(&fake, &gw, &kept);
-    // pti never sends inventory deletes by itself: the control port forces the body it would
-    // send (no objectRef, the states a JSON string).
-    fake.notify(json!({"kind": "resource", "id": r0, "op": "delete", "wait": true}));
-    let sent = fake
-        .deliveries()
-        .into_iter()
-        .rfind(|d| d["kind"] == "notification")
-        .unwrap();
-    assert!(sent["body"].get("objectRef").is_none(), "{sent}");
-    assert!(sent["body"]["priorObjectState"].is_string(), "{sent}");
-    check(&fake, &gw, &evicted, &kept, "the resource's delete");
+    ResourceChange {
+        fake,
+        gw,
+        p0,
+        r0,
+        kept,
+    }
+}
+
+#[test]
+fn pti_a_delete_without_object_ref_evicts_by_its_prior_state() {
+    let d = Dialect::Pti;
+    let ResourceChange {
+        fake,
+        gw,
+        p0,
+        r0,
+        kept,
+    } = resource_change(d);
+    let b = d.base();
+    let evicted = vec![
+        format!("{b}/resourcePools/{p0}/resources/{r0}"),
+        format!("{b}/resourcePools/{p0}/resources"),
+    ];
+    evicts(&fake, &gw, &evicted, &kept, "the resource's delete", || {
+        // pti never sends inventory deletes by itself: the control port forces the body it
+        // would send (no objectRef, the states a JSON string).
+        fake.notify(json!({"kind": "resource", "id": r0, "op": "delete", "wait": true}));
+        let sent = fake
+            .deliveries()
+            .into_iter()
+            .rfind(|d| d["kind"] == "notification")
+            .unwrap();
+        assert!(sent["body"].get("objectRef").is_none(), "{sent}");
+        assert!(sent["body"]["priorObjectState"].is_string(), "{sent}");
+    });
     assert_eq!(applied(&gw, "pti"), 1, "{}", gw.metrics());
 }
 
 #[test]
 fn netweave_a_top_level_resource_evicts_its_pools_list_by_the_flat_pool_id() {
     let d = Dialect::Netweave;
-    let (fake, gw) = start(d);
+    let ResourceChange {
+        fake,
+        gw,
+        p0,
+        r0,
+        kept,
+    } = resource_change(d);
     let b = d.base();
-    let pools = fake.ids("resourcePool");
-    let (p0, p2) = (&pools[0], &pools[2]);
-    let r0 = first_resource(&fake, p0);
     let evicted = vec![
         format!("{b}/resources/{r0}"),
         format!("{b}/resources"),
         format!("{b}/resourcePools/{p0}/resources"),
     ];
-    let kept = vec![
-        format!("{b}/resourcePools/{p2}/resources"),
-        format!("{b}/resourcePools/{p0}"),
-        format!("{b}/resourceTypes"),
-    ];
-    warm(&fake, &gw, &evicted);
-    warm(&fake, &gw, &kept);
-    change(&fake, "resource", &r0);
-    check(&fake, &gw, &evicted, &kept, "the resource's change");
+    evicts(&fake, &gw, &evicted, &kept, "the resource's change", || {
+        change(&fake, "resource", &r0)
+    });
 }
 
 #[test]
@@ -279,11 +318,10 @@ fn oran_an_unknown_path_under_a_known_kind_evicts_the_whole_kind() {
         format!("{b}/resourcePools"),
     ];
     let kept = vec![format!("{b}/resourceTypes"), format!("{b}/locations")];
-    warm(&fake, &gw, &evicted);
-    warm(&fake, &gw, &kept);
-    fake.notify(
-        json!({"raw": {"notificationId": "k1", "notificationEventType": 1,
-        "objectRef": format!("{b}/resourcePools/{}/future/sub/path", pools[0])}, "wait": true}),
-    );
-    check(&fake, &gw, &evicted, &kept, "a kind-wide purge");
+    evicts(&fake, &gw, &evicted, &kept, "a kind-wide purge", || {
+        fake.notify(
+            json!({"raw": {"notificationId": "k1", "notificationEventType": 1,
+            "objectRef": format!("{b}/resourcePools/{}/future/sub/path", pools[0])}, "wait": true}),
+        );
+    });
 }

@@ -60,6 +60,22 @@ fn tapped(gw: &Gateway, result: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
+/// Whether `zkgate_cache_notify_tap_total{result}` comes to `n` (within 5 s).
+fn tapped_reaches(gw: &Gateway, result: &str, n: u64) -> bool {
+    eventually(Duration::from_secs(5), || tapped(gw, result) == n)
+}
+
+/// POSTs `body` to the tap route as the O-Cloud would (JSON, with `headers` too); the SMO's
+/// 204 comes back.
+fn post_to_tap(gw: &Gateway, headers: &[(&str, &str)], body: &str) {
+    let headers: Vec<_> = [("content-type", "application/json")]
+        .into_iter()
+        .chain(headers.iter().copied())
+        .collect();
+    let r = request(gw.http, "POST", TAP, &headers, body.as_bytes()).unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+}
+
 #[test]
 fn the_smo_gets_every_notification_and_only_those_it_accepts_evict() {
     let smo = Receiver::start();
@@ -95,10 +111,7 @@ fn the_smo_gets_every_notification_and_only_those_it_accepts_evict() {
     let changed =
         fake.mutate(json!({"kind": "resourcePool", "id": p0, "op": "modify", "wait": true}));
     assert_eq!(changed["notified"], json!(1), "{changed}");
-    assert!(eventually(Duration::from_secs(5), || tapped(
-        &gw,
-        "evaluated"
-    ) == 1));
+    assert!(tapped_reaches(&gw, "evaluated", 1));
     assert!(
         !hit(&gw, &pool(p0)),
         "{p0} survived a notification the SMO took"
@@ -121,19 +134,8 @@ fn the_smo_gets_every_notification_and_only_those_it_accepts_evict() {
          \"objectRef\":\"{}\"   }}",
         pool(p1)
     );
-    let r = request(
-        gw.http,
-        "POST",
-        TAP,
-        &[("content-type", "application/json")],
-        odd.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 204, "{}", r.text());
-    assert!(eventually(Duration::from_secs(5), || tapped(
-        &gw,
-        "evaluated"
-    ) == 2));
+    post_to_tap(&gw, &[], &odd);
+    assert!(tapped_reaches(&gw, "evaluated", 2));
     assert_eq!(smo.posts()[1].body, odd.as_bytes());
     assert!(
         !hit(&gw, &pool(p1)),
@@ -162,39 +164,14 @@ fn the_smo_gets_every_notification_and_only_those_it_accepts_evict() {
         pool(p2),
         "x".repeat(5000)
     );
-    let r = request(
-        gw.http,
-        "POST",
-        TAP,
-        &[("content-type", "application/json")],
-        big.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 204, "{}", r.text());
-    assert!(eventually(Duration::from_secs(5), || tapped(
-        &gw,
-        "too_large"
-    ) == 1));
+    post_to_tap(&gw, &[], &big);
+    assert!(tapped_reaches(&gw, "too_large", 1));
     assert!(smo.posts().iter().any(|p| p.body == big.as_bytes()));
     assert!(hit(&gw, &pool(p2)), "an unread body evicted {p2}");
     // The same without a declared length: cut off as it streams, still passed on whole.
     let chunked = format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len());
-    let r = request(
-        gw.http,
-        "POST",
-        TAP,
-        &[
-            ("content-type", "application/json"),
-            ("transfer-encoding", "chunked"),
-        ],
-        chunked.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 204, "{}", r.text());
-    assert!(eventually(Duration::from_secs(5), || tapped(
-        &gw,
-        "too_large"
-    ) == 2));
+    post_to_tap(&gw, &[("transfer-encoding", "chunked")], &chunked);
+    assert!(tapped_reaches(&gw, "too_large", 2));
     assert_eq!(
         smo.posts()
             .iter()
@@ -217,13 +194,8 @@ fn a_tap_route_needs_an_upstream() {
          cache_notify: { store: o2, mode: tap }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = common::check(&config);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("routes[0]: needs an action: upstream or respond"),
         "{stderr}"

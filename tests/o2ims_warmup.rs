@@ -9,9 +9,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use common::o2ims::{is_hit, replica_origin, Receiver};
+use common::o2ims::{is_hit, o2ims_config, replica_origin, Receiver};
 use common::{eventually, request, Gateway};
 use zkgate_discovery::testkit::ZkServer;
 
@@ -41,26 +42,20 @@ fn listed_collections_are_cached_before_clients_and_again_after_a_lost_session()
     let b = o2.base();
     // The host is the route's (`test.local`, what the test client sends): no `host:` needed.
     let gw = Gateway::start(&format!(
-        r#"
-zookeeper: {{ connect: "{zk}", session_timeout: 2s }}
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: o2ims
-    match: {{ host: test.local, path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        replicas: {{ mode: zookeeper, epoch_slack: 200ms }}
-        o2ims:
-          warmup:
-            paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"]
-            version: v2
-            concurrency: 2
+        "zookeeper: {{ connect: \"{}\", session_timeout: 2s }}\n{}",
+        zk.connect_string(),
+        o2ims_config(
+            &o2,
+            "host: test.local, path_prefix: /",
+            r#"
+replicas: { mode: zookeeper, epoch_slack: 200ms }
+o2ims:
+  warmup:
+    paths: ["{base}/resourceTypes", "{base}/resourcePools"]
+    version: v2
+    concurrency: 2
 "#,
-        zk = zk.connect_string(),
-        api = o2.api,
+        ),
     ));
     let types = format!("{b}/resourceTypes");
     let pools = format!("{b}/resourcePools");
@@ -124,23 +119,17 @@ fn the_warm_up_waits_for_the_subscription_and_runs_again_when_it_is_made_again()
     let smo = Receiver::start();
     // The SMO's callback fails the O-Cloud's reachability check: no subscription yet.
     smo.set_statuses(500, 204);
-    let gw = Gateway::start(&format!(
-        r#"
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
-  - name: o2ims
-    match: {{ host: test.local, path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        o2ims:
-          subscription: {{ callback: "{callback}", check_every: 500ms }}
-          warmup: {{ paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"], version: v2 }}
+    let gw = Gateway::start(&o2ims_config(
+        &o2,
+        "host: test.local, path_prefix: /",
+        &format!(
+            r#"
+o2ims:
+  subscription: {{ callback: "{callback}", check_every: 500ms }}
+  warmup: {{ paths: ["{{base}}/resourceTypes", "{{base}}/resourcePools"], version: v2 }}
 "#,
-        api = o2.api,
-        callback = smo.url("/notify"),
+            callback = smo.url("/notify"),
+        ),
     ));
     let types = format!("{b}/resourceTypes");
     let posts = || o2.count_method("POST", &format!("{b}/subscriptions"));
@@ -182,11 +171,23 @@ routes:
     );
 }
 
+/// Writes `yaml` to `config`, which `zkgate check` must refuse naming each of `parts`; its
+/// stderr.
+fn refused(config: &Path, yaml: &str, parts: &[&str]) -> String {
+    std::fs::write(config, yaml).unwrap();
+    let (code, stderr) = common::check(config);
+    assert_eq!(code, Some(1), "{stderr}");
+    for part in parts {
+        assert!(stderr.contains(part), "{part}\n{stderr}");
+    }
+    stderr
+}
+
 #[test]
 fn a_warm_up_needs_an_upstream_a_host_and_a_rule_for_each_path() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("zkgate.yaml");
-    std::fs::write(
+    refused(
         &config,
         r#"
 upstreams: [{ name: o2, backends: ["127.0.0.1:9"] }]
@@ -208,23 +209,13 @@ routes:
         profile: o2ims
         o2ims: { warmup: { paths: ["{base}/resourceTypes"] } }
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    for part in [
-        "routes[0].plugin.cache.o2ims.warmup.concurrency: must be between 1 and 64",
-        "routes[1].plugin.cache.o2ims.warmup: cannot be used on a route with a rewrite",
-    ] {
-        assert!(stderr.contains(part), "{part}\n{stderr}");
-    }
+        &[
+            "routes[0].plugin.cache.o2ims.warmup.concurrency: must be between 1 and 64",
+            "routes[1].plugin.cache.o2ims.warmup: cannot be used on a route with a rewrite",
+        ],
+    );
     // With the concurrency fixed, the checks that need the route.
-    std::fs::write(
+    let stderr = refused(
         &config,
         r#"
 upstreams: [{ name: o2, backends: ["127.0.0.1:9"] }]
@@ -238,20 +229,10 @@ routes:
         o2ims:
           warmup: { paths: ["{base}/resourceTypes", "/metrics"] }
 "#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(common::bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .expect("zkgate check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    for part in [
-        "routes[0].plugin.cache.o2ims.warmup.host: is required",
-        "routes[0].plugin.cache.o2ims.warmup.paths[1]: `/metrics`: no rule of this route caches it",
-    ] {
-        assert!(stderr.contains(part), "{part}\n{stderr}");
-    }
+        &[
+            "routes[0].plugin.cache.o2ims.warmup.host: is required",
+            "routes[0].plugin.cache.o2ims.warmup.paths[1]: `/metrics`: no rule of this route caches it",
+        ],
+    );
     assert!(!stderr.contains("paths[0]"), "{stderr}");
 }

@@ -345,17 +345,9 @@ fn check_refuses_bad_certificates_with_their_yaml_paths() {
         ),
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, stdout, stderr) = check_with_stdout(&config);
+    let text = format!("{stdout}{stderr}");
+    assert_eq!(code, Some(1), "{text}");
     // A bad min_version is a parse error, reported on its own: check that separately.
     assert!(text.contains("min_version"), "{text}");
 
@@ -363,17 +355,9 @@ fn check_refuses_bad_certificates_with_their_yaml_paths() {
         .unwrap()
         .replace("      min_version: \"1.1\"\n", "");
     std::fs::write(&config, text).unwrap();
-    let out = Command::new(bin())
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, stdout, stderr) = check_with_stdout(&config);
+    let text = format!("{stdout}{stderr}");
+    assert_eq!(code, Some(1), "{text}");
     for want in [
         "listeners[0].tls.certificates[1].cert: ",
         "expired on",

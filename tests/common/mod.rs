@@ -19,7 +19,8 @@ pub mod zk;
 pub use {backend::*, client::*, gateway::*, zk::*};
 
 use std::net::TcpListener;
-use std::process::Child;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,6 +58,50 @@ pub fn free_port() -> u16 {
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_zkgate")
+}
+
+/// A self-signed certificate for `localhost` (P-256, with the name in its subjectAltName, made
+/// by `openssl` in `dir`), for a TLS listener that curl or h2load reach as `localhost`: the
+/// paths of its certificate and key PEMs.
+pub fn localhost_cert(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec"])
+        .args(["-pkeyopt", "ec_paramgen_curve:P-256"])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    (
+        cert.to_str().expect("a UTF-8 temp path").to_owned(),
+        key.to_str().expect("a UTF-8 temp path").to_owned(),
+    )
+}
+
+/// `zkgate check -c PATH`, as an operator runs it: its exit code and stderr.
+pub fn check(path: &Path) -> (Option<i32>, String) {
+    let (code, _, stderr) = check_with_stdout(path);
+    (code, stderr)
+}
+
+/// `zkgate check -c PATH`: its exit code, stdout (where a passing check says `ok`) and stderr.
+pub fn check_with_stdout(path: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("zkgate check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Polls `f` until it holds or `timeout` passes.

@@ -381,26 +381,51 @@ pub const CALLBACK: &str = "/zkgate/o2ims/notify";
 pub fn replica_config(zk: &str, o2: &O2Ims) -> String {
     format!(
         r#"zookeeper: {{ connect: "{zk}", session_timeout: 2s }}
-upstreams: [{{ name: o2, backends: ["{api}"] }}]
-routes:
+{upstream}routes:
   - name: notify
     match: {{ path: {CALLBACK} }}
     plugin:
       cache_notify:
         store: o2
         auth: {{ jwt: {{ jwks_file: "{jwks}", issuer: o2ims-fake }} }}
-  - name: o2ims
-    match: {{ path_prefix: / }}
-    upstream: o2
-    plugin:
-      cache:
-        profile: o2ims
-        store: o2
-        replicas: {{ mode: zookeeper, epoch_slack: 200ms }}
-"#,
-        api = o2.api,
+{route}"#,
+        upstream = o2_upstream(o2),
         jwks = o2.jwks_path().display(),
+        route = o2ims_route(
+            "path_prefix: /",
+            "replicas: { mode: zookeeper, epoch_slack: 200ms }\n"
+        ),
     )
+}
+
+/// A config of one route in front of `o2`: [`o2ims_route`] and its upstream.
+pub fn o2ims_config(o2: &O2Ims, route_match: &str, cache: &str) -> String {
+    format!(
+        "{}routes:\n{}",
+        o2_upstream(o2),
+        o2ims_route(route_match, cache)
+    )
+}
+
+/// The upstream `o2`: the API of `o2`.
+pub fn o2_upstream(o2: &O2Ims) -> String {
+    format!("upstreams: [{{ name: o2, backends: [\"{}\"] }}]\n", o2.api)
+}
+
+/// The route `o2ims` to upstream `o2` (see [`o2_upstream`]) for requests matching `route_match`
+/// (the inside of a YAML flow map): the `o2ims` profile in store `o2`, with `cache`, further
+/// keys of its `cache:` map written from column 0, added.
+pub fn o2ims_route(route_match: &str, cache: &str) -> String {
+    let mut route = format!(
+        "  - name: o2ims\n    match: {{ {route_match} }}\n    upstream: o2\n    plugin:\n      \
+         cache:\n        profile: o2ims\n        store: o2\n"
+    );
+    for line in cache.lines().filter(|l| !l.trim().is_empty()) {
+        route.push_str("        ");
+        route.push_str(line);
+        route.push('\n');
+    }
+    route
 }
 
 /// The fake that [`replica_config`] fronts: the oran dialect, with no bearer needed on reads (so
