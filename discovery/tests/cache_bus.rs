@@ -84,16 +84,24 @@ fn replica(server: &ZkServer, name: &str, session: Duration) -> (cache_bus::Cach
     (bus, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn epochs_and_bans_reach_every_replica() {
-    let server = ZkServer::start();
-    let (a, seen_a) = replica(&server, "a", Duration::from_secs(4));
-    let (_b, seen_b) = replica(&server, "b", Duration::from_secs(4));
+/// Replicas `a` and `b`, once each has read every epoch.
+async fn two_synced(server: &ZkServer) -> (Replica, Replica) {
+    let (a, seen_a) = replica(server, "a", Duration::from_secs(4));
+    let (b, seen_b) = replica(server, "b", Duration::from_secs(4));
     assert!(
         until(Duration::from_secs(10), || seen_a.synced() == 1
             && seen_b.synced() == 1)
         .await
     );
+    ((a, seen_a), (b, seen_b))
+}
+
+type Replica = (cache_bus::CacheBus, Arc<Seen>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epochs_and_bans_reach_every_replica() {
+    let server = ZkServer::start();
+    let ((a, seen_a), (_b, seen_b)) = two_synced(&server).await;
     assert!(a.healthy());
 
     a.publish(&[1, 0xdead_beef], 1_000);
@@ -215,13 +223,7 @@ async fn a_lost_session_is_reported_and_epochs_reread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_epochs_and_bans_are_pruned_and_newer_ones_kept() {
     let server = ZkServer::start();
-    let (a, seen_a) = replica(&server, "a", Duration::from_secs(4));
-    let (_b, seen_b) = replica(&server, "b", Duration::from_secs(4));
-    assert!(
-        until(Duration::from_secs(10), || seen_a.synced() == 1
-            && seen_b.synced() == 1)
-        .await
-    );
+    let ((a, _), (_b, seen_b)) = two_synced(&server).await;
     a.publish(&[1, 2], 1_000);
     a.publish(&[3], 5_000);
     a.publish_ban(Ban::Prefix("/old".into()), 1_000);
