@@ -104,7 +104,10 @@ async fn pushed_configs_reach_every_replica_and_invalid_ones_never_do() {
             "{}",
             gw.log()
         );
-        assert!(gw.metrics().contains("zkgate_config_node_version 1"));
+        // The gauge is set just after the new config serves: wait for it as well.
+        assert!(eventually(Duration::from_secs(5), || gw
+            .metrics()
+            .contains("zkgate_config_node_version 1")));
     }
     std::thread::sleep(Duration::from_millis(300));
     load.finish_without_failures(20);
@@ -172,7 +175,9 @@ async fn pushed_configs_reach_every_replica_and_invalid_ones_never_do() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     for gw in [&gw1, &gw2] {
         assert!(eventually(Duration::from_secs(5), || who(gw) == "a"));
-        assert!(gw.metrics().contains("zkgate_config_node_version 3"));
+        assert!(eventually(Duration::from_secs(5), || gw
+            .metrics()
+            .contains("zkgate_config_node_version 3")));
     }
 }
 
