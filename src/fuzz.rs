@@ -62,3 +62,10 @@ pub fn notification(data: &[u8]) {
         }
     }
 }
+
+/// A byte stream through the game router's client and backend frame decoders, fed in pieces,
+/// checked for re-encoding every decoded frame to the bytes it came from
+/// ([`crate::game::codec::exercise`]).
+pub fn game_frames(data: &[u8]) {
+    crate::game::codec::exercise(data);
+}

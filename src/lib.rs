@@ -25,6 +25,7 @@ pub mod config;
 pub mod conn;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod game;
 pub mod limit;
 pub mod logging;
 pub mod metrics;

@@ -51,3 +51,8 @@ fn proxy_protocol_corpus() {
 fn notification_corpus() {
     replay("notification", zkgate::fuzz::notification);
 }
+
+#[test]
+fn game_frames_corpus() {
+    replay("game_frames", zkgate::fuzz::game_frames);
+}

@@ -18,6 +18,8 @@ const LAYERS: &[&[&str]] = &[
     &["upstream"],
     &["plugin"],
     &["route"],
+    // the game-session listener: its own codec, sessions and links over the upstream layer
+    &["game"],
     &["snapshot"],
     // the loader and assembly
     &["config"],
