@@ -59,12 +59,7 @@ start_zkgate() { # VARIANT: "zkgate", "zkgate-nows" (work_stealing: false) or "z
     [[ "$variant" == zkgate-nows || "$variant" == zkgate-features ]] && ws=false
     [[ "$variant" == zkgate-features ]] && features=1
     zk_gateway_config "$dir/zkgate.yaml" "$dir" "$admin" "$PROXY_PORT" "$BACKEND_PORT" 1 "$ws" "$features"
-    PROXY_LOG="$dir/zkgate.log"
-    zk_spawn "$PROXY_LOG" "$ZKGATE" run -c "$dir/zkgate.yaml"
-    PROXY_PID=$ZK_LAST_PID
-    zk_wait_http_200 "http://127.0.0.1:$admin/readyz" 30 "$PROXY_PID" "$PROXY_LOG" \
-        || zk_die "$variant did not become ready"
-    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "$variant listener did not open"
+    zk_run_zkgate "$variant" "$dir/zkgate.yaml" "$admin"
 }
 
 start_bare() { # VARIANT: "pingora" or "pingora-nows": the engine alone (examples/bare_pingora.rs)

@@ -134,6 +134,20 @@ zk_wait_http_200() {
     return 1
 }
 
+# zk_run_zkgate NAME CONFIG ADMIN_PORT [PREFIX...]: starts `$ZKGATE run -c CONFIG` (behind PREFIX,
+# e.g. taskset), logging next to CONFIG, and waits for its admin /readyz and for PROXY_PORT; sets
+# PROXY_PID and PROXY_LOG. NAME is what a failure calls it.
+zk_run_zkgate() {
+    local name=$1 config=$2 admin=$3
+    shift 3
+    PROXY_LOG="$(dirname "$config")/zkgate.log"
+    zk_spawn "$PROXY_LOG" "$@" "$ZKGATE" run -c "$config"
+    PROXY_PID=$ZK_LAST_PID
+    zk_wait_http_200 "http://127.0.0.1:$admin/readyz" 30 "$PROXY_PID" "$PROXY_LOG" \
+        || zk_die "$name did not become ready"
+    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "$name's listener did not open"
+}
+
 # zk_http_code URL: print the status code of GET URL (000 when nothing answered).
 zk_http_code() {
     if command -v curl >/dev/null 2>&1; then

@@ -75,12 +75,7 @@ routes:
 EOF
     "$ZKGATE" check -c "$dir/zkgate.yaml" >"$dir/check.log" 2>&1 \
         || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected its TLS config"; }
-    PROXY_LOG="$dir/zkgate.log"
-    zk_spawn "$PROXY_LOG" "$ZKGATE" run -c "$dir/zkgate.yaml"
-    PROXY_PID=$ZK_LAST_PID
-    zk_wait_http_200 "http://127.0.0.1:$admin/readyz" 30 "$PROXY_PID" "$PROXY_LOG" \
-        || zk_die "zkgate did not become ready"
-    zk_wait_port "$PROXY_PORT" 10 "$PROXY_PID" "$PROXY_LOG" || zk_die "zkgate's listener did not open"
+    zk_run_zkgate zkgate "$dir/zkgate.yaml" "$admin"
 }
 
 start_nginx() { # KIND
