@@ -96,4 +96,13 @@ impl RequestCtx {
         let attempts = self.route().map_or(0, |r| r.retry.attempts);
         self.call.as_mut().is_some_and(|c| c.failed(attempts))
     }
+
+    /// As [`RequestCtx::failed_on_backend`], for a try that could not connect: its retry is
+    /// not taken from the upstream's retry budget.
+    pub(super) fn failed_to_connect(&mut self) -> bool {
+        let attempts = self.route().map_or(0, |r| r.retry.attempts);
+        self.call
+            .as_mut()
+            .is_some_and(|c| c.failed_to_connect(attempts))
+    }
 }

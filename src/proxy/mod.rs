@@ -441,7 +441,7 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // Nothing was sent yet, so any method may go to another backend.
-        let retry = ctx.failed_on_backend();
+        let retry = ctx.failed_to_connect();
         e.set_retry(retry);
         e
     }

@@ -174,12 +174,27 @@ impl Call {
     pub fn failed(&mut self, attempts: u8) -> bool {
         // The budget is asked only when the attempts allow a retry: a refusal costs nothing.
         let retry = self.tries < attempts && self.upstream.policy.retry_budget.withdraw();
+        self.avoid_current();
+        retry
+    }
+
+    /// The current attempt could not connect: as [`Call::failed`], but the retry is not taken
+    /// from the retry budget. Nothing reached a backend, so retrying elsewhere adds no load
+    /// to the upstream, which is what the budget bounds; and a backend that just died takes
+    /// every third connect of a three-backend upstream until its health checks notice, more
+    /// than a 20% budget can carry without failing requests that another backend would serve.
+    pub fn failed_to_connect(&mut self, attempts: u8) -> bool {
+        let retry = self.tries < attempts;
+        self.avoid_current();
+        retry
+    }
+
+    fn avoid_current(&mut self) {
         if let (Some(addr), Some(slot)) = (self.backend, self.avoid.get_mut(self.failed as usize)) {
             *slot = addr;
             self.failed += 1;
         }
         self.end_attempt(true);
-        retry
     }
 
     /// Ends the current attempt, if one is open: it leaves the in-flight count, and its
@@ -379,6 +394,24 @@ mod tests {
         // A retry picked again does not pay in a second time.
         calls[0].pick(None).unwrap();
         assert!(!calls[0].failed(5));
+    }
+
+    #[test]
+    fn a_failed_connect_retries_without_the_budget_but_within_the_attempts() {
+        let u = upstream("call-connect", policy(), backends(3));
+        let mut calls: Vec<Call> = (0..5).map(|_| u.begin().unwrap()).collect();
+        for c in &mut calls {
+            c.pick(None).unwrap();
+        }
+        assert!(calls[0].failed(5), "the one retry the budget holds");
+        assert!(calls[1].failed_to_connect(5), "a connect is not paid for");
+        let first = calls[1].backend().unwrap();
+        calls[1].pick(None).unwrap();
+        assert_ne!(calls[1].backend(), Some(first), "and it avoids the backend");
+        assert!(calls[1].failed_to_connect(5));
+        calls[1].pick(None).unwrap();
+        assert!(!calls[1].failed_to_connect(3), "3 of 3 tries: no more");
+        assert!(!calls[2].failed(5), "the budget is still spent");
     }
 
     #[test]
