@@ -259,6 +259,13 @@ routes: [{{ name: r, upstream: lobby }}]
         // A reload of the same text gives equal settings: no restart warning.
         let again = load_str(&yaml, Some(&snap)).unwrap();
         assert!(again.settings == snap.settings);
+        // Game keys other than gateway_id apply to new sessions on reload: no warning either.
+        let queue = yaml.replace("gateway_id: 9,", "gateway_id: 9, queue: 8,");
+        let again = load_str(&queue, Some(&snap)).unwrap();
+        assert_eq!(again.settings.listeners[1].game.as_ref().unwrap().queue, 8);
+        assert!(again.settings == snap.settings);
+        let id = yaml.replace("gateway_id: 9,", "gateway_id: 10,");
+        assert!(load_str(&id, Some(&snap)).unwrap().settings != snap.settings);
     }
 
     #[test]
