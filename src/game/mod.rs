@@ -9,6 +9,7 @@
 //! frame to its session's bounded queue.
 
 pub mod codec;
+pub mod link;
 pub mod metrics;
 pub mod rules;
 pub mod session;
