@@ -878,3 +878,604 @@ impl Drop for Attached {
         self.finish(CloseReason::ClientClosed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::super::codec::GateForm;
+    use super::super::session::SessionHandle;
+    use super::*;
+    use crate::upstream::config::UpstreamSection;
+    use crate::upstream::retry_budget::RetryBudget;
+    use crate::upstream::{PeerSettings, Protocol, UpstreamPolicy};
+
+    /// Client message ids the test backend acts on (the same as examples/game_server.rs).
+    const KICK_ME: u16 = 0xF001;
+    const BROADCAST: u16 = 0xF002;
+    const FLOOD: u16 = 0xF003;
+    const DIE: u16 = 0xF004;
+    const STOP_READING: u16 = 0xF005;
+    const GARBAGE: u16 = 0xF006;
+    /// A session id no gateway gave: broadcasts name it, and it must be skipped.
+    const STRANGER: i64 = 12_345;
+
+    fn upstream(name: &str) -> Arc<Upstream> {
+        let definition: UpstreamSection =
+            serde_yaml::from_str(&format!("name: {name}")).expect("a minimal section");
+        let policy = UpstreamPolicy {
+            hash_key: None,
+            settings: PeerSettings {
+                connect_timeout: Duration::from_secs(2),
+                read_timeout: Duration::from_secs(1),
+                write_timeout: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(1),
+                tls: None,
+                protocol: Protocol::Http1,
+            },
+            health: None,
+            outlier: None,
+            retry_budget: RetryBudget::new(20, 0),
+            slow_start: None,
+            breaker: None,
+            locality: None,
+            least_conn_choices: 8,
+        };
+        // No backends: the tests give links their addresses directly.
+        Arc::new(Upstream::new(definition, policy, None, Vec::new(), None))
+    }
+
+    fn proto(link: LinkMode, events: bool) -> BackendProtocol {
+        BackendProtocol {
+            link,
+            links: 2,
+            gate: GateForm::Short,
+            events,
+            max_frame: 1 << 20,
+        }
+    }
+
+    /// A game server speaking the backend framing: it records every frame with the number of
+    /// the connection it came on, echoes Trans frames and acts on the commands above.
+    struct Backend {
+        addr: SocketAddr,
+        frames: mpsc::UnboundedReceiver<(usize, BackendFrame)>,
+    }
+
+    /// `wrong_ids`: answers carry SessionID 0 (a per-session server that ignores it).
+    async fn backend(wrong_ids: bool) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, frames) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((s, _)) = listener.accept().await {
+                n += 1;
+                tokio::spawn(serve(s, n, tx.clone(), wrong_ids));
+            }
+        });
+        Backend { addr, frames }
+    }
+
+    fn reply(op: u8, session: i64, msg_type: i32, server_id: u32, payload: Bytes) -> BackendFrame {
+        BackendFrame {
+            msg_type,
+            server_id,
+            object_id: session,
+            opcode: Opcode::from_u8(op),
+            session_id: session,
+            trace: None,
+            payload,
+        }
+    }
+
+    async fn serve(
+        mut s: TcpStream,
+        conn: usize,
+        tx: mpsc::UnboundedSender<(usize, BackendFrame)>,
+        wrong_ids: bool,
+    ) {
+        let codec = BackendCodec::new(GateForm::Short, 1 << 20);
+        let mut buf = BytesMut::new();
+        let mut out = BytesMut::new();
+        let mut seen: Vec<i64> = Vec::new();
+        loop {
+            while let Some(f) = codec.decode(&mut buf).expect("the gateway frames well") {
+                let _ = tx.send((conn, f.clone()));
+                if f.opcode != Opcode::Trans {
+                    continue;
+                }
+                if !seen.contains(&f.session_id) {
+                    seen.push(f.session_id);
+                }
+                let to = if wrong_ids { 0 } else { f.session_id };
+                let mut p = f.payload.clone();
+                match f.msg_type as u16 {
+                    KICK_ME => {
+                        let r = reply(OP_SESSION_CLOSE, to, 0, 0, Bytes::new());
+                        codec.encode(&r, &mut out).unwrap();
+                    }
+                    BROADCAST => {
+                        let mut b = BytesMut::new();
+                        b.put_u16_le(seen.len() as u16 + 1);
+                        for id in seen.iter().chain([&STRANGER]) {
+                            b.put_i64_le(*id);
+                        }
+                        b.put_slice(&f.payload);
+                        let r = reply(OP_BROADCAST, 0, 77, 0x8000_0001, b.freeze());
+                        codec.encode(&r, &mut out).unwrap();
+                    }
+                    FLOOD => {
+                        for _ in 0..p.get_u32_le() {
+                            let r = reply(OP_TRANS, to, 9, 0, Bytes::from(vec![7; 1024]));
+                            codec.encode(&r, &mut out).unwrap();
+                        }
+                    }
+                    DIE => return,
+                    STOP_READING => std::future::pending::<()>().await,
+                    GARBAGE => out.put_slice(&[0xfb; SERVER_HEADER]),
+                    _ => {
+                        let r = reply(OP_TRANS, to, f.msg_type, f.server_id, f.payload);
+                        codec.encode(&r, &mut out).unwrap();
+                    }
+                }
+            }
+            if !out.is_empty() {
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+            match s.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A session as the client side holds it: in the table, with its queue's receiving end.
+    struct Session {
+        id: SessionId,
+        handle: SessionHandle,
+        rx: mpsc::Receiver<Bytes>,
+    }
+
+    impl Session {
+        fn new(table: &SessionTable, id: i64, queue: usize) -> Session {
+            let (handle, rx) = SessionHandle::new(queue);
+            table.insert(SessionId(id), handle.clone());
+            Session {
+                id: SessionId(id),
+                handle,
+                rx,
+            }
+        }
+
+        fn open(&self) -> SessionOpen {
+            SessionOpen {
+                id: self.id,
+                client: "10.1.2.3:4567".parse().unwrap(),
+                protocol: ClientProtocol::Tcp,
+                server_id: ServerId::new(false, 3, 2, 1),
+                gateway_id: 7,
+            }
+        }
+
+        async fn recv(&mut self) -> ClientFrame {
+            let bytes = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+                .await
+                .expect("a frame in time")
+                .expect("the session's queue is open");
+            let mut b = BytesMut::from(&bytes[..]);
+            let f = ClientCodec::new(MAX_CLIENT_PAYLOAD)
+                .decode(&mut b)
+                .expect("a client frame")
+                .expect("a whole one");
+            assert!(b.is_empty(), "one frame per queue entry");
+            f
+        }
+
+        async fn closed(&self) -> CloseReason {
+            tokio::time::timeout(Duration::from_secs(10), self.handle.control.closed())
+                .await
+                .expect("closed in time")
+        }
+    }
+
+    fn frame(msg_id: u16, payload: &[u8]) -> ClientFrame {
+        ClientFrame {
+            msg_id,
+            server_id: ServerId::new(true, 3, 2, 1),
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    fn links(listener: &str) -> (Arc<SessionTable>, Arc<Links>) {
+        let table = Arc::new(SessionTable::new());
+        let links = Links::new(table.clone(), Arc::new(GameMetrics::new(listener)));
+        (table, links)
+    }
+
+    /// The connections the backend saw frames on, by session.
+    fn conns_of(
+        frames: &mut mpsc::UnboundedReceiver<(usize, BackendFrame)>,
+    ) -> HashMap<i64, usize> {
+        let mut by = HashMap::new();
+        while let Ok((conn, f)) = frames.try_recv() {
+            by.insert(f.session_id, conn);
+        }
+        by
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_hundred_sessions_share_two_links_with_no_cross_talk() {
+        let mut b = backend(false).await;
+        let (table, links) = links("t-mux");
+        let up = upstream("mux");
+        let mut tasks = Vec::new();
+        for i in 0..200i64 {
+            let mut s = Session::new(&table, 1000 + i, 16);
+            let (links, up) = (links.clone(), up.clone());
+            let addr = b.addr;
+            tasks.push(tokio::spawn(async move {
+                let a = links
+                    .attach(&up, addr, proto(LinkMode::Multiplexed, false), &s.open())
+                    .await
+                    .expect("attach");
+                assert_eq!(a.backend(), addr);
+                for n in 0..5u8 {
+                    let payload = [&s.id.0.to_le_bytes()[..], &[n]].concat();
+                    a.send(&frame(40 + u16::from(n), &payload))
+                        .await
+                        .expect("send");
+                }
+                for n in 0..5u8 {
+                    let f = s.recv().await;
+                    assert_eq!(f.msg_id, 40 + u16::from(n));
+                    assert_eq!(f.server_id, ServerId::new(true, 3, 2, 1), "the zip bit too");
+                    assert_eq!(&f.payload[..8], &s.id.0.to_le_bytes(), "no cross-talk");
+                    assert_eq!(f.payload[8], n, "in order");
+                }
+                assert_eq!(s.handle.control.reason(), None);
+                a
+            }));
+        }
+        let mut attached = Vec::new();
+        for t in tasks {
+            attached.push(t.await.expect("session task"));
+        }
+        let by_conn = conns_of(&mut b.frames);
+        assert_eq!(by_conn.len(), 200);
+        let mut per_conn: HashMap<usize, usize> = HashMap::new();
+        for c in by_conn.values() {
+            *per_conn.entry(*c).or_default() += 1;
+        }
+        assert_eq!(per_conn.len(), 2, "two links, both used: {per_conn:?}");
+        assert!(per_conn.values().all(|n| *n >= 50), "spread: {per_conn:?}");
+    }
+
+    #[tokio::test]
+    async fn the_backend_hears_of_a_session_before_its_frames_and_nothing_after_its_end() {
+        let mut b = backend(false).await;
+        let (table, links) = links("t-events");
+        let up = upstream("events");
+        let mut s1 = Session::new(&table, 1, 8);
+        let s2 = Session::new(&table, 2, 8);
+        let p = proto(LinkMode::Multiplexed, true);
+        let a1 = links
+            .attach(&up, b.addr, p, &s1.open())
+            .await
+            .expect("attach");
+        let a2 = links
+            .attach(&up, b.addr, p, &s2.open())
+            .await
+            .expect("attach");
+        for n in 0..3 {
+            a1.send(&frame(5, &[n])).await.expect("send");
+        }
+        a2.send(&frame(5, b"x")).await.expect("send");
+        for _ in 0..3 {
+            s1.recv().await;
+        }
+        a1.close(CloseReason::ClientIdle);
+        drop(a2);
+        // A last session after both, so that everything before it has been read.
+        let s3 = Session::new(&table, 3, 8);
+        let a3 = links
+            .attach(&up, b.addr, p, &s3.open())
+            .await
+            .expect("attach");
+        a3.close(CloseReason::Kicked);
+        let mut seen: HashMap<i64, Vec<BackendFrame>> = HashMap::new();
+        let mut closes = 0;
+        while closes < 3 {
+            let (_, f) = tokio::time::timeout(Duration::from_secs(10), b.frames.recv())
+                .await
+                .expect("frames in time")
+                .expect("backend running");
+            closes += usize::from(f.opcode.as_u8() == OP_SESSION_CLOSE);
+            seen.entry(f.session_id).or_default().push(f);
+        }
+        let ops = |id: i64| -> Vec<u8> { seen[&id].iter().map(|f| f.opcode.as_u8()).collect() };
+        assert_eq!(ops(1), [2, 1, 1, 1, 3]);
+        assert_eq!(ops(2), [2, 1, 3]);
+        assert_eq!(ops(3), [2, 3]);
+        let open = &seen[&1][0];
+        assert_eq!(
+            (open.msg_type, open.server_id, open.object_id),
+            (0, ServerId::new(false, 3, 2, 1).0, 1)
+        );
+        // protocol tcp, IPv4, 10.1.2.3, port 4567, gateway 7.
+        let mut want = vec![1, 4, 10, 1, 2, 3];
+        want.extend_from_slice(&4567u16.to_le_bytes());
+        want.extend_from_slice(&7u16.to_le_bytes());
+        assert_eq!(&open.payload[..], &want[..]);
+        let code = |id: i64| seen[&id].last().map(|f| f.payload.clone()).unwrap();
+        assert_eq!(&code(1)[..], &CloseReason::ClientIdle.code().to_le_bytes());
+        assert_eq!(
+            &code(2)[..],
+            &CloseReason::ClientClosed.code().to_le_bytes()
+        );
+        assert_eq!(&code(3)[..], &CloseReason::Kicked.code().to_le_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_backend_kicks_one_session_and_broadcasts_to_several() {
+        let b = backend(false).await;
+        let (table, links) = links("t-kick");
+        let up = upstream("kick");
+        let p = BackendProtocol {
+            links: 1,
+            ..proto(LinkMode::Multiplexed, true)
+        };
+        let mut s: Vec<Session> = (1..=3).map(|i| Session::new(&table, i, 8)).collect();
+        let mut a = Vec::new();
+        for x in &s {
+            a.push(
+                links
+                    .attach(&up, b.addr, p, &x.open())
+                    .await
+                    .expect("attach"),
+            );
+        }
+        // The backend learns of sessions from their frames.
+        for (x, a) in s.iter_mut().zip(&a) {
+            a.send(&frame(1, b"hi")).await.expect("send");
+            x.recv().await;
+        }
+        a[0].send(&frame(KICK_ME, b"")).await.expect("send");
+        assert_eq!(s[0].closed().await, CloseReason::Kicked);
+        a[1].send(&frame(BROADCAST, b"news")).await.expect("send");
+        for x in &mut s[1..] {
+            let f = x.recv().await;
+            assert_eq!(
+                (f.msg_id, f.server_id.0, &f.payload[..]),
+                (77, 0x8000_0001, &b"news"[..])
+            );
+        }
+        // Session 1 was kicked and is still in the table (its task removes it): it got the
+        // broadcast queued too, which is the client side's to drop. The others are alive.
+        assert_eq!(s[1].handle.control.reason(), None);
+        assert_eq!(s[2].handle.control.reason(), None);
+        a[2].send(&frame(1, b"still")).await.expect("send");
+        assert_eq!(&s[2].recv().await.payload[..], b"still");
+    }
+
+    #[tokio::test]
+    async fn a_link_that_dies_closes_exactly_its_sessions() {
+        for cause in [DIE, GARBAGE] {
+            let mut b = backend(false).await;
+            let (table, links) = links("t-die");
+            let up = upstream("die");
+            let p = proto(LinkMode::Multiplexed, false);
+            let mut s: Vec<Session> = (1..=6).map(|i| Session::new(&table, i, 8)).collect();
+            let mut a = Vec::new();
+            for x in s.iter_mut() {
+                let at = links
+                    .attach(&up, b.addr, p, &x.open())
+                    .await
+                    .expect("attach");
+                at.send(&frame(1, b"hi")).await.expect("send");
+                x.recv().await;
+                a.push(at);
+            }
+            let conn = conns_of(&mut b.frames);
+            let victim = conn[&1];
+            a[0].send(&frame(cause, b"")).await.expect("send");
+            for (x, at) in s.iter_mut().zip(&a) {
+                if conn[&x.id.0] == victim {
+                    assert_eq!(x.closed().await, CloseReason::BackendGone, "{cause:#x}");
+                } else {
+                    at.send(&frame(2, b"alive")).await.expect("send");
+                    assert_eq!(&x.recv().await.payload[..], b"alive");
+                    assert_eq!(x.handle.control.reason(), None);
+                }
+            }
+            // A send on the dead link fails; a new session gets a new connection.
+            let dead = a
+                .iter()
+                .zip(&s)
+                .find(|(_, x)| conn[&x.id.0] == victim)
+                .unwrap()
+                .0;
+            assert!(matches!(
+                dead.send(&frame(1, b"")).await,
+                Err(LinkError::Closed)
+            ));
+            let mut fresh: Vec<Session> = (7..=8).map(|i| Session::new(&table, i, 8)).collect();
+            for x in fresh.iter_mut() {
+                let at = links
+                    .attach(&up, b.addr, p, &x.open())
+                    .await
+                    .expect("attach");
+                at.send(&frame(3, b"new")).await.expect("send");
+                assert_eq!(&x.recv().await.payload[..], b"new");
+            }
+            let conns = conns_of(&mut b.frames);
+            assert!(
+                conns.values().any(|c| *c == 3),
+                "a third connection: {conns:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_client_queue_kicks_only_that_session() {
+        let b = backend(false).await;
+        let (table, links) = links("t-slowclient");
+        let up = upstream("slowclient");
+        let p = BackendProtocol {
+            links: 1,
+            ..proto(LinkMode::Multiplexed, false)
+        };
+        let slow = Session::new(&table, 1, 4);
+        let mut fast = Session::new(&table, 2, 4);
+        let a_slow = links
+            .attach(&up, b.addr, p, &slow.open())
+            .await
+            .expect("attach");
+        let a_fast = links
+            .attach(&up, b.addr, p, &fast.open())
+            .await
+            .expect("attach");
+        a_slow
+            .send(&frame(FLOOD, &100u32.to_le_bytes()))
+            .await
+            .expect("send");
+        assert_eq!(slow.closed().await, CloseReason::SlowClient);
+        for n in 0..20u8 {
+            a_fast.send(&frame(1, &[n])).await.expect("send");
+            assert_eq!(fast.recv().await.payload[0], n);
+        }
+        assert_eq!(fast.handle.control.reason(), None);
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_stops_reading_makes_senders_wait_in_bounded_memory() {
+        let b = backend(false).await;
+        let other = backend(false).await;
+        let (table, links) = links("t-slowbackend");
+        let up = upstream("slowbackend");
+        let p = BackendProtocol {
+            links: 1,
+            ..proto(LinkMode::Multiplexed, false)
+        };
+        let stuck = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, b.addr, p, &stuck.open())
+            .await
+            .expect("attach");
+        a.send(&frame(STOP_READING, b"")).await.expect("send");
+        let gauge = a.link.metrics.queue_bytes.clone();
+        // The kernel's buffers take some megabytes; past them, a send must wait. 64 MiB
+        // all accepted would mean an unbounded queue.
+        let big = frame(1, &vec![0; 60_000]);
+        let mut sent = 0usize;
+        let mut blocked = false;
+        while sent < 64 << 20 {
+            match tokio::time::timeout(Duration::from_secs(1), a.send(&big)).await {
+                Ok(r) => r.expect("send"),
+                Err(_) => {
+                    blocked = true;
+                    break;
+                }
+            }
+            sent += big.payload.len();
+            assert!(
+                gauge.get() as usize <= QUEUE_BYTES,
+                "queued {}",
+                gauge.get()
+            );
+        }
+        assert!(
+            blocked,
+            "{sent} bytes accepted by a backend that reads nothing"
+        );
+        assert!(
+            gauge.get() as usize >= QUEUE_BYTES / 2,
+            "queued {}",
+            gauge.get()
+        );
+        // Another backend's sessions are not held up.
+        let mut free = Session::new(&table, 2, 8);
+        let af = links
+            .attach(&up, other.addr, p, &free.open())
+            .await
+            .expect("attach");
+        af.send(&frame(1, b"free")).await.expect("send");
+        assert_eq!(&free.recv().await.payload[..], b"free");
+        // A waiting sender is released with an error when the link ends.
+        let waiting = tokio::spawn(async move { a.send(&big).await });
+        tokio::task::yield_now().await;
+        drop(links);
+        let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("released")
+            .expect("task");
+        assert!(matches!(r, Err(LinkError::Closed)), "{r:?}");
+        assert_eq!(stuck.closed().await, CloseReason::BackendGone);
+        assert_eq!(gauge.get(), 0, "nothing counted as queued on a dead link");
+    }
+
+    #[tokio::test]
+    async fn per_session_links_are_one_connection_each() {
+        let mut b = backend(true).await;
+        let (table, links) = links("t-persession");
+        let up = upstream("persession");
+        let p = proto(LinkMode::PerSession, true);
+        let mut s: Vec<Session> = (1..=3).map(|i| Session::new(&table, i, 8)).collect();
+        let mut a = Vec::new();
+        for x in s.iter_mut() {
+            let at = links
+                .attach(&up, b.addr, p, &x.open())
+                .await
+                .expect("attach");
+            // The backend answers with SessionID 0: the link's session gets it anyway.
+            at.send(&frame(1, &x.id.0.to_le_bytes()))
+                .await
+                .expect("send");
+            assert_eq!(&x.recv().await.payload[..], &x.id.0.to_le_bytes());
+            a.push(at);
+        }
+        let conns = conns_of(&mut b.frames);
+        let mut distinct: Vec<usize> = conns.values().copied().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 3, "{conns:?}");
+        // A session's end closes its connection after the SessionClose.
+        let first = a.remove(0);
+        first.close(CloseReason::ClientClosed);
+        let (conn, f) = b.frames.recv().await.expect("frame");
+        assert_eq!((conn, f.opcode.as_u8()), (conns[&1], OP_SESSION_CLOSE));
+        // The backend ending a connection closes that session only.
+        a[0].send(&frame(DIE, b"")).await.expect("send");
+        assert_eq!(s[1].closed().await, CloseReason::BackendGone);
+        a[1].send(&frame(1, b"on")).await.expect("send");
+        assert_eq!(&s[2].recv().await.payload[..], b"on");
+        assert_eq!(s[2].handle.control.reason(), None);
+        assert_eq!(
+            s[0].handle.control.reason(),
+            None,
+            "closed by its client, not the link"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_backend_is_a_connect_error() {
+        // A port that was just free: nothing listens there.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let (table, links) = links("t-unreachable");
+        let up = upstream("unreachable");
+        let s = Session::new(&table, 1, 8);
+        for mode in [LinkMode::Multiplexed, LinkMode::PerSession] {
+            let r = links.attach(&up, addr, proto(mode, true), &s.open()).await;
+            assert!(matches!(r, Err(LinkError::Connect(_))), "{r:?}");
+        }
+    }
+}
