@@ -152,8 +152,9 @@ struct Pool {
 }
 
 impl Pool {
-    /// The least loaded slot, ties going to the one of the session's id.
-    fn choose(&self, id: SessionId) -> Arc<Slot> {
+    /// The least loaded slot, ties going to the one of the session's id, with the session
+    /// counted in its load at once (so that sessions arriving together spread).
+    fn choose(&self, id: SessionId) -> SlotLoad {
         let n = self.slots.len();
         let start = (id.0 as u64 % n as u64) as usize;
         let mut best = start;
@@ -166,7 +167,19 @@ impl Pool {
                 best = at;
             }
         }
-        self.slots[best].clone()
+        let slot = self.slots[best].clone();
+        slot.load.fetch_add(1, Ordering::Relaxed);
+        SlotLoad(slot)
+    }
+}
+
+/// A session counted in a slot's load, until it is dropped.
+#[derive(Debug)]
+struct SlotLoad(Arc<Slot>);
+
+impl Drop for SlotLoad {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -213,19 +226,16 @@ impl Links {
             }
             LinkMode::Multiplexed => {
                 let slot = self.pool(backend, proto).choose(open.id);
-                let link = self.link_in(&slot, upstream, backend, proto).await?;
+                let link = self.link_in(&slot.0, upstream, backend, proto).await?;
                 (link, Some(slot))
             }
         };
         if !link.join(open.id) {
             return Err(LinkError::Closed);
         }
-        if let Some(slot) = &slot {
-            slot.load.fetch_add(1, Ordering::Relaxed);
-        }
         let mut attached = Attached {
             link,
-            slot,
+            _slot: slot,
             id: open.id,
             opened: false,
             done: false,
@@ -833,7 +843,8 @@ async fn write_loop(link: Arc<Link>, mut write: OwnedWriteHalf, timeout: Option<
 #[derive(Debug)]
 pub struct Attached {
     link: Arc<Link>,
-    slot: Option<Arc<Slot>>,
+    /// Counts the session in its slot's load while it lives.
+    _slot: Option<SlotLoad>,
     id: SessionId,
     /// The backend was told of the session (or has no events): a SessionClose may follow.
     opened: bool,
@@ -859,9 +870,6 @@ impl Attached {
     fn finish(&mut self, reason: CloseReason) {
         if std::mem::replace(&mut self.done, true) {
             return;
-        }
-        if let Some(slot) = &self.slot {
-            slot.load.fetch_sub(1, Ordering::Relaxed);
         }
         self.link.leave(self.id);
         if self.opened && self.link.events {
