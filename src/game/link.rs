@@ -173,6 +173,18 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// No session holds a slot and no link is alive (a slot being connected is in use).
+    fn unused(&self) -> bool {
+        self.slots.iter().all(|s| {
+            s.load.load(Ordering::Relaxed) == 0
+                && s.link
+                    .try_lock()
+                    .is_ok_and(|l| l.as_ref().is_none_or(|l| l.is_dead()))
+        })
+    }
+}
+
 /// A session counted in a slot's load, until it is dropped.
 #[derive(Debug)]
 struct SlotLoad(Arc<Slot>);
@@ -225,7 +237,7 @@ impl Links {
                 (link, None)
             }
             LinkMode::Multiplexed => {
-                let slot = self.pool(backend, proto).choose(open.id);
+                let slot = self.slot(backend, proto, open.id);
                 let link = self.link_in(&slot.0, upstream, backend, proto).await?;
                 (link, Some(slot))
             }
@@ -247,7 +259,8 @@ impl Links {
         Ok(attached)
     }
 
-    fn pool(&self, backend: SocketAddr, proto: BackendProtocol) -> Arc<Pool> {
+    /// The slot of a link to `backend` for session `id`, the session counted in its load.
+    fn slot(&self, backend: SocketAddr, proto: BackendProtocol, id: SessionId) -> SlotLoad {
         let key = PoolKey {
             backend,
             gate: proto.gate.size(),
@@ -255,14 +268,20 @@ impl Links {
             max_frame: proto.max_frame,
             links: proto.links.max(1),
         };
-        lock(&self.pools)
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Pool {
-                    slots: (0..key.links).map(|_| Arc::default()).collect(),
-                })
-            })
-            .clone()
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&key) {
+            // Chosen under the lock, so that the sweep below never drops a pool being joined.
+            return pool.choose(id);
+        }
+        // A backend not seen before (backends come and go with discovery): forget those whose
+        // links all ended and that no session uses.
+        pools.retain(|_, pool| !pool.unused());
+        let pool = Pool {
+            slots: (0..key.links).map(|_| Arc::default()).collect(),
+        };
+        let slot = pool.choose(id);
+        pools.insert(key, Arc::new(pool));
+        slot
     }
 
     /// The live link of `slot`, connecting one when there is none.
