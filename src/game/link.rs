@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use foldhash::fast::RandomState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -451,7 +452,8 @@ struct Link {
     /// Wakes the writer.
     wake: Notify,
     /// The sessions attached: closed when the link dies, and the only ones its backend reaches.
-    sessions: Mutex<HashSet<i64>>,
+    /// Looked up per frame; only the gateway's ids are inserted, so a fast hash is safe.
+    sessions: Mutex<HashSet<i64, RandomState>>,
     dead: AtomicBool,
     metrics: LinkMetrics,
     game: Arc<GameMetrics>,
@@ -1488,6 +1490,45 @@ mod tests {
             None,
             "closed by its client, not the link"
         );
+    }
+
+    #[tokio::test]
+    async fn the_links_of_a_backend_gone_are_forgotten() {
+        let (table, links) = links("t-sweep");
+        let up = upstream("sweep");
+        let p = proto(LinkMode::Multiplexed, false);
+        let gone = backend(false).await;
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, gone.addr, p, &s.open())
+            .await
+            .expect("attach");
+        a.send(&frame(1, b"x")).await.expect("send");
+        s.recv().await;
+        a.send(&frame(DIE, b"")).await.expect("send");
+        assert_eq!(s.closed().await, CloseReason::BackendGone);
+        // Held by its session, the pool stays; once the session let go, a new backend sweeps it.
+        let other = backend(false).await;
+        let s2 = Session::new(&table, 2, 8);
+        let a2 = links
+            .attach(&up, other.addr, p, &s2.open())
+            .await
+            .expect("attach");
+        assert_eq!(lock(&links.pools).len(), 2);
+        drop(a);
+        let third = backend(false).await;
+        let s3 = Session::new(&table, 3, 8);
+        let _a3 = links
+            .attach(&up, third.addr, p, &s3.open())
+            .await
+            .expect("attach");
+        let pools = lock(&links.pools);
+        let mut left: Vec<SocketAddr> = pools.keys().map(|k| k.backend).collect();
+        left.sort();
+        let mut want = vec![other.addr, third.addr];
+        want.sort();
+        assert_eq!(left, want, "the live backends' pools only");
+        drop(a2);
     }
 
     #[tokio::test]
