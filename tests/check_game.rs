@@ -2,6 +2,8 @@
 //! `game:` section at its YAML path with exit status 1, and the documented example (the
 //! commented game listener of conf/reference.yaml, uncommented) passing.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::Path;

@@ -303,4 +303,21 @@ listeners:
 "#;
         assert_eq!(errors(game_only), Vec::<String>::new());
     }
+
+    #[test]
+    fn an_upstream_a_game_rule_sends_to_counts_for_readiness() {
+        let snap = load_str(
+            r#"
+zookeeper: { connect: "127.0.0.1:2181" }
+listeners:
+  - { name: game, listen: "127.0.0.1:2", game: { rules: [{ server_type: 1, upstream: rooms }] } }
+upstreams:
+  - { name: rooms, zookeeper: { service: rooms } }
+  - { name: idle, zookeeper: { service: idle } }
+"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(snap.upstreams_without_backends(), ["rooms"]);
+    }
 }
