@@ -124,9 +124,10 @@ impl SessionOpen {
     }
 }
 
-/// Links of one backend speaking one protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Links of one backend of one upstream (its metrics' label) speaking one protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
+    upstream: Arc<str>,
     backend: SocketAddr,
     gate: usize,
     events: bool,
@@ -235,21 +236,24 @@ impl Links {
                 let link = self
                     .connect(upstream, backend, proto, Some(open.id))
                     .await?;
+                if !link.join(open.id) {
+                    return Err(LinkError::Closed);
+                }
                 (link, None)
             }
             LinkMode::Multiplexed => {
-                let slot = self.slot(backend, proto, open.id);
+                let slot = self.slot(&upstream.name, backend, proto, open.id);
                 let mut link = self.link_in(&slot.0, upstream, backend, proto).await?;
                 if !link.join(open.id) {
                     // It ended between the two (closed idle, or failed): once more, anew.
                     link = self.link_in(&slot.0, upstream, backend, proto).await?;
+                    if !link.join(open.id) {
+                        return Err(LinkError::Closed);
+                    }
                 }
                 (link, Some(slot))
             }
         };
-        if !link.join(open.id) {
-            return Err(LinkError::Closed);
-        }
         let mut attached = Attached {
             link,
             _slot: slot,
@@ -265,8 +269,15 @@ impl Links {
     }
 
     /// The slot of a link to `backend` for session `id`, the session counted in its load.
-    fn slot(&self, backend: SocketAddr, proto: BackendProtocol, id: SessionId) -> SlotLoad {
+    fn slot(
+        &self,
+        upstream: &Arc<str>,
+        backend: SocketAddr,
+        proto: BackendProtocol,
+        id: SessionId,
+    ) -> SlotLoad {
         let key = PoolKey {
+            upstream: upstream.clone(),
             backend,
             gate: proto.gate.size(),
             events: proto.events,
