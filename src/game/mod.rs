@@ -8,10 +8,13 @@
 //! registers it in the [`session`] table, through which the link's reader hands each backend
 //! frame to its session's bounded queue.
 
+pub mod admission;
 pub mod codec;
 pub mod metrics;
 pub mod rules;
 pub mod session;
+pub mod sniff;
+pub mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
