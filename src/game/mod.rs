@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod codec;
+pub mod link;
 pub mod metrics;
 pub mod rules;
 pub mod session;
