@@ -9,7 +9,10 @@
 //! frame to its session's bounded queue.
 
 pub mod admission;
+pub mod app;
 pub mod codec;
+pub mod config;
+pub mod drain;
 pub mod link;
 pub mod metrics;
 pub mod rules;
