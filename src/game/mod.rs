@@ -16,6 +16,7 @@ pub mod drain;
 pub mod link;
 pub mod metrics;
 pub mod rules;
+pub mod rules_node;
 pub mod session;
 pub mod sniff;
 pub mod ws;
