@@ -761,6 +761,7 @@ impl<'a> Session<'a> {
             );
             Box::pin(close_wire(&mut wire, &mut out, CLOSE_FLUSH)).await;
             app.metrics.closed(CloseReason::NoRoute);
+            s.log_line("closed", Some(CloseReason::NoRoute), &out);
             return;
         }
         let server_type = s.routes[0].rule.server_type;
