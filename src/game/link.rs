@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use foldhash::fast::RandomState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -152,8 +153,9 @@ struct Pool {
 }
 
 impl Pool {
-    /// The least loaded slot, ties going to the one of the session's id.
-    fn choose(&self, id: SessionId) -> Arc<Slot> {
+    /// The least loaded slot, ties going to the one of the session's id, with the session
+    /// counted in its load at once (so that sessions arriving together spread).
+    fn choose(&self, id: SessionId) -> SlotLoad {
         let n = self.slots.len();
         let start = (id.0 as u64 % n as u64) as usize;
         let mut best = start;
@@ -166,7 +168,31 @@ impl Pool {
                 best = at;
             }
         }
-        self.slots[best].clone()
+        let slot = self.slots[best].clone();
+        slot.load.fetch_add(1, Ordering::Relaxed);
+        SlotLoad(slot)
+    }
+}
+
+impl Pool {
+    /// No session holds a slot and no link is alive (a slot being connected is in use).
+    fn unused(&self) -> bool {
+        self.slots.iter().all(|s| {
+            s.load.load(Ordering::Relaxed) == 0
+                && s.link
+                    .try_lock()
+                    .is_ok_and(|l| l.as_ref().is_none_or(|l| l.is_dead()))
+        })
+    }
+}
+
+/// A session counted in a slot's load, until it is dropped.
+#[derive(Debug)]
+struct SlotLoad(Arc<Slot>);
+
+impl Drop for SlotLoad {
+    fn drop(&mut self) {
+        self.0.load.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -212,20 +238,21 @@ impl Links {
                 (link, None)
             }
             LinkMode::Multiplexed => {
-                let slot = self.pool(backend, proto).choose(open.id);
-                let link = self.link_in(&slot, upstream, backend, proto).await?;
+                let slot = self.slot(backend, proto, open.id);
+                let mut link = self.link_in(&slot.0, upstream, backend, proto).await?;
+                if !link.join(open.id) {
+                    // It ended between the two (closed idle, or failed): once more, anew.
+                    link = self.link_in(&slot.0, upstream, backend, proto).await?;
+                }
                 (link, Some(slot))
             }
         };
         if !link.join(open.id) {
             return Err(LinkError::Closed);
         }
-        if let Some(slot) = &slot {
-            slot.load.fetch_add(1, Ordering::Relaxed);
-        }
         let mut attached = Attached {
             link,
-            slot,
+            _slot: slot,
             id: open.id,
             opened: false,
             done: false,
@@ -237,7 +264,8 @@ impl Links {
         Ok(attached)
     }
 
-    fn pool(&self, backend: SocketAddr, proto: BackendProtocol) -> Arc<Pool> {
+    /// The slot of a link to `backend` for session `id`, the session counted in its load.
+    fn slot(&self, backend: SocketAddr, proto: BackendProtocol, id: SessionId) -> SlotLoad {
         let key = PoolKey {
             backend,
             gate: proto.gate.size(),
@@ -245,14 +273,20 @@ impl Links {
             max_frame: proto.max_frame,
             links: proto.links.max(1),
         };
-        lock(&self.pools)
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Pool {
-                    slots: (0..key.links).map(|_| Arc::default()).collect(),
-                })
-            })
-            .clone()
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&key) {
+            // Chosen under the lock, so that the sweep below never drops a pool being joined.
+            return pool.choose(id);
+        }
+        // A backend not seen before (backends come and go with discovery): forget those whose
+        // links all ended and that no session uses.
+        pools.retain(|_, pool| !pool.unused());
+        let pool = Pool {
+            slots: (0..key.links).map(|_| Arc::default()).collect(),
+        };
+        let slot = pool.choose(id);
+        pools.insert(key, Arc::new(pool));
+        slot
     }
 
     /// The live link of `slot`, connecting one when there is none.
@@ -349,7 +383,8 @@ impl Links {
         });
         let write_timeout = Some(settings.write_timeout).filter(|t| !t.is_zero());
         let reader = tokio::spawn(read_loop(link.clone(), read, only));
-        let writer = tokio::spawn(write_loop(link.clone(), write, write_timeout));
+        let idle = Some(settings.idle_timeout).filter(|t| only.is_none() && !t.is_zero());
+        let writer = tokio::spawn(write_loop(link.clone(), write, write_timeout, idle));
         {
             let mut tasks = lock(&link.tasks);
             tasks.push(reader.abort_handle());
@@ -422,7 +457,8 @@ struct Link {
     /// Wakes the writer.
     wake: Notify,
     /// The sessions attached: closed when the link dies, and the only ones its backend reaches.
-    sessions: Mutex<HashSet<i64>>,
+    /// Looked up per frame; only the gateway's ids are inserted, so a fast hash is safe.
+    sessions: Mutex<HashSet<i64, RandomState>>,
     dead: AtomicBool,
     metrics: LinkMetrics,
     game: Arc<GameMetrics>,
@@ -573,10 +609,24 @@ impl Link {
 
     /// Ends the link: every session still attached is closed with `BackendGone`.
     fn kill(&self, end: End, why: Option<&dyn std::fmt::Display>) {
+        self.end(end, why, false);
+    }
+
+    /// Ends a multiplexed link no session uses; `false` when one does.
+    fn close_if_idle(&self) -> bool {
+        self.end(End::Closed, None, true)
+    }
+
+    /// `if_idle`: only when no session is attached, checked under the lock a joining session
+    /// takes, so that none joins a link being closed.
+    fn end(&self, end: End, why: Option<&dyn std::fmt::Display>, if_idle: bool) -> bool {
         let sessions = {
             let mut sessions = lock(&self.sessions);
+            if if_idle && !sessions.is_empty() {
+                return false;
+            }
             if self.dead.swap(true, Ordering::AcqRel) {
-                return;
+                return true;
             }
             std::mem::take(&mut *sessions)
         };
@@ -613,6 +663,7 @@ impl Link {
         for id in sessions {
             self.table.close(SessionId(id), CloseReason::BackendGone);
         }
+        true
     }
 
     /// One frame from the backend; `Err` for a frame whose payload breaks its opcode's layout.
@@ -770,7 +821,14 @@ enum Step {
     Stop,
 }
 
-async fn write_loop(link: Arc<Link>, mut write: OwnedWriteHalf, timeout: Option<Duration>) {
+/// `idle`: a multiplexed link with no session and nothing written for that long is closed
+/// (a backend that left discovery but still runs keeps no connection from us).
+async fn write_loop(
+    link: Arc<Link>,
+    mut write: OwnedWriteHalf,
+    timeout: Option<Duration>,
+    idle: Option<Duration>,
+) {
     let mut spare = BytesMut::new();
     loop {
         let step = {
@@ -791,7 +849,15 @@ async fn write_loop(link: Arc<Link>, mut write: OwnedWriteHalf, timeout: Option<
             Step::Write(permits) => permits,
             // `notify_one` keeps a permit when the writer is not waiting yet: no wake is lost.
             Step::Wait => {
-                link.wake.notified().await;
+                match idle {
+                    Some(idle) => {
+                        let woken = tokio::time::timeout(idle, link.wake.notified()).await;
+                        if woken.is_err() && link.close_if_idle() {
+                            return;
+                        }
+                    }
+                    None => link.wake.notified().await,
+                }
                 continue;
             }
             Step::Close => {
@@ -833,7 +899,8 @@ async fn write_loop(link: Arc<Link>, mut write: OwnedWriteHalf, timeout: Option<
 #[derive(Debug)]
 pub struct Attached {
     link: Arc<Link>,
-    slot: Option<Arc<Slot>>,
+    /// Counts the session in its slot's load while it lives.
+    _slot: Option<SlotLoad>,
     id: SessionId,
     /// The backend was told of the session (or has no events): a SessionClose may follow.
     opened: bool,
@@ -859,9 +926,6 @@ impl Attached {
     fn finish(&mut self, reason: CloseReason) {
         if std::mem::replace(&mut self.done, true) {
             return;
-        }
-        if let Some(slot) = &self.slot {
-            slot.load.fetch_sub(1, Ordering::Relaxed);
         }
         self.link.leave(self.id);
         if self.opened && self.link.events {
@@ -902,6 +966,8 @@ mod tests {
     const GARBAGE: u16 = 0xF006;
     /// A session id no gateway gave: broadcasts name it, and it must be skipped.
     const STRANGER: i64 = 12_345;
+    /// The opcode of the frame the test backend records when the gateway closed a connection.
+    const EOF_SEEN: u8 = 0xee;
 
     fn upstream(name: &str) -> Arc<Upstream> {
         let definition: UpstreamSection =
@@ -1030,7 +1096,10 @@ mod tests {
                 out.clear();
             }
             match s.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = tx.send((conn, reply(EOF_SEEN, i64::MIN, 0, 0, Bytes::new())));
+                    return;
+                }
                 Ok(_) => {}
             }
         }
@@ -1105,7 +1174,9 @@ mod tests {
     ) -> HashMap<i64, usize> {
         let mut by = HashMap::new();
         while let Ok((conn, f)) = frames.try_recv() {
-            by.insert(f.session_id, conn);
+            if f.opcode.as_u8() != EOF_SEEN {
+                by.insert(f.session_id, conn);
+            }
         }
         by
     }
@@ -1461,6 +1532,81 @@ mod tests {
             None,
             "closed by its client, not the link"
         );
+    }
+
+    #[tokio::test]
+    async fn the_links_of_a_backend_gone_are_forgotten() {
+        let (table, links) = links("t-sweep");
+        let up = upstream("sweep");
+        let p = proto(LinkMode::Multiplexed, false);
+        let gone = backend(false).await;
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, gone.addr, p, &s.open())
+            .await
+            .expect("attach");
+        a.send(&frame(1, b"x")).await.expect("send");
+        s.recv().await;
+        a.send(&frame(DIE, b"")).await.expect("send");
+        assert_eq!(s.closed().await, CloseReason::BackendGone);
+        // Held by its session, the pool stays; once the session let go, a new backend sweeps it.
+        let other = backend(false).await;
+        let s2 = Session::new(&table, 2, 8);
+        let a2 = links
+            .attach(&up, other.addr, p, &s2.open())
+            .await
+            .expect("attach");
+        assert_eq!(lock(&links.pools).len(), 2);
+        drop(a);
+        let third = backend(false).await;
+        let s3 = Session::new(&table, 3, 8);
+        let _a3 = links
+            .attach(&up, third.addr, p, &s3.open())
+            .await
+            .expect("attach");
+        let pools = lock(&links.pools);
+        let mut left: Vec<SocketAddr> = pools.keys().map(|k| k.backend).collect();
+        left.sort();
+        let mut want = vec![other.addr, third.addr];
+        want.sort();
+        assert_eq!(left, want, "the live backends' pools only");
+        drop(a2);
+    }
+
+    #[tokio::test]
+    async fn a_link_no_session_uses_is_closed_after_the_idle_timeout() {
+        let mut b = backend(false).await;
+        let (table, links) = links("t-idle");
+        // The upstream's idle_timeout is 1 s.
+        let up = upstream("idle");
+        let p = proto(LinkMode::Multiplexed, true);
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, b.addr, p, &s.open())
+            .await
+            .expect("attach");
+        a.send(&frame(1, b"x")).await.expect("send");
+        s.recv().await;
+        drop(a);
+        loop {
+            let (conn, f) = tokio::time::timeout(Duration::from_secs(10), b.frames.recv())
+                .await
+                .expect("the idle link closed in time")
+                .expect("backend running");
+            if f.opcode.as_u8() == EOF_SEEN {
+                assert_eq!(conn, 1);
+                break;
+            }
+        }
+        // The next session connects anew.
+        let mut s2 = Session::new(&table, 2, 8);
+        let a2 = links
+            .attach(&up, b.addr, p, &s2.open())
+            .await
+            .expect("attach");
+        a2.send(&frame(1, b"y")).await.expect("send");
+        assert_eq!(&s2.recv().await.payload[..], b"y");
+        assert_eq!(s2.handle.control.reason(), None);
     }
 
     #[tokio::test]
