@@ -18,6 +18,7 @@ use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::Source;
 use crate::conn::{ConnApp, FdWatch, ListenerConns};
+use crate::game::rules_node::RulesNodeService;
 use crate::proxy::Gateway;
 use crate::runtime::{DiscoveryService, Housekeeping, Live, Reloader};
 use crate::snapshot::{Listener, ListenerKind, ServerSettings, Settings, Snapshot};
@@ -83,11 +84,30 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
         .map(|zk| DiscoveryService::new(live.clone(), zk.clone()))
         .map(|svc| server.add_service(background_service("zookeeper", svc)));
 
+    // Game listeners' rules nodes: each followed for the life of the process.
+    let feeds = settings
+        .listeners
+        .iter()
+        .filter_map(|l| l.game.as_ref()?.rules_feed().cloned());
+    if let Some(svc) = settings
+        .zookeeper
+        .clone()
+        .and_then(|zk| RulesNodeService::new(zk, feeds.collect()))
+    {
+        server.add_service(background_service("game rules", svc));
+    }
+
     for l in &settings.listeners {
         let service: Box<dyn ServiceWithDependents> = match l.kind {
             ListenerKind::Http => Box::new(http_service(&server, &live, l, access_log.clone())),
-            // A TCP kind (the game-session router) adds its arm here: a `ServerApp` of its own
-            // in a listening service, under the same listener settings.
+            // PLACEHOLDER for G4: replaced by `Box::new(crate::game::app::service(&live, l))`.
+            ListenerKind::Game => {
+                log::error!(
+                    "listener {}: game listeners are not served by this build; skipped",
+                    l.name
+                );
+                continue;
+            }
         };
         log::info!("listener {} on {}", l.name, l.addr);
         let handle: ServiceHandle = server.add_boxed_service(service);

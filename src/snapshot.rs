@@ -12,6 +12,7 @@ use crate::access_log::AccessLogSettings;
 use crate::client_ip::ClientIp;
 use crate::conn::h2::Http2Settings;
 use crate::conn::ConnSettings;
+use crate::game::config::GameSettings;
 use crate::logging::Secrets;
 use crate::route::path::PathPolicy;
 use crate::route::RouteTable;
@@ -82,14 +83,18 @@ pub struct Listener {
     pub tls: Option<Arc<ListenerTls>>,
     /// HTTP/2: h2c, and the limits of Pingora's HTTP/2 server.
     pub http2: Http2Settings,
+    /// A game listener's settings and rules (`kind` is then [`ListenerKind::Game`]).
+    pub game: Option<Arc<GameSettings>>,
 }
 
-/// What a listener serves: HTTP, the one kind today.
+/// What a listener serves: HTTP, or game sessions (a listener with a `game:` section).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerKind {
     #[default]
     Http,
+    /// The game-session router: framed TCP and WebSocket sessions routed by `game.rules`.
+    Game,
 }
 
 impl Snapshot {

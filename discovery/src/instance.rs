@@ -15,6 +15,9 @@ pub const DEFAULT_WEIGHT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {
+    /// The znode's name under the watched path: a stable identity for the instance, which
+    /// keeps when its address changes (the consistent-hash ring is keyed by it).
+    pub node: String,
     /// An IP address or a host name (resolved by the gateway, off the request path).
     pub host: String,
     pub port: u16,
@@ -94,7 +97,7 @@ pub fn parse_instance(name: &str, data: &[u8]) -> Result<Instance, InstanceError
     let value: Value =
         serde_json::from_slice(data).map_err(|e| InstanceError::Format(e.to_string()))?;
     let is_curator = value.get("address").is_some() && value.get("host").is_none();
-    let instance = if is_curator {
+    let mut instance = if is_curator {
         let c: Curator =
             serde_json::from_value(value).map_err(|e| InstanceError::Format(e.to_string()))?;
         from_curator(c)?
@@ -103,12 +106,14 @@ pub fn parse_instance(name: &str, data: &[u8]) -> Result<Instance, InstanceError
             serde_json::from_value(value).map_err(|e| InstanceError::Format(e.to_string()))?;
         from_native(n)
     };
+    instance.node = name.to_owned();
     check(instance)
 }
 
 fn from_native(n: Native) -> Instance {
     let metadata = strings(n.metadata);
     Instance {
+        node: String::new(),
         host: n.host,
         port: n.port,
         weight: n.weight.unwrap_or(DEFAULT_WEIGHT),
@@ -143,6 +148,7 @@ fn from_curator(c: Curator) -> Result<Instance, InstanceError> {
         None => DEFAULT_WEIGHT,
     };
     Ok(Instance {
+        node: String::new(),
         host: c.address,
         port,
         weight: if up { weight } else { 0 },
@@ -164,6 +170,7 @@ fn from_node_name(name: &str) -> Result<Instance, InstanceError> {
         return Err(bad());
     }
     Ok(Instance {
+        node: name.to_owned(),
         host: host.to_owned(),
         port,
         weight: DEFAULT_WEIGHT,
@@ -216,6 +223,10 @@ mod tests {
         assert_eq!((i.host.as_str(), i.port, i.weight), ("10.0.0.5", 8080, 10));
         assert_eq!(i.zone.as_deref(), Some("a"));
         assert_eq!(i.metadata["v"], "2");
+        assert_eq!(
+            i.node, "inst-0000000001",
+            "the node name is the stable identity"
+        );
         let i = parse_instance("x", br#"{"host":"api.internal","port":80}"#).unwrap();
         assert_eq!((i.weight, i.zone), (DEFAULT_WEIGHT, None));
     }

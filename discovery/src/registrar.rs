@@ -23,6 +23,8 @@ pub struct RegisterSpec {
     pub port: u16,
     pub weight: u32,
     pub zone: Option<String>,
+    /// Written as the native instance's `metadata` (e.g. `inst_id` for game rules).
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// `http://host:port/path`: the instance is registered only while it answers 2xx.
     pub health: Option<String>,
     pub health_interval: Duration,
@@ -38,6 +40,9 @@ impl RegisterSpec {
             serde_json::json!({ "host": self.host, "port": self.port, "weight": self.weight });
         if let Some(z) = &self.zone {
             v["zone"] = serde_json::Value::String(z.clone());
+        }
+        if !self.metadata.is_empty() {
+            v["metadata"] = serde_json::json!(self.metadata);
         }
         v.to_string().into_bytes()
     }
@@ -200,6 +205,23 @@ async fn healthy(url: &str, timeout: Duration) -> bool {
 mod tests {
     use super::*;
     use crate::testkit::ZkServer;
+
+    #[test]
+    fn metadata_is_written_as_the_native_instance_reads_it() {
+        let spec = RegisterSpec {
+            ensemble: Ensemble::new("127.0.0.1:1", Duration::from_secs(4)),
+            service_path: "/zkgate/services/game".into(),
+            host: "127.0.0.1".into(),
+            port: 7001,
+            weight: 2,
+            zone: None,
+            metadata: [("inst_id".to_owned(), "3".to_owned())].into(),
+            health: None,
+            health_interval: Duration::from_secs(2),
+        };
+        let read = crate::parse_instance("127.0.0.1:7001", &spec.data()).unwrap();
+        assert_eq!((read.weight, read.metadata["inst_id"].as_str()), (2, "3"));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn creating_again_keeps_a_node_of_this_session_and_replaces_one_of_another() {

@@ -232,6 +232,7 @@ mod tests {
 
     fn instance(host: &str, port: u16) -> Instance {
         Instance {
+            node: format!("{host}:{port}"),
             host: host.to_owned(),
             port,
             weight: 1,

@@ -175,6 +175,10 @@ pub struct RegisterArgs {
     pub health: Option<String>,
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub health_interval: std::time::Duration,
+    /// Instance metadata `KEY=VALUE`, repeatable: `--meta inst_id=3` is what a game rule with
+    /// `strategy: instance` picks the backend by.
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
 }
 
 pub fn check(src: Source) -> ExitCode {

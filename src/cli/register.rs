@@ -18,6 +18,15 @@ pub fn register(a: RegisterArgs) -> ExitCode {
     if a.service.is_empty() || a.service.contains('/') || !a.root.starts_with('/') {
         return fail("--service must be a plain name and --root an absolute path".into());
     }
+    let mut metadata = std::collections::BTreeMap::new();
+    for m in &a.meta {
+        match m.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                metadata.insert(k.to_owned(), v.to_owned());
+            }
+            _ => return fail(format!("--meta `{m}` is not KEY=VALUE")),
+        }
+    }
     let ensemble = match a.zk.ensemble() {
         Ok(e) => e,
         Err(e) => return fail(e),
@@ -29,6 +38,7 @@ pub fn register(a: RegisterArgs) -> ExitCode {
         port,
         weight: a.weight,
         zone: a.zone,
+        metadata,
         health: a.health,
         health_interval: a.health_interval,
     };

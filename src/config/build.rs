@@ -27,8 +27,9 @@ const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// as they are, with their live membership and counters.
 pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
     let mut errors = ConfigErrors::default();
-    let settings = settings(&raw, &mut errors);
+    let mut settings = settings(&raw, &mut errors);
     let upstreams = upstreams(&raw, prev, &mut errors);
+    games(&raw, &upstreams, prev, &mut settings, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let listeners: Vec<&str> = raw.listeners.iter().map(|l| l.name.as_str()).collect();
     let env = RouteEnv {
@@ -48,7 +49,8 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     let client_ip = raw
         .client_ip
         .build(&At::root().key("client_ip"), &mut errors);
-    if raw.routes.is_empty() {
+    // A gateway of game listeners alone has no use for routes.
+    if raw.routes.is_empty() && raw.listeners.iter().any(|l| l.game.is_none()) {
         errors.push("routes", "at least one route is needed");
     }
     errors.into_result(())?;
@@ -184,6 +186,24 @@ fn zk_root(raw: &RawConfig) -> &str {
         .as_ref()
         .and_then(|z| z.root.as_deref())
         .unwrap_or(super::DEFAULT_ZK_ROOT)
+}
+
+/// Game listeners route to upstreams: their settings are built once the upstreams are.
+fn games(
+    raw: &RawConfig,
+    upstreams: &[Arc<Upstream>],
+    prev: Option<&Snapshot>,
+    settings: &mut Settings,
+    errors: &mut ConfigErrors,
+) {
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let Some(built) = settings.listeners.iter_mut().find(|x| x.name == l.name) else {
+            continue;
+        };
+        let before = prev.and_then(|p| p.settings.listeners.iter().find(|x| x.name == l.name));
+        let at = At::root().index("listeners", i);
+        built.game = l.build_game(&at, upstreams, raw.zookeeper.is_some(), before, errors);
+    }
 }
 
 /// Each upstream is built by its own section; the names are checked here, where all are seen.

@@ -3,16 +3,19 @@
 //! the admin listener: that is the assembly's check, which parses the address.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::conn::h2::Http2Section;
 use crate::conn::proxy_protocol::ProxyProtocolSection;
 use crate::conn::ConnKeys;
+use crate::game::config::{GameSection, GameSettings, DEFAULT_FIRST_FRAME_TIMEOUT};
 use crate::route::path::PathSection;
 use crate::section::{At, ConfigErrors, Dur, Size};
 use crate::snapshot::{Listener, ListenerKind};
 use crate::tls::TlsSection;
+use crate::upstream::Upstream;
 
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
@@ -50,6 +53,9 @@ pub struct ListenerSection {
     /// HTTP/2: h2c on cleartext, and its limits.
     #[serde(default)]
     pub http2: Http2Section,
+    /// Makes this a game listener: framed game sessions routed by serverType and worldId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub game: Option<GameSection>,
 }
 
 impl ListenerSection {
@@ -65,32 +71,128 @@ impl ListenerSection {
         let max_request_header_bytes = self
             .max_request_header_bytes
             .map_or(DEFAULT_MAX_HEADER_BYTES, |s| s.0);
+        let kind = self.kind(at, errors);
         let mut conn = self.conn_keys().build(at, errors);
-        conn.proxy_protocol = self.proxy_protocol.as_ref().map(|p| {
-            p.build(
-                &at.key("proxy_protocol"),
-                conn.client_header_timeout,
-                errors,
-            )
-        });
+        // On a game listener, the PROXY header counts against the wait for the first frame.
+        let header_timeout = match &self.game {
+            Some(g) => g
+                .first_frame_timeout
+                .map_or(DEFAULT_FIRST_FRAME_TIMEOUT, |d| d.0),
+            None => conn.client_header_timeout,
+        };
+        conn.proxy_protocol = self
+            .proxy_protocol
+            .as_ref()
+            .map(|p| p.build(&at.key("proxy_protocol"), header_timeout, errors));
         let http2 = self
             .http2
             .build(&at.key("http2"), max_request_header_bytes, &conn, errors);
         Listener {
             name: self.name.clone(),
             addr,
-            kind: self.kind,
+            kind,
             max_request_headers: max_headers,
             max_request_header_bytes,
             keepalive_requests: self.keepalive_requests,
             path: self.path.build(),
             conn,
             http2,
+            // Refused on a game listener above: not built, to say no more about it.
             tls: self
                 .tls
                 .as_ref()
+                .filter(|_| kind != ListenerKind::Game)
                 .and_then(|t| t.build(&at.key("tls"), &self.name, errors)),
+            // Set by the assembly once the upstreams its rules name are built.
+            game: None,
         }
+    }
+
+    /// `game` when there is a `game:` section, which then refuses what only HTTP reads.
+    fn kind(&self, at: &At, errors: &mut ConfigErrors) -> ListenerKind {
+        if self.game.is_none() {
+            if self.kind == ListenerKind::Game {
+                errors.push(at.key("kind"), "a game listener needs its game: section");
+            }
+            return self.kind;
+        }
+        let http_only: [(&str, bool, &str); 11] = [
+            ("tls", self.tls.is_some(), "terminate TLS in front of it"),
+            ("http2", self.http2 != Http2Section::default(), ""),
+            ("path", self.path != PathSection::default(), ""),
+            (
+                "max_request_headers",
+                self.max_request_headers.is_some(),
+                "",
+            ),
+            (
+                "max_request_header_bytes",
+                self.max_request_header_bytes.is_some(),
+                "",
+            ),
+            ("keepalive_requests", self.keepalive_requests.is_some(), ""),
+            (
+                "keepalive_timeout",
+                self.keepalive_timeout.is_some(),
+                "see game.client_idle",
+            ),
+            (
+                "client_body_timeout",
+                self.client_body_timeout.is_some(),
+                "see game.client_idle",
+            ),
+            (
+                "client_header_timeout",
+                self.client_header_timeout.is_some(),
+                "see game.first_frame_timeout",
+            ),
+            (
+                "max_connections",
+                self.max_connections.is_some(),
+                "see game.max_sessions",
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.is_some(),
+                "see game.per_ip.concurrent",
+            ),
+        ];
+        for (key, given, hint) in http_only {
+            if given {
+                let hint = if hint.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({hint})")
+                };
+                errors.push(
+                    at.key(key),
+                    format!("is for HTTP listeners, not a game listener{hint}"),
+                );
+            }
+        }
+        ListenerKind::Game
+    }
+
+    /// A game listener's settings, its rules built against the snapshot's `upstreams`; `prev`
+    /// is this listener in the config before, whose rules node watcher carries over.
+    pub fn build_game(
+        &self,
+        at: &At,
+        upstreams: &[Arc<Upstream>],
+        zookeeper: bool,
+        prev: Option<&Listener>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Arc<GameSettings>> {
+        let game = self.game.as_ref()?;
+        let at = at.key("game");
+        if game.rules_node.is_some() && !zookeeper {
+            errors.push(
+                at.key("rules_node"),
+                "needs the top-level zookeeper: section (connect: ...)",
+            );
+        }
+        let settings = game.build(&at, upstreams, errors);
+        Some(settings.share(&self.name, prev.and_then(|p| p.game.as_deref())))
     }
 
     fn conn_keys(&self) -> ConnKeys {
@@ -101,5 +203,104 @@ impl ListenerSection {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::config::load_str;
+    use crate::snapshot::ListenerKind;
+
+    const UPSTREAMS: &str = r#"
+upstreams:
+  - { name: lobby, backends: ["127.0.0.1:7001"] }
+"#;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match load_str(&format!("{yaml}{UPSTREAMS}"), None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn a_game_section_makes_a_game_listener_beside_http_ones() {
+        let yaml = format!(
+            r#"
+listeners:
+  - {{ name: web, listen: "127.0.0.1:1" }}
+  - name: game
+    listen: "127.0.0.1:2"
+    proxy_protocol: {{ trusted: ["127.0.0.1"] }}
+    game: {{ gateway_id: 9, rules: [{{ server_type: 1, upstream: lobby }}] }}
+routes: [{{ name: r, upstream: lobby }}]
+{UPSTREAMS}"#
+        );
+        let snap = load_str(&yaml, None).unwrap();
+        let [web, game] = &snap.settings.listeners[..] else {
+            panic!("two listeners")
+        };
+        assert_eq!((web.kind, web.game.is_none()), (ListenerKind::Http, true));
+        assert_eq!(game.kind, ListenerKind::Game);
+        assert!(game.conn.proxy_protocol.is_some(), "PROXY protocol is kept");
+        let settings = game.game.as_ref().unwrap();
+        assert_eq!(settings.gateway_id, 9);
+        let rules = settings.current_rules();
+        let rule_upstream = &rules
+            .route(crate::game::codec::ServerId::new(false, 1, 1, 0))
+            .unwrap()
+            .upstream;
+        assert!(
+            Arc::ptr_eq(rule_upstream, snap.upstream("lobby").unwrap()),
+            "the snapshot's upstream"
+        );
+        // A reload of the same text gives equal settings: no restart warning.
+        let again = load_str(&yaml, Some(&snap)).unwrap();
+        assert!(again.settings == snap.settings);
+    }
+
+    #[test]
+    fn a_game_listener_refuses_http_keys_and_needs_no_routes() {
+        assert_eq!(
+            errors(
+                r#"
+listeners:
+  - name: game
+    listen: "127.0.0.1:2"
+    tls: { certificates: [] }
+    http2: { h2c: true }
+    max_connections: 10
+    client_header_timeout: 5s
+    game: { rules: [{ server_type: 1, upstream: nowhere }], rules_node: /zkgate/rules }
+"#
+            ),
+            [
+                "listeners[0].tls: is for HTTP listeners, not a game listener (terminate TLS in front of it)",
+                "listeners[0].http2: is for HTTP listeners, not a game listener",
+                "listeners[0].client_header_timeout: is for HTTP listeners, not a game listener (see game.first_frame_timeout)",
+                "listeners[0].max_connections: is for HTTP listeners, not a game listener (see game.max_sessions)",
+                "listeners[0].game.rules_node: needs the top-level zookeeper: section (connect: ...)",
+                "listeners[0].game.rules[0].upstream: no upstream named `nowhere`",
+            ]
+        );
+        assert_eq!(
+            errors(
+                r#"
+listeners:
+  - { name: web, listen: "127.0.0.1:1", kind: game }
+"#
+            ),
+            [
+                "listeners[0].kind: a game listener needs its game: section",
+                "routes: at least one route is needed",
+            ]
+        );
+        let game_only = r#"
+listeners:
+  - { name: game, listen: "127.0.0.1:2", game: { rules: [{ server_type: 1, upstream: lobby }] } }
+"#;
+        assert_eq!(errors(game_only), Vec::<String>::new());
     }
 }

@@ -9,8 +9,10 @@
 //! frame to its session's bounded queue.
 
 pub mod codec;
+pub mod config;
 pub mod metrics;
 pub mod rules;
+pub mod rules_node;
 pub mod session;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -46,11 +46,21 @@ fn specs(resolved: Vec<Resolved>) -> Vec<BackendSpec> {
     let mut specs: Vec<BackendSpec> = Vec::with_capacity(resolved.len());
     let mut at: HashMap<SocketAddr, usize> = HashMap::with_capacity(resolved.len());
     for r in resolved {
+        let inst_id = inst_id(&r.instance);
+        let several = r.addrs.len() > 1;
         for addr in r.addrs {
             let spec = BackendSpec {
                 addr,
                 weight: r.instance.weight,
                 zone: r.instance.zone.as_deref().map(Arc::from),
+                // The node name keys the ring; a name that resolves to several addresses
+                // gives each its own point set.
+                name: if several {
+                    format!("{}@{addr}", r.instance.node).into()
+                } else {
+                    r.instance.node.as_str().into()
+                },
+                inst_id,
             };
             // Two registrations of one address: the later one wins.
             match at.get(&addr) {
@@ -63,6 +73,22 @@ fn specs(resolved: Vec<Resolved>) -> Vec<BackendSpec> {
         }
     }
     specs
+}
+
+/// The instance's metadata `inst_id`, which game rules with `strategy: instance` pick by; a
+/// value that is not 0 to 255 is logged and ignored (the backend still serves other rules).
+fn inst_id(instance: &Instance) -> Option<u8> {
+    let text = instance.metadata.get("inst_id")?;
+    match text.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            log::warn!(
+                "zookeeper instance {}: metadata inst_id `{text}` is not a whole number from 0 to 255; ignored",
+                instance.node
+            );
+            None
+        }
+    }
 }
 
 impl Bridge {
@@ -156,6 +182,7 @@ mod tests {
     fn resolved(host: &str, weight: u32, addrs: &[&str]) -> Resolved {
         Resolved {
             instance: Instance {
+                node: format!("node-{host}"),
                 host: host.to_owned(),
                 port: 80,
                 weight,
@@ -181,6 +208,26 @@ mod tests {
         assert_eq!(
             got,
             [("10.0.0.1:80".to_owned(), 5), ("10.0.0.2:80".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn a_discovered_backend_is_named_by_its_node_and_carries_its_inst_id() {
+        let mut one = resolved("10.0.0.1", 1, &["10.0.0.1:80"]);
+        one.instance.metadata.insert("inst_id".into(), "7".into());
+        let mut bad = resolved("10.0.0.3", 1, &["10.0.0.3:80"]);
+        bad.instance.metadata.insert("inst_id".into(), "300".into());
+        let two = resolved("b.internal", 1, &["10.0.0.2:80", "10.0.0.4:80"]);
+        let specs = specs(vec![one, bad, two]);
+        let got: Vec<(&str, Option<u8>)> = specs.iter().map(|s| (&*s.name, s.inst_id)).collect();
+        assert_eq!(
+            got,
+            [
+                ("node-10.0.0.1", Some(7)),
+                ("node-10.0.0.3", None),
+                ("node-b.internal@10.0.0.2:80", None),
+                ("node-b.internal@10.0.0.4:80", None),
+            ]
         );
     }
 }

@@ -139,11 +139,7 @@ mod tests {
     }
 
     fn spec(addr: &str) -> BackendSpec {
-        BackendSpec {
-            addr: addr.parse().unwrap(),
-            weight: 1,
-            zone: None,
-        }
+        BackendSpec::at(addr.parse().unwrap())
     }
 
     #[test]

@@ -136,6 +136,14 @@ impl Call {
         self.start(picked).map(|((), addr)| addr)
     }
 
+    /// Starts an attempt on the backend whose instance id is `inst_id` (a game rule's
+    /// `strategy: instance`), away from those this call failed on, counted as
+    /// [`Call::pick_backend`] counts. `NoBackend` when no backend carries that id.
+    pub fn pick_instance(&mut self, inst_id: u8) -> Result<SocketAddr, Refusal> {
+        let picked = self.upstream.pick_instance(inst_id, self.avoided());
+        self.start(picked).map(|((), addr)| addr)
+    }
+
     /// Counts `picked`, the attempt a pick made (or its refusal when there was none), and
     /// hands back what the protocol attached to it.
     #[inline]
@@ -234,11 +242,7 @@ mod tests {
     /// Backends on loopback ports nothing dials: a call picks them but never connects.
     fn backends(n: u16) -> Vec<BackendSpec> {
         (0..n)
-            .map(|i| BackendSpec {
-                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
-                weight: 1,
-                zone: None,
-            })
+            .map(|i| BackendSpec::at(SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
             .collect()
     }
 
@@ -504,6 +508,35 @@ mod tests {
             !state.is(EJECTED),
             "a call dropped unfinished records nothing"
         );
+        assert_eq!(in_flight(&u), 0);
+    }
+
+    #[test]
+    fn an_instance_pick_counts_in_flight_and_avoids_what_failed() {
+        let specs: Vec<BackendSpec> = backends(3)
+            .into_iter()
+            .zip([Some(1), Some(2), Some(2)])
+            .map(|(b, inst_id)| BackendSpec { inst_id, ..b })
+            .collect();
+        let u = upstream("call-instance", policy(), specs);
+        let mut call = u.begin().unwrap();
+        let first = call.pick_instance(2).unwrap();
+        assert_ne!(first.port(), 1000, "instance 2 is on 1001 and 1002");
+        assert_eq!(
+            (call.backend(), call.tries(), in_flight(&u)),
+            (Some(first), 1, 1)
+        );
+        assert!(call.failed_to_connect(3));
+        assert_eq!(in_flight(&u), 0);
+        let second = call.pick_instance(2).unwrap();
+        assert_ne!(second, first, "the retry avoids the one that failed");
+        call.failed_to_connect(3);
+        assert_eq!(call.pick_instance(2).unwrap_err(), Refusal::Unreachable);
+        call.finish(Outcome::Failed);
+        let mut call = u.begin().unwrap();
+        assert_eq!(call.pick_instance(9).unwrap_err(), Refusal::NoBackend);
+        assert_eq!(call.pick_instance(1).unwrap().port(), 1000);
+        call.finish(Outcome::Ok);
         assert_eq!(in_flight(&u), 0);
     }
 }

@@ -579,12 +579,13 @@ fn discovery_path(z: &UpstreamZookeeper, root: &str) -> Result<String, String> {
     }
 }
 
-/// `host:port [weight=N] [zone=Z]`; a host name resolves to all of its addresses.
+/// `host:port [weight=N] [zone=Z] [inst_id=N]`; a host name resolves to all of its addresses.
 fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
     let mut parts = text.split_whitespace();
     let addr = parts.next().ok_or("empty backend")?;
     let mut weight = 1u32;
     let mut zone: Option<Arc<str>> = None;
+    let mut inst_id: Option<u8> = None;
     for opt in parts {
         match opt.split_once('=') {
             Some(("weight", w)) => {
@@ -593,9 +594,15 @@ fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
                 })?
             }
             Some(("zone", z)) if !z.is_empty() => zone = Some(z.into()),
+            Some(("inst_id", n)) => {
+                inst_id =
+                    Some(n.parse().map_err(|_| {
+                        format!("inst_id `{n}` is not a whole number from 0 to 255")
+                    })?)
+            }
             _ => {
                 return Err(format!(
-                    "unknown backend option `{opt}` (expected weight=N or zone=NAME)"
+                    "unknown backend option `{opt}` (expected weight=N, zone=NAME or inst_id=N)"
                 ))
             }
         }
@@ -617,9 +624,10 @@ fn backend(text: &str) -> Result<Vec<BackendSpec>, String> {
     Ok(addrs
         .into_iter()
         .map(|addr| BackendSpec {
-            addr,
             weight,
             zone: zone.clone(),
+            inst_id,
+            ..BackendSpec::at(addr)
         })
         .collect())
 }
@@ -779,5 +787,19 @@ health_check: { type: tcp, path: /x, interval: 10ms }
         let moved = build(yaml, &zoned, Some(&first)).expect("valid");
         assert!(!Arc::ptr_eq(&first, &moved));
         assert_eq!(moved.policy.locality.as_ref().map(|l| &*l.zone), Some("a"));
+    }
+
+    #[test]
+    fn a_static_backend_is_named_by_its_address_and_may_carry_an_inst_id() {
+        let specs = backend("127.0.0.1:7001 weight=2 inst_id=7").unwrap();
+        assert_eq!(
+            (&*specs[0].name, specs[0].inst_id, specs[0].weight),
+            ("127.0.0.1:7001", Some(7), 2)
+        );
+        assert_eq!(backend("127.0.0.1:7001").unwrap()[0].inst_id, None);
+        assert_eq!(
+            backend("127.0.0.1:7001 inst_id=256").unwrap_err(),
+            "inst_id `256` is not a whole number from 0 to 255"
+        );
     }
 }

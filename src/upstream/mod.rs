@@ -276,6 +276,17 @@ impl Upstream {
         self.choose(key, avoid, |_, _| ())
     }
 
+    /// Picks the backend whose instance id is `inst_id` (see [`BackendSet::pick_instance`]),
+    /// counted in flight as [`Upstream::pick`] counts it, for any protocol.
+    pub fn pick_instance(&self, inst_id: u8, avoid: &[SocketAddr]) -> Option<Picked> {
+        let members = self.members.load();
+        let i = members.pick_instance(fastrand::usize(..), inst_id, avoid)?;
+        Some(Picked {
+            attempt: InFlight::start(&members.backends()[i].state),
+            peer: (),
+        })
+    }
+
     /// Picks from the current membership and lets `attach` add what the protocol needs from
     /// that same membership for the chosen index.
     #[inline]

@@ -19,6 +19,26 @@ pub struct BackendSpec {
     pub weight: u32,
     /// The zone it runs in, for zone-aware balancing.
     pub zone: Option<Arc<str>>,
+    /// A stable identity that seeds its points on the consistent-hash ring, so that every
+    /// replica maps a key to the same backend: the ZooKeeper node name of a discovered
+    /// instance (which keeps when a pod changes address), the address of a static one.
+    pub name: Arc<str>,
+    /// The instance id a game rule with `strategy: instance` picks it by: metadata `inst_id`
+    /// of a discovered instance, option `inst_id=N` of a static one.
+    pub inst_id: Option<u8>,
+}
+
+impl BackendSpec {
+    /// A backend known by its address alone: named by it, weight 1, no zone, no instance id.
+    pub fn at(addr: SocketAddr) -> BackendSpec {
+        BackendSpec {
+            addr,
+            weight: 1,
+            zone: None,
+            name: addr.to_string().into(),
+            inst_id: None,
+        }
+    }
 }
 
 /// A member of a set: what it was listed as, and the state it shares with every set that
@@ -118,7 +138,7 @@ impl BackendSet {
             Balance::RoundRobin if ramping => Balance::WeightedRoundRobin,
             b => b,
         };
-        let names: Vec<String> = specs.iter().map(|s| s.addr.to_string()).collect();
+        let names: Vec<String> = specs.iter().map(|s| s.name.to_string()).collect();
         let selector = Selector::build(balance, &weights, &names, &states, choices);
         let local_members: Vec<u32> = locality.map_or_else(Vec::new, |l| {
             (0..specs.len() as u32)
@@ -218,6 +238,36 @@ impl BackendSet {
             .or_else(|| self.scan(turn, |s| !s.is(DRAINED) && usable(s)))
     }
 
+    /// The backend whose instance id is `inst_id`, not in `avoid`: an available one if any,
+    /// else one that is unhealthy or ejected rather than none, as [`BackendSet::pick_index`]
+    /// does (an instance holds state no other backend has); never a drained one. Several with
+    /// the same id (one instance on several addresses) take turns by `turn`.
+    pub fn pick_instance(&self, turn: usize, inst_id: u8, avoid: &[SocketAddr]) -> Option<usize> {
+        let usable = |s: &BackendState| avoid.is_empty() || !avoid.contains(&s.addr);
+        let n = self.backends.len();
+        let mut fallback = None;
+        for i in (0..n).map(|i| turn.wrapping_add(i) % n) {
+            let b = &self.backends[i];
+            if b.spec.inst_id != Some(inst_id) || b.spec.weight == 0 || !usable(&b.state) {
+                continue;
+            }
+            if b.state.available() {
+                return Some(i);
+            }
+            if fallback.is_none() && !b.state.is(DRAINED) {
+                fallback = Some(i);
+            }
+        }
+        fallback
+    }
+
+    /// Whether some backend carries instance id `inst_id`.
+    pub fn has_instance(&self, inst_id: u8) -> bool {
+        self.backends
+            .iter()
+            .any(|b| b.spec.inst_id == Some(inst_id))
+    }
+
     /// An available backend by `selector`, or else the first available one among `members`
     /// (all pickable backends when `None`).
     #[inline]
@@ -266,9 +316,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, w)| BackendSpec {
-                addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                 weight: *w,
-                zone: None,
+                ..BackendSpec::at(SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
             })
             .collect();
         let states = specs
@@ -403,5 +452,72 @@ mod tests {
         assert_eq!(counts(&s, 10, &[]), [10, 0]);
         s.backends[0].state.set(DRAINED, true);
         assert!(s.pick(0, None, &[]).is_none());
+    }
+
+    #[test]
+    fn an_instance_pick_finds_its_id_prefers_the_available_and_never_the_drained() {
+        let mut s = set(Balance::RoundRobin, &[1, 1, 1, 1]);
+        let ids = [Some(3), Some(5), Some(5), None];
+        let specs: Vec<BackendSpec> = s
+            .backends
+            .iter()
+            .zip(ids)
+            .map(|(b, inst_id)| BackendSpec {
+                inst_id,
+                ..b.spec.clone()
+            })
+            .collect();
+        let states = s.backends.iter().map(|b| b.state.clone()).collect();
+        s = BackendSet::build(Balance::RoundRobin, specs, states, None, None, 8);
+        let port = |i: Option<usize>| i.map(|i| s.backends[i].spec.addr.port());
+        assert_eq!(port(s.pick_instance(0, 3, &[])), Some(1000));
+        assert_eq!(port(s.pick_instance(7, 3, &[])), Some(1000));
+        assert_eq!(s.pick_instance(0, 9, &[]), None, "no such instance");
+        assert!(s.has_instance(5) && !s.has_instance(9));
+        // Two addresses of instance 5 take turns; an ejected one is passed over while the
+        // other is available, and taken rather than none when it is the last.
+        let both: Vec<_> = (0..4).map(|t| port(s.pick_instance(t, 5, &[]))).collect();
+        assert!(
+            both.contains(&Some(1001)) && both.contains(&Some(1002)),
+            "{both:?}"
+        );
+        s.backends[1].state.set(EJECTED, true);
+        assert!((0..4).all(|t| port(s.pick_instance(t, 5, &[])) == Some(1002)));
+        let avoid = [s.backends[2].spec.addr];
+        assert_eq!(
+            port(s.pick_instance(0, 5, &avoid)),
+            Some(1001),
+            "ejected, not none"
+        );
+        s.backends[1].state.set(DRAINED, true);
+        assert_eq!(s.pick_instance(0, 5, &avoid), None, "drained: never");
+    }
+
+    #[test]
+    fn the_ring_is_seeded_by_the_backend_name_not_its_address() {
+        // Two replicas that see the same instances at different addresses (a pod moved and
+        // one replica heard first) still agree on each key's instance.
+        let build = |base: u16| {
+            let specs: Vec<BackendSpec> = (0..4u16)
+                .map(|i| BackendSpec {
+                    name: format!("inst-{i}").into(),
+                    ..BackendSpec::at(SocketAddr::from(([127, 0, 0, 1], base + i)))
+                })
+                .collect();
+            let states = specs
+                .iter()
+                .map(|s| Arc::new(BackendState::new(s.addr, false)))
+                .collect();
+            BackendSet::build(Balance::ConsistentHash, specs, states, None, None, 8)
+        };
+        let (a, b) = (build(1000), build(2000));
+        for k in 0..500u32 {
+            let key = k.to_be_bytes();
+            let (x, y) = (
+                a.pick(0, Some(&key), &[]).unwrap(),
+                b.pick(0, Some(&key), &[]).unwrap(),
+            );
+            assert_eq!(x.spec.name, y.spec.name, "key {k}");
+        }
     }
 }

@@ -1,0 +1,122 @@
+//! The game rules node with a real ZooKeeper: two replicas (two configs built from the same
+//! text, each with its own watcher, as two gateways have) route by the YAML rules while the node
+//! is missing, both take every version written, keep the last rules through a ZooKeeper
+//! restart and take the next version once it is back, and return to the YAML rules when the
+//! node is deleted.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::services::background::BackgroundService;
+use zkgate::game::codec::ServerId;
+use zkgate::game::config::GameSettings;
+use zkgate::game::rules_node::RulesNodeService;
+use zkgate::snapshot::Snapshot;
+use zkgate_discovery::testkit::ZkServer;
+use zookeeper_client as zk;
+
+const NODE: &str = "/zkgate/game/rules";
+
+fn config(zk: &str) -> String {
+    format!(
+        r#"
+zookeeper: {{ connect: "{zk}", session_timeout: 4s }}
+listeners:
+  - name: game
+    listen: "127.0.0.1:7000"
+    game: {{ rules: [{{ server_type: 1, upstream: lobby }}], rules_node: {NODE} }}
+upstreams:
+  - {{ name: lobby, backends: ["127.0.0.1:7101"] }}
+  - {{ name: battle, backends: ["127.0.0.1:7201"] }}
+  - {{ name: rooms, backends: ["127.0.0.1:7301 inst_id=3"] }}
+"#
+    )
+}
+
+/// One replica: its config and its running watcher (stopped when the sender drops).
+struct Replica {
+    snapshot: Snapshot,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Replica {
+    fn start(zk: &str) -> Replica {
+        let snapshot = zkgate::config::load_str(&config(zk), None).unwrap();
+        let feeds = vec![snapshot.settings.listeners[0]
+            .game
+            .as_ref()
+            .unwrap()
+            .rules_feed()
+            .unwrap()
+            .clone()];
+        let ensemble = snapshot.settings.zookeeper.clone().unwrap();
+        let service = RulesNodeService::new(ensemble, feeds).unwrap();
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move { service.start(shutdown).await });
+        Replica {
+            snapshot,
+            _stop: stop,
+        }
+    }
+
+    fn game(&self) -> &Arc<GameSettings> {
+        self.snapshot.settings.listeners[0].game.as_ref().unwrap()
+    }
+
+    /// The upstream serverType `t` in world 2 goes to, `-` for none.
+    fn route(&self, t: u8) -> String {
+        self.game()
+            .current_rules()
+            .route(ServerId::new(false, 2, t, 0))
+            .map_or("-".into(), |r| r.upstream.name.to_string())
+    }
+}
+
+async fn until(replicas: &[&Replica], t: u8, upstream: &str) {
+    for _ in 0..400 {
+        if replicas.iter().all(|r| r.route(t) == upstream) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let got: Vec<String> = replicas.iter().map(|r| r.route(t)).collect();
+    panic!("type {t} still routes to {got:?}, not {upstream}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_written_to_the_node_reach_every_replica_and_survive_a_zookeeper_restart() {
+    let mut server = ZkServer::start();
+    let hosts = server.connect_string();
+    let (a, b) = (Replica::start(&hosts), Replica::start(&hosts));
+    // No node yet: the YAML rules.
+    assert_eq!(
+        (a.route(1), b.route(1), a.route(2)),
+        ("lobby".into(), "lobby".into(), "-".into())
+    );
+
+    let client = zk::Client::connect(&hosts).await.unwrap();
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    client.mkdir("/zkgate/game", &open).await.unwrap();
+    let v1 = br#"[{"server_type": 1, "upstream": "battle"}, {"server_type": 2, "world": 2, "upstream": "rooms", "strategy": "instance"}]"#;
+    client.create(NODE, v1, &open).await.unwrap();
+    until(&[&a, &b], 1, "battle").await;
+    until(&[&a, &b], 2, "rooms").await;
+
+    // ZooKeeper gone: the last rules keep serving; back, the next version arrives.
+    server.kill();
+    assert_eq!((a.route(1), b.route(1)), ("battle".into(), "battle".into()));
+    server.restart();
+    let client = zk::Client::connect(&hosts).await.unwrap();
+    client
+        .set_data(NODE, br#"[{"server_type": 1, "upstream": "rooms"}]"#, None)
+        .await
+        .unwrap();
+    until(&[&a, &b], 1, "rooms").await;
+    assert_eq!(a.route(2), "-", "version 2 has no rule for type 2");
+
+    // Deleted: the YAML rules again.
+    client.delete(NODE, None).await.unwrap();
+    until(&[&a, &b], 1, "lobby").await;
+}
