@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod link;
 pub mod metrics;
 pub mod rules;
 pub mod rules_node;
