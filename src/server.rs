@@ -54,7 +54,8 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     let settings: Settings = snapshot.settings.clone();
     crate::tls::publish_certificates(settings.listeners.iter().filter_map(|l| l.tls.as_deref()));
     let live = Live::new(snapshot);
-    let conf = server_conf(&settings.server);
+    let mut conf = server_conf(&settings.server);
+    game_grace_period(&mut conf, &settings);
     let opt = Opt {
         upgrade,
         ..Default::default()
@@ -100,14 +101,10 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     for l in &settings.listeners {
         let service: Box<dyn ServiceWithDependents> = match l.kind {
             ListenerKind::Http => Box::new(http_service(&server, &live, l, access_log.clone())),
-            // PLACEHOLDER for G4: replaced by `Box::new(crate::game::app::service(&live, l))`.
-            ListenerKind::Game => {
-                log::error!(
-                    "listener {}: game listeners are not served by this build; skipped",
-                    l.name
-                );
-                continue;
-            }
+            ListenerKind::Game => match game_service(&live, l) {
+                Some(svc) => Box::new(svc),
+                None => continue,
+            },
         };
         log::info!("listener {} on {}", l.name, l.addr);
         let handle: ServiceHandle = server.add_boxed_service(service);
@@ -162,6 +159,57 @@ fn http_service(
         ListenerConfig::tcp(l.addr.to_string()).l4_buffer(L4BufferSettings::default().read(0)),
     );
     svc
+}
+
+/// A game listener: the game-session router's `ServerApp`, reading the listener's game
+/// settings from the serving config (as [`tls_source`] does), so that rules, upstreams and
+/// limits follow reloads.
+fn game_service(live: &Arc<Live>, l: &Listener) -> Option<Service<crate::game::app::GameApp>> {
+    let Some(first) = l.game.clone() else {
+        log::error!(
+            "listener {}: a game listener without game settings; skipped",
+            l.name
+        );
+        return None;
+    };
+    let source_live = live.clone();
+    let name = l.name.clone();
+    let source: crate::game::app::SettingsSource = Arc::new(move || {
+        source_live
+            .load()
+            .settings
+            .listeners
+            .iter()
+            .find(|x| x.name == name)
+            .and_then(|x| x.game.clone())
+    });
+    Some(crate::game::app::service(
+        &l.name,
+        l.addr,
+        l.conn.proxy_protocol.clone(),
+        first,
+        source,
+    ))
+}
+
+/// Pingora sleeps `grace_period` after SIGTERM/SIGQUIT whatever is open: raised, when a game
+/// listener's `drain` needs longer, so that its sessions get the window their go-away frame
+/// announced (see `game::drain`).
+fn game_grace_period(conf: &mut ServerConf, settings: &Settings) {
+    let configured = settings.server.grace_period;
+    let drains = settings
+        .listeners
+        .iter()
+        .filter_map(|l| l.game.as_ref().map(|g| g.drain));
+    let grace = crate::game::drain::grace_period(configured, drains);
+    if grace > configured {
+        log::info!(
+            "server.grace_period {}s raised to {}s to cover the game listeners' drain",
+            configured.as_secs(),
+            grace.as_secs()
+        );
+        conf.grace_period_seconds = Some(grace.as_secs());
+    }
 }
 
 /// Where a TLS listener's connections get their acceptor: the listener of the same name in

@@ -8,13 +8,18 @@
 //! registers it in the [`session`] table, through which the link's reader hands each backend
 //! frame to its session's bounded queue.
 
+pub mod admission;
+pub mod app;
 pub mod codec;
 pub mod config;
+pub mod drain;
 pub mod link;
 pub mod metrics;
 pub mod rules;
 pub mod rules_node;
 pub mod session;
+pub mod sniff;
+pub mod ws;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

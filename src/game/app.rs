@@ -1,0 +1,1100 @@
+//! The game listener's Pingora `ServerApp`: one task per client connection, from the accept to
+//! the session's end.
+//!
+//! A connection goes through admission (the listener cap, then the PROXY header when the
+//! listener takes one, then the allowlist and the per-address limits on the client's real
+//! address), sniffing (binary framing, a WebSocket upgrade, or plain HTTP which gets 426), and
+//! its first frame within `first_frame_timeout`. The first frame's ServerID picks a rule, the
+//! rule's upstream a backend (through the protocol-neutral upstream call, kept for the
+//! session's life so that least_conn counts sessions), and the session is attached to a link
+//! to that backend and registered in the session table. Then one loop: client frames go to the
+//! link, the session's queue is written to the client (what is queued, in one write), and one
+//! timer holds the idle, duration, drain and periodic-log deadlines, moved only when it fires.
+//!
+//! Memory per connection: the task's future, one read buffer that starts at 512 bytes and grows
+//! only for a bigger frame, one write buffer, the queue. Pingora's own per-connection buffers
+//! are off (`L4BufferSettings::unbuffered`).
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{Sink, Stream as _};
+use pingora::apps::ServerApp;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::protocols::{SocketDigest, Stream};
+use pingora::server::ShutdownWatch;
+use pingora::services::listening::Service;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::admission::{allowed, Admission, PerIpLimits, Refused};
+use super::codec::{ClientCodec, ClientFrame, ServerId, CLIENT_HEADER};
+use super::config::GameSettings;
+use super::link::{Attached, LinkError, Links, SessionOpen};
+use super::metrics::{Direction, GameMetrics};
+use super::rules::{RouteMode, Rule};
+use super::session::{SessionHandle, SessionTable};
+use super::sniff::{self, Sniffed};
+use super::{ws, ClientProtocol, CloseReason, IdGen, SessionId};
+use crate::conn::log::{suppressed_note, LogLimiter};
+use crate::conn::proxy_protocol::{self, Carried, ProxyProtocol, ReadError};
+use crate::upstream::call::{Call, Outcome, Refusal};
+
+/// Where a connection finds the listener's settings in force: the serving config's listener of
+/// this name, so that rules, upstreams and limits follow reloads. `None` when a reload dropped
+/// the listener (it keeps serving until a restart; the last settings stand).
+pub type SettingsSource = Arc<dyn Fn() -> Option<Arc<GameSettings>> + Send + Sync>;
+
+/// What a connection's read buffer starts at: a usual first frame fits.
+const READ_START: usize = 512;
+/// Bytes of queued frames coalesced into one write to the client.
+const COALESCE: usize = 64 * 1024;
+/// A write buffer that grew past this is let go once written, not kept for an idle session.
+const WRITE_KEEP: usize = 16 * 1024;
+/// How long a closing session waits for its close frame (and what was queued before it) to be
+/// written to a client that may still read.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+/// Attempts at a backend for a new session (the first one and two others).
+const CONNECT_ATTEMPTS: u8 = 3;
+/// Ten seconds between two warnings of one kind on one listener.
+const LOG_EVERY: u64 = 10_000_000_000;
+
+/// The listener's service: [`GameApp`] on `addr`, with no Pingora read or write buffer.
+pub fn service(
+    listener: &str,
+    addr: SocketAddr,
+    proxy_protocol: Option<ProxyProtocol>,
+    first: Arc<GameSettings>,
+    settings: SettingsSource,
+) -> Service<GameApp> {
+    let app = GameApp::new(listener, proxy_protocol, first, settings);
+    let mut svc = Service::new(format!("game {listener}"), app);
+    svc.add_listener(
+        ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
+    );
+    svc
+}
+
+/// The kinds of warning rate-limited per listener.
+#[derive(Clone, Copy)]
+enum Warn {
+    Refused = 0,
+    Malformed,
+    Route,
+}
+
+/// One game listener: what lasts across its connections and across reloads.
+pub struct GameApp {
+    listener: Arc<str>,
+    settings: SettingsSource,
+    /// The settings at start: what serves if the listener leaves the config.
+    first: Arc<GameSettings>,
+    proxy_protocol: Option<ProxyProtocol>,
+    admission: Admission,
+    table: Arc<SessionTable>,
+    links: Arc<Links>,
+    metrics: Arc<GameMetrics>,
+    ids: IdGen,
+    gateway_id: u16,
+    logs: [LogLimiter; 3],
+}
+
+impl GameApp {
+    pub fn new(
+        listener: &str,
+        proxy_protocol: Option<ProxyProtocol>,
+        first: Arc<GameSettings>,
+        settings: SettingsSource,
+    ) -> GameApp {
+        let table = Arc::new(SessionTable::new());
+        let metrics = Arc::new(GameMetrics::new(listener));
+        let links = Links::new(table.clone(), metrics.clone());
+        GameApp {
+            listener: listener.into(),
+            gateway_id: first.gateway_id,
+            // The session ids' gateway part is fixed at start: ids stay unique and monotonic.
+            ids: IdGen::new(first.gateway_id),
+            first,
+            settings,
+            proxy_protocol,
+            admission: Admission::new(),
+            table,
+            links,
+            metrics,
+            logs: [
+                LogLimiter::new(LOG_EVERY),
+                LogLimiter::new(LOG_EVERY),
+                LogLimiter::new(LOG_EVERY),
+            ],
+        }
+    }
+
+    /// The sessions of this listener.
+    pub fn table(&self) -> &Arc<SessionTable> {
+        &self.table
+    }
+
+    fn current(&self) -> Arc<GameSettings> {
+        (self.settings)().unwrap_or_else(|| self.first.clone())
+    }
+
+    /// A warning, at most one of its kind per ten seconds.
+    fn warn(&self, kind: Warn, line: std::fmt::Arguments<'_>) {
+        if let Some(suppressed) = self.logs[kind as usize].allow(crate::conn::clock::now()) {
+            log::warn!(
+                "game listener {}: {line}{}",
+                self.listener,
+                suppressed_note(suppressed)
+            );
+        }
+    }
+
+    fn refuse(&self, reason: &'static str, peer: Option<IpAddr>, why: &str) {
+        self.metrics.refused(reason);
+        let peer = peer.map_or_else(|| "a client".to_owned(), |p| format!("client {p}"));
+        self.warn(
+            Warn::Refused,
+            format_args!("refused the connection of {peer}, which {why}"),
+        );
+    }
+}
+
+#[async_trait]
+impl ServerApp for GameApp {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let accepted = Instant::now();
+        let settings = self.current();
+        let peer = peer_addr(&io);
+        let _slot = match self.admission.admit(settings.max_sessions) {
+            Ok(slot) => slot,
+            Err(r) => {
+                self.refuse(r.as_str(), peer.map(|p| p.ip()), r.describe());
+                return None;
+            }
+        };
+        let mut io = io;
+        let client = match &self.proxy_protocol {
+            Some(pp) => self.proxy_header(&mut io, pp, peer, accepted).await?,
+            None => peer?,
+        };
+        if !allowed(&settings.allow, client.ip()) {
+            let r = Refused::NotAllowed;
+            self.refuse(r.as_str(), Some(client.ip()), r.describe());
+            return None;
+        }
+        let limits = PerIpLimits {
+            concurrent: settings.per_ip_concurrent,
+            per_second: settings.per_ip_per_second,
+        };
+        let now_ns = crate::clock::now_ms().saturating_mul(1_000_000);
+        let _ip_slot = match self.admission.admit_ip(client.ip(), limits, now_ns) {
+            Ok(slot) => slot,
+            Err(r) => {
+                self.refuse(r.as_str(), Some(client.ip()), r.describe());
+                return None;
+            }
+        };
+        let deadline = accepted + settings.first_frame_timeout;
+        let mut stop = shutdown.clone();
+        // Before it is a session a connection is not drained: a stopping gateway closes it.
+        let front = tokio::select! {
+            front = tokio::time::timeout_at(deadline, self.front(io, &settings, client)) => front,
+            _ = stop.wait_for(|s| *s) => return None,
+        };
+        let (wire, buf, first) = match front {
+            Ok(Some(f)) => f,
+            Ok(None) => return None,
+            Err(_) => {
+                self.metrics.refused("first_frame_timeout");
+                return None;
+            }
+        };
+        Session::run(self, settings, wire, buf, first, client, accepted, shutdown).await;
+        None
+    }
+}
+
+/// The peer's address as Pingora's socket digest has it (the client's, once a PROXY header
+/// replaced it).
+fn peer_addr(io: &Stream) -> Option<SocketAddr> {
+    io.get_socket_digest()?.peer_addr()?.as_inet().copied()
+}
+
+impl GameApp {
+    /// Reads the PROXY header of a connection from `peer`: the client's address, or `None` when
+    /// the connection is to be closed (counted and, rate-limited, logged).
+    async fn proxy_header(
+        &self,
+        io: &mut Stream,
+        pp: &ProxyProtocol,
+        peer: Option<SocketAddr>,
+        accepted: Instant,
+    ) -> Option<SocketAddr> {
+        let peer_ip = peer.map(|p| p.ip());
+        if !peer_ip.is_some_and(|ip| pp.trusts(ip)) {
+            self.refuse(
+                "proxy_protocol",
+                peer_ip,
+                "is not in proxy_protocol.trusted",
+            );
+            return None;
+        }
+        let mut header = Vec::new();
+        let read = proxy_protocol::read_header(io, pp.versions, &mut header);
+        let why = match tokio::time::timeout_at(accepted + pp.timeout, read).await {
+            Err(_) => "did not send its PROXY protocol header in time".to_owned(),
+            Ok(Err(ReadError::Gone)) => return None,
+            Ok(Err(ReadError::Malformed(m))) => format!("sent {m}"),
+            Ok(Ok(())) => match proxy_protocol::parse(&header) {
+                Ok(Carried::Own) => return peer,
+                Ok(Carried::Client {
+                    source,
+                    destination,
+                }) => {
+                    let digest = SocketDigest::from_raw_fd(io.id());
+                    let _ = digest.peer_addr.set(Some(PeerAddr::Inet(source)));
+                    let _ = digest.local_addr.set(Some(PeerAddr::Inet(destination)));
+                    io.set_socket_digest(digest);
+                    return Some(source);
+                }
+                Err(m) => format!("sent {m}"),
+            },
+        };
+        self.refuse("proxy_protocol", peer_ip, &why);
+        None
+    }
+
+    /// Sniffs the connection and reads its first frame. `None`: the connection is done (plain
+    /// HTTP answered 426, a refused handshake, a malformed frame, or the client left).
+    async fn front(
+        &self,
+        io: Stream,
+        settings: &GameSettings,
+        client: SocketAddr,
+    ) -> Option<(Wire, BytesMut, ClientFrame)> {
+        let mut wire = Wire::Tcp(io);
+        let mut buf = BytesMut::with_capacity(READ_START);
+        loop {
+            match sniff::sniff(&buf) {
+                Sniffed::Need => {}
+                Sniffed::Binary => break,
+                Sniffed::Http => {
+                    wire = self.http(wire, &mut buf, settings, client).await?;
+                    break;
+                }
+            }
+            if fill(&mut wire, &mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        let codec = ClientCodec::new(settings.max_frame);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(first)) => return Some((wire, buf, first)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Not a session yet: counted with the sessions closed for it.
+                    self.metrics.closed(CloseReason::Malformed);
+                    self.malformed(client, &e);
+                    return None;
+                }
+            }
+            match fill(&mut wire, &mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// An HTTP request on the game port: a WebSocket upgrade becomes the session's wire, any
+    /// other request gets 426.
+    async fn http(
+        &self,
+        wire: Wire,
+        buf: &mut BytesMut,
+        settings: &GameSettings,
+        client: SocketAddr,
+    ) -> Option<Wire> {
+        let Wire::Tcp(mut io) = wire else {
+            return None;
+        };
+        let head = loop {
+            if let Some(n) = sniff::head_len(buf) {
+                break n;
+            }
+            if buf.len() >= sniff::MAX_HEAD {
+                self.refuse("http", Some(client.ip()), "sent a request head over 8 KiB");
+                return None;
+            }
+            if fill_tcp(&mut io, buf).await.ok()? == 0 {
+                return None;
+            }
+        };
+        let request = sniff::request(&buf[..head]);
+        match request {
+            sniff::Request::WebSocket { key } if settings.websocket => {
+                buf.advance(head);
+                let rest = buf.split().to_vec();
+                match ws::accept(io, &key, rest, settings.max_frame).await {
+                    Ok(s) => Some(Wire::Ws(Box::new(WsWire {
+                        ws: s,
+                        flushing: false,
+                    }))),
+                    Err(_) => {
+                        self.metrics.refused("handshake");
+                        None
+                    }
+                }
+            }
+            _ => {
+                // Plain HTTP, or an upgrade on a listener without `websocket`: 426, then close.
+                self.metrics.refused("http");
+                let _ = io.write_all(ws::UPGRADE_REQUIRED).await;
+                let _ = io.flush().await;
+                let _ = io.shutdown().await;
+                None
+            }
+        }
+    }
+
+    fn malformed(&self, client: SocketAddr, why: &dyn std::fmt::Display) {
+        self.warn(
+            Warn::Malformed,
+            format_args!(
+                "closed the connection of client {client}, which sent a malformed frame: {why}"
+            ),
+        );
+    }
+}
+
+/// A client connection after sniffing: the plain stream, or WebSocket framing over it.
+enum Wire {
+    Tcp(Stream),
+    /// Boxed: WebSocket clients are the fewer, and the plain case keeps a small future.
+    Ws(Box<WsWire>),
+}
+
+struct WsWire {
+    ws: WebSocketStream<Stream>,
+    /// A message was handed to the sink and is not flushed yet (or a pong is owed).
+    flushing: bool,
+}
+
+/// Reads once more from a plain stream into `buf`, growing it a step when it is nearly full.
+fn poll_fill_tcp(
+    io: &mut Stream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_START / 2 {
+        buf.reserve(READ_START);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+async fn fill_tcp(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| poll_fill_tcp(io, cx, buf)).await
+}
+
+/// Reads once more into `buf`: the bytes read (0 at the end of the client's stream).
+async fn fill(wire: &mut Wire, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| wire.poll_fill(cx, buf)).await
+}
+
+impl Wire {
+    fn protocol(&self) -> ClientProtocol {
+        match self {
+            Wire::Tcp(_) => ClientProtocol::Tcp,
+            Wire::Ws(_) => ClientProtocol::WebSocket,
+        }
+    }
+
+    /// Appends what the client sent next to `buf`: Ready(Ok(0)) at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        match self {
+            Wire::Tcp(io) => poll_fill_tcp(io, cx, buf),
+            Wire::Ws(w) => loop {
+                let msg = match Pin::new(&mut w.ws).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => return Poll::Ready(Ok(0)),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io::Error::other(e))),
+                    Poll::Ready(Some(Ok(m))) => m,
+                };
+                match msg {
+                    Message::Binary(b) if !b.is_empty() => {
+                        buf.extend_from_slice(&b);
+                        return Poll::Ready(Ok(b.len()));
+                    }
+                    Message::Binary(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    // tungstenite queued the pong (or the close reply): flushed with the writes.
+                    Message::Ping(_) => w.flushing = true,
+                    Message::Close(_) => return Poll::Ready(Ok(0)),
+                    Message::Text(_) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "a text message (the game framing travels in binary messages)",
+                        )))
+                    }
+                }
+            },
+        }
+    }
+
+    /// Writes `out` (as one binary message on a WebSocket) and flushes: Ready(Ok) once all of it
+    /// is with the kernel.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<io::Result<()>> {
+        match self {
+            Wire::Tcp(io) => {
+                while !out.is_empty() {
+                    match Pin::new(&mut *io).poll_write(cx, out) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => out.advance(n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    }
+                }
+                Pin::new(&mut *io).poll_flush(cx)
+            }
+            Wire::Ws(w) => {
+                if !out.is_empty() {
+                    match Pin::new(&mut w.ws).poll_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let msg = Message::Binary(out.split().freeze());
+                    if let Err(e) = Pin::new(&mut w.ws).start_send(msg) {
+                        return Poll::Ready(Err(io::Error::other(e)));
+                    }
+                    w.flushing = true;
+                }
+                if w.flushing {
+                    match Pin::new(&mut w.ws).poll_flush(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                        Poll::Ready(Ok(())) => w.flushing = false,
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// Ends the connection politely: a WebSocket close, a TCP FIN. Bounded by the caller.
+    async fn shutdown(&mut self) {
+        match self {
+            Wire::Tcp(io) => {
+                let _ = io.shutdown().await;
+            }
+            Wire::Ws(w) => {
+                let _ = futures::SinkExt::close(&mut w.ws).await;
+            }
+        }
+    }
+}
+
+/// The client side of an open session's output: frames from its queue, coalesced, written.
+struct Output {
+    rx: mpsc::Receiver<Bytes>,
+    out: BytesMut,
+    frames: u64,
+    bytes: u64,
+    /// When the backend last sent this session a frame.
+    last: Instant,
+}
+
+impl Output {
+    /// Moves queued frames to the client until the queue is empty and everything is written
+    /// (Pending then), or the client fails (Ready with the error). Never Ready otherwise.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        wire: &mut Wire,
+        traffic: &Traffic<'_>,
+    ) -> Poll<io::Error> {
+        loop {
+            let mut got = false;
+            while self.out.len() < COALESCE {
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(frame)) => {
+                        self.take(&frame, traffic);
+                        got = true;
+                    }
+                    _ => break,
+                }
+            }
+            if got {
+                self.last = Instant::now();
+            }
+            match wire.poll_write_out(cx, &mut self.out) {
+                Poll::Ready(Err(e)) => return Poll::Ready(e),
+                Poll::Ready(Ok(())) => {
+                    if self.out.capacity() > WRITE_KEEP {
+                        self.out = BytesMut::new();
+                    }
+                    if !got {
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn take(&mut self, frame: &[u8], traffic: &Traffic<'_>) {
+        self.out.extend_from_slice(frame);
+        let payload = frame.len().saturating_sub(CLIENT_HEADER) as u64;
+        self.frames += 1;
+        self.bytes += payload;
+        traffic.to_client.messages.inc();
+        traffic.to_client.bytes.inc_by(payload);
+    }
+
+    /// Appends a frame of the gateway's own (close, go-away).
+    fn push(&mut self, msg_id: u16, payload: &[u8]) {
+        self.out.reserve(CLIENT_HEADER + payload.len());
+        self.out.put_u16_le(payload.len() as u16);
+        self.out.put_u16_le(msg_id);
+        self.out.put_u32_le(0);
+        self.out.put_slice(payload);
+    }
+}
+
+/// The counters of the session's serverType toward the client (resolved once).
+struct Traffic<'a> {
+    to_client: &'a super::metrics::Traffic,
+}
+
+/// One backend a session is attached to, with the call that picked it.
+struct Route {
+    rule: Arc<Rule>,
+    attached: Attached,
+    call: Call,
+}
+
+/// What woke the session's loop.
+enum Event {
+    /// Bytes from the client (0: it closed).
+    Input(io::Result<usize>),
+    /// A write to the client failed.
+    Output,
+    Closed(CloseReason),
+    Timer,
+    Stopping,
+}
+
+/// An open session.
+struct Session<'a> {
+    app: &'a GameApp,
+    settings: Arc<GameSettings>,
+    id: SessionId,
+    client: SocketAddr,
+    protocol: ClientProtocol,
+    started: Instant,
+    routes: Vec<Route>,
+    /// The first route's backend and rule, for the log lines (kept once the routes are closed).
+    backend: Option<SocketAddr>,
+    rule: Option<Arc<str>>,
+    frames_in: u64,
+    bytes_in: u64,
+    last_in: Instant,
+    drain_until: Option<Instant>,
+    next_log: Option<Instant>,
+}
+
+/// How a route could not be made.
+enum NoRoute {
+    NoRule,
+    Refused(Refusal),
+    Unreachable,
+}
+
+impl NoRoute {
+    fn as_str(&self) -> &'static str {
+        match self {
+            NoRoute::NoRule => "no_rule",
+            NoRoute::Refused(Refusal::CircuitOpen) => "circuit_open",
+            NoRoute::Refused(Refusal::NoBackend) => "no_backend",
+            NoRoute::Refused(Refusal::Unreachable) | NoRoute::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl<'a> Session<'a> {
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        app: &'a GameApp,
+        settings: Arc<GameSettings>,
+        mut wire: Wire,
+        mut buf: BytesMut,
+        first: ClientFrame,
+        client: SocketAddr,
+        accepted: Instant,
+        shutdown: &ShutdownWatch,
+    ) {
+        let now = Instant::now();
+        let mut s = Session {
+            app,
+            id: app.ids.next(),
+            client,
+            protocol: wire.protocol(),
+            started: accepted,
+            routes: Vec::with_capacity(1),
+            backend: None,
+            rule: None,
+            frames_in: 0,
+            bytes_in: 0,
+            last_in: now,
+            drain_until: None,
+            next_log: settings.log_every.map(|e| now + e),
+            settings,
+        };
+        let (handle, rx) = SessionHandle::new(s.settings.queue);
+        let control = handle.control.clone();
+        // The session is in the table before its backend hears of it: an answer to SessionOpen
+        // or to the first frame finds it.
+        app.table.insert(s.id, handle);
+        if let Err(e) = s.route(first.server_id).await {
+            app.metrics.route_error(e.as_str());
+            app.warn(
+                Warn::Route,
+                format_args!(
+                    "client {client}: no backend for serverType {} world {} ({})",
+                    first.server_id.server_type(),
+                    first.server_id.world(),
+                    e.as_str()
+                ),
+            );
+            app.table.remove(s.id);
+            let mut out = Output {
+                rx,
+                out: BytesMut::new(),
+                frames: 0,
+                bytes: 0,
+                last: now,
+            };
+            out.push(
+                s.settings.close_message_id,
+                &CloseReason::NoRoute.code().to_le_bytes(),
+            );
+            close_wire(&mut wire, &mut out, CLOSE_FLUSH).await;
+            app.metrics.closed(CloseReason::NoRoute);
+            return;
+        }
+        let server_type = s.routes[0].rule.server_type;
+        let traffic = Traffic {
+            to_client: app.metrics.traffic(Direction::ToClient, server_type),
+        };
+        app.metrics.opened(s.protocol.as_str());
+        app.metrics.active.inc();
+        let mut out = Output {
+            rx,
+            out: BytesMut::new(),
+            frames: 0,
+            bytes: 0,
+            last: now,
+        };
+        let reason = match s
+            .forward(&first, &control, &mut wire, &mut out, &traffic)
+            .await
+        {
+            Some(r) => r,
+            None => {
+                s.pump(&mut wire, &mut buf, &mut out, &traffic, &control, shutdown)
+                    .await
+            }
+        };
+        s.end(reason, wire, out).await;
+    }
+
+    /// Attaches the session to a backend for `server_id`'s rule, unless one is attached for
+    /// it already (per-message routing): the index of its route.
+    async fn route(&mut self, server_id: ServerId) -> Result<usize, NoRoute> {
+        let rules = self.settings.current_rules();
+        let rule = rules.route(server_id).ok_or(NoRoute::NoRule)?;
+        if let Some(i) = self.routes.iter().position(|r| Arc::ptr_eq(&r.rule, rule)) {
+            return Ok(i);
+        }
+        let rule = rule.clone();
+        let mut call = rule.upstream.begin().map_err(NoRoute::Refused)?;
+        let open = SessionOpen {
+            id: self.id,
+            client: self.client,
+            protocol: self.protocol,
+            server_id,
+            gateway_id: self.app.gateway_id,
+        };
+        loop {
+            let backend = match rule.pick(&mut call, server_id) {
+                Ok(b) => b,
+                Err(r) => {
+                    let outcome = if call.tries() > 0 {
+                        Outcome::BackendFailed
+                    } else {
+                        Outcome::Failed
+                    };
+                    call.finish(outcome);
+                    return Err(NoRoute::Refused(r));
+                }
+            };
+            match self
+                .app
+                .links
+                .attach(&rule.upstream, backend, rule.backend, &open)
+                .await
+            {
+                Ok(attached) => {
+                    if self.routes.is_empty() {
+                        self.backend = Some(attached.backend());
+                        self.rule = Some(rule.name.clone());
+                    }
+                    self.routes.push(Route {
+                        rule,
+                        attached,
+                        call,
+                    });
+                    return Ok(self.routes.len() - 1);
+                }
+                Err(e) => {
+                    self.app.warn(
+                        Warn::Route,
+                        format_args!(
+                            "upstream {}: backend {backend} for a new session: {e}",
+                            rule.upstream.name
+                        ),
+                    );
+                    if !call.failed_to_connect(CONNECT_ATTEMPTS) {
+                        call.finish(Outcome::BackendFailed);
+                        return Err(NoRoute::Unreachable);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a client frame to its backend (the session's, or with per-message routing the
+    /// one of its ServerID), writing the client's queue meanwhile. `Some`: the session ends.
+    async fn forward(
+        &mut self,
+        frame: &ClientFrame,
+        control: &super::session::Control,
+        wire: &mut Wire,
+        out: &mut Output,
+        traffic: &Traffic<'_>,
+    ) -> Option<CloseReason> {
+        let i = if self.routes[0].rule.route == RouteMode::PerMessage {
+            match self.route(frame.server_id).await {
+                Ok(i) => i,
+                Err(e) => {
+                    self.app.metrics.route_error(e.as_str());
+                    return Some(CloseReason::NoRoute);
+                }
+            }
+        } else {
+            0
+        };
+        let route = &self.routes[i];
+        let sent = {
+            let mut send = pin!(route.attached.send(frame));
+            let mut closed = pin!(control.closed());
+            poll_fn(|cx| {
+                if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                    return Poll::Ready(r.map_err(|e| match e {
+                        LinkError::Closed | LinkError::Connect(_) => CloseReason::BackendGone,
+                    }));
+                }
+                if let Poll::Ready(r) = closed.as_mut().poll(cx) {
+                    return Poll::Ready(Err(r));
+                }
+                if out.poll(cx, wire, traffic).is_ready() {
+                    return Poll::Ready(Err(CloseReason::ClientError));
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        if let Err(r) = sent {
+            return Some(r);
+        }
+        let t = self
+            .app
+            .metrics
+            .traffic(Direction::ToBackend, frame.server_id.server_type());
+        t.messages.inc();
+        t.bytes.inc_by(frame.payload.len() as u64);
+        self.frames_in += 1;
+        self.bytes_in += frame.payload.len() as u64;
+        None
+    }
+
+    /// The session's loop, until it ends: the reason.
+    async fn pump(
+        &mut self,
+        wire: &mut Wire,
+        buf: &mut BytesMut,
+        out: &mut Output,
+        traffic: &Traffic<'_>,
+        control: &super::session::Control,
+        shutdown: &ShutdownWatch,
+    ) -> CloseReason {
+        let codec = ClientCodec::new(self.settings.max_frame);
+        // Frames that came with the first one.
+        if let Some(r) = self
+            .forward_buffered(&codec, buf, control, wire, out, traffic)
+            .await
+        {
+            return r;
+        }
+        let mut stop = shutdown.clone();
+        let mut stopping = pin!(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let mut stopped = *shutdown.borrow();
+        let mut timer = pin!(tokio::time::sleep_until(self.deadline(out.last)));
+        if stopped {
+            self.go_away(out);
+            timer.as_mut().reset(self.deadline(out.last));
+        }
+        loop {
+            let event = {
+                let mut closed = pin!(control.closed());
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = closed.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Closed(r));
+                    }
+                    if out.poll(cx, wire, traffic).is_ready() {
+                        return Poll::Ready(Event::Output);
+                    }
+                    if let Poll::Ready(r) = wire.poll_fill(cx, buf) {
+                        return Poll::Ready(Event::Input(r));
+                    }
+                    if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Stopping);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Timer);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match event {
+                Event::Closed(r) => return r,
+                Event::Output => return CloseReason::ClientError,
+                Event::Input(Ok(0)) => return CloseReason::ClientClosed,
+                Event::Input(Err(e)) => {
+                    if e.kind() == io::ErrorKind::InvalidData {
+                        // A WebSocket protocol error or a text message.
+                        self.app.malformed(self.client, &e);
+                        return CloseReason::Malformed;
+                    }
+                    return CloseReason::ClientClosed;
+                }
+                Event::Input(Ok(_)) => {
+                    self.last_in = Instant::now();
+                    if let Some(r) = self
+                        .forward_buffered(&codec, buf, control, wire, out, traffic)
+                        .await
+                    {
+                        return r;
+                    }
+                }
+                Event::Stopping => {
+                    stopped = true;
+                    self.go_away(out);
+                    timer.as_mut().reset(self.deadline(out.last));
+                }
+                Event::Timer => {
+                    if let Some(r) = self.expired(out.last) {
+                        return r;
+                    }
+                    let now = Instant::now();
+                    if self.next_log.is_some_and(|t| t <= now) {
+                        self.log_line("open", None, out);
+                        self.next_log = self.settings.log_every.map(|e| now + e);
+                    }
+                    timer.as_mut().reset(self.deadline(out.last));
+                }
+            }
+        }
+    }
+
+    /// Forwards every whole frame in `buf`. `Some`: the session ends.
+    async fn forward_buffered(
+        &mut self,
+        codec: &ClientCodec,
+        buf: &mut BytesMut,
+        control: &super::session::Control,
+        wire: &mut Wire,
+        out: &mut Output,
+        traffic: &Traffic<'_>,
+    ) -> Option<CloseReason> {
+        loop {
+            match codec.decode(buf) {
+                Ok(Some(frame)) => {
+                    if let Some(r) = self.forward(&frame, control, wire, out, traffic).await {
+                        return Some(r);
+                    }
+                }
+                Ok(None) => {
+                    // A frame's bytes were taken out: the buffer is back to small when the
+                    // next frame is small.
+                    if buf.is_empty() && buf.capacity() > READ_START * 4 {
+                        *buf = BytesMut::with_capacity(READ_START);
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    self.app.malformed(self.client, &e);
+                    return Some(CloseReason::Malformed);
+                }
+            }
+        }
+    }
+
+    /// Tells the client to go elsewhere within the drain window, and starts that window.
+    fn go_away(&mut self, out: &mut Output) {
+        let drain = self.settings.drain;
+        let ms = u32::try_from(drain.as_millis()).unwrap_or(u32::MAX);
+        out.push(self.settings.go_away_message_id, &ms.to_le_bytes());
+        self.drain_until = Some(Instant::now() + drain);
+    }
+
+    /// The earliest deadline, as of the last activities known.
+    fn deadline(&self, last_out: Instant) -> Instant {
+        let s = &self.settings;
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        [
+            s.client_idle.map(|d| self.last_in + d),
+            s.backend_idle.map(|d| last_out + d),
+            s.max_session_duration.map(|d| self.started + d),
+            self.drain_until,
+            self.next_log,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(far)
+    }
+
+    /// Which deadline passed, if one did (the timer fires at the earliest as it was armed;
+    /// activity since may have moved it).
+    fn expired(&self, last_out: Instant) -> Option<CloseReason> {
+        let now = Instant::now();
+        let s = &self.settings;
+        if self.drain_until.is_some_and(|t| t <= now) {
+            return Some(CloseReason::Shutdown);
+        }
+        if s.max_session_duration
+            .is_some_and(|d| self.started + d <= now)
+        {
+            return Some(CloseReason::MaxDuration);
+        }
+        if s.client_idle.is_some_and(|d| self.last_in + d <= now) {
+            return Some(CloseReason::ClientIdle);
+        }
+        if s.backend_idle.is_some_and(|d| last_out + d <= now) {
+            return Some(CloseReason::BackendIdle);
+        }
+        None
+    }
+
+    /// The session's end: out of the table, off its backends, the close frame to the client
+    /// when it may still read it, the metrics and the access-log line.
+    async fn end(mut self, reason: CloseReason, mut wire: Wire, mut out: Output) {
+        let app = self.app;
+        let server_type = self.routes.first().map_or(0, |r| r.rule.server_type);
+        app.table.remove(self.id);
+        for (i, route) in std::mem::take(&mut self.routes).into_iter().enumerate() {
+            route.attached.close(reason);
+            // Which of several backends failed is not told: the session's own (first) one is
+            // counted, as with one backend.
+            let outcome = if reason == CloseReason::BackendGone && i == 0 {
+                Outcome::BackendFailed
+            } else {
+                Outcome::Ok
+            };
+            route.call.finish(outcome);
+        }
+        let flush = match reason {
+            // Nobody to tell.
+            CloseReason::ClientClosed | CloseReason::ClientError => None,
+            // It does not read: what the socket takes now, no more.
+            CloseReason::SlowClient => Some(Duration::ZERO),
+            _ => Some(CLOSE_FLUSH),
+        };
+        if let Some(wait) = flush {
+            out.rx.close();
+            if reason == CloseReason::SlowClient {
+                // Its queue is what it could not take: dropped.
+                while out.rx.try_recv().is_ok() {}
+            } else {
+                // What the backend queued before the session ended goes before the close frame.
+                let traffic = Traffic {
+                    to_client: app.metrics.traffic(Direction::ToClient, server_type),
+                };
+                while let Ok(f) = out.rx.try_recv() {
+                    out.take(&f, &traffic);
+                }
+            }
+            out.push(self.settings.close_message_id, &reason.code().to_le_bytes());
+            if wait.is_zero() {
+                let _ = poll_fn(|cx| Poll::Ready(wire.poll_write_out(cx, &mut out.out))).await;
+            } else {
+                close_wire(&mut wire, &mut out, wait).await;
+            }
+        }
+        let duration = self.started.elapsed();
+        app.metrics.active.dec();
+        app.metrics.duration.observe(duration.as_secs_f64());
+        app.metrics.closed(reason);
+        self.log_line("closed", Some(reason), &out);
+    }
+
+    /// The session's access-log line: one at its end, and one every `log_every` while open.
+    /// Fixed `key=value` fields, in this order.
+    fn log_line(&self, state: &str, reason: Option<CloseReason>, out: &Output) {
+        let backend = self
+            .backend
+            .map_or_else(|| "-".to_owned(), |b| b.to_string());
+        log::info!(
+            target: "zkgate::game::access",
+            "game listener={} session={} client={} protocol={} backend={} rule=\"{}\" state={} duration={:.3}s frames_in={} bytes_in={} frames_out={} bytes_out={} reason={}",
+            self.app.listener,
+            self.id,
+            self.client,
+            self.protocol.as_str(),
+            backend,
+            self.rule.as_deref().unwrap_or("-"),
+            state,
+            self.started.elapsed().as_secs_f64(),
+            self.frames_in,
+            self.bytes_in,
+            out.frames,
+            out.bytes,
+            reason.map_or("-", CloseReason::as_str),
+        );
+    }
+}
+
+/// Writes what `out` holds (a close frame) and closes, within `wait`.
+async fn close_wire(wire: &mut Wire, out: &mut Output, wait: Duration) {
+    let _ = tokio::time::timeout(wait, async {
+        let _ = poll_fn(|cx| wire.poll_write_out(cx, &mut out.out)).await;
+        wire.shutdown().await;
+    })
+    .await;
+}
