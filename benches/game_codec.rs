@@ -282,10 +282,10 @@ fn forwarding(c: &mut Criterion) {
         b.iter(|| {
             k += 1;
             // A close for an id no session has: the lookup alone.
-            black_box(
-                down.table
-                    .close(SessionId(ids[k % ids.len()].0 + 1), zkgate::game::CloseReason::Kicked),
-            )
+            black_box(down.table.close(
+                SessionId(ids[k % ids.len()].0 + 1),
+                zkgate::game::CloseReason::Kicked,
+            ))
         })
     });
     g.finish();

@@ -17,8 +17,13 @@
 //! | 0xF006 hello | `name proto=P ip=IP port=N gateway=G` from the session's SessionOpen (`-` if none) |
 //! | 0xF007 closes | `opened=N closed=N reasons=R,R,...`: the SessionOpen/SessionClose seen so far |
 //!
+//! With `--client` it speaks the client framing instead (8-byte header, one session per
+//! connection; echo and whoami only): the server behind a plain TCP proxy such as HAProxy in
+//! `benches/game-compare.sh`.
+//!
 //! Usage: `game_server --name NAME [--port N] [--listen IP] [--gate short|traced] [--events]
-//! [--threads N]`. It prints `listening IP:PORT` once bound, then serves until killed.
+//! [--client] [--threads N]`. It prints `listening IP:PORT` once bound, then serves until
+//! killed.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -31,7 +36,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use zkgate::game::codec::{BackendCodec, BackendFrame, GateForm, Opcode};
+use zkgate::game::codec::{
+    BackendCodec, BackendFrame, ClientCodec, GateForm, Opcode, MAX_CLIENT_PAYLOAD,
+};
 
 const WHOAMI: i32 = 0xF000;
 const KICK: i32 = 0xF001;
@@ -54,6 +61,7 @@ struct Opts {
     listen: SocketAddr,
     gate: GateForm,
     events: bool,
+    client: bool,
     threads: usize,
 }
 
@@ -71,6 +79,7 @@ fn opts() -> Opts {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         gate: GateForm::Short,
         events: false,
+        client: false,
         threads: 1,
     };
     let mut args = std::env::args().skip(1);
@@ -103,6 +112,7 @@ fn opts() -> Opts {
                 }
             }
             "--events" => o.events = true,
+            "--client" => o.client = true,
             "--threads" => {
                 let t = val();
                 o.threads = t
@@ -164,7 +174,11 @@ fn main() {
             };
             let _ = stream.set_nodelay(true);
             next_link += 1;
-            tokio::spawn(serve(stream, next_link, o.clone(), world.clone()));
+            if o.client {
+                tokio::spawn(serve_client(stream, o.clone()));
+            } else {
+                tokio::spawn(serve(stream, next_link, o.clone(), world.clone()));
+            }
         }
     });
 }
@@ -241,6 +255,37 @@ async fn serve(stream: TcpStream, link: u64, o: Arc<Opts>, world: Arc<World>) {
         }
     }
     let _ = writer.await;
+}
+
+/// One client connection in the client framing: every frame echoed (whoami answered with the
+/// name), each read's answers in one write.
+async fn serve_client(mut stream: TcpStream, o: Arc<Opts>) {
+    let codec = ClientCodec::new(MAX_CLIENT_PAYLOAD);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let name = Bytes::from(o.name.clone());
+    loop {
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(mut f)) => {
+                    if i32::from(f.msg_id) == WHOAMI {
+                        f.payload = name.clone();
+                    }
+                    let _ = ClientCodec::encode(&f, &mut out);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
 }
 
 /// What the reader does after a frame's direct answer is queued.

@@ -553,3 +553,38 @@ pub fn game_config(zk: Option<&str>, upstreams: &str, game: &str, extra_listener
         "{zk}upstreams:\n{upstreams}\nlisteners:\n  - name: game\n    listen: \"{{HTTP}}\"\n{extra_listener}    game:\n{game}\n"
     )
 }
+
+/// The gateway's game listener: the `{HTTP}` address of a config whose only listener is the
+/// game one (as `game_config` writes it).
+pub fn game_addr(gw: &super::Gateway) -> SocketAddr {
+    gw.http
+}
+
+/// The sum of the samples of `family` whose labels contain every `labels` pair (`k="v"`).
+pub fn metric_sum(metrics: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Prints the gateway's log when the test fails.
+pub struct LogOnPanic<'a>(pub &'a super::Gateway);
+
+impl Drop for LogOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway log:\n{}", self.0.log());
+        }
+    }
+}
