@@ -157,3 +157,33 @@ fn a_kick_and_a_broadcast_from_the_backend_reach_their_sessions() {
         assert_eq!(s.whoami(sid(1, 1, 0)), "lobby-a", "session {i}");
     }
 }
+
+#[test]
+fn per_message_rules_route_each_frame_by_its_own_server_id() {
+    let a = GameServer::start("lobby-a", &["--events"]);
+    let c = GameServer::start("battle-c", &["--events"]);
+    let gw = Gateway::start(&game_config(
+        None,
+        &format!(
+            "  - {{ name: lobby, backends: [\"{}\"] }}\n  - {{ name: battle, backends: [\"{}\"] }}\n",
+            a.addr, c.addr
+        ),
+        "      rules:
+        - { server_type: 4, upstream: lobby, route: per_message }
+        - { server_type: 5, upstream: battle, route: per_message }
+",
+        "",
+    ));
+    let _log = LogOnPanic(&gw);
+    let mut s = GameClient::connect(game_addr(&gw)).unwrap();
+    // One client fanned out to two servers by each frame's serverType, back and forth.
+    for _ in 0..2 {
+        assert_eq!(s.whoami(sid(1, 4, 0)), "lobby-a");
+        assert_eq!(s.whoami(sid(1, 5, 0)), "battle-c");
+    }
+    let f = s.call(11, sid(2, 5, 1), b"fan").frame();
+    assert_eq!(
+        (f.msg_id, f.server_id, &f.payload[..]),
+        (11, sid(2, 5, 1), &b"fan"[..])
+    );
+}
