@@ -102,17 +102,30 @@ impl Snapshot {
         self.upstreams.iter().find(|u| &*u.name == name)
     }
 
-    /// Upstreams that some route sends to but that have no pickable backend.
+    /// Upstreams that some route or game rule sends to but that have no pickable backend.
     pub fn upstreams_without_backends(&self) -> Vec<&str> {
         self.upstreams
             .iter()
             .filter(|u| {
                 self.routes.routes().iter().any(
                     |r| matches!(&r.action, crate::route::Action::Proxy(x) if Arc::ptr_eq(x, u)),
-                )
+                ) || self.game_routes_to(u)
             })
             .filter(|u| !u.has_backends())
             .map(|u| &*u.name)
             .collect()
+    }
+
+    /// Whether a game listener's rules in use send to `u`.
+    fn game_routes_to(&self, u: &Arc<Upstream>) -> bool {
+        self.settings
+            .listeners
+            .iter()
+            .filter_map(|l| l.game.as_ref())
+            .any(|g| {
+                g.current_rules()
+                    .iter()
+                    .any(|r| Arc::ptr_eq(&r.upstream, u))
+            })
     }
 }

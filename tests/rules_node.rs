@@ -2,13 +2,17 @@
 //! text, each with its own watcher, as two gateways have) route by the YAML rules while the node
 //! is missing, both take every version written, keep the last rules through a ZooKeeper
 //! restart and take the next version once it is back, and return to the YAML rules when the
-//! node is deleted.
+//! node is deleted. And `zkgate register --meta inst_id=N` gives a discovered backend the
+//! instance id game rules pick by, as the gateway's `/upstreams` shows.
 
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use pingora::services::background::BackgroundService;
 use zkgate::game::codec::ServerId;
 use zkgate::game::config::GameSettings;
@@ -119,4 +123,48 @@ async fn rules_written_to_the_node_reach_every_replica_and_survive_a_zookeeper_r
     // Deleted: the YAML rules again.
     client.delete(NODE, None).await.unwrap();
     until(&[&a, &b], 1, "lobby").await;
+}
+
+#[test]
+fn a_backend_registered_with_an_inst_id_carries_it_and_its_node_name() {
+    let server = ZkServer::start();
+    let hosts = server.connect_string();
+    let log = std::fs::File::create(server.dir.path().join("register.log")).unwrap();
+    let _registrar = KillOnDrop(
+        std::process::Command::new(bin())
+            .args([
+                "register",
+                "--zk",
+                &hosts,
+                "--service",
+                "rooms",
+                "--addr",
+                "127.0.0.1:7301",
+            ])
+            .args(["--meta", "inst_id=3", "--meta", "room=blue"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let gw = Gateway::start(&format!(
+        r#"
+zookeeper: {{ connect: "{hosts}", session_timeout: 4s }}
+upstreams: [{{ name: rooms, zookeeper: {{ service: rooms }} }}]
+routes: [{{ name: r, upstream: rooms }}]
+"#
+    ));
+    let backend = || get(gw.admin, "/upstreams").json()["upstreams"][0]["backends"][0].clone();
+    assert!(
+        eventually(Duration::from_secs(15), || backend()["addr"]
+            == "127.0.0.1:7301"),
+        "never discovered: {}\n{}",
+        backend(),
+        gw.log()
+    );
+    let b = backend();
+    assert_eq!(
+        (&b["name"], &b["inst_id"]),
+        (&serde_json::json!("127.0.0.1:7301"), &serde_json::json!(3))
+    );
 }

@@ -259,6 +259,13 @@ routes: [{{ name: r, upstream: lobby }}]
         // A reload of the same text gives equal settings: no restart warning.
         let again = load_str(&yaml, Some(&snap)).unwrap();
         assert!(again.settings == snap.settings);
+        // Game keys other than gateway_id apply to new sessions on reload: no warning either.
+        let queue = yaml.replace("gateway_id: 9,", "gateway_id: 9, queue: 8,");
+        let again = load_str(&queue, Some(&snap)).unwrap();
+        assert_eq!(again.settings.listeners[1].game.as_ref().unwrap().queue, 8);
+        assert!(again.settings == snap.settings);
+        let id = yaml.replace("gateway_id: 9,", "gateway_id: 10,");
+        assert!(load_str(&id, Some(&snap)).unwrap().settings != snap.settings);
     }
 
     #[test]
@@ -302,5 +309,22 @@ listeners:
   - { name: game, listen: "127.0.0.1:2", game: { rules: [{ server_type: 1, upstream: lobby }] } }
 "#;
         assert_eq!(errors(game_only), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_upstream_a_game_rule_sends_to_counts_for_readiness() {
+        let snap = load_str(
+            r#"
+zookeeper: { connect: "127.0.0.1:2181" }
+listeners:
+  - { name: game, listen: "127.0.0.1:2", game: { rules: [{ server_type: 1, upstream: rooms }] } }
+upstreams:
+  - { name: rooms, zookeeper: { service: rooms } }
+  - { name: idle, zookeeper: { service: idle } }
+"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(snap.upstreams_without_backends(), ["rooms"]);
     }
 }

@@ -155,7 +155,6 @@ pub struct GameSettings {
     /// Whom the rules node's watcher delivers to: carried over from the previous config of
     /// the same listener and node, so that a reload keeps following it.
     pub(super) feed: Option<Arc<RulesFeed>>,
-    definition: GameSection,
 }
 
 impl GameSettings {
@@ -204,12 +203,13 @@ impl fmt::Debug for GameSettings {
     }
 }
 
-/// Two builds of the same section are the same settings: what the reload compares to warn
-/// that listener settings wait for a restart. (The rules follow a reload regardless: they are
-/// read from the serving snapshot.)
+/// What the reload compares to warn that listener settings wait for a restart: only the
+/// gateway id, which the listener's session ids keep from the start. Every other key (rules
+/// included) is read from the serving snapshot per session, so a reload applies it to new
+/// sessions.
 impl PartialEq for GameSettings {
     fn eq(&self, other: &GameSettings) -> bool {
-        self.definition == other.definition
+        self.gateway_id == other.gateway_id
     }
 }
 
@@ -393,7 +393,6 @@ impl GameSection {
             node_rules: ArcSwapOption::empty(),
             upstreams: upstreams.to_vec(),
             feed: None,
-            definition: self.clone(),
         }
     }
 }
@@ -434,8 +433,12 @@ pub(crate) mod tests {
             .collect()
     }
 
+    fn section(yaml: &str) -> GameSection {
+        serde_yaml::from_str(yaml).expect("game section")
+    }
+
     fn build(yaml: &str) -> Result<GameSettings, Vec<String>> {
-        let section: GameSection = serde_yaml::from_str(yaml).expect("game section");
+        let section = section(yaml);
         let mut errors = ConfigErrors::default();
         let at = At::root().index("listeners", 0).key("game");
         let built = section.build(&at, &upstreams(), &mut errors);
@@ -537,8 +540,7 @@ go_away_message_id: 7
             (2, true, 1 << 20)
         );
 
-        let g = build(
-            r#"
+        let yaml = r#"
 gateway_id: 7
 rules: [{ server_type: 2, world: 3, upstream: battle, strategy: consistent_hash, route: per_message, link: per_session, gate_header: traced, events: false, max_frame: 2MiB }]
 client_idle: off
@@ -549,9 +551,8 @@ heartbeat: [1, 2]
 per_ip: { concurrent: 64, per_second: 32 }
 allow: ["127.0.0.1/8", "::1"]
 websocket: false
-"#,
-        )
-        .unwrap();
+"#;
+        let g = build(yaml).unwrap();
         assert_eq!((g.gateway_id, g.client_idle, g.log_every), (7, None, None));
         assert_eq!(g.backend_idle, Some(Duration::from_secs(30)));
         assert_eq!(g.max_session_duration, None);
@@ -575,7 +576,7 @@ websocket: false
             "world 4 of type 2 has no rule"
         );
         // The section reads back as it was written, for /config.
-        let shown = serde_yaml::to_string(&g.definition).unwrap();
+        let shown = serde_yaml::to_string(&section(yaml)).unwrap();
         assert!(
             shown.contains("client_idle: off") && shown.contains("backend_idle: 30s"),
             "{shown}"

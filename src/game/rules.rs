@@ -122,6 +122,11 @@ impl Rules {
         self.by_key.len()
     }
 
+    /// Every rule, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Rule>> {
+        self.by_key.values()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }

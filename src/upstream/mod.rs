@@ -324,6 +324,8 @@ impl Upstream {
                 let (s, weight) = (&b.state, b.spec.weight);
                 BackendStatus {
                     addr: b.spec.addr.to_string(),
+                    name: b.spec.name.to_string(),
+                    inst_id: b.spec.inst_id,
                     weight,
                     effective_weight: self
                         .policy
@@ -376,6 +378,11 @@ pub struct UpstreamStatus<'a> {
 #[derive(Debug, Serialize)]
 pub struct BackendStatus {
     pub addr: String,
+    /// Its stable identity (the ZooKeeper node name, or the address): what seeds the ring.
+    pub name: String,
+    /// The instance id game rules with `strategy: instance` pick it by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inst_id: Option<u8>,
     pub weight: u32,
     /// The weight slow start gives it now, in units of `weight`.
     pub effective_weight: f64,
