@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use foldhash::fast::RandomState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -173,6 +174,18 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// No session holds a slot and no link is alive (a slot being connected is in use).
+    fn unused(&self) -> bool {
+        self.slots.iter().all(|s| {
+            s.load.load(Ordering::Relaxed) == 0
+                && s.link
+                    .try_lock()
+                    .is_ok_and(|l| l.as_ref().is_none_or(|l| l.is_dead()))
+        })
+    }
+}
+
 /// A session counted in a slot's load, until it is dropped.
 #[derive(Debug)]
 struct SlotLoad(Arc<Slot>);
@@ -225,7 +238,7 @@ impl Links {
                 (link, None)
             }
             LinkMode::Multiplexed => {
-                let slot = self.pool(backend, proto).choose(open.id);
+                let slot = self.slot(backend, proto, open.id);
                 let link = self.link_in(&slot.0, upstream, backend, proto).await?;
                 (link, Some(slot))
             }
@@ -247,7 +260,8 @@ impl Links {
         Ok(attached)
     }
 
-    fn pool(&self, backend: SocketAddr, proto: BackendProtocol) -> Arc<Pool> {
+    /// The slot of a link to `backend` for session `id`, the session counted in its load.
+    fn slot(&self, backend: SocketAddr, proto: BackendProtocol, id: SessionId) -> SlotLoad {
         let key = PoolKey {
             backend,
             gate: proto.gate.size(),
@@ -255,14 +269,20 @@ impl Links {
             max_frame: proto.max_frame,
             links: proto.links.max(1),
         };
-        lock(&self.pools)
-            .entry(key)
-            .or_insert_with(|| {
-                Arc::new(Pool {
-                    slots: (0..key.links).map(|_| Arc::default()).collect(),
-                })
-            })
-            .clone()
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(&key) {
+            // Chosen under the lock, so that the sweep below never drops a pool being joined.
+            return pool.choose(id);
+        }
+        // A backend not seen before (backends come and go with discovery): forget those whose
+        // links all ended and that no session uses.
+        pools.retain(|_, pool| !pool.unused());
+        let pool = Pool {
+            slots: (0..key.links).map(|_| Arc::default()).collect(),
+        };
+        let slot = pool.choose(id);
+        pools.insert(key, Arc::new(pool));
+        slot
     }
 
     /// The live link of `slot`, connecting one when there is none.
@@ -432,7 +452,8 @@ struct Link {
     /// Wakes the writer.
     wake: Notify,
     /// The sessions attached: closed when the link dies, and the only ones its backend reaches.
-    sessions: Mutex<HashSet<i64>>,
+    /// Looked up per frame; only the gateway's ids are inserted, so a fast hash is safe.
+    sessions: Mutex<HashSet<i64, RandomState>>,
     dead: AtomicBool,
     metrics: LinkMetrics,
     game: Arc<GameMetrics>,
@@ -1469,6 +1490,45 @@ mod tests {
             None,
             "closed by its client, not the link"
         );
+    }
+
+    #[tokio::test]
+    async fn the_links_of_a_backend_gone_are_forgotten() {
+        let (table, links) = links("t-sweep");
+        let up = upstream("sweep");
+        let p = proto(LinkMode::Multiplexed, false);
+        let gone = backend(false).await;
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, gone.addr, p, &s.open())
+            .await
+            .expect("attach");
+        a.send(&frame(1, b"x")).await.expect("send");
+        s.recv().await;
+        a.send(&frame(DIE, b"")).await.expect("send");
+        assert_eq!(s.closed().await, CloseReason::BackendGone);
+        // Held by its session, the pool stays; once the session let go, a new backend sweeps it.
+        let other = backend(false).await;
+        let s2 = Session::new(&table, 2, 8);
+        let a2 = links
+            .attach(&up, other.addr, p, &s2.open())
+            .await
+            .expect("attach");
+        assert_eq!(lock(&links.pools).len(), 2);
+        drop(a);
+        let third = backend(false).await;
+        let s3 = Session::new(&table, 3, 8);
+        let _a3 = links
+            .attach(&up, third.addr, p, &s3.open())
+            .await
+            .expect("attach");
+        let pools = lock(&links.pools);
+        let mut left: Vec<SocketAddr> = pools.keys().map(|k| k.backend).collect();
+        left.sort();
+        let mut want = vec![other.addr, third.addr];
+        want.sort();
+        assert_eq!(left, want, "the live backends' pools only");
+        drop(a2);
     }
 
     #[tokio::test]
