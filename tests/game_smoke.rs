@@ -3,6 +3,8 @@
 //! framing: 20-byte server header, 9-byte gate header), plain HTTP answered 426, and a frame
 //! over `max_frame` closing only its own connection with the close frame. The full suite is
 //! G5's `tests/game_*.rs`.
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -179,5 +181,129 @@ fn a_session_is_echoed_and_http_gets_426_and_an_oversized_frame_closes_only_its_
             "zkgate_game_sessions_closed_total{listener=\"game\",reason=\"malformed\"} 1"
         ),
         "{metrics}"
+    );
+}
+
+/// A WebSocket client, by hand: the upgrade, then masked binary messages.
+fn ws_connect(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr);
+    s.write_all(
+        b"GET /game HTTP/1.1\r\nHost: g\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    s
+}
+
+fn ws_send(s: &mut TcpStream, payload: &[u8]) {
+    assert!(payload.len() < 126);
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x82, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&f).unwrap();
+}
+
+/// The payload of the next binary message (unmasked, as a server sends).
+fn ws_read(s: &mut TcpStream) -> Vec<u8> {
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[0], 0x82, "a final binary frame");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => panic!("too long"),
+        n => n as usize,
+    };
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p).unwrap();
+    p
+}
+
+#[test]
+fn a_websocket_session_carries_the_framing_across_messages() {
+    let (backend, _b) = echo_backend();
+    let (_gw, game) = start(backend);
+    let mut s = ws_connect(game);
+    // One game frame split over two messages, then two frames in one message.
+    let f = frame(7, 1 << 8, b"over ws");
+    ws_send(&mut s, &f[..3]);
+    ws_send(&mut s, &f[3..]);
+    assert_eq!(ws_read(&mut s), f);
+    let mut two = frame(8, 1 << 8, b"a");
+    two.extend(frame(9, 1 << 8, b"b"));
+    ws_send(&mut s, &two);
+    // Answers may come in one message or two: the frames, in order.
+    let mut got = Vec::new();
+    while got.len() < two.len() {
+        got.extend(ws_read(&mut s));
+    }
+    assert_eq!(got, two);
+}
+
+#[test]
+fn sigterm_sends_the_go_away_frame_then_closes_after_the_drain() {
+    let (backend, _b) = echo_backend();
+    let game: SocketAddr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let yaml = format!(
+        "listeners:
+  - name: web
+    listen: \"{{HTTP}}\"
+  - name: game
+    listen: \"{game}\"
+    game:
+      drain: 1s
+      rules:
+        - {{ server_type: 1, upstream: lobby, events: false }}
+upstreams:
+  - {{ name: lobby, backends: [\"{backend}\"] }}
+routes:
+  - {{ name: all, match: {{ path_prefix: / }}, upstream: lobby }}
+"
+    );
+    let gw = Gateway::start(&yaml);
+    assert!(common::eventually(Duration::from_secs(10), || {
+        TcpStream::connect(game).is_ok()
+    }));
+    let mut a = connect(game);
+    a.write_all(&frame(1, 1 << 8, b"before")).unwrap();
+    assert_eq!(read_frame(&mut a).unwrap().2, b"before");
+    gw.signal("TERM");
+    // The go-away frame: msg id 0xFFFF, ServerID 0, the drain window in ms.
+    assert_eq!(
+        read_frame(&mut a).unwrap(),
+        (0xFFFF, 0, 1000u32.to_le_bytes().to_vec()),
+        "{}",
+        gw.log()
+    );
+    // The session still works within the window.
+    a.write_all(&frame(2, 1 << 8, b"draining")).unwrap();
+    assert_eq!(read_frame(&mut a).unwrap().2, b"draining");
+    // Then the close frame with reason shutdown (10), and the end of the stream.
+    assert_eq!(
+        read_frame(&mut a).unwrap(),
+        (0xFFFE, 0, 10u16.to_le_bytes().to_vec())
+    );
+    let mut rest = Vec::new();
+    assert_eq!(a.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(
+        gw.log().contains("raised to"),
+        "the grace period covers the drain:\n{}",
+        gw.log()
     );
 }

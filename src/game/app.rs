@@ -603,16 +603,87 @@ struct Session<'a> {
     id: SessionId,
     client: SocketAddr,
     protocol: ClientProtocol,
-    started: Instant,
+    timers: Timers,
     routes: Vec<Route>,
     /// The first route's backend and rule, for the log lines (kept once the routes are closed).
     backend: Option<SocketAddr>,
     rule: Option<Arc<str>>,
     frames_in: u64,
     bytes_in: u64,
+}
+
+/// A session's deadlines, behind its one timer: idle per direction, the hard cap, the drain
+/// window and the periodic log line. Activity only moves a deadline later, so the timer is
+/// armed at the earliest and, when it fires, [`Timers::expired`] tells whether anything really
+/// passed, and the timer is armed again at [`Timers::deadline`]: no timer work per frame.
+#[derive(Debug, Clone)]
+struct Timers {
+    client_idle: Option<Duration>,
+    backend_idle: Option<Duration>,
+    max_duration: Option<Duration>,
+    log_every: Option<Duration>,
+    started: Instant,
+    /// The client's last frame.
     last_in: Instant,
     drain_until: Option<Instant>,
     next_log: Option<Instant>,
+}
+
+impl Timers {
+    fn new(s: &GameSettings, started: Instant, now: Instant) -> Timers {
+        Timers {
+            client_idle: s.client_idle,
+            backend_idle: s.backend_idle,
+            max_duration: s.max_session_duration,
+            log_every: s.log_every,
+            started,
+            last_in: now,
+            drain_until: None,
+            next_log: s.log_every.map(|e| now + e),
+        }
+    }
+
+    /// The earliest deadline, with the backend's last frame at `last_out` (a day away when
+    /// none is set: the timer then only wakes to look again).
+    fn deadline(&self, last_out: Instant, now: Instant) -> Instant {
+        [
+            self.client_idle.map(|d| self.last_in + d),
+            self.backend_idle.map(|d| last_out + d),
+            self.max_duration.map(|d| self.started + d),
+            self.drain_until,
+            self.next_log,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(24 * 3600))
+    }
+
+    /// The deadline that passed by `now`, if one did.
+    fn expired(&self, last_out: Instant, now: Instant) -> Option<CloseReason> {
+        if self.drain_until.is_some_and(|t| t <= now) {
+            return Some(CloseReason::Shutdown);
+        }
+        if self.max_duration.is_some_and(|d| self.started + d <= now) {
+            return Some(CloseReason::MaxDuration);
+        }
+        if self.client_idle.is_some_and(|d| self.last_in + d <= now) {
+            return Some(CloseReason::ClientIdle);
+        }
+        if self.backend_idle.is_some_and(|d| last_out + d <= now) {
+            return Some(CloseReason::BackendIdle);
+        }
+        None
+    }
+
+    /// Whether a periodic log line is due at `now`; the next one is then a period away.
+    fn log_due(&mut self, now: Instant) -> bool {
+        if self.next_log.is_some_and(|t| t <= now) {
+            self.next_log = self.log_every.map(|e| now + e);
+            return true;
+        }
+        false
+    }
 }
 
 /// How a route could not be made.
@@ -651,15 +722,12 @@ impl<'a> Session<'a> {
             id: app.ids.next(),
             client,
             protocol: wire.protocol(),
-            started: accepted,
+            timers: Timers::new(&settings, accepted, now),
             routes: Vec::with_capacity(1),
             backend: None,
             rule: None,
             frames_in: 0,
             bytes_in: 0,
-            last_in: now,
-            drain_until: None,
-            next_log: settings.log_every.map(|e| now + e),
             settings,
         };
         let (handle, rx) = SessionHandle::new(s.settings.queue);
@@ -863,10 +931,14 @@ impl<'a> Session<'a> {
             let _ = stop.wait_for(|s| *s).await;
         });
         let mut stopped = *shutdown.borrow();
-        let mut timer = pin!(tokio::time::sleep_until(self.deadline(out.last)));
+        let mut timer = pin!(tokio::time::sleep_until(
+            self.timers.deadline(out.last, Instant::now())
+        ));
         if stopped {
             self.go_away(out);
-            timer.as_mut().reset(self.deadline(out.last));
+            timer
+                .as_mut()
+                .reset(self.timers.deadline(out.last, Instant::now()));
         }
         loop {
             let event = {
@@ -904,7 +976,7 @@ impl<'a> Session<'a> {
                     return CloseReason::ClientClosed;
                 }
                 Event::Input(Ok(_)) => {
-                    self.last_in = Instant::now();
+                    self.timers.last_in = Instant::now();
                     if let Some(r) = self
                         .forward_buffered(&codec, buf, control, wire, out, traffic)
                         .await
@@ -915,18 +987,19 @@ impl<'a> Session<'a> {
                 Event::Stopping => {
                     stopped = true;
                     self.go_away(out);
-                    timer.as_mut().reset(self.deadline(out.last));
+                    timer
+                        .as_mut()
+                        .reset(self.timers.deadline(out.last, Instant::now()));
                 }
                 Event::Timer => {
-                    if let Some(r) = self.expired(out.last) {
+                    let now = Instant::now();
+                    if let Some(r) = self.timers.expired(out.last, now) {
                         return r;
                     }
-                    let now = Instant::now();
-                    if self.next_log.is_some_and(|t| t <= now) {
+                    if self.timers.log_due(now) {
                         self.log_line("open", None, out);
-                        self.next_log = self.settings.log_every.map(|e| now + e);
                     }
-                    timer.as_mut().reset(self.deadline(out.last));
+                    timer.as_mut().reset(self.timers.deadline(out.last, now));
                 }
             }
         }
@@ -970,46 +1043,7 @@ impl<'a> Session<'a> {
         let drain = self.settings.drain;
         let ms = u32::try_from(drain.as_millis()).unwrap_or(u32::MAX);
         out.push(self.settings.go_away_message_id, &ms.to_le_bytes());
-        self.drain_until = Some(Instant::now() + drain);
-    }
-
-    /// The earliest deadline, as of the last activities known.
-    fn deadline(&self, last_out: Instant) -> Instant {
-        let s = &self.settings;
-        let far = Instant::now() + Duration::from_secs(24 * 3600);
-        [
-            s.client_idle.map(|d| self.last_in + d),
-            s.backend_idle.map(|d| last_out + d),
-            s.max_session_duration.map(|d| self.started + d),
-            self.drain_until,
-            self.next_log,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(far)
-    }
-
-    /// Which deadline passed, if one did (the timer fires at the earliest as it was armed;
-    /// activity since may have moved it).
-    fn expired(&self, last_out: Instant) -> Option<CloseReason> {
-        let now = Instant::now();
-        let s = &self.settings;
-        if self.drain_until.is_some_and(|t| t <= now) {
-            return Some(CloseReason::Shutdown);
-        }
-        if s.max_session_duration
-            .is_some_and(|d| self.started + d <= now)
-        {
-            return Some(CloseReason::MaxDuration);
-        }
-        if s.client_idle.is_some_and(|d| self.last_in + d <= now) {
-            return Some(CloseReason::ClientIdle);
-        }
-        if s.backend_idle.is_some_and(|d| last_out + d <= now) {
-            return Some(CloseReason::BackendIdle);
-        }
-        None
+        self.timers.drain_until = Some(Instant::now() + drain);
     }
 
     /// The session's end: out of the table, off its backends, the close frame to the client
@@ -1057,7 +1091,7 @@ impl<'a> Session<'a> {
                 close_wire(&mut wire, &mut out, wait).await;
             }
         }
-        let duration = self.started.elapsed();
+        let duration = self.timers.started.elapsed();
         app.metrics.active.dec();
         app.metrics.duration.observe(duration.as_secs_f64());
         app.metrics.closed(reason);
@@ -1080,7 +1114,7 @@ impl<'a> Session<'a> {
             backend,
             self.rule.as_deref().unwrap_or("-"),
             state,
-            self.started.elapsed().as_secs_f64(),
+            self.timers.started.elapsed().as_secs_f64(),
             self.frames_in,
             self.bytes_in,
             out.frames,
@@ -1097,4 +1131,83 @@ async fn close_wire(wire: &mut Wire, out: &mut Output, wait: Duration) {
         wire.shutdown().await;
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timers(t0: Instant) -> Timers {
+        Timers {
+            client_idle: Some(Duration::from_secs(60)),
+            backend_idle: Some(Duration::from_secs(90)),
+            max_duration: None,
+            log_every: Some(Duration::from_secs(300)),
+            started: t0,
+            last_in: t0,
+            drain_until: None,
+            next_log: Some(t0 + Duration::from_secs(300)),
+        }
+    }
+
+    #[test]
+    fn idle_deadlines_follow_activity_per_direction() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut t = timers(t0);
+        assert_eq!(t.deadline(t0, t0), s(60));
+        assert_eq!(t.expired(t0, s(59)), None);
+        assert_eq!(t.expired(t0, s(60)), Some(CloseReason::ClientIdle));
+        // The client spoke at 50: its deadline moved; the backend's (silent since 0) comes next.
+        t.last_in = s(50);
+        assert_eq!(
+            t.expired(t0, s(60)),
+            None,
+            "a timer fired early finds nothing passed"
+        );
+        assert_eq!(t.deadline(t0, s(60)), s(90));
+        assert_eq!(t.expired(t0, s(90)), Some(CloseReason::BackendIdle));
+        // The backend spoke at 80: the client's idle is next, at 110.
+        assert_eq!(t.deadline(s(80), s(90)), s(110));
+        assert_eq!(t.expired(s(80), s(110)), Some(CloseReason::ClientIdle));
+    }
+
+    #[test]
+    fn the_drain_and_the_cap_end_a_busy_session_and_nothing_set_means_no_end() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut t = timers(t0);
+        t.max_duration = Some(Duration::from_secs(3600));
+        t.last_in = s(3599);
+        assert_eq!(t.expired(s(3599), s(3600)), Some(CloseReason::MaxDuration));
+        t.drain_until = Some(s(30));
+        assert_eq!(t.deadline(t0, t0), s(30));
+        assert_eq!(t.expired(s(29), s(30)), Some(CloseReason::Shutdown));
+        let idle = Timers {
+            client_idle: None,
+            backend_idle: None,
+            max_duration: None,
+            log_every: None,
+            started: t0,
+            last_in: t0,
+            drain_until: None,
+            next_log: None,
+        };
+        assert_eq!(idle.expired(t0, s(1_000_000)), None);
+        assert_eq!(idle.deadline(t0, s(10)), s(10 + 24 * 3600));
+    }
+
+    #[test]
+    fn the_periodic_line_comes_every_period() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut t = timers(t0);
+        t.client_idle = None;
+        t.backend_idle = None;
+        assert_eq!(t.deadline(t0, t0), s(300));
+        assert!(!t.log_due(s(299)));
+        assert!(t.log_due(s(300)));
+        assert!(!t.log_due(s(300)));
+        assert_eq!(t.deadline(t0, s(300)), s(600));
+    }
 }
