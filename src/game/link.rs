@@ -124,9 +124,10 @@ impl SessionOpen {
     }
 }
 
-/// Links of one backend speaking one protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Links of one backend of one upstream (its metrics' label) speaking one protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PoolKey {
+    upstream: Arc<str>,
     backend: SocketAddr,
     gate: usize,
     events: bool,
@@ -235,17 +236,24 @@ impl Links {
                 let link = self
                     .connect(upstream, backend, proto, Some(open.id))
                     .await?;
+                if !link.join(open.id) {
+                    return Err(LinkError::Closed);
+                }
                 (link, None)
             }
             LinkMode::Multiplexed => {
-                let slot = self.slot(backend, proto, open.id);
-                let link = self.link_in(&slot.0, upstream, backend, proto).await?;
+                let slot = self.slot(&upstream.name, backend, proto, open.id);
+                let mut link = self.link_in(&slot.0, upstream, backend, proto).await?;
+                if !link.join(open.id) {
+                    // It ended between the two (closed idle, or failed): once more, anew.
+                    link = self.link_in(&slot.0, upstream, backend, proto).await?;
+                    if !link.join(open.id) {
+                        return Err(LinkError::Closed);
+                    }
+                }
                 (link, Some(slot))
             }
         };
-        if !link.join(open.id) {
-            return Err(LinkError::Closed);
-        }
         let mut attached = Attached {
             link,
             _slot: slot,
@@ -261,8 +269,15 @@ impl Links {
     }
 
     /// The slot of a link to `backend` for session `id`, the session counted in its load.
-    fn slot(&self, backend: SocketAddr, proto: BackendProtocol, id: SessionId) -> SlotLoad {
+    fn slot(
+        &self,
+        upstream: &Arc<str>,
+        backend: SocketAddr,
+        proto: BackendProtocol,
+        id: SessionId,
+    ) -> SlotLoad {
         let key = PoolKey {
+            upstream: upstream.clone(),
             backend,
             gate: proto.gate.size(),
             events: proto.events,
@@ -379,7 +394,8 @@ impl Links {
         });
         let write_timeout = Some(settings.write_timeout).filter(|t| !t.is_zero());
         let reader = tokio::spawn(read_loop(link.clone(), read, only));
-        let writer = tokio::spawn(write_loop(link.clone(), write, write_timeout));
+        let idle = Some(settings.idle_timeout).filter(|t| only.is_none() && !t.is_zero());
+        let writer = tokio::spawn(write_loop(link.clone(), write, write_timeout, idle));
         {
             let mut tasks = lock(&link.tasks);
             tasks.push(reader.abort_handle());
@@ -604,10 +620,24 @@ impl Link {
 
     /// Ends the link: every session still attached is closed with `BackendGone`.
     fn kill(&self, end: End, why: Option<&dyn std::fmt::Display>) {
+        self.end(end, why, false);
+    }
+
+    /// Ends a multiplexed link no session uses; `false` when one does.
+    fn close_if_idle(&self) -> bool {
+        self.end(End::Closed, None, true)
+    }
+
+    /// `if_idle`: only when no session is attached, checked under the lock a joining session
+    /// takes, so that none joins a link being closed.
+    fn end(&self, end: End, why: Option<&dyn std::fmt::Display>, if_idle: bool) -> bool {
         let sessions = {
             let mut sessions = lock(&self.sessions);
+            if if_idle && !sessions.is_empty() {
+                return false;
+            }
             if self.dead.swap(true, Ordering::AcqRel) {
-                return;
+                return true;
             }
             std::mem::take(&mut *sessions)
         };
@@ -644,6 +674,7 @@ impl Link {
         for id in sessions {
             self.table.close(SessionId(id), CloseReason::BackendGone);
         }
+        true
     }
 
     /// One frame from the backend; `Err` for a frame whose payload breaks its opcode's layout.
@@ -801,7 +832,14 @@ enum Step {
     Stop,
 }
 
-async fn write_loop(link: Arc<Link>, mut write: OwnedWriteHalf, timeout: Option<Duration>) {
+/// `idle`: a multiplexed link with no session and nothing written for that long is closed
+/// (a backend that left discovery but still runs keeps no connection from us).
+async fn write_loop(
+    link: Arc<Link>,
+    mut write: OwnedWriteHalf,
+    timeout: Option<Duration>,
+    idle: Option<Duration>,
+) {
     let mut spare = BytesMut::new();
     loop {
         let step = {
@@ -822,7 +860,15 @@ async fn write_loop(link: Arc<Link>, mut write: OwnedWriteHalf, timeout: Option<
             Step::Write(permits) => permits,
             // `notify_one` keeps a permit when the writer is not waiting yet: no wake is lost.
             Step::Wait => {
-                link.wake.notified().await;
+                match idle {
+                    Some(idle) => {
+                        let woken = tokio::time::timeout(idle, link.wake.notified()).await;
+                        if woken.is_err() && link.close_if_idle() {
+                            return;
+                        }
+                    }
+                    None => link.wake.notified().await,
+                }
                 continue;
             }
             Step::Close => {
@@ -931,6 +977,8 @@ mod tests {
     const GARBAGE: u16 = 0xF006;
     /// A session id no gateway gave: broadcasts name it, and it must be skipped.
     const STRANGER: i64 = 12_345;
+    /// The opcode of the frame the test backend records when the gateway closed a connection.
+    const EOF_SEEN: u8 = 0xee;
 
     fn upstream(name: &str) -> Arc<Upstream> {
         let definition: UpstreamSection =
@@ -1059,7 +1107,10 @@ mod tests {
                 out.clear();
             }
             match s.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => {
+                    let _ = tx.send((conn, reply(EOF_SEEN, i64::MIN, 0, 0, Bytes::new())));
+                    return;
+                }
                 Ok(_) => {}
             }
         }
@@ -1134,7 +1185,9 @@ mod tests {
     ) -> HashMap<i64, usize> {
         let mut by = HashMap::new();
         while let Ok((conn, f)) = frames.try_recv() {
-            by.insert(f.session_id, conn);
+            if f.opcode.as_u8() != EOF_SEEN {
+                by.insert(f.session_id, conn);
+            }
         }
         by
     }
@@ -1529,6 +1582,42 @@ mod tests {
         want.sort();
         assert_eq!(left, want, "the live backends' pools only");
         drop(a2);
+    }
+
+    #[tokio::test]
+    async fn a_link_no_session_uses_is_closed_after_the_idle_timeout() {
+        let mut b = backend(false).await;
+        let (table, links) = links("t-idle");
+        // The upstream's idle_timeout is 1 s.
+        let up = upstream("idle");
+        let p = proto(LinkMode::Multiplexed, true);
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, b.addr, p, &s.open())
+            .await
+            .expect("attach");
+        a.send(&frame(1, b"x")).await.expect("send");
+        s.recv().await;
+        drop(a);
+        loop {
+            let (conn, f) = tokio::time::timeout(Duration::from_secs(10), b.frames.recv())
+                .await
+                .expect("the idle link closed in time")
+                .expect("backend running");
+            if f.opcode.as_u8() == EOF_SEEN {
+                assert_eq!(conn, 1);
+                break;
+            }
+        }
+        // The next session connects anew.
+        let mut s2 = Session::new(&table, 2, 8);
+        let a2 = links
+            .attach(&up, b.addr, p, &s2.open())
+            .await
+            .expect("attach");
+        a2.send(&frame(1, b"y")).await.expect("send");
+        assert_eq!(&s2.recv().await.payload[..], b"y");
+        assert_eq!(s2.handle.control.reason(), None);
     }
 
     #[tokio::test]
