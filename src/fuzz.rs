@@ -65,7 +65,9 @@ pub fn notification(data: &[u8]) {
 
 /// A byte stream through the game router's client and backend frame decoders, fed in pieces,
 /// checked for re-encoding every decoded frame to the bytes it came from
-/// ([`crate::game::codec::exercise`]).
+/// ([`crate::game::codec::exercise`]); and as a connection's first bytes through the sniffer
+/// and the request-head reader ([`crate::game::sniff::exercise`]).
 pub fn game_frames(data: &[u8]) {
     crate::game::codec::exercise(data);
+    crate::game::sniff::exercise(data);
 }

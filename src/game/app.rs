@@ -209,7 +209,8 @@ impl ServerApp for GameApp {
         let mut stop = shutdown.clone();
         // Before it is a session a connection is not drained: a stopping gateway closes it.
         let front = tokio::select! {
-            front = tokio::time::timeout_at(deadline, self.front(io, &settings, client)) => front,
+            // Boxed, as the other cold paths: the session's task keeps only its loop's state.
+            front = tokio::time::timeout_at(deadline, Box::pin(self.front(io, &settings, client))) => front,
             _ = stop.wait_for(|s| *s) => return None,
         };
         let (wire, buf, first) = match front {
@@ -758,8 +759,9 @@ impl<'a> Session<'a> {
                 s.settings.close_message_id,
                 &CloseReason::NoRoute.code().to_le_bytes(),
             );
-            close_wire(&mut wire, &mut out, CLOSE_FLUSH).await;
+            Box::pin(close_wire(&mut wire, &mut out, CLOSE_FLUSH)).await;
             app.metrics.closed(CloseReason::NoRoute);
+            s.log_line("closed", Some(CloseReason::NoRoute), &out);
             return;
         }
         let server_type = s.routes[0].rule.server_type;
@@ -785,18 +787,26 @@ impl<'a> Session<'a> {
                     .await
             }
         };
-        s.end(reason, wire, out).await;
+        Box::pin(s.end(reason, wire, out)).await;
     }
 
     /// Attaches the session to a backend for `server_id`'s rule, unless one is attached for
     /// it already (per-message routing): the index of its route.
     async fn route(&mut self, server_id: ServerId) -> Result<usize, NoRoute> {
-        let rules = self.settings.current_rules();
-        let rule = rules.route(server_id).ok_or(NoRoute::NoRule)?;
-        if let Some(i) = self.routes.iter().position(|r| Arc::ptr_eq(&r.rule, rule)) {
-            return Ok(i);
-        }
-        let rule = rule.clone();
+        let rule = {
+            let rules = self.settings.current_rules();
+            let rule = rules.route(server_id).ok_or(NoRoute::NoRule)?;
+            if let Some(i) = self.routes.iter().position(|r| Arc::ptr_eq(&r.rule, rule)) {
+                return Ok(i);
+            }
+            rule.clone()
+        };
+        // Boxed: connecting is a cold path with a large future, which would otherwise be part
+        // of every session's task for its whole life.
+        Box::pin(self.attach(rule, server_id)).await
+    }
+
+    async fn attach(&mut self, rule: Arc<Rule>, server_id: ServerId) -> Result<usize, NoRoute> {
         let mut call = rule.upstream.begin().map_err(NoRoute::Refused)?;
         let open = SessionOpen {
             id: self.id,

@@ -111,6 +111,26 @@ pub fn request(head: &[u8]) -> Request {
     }
 }
 
+/// For the fuzz target (`game_frames`): `data` as a connection's first bytes, read in every
+/// prefix. Panics on a broken invariant: a verdict that changes as more bytes arrive, eight
+/// bytes that still leave it open (the module's promise of no wait), or a head that panics the
+/// request reader.
+pub fn exercise(data: &[u8]) {
+    let mut verdict = None;
+    for n in 0..=data.len().min(64) {
+        match (sniff(&data[..n]), verdict) {
+            (Sniffed::Need, None) => assert!(n < 8, "undecided after {n} bytes"),
+            (Sniffed::Need, Some(v)) => panic!("{v:?} after fewer bytes, undecided after {n}"),
+            (v, None) => verdict = Some(v),
+            (v, Some(was)) => assert_eq!(v, was, "the verdict changed at {n} bytes"),
+        }
+    }
+    let data = &data[..data.len().min(MAX_HEAD)];
+    if let Some(n) = head_len(data) {
+        let _ = request(&data[..n]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +161,21 @@ mod tests {
         for b in 0..=255u8 {
             assert_ne!(sniff(&[b, b'E', b'T', b' ', 1, 2, 3, 4]), Sniffed::Need);
         }
+    }
+
+    #[test]
+    fn random_first_bytes_keep_the_sniffer_s_promises() {
+        let mut rng = fastrand::Rng::with_seed(15);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..24);
+            // Mostly letters and spaces, so that method prefixes come up often.
+            let alphabet = b"GETPOSUHADLCNRAC /\r\n\x00\x05";
+            let data: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            exercise(&data);
+        }
+        exercise(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
     }
 
     #[test]
