@@ -12,7 +12,7 @@ ENSURE       := scripts/ensure-packages.sh
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config alert_payload zk_instance path proxy_protocol notification game_frames
 
-.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-tls bench-webhook bench-cache bench-cache-propagation docker deps deps-test deps-musl zk-up zk-down clean
+.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-tls bench-webhook bench-cache bench-cache-propagation bench-game docker deps deps-test deps-musl zk-up zk-down clean
 
 # `make` alone installs the build's packages, as it always has; `make help` lists the targets.
 .DEFAULT_GOAL := deps
@@ -111,6 +111,14 @@ bench-cache: build deps-test
 ## bench-cache-propagation: O2 notification to eviction on 3 replicas (ZooKeeper), p50/p99 over 200 rounds
 bench-cache-propagation: deps-test
 	$(CARGO) bench --bench cache-propagation
+
+## bench-game: the game listener: codec and forwarding criterion benches, 64-byte frames against
+##   HAProxy mode tcp (one thread each), and 100,000 idle sessions (RSS per session, time to open)
+bench-game: build
+	$(CARGO) bench --bench game_codec
+	$(CARGO) build --release --example game_server
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate GAME_SERVER_BIN=$(TARGET_DIR)/release/examples/game_server benches/game-compare.sh
+	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate GAME_SERVER_BIN=$(TARGET_DIR)/release/examples/game_server benches/game-sessions.sh
 
 ## docker: the scratch image (needs a container engine; see README)
 docker: build-optimized

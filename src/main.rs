@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => cli::check(config),
         Command::Register(args) => cli::register(args),
+        Command::Gameload(args) => cli::gameload(args),
         Command::Explain {
             config,
             method,

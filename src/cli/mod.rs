@@ -1,14 +1,16 @@
-//! The command line: `run`, `check`, `explain`, `register`, `config push|get` and
-//! `alert render`.
+//! The command line: `run`, `check`, `explain`, `register`, `config push|get`,
+//! `alert render` and `gameload` (the game listener's load generator).
 
 mod alert;
 mod config_node;
 mod explain;
+mod gameload;
 mod register;
 
 pub use alert::render as alert_render;
 pub use config_node::{config_get, config_push};
 pub use explain::explain;
+pub use gameload::{gameload, GameloadArgs};
 pub use register::register;
 
 use std::path::PathBuf;
@@ -73,6 +75,9 @@ pub enum Command {
     /// Work with the alert_webhook plugin of a config.
     #[command(subcommand)]
     Alert(AlertCommand),
+    /// Load a game listener: N sessions from 127.0.0.x sources, echoed frames at a rate;
+    /// round trips (p50/p99/p99.9), frames/s and failures.
+    Gameload(GameloadArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@
 pub mod alertmanager;
 pub mod backend;
 pub mod client;
+pub mod game;
 pub mod gateway;
 pub mod nginx;
 pub mod o2ims;

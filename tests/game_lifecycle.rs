@@ -1,0 +1,192 @@
+//! Game sessions through the gateway's life: on SIGTERM every open session gets the go-away
+//! frame before its connection closes; on SIGQUIT with a new `run --upgrade` process the new
+//! one takes new sessions while the old one tells its sessions to go away; ZooKeeper killed
+//! under traffic fails no session.
+
+// The whole file is a test: clippy.toml's allow-unwrap-in-tests reaches only `#[test]` fns.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::game::*;
+use common::{bin, config_text, Gateway, KillOnDrop};
+use zkgate_discovery::testkit::ZkServer;
+
+fn config(server: &GameServer, drain: &str) -> String {
+    game_config(
+        None,
+        &format!("  - {{ name: lobby, backends: [\"{}\"] }}\n", server.addr),
+        &format!(
+            "      drain: {drain}\n      rules:\n        - {{ server_type: 1, upstream: lobby }}\n"
+        ),
+        "",
+    )
+}
+
+/// Every client's frames until its connection closed: a go-away among them, and none cut.
+fn all_told_to_go(clients: &mut [GameClient]) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        let frames = c
+            .until_closed(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("session {i} still open"));
+        let go = frames.iter().find(|f| f.msg_id == GO_AWAY);
+        assert!(
+            go.is_some(),
+            "session {i} closed without a go-away: {frames:?}"
+        );
+        assert!(go.and_then(|f| f.u32()).is_some(), "the window in ms");
+    }
+}
+
+#[test]
+fn sigterm_sends_every_session_the_go_away_frame_before_closing() {
+    let server = GameServer::start("lobby", &["--events"]);
+    let mut gw = Gateway::start(&config(&server, "2s"));
+    let addr = game_addr(&gw);
+    let mut clients: Vec<GameClient> = (0..20)
+        .map(|_| {
+            let mut c = GameClient::connect(addr).unwrap();
+            assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
+            c
+        })
+        .collect();
+    gw.signal("TERM");
+    // Told to go, and still answered within the window.
+    let f = clients[0].recv(Duration::from_secs(5)).frame();
+    assert_eq!((f.msg_id, f.u32()), (GO_AWAY, Some(2000)), "{}", gw.log());
+    assert_eq!(clients[0].whoami(sid(1, 1, 0)), "lobby");
+    all_told_to_go(&mut clients[1..]);
+    assert!(clients[0].until_closed(Duration::from_secs(20)).is_some());
+    let exited = common::eventually(Duration::from_secs(20), || {
+        matches!(gw.child.try_wait(), Ok(Some(_)))
+    });
+    assert!(exited, "zkgate still runs:\n{}", gw.log());
+}
+
+#[test]
+fn sigquit_upgrade_hands_new_sessions_over_while_old_ones_are_told_to_go() {
+    let server = GameServer::start("lobby", &["--events"]);
+    let old = Gateway::start(&config(&server, "3s"));
+    let _log = LogOnPanic(&old);
+    let addr = game_addr(&old);
+    let mut clients: Vec<GameClient> = (0..10)
+        .map(|_| {
+            let mut c = GameClient::connect(addr).unwrap();
+            assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
+            c
+        })
+        .collect();
+    let new_cfg = old.dir.path().join("new.yaml");
+    std::fs::write(
+        &new_cfg,
+        config_text(&config(&server, "3s"), old.http, old.admin, old.dir.path()),
+    )
+    .unwrap();
+    let new_log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
+    let _new = KillOnDrop(
+        Command::new(bin())
+            .args(["run", "--upgrade", "-c"])
+            .arg(&new_cfg)
+            .stdout(new_log.try_clone().unwrap())
+            .stderr(new_log)
+            .spawn()
+            .unwrap(),
+    );
+    thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    all_told_to_go(&mut clients);
+    // New sessions are served all along: by the new process once the old one has gone.
+    for _ in 0..10 {
+        let mut c = GameClient::connect(addr).unwrap();
+        assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
+    }
+    let new_log = std::fs::read_to_string(old.dir.path().join("new.log")).unwrap_or_default();
+    assert!(
+        common::eventually(Duration::from_secs(20), || {
+            GameClient::connect(addr).is_ok_and(|mut c| c.whoami(sid(1, 1, 0)) == "lobby")
+        }),
+        "new process:\n{new_log}"
+    );
+}
+
+#[test]
+fn zookeeper_killed_under_traffic_fails_no_session() {
+    let mut zk = ZkServer::start();
+    let (a, b) = (
+        GameServer::start("a", &["--events"]),
+        GameServer::start("b", &["--events"]),
+    );
+    let reg = Registry::connect(&zk.connect_string());
+    reg.add("lobby", "a", &a, None);
+    reg.add("lobby", "b", &b, None);
+    let gw = Gateway::start(&game_config(
+        Some(&zk.connect_string()),
+        "  - { name: lobby, zookeeper: { service: lobby } }\n",
+        "      rules:\n        - { server_type: 1, upstream: lobby }\n",
+        "",
+    ));
+    let _log = LogOnPanic(&gw);
+    let addr = game_addr(&gw);
+    assert!(common::eventually(Duration::from_secs(10), || {
+        GameClient::connect(addr)
+            .is_ok_and(|mut c| c.call(WHOAMI, sid(1, 1, 0), b"") != Got::Closed)
+    }));
+    // Eight clients echo without pause, each on one session; every 20th frame a new session.
+    let stop = Arc::new(AtomicBool::new(false));
+    let frames = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (stop, frames) = (stop.clone(), frames.clone());
+            thread::spawn(move || -> Result<(), String> {
+                let mut n = 0u64;
+                let mut c = GameClient::connect(addr).map_err(|e| e.to_string())?;
+                while !stop.load(Ordering::Relaxed) {
+                    if n % 20 == 19 {
+                        c = GameClient::connect(addr).map_err(|e| e.to_string())?;
+                    }
+                    let body = format!("{w} {n}");
+                    match c.call(7, sid(1, 1, 0), body.as_bytes()) {
+                        Got::Frame(f) if f.payload == body.as_bytes() => {}
+                        other => return Err(format!("worker {w} frame {n}: {other:?}")),
+                    }
+                    frames.fetch_add(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    zk.kill();
+    // Well past the ZooKeeper session timeout (3 s): the last known backends keep serving.
+    thread::sleep(Duration::from_secs(5));
+    let during = frames.load(Ordering::Relaxed);
+    zk.restart();
+    thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap().unwrap();
+    }
+    assert!(frames.load(Ordering::Relaxed) > during, "traffic went on");
+    let m = gw.metrics();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "zkgate_game_sessions_closed_total",
+            &[("reason", "backend_gone")]
+        ),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "zkgate_game_route_errors_total", &[]),
+        0.0,
+        "{m}"
+    );
+}
