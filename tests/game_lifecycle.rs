@@ -8,14 +8,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use common::game::*;
-use common::{bin, config_text, Gateway, KillOnDrop};
+use common::Gateway;
 use zkgate_discovery::testkit::ZkServer;
 
 fn config(server: &GameServer, drain: &str) -> String {
@@ -82,22 +81,7 @@ fn sigquit_upgrade_hands_new_sessions_over_while_old_ones_are_told_to_go() {
             c
         })
         .collect();
-    let new_cfg = old.dir.path().join("new.yaml");
-    std::fs::write(
-        &new_cfg,
-        config_text(&config(&server, "3s"), old.http, old.admin, old.dir.path()),
-    )
-    .unwrap();
-    let new_log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
-    let _new = KillOnDrop(
-        Command::new(bin())
-            .args(["run", "--upgrade", "-c"])
-            .arg(&new_cfg)
-            .stdout(new_log.try_clone().unwrap())
-            .stderr(new_log)
-            .spawn()
-            .unwrap(),
-    );
+    let _new = old.successor(&config(&server, "3s"));
     thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     all_told_to_go(&mut clients);
@@ -106,7 +90,7 @@ fn sigquit_upgrade_hands_new_sessions_over_while_old_ones_are_told_to_go() {
         let mut c = GameClient::connect(addr).unwrap();
         assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
     }
-    let new_log = std::fs::read_to_string(old.dir.path().join("new.log")).unwrap_or_default();
+    let new_log = old.successor_log();
     assert!(
         common::eventually(Duration::from_secs(20), || {
             GameClient::connect(addr).is_ok_and(|mut c| c.whoami(sid(1, 1, 0)) == "lobby")

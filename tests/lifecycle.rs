@@ -316,34 +316,14 @@ fn sigquit_upgrade_hands_over_the_listeners_without_a_failed_request() {
     thread::sleep(Duration::from_millis(300));
 
     // The new process reads a config whose only difference is the greeting.
-    let new_cfg = old.dir.path().join("new.yaml");
-    std::fs::write(
-        &new_cfg,
-        config_text(
-            &config(&backend, "new"),
-            old.http,
-            old.admin,
-            old.dir.path(),
-        ),
-    )
-    .unwrap();
-    let new_log = std::fs::File::create(old.dir.path().join("new.log")).unwrap();
-    let _new = KillOnDrop(
-        Command::new(bin())
-            .args(["run", "--upgrade", "-c"])
-            .arg(&new_cfg)
-            .stdout(new_log.try_clone().unwrap())
-            .stderr(new_log)
-            .spawn()
-            .unwrap(),
-    );
+    let _new = old.successor(&config(&backend, "new"));
     thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let switched = eventually(Duration::from_secs(20), || {
         request(old.http, "GET", "/hello", &[], b"").is_ok_and(|r| r.text() == "new")
     });
     load.finish_without_failures(1);
-    let new_log = std::fs::read_to_string(old.dir.path().join("new.log")).unwrap_or_default();
+    let new_log = old.successor_log();
     assert!(
         switched,
         "the new process never answered\nold:\n{}\nnew:\n{new_log}",

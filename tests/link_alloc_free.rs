@@ -16,7 +16,6 @@ use zkgate::game::rules::{BackendProtocol, LinkMode};
 use zkgate::game::session::{SessionHandle, SessionTable};
 use zkgate::game::{ClientProtocol, SessionId};
 use zkgate::upstream::config::UpstreamSection;
-use zkgate::upstream::retry_budget::RetryBudget;
 use zkgate::upstream::{PeerSettings, Protocol, Upstream, UpstreamPolicy};
 
 #[path = "support/counting_alloc.rs"]
@@ -24,24 +23,14 @@ mod counting_alloc;
 
 fn upstream() -> Arc<Upstream> {
     let definition: UpstreamSection = serde_yaml::from_str("name: alloc").expect("section");
-    let policy = UpstreamPolicy {
-        hash_key: None,
-        settings: PeerSettings {
-            connect_timeout: Duration::from_secs(2),
-            read_timeout: Duration::from_secs(1),
-            write_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(1),
-            tls: None,
-            protocol: Protocol::Http1,
-        },
-        health: None,
-        outlier: None,
-        retry_budget: RetryBudget::new(20, 0),
-        slow_start: None,
-        breaker: None,
-        locality: None,
-        least_conn_choices: 8,
-    };
+    let policy = UpstreamPolicy::plain(PeerSettings {
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(1),
+        tls: None,
+        protocol: Protocol::Http1,
+    });
     Arc::new(Upstream::new(definition, policy, None, Vec::new(), None))
 }
 

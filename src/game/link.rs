@@ -965,7 +965,6 @@ mod tests {
     use super::super::session::SessionHandle;
     use super::*;
     use crate::upstream::config::UpstreamSection;
-    use crate::upstream::retry_budget::RetryBudget;
     use crate::upstream::{PeerSettings, Protocol, UpstreamPolicy};
 
     /// Client message ids the test backend acts on (the same as examples/game_server.rs).
@@ -983,24 +982,14 @@ mod tests {
     fn upstream(name: &str) -> Arc<Upstream> {
         let definition: UpstreamSection =
             serde_yaml::from_str(&format!("name: {name}")).expect("a minimal section");
-        let policy = UpstreamPolicy {
-            hash_key: None,
-            settings: PeerSettings {
-                connect_timeout: Duration::from_secs(2),
-                read_timeout: Duration::from_secs(1),
-                write_timeout: Duration::from_secs(60),
-                idle_timeout: Duration::from_secs(1),
-                tls: None,
-                protocol: Protocol::Http1,
-            },
-            health: None,
-            outlier: None,
-            retry_budget: RetryBudget::new(20, 0),
-            slow_start: None,
-            breaker: None,
-            locality: None,
-            least_conn_choices: 8,
-        };
+        let policy = UpstreamPolicy::plain(PeerSettings {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(1),
+            tls: None,
+            protocol: Protocol::Http1,
+        });
         // No backends: the tests give links their addresses directly.
         Arc::new(Upstream::new(definition, policy, None, Vec::new(), None))
     }

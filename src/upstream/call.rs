@@ -234,7 +234,6 @@ mod tests {
 
     use super::super::breaker::{Breaker, BreakerPolicy};
     use super::super::outlier::OutlierPolicy;
-    use super::super::retry_budget::RetryBudget;
     use super::super::state::EJECTED;
     use super::super::{BackendSpec, PeerSettings, UpstreamPolicy, UpstreamSection};
     use super::*;
@@ -247,25 +246,14 @@ mod tests {
     }
 
     fn policy() -> UpstreamPolicy {
-        UpstreamPolicy {
-            hash_key: None,
-            settings: PeerSettings {
-                connect_timeout: Duration::from_secs(1),
-                read_timeout: Duration::from_secs(1),
-                write_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(1),
-                tls: None,
-                protocol: crate::upstream::Protocol::Http1,
-            },
-            health: None,
-            outlier: None,
-            // No floor: every retry comes out of what requests paid in.
-            retry_budget: RetryBudget::new(20, 0),
-            slow_start: None,
-            breaker: None,
-            locality: None,
-            least_conn_choices: 8,
-        }
+        UpstreamPolicy::plain(PeerSettings {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            tls: None,
+            protocol: crate::upstream::Protocol::Http1,
+        })
     }
 
     fn upstream(name: &str, policy: UpstreamPolicy, specs: Vec<BackendSpec>) -> Arc<Upstream> {

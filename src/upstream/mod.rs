@@ -154,6 +154,26 @@ pub struct UpstreamPolicy {
     pub least_conn_choices: usize,
 }
 
+impl UpstreamPolicy {
+    /// Only `settings`: no hash key, health checks, outlier detection, slow start, breaker or
+    /// zone preference, and a retry budget of 20% with no floor, so that every retry comes out
+    /// of what requests paid in. What an upstream built outside a config (a test, a bench)
+    /// starts from.
+    pub fn plain(settings: PeerSettings) -> UpstreamPolicy {
+        UpstreamPolicy {
+            hash_key: None,
+            settings,
+            health: None,
+            outlier: None,
+            retry_budget: RetryBudget::new(RetryBudget::DEFAULT_PERCENT, 0),
+            slow_start: None,
+            breaker: None,
+            locality: None,
+            least_conn_choices: DEFAULT_LEAST_CONN_CHOICES,
+        }
+    }
+}
+
 impl Upstream {
     /// `inherit` is the upstream of the same name this one replaces in a reload: the states
     /// of the addresses both list carry over (in flight, health, ejection, drain, slow start).

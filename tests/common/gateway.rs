@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{bin, free_port, get, request, Response};
+use super::{bin, free_port, get, request, KillOnDrop, Response};
 
 pub struct Gateway {
     pub child: Child,
@@ -142,6 +142,32 @@ impl Gateway {
             config_text(yaml, self.http, self.admin, self.dir.path()),
         )
         .expect("write config");
+    }
+
+    /// Starts `zkgate run --upgrade` on `yaml` (the same substitution, in this gateway's dir)
+    /// as this process's successor, logging to `new.log`: a SIGQUIT to this one hands over.
+    pub fn successor(&self, yaml: &str) -> KillOnDrop {
+        let config = self.dir.path().join("new.yaml");
+        std::fs::write(
+            &config,
+            config_text(yaml, self.http, self.admin, self.dir.path()),
+        )
+        .expect("write the successor's config");
+        let log = std::fs::File::create(self.dir.path().join("new.log")).expect("new.log");
+        KillOnDrop(
+            Command::new(bin())
+                .args(["run", "--upgrade", "-c"])
+                .arg(&config)
+                .stdout(log.try_clone().expect("new.log"))
+                .stderr(log)
+                .spawn()
+                .expect("start the successor"),
+        )
+    }
+
+    /// What the successor started by [`Gateway::successor`] logged.
+    pub fn successor_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("new.log")).unwrap_or_default()
     }
 
     pub fn metrics(&self) -> String {
