@@ -442,10 +442,7 @@ impl Front {
                     source,
                     destination,
                 }) => {
-                    let digest = SocketDigest::from_raw_fd(io.id());
-                    let _ = digest.peer_addr.set(Some(PeerAddr::Inet(source)));
-                    let _ = digest.local_addr.set(Some(PeerAddr::Inet(destination)));
-                    io.set_socket_digest(digest);
+                    carry(io, source, destination);
                     return true;
                 }
                 Err(m) => m,
@@ -479,6 +476,15 @@ impl Front {
             suppressed_note(suppressed)
         );
     }
+}
+
+/// The connection's addresses become those a PROXY header carried: what every later step (the
+/// logs, the client-IP rules, the backend's view) takes as the client's and the local ones.
+pub fn carry(io: &mut Stream, source: SocketAddr, destination: SocketAddr) {
+    let digest = SocketDigest::from_raw_fd(io.id());
+    let _ = digest.peer_addr.set(Some(PeerAddr::Inet(source)));
+    let _ = digest.local_addr.set(Some(PeerAddr::Inet(destination)));
+    io.set_socket_digest(digest);
 }
 
 /// For the fuzz target: `data` read as a connection's first bytes, in reads of the sizes the

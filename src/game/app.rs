@@ -28,8 +28,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{Sink, Stream as _};
 use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::protocols::{SocketDigest, Stream};
+use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -263,10 +262,7 @@ impl GameApp {
                     source,
                     destination,
                 }) => {
-                    let digest = SocketDigest::from_raw_fd(io.id());
-                    let _ = digest.peer_addr.set(Some(PeerAddr::Inet(source)));
-                    let _ = digest.local_addr.set(Some(PeerAddr::Inet(destination)));
-                    io.set_socket_digest(digest);
+                    proxy_protocol::carry(io, source, destination);
                     return Some(source);
                 }
                 Err(m) => format!("sent {m}"),
@@ -518,6 +514,17 @@ struct Output {
 }
 
 impl Output {
+    /// The session's queue, nothing written yet; the backend counts as heard from `now`.
+    fn new(rx: mpsc::Receiver<Bytes>, now: Instant) -> Output {
+        Output {
+            rx,
+            out: BytesMut::new(),
+            frames: 0,
+            bytes: 0,
+            last: now,
+        }
+    }
+
     /// Moves queued frames to the client until the queue is empty and everything is written
     /// (Pending then), or the client fails (Ready with the error). Never Ready otherwise.
     fn poll(
@@ -748,13 +755,7 @@ impl<'a> Session<'a> {
                 ),
             );
             app.table.remove(s.id);
-            let mut out = Output {
-                rx,
-                out: BytesMut::new(),
-                frames: 0,
-                bytes: 0,
-                last: now,
-            };
+            let mut out = Output::new(rx, now);
             out.push(
                 s.settings.close_message_id,
                 &CloseReason::NoRoute.code().to_le_bytes(),
@@ -770,13 +771,7 @@ impl<'a> Session<'a> {
         };
         app.metrics.opened(s.protocol.as_str());
         app.metrics.active.inc();
-        let mut out = Output {
-            rx,
-            out: BytesMut::new(),
-            frames: 0,
-            bytes: 0,
-            last: now,
-        };
+        let mut out = Output::new(rx, now);
         let reason = match s
             .forward(&first, &control, &mut wire, &mut out, &traffic)
             .await
