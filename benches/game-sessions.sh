@@ -8,7 +8,8 @@
 # RSS per session = (gateway RSS with every session open - its RSS after a warm-up) / sessions.
 # The kernel's socket memory (/proc/net/sockstat, both ends on loopback) is printed beside it.
 #
-# Env: SESSIONS (100000), HOLD (20s), ZKGATE_BIN, GAME_SERVER_BIN, THREADS (gateway, 1), KEEP_TMP=1.
+# Env: SESSIONS (100000), HOLD (20s), ZKGATE_BIN, GAME_SERVER_BIN, THREADS (gateway, 1), QUEUE (the
+# listener's per-session queue, 256), KEEP_TMP=1.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 zk_init game-sessions
@@ -53,6 +54,7 @@ listeners:
       gateway_id: 1
       rules: [{ server_type: 1, upstream: game, links: 2 }]
       client_idle: off
+      queue: ${QUEUE:-256}
       max_sessions: $((SESSIONS + 1000))
       first_frame_timeout: 60s
 upstreams:
