@@ -143,14 +143,16 @@ impl SessionTable {
 
     /// Enqueues `frame` for session `id` without waiting: a full queue kicks the session.
     pub fn deliver(&self, id: SessionId, frame: Bytes) -> Delivery {
-        let out = match Self::lock(self.shard(id)).get(&id.0) {
-            Some(h) => h.clone(),
-            None => return Delivery::Unknown,
+        // Under the shard's lock: `try_send` never waits, and a cloned handle would cost two
+        // atomic updates of the channel's sender count per frame.
+        let shard = Self::lock(self.shard(id));
+        let Some(h) = shard.get(&id.0) else {
+            return Delivery::Unknown;
         };
-        match out.out.try_send(frame) {
+        match h.out.try_send(frame) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                out.control.close(CloseReason::SlowClient);
+                h.control.close(CloseReason::SlowClient);
                 Delivery::Overflow
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Unknown,
