@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use futures::{Sink, Stream as _};
 use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -32,7 +32,6 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -43,7 +42,7 @@ use super::config::GameSettings;
 use super::link::{Attached, LinkError, Links, SessionOpen};
 use super::metrics::{Direction, GameMetrics};
 use super::rules::{RouteMode, Rule};
-use super::session::{SessionHandle, SessionTable};
+use super::session::{Inbox, SessionHandle, SessionTable};
 use super::sniff::{self, Sniffed};
 use super::{ws, ClientProtocol, CloseReason, IdGen, SessionId};
 use crate::conn::log::{suppressed_note, LogLimiter};
@@ -505,7 +504,7 @@ impl Wire {
 
 /// The client side of an open session's output: frames from its queue, coalesced, written.
 struct Output {
-    rx: mpsc::Receiver<Bytes>,
+    rx: Inbox,
     out: BytesMut,
     frames: u64,
     bytes: u64,
@@ -515,7 +514,7 @@ struct Output {
 
 impl Output {
     /// The session's queue, nothing written yet; the backend counts as heard from `now`.
-    fn new(rx: mpsc::Receiver<Bytes>, now: Instant) -> Output {
+    fn new(rx: Inbox, now: Instant) -> Output {
         Output {
             rx,
             out: BytesMut::new(),
@@ -537,7 +536,7 @@ impl Output {
             let mut got = false;
             while self.out.len() < COALESCE {
                 match self.rx.poll_recv(cx) {
-                    Poll::Ready(Some(frame)) => {
+                    Poll::Ready(frame) => {
                         self.take(&frame, traffic);
                         got = true;
                     }
@@ -739,7 +738,6 @@ impl<'a> Session<'a> {
             settings,
         };
         let (handle, rx) = SessionHandle::new(s.settings.queue);
-        let control = handle.control.clone();
         // The session is in the table before its backend hears of it: an answer to SessionOpen
         // or to the first frame finds it.
         app.table.insert(s.id, handle);
@@ -772,13 +770,10 @@ impl<'a> Session<'a> {
         app.metrics.opened(s.protocol.as_str());
         app.metrics.active.inc();
         let mut out = Output::new(rx, now);
-        let reason = match s
-            .forward(&first, &control, &mut wire, &mut out, &traffic)
-            .await
-        {
+        let reason = match s.forward(&first, &mut wire, &mut out, &traffic).await {
             Some(r) => r,
             None => {
-                s.pump(&mut wire, &mut buf, &mut out, &traffic, &control, shutdown)
+                s.pump(&mut wire, &mut buf, &mut out, &traffic, shutdown)
                     .await
             }
         };
@@ -863,7 +858,6 @@ impl<'a> Session<'a> {
     async fn forward(
         &mut self,
         frame: &ClientFrame,
-        control: &super::session::Control,
         wire: &mut Wire,
         out: &mut Output,
         traffic: &Traffic<'_>,
@@ -882,14 +876,13 @@ impl<'a> Session<'a> {
         let route = &self.routes[i];
         let sent = {
             let mut send = pin!(route.attached.send(frame));
-            let mut closed = pin!(control.closed());
             poll_fn(|cx| {
                 if let Poll::Ready(r) = send.as_mut().poll(cx) {
                     return Poll::Ready(r.map_err(|e| match e {
                         LinkError::Closed | LinkError::Connect(_) => CloseReason::BackendGone,
                     }));
                 }
-                if let Poll::Ready(r) = closed.as_mut().poll(cx) {
+                if let Poll::Ready(r) = out.rx.poll_closed(cx) {
                     return Poll::Ready(Err(r));
                 }
                 if out.poll(cx, wire, traffic).is_ready() {
@@ -920,15 +913,11 @@ impl<'a> Session<'a> {
         buf: &mut BytesMut,
         out: &mut Output,
         traffic: &Traffic<'_>,
-        control: &super::session::Control,
         shutdown: &ShutdownWatch,
     ) -> CloseReason {
         let codec = ClientCodec::new(self.settings.max_frame);
         // Frames that came with the first one.
-        if let Some(r) = self
-            .forward_buffered(&codec, buf, control, wire, out, traffic)
-            .await
-        {
+        if let Some(r) = self.forward_buffered(&codec, buf, wire, out, traffic).await {
             return r;
         }
         let mut stop = shutdown.clone();
@@ -947,9 +936,8 @@ impl<'a> Session<'a> {
         }
         loop {
             let event = {
-                let mut closed = pin!(control.closed());
                 poll_fn(|cx| {
-                    if let Poll::Ready(r) = closed.as_mut().poll(cx) {
+                    if let Poll::Ready(r) = out.rx.poll_closed(cx) {
                         return Poll::Ready(Event::Closed(r));
                     }
                     if out.poll(cx, wire, traffic).is_ready() {
@@ -982,10 +970,7 @@ impl<'a> Session<'a> {
                 }
                 Event::Input(Ok(_)) => {
                     self.timers.last_in = Instant::now();
-                    if let Some(r) = self
-                        .forward_buffered(&codec, buf, control, wire, out, traffic)
-                        .await
-                    {
+                    if let Some(r) = self.forward_buffered(&codec, buf, wire, out, traffic).await {
                         return r;
                     }
                 }
@@ -1015,7 +1000,6 @@ impl<'a> Session<'a> {
         &mut self,
         codec: &ClientCodec,
         buf: &mut BytesMut,
-        control: &super::session::Control,
         wire: &mut Wire,
         out: &mut Output,
         traffic: &Traffic<'_>,
@@ -1023,7 +1007,7 @@ impl<'a> Session<'a> {
         loop {
             match codec.decode(buf) {
                 Ok(Some(frame)) => {
-                    if let Some(r) = self.forward(&frame, control, wire, out, traffic).await {
+                    if let Some(r) = self.forward(&frame, wire, out, traffic).await {
                         return Some(r);
                     }
                 }
@@ -1079,13 +1063,13 @@ impl<'a> Session<'a> {
             out.rx.close();
             if reason == CloseReason::SlowClient {
                 // Its queue is what it could not take: dropped.
-                while out.rx.try_recv().is_ok() {}
+                while out.rx.try_recv().is_some() {}
             } else {
                 // What the backend queued before the session ended goes before the close frame.
                 let traffic = Traffic {
                     to_client: app.metrics.traffic(Direction::ToClient, server_type),
                 };
-                while let Ok(f) = out.rx.try_recv() {
+                while let Some(f) = out.rx.try_recv() {
                     out.take(&f, &traffic);
                 }
             }
