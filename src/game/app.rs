@@ -31,7 +31,7 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use pingora::services::listening::Service;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -60,6 +60,9 @@ const READ_START: usize = 512;
 const COALESCE: usize = 64 * 1024;
 /// A write buffer that grew past this is let go once written, not kept for an idle session.
 const WRITE_KEEP: usize = 16 * 1024;
+/// A session whose client sent nothing for this long lets its empty buffers go: an idle
+/// session then holds no read or write buffer, and the next bytes get one again.
+const TRIM_IDLE: Duration = Duration::from_secs(10);
 /// How long a closing session waits for its close frame (and what was queued before it) to be
 /// written to a client that may still read.
 const CLOSE_FLUSH: Duration = Duration::from_secs(1);
@@ -388,11 +391,28 @@ struct WsWire {
 }
 
 /// Reads once more from a plain stream into `buf`, growing it a step when it is nearly full.
+/// A buffer an idle session let go ([`TRIM_IDLE`]) is not taken back to wait: the read goes
+/// to the stack, and only bytes that came get a buffer.
 fn poll_fill_tcp(
     io: &mut Stream,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
+    if buf.capacity() == 0 {
+        let mut stack = [0u8; READ_START];
+        let mut read = tokio::io::ReadBuf::new(&mut stack);
+        return match Pin::new(io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                if n > 0 {
+                    buf.reserve(READ_START);
+                    buf.extend_from_slice(read.filled());
+                }
+                Poll::Ready(Ok(n))
+            }
+            other => other.map_ok(|()| 0),
+        };
+    }
     if buf.capacity() - buf.len() < READ_START / 2 {
         buf.reserve(READ_START);
     }
@@ -632,6 +652,8 @@ struct Timers {
     started: Instant,
     /// The client's last frame.
     last_in: Instant,
+    /// The session holds buffers: let go [`TRIM_IDLE`] after the client's last bytes.
+    holding: bool,
     drain_until: Option<Instant>,
     next_log: Option<Instant>,
 }
@@ -645,6 +667,7 @@ impl Timers {
             log_every: s.log_every,
             started,
             last_in: now,
+            holding: false,
             drain_until: None,
             next_log: s.log_every.map(|e| now + e),
         }
@@ -659,6 +682,7 @@ impl Timers {
             self.max_duration.map(|d| self.started + d),
             self.drain_until,
             self.next_log,
+            self.holding.then(|| self.last_in + TRIM_IDLE),
         ]
         .into_iter()
         .flatten()
@@ -681,6 +705,16 @@ impl Timers {
             return Some(CloseReason::BackendIdle);
         }
         None
+    }
+
+    /// Whether the session's buffers are to be let go at `now` (then they count as gone: the
+    /// timer does not come back for them until the client sends again).
+    fn trim_due(&mut self, now: Instant) -> bool {
+        if self.holding && self.last_in + TRIM_IDLE <= now {
+            self.holding = false;
+            return true;
+        }
+        false
     }
 
     /// Whether a periodic log line is due at `now`; the next one is then a period away.
@@ -724,6 +758,11 @@ impl<'a> Session<'a> {
         shutdown: &ShutdownWatch,
     ) {
         let now = Instant::now();
+        if buf.is_empty() {
+            // The usual first frame came alone: the session waits for its next one without a
+            // buffer (the next bytes get one, see `poll_fill_tcp`).
+            buf = BytesMut::new();
+        }
         let mut s = Session {
             app,
             id: app.ids.next(),
@@ -737,6 +776,7 @@ impl<'a> Session<'a> {
             bytes_in: 0,
             settings,
         };
+        s.timers.holding = buf.capacity() > 0;
         let (handle, rx) = SessionHandle::new(s.settings.queue);
         // The session is in the table before its backend hears of it: an answer to SessionOpen
         // or to the first frame finds it.
@@ -770,7 +810,11 @@ impl<'a> Session<'a> {
         app.metrics.opened(s.protocol.as_str());
         app.metrics.active.inc();
         let mut out = Output::new(rx, now);
-        let reason = match s.forward(&first, &mut wire, &mut out, &traffic).await {
+        let forwarded = s.forward(&first, &mut wire, &mut out, &traffic).await;
+        // Its payload is a view of the buffer it was read into: let go of both now, or an
+        // idle session keeps them for its life.
+        drop(first);
+        let reason = match forwarded {
             Some(r) => r,
             None => {
                 s.pump(&mut wire, &mut buf, &mut out, &traffic, shutdown)
@@ -873,24 +917,13 @@ impl<'a> Session<'a> {
         } else {
             0
         };
-        let route = &self.routes[i];
-        let sent = {
-            let mut send = pin!(route.attached.send(frame));
-            poll_fn(|cx| {
-                if let Poll::Ready(r) = send.as_mut().poll(cx) {
-                    return Poll::Ready(r.map_err(|e| match e {
-                        LinkError::Closed | LinkError::Connect(_) => CloseReason::BackendGone,
-                    }));
-                }
-                if let Poll::Ready(r) = out.rx.poll_closed(cx) {
-                    return Poll::Ready(Err(r));
-                }
-                if out.poll(cx, wire, traffic).is_ready() {
-                    return Poll::Ready(Err(CloseReason::ClientError));
-                }
-                Poll::Pending
-            })
-            .await
+        let attached = &self.routes[i].attached;
+        let sent = match attached.try_send(frame) {
+            Ok(true) => Ok(()),
+            // The link's queue is full: a slow backend, the rare case, waited for in a box of
+            // its own so that the session's task does not carry the wait's state.
+            Ok(false) => Box::pin(send_waiting(attached, frame, wire, out, traffic)).await,
+            Err(e) => Err(link_gone(e)),
         };
         if let Err(r) = sent {
             return Some(r);
@@ -969,7 +1002,13 @@ impl<'a> Session<'a> {
                     return CloseReason::ClientClosed;
                 }
                 Event::Input(Ok(_)) => {
-                    self.timers.last_in = Instant::now();
+                    let now = Instant::now();
+                    self.timers.last_in = now;
+                    if !self.timers.holding {
+                        // Back from idle with a buffer again: the timer comes to let it go.
+                        self.timers.holding = true;
+                        timer.as_mut().reset(self.timers.deadline(out.last, now));
+                    }
                     if let Some(r) = self.forward_buffered(&codec, buf, wire, out, traffic).await {
                         return r;
                     }
@@ -988,6 +1027,15 @@ impl<'a> Session<'a> {
                     }
                     if self.timers.log_due(now) {
                         self.log_line("open", None, out);
+                    }
+                    if self.timers.trim_due(now) {
+                        // A partial frame keeps its buffer; the next bytes make it holding again.
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                        if out.out.is_empty() {
+                            out.out = BytesMut::new();
+                        }
                     }
                     timer.as_mut().reset(self.timers.deadline(out.last, now));
                 }
@@ -1113,6 +1161,37 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Sends `frame` on a link whose queue is full, once it has room, writing the client's queue
+/// meanwhile: `Err` when the session ends first.
+async fn send_waiting(
+    attached: &Attached,
+    frame: &ClientFrame,
+    wire: &mut Wire,
+    out: &mut Output,
+    traffic: &Traffic<'_>,
+) -> Result<(), CloseReason> {
+    let mut send = pin!(attached.send(frame));
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = send.as_mut().poll(cx) {
+            return Poll::Ready(r.map_err(link_gone));
+        }
+        if let Poll::Ready(r) = out.rx.poll_closed(cx) {
+            return Poll::Ready(Err(r));
+        }
+        if out.poll(cx, wire, traffic).is_ready() {
+            return Poll::Ready(Err(CloseReason::ClientError));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn link_gone(e: LinkError) -> CloseReason {
+    match e {
+        LinkError::Closed | LinkError::Connect(_) => CloseReason::BackendGone,
+    }
+}
+
 /// Writes what `out` holds (a close frame) and closes, within `wait`.
 async fn close_wire(wire: &mut Wire, out: &mut Output, wait: Duration) {
     let _ = tokio::time::timeout(wait, async {
@@ -1134,6 +1213,7 @@ mod tests {
             log_every: Some(Duration::from_secs(300)),
             started: t0,
             last_in: t0,
+            holding: false,
             drain_until: None,
             next_log: Some(t0 + Duration::from_secs(300)),
         }
@@ -1179,11 +1259,38 @@ mod tests {
             log_every: None,
             started: t0,
             last_in: t0,
+            holding: false,
             drain_until: None,
             next_log: None,
         };
         assert_eq!(idle.expired(t0, s(1_000_000)), None);
         assert_eq!(idle.deadline(t0, s(10)), s(10 + 24 * 3600));
+    }
+
+    #[test]
+    fn an_idle_session_lets_its_buffers_go_once_until_it_sends_again() {
+        let t0 = Instant::now();
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let mut t = timers(t0);
+        t.holding = true;
+        assert_eq!(t.deadline(t0, t0), t0 + TRIM_IDLE);
+        assert!(!t.trim_due(t0 + TRIM_IDLE - Duration::from_millis(1)));
+        assert!(t.trim_due(t0 + TRIM_IDLE));
+        assert!(!t.trim_due(s(100)), "once");
+        assert_eq!(
+            t.deadline(t0, t0),
+            s(60),
+            "the timer does not come back for it"
+        );
+        // The client spoke at 50 and took a buffer again.
+        t.last_in = s(50);
+        t.holding = true;
+        assert_eq!(t.deadline(t0, s(50)), s(50) + TRIM_IDLE);
+        assert_eq!(
+            t.expired(t0, s(50) + TRIM_IDLE),
+            None,
+            "trimming ends nothing"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use foldhash::fast::RandomState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::task::AbortHandle;
 
 use super::codec::{
@@ -574,9 +574,34 @@ impl Link {
     }
 
     async fn send(&self, id: SessionId, frame: &ClientFrame) -> Result<(), LinkError> {
-        let gate = self.codec.form().size();
-        let len = SERVER_HEADER + gate + frame.payload.len();
-        let permits = self.room_for(len).await?;
+        let permits = self.room_for(self.trans_len(frame)).await?;
+        self.enqueue_trans(permits, id, frame)
+    }
+
+    /// Queues a client frame if the link has room for it now: `Ok(false)` when it has not (the
+    /// caller then waits in [`Link::send`]). No future to hold: a session's loop calls this
+    /// for every frame, and what it awaits stays in its task for the session's life.
+    fn try_send(&self, id: SessionId, frame: &ClientFrame) -> Result<bool, LinkError> {
+        let permits = self.trans_len(frame).min(QUEUE_BYTES);
+        // QUEUE_BYTES fits a u32. Permits given back go to the senders waiting first.
+        match self.room.try_acquire_many(permits as u32) {
+            Ok(p) => p.forget(),
+            Err(TryAcquireError::NoPermits) => return Ok(false),
+            Err(TryAcquireError::Closed) => return Err(LinkError::Closed),
+        }
+        self.enqueue_trans(permits, id, frame).map(|()| true)
+    }
+
+    fn trans_len(&self, frame: &ClientFrame) -> usize {
+        SERVER_HEADER + self.codec.form().size() + frame.payload.len()
+    }
+
+    fn enqueue_trans(
+        &self,
+        permits: usize,
+        id: SessionId,
+        frame: &ClientFrame,
+    ) -> Result<(), LinkError> {
         self.enqueue(permits, |buf| {
             let f = self.frame(
                 OP_TRANS,
@@ -922,6 +947,12 @@ impl Attached {
     /// Sends a client frame to the backend, waiting while the link's queue is full.
     pub async fn send(&self, frame: &ClientFrame) -> Result<(), LinkError> {
         self.link.send(self.id, frame).await
+    }
+
+    /// Sends a client frame to the backend if the link's queue has room now: `Ok(false)` when
+    /// it is full (then [`Attached::send`] waits for room).
+    pub fn try_send(&self, frame: &ClientFrame) -> Result<bool, LinkError> {
+        self.link.try_send(self.id, frame)
     }
 
     pub fn backend(&self) -> SocketAddr {
