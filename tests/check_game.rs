@@ -110,3 +110,32 @@ routes: [{{ name: r, upstream: lobby }}]
     assert_eq!(code, Some(0), "{text}\n{err}");
     assert!(out.contains("ok"), "{out}");
 }
+
+#[test]
+fn an_http_route_naming_a_game_listener_fails_check_at_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+listeners:
+  - {{ name: web, listen: "127.0.0.1:18080" }}
+  - name: game
+    listen: "127.0.0.1:7000"
+    game: {{ rules: [{{ server_type: 1, upstream: lobby }}] }}
+routes:
+  - {{ name: a, upstream: lobby }}
+  - {{ name: b, listeners: [web, game], upstream: lobby }}
+{UPSTREAMS}"#
+    );
+    let (code, _, err) = check_text(dir.path(), &text);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(
+            "routes[1].listeners[1]: `game` is a game listener; HTTP routes cannot use it"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("1 error(s)"), "only that error:\n{err}");
+    // Without it, the same config passes: a route that names no listener serves the HTTP ones.
+    let (code, _, err) = check_text(dir.path(), &text.replace("[web, game]", "[web]"));
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -32,11 +32,18 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     games(&raw, &upstreams, prev, &mut settings, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let listeners: Vec<&str> = raw.listeners.iter().map(|l| l.name.as_str()).collect();
+    let game_listeners: Vec<&str> = raw
+        .listeners
+        .iter()
+        .filter(|l| l.game.is_some())
+        .map(|l| l.name.as_str())
+        .collect();
     let env = RouteEnv {
         upstreams: &upstreams,
         declared: &declared,
         resources: crate::plugin::Resources::process(),
         listeners: &listeners,
+        game_listeners: &game_listeners,
         zookeeper: settings.zookeeper.as_ref(),
         zk_root: zk_root(&raw),
     };
