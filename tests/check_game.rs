@@ -266,7 +266,13 @@ routes: [{{ name: site, listeners: [web], upstream: lobby }}]
     let (code, out, _) = explain(config, &["--server-type", "3", "--world", "6"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("no rule for serverType 3 in world 6 or any world"),
+        out.contains("no rule for serverType 3 in world 6 or for any world"),
+        "{out}"
+    );
+    let (code, out, _) = explain(config, &["--server-type", "3"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("no rule for serverType 3 in world 0, which only a rule for any world takes"),
         "{out}"
     );
     // Round robin names no single backend.

@@ -125,9 +125,9 @@ pub fn explain(listener: &Listener, frame: Frame) -> ExitCode {
     let rules = game.rules.clone();
     let Some(rule) = rules.route(id) else {
         let worlds = if frame.world == 0 {
-            "any world".to_owned()
+            "world 0, which only a rule for any world takes".to_owned()
         } else {
-            format!("world {} or any world", frame.world)
+            format!("world {} or for any world", frame.world)
         };
         println!(
             "no rule for serverType {} in {worlds}: the session gets the close frame (no_route)",
