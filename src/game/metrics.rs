@@ -112,7 +112,7 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         .expect("register zkgate_game_frames_dropped_total"),
         rules_version: register_int_gauge_vec!(
             "zkgate_game_rules_version",
-            "The ZooKeeper version of the listener's rules_node whose rules route new sessions; -1 while its YAML rules do (the node missing or not read yet). Only for listeners with a rules_node.",
+            "The ZooKeeper version of the listener's rules_node whose rules route new sessions; -1 while its YAML rules do (the node missing, not read yet, or its rules not fitting the config's upstreams). Only for listeners with a rules_node.",
             &["listener"]
         )
         .expect("register zkgate_game_rules_version"),

@@ -73,6 +73,9 @@ impl RulesFeed {
             );
             if errors.is_empty() {
                 settings.node_rules.store(Some(Arc::new(rules)));
+                // Back on the node's rules if an earlier config did not fit them.
+                let refused = state.seen != Some(*version);
+                metrics::rules_source(&self.listener, Some(*version), refused);
             } else {
                 // The config being built serves its YAML rules: so say the gauges, though a
                 // reload that then fails keeps the old config on the node's rules.
@@ -272,6 +275,34 @@ mod tests {
         // A bad first version with no good one before: the YAML rules serve, and it is refused.
         assert!(!feed.deliver(Some((6, b"[]"))));
         assert_eq!(gauges(), (-1, 1));
+    }
+
+    #[test]
+    fn a_config_the_node_rules_do_not_fit_serves_its_yaml_rules_and_the_gauges_say_so() {
+        let gauges = || super::super::metrics::rules_gauges("unfit");
+        let first = settings("unfit", None);
+        let feed = first.rules_feed().unwrap().clone();
+        assert!(feed.deliver(Some((
+            4,
+            br#"[{"server_type": 1, "upstream": "battle"}]"#.as_slice()
+        ))));
+        assert_eq!(gauges(), (4, 0));
+        // A reload whose upstreams lack `battle`: its YAML rules serve.
+        let section: GameSection = serde_yaml::from_str(
+            "{ rules: [{ server_type: 1, upstream: lobby }], rules_node: /zkgate/game/rules }",
+        )
+        .unwrap();
+        let mut errors = ConfigErrors::default();
+        let lobby_only = section
+            .build(&At::root(), &upstreams()[..1], &mut errors)
+            .share("unfit", Some(&first));
+        assert!(errors.is_empty(), "{errors}");
+        assert_eq!(route(&lobby_only, 1), "lobby");
+        assert_eq!(gauges(), (-1, 1));
+        // The next reload fits again: back on version 4.
+        let again = settings("unfit", Some(&lobby_only));
+        assert_eq!(route(&again, 1), "battle");
+        assert_eq!(gauges(), (4, 0));
     }
 
     #[test]
