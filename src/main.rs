@@ -27,7 +27,14 @@ fn main() -> ExitCode {
             url,
             headers,
             listener,
-        } => cli::explain(config, &method, &url, &headers, listener.as_deref()),
+            game,
+        } => cli::explain(
+            config,
+            method.as_deref().zip(url.as_deref()),
+            &headers,
+            listener.as_deref(),
+            &game,
+        ),
         Command::Run { config, upgrade } => cli::run(config, upgrade),
         Command::Config(ConfigCommand::Push {
             config,

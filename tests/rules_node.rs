@@ -2,7 +2,8 @@
 //! text, each with its own watcher, as two gateways have) route by the YAML rules while the node
 //! is missing, both take every version written, keep the last rules through a ZooKeeper
 //! restart and take the next version once it is back, and return to the YAML rules when the
-//! node is deleted. And `zkgate register --meta inst_id=N` gives a discovered backend the
+//! node is deleted. A gateway's /metrics says which node version serves and whether the last
+//! one was refused. And `zkgate register --meta inst_id=N` gives a discovered backend the
 //! instance id game rules pick by, as the gateway's `/upstreams` shows.
 
 #![allow(clippy::unwrap_used)]
@@ -123,6 +124,77 @@ async fn rules_written_to_the_node_reach_every_replica_and_survive_a_zookeeper_r
     // Deleted: the YAML rules again.
     client.delete(NODE, None).await.unwrap();
     until(&[&a, &b], 1, "lobby").await;
+}
+
+#[test]
+fn the_gateway_reports_the_rules_node_version_in_use_and_a_refused_one_on_metrics() {
+    let server = ZkServer::start();
+    let hosts = server.connect_string();
+    let gw = Gateway::start(&format!(
+        r#"
+zookeeper: {{ connect: "{hosts}", session_timeout: 4s }}
+listeners:
+  - name: arena
+    listen: "{{HTTP}}"
+    game: {{ rules: [{{ server_type: 1, upstream: lobby }}], rules_node: {NODE} }}
+upstreams:
+  - {{ name: lobby, backends: ["127.0.0.1:7101"] }}
+  - {{ name: battle, backends: ["127.0.0.1:7201"] }}
+"#
+    ));
+    let _log = game::LogOnPanic(&gw);
+    let gauges = || {
+        let m = gw.metrics();
+        let labels = [("listener", "arena")];
+        (
+            game::metric_sum(&m, "zkgate_game_rules_version", &labels),
+            game::metric_sum(&m, "zkgate_game_rules_refused", &labels),
+            m.contains("zkgate_game_rules_version{listener=\"arena\"}"),
+        )
+    };
+    let until = |want: (f64, f64)| {
+        assert!(
+            eventually(Duration::from_secs(15), || {
+                let (v, r, present) = gauges();
+                present && (v, r) == want
+            }),
+            "never (version, refused) = {want:?}: {:?}",
+            gauges()
+        );
+    };
+    // No node: the YAML rules, nothing refused.
+    until((-1.0, 0.0));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(zk::Client::connect(&hosts)).unwrap();
+    let open = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    rt.block_on(client.mkdir("/zkgate/game", &open)).unwrap();
+    let set = |data: &[u8]| {
+        rt.block_on(client.set_data(NODE, data, None)).unwrap();
+    };
+    rt.block_on(client.create(
+        NODE,
+        br#"[{"server_type": 1, "upstream": "battle"}]"#,
+        &open,
+    ))
+    .unwrap();
+    until((0.0, 0.0));
+    // A version naming an unknown upstream is refused, and version 0 keeps serving; the next
+    // good one clears it; one that is not JSON is refused in turn.
+    set(br#"[{"server_type": 1, "upstream": "gone"}]"#);
+    until((0.0, 1.0));
+    set(br#"[{"server_type": 2, "upstream": "lobby"}]"#);
+    until((2.0, 0.0));
+    set(b"{not json");
+    until((2.0, 1.0));
+    set(br#"[{"server_type": 1, "upstream": "lobby"}]"#);
+    until((4.0, 0.0));
+    // Deleted: the YAML rules again.
+    rt.block_on(client.delete(NODE, None)).unwrap();
+    until((-1.0, 0.0));
 }
 
 #[test]

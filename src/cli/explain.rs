@@ -1,20 +1,22 @@
 //! `zkgate explain`: which route serves a request on a listener, its rewritten path and its
-//! upstream (or its redirect), from a config alone.
+//! upstream (or its redirect), from a config alone; for a game listener, what takes a session
+//! ([`super::explain_game`]).
 
 use std::process::ExitCode;
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Method, Uri};
 
+use super::explain_game::{self, ExplainGameArgs};
 use crate::config::Source;
 use crate::route::{normalize_host, path, Action, ListenerId, RequestView};
 
 pub fn explain(
     src: Source,
-    method: &str,
-    url: &str,
+    request: Option<(&str, &str)>,
     headers: &[String],
     listener: Option<&str>,
+    game: &ExplainGameArgs,
 ) -> ExitCode {
     let snapshot = match super::load_or_report(&src) {
         Ok(s) => s,
@@ -24,16 +26,11 @@ pub fn explain(
         eprintln!("{msg}");
         ExitCode::from(2)
     };
-    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
-        return fail(format!("`{method}` is not an HTTP method"));
-    };
-    // The request arrives on the first listener unless told which: its path policy applies,
-    // and only the routes that serve it match.
     let listeners = &snapshot.settings.listeners;
-    let on = match listener {
-        None => 0,
+    let named = match listener {
+        None => None,
         Some(name) => match listeners.iter().position(|l| l.name == name) {
-            Some(i) => i,
+            Some(i) => Some(i),
             None => {
                 let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
                 return fail(format!(
@@ -43,6 +40,16 @@ pub fn explain(
             }
         },
     };
+    let (method, url) = match explain_game::question(listeners, named, request, game) {
+        Ok(request) => request,
+        Err(answered) => return answered,
+    };
+    let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return fail(format!("`{method}` is not an HTTP method"));
+    };
+    // The request arrives on the first HTTP listener unless told which: its path policy
+    // applies, and only the routes that serve it match.
+    let on = named.unwrap_or_else(|| explain_game::first_http(listeners));
     let policy = listeners.get(on).map(|l| l.path).unwrap_or_default();
     let Ok(uri) = url.parse::<Uri>() else {
         return fail(format!("`{url}` is not a URL"));

@@ -1,15 +1,18 @@
-//! The command line: `run`, `check`, `explain`, `register`, `config push|get`,
-//! `alert render` and `gameload` (the game listener's load generator).
+//! The command line: `run`, `check`, `explain` (an HTTP request or a game session),
+//! `register`, `config push|get`, `alert render` and `gameload` (the game listener's load
+//! generator).
 
 mod alert;
 mod config_node;
 mod explain;
+mod explain_game;
 mod gameload;
 mod register;
 
 pub use alert::render as alert_render;
 pub use config_node::{config_get, config_push};
 pub use explain::explain;
+pub use explain_game::ExplainGameArgs;
 pub use gameload::{gameload, GameloadArgs};
 pub use register::register;
 
@@ -57,13 +60,15 @@ pub enum Command {
     /// Read or write the config node that gateways started with `-c zk://...` follow.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Show which route serves a request, its rewritten path and its upstream.
+    /// Show which route serves a request, its rewritten path and its upstream; with
+    /// --server-type, which game rule, upstream and backend take a game session.
     Explain {
         #[arg(short, long, value_parser = Source::from_arg)]
         config: Source,
-        method: String,
+        #[arg(requires = "url")]
+        method: Option<String>,
         /// `http://host/path?query`, or `/path?query` (then pass the host with -H host:...).
-        url: String,
+        url: Option<String>,
         /// Extra request header, `name: value`; repeatable.
         #[arg(short = 'H', long = "header")]
         headers: Vec<String>,
@@ -71,6 +76,8 @@ pub enum Command {
         /// listeners do not match, and its path rules apply.
         #[arg(short, long)]
         listener: Option<String>,
+        #[command(flatten)]
+        game: ExplainGameArgs,
     },
     /// Work with the alert_webhook plugin of a config.
     #[command(subcommand)]

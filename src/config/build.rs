@@ -32,11 +32,18 @@ pub fn build(raw: RawConfig, prev: Option<&Snapshot>) -> Result<Snapshot, Config
     games(&raw, &upstreams, prev, &mut settings, &mut errors);
     let declared: HashSet<&str> = raw.upstreams.iter().map(|u| u.name.as_str()).collect();
     let listeners: Vec<&str> = raw.listeners.iter().map(|l| l.name.as_str()).collect();
+    let game_listeners: Vec<&str> = raw
+        .listeners
+        .iter()
+        .filter(|l| l.game.is_some())
+        .map(|l| l.name.as_str())
+        .collect();
     let env = RouteEnv {
         upstreams: &upstreams,
         declared: &declared,
         resources: crate::plugin::Resources::process(),
         listeners: &listeners,
+        game_listeners: &game_listeners,
         zookeeper: settings.zookeeper.as_ref(),
         zk_root: zk_root(&raw),
     };
@@ -212,10 +219,12 @@ fn upstreams(
     prev: Option<&Snapshot>,
     errors: &mut ConfigErrors,
 ) -> Vec<Arc<Upstream>> {
+    let keyless = hash_key_optional(config);
     let env = UpstreamEnv {
         zk_root: zk_root(config),
         zookeeper: config.zookeeper.is_some(),
         zone: config.server.zone.as_deref(),
+        hash_key_optional: &keyless,
     };
     let mut names = HashSet::new();
     let mut out = Vec::new();
@@ -235,6 +244,34 @@ fn upstreams(
         out.extend(u.build(&at, &env, prev, errors).filter(|_| named));
     }
     out
+}
+
+/// The upstreams whose `consistent_hash` may go without a `hash_key`: those no HTTP route
+/// sends to and game rules may use (a YAML rule names it, or a game listener follows a rules
+/// node, whose rules may name any upstream). A game session hashes on its frame's worldId and
+/// instId, never on an HTTP key; an upstream neither uses still needs one, as before.
+fn hash_key_optional(config: &RawConfig) -> Vec<&str> {
+    let games: Vec<_> = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.game.as_ref())
+        .collect();
+    let any_node = games.iter().any(|g| g.rules_node.is_some());
+    let by_rules: HashSet<&str> = games
+        .iter()
+        .flat_map(|g| g.rules.iter().map(|r| r.upstream.as_str()))
+        .collect();
+    let by_routes: HashSet<&str> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.upstream.as_deref())
+        .collect();
+    config
+        .upstreams
+        .iter()
+        .map(|u| u.name.as_str())
+        .filter(|n| !by_routes.contains(n) && (any_node || by_rules.contains(n)))
+        .collect()
 }
 
 fn routes(
@@ -634,6 +671,56 @@ routes:
         .expect("valid")
         .admin_token
         .is_none());
+    }
+
+    #[test]
+    fn hash_key_is_needed_only_by_an_upstream_an_http_route_sends_to() {
+        let config = |routes: &str, rules_node: &str| {
+            format!(
+                r#"
+zookeeper: {{ connect: "127.0.0.1:2181" }}
+listeners:
+  - {{ name: web, listen: "127.0.0.1:1" }}
+  - {{ name: game, listen: "127.0.0.1:2", game: {{ rules: [{{ server_type: 2, upstream: battle }}]{rules_node} }} }}
+upstreams:
+  - {{ name: battle, balance: consistent_hash, backends: ["127.0.0.1:3"] }}
+  - {{ name: lobby, backends: ["127.0.0.1:4"] }}
+  - {{ name: spare, balance: consistent_hash, backends: ["127.0.0.1:5"] }}
+routes: [{routes}]
+"#
+            )
+        };
+        let needs = |at: &str| {
+            format!("{at}.hash_key: consistent_hash needs a hash_key: client_ip, path, header:NAME, cookie:NAME or query:NAME")
+        };
+        let errs = |text: &str| match load_str(text, None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        };
+        // Game rules alone use battle: no hash_key; spare has no user at all: as before.
+        let text = config("{ name: r, upstream: lobby }", "");
+        assert_eq!(errs(&text), [needs("upstreams[2]")]);
+        // An HTTP route sends to battle as well: it needs one, at its path.
+        let text = config(
+            "{ name: r, upstream: lobby }, { name: h, upstream: battle }",
+            "",
+        );
+        let upstream_errors: Vec<String> = errs(&text)
+            .into_iter()
+            .filter(|e| e.starts_with("upstreams"))
+            .collect();
+        assert_eq!(
+            upstream_errors,
+            [needs("upstreams[0]"), needs("upstreams[2]")]
+        );
+        // A rules node may name any upstream: spare, which no route uses, may go without.
+        let text = config(
+            "{ name: r, upstream: lobby }",
+            ", rules_node: /zkgate/rules",
+        );
+        let snap = load_str(&text, None).expect("valid");
+        assert!(snap.upstream("battle").unwrap().policy.hash_key.is_none());
+        assert!(snap.upstream("spare").unwrap().policy.hash_key.is_none());
     }
 
     #[test]

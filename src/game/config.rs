@@ -419,7 +419,7 @@ pub(crate) mod tests {
         let env = UpstreamEnv {
             zk_root: "/zkgate",
             zookeeper: true,
-            zone: None,
+            ..UpstreamEnv::default()
         };
         yaml.iter()
             .enumerate()

@@ -30,6 +30,8 @@ struct Families {
     link_events: IntCounterVec,
     link_queue_bytes: IntGaugeVec,
     dropped: IntCounterVec,
+    rules_version: IntGaugeVec,
+    rules_refused: IntGaugeVec,
 }
 
 static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
@@ -108,8 +110,33 @@ static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
             &["listener", "reason"]
         )
         .expect("register zkgate_game_frames_dropped_total"),
+        rules_version: register_int_gauge_vec!(
+            "zkgate_game_rules_version",
+            "The ZooKeeper version of the listener's rules_node whose rules route new sessions; -1 while its YAML rules do (the node missing, not read yet, or its rules not fitting the config's upstreams). Only for listeners with a rules_node.",
+            &["listener"]
+        )
+        .expect("register zkgate_game_rules_version"),
+        rules_refused: register_int_gauge_vec!(
+            "zkgate_game_rules_refused",
+            "1 when the last version of the listener's rules_node was refused (not a JSON list of rules, or not fitting the config's upstreams) and older rules keep serving; 0 otherwise.",
+            &["listener"]
+        )
+        .expect("register zkgate_game_rules_refused"),
     }
 });
+
+/// Where a game listener's rules come from: `version` is the rules node's version in use,
+/// `None` when the YAML rules serve; `refused` whether the node's last version was refused.
+/// Set on the rules node's rare events, so resolved here.
+pub fn rules_source(listener: &str, version: Option<i32>, refused: bool) {
+    let f = &*FAMILIES;
+    f.rules_version
+        .with_label_values(&[listener])
+        .set(version.map_or(-1, i64::from));
+    f.rules_refused
+        .with_label_values(&[listener])
+        .set(i64::from(refused));
+}
 
 /// A direction of traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,4 +269,14 @@ impl LinkMetrics {
             .with_label_values(&[&self.listener, &self.upstream, event])
             .inc();
     }
+}
+
+/// The rules gauges of `listener`: (version, refused).
+#[cfg(test)]
+pub(super) fn rules_gauges(listener: &str) -> (i64, i64) {
+    let f = &*FAMILIES;
+    (
+        f.rules_version.with_label_values(&[listener]).get(),
+        f.rules_refused.with_label_values(&[listener]).get(),
+    )
 }

@@ -16,6 +16,7 @@ use zkgate_discovery::config_node;
 use zkgate_discovery::Ensemble;
 
 use super::config::GameSettings;
+use super::metrics;
 use super::rules::{build_rules, RuleSection};
 use crate::section::{At, ConfigErrors};
 
@@ -72,7 +73,13 @@ impl RulesFeed {
             );
             if errors.is_empty() {
                 settings.node_rules.store(Some(Arc::new(rules)));
+                // Back on the node's rules if an earlier config did not fit them.
+                let refused = state.seen != Some(*version);
+                metrics::rules_source(&self.listener, Some(*version), refused);
             } else {
+                // The config being built serves its YAML rules: so say the gauges, though a
+                // reload that then fails keeps the old config on the node's rules.
+                metrics::rules_source(&self.listener, None, true);
                 log::error!(
                     "listener {}: rules node {} version {version} does not fit the new config, which serves its YAML rules until the node changes; {} error(s):\n{errors}",
                     self.listener,
@@ -97,6 +104,7 @@ impl RulesFeed {
             for s in &live {
                 s.node_rules.store(None);
             }
+            metrics::rules_source(&self.listener, None, false);
             log::info!(
                 "listener {}: rules node {} does not exist; routing by the YAML rules",
                 self.listener,
@@ -108,7 +116,9 @@ impl RulesFeed {
             return false;
         }
         state.seen = Some(version);
+        let good = state.good.as_ref().map(|(v, _)| *v);
         let refuse = |why: &str| {
+            metrics::rules_source(&self.listener, good, true);
             log::error!(
                 "listener {}: rules node {} version {version} refused, the last good rules keep serving: {why}",
                 self.listener,
@@ -153,6 +163,7 @@ impl RulesFeed {
             sections.len()
         );
         state.good = Some((version, Arc::new(sections)));
+        metrics::rules_source(&self.listener, Some(version), false);
         true
     }
 }
@@ -174,6 +185,8 @@ impl RulesNodeService {
 impl BackgroundService for RulesNodeService {
     async fn start(&self, shutdown: ShutdownWatch) {
         let follows = self.feeds.iter().map(|feed| {
+            // Until the node is read, the YAML rules serve.
+            metrics::rules_source(&feed.listener, None, false);
             log::info!(
                 "listener {}: following rules node {}",
                 feed.listener,
@@ -200,7 +213,7 @@ mod tests {
     use super::super::config::GameSection;
     use super::*;
 
-    fn settings(prev: Option<&GameSettings>) -> Arc<GameSettings> {
+    fn settings(listener: &str, prev: Option<&GameSettings>) -> Arc<GameSettings> {
         let section: GameSection = serde_yaml::from_str(
             "{ rules: [{ server_type: 1, upstream: lobby }], rules_node: /zkgate/game/rules }",
         )
@@ -208,7 +221,7 @@ mod tests {
         let mut errors = ConfigErrors::default();
         let built = section.build(&At::root(), &upstreams(), &mut errors);
         assert!(errors.is_empty(), "{errors}");
-        built.share("game", prev)
+        built.share(listener, prev)
     }
 
     /// The upstream type 1 in world 3 routes to, or `-` for no rule.
@@ -220,7 +233,9 @@ mod tests {
 
     #[test]
     fn a_good_version_replaces_the_yaml_rules_a_bad_one_is_refused_and_deletion_restores_them() {
-        let s = settings(None);
+        // Each test its own listener: the gauges are process-wide.
+        let s = settings("version-gauges", None);
+        let gauges = || super::super::metrics::rules_gauges("version-gauges");
         let feed = s.rules_feed().unwrap().clone();
         assert_eq!(feed.node(), "/zkgate/game/rules");
         assert_eq!((route(&s, 1), route(&s, 2)), ("lobby".into(), "-".into()));
@@ -231,12 +246,14 @@ mod tests {
             (route(&s, 1), route(&s, 2)),
             ("battle".into(), "rooms".into())
         );
+        assert_eq!(gauges(), (1, 0));
         // Delivered again after a reconnect: nothing to do.
         assert!(!feed.deliver(Some((1, v1))));
 
         // Not JSON, a rule naming an upstream that does not exist, an empty list: each is
         // refused and version 1 keeps serving.
         assert!(!feed.deliver(Some((2, b"{not json"))));
+        assert_eq!(gauges(), (1, 1), "version 1 serves, 2 was refused");
         let bad =
             br#"[{"server_type": 1, "upstream": "lobby"}, {"server_type": 2, "upstream": "gone"}]"#;
         assert!(!feed.deliver(Some((3, bad))));
@@ -246,20 +263,57 @@ mod tests {
             ("battle".into(), "rooms".into())
         );
 
+        assert_eq!(gauges(), (1, 1));
+        let v5 = br#"[{"server_type": 1, "upstream": "plain"}]"#;
+        assert!(feed.deliver(Some((5, v5))));
+        assert_eq!(gauges(), (5, 0));
+
         // Deleted: the YAML rules again.
         assert!(feed.deliver(None));
         assert_eq!((route(&s, 1), route(&s, 2)), ("lobby".into(), "-".into()));
+        assert_eq!(gauges(), (-1, 0));
+        // A bad first version with no good one before: the YAML rules serve, and it is refused.
+        assert!(!feed.deliver(Some((6, b"[]"))));
+        assert_eq!(gauges(), (-1, 1));
+    }
+
+    #[test]
+    fn a_config_the_node_rules_do_not_fit_serves_its_yaml_rules_and_the_gauges_say_so() {
+        let gauges = || super::super::metrics::rules_gauges("unfit");
+        let first = settings("unfit", None);
+        let feed = first.rules_feed().unwrap().clone();
+        assert!(feed.deliver(Some((
+            4,
+            br#"[{"server_type": 1, "upstream": "battle"}]"#.as_slice()
+        ))));
+        assert_eq!(gauges(), (4, 0));
+        // A reload whose upstreams lack `battle`: its YAML rules serve.
+        let section: GameSection = serde_yaml::from_str(
+            "{ rules: [{ server_type: 1, upstream: lobby }], rules_node: /zkgate/game/rules }",
+        )
+        .unwrap();
+        let mut errors = ConfigErrors::default();
+        let lobby_only = section
+            .build(&At::root(), &upstreams()[..1], &mut errors)
+            .share("unfit", Some(&first));
+        assert!(errors.is_empty(), "{errors}");
+        assert_eq!(route(&lobby_only, 1), "lobby");
+        assert_eq!(gauges(), (-1, 1));
+        // The next reload fits again: back on version 4.
+        let again = settings("unfit", Some(&lobby_only));
+        assert_eq!(route(&again, 1), "battle");
+        assert_eq!(gauges(), (4, 0));
     }
 
     #[test]
     fn a_reloaded_config_keeps_the_feed_and_gets_the_last_good_rules_for_its_upstreams() {
-        let first = settings(None);
+        let first = settings("reloaded", None);
         let feed = first.rules_feed().unwrap().clone();
         feed.deliver(Some((
             5,
             br#"[{"server_type": 1, "upstream": "plain"}]"#.as_slice(),
         )));
-        let next = settings(Some(&first));
+        let next = settings("reloaded", Some(&first));
         assert!(Arc::ptr_eq(next.rules_feed().unwrap(), &feed));
         assert_eq!(route(&next, 1), "plain");
         let rule_upstream = next

@@ -232,6 +232,9 @@ pub struct RouteEnv<'a> {
     pub resources: &'a crate::plugin::Resources,
     /// The names of the config's listeners, in order: a route's `listeners` refer to them.
     pub listeners: &'a [&'a str],
+    /// The names of its game listeners, which take framed game sessions and no HTTP: a route
+    /// naming one is refused.
+    pub game_listeners: &'a [&'a str],
     /// The ZooKeeper ensemble, for plugins that keep state there.
     pub zookeeper: Option<&'a zkgate_discovery::Ensemble>,
     /// The root znode (`zookeeper.root`, or its default).
@@ -376,6 +379,10 @@ impl RouteSection {
         let mut ids = Vec::new();
         for (i, name) in names.iter().enumerate() {
             match env.listeners.iter().position(|l| l == name) {
+                Some(_) if env.game_listeners.contains(&name.as_str()) => errors.push(
+                    at.index("listeners", i),
+                    format!("`{name}` is a game listener; HTTP routes cannot use it"),
+                ),
                 Some(p) => ids.push(ListenerId(p as u32)),
                 None => errors.push(
                     at.index("listeners", i),
@@ -776,7 +783,8 @@ mod tests {
             upstreams: &[],
             declared: &declared,
             resources: crate::plugin::Resources::process(),
-            listeners: &["web", "tls"],
+            listeners: &["web", "tls", "game"],
+            game_listeners: &["game"],
             zookeeper: None,
             zk_root: "/zkgate",
         };
@@ -854,10 +862,11 @@ routes:
     fn listeners_are_named_and_resolved_at_build() {
         assert_exactly(
             &errors(
-                "routes:\n  - { name: a, listeners: [web, nope], respond: { body: x } }\n  - { name: b, listeners: [], respond: { body: x } }",
+                "routes:\n  - { name: a, listeners: [web, nope, game], respond: { body: x } }\n  - { name: b, listeners: [], respond: { body: x } }",
             ),
             &[
                 "routes[0].listeners[1]: no listener named `nope`",
+                "routes[0].listeners[2]: `game` is a game listener; HTTP routes cannot use it",
                 "routes[1].listeners: name at least one listener, or leave listeners out for all of them",
             ],
         );

@@ -524,6 +524,7 @@ mod tests {
             declared: &declared,
             resources: &crate::plugin::Resources::default(),
             listeners: &["web", "tls"],
+            game_listeners: &[],
             zookeeper: None,
             zk_root: "/zkgate",
         };

@@ -161,6 +161,9 @@ pub struct UpstreamEnv<'a> {
     pub zookeeper: bool,
     /// `server.zone`: the gateway's own zone, which zone-aware balancing prefers.
     pub zone: Option<&'a str>,
+    /// Upstreams whose `consistent_hash` needs no `hash_key`: no HTTP route sends to them, and
+    /// the users they have (game rules) hash on keys of their own.
+    pub hash_key_optional: &'a [&'a str],
 }
 
 /// Pushes each of `invalid` under `at`.
@@ -202,7 +205,7 @@ impl UpstreamSection {
             }
         }
         let discovery = self.discovery(at, env, errors);
-        let hash_key = self.hash_key(at, errors);
+        let hash_key = self.hash_key(at, env, errors);
         let mut settings = self
             .timeouts
             .settings(&at.key("timeouts"), self.tls.as_ref(), errors);
@@ -308,11 +311,12 @@ impl UpstreamSection {
         }
     }
 
-    fn hash_key(&self, at: &At, errors: &mut ConfigErrors) -> Option<HashKey> {
+    fn hash_key(&self, at: &At, env: &UpstreamEnv, errors: &mut ConfigErrors) -> Option<HashKey> {
         match (self.balance, &self.hash_key) {
             (Balance::ConsistentHash, Some(k)) => HashKey::parse(k)
                 .map_err(|e| errors.push(at.key("hash_key"), e))
                 .ok(),
+            (Balance::ConsistentHash, None) if env.hash_key_optional.contains(&&*self.name) => None,
             (Balance::ConsistentHash, None) => {
                 errors.push(at.key("hash_key"), "consistent_hash needs a hash_key: client_ip, path, header:NAME, cookie:NAME or query:NAME");
                 None
@@ -745,6 +749,35 @@ health_check: { type: tcp, path: /x, interval: 10ms }
     }
 
     #[test]
+    fn consistent_hash_needs_a_hash_key_unless_the_assembly_says_its_users_key_themselves() {
+        let yaml = r#"{ name: battle, balance: consistent_hash, backends: ["127.0.0.1:1"] }"#;
+        assert_eq!(
+            build(yaml, &UpstreamEnv::default(), None).unwrap_err(),
+            ["upstreams[3].hash_key: consistent_hash needs a hash_key: client_ip, path, header:NAME, cookie:NAME or query:NAME"]
+        );
+        let others = UpstreamEnv {
+            hash_key_optional: &["lobby"],
+            ..UpstreamEnv::default()
+        };
+        assert!(
+            build(yaml, &others, None).is_err(),
+            "another upstream's exemption"
+        );
+        let env = UpstreamEnv {
+            hash_key_optional: &["lobby", "battle"],
+            ..UpstreamEnv::default()
+        };
+        let u = build(yaml, &env, None).expect("valid");
+        assert_eq!(
+            (u.balance, u.policy.hash_key.is_none()),
+            (Balance::ConsistentHash, true)
+        );
+        // A hash_key given is still checked.
+        let bad = r#"{ name: battle, balance: consistent_hash, hash_key: nope, backends: ["127.0.0.1:1"] }"#;
+        assert!(build(bad, &env, None).is_err());
+    }
+
+    #[test]
     fn discovery_needs_the_zookeeper_section_and_follows_the_root() {
         let yaml = "{ name: api, zookeeper: { service: api } }";
         assert_eq!(
@@ -754,7 +787,7 @@ health_check: { type: tcp, path: /x, interval: 10ms }
         let env = UpstreamEnv {
             zk_root: "/r/",
             zookeeper: true,
-            zone: None,
+            ..UpstreamEnv::default()
         };
         let u = build(yaml, &env, None).expect("valid");
         assert_eq!(u.discovery.as_deref(), Some("/r/services/api"));
