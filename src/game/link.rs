@@ -1335,6 +1335,44 @@ mod tests {
         assert_eq!(&s[2].recv().await.payload[..], b"still");
     }
 
+    /// `events: false` governs what the gateway sends, not what it takes: a kick and a
+    /// broadcast from such a backend are acted on (README "Backend links and the zkgate opcodes").
+    #[tokio::test]
+    async fn a_backend_without_events_still_kicks_and_broadcasts() {
+        let mut b = backend(false).await;
+        let (table, links) = links("t-quiet-kick");
+        let up = upstream("quiet-kick");
+        let p = BackendProtocol {
+            links: 1,
+            ..proto(LinkMode::Multiplexed, false)
+        };
+        let mut s: Vec<Session> = (1..=2).map(|i| Session::new(&table, i, 8)).collect();
+        let mut a = Vec::new();
+        for x in &s {
+            a.push(
+                links
+                    .attach(&up, b.addr, p, &x.open())
+                    .await
+                    .expect("attach"),
+            );
+        }
+        for (x, a) in s.iter_mut().zip(&a) {
+            a.send(&frame(1, b"hi")).await.expect("send");
+            x.recv().await;
+        }
+        a[1].send(&frame(BROADCAST, b"news")).await.expect("send");
+        for x in &mut s {
+            assert_eq!(&x.recv().await.payload[..], b"news");
+        }
+        a[0].send(&frame(KICK_ME, b"")).await.expect("send");
+        assert_eq!(s[0].closed().await, CloseReason::Kicked);
+        assert_eq!(s[1].handle.control.reason(), None);
+        // Nothing but Trans went to the backend: it was told of no session.
+        while let Ok((_, f)) = b.frames.try_recv() {
+            assert_eq!(f.opcode, Opcode::Trans, "{f:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_link_that_dies_closes_exactly_its_sessions() {
         for cause in [DIE, GARBAGE] {
