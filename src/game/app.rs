@@ -1057,15 +1057,10 @@ impl<'a> Session<'a> {
         let app = self.app;
         let server_type = self.routes.first().map_or(0, |r| r.rule.server_type);
         app.table.remove(self.id);
-        for (i, route) in std::mem::take(&mut self.routes).into_iter().enumerate() {
+        let routes = std::mem::take(&mut self.routes);
+        let died: Vec<bool> = routes.iter().map(|r| r.attached.link_died()).collect();
+        for (route, outcome) in routes.into_iter().zip(call_outcomes(reason, &died)) {
             route.attached.close(reason);
-            // Which of several backends failed is not told: the session's own (first) one is
-            // counted, as with one backend.
-            let outcome = if reason == CloseReason::BackendGone && i == 0 {
-                Outcome::BackendFailed
-            } else {
-                Outcome::Ok
-            };
             route.call.finish(outcome);
         }
         let flush = match reason {
@@ -1127,6 +1122,23 @@ impl<'a> Session<'a> {
             reason.map_or("-", CloseReason::as_str),
         );
     }
+}
+
+/// How each backend call of a session that ended for `reason` ends, given whether the link of
+/// each (in the session's order) `died`: with `backend_gone`, every backend whose link died
+/// failed (with `route: per_message` a session holds several, and only the dead ones are to
+/// blame); when none is seen dead (the session saw the failure first), its first backend, the
+/// one it was sent to. Anything else is no backend's fault.
+fn call_outcomes(reason: CloseReason, died: &[bool]) -> impl Iterator<Item = Outcome> + '_ {
+    let gone = reason == CloseReason::BackendGone;
+    let any = died.iter().any(|d| *d);
+    died.iter().enumerate().map(move |(i, d)| {
+        if gone && (*d || (!any && i == 0)) {
+            Outcome::BackendFailed
+        } else {
+            Outcome::Ok
+        }
+    })
 }
 
 /// Writes what `out` holds (a close frame) and closes, within `wait`.
@@ -1200,6 +1212,27 @@ mod tests {
         };
         assert_eq!(idle.expired(t0, s(1_000_000)), None);
         assert_eq!(idle.deadline(t0, s(10)), s(10 + 24 * 3600));
+    }
+
+    #[test]
+    fn backend_gone_blames_every_backend_whose_link_died_and_no_other() {
+        use Outcome::{BackendFailed as F, Ok as K};
+        let of = |reason, died: &[bool]| call_outcomes(reason, died).collect::<Vec<_>>();
+        let gone = CloseReason::BackendGone;
+        assert_eq!(
+            of(gone, &[false, true, false]),
+            [K, F, K],
+            "the second died"
+        );
+        assert_eq!(of(gone, &[true, true]), [F, F]);
+        assert_eq!(
+            of(gone, &[false, false]),
+            [F, K],
+            "none seen dead: the first"
+        );
+        assert_eq!(of(gone, &[true]), [F]);
+        assert_eq!(of(CloseReason::ClientClosed, &[true, false]), [K, K]);
+        assert_eq!(of(CloseReason::Shutdown, &[false]), [K]);
     }
 
     #[test]

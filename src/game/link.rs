@@ -928,6 +928,12 @@ impl Attached {
         self.link.backend
     }
 
+    /// The link died under the session (EOF, an error or a malformed frame from its backend):
+    /// what ended a session as `backend_gone` was this backend's doing.
+    pub fn link_died(&self) -> bool {
+        self.link.is_dead()
+    }
+
     /// Ends the session on this link: the backend gets a SessionClose with `reason` (with
     /// `events`), a per-session connection is closed once what is queued is written.
     pub fn close(mut self, reason: CloseReason) {
@@ -1371,6 +1377,33 @@ mod tests {
         while let Ok((_, f)) = b.frames.try_recv() {
             assert_eq!(f.opcode, Opcode::Trans, "{f:?}");
         }
+    }
+
+    /// A session on two backends (`route: per_message`) whose one backend dies: only that
+    /// attachment says its link died, so only that backend's call is counted as failed.
+    #[tokio::test]
+    async fn a_session_on_two_backends_knows_which_one_died() {
+        let (first, second) = (backend(false).await, backend(false).await);
+        let (table, links) = links("t-two");
+        let up = upstream("two");
+        let p = proto(LinkMode::Multiplexed, false);
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, first.addr, p, &s.open())
+            .await
+            .expect("a");
+        let b = links
+            .attach(&up, second.addr, p, &s.open())
+            .await
+            .expect("b");
+        for at in [&a, &b] {
+            at.send(&frame(1, b"hi")).await.expect("send");
+            s.recv().await;
+        }
+        b.send(&frame(DIE, b"")).await.expect("send");
+        assert_eq!(s.closed().await, CloseReason::BackendGone);
+        assert!(b.link_died(), "the second backend's link died");
+        assert!(!a.link_died(), "the first backend's link is fine");
     }
 
     #[tokio::test]
