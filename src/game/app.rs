@@ -85,6 +85,25 @@ pub fn service(
     svc
 }
 
+/// What a game listener still has open: a stopping process exits once it is nothing.
+#[derive(Clone)]
+pub struct Pending {
+    admission: Arc<Admission>,
+    links: Arc<Links>,
+}
+
+impl Pending {
+    /// Connections open, sessions or not yet.
+    pub fn connections(&self) -> u32 {
+        self.admission.open()
+    }
+
+    /// Bytes queued toward backends and not written yet.
+    pub fn queued_bytes(&self) -> i64 {
+        self.links.queued_bytes()
+    }
+}
+
 /// The kinds of warning rate-limited per listener.
 #[derive(Clone, Copy)]
 enum Warn {
@@ -100,7 +119,7 @@ pub struct GameApp {
     /// The settings at start: what serves if the listener leaves the config.
     first: Arc<GameSettings>,
     proxy_protocol: Option<ProxyProtocol>,
-    admission: Admission,
+    admission: Arc<Admission>,
     table: Arc<SessionTable>,
     links: Arc<Links>,
     metrics: Arc<GameMetrics>,
@@ -127,7 +146,7 @@ impl GameApp {
             first,
             settings,
             proxy_protocol,
-            admission: Admission::new(),
+            admission: Arc::new(Admission::new()),
             table,
             links,
             metrics,
@@ -142,6 +161,14 @@ impl GameApp {
     /// The sessions of this listener.
     pub fn table(&self) -> &Arc<SessionTable> {
         &self.table
+    }
+
+    /// What this listener leaves open, for a stopping process to wait on.
+    pub fn pending(&self) -> Pending {
+        Pending {
+            admission: self.admission.clone(),
+            links: self.links.clone(),
+        }
     }
 
     fn current(&self) -> Arc<GameSettings> {

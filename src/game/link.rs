@@ -221,6 +221,15 @@ impl Links {
         })
     }
 
+    /// Bytes queued toward this listener's backends and not written yet (among them the
+    /// SessionClose frames of sessions that just ended): a stopping process waits for them.
+    pub fn queued_bytes(&self) -> i64 {
+        lock(&self.link_metrics)
+            .values()
+            .map(|m| m.queue_bytes.get())
+            .sum()
+    }
+
     /// Attaches session `open.id` to a link to `backend` (reusing one, or connecting), and
     /// tells the backend of it when `proto.events`. Insert the session in the table first:
     /// the backend may answer at once.
