@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::access_log::AccessLog;
@@ -176,8 +177,19 @@ pub struct Tracked<S> {
     done: Arc<AtomicBool>,
 }
 
+/// Pingora calls `start_with_ready_notifier`: forwarded as it is, so that a service that says
+/// when it is ready (discovery, before the listeners that depend on it accept) still does.
 #[async_trait]
 impl<S: BackgroundService + Send + Sync> BackgroundService for Tracked<S> {
+    async fn start_with_ready_notifier(
+        &self,
+        shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        self.inner.start_with_ready_notifier(shutdown, ready).await;
+        self.done.store(true, Ordering::Release);
+    }
+
     async fn start(&self, shutdown: ShutdownWatch) {
         self.inner.start(shutdown).await;
         self.done.store(true, Ordering::Release);
@@ -209,6 +221,47 @@ mod tests {
         async fn start(&self, mut shutdown: ShutdownWatch) {
             let _ = shutdown.changed().await;
         }
+    }
+
+    /// Says it is ready only when told to (as discovery does once its first fill is in).
+    struct ReadyLater(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+    #[async_trait]
+    impl BackgroundService for ReadyLater {
+        async fn start_with_ready_notifier(
+            &self,
+            _shutdown: ShutdownWatch,
+            ready: ServiceReadyNotifier,
+        ) {
+            if let Some(go) = self.0.lock().await.take() {
+                let _ = go.await;
+            }
+            ready.notify_ready();
+        }
+    }
+
+    /// Tracking keeps a service's own readiness: dependents wait for it as before.
+    #[tokio::test]
+    async fn a_tracked_service_says_it_is_ready_when_it_does() {
+        let (go, wait) = tokio::sync::oneshot::channel();
+        let mut stop = Stop::new(None);
+        let svc =
+            Arc::new(stop.track("zookeeper", ReadyLater(tokio::sync::Mutex::new(Some(wait)))));
+        let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+        let (_stop_tx, shutdown) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn({
+            let svc = svc.clone();
+            async move {
+                svc.start_with_ready_notifier(shutdown, ServiceReadyNotifier::new(ready_tx))
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(!*ready.borrow(), "not ready before the service says so");
+        go.send(()).expect("the service waits");
+        ready.wait_for(|r| *r).await.expect("ready");
+        running.await.expect("returns");
+        assert!(stop.left().is_empty(), "and done");
     }
 
     /// A tracked service is left until its `start` returns on shutdown.
