@@ -131,6 +131,55 @@ fn sigterm_with_a_session_open_waits_for_its_client_to_leave_then_exits() {
     assert!(ok, "exit status 0:\n{}", gw.log());
 }
 
+/// Connections that are not sessions yet at a stop: one whose first bytes were seen and an
+/// established WebSocket are told to go and may still start their session within the window;
+/// one that sent nothing is closed at once, with no frame.
+#[test]
+fn sigterm_tells_connections_not_yet_sessions_to_go_when_their_protocol_is_known() {
+    let server = GameServer::start("lobby", &["--events"]);
+    // The first-frame deadline (which a drain does not lift) past the window.
+    let yaml = config(&server, "10s").replace(
+        "      drain: 10s\n",
+        "      drain: 10s\n      first_frame_timeout: 30s\n",
+    );
+    assert!(yaml.contains("first_frame_timeout"));
+    let mut gw = Gateway::start(&yaml);
+    let addr = game_addr(&gw);
+    let whoami = client_frame(WHOAMI, sid(1, 1, 0), b"");
+    // Half a first frame: its protocol, the binary framing, is known.
+    let mut half = GameClient::connect(addr).unwrap();
+    half.send_raw(&whoami[..4]).unwrap();
+    let mut ws = GameClient::websocket(addr).unwrap();
+    let mut silent = GameClient::connect(addr).unwrap();
+    // Time for the gateway to read the half frame (the WebSocket's upgrade was answered).
+    thread::sleep(Duration::from_secs(1));
+    gw.signal("TERM");
+    assert_eq!(
+        silent.until_closed(Duration::from_secs(5)),
+        Some(Vec::new()),
+        "closed without a frame, long before the window ends:\n{}",
+        gw.log()
+    );
+    for (name, c) in [("tcp", &mut half), ("websocket", &mut ws)] {
+        let f = c.recv(Duration::from_secs(5)).frame();
+        assert_eq!((f.msg_id, f.u32()), (GO_AWAY, Some(10_000)), "{name}");
+    }
+    // The rest of the frame, within the window: a session, told to go already.
+    half.send_raw(&whoami[4..]).unwrap();
+    assert_eq!(half.recv(Duration::from_secs(5)).frame().text(), "lobby");
+    // At the window's end both get the close frame (`shutdown`), and no second go-away.
+    for (name, c) in [("tcp", &mut half), ("websocket", &mut ws)] {
+        let frames = c
+            .until_closed(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{name} still open"));
+        let closes: Vec<_> = frames.iter().map(|f| (f.msg_id, f.u16())).collect();
+        assert_eq!(closes, [(CLOSE_FRAME, Some(10))], "{name}");
+    }
+    let (_, ok) = exit_within(&mut gw, Instant::now(), Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("zkgate still runs:\n{}", gw.log()));
+    assert!(ok, "{}", gw.log());
+}
+
 #[test]
 fn sigquit_upgrade_hands_new_sessions_over_while_old_ones_are_told_to_go() {
     let server = GameServer::start("lobby", &["--events"]);
