@@ -1,6 +1,7 @@
 //! Process assembly: Pingora's server with one service per listener, built from the listener's
 //! kind, the admin listener, the runtime's background services (discovery, housekeeping,
-//! reload) and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade).
+//! reload) and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade), which
+//! ends as soon as nothing is left to drain (`runtime::stop`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -77,10 +78,10 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
             }
         });
 
-    // Discovered upstreams are filled before the proxy accepts: a restart or an upgrade never
-    // answers 503 for want of backends it could have read.
     // What a graceful stop waits for before the process exits on its own (see runtime::stop).
     let mut stop = Stop::new(access_log.clone());
+    // Discovered upstreams are filled before the proxy accepts: a restart or an upgrade never
+    // answers 503 for want of backends it could have read.
     let discovery = settings
         .zookeeper
         .as_ref()
