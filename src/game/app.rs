@@ -1206,9 +1206,9 @@ impl<'a> Session<'a> {
         let app = self.app;
         let server_type = self.routes.first().map_or(0, |r| r.rule.server_type);
         app.table.remove(self.id);
-        let routes = std::mem::take(&mut self.routes);
-        let died: Vec<bool> = routes.iter().map(|r| r.attached.link_died()).collect();
-        for (route, outcome) in routes.into_iter().zip(call_outcomes(reason, &died)) {
+        let any_died = self.routes.iter().any(|r| r.attached.link_died());
+        for (i, route) in std::mem::take(&mut self.routes).into_iter().enumerate() {
+            let outcome = call_outcome(reason, route.attached.link_died(), i == 0, any_died);
             route.attached.close(reason);
             route.call.finish(outcome);
         }
@@ -1273,21 +1273,17 @@ impl<'a> Session<'a> {
     }
 }
 
-/// How each backend call of a session that ended for `reason` ends, given whether the link of
-/// each (in the session's order) `died`: with `backend_gone`, every backend whose link died
-/// failed (with `route: per_message` a session holds several, and only the dead ones are to
-/// blame); when none is seen dead (the session saw the failure first), its first backend, the
-/// one it was sent to. Anything else is no backend's fault.
-fn call_outcomes(reason: CloseReason, died: &[bool]) -> impl Iterator<Item = Outcome> + '_ {
-    let gone = reason == CloseReason::BackendGone;
-    let any = died.iter().any(|d| *d);
-    died.iter().enumerate().map(move |(i, d)| {
-        if gone && (*d || (!any && i == 0)) {
-            Outcome::BackendFailed
-        } else {
-            Outcome::Ok
-        }
-    })
+/// How a backend call of a session that ended for `reason` ends, given whether its link `died`,
+/// whether it is the session's `first` and whether `any_died` of the session's links: with
+/// `backend_gone`, every backend whose link died failed (with `route: per_message` a session
+/// holds several, and only the dead ones are to blame); when none is seen dead, the first
+/// backend, the one the session was sent to. Anything else is no backend's fault.
+fn call_outcome(reason: CloseReason, died: bool, first: bool, any_died: bool) -> Outcome {
+    if reason == CloseReason::BackendGone && (died || (first && !any_died)) {
+        Outcome::BackendFailed
+    } else {
+        Outcome::Ok
+    }
 }
 
 /// Writes what `out` holds (a close frame) and closes, within `wait`.
@@ -1366,7 +1362,12 @@ mod tests {
     #[test]
     fn backend_gone_blames_every_backend_whose_link_died_and_no_other() {
         use Outcome::{BackendFailed as F, Ok as K};
-        let of = |reason, died: &[bool]| call_outcomes(reason, died).collect::<Vec<_>>();
+        let of = |reason, died: &[bool]| {
+            let any = died.contains(&true);
+            let each = died.iter().enumerate();
+            each.map(|(i, d)| call_outcome(reason, *d, i == 0, any))
+                .collect::<Vec<_>>()
+        };
         let gone = CloseReason::BackendGone;
         assert_eq!(
             of(gone, &[false, true, false]),
