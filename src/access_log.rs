@@ -9,7 +9,8 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
@@ -57,6 +58,8 @@ impl AccessLogSection {
 #[derive(Clone)]
 pub struct AccessLog {
     tx: SyncSender<String>,
+    /// Flush requests the writer has carried out (see [`AccessLog::flush`]).
+    flushed: Arc<(Mutex<u64>, Condvar)>,
 }
 
 impl AccessLog {
@@ -68,10 +71,42 @@ impl AccessLog {
             path => Box::new(OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = sync_channel(cfg.buffer);
+        let flushed = Arc::new((Mutex::new(0), Condvar::new()));
+        let done = flushed.clone();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, out))?;
-        Ok(AccessLog { tx })
+            .spawn(move || write_lines(rx, out, &done))?;
+        Ok(AccessLog { tx, flushed })
+    }
+
+    /// Waits, at most `within`, until every line queued before the call is written out: for a
+    /// process about to exit on its own. `false` when the writer did not get there in time.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let (count, written) = &*self.flushed;
+        let before = *count.lock().unwrap_or_else(|e| e.into_inner());
+        // An empty line asks for a flush: every real line ends with a newline. The queue may
+        // be full: the request waits for room, within the same deadline.
+        let mut ask = String::new();
+        loop {
+            match self.tx.try_send(ask) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    ask = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let guard = count.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let (guard, _) = written
+            .wait_timeout_while(guard, wait, |n| *n == before)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard != before
     }
 
     pub fn record(
@@ -189,16 +224,23 @@ impl std::fmt::Display for TlsFields<'_> {
     }
 }
 
-fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>, flushed: &(Mutex<u64>, Condvar)) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     while let Ok(line) = rx.recv() {
+        let mut asked = line.is_empty();
         let mut ok = out.write_all(line.as_bytes()).is_ok();
         // Drain what is queued before flushing, so a busy log writes in large blocks.
         while let Ok(line) = rx.try_recv() {
+            asked |= line.is_empty();
             ok &= out.write_all(line.as_bytes()).is_ok();
         }
         if !ok || out.flush().is_err() {
             log::warn!("access log write failed");
+        }
+        if asked {
+            let (count, written) = flushed;
+            *count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            written.notify_all();
         }
     }
 }
@@ -206,6 +248,29 @@ fn write_lines(rx: Receiver<String>, out: Box<dyn Write + Send>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What was queued before a flush is in the file when it returns, and the file holds no
+    /// trace of the flush request itself.
+    #[test]
+    fn a_flush_returns_once_the_queued_lines_are_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("access.log");
+        let log = AccessLog::start(&AccessLogSettings {
+            path: path.display().to_string(),
+            buffer: 4,
+        })
+        .expect("open");
+        for i in 0..3 {
+            log.tx.send(format!("line {i}\n")).expect("queued");
+        }
+        assert!(log.flush(Duration::from_secs(10)));
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text, "line 0\nline 1\nline 2\n");
+        assert!(
+            log.flush(Duration::from_secs(10)),
+            "again, with nothing queued"
+        );
+    }
 
     #[test]
     fn targets_are_logged_without_userinfo() {

@@ -1,6 +1,7 @@
 //! Process assembly: Pingora's server with one service per listener, built from the listener's
 //! kind, the admin listener, the runtime's background services (discovery, housekeeping,
-//! reload) and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade).
+//! reload) and the signal handling Pingora provides (SIGTERM drain, SIGQUIT upgrade), which
+//! ends as soon as nothing is left to drain (`runtime::stop`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::config::Source;
 use crate::conn::{ConnApp, FdWatch, ListenerConns};
 use crate::game::rules_node::RulesNodeService;
 use crate::proxy::Gateway;
-use crate::runtime::{DiscoveryService, Housekeeping, Live, Reloader};
+use crate::runtime::{DiscoveryService, Housekeeping, Live, Reloader, Stop};
 use crate::snapshot::{Listener, ListenerKind, ServerSettings, Settings, Snapshot};
 use crate::upstream::health::Prober;
 
@@ -77,13 +78,18 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
             }
         });
 
+    // What a graceful stop waits for before the process exits on its own (see runtime::stop).
+    let mut stop = Stop::new(access_log.clone());
     // Discovered upstreams are filled before the proxy accepts: a restart or an upgrade never
     // answers 503 for want of backends it could have read.
     let discovery = settings
         .zookeeper
         .as_ref()
         .map(|zk| DiscoveryService::new(live.clone(), zk.clone()))
-        .map(|svc| server.add_service(background_service("zookeeper", svc)));
+        .map(|svc| {
+            let svc = stop.track("zookeeper", svc);
+            server.add_service(background_service("zookeeper", svc))
+        });
 
     // Game listeners' rules nodes: each followed for the life of the process.
     let feeds = settings
@@ -95,14 +101,28 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
         .clone()
         .and_then(|zk| RulesNodeService::new(zk, feeds.collect()))
     {
-        server.add_service(background_service("game rules", svc));
+        server.add_service(background_service(
+            "game rules",
+            stop.track("game rules", svc),
+        ));
     }
 
     for l in &settings.listeners {
         let service: Box<dyn ServiceWithDependents> = match l.kind {
-            ListenerKind::Http => Box::new(http_service(&server, &live, l, access_log.clone())),
+            ListenerKind::Http => {
+                let svc = http_service(&server, &live, l, access_log.clone());
+                if let Some(app) = svc.app_logic() {
+                    stop.http(&l.name, app.conns().clone());
+                }
+                Box::new(svc)
+            }
             ListenerKind::Game => match game_service(&live, l) {
-                Some(svc) => Box::new(svc),
+                Some(svc) => {
+                    if let Some(app) = svc.app_logic() {
+                        stop.game(&l.name, app.pending());
+                    }
+                    Box::new(svc)
+                }
                 None => continue,
             },
         };
@@ -120,14 +140,16 @@ pub fn run(source: Source, text: String, snapshot: Snapshot, upgrade: bool) -> !
     server.add_service(admin);
 
     server.add_service(background_service("fd pressure", FdWatch));
+    let housekeeping = Housekeeping::new(live.clone(), Prober::new(&server.configuration));
     server.add_service(background_service(
         "housekeeping",
-        Housekeeping::new(live.clone(), Prober::new(&server.configuration)),
+        stop.track("housekeeping", housekeeping),
     ));
     server.add_service(background_service(
         "reload",
-        Reloader::new(source, live, text),
+        stop.track("reload", Reloader::new(source, live, text)),
     ));
+    stop.start(server.watch_execution_phase());
     run_or_exit(server)
 }
 

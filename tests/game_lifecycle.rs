@@ -11,7 +11,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::game::*;
 use common::Gateway;
@@ -66,6 +66,118 @@ fn sigterm_sends_every_session_the_go_away_frame_before_closing() {
         matches!(gw.child.try_wait(), Ok(Some(_)))
     });
     assert!(exited, "zkgate still runs:\n{}", gw.log());
+}
+
+/// How long the gateway took to exit from `from` (within `limit`), and whether it exited 0.
+fn exit_within(gw: &mut Gateway, from: Instant, limit: Duration) -> Option<(Duration, bool)> {
+    let mut status = None;
+    common::eventually(limit, || {
+        status = gw.child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status.map(|s| (from.elapsed(), s.success()))
+}
+
+/// The grace period is raised to 32 s for a 30 s drain, but with nothing open the process ends
+/// once its housekeeping is done, not when the grace period does.
+#[test]
+fn sigterm_with_no_session_open_stops_long_before_the_drain_window() {
+    let server = GameServer::start("lobby", &["--events"]);
+    let mut gw = Gateway::start(&config(&server, "30s"));
+    // A session came and went: its link to the backend stays, idle.
+    let mut c = GameClient::connect(game_addr(&gw)).unwrap();
+    assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
+    drop(c);
+    assert!(common::eventually(Duration::from_secs(5), || {
+        metric_sum(&gw.metrics(), "zkgate_game_sessions_active", &[]) == 0.0
+    }));
+    let signalled = Instant::now();
+    gw.signal("TERM");
+    let (took, ok) = exit_within(&mut gw, signalled, Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("zkgate still runs:\n{}", gw.log()));
+    assert!(
+        took < Duration::from_secs(15),
+        "took {took:?} against a 32 s grace period:\n{}",
+        gw.log()
+    );
+    assert!(ok, "exit status 0:\n{}", gw.log());
+    assert!(gw.log().contains("nothing left to drain"), "{}", gw.log());
+}
+
+/// With a session open the stop waits for it: the go-away comes at once, the session keeps
+/// working, and once its client leaves (well within the window) the process ends promptly.
+#[test]
+fn sigterm_with_a_session_open_waits_for_its_client_to_leave_then_exits() {
+    let server = GameServer::start("lobby", &["--events"]);
+    let mut gw = Gateway::start(&config(&server, "30s"));
+    let mut c = GameClient::connect(game_addr(&gw)).unwrap();
+    assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
+    gw.signal("TERM");
+    let f = c.recv(Duration::from_secs(5)).frame();
+    assert_eq!((f.msg_id, f.u32()), (GO_AWAY, Some(30_000)));
+    // The session outlives the quiet time a stop waits for, and still works.
+    thread::sleep(Duration::from_secs(2));
+    assert!(gw.child.try_wait().unwrap().is_none(), "{}", gw.log());
+    assert_eq!(c.whoami(sid(1, 1, 0)), "lobby");
+    let left = Instant::now();
+    drop(c);
+    let (took, ok) = exit_within(&mut gw, left, Duration::from_secs(40))
+        .unwrap_or_else(|| panic!("zkgate still runs:\n{}", gw.log()));
+    assert!(
+        took < Duration::from_secs(15),
+        "took {took:?} after the client left, against a 30 s drain:\n{}",
+        gw.log()
+    );
+    assert!(ok, "exit status 0:\n{}", gw.log());
+}
+
+/// Connections that are not sessions yet at a stop: one whose first bytes were seen and an
+/// established WebSocket are told to go and may still start their session within the window;
+/// one that sent nothing is closed at once, with no frame.
+#[test]
+fn sigterm_tells_connections_not_yet_sessions_to_go_when_their_protocol_is_known() {
+    let server = GameServer::start("lobby", &["--events"]);
+    // The first-frame deadline (which a drain does not lift) past the window.
+    let yaml = config(&server, "10s").replace(
+        "      drain: 10s\n",
+        "      drain: 10s\n      first_frame_timeout: 30s\n",
+    );
+    assert!(yaml.contains("first_frame_timeout"));
+    let mut gw = Gateway::start(&yaml);
+    let addr = game_addr(&gw);
+    let whoami = client_frame(WHOAMI, sid(1, 1, 0), b"");
+    // Half a first frame: its protocol, the binary framing, is known.
+    let mut half = GameClient::connect(addr).unwrap();
+    half.send_raw(&whoami[..4]).unwrap();
+    let mut ws = GameClient::websocket(addr).unwrap();
+    let mut silent = GameClient::connect(addr).unwrap();
+    // Time for the gateway to read the half frame (the WebSocket's upgrade was answered).
+    thread::sleep(Duration::from_secs(1));
+    gw.signal("TERM");
+    assert_eq!(
+        silent.until_closed(Duration::from_secs(5)),
+        Some(Vec::new()),
+        "closed without a frame, long before the window ends:\n{}",
+        gw.log()
+    );
+    for (name, c) in [("tcp", &mut half), ("websocket", &mut ws)] {
+        let f = c.recv(Duration::from_secs(5)).frame();
+        assert_eq!((f.msg_id, f.u32()), (GO_AWAY, Some(10_000)), "{name}");
+    }
+    // The rest of the frame, within the window: a session, told to go already.
+    half.send_raw(&whoami[4..]).unwrap();
+    assert_eq!(half.recv(Duration::from_secs(5)).frame().text(), "lobby");
+    // At the window's end both get the close frame (`shutdown`), and no second go-away.
+    for (name, c) in [("tcp", &mut half), ("websocket", &mut ws)] {
+        let frames = c
+            .until_closed(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{name} still open"));
+        let closes: Vec<_> = frames.iter().map(|f| (f.msg_id, f.u16())).collect();
+        assert_eq!(closes, [(CLOSE_FRAME, Some(10))], "{name}");
+    }
+    let (_, ok) = exit_within(&mut gw, Instant::now(), Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("zkgate still runs:\n{}", gw.log()));
+    assert!(ok, "{}", gw.log());
 }
 
 #[test]

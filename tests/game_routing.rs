@@ -187,3 +187,54 @@ fn per_message_rules_route_each_frame_by_its_own_server_id() {
         (11, sid(2, 5, 1), &b"fan"[..])
     );
 }
+
+/// A `route: per_message` session whose second backend dies ends as `backend_gone`, and the
+/// failure goes to that backend's outlier detection only: the first backend, which did nothing
+/// wrong, stays in rotation.
+#[test]
+fn a_per_message_session_blames_only_the_backend_that_died() {
+    let a = GameServer::start("lobby-a", &["--events"]);
+    let c = GameServer::start("battle-c", &["--events"]);
+    let outlier = "outlier_detection: { consecutive_failures: 1, base_ejection_time: 60s, max_ejected_percent: 100 }";
+    let gw = Gateway::start(&game_config(
+        None,
+        &format!(
+            "  - {{ name: lobby, backends: [\"{}\"], {outlier} }}\n  - {{ name: battle, backends: [\"{}\"], {outlier} }}\n",
+            a.addr, c.addr
+        ),
+        "      rules:
+        - { server_type: 4, upstream: lobby, route: per_message }
+        - { server_type: 5, upstream: battle, route: per_message }
+",
+        "",
+    ));
+    let _log = LogOnPanic(&gw);
+    let mut s = GameClient::connect(game_addr(&gw)).unwrap();
+    assert_eq!(s.whoami(sid(1, 4, 0)), "lobby-a");
+    assert_eq!(s.whoami(sid(1, 5, 0)), "battle-c");
+    s.send(DIE, sid(1, 5, 0), b"").unwrap();
+    let frames = s.until_closed(Duration::from_secs(10)).expect("closed");
+    let last = frames.last().map(|f| (f.msg_id, f.u16()));
+    assert_eq!(
+        last,
+        Some((CLOSE_FRAME, Some(8))),
+        "backend_gone: {frames:?}"
+    );
+    let state = |upstream: &str| {
+        let all = common::get(gw.admin, "/upstreams").json();
+        let list = all["upstreams"].as_array().cloned().unwrap_or_default();
+        let u = list.iter().find(|u| u["name"] == upstream).cloned();
+        u.map(|u| u["backends"][0]["state"].as_str().unwrap_or("-").to_owned())
+    };
+    assert!(
+        common::eventually(Duration::from_secs(5), || state("battle").as_deref()
+            == Some("ejected")),
+        "the backend that died is ejected: {:?}",
+        state("battle")
+    );
+    assert_eq!(
+        state("lobby").as_deref(),
+        Some("active"),
+        "the healthy one is not"
+    );
+}

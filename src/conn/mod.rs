@@ -367,6 +367,11 @@ impl<A> ConnApp<A> {
             tls: None,
         }
     }
+
+    /// The listener's connection counts (a stopping process waits for them to reach zero).
+    pub fn conns(&self) -> &Arc<ListenerConns> {
+        &self.conns
+    }
 }
 
 /// How a wait of a connection ended: what it waited for, or the deadline, or an eviction, or a

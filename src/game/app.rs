@@ -11,6 +11,9 @@
 //! link, the session's queue is written to the client (what is queued, in one write), and one
 //! timer holds the idle, duration, drain and periodic-log deadlines, moved only when it fires.
 //!
+//! A stop (SIGTERM, or SIGQUIT after the handover) closes a connection still being sniffed,
+//! and tells one that awaits its first frame to go, giving it the drain window a session gets.
+//!
 //! Memory per connection: the task's future, one read buffer that starts at 512 bytes and grows
 //! only for a bigger frame, one write buffer, the queue. Pingora's own per-connection buffers
 //! are off (`L4BufferSettings::unbuffered`).
@@ -87,6 +90,25 @@ pub fn service(
     svc
 }
 
+/// What a game listener still has open: a stopping process exits once it is nothing.
+#[derive(Clone)]
+pub struct Pending {
+    admission: Arc<Admission>,
+    links: Arc<Links>,
+}
+
+impl Pending {
+    /// Connections open, sessions or not yet.
+    pub fn connections(&self) -> u32 {
+        self.admission.open()
+    }
+
+    /// Bytes queued toward backends and not written yet.
+    pub fn queued_bytes(&self) -> i64 {
+        self.links.queued_bytes()
+    }
+}
+
 /// The kinds of warning rate-limited per listener.
 #[derive(Clone, Copy)]
 enum Warn {
@@ -102,7 +124,7 @@ pub struct GameApp {
     /// The settings at start: what serves if the listener leaves the config.
     first: Arc<GameSettings>,
     proxy_protocol: Option<ProxyProtocol>,
-    admission: Admission,
+    admission: Arc<Admission>,
     table: Arc<SessionTable>,
     links: Arc<Links>,
     metrics: Arc<GameMetrics>,
@@ -129,7 +151,7 @@ impl GameApp {
             first,
             settings,
             proxy_protocol,
-            admission: Admission::new(),
+            admission: Arc::new(Admission::new()),
             table,
             links,
             metrics,
@@ -144,6 +166,14 @@ impl GameApp {
     /// The sessions of this listener.
     pub fn table(&self) -> &Arc<SessionTable> {
         &self.table
+    }
+
+    /// What this listener leaves open, for a stopping process to wait on.
+    pub fn pending(&self) -> Pending {
+        Pending {
+            admission: self.admission.clone(),
+            links: self.links.clone(),
+        }
     }
 
     fn current(&self) -> Arc<GameSettings> {
@@ -208,13 +238,14 @@ impl ServerApp for GameApp {
         };
         let deadline = accepted + settings.first_frame_timeout;
         let mut stop = shutdown.clone();
-        // Before it is a session a connection is not drained: a stopping gateway closes it.
-        let front = tokio::select! {
+        // A connection whose protocol is not known yet cannot be told to go: a stopping
+        // gateway closes it.
+        let sniffed = tokio::select! {
             // Boxed, as the other cold paths: the session's task keeps only its loop's state.
             front = tokio::time::timeout_at(deadline, Box::pin(self.front(io, &settings, client))) => front,
             _ = stop.wait_for(|s| *s) => return None,
         };
-        let (wire, buf, first) = match front {
+        let (wire, buf) = match sniffed {
             Ok(Some(f)) => f,
             Ok(None) => return None,
             Err(_) => {
@@ -222,7 +253,15 @@ impl ServerApp for GameApp {
                 return None;
             }
         };
-        Session::run(self, settings, wire, buf, first, client, accepted, shutdown).await;
+        let first = self.first_frame(wire, buf, &settings, client, deadline, shutdown);
+        let (wire, buf, first, drain_until) = Box::pin(first).await?;
+        let front = Front {
+            first,
+            client,
+            accepted,
+            drain_until,
+        };
+        Session::run(self, settings, wire, buf, front, shutdown).await;
         None
     }
 }
@@ -274,14 +313,14 @@ impl GameApp {
         None
     }
 
-    /// Sniffs the connection and reads its first frame. `None`: the connection is done (plain
-    /// HTTP answered 426, a refused handshake, a malformed frame, or the client left).
+    /// Sniffs the connection: its wire, binary or WebSocket, with what was read of it. `None`:
+    /// the connection is done (plain HTTP answered 426, a refused handshake, or the client left).
     async fn front(
         &self,
         io: Stream,
         settings: &GameSettings,
         client: SocketAddr,
-    ) -> Option<(Wire, BytesMut, ClientFrame)> {
+    ) -> Option<(Wire, BytesMut)> {
         let mut wire = Wire::Tcp(io);
         let mut buf = BytesMut::with_capacity(READ_START);
         loop {
@@ -297,10 +336,38 @@ impl GameApp {
                 return None;
             }
         }
+        Some((wire, buf))
+    }
+
+    /// Reads the first frame of a client whose protocol is known, until `deadline`. A stop
+    /// meanwhile tells the client to go (the go-away frame) and gives it the drain window, as
+    /// an open session gets: a first frame within it (and the deadline) starts a session whose
+    /// window runs on (the instant it ends comes back with the frame); at its end the client
+    /// gets the close frame (`shutdown`). `None`: the connection is done.
+    async fn first_frame(
+        &self,
+        mut wire: Wire,
+        mut buf: BytesMut,
+        settings: &GameSettings,
+        client: SocketAddr,
+        deadline: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<(Wire, BytesMut, ClientFrame, Option<Instant>)> {
+        enum Wake {
+            Read(io::Result<usize>),
+            Stopping,
+            Deadline,
+        }
         let codec = ClientCodec::new(settings.max_frame);
+        let mut stop = shutdown.clone();
+        let mut stopping = pin!(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        let mut timer = pin!(tokio::time::sleep_until(deadline));
+        let mut drain_until = None;
         loop {
             match codec.decode(&mut buf) {
-                Ok(Some(first)) => return Some((wire, buf, first)),
+                Ok(Some(first)) => return Some((wire, buf, first, drain_until)),
                 Ok(None) => {}
                 Err(e) => {
                     // Not a session yet: counted with the sessions closed for it.
@@ -309,9 +376,56 @@ impl GameApp {
                     return None;
                 }
             }
-            match fill(&mut wire, &mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
+            let wake = poll_fn(|cx| {
+                if let Poll::Ready(r) = wire.poll_fill(cx, &mut buf) {
+                    return Poll::Ready(Wake::Read(r));
+                }
+                if drain_until.is_none() && stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Stopping);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Deadline);
+                }
+                Poll::Pending
+            })
+            .await;
+            match wake {
+                Wake::Read(Ok(0) | Err(_)) => return None,
+                Wake::Read(Ok(_)) => {}
+                Wake::Stopping => {
+                    let until = Instant::now() + settings.drain;
+                    drain_until = Some(until);
+                    let mut out = BytesMut::new();
+                    put_gateway_frame(
+                        &mut out,
+                        settings.go_away_message_id,
+                        &drain_ms(settings.drain).to_le_bytes(),
+                    );
+                    if !write_within(&mut wire, &mut out, CLOSE_FLUSH).await {
+                        return None;
+                    }
+                    if until < deadline {
+                        timer.as_mut().reset(until);
+                    }
+                }
+                Wake::Deadline => {
+                    if drain_until.is_some_and(|u| u <= Instant::now()) {
+                        let mut out = BytesMut::new();
+                        let reason = CloseReason::Shutdown;
+                        put_gateway_frame(
+                            &mut out,
+                            settings.close_message_id,
+                            &reason.code().to_le_bytes(),
+                        );
+                        if write_within(&mut wire, &mut out, CLOSE_FLUSH).await {
+                            let _ = tokio::time::timeout(CLOSE_FLUSH, wire.shutdown()).await;
+                        }
+                        self.metrics.closed(reason);
+                    } else {
+                        self.metrics.refused("first_frame_timeout");
+                    }
+                    return None;
+                }
             }
         }
     }
@@ -592,12 +706,28 @@ impl Output {
 
     /// Appends a frame of the gateway's own (close, go-away).
     fn push(&mut self, msg_id: u16, payload: &[u8]) {
-        self.out.reserve(CLIENT_HEADER + payload.len());
-        self.out.put_u16_le(payload.len() as u16);
-        self.out.put_u16_le(msg_id);
-        self.out.put_u32_le(0);
-        self.out.put_slice(payload);
+        put_gateway_frame(&mut self.out, msg_id, payload);
     }
+}
+
+/// Appends a frame of the gateway's own (close, go-away) to `out`: ServerID 0.
+fn put_gateway_frame(out: &mut BytesMut, msg_id: u16, payload: &[u8]) {
+    out.reserve(CLIENT_HEADER + payload.len());
+    out.put_u16_le(payload.len() as u16);
+    out.put_u16_le(msg_id);
+    out.put_u32_le(0);
+    out.put_slice(payload);
+}
+
+/// The go-away frame's payload: the drain window in ms.
+fn drain_ms(drain: Duration) -> u32 {
+    u32::try_from(drain.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Writes `out` to the client within `wait`: `false` when it could not.
+async fn write_within(wire: &mut Wire, out: &mut BytesMut, wait: Duration) -> bool {
+    let write = poll_fn(|cx| wire.poll_write_out(cx, out));
+    matches!(tokio::time::timeout(wait, write).await, Ok(Ok(())))
 }
 
 /// The counters of the session's serverType toward the client (resolved once).
@@ -727,6 +857,15 @@ impl Timers {
     }
 }
 
+/// What a connection brings to its session: its first frame, the client's address, when it
+/// was accepted, and the end of the drain window when a stop told it to go before that frame.
+struct Front {
+    first: ClientFrame,
+    client: SocketAddr,
+    accepted: Instant,
+    drain_until: Option<Instant>,
+}
+
 /// How a route could not be made.
 enum NoRoute {
     NoRule,
@@ -746,17 +885,20 @@ impl NoRoute {
 }
 
 impl<'a> Session<'a> {
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         app: &'a GameApp,
         settings: Arc<GameSettings>,
         mut wire: Wire,
         mut buf: BytesMut,
-        first: ClientFrame,
-        client: SocketAddr,
-        accepted: Instant,
+        front: Front,
         shutdown: &ShutdownWatch,
     ) {
+        let Front {
+            first,
+            client,
+            accepted,
+            drain_until,
+        } = front;
         let now = Instant::now();
         if buf.is_empty() {
             // The usual first frame came alone: the session waits for its next one without a
@@ -777,6 +919,7 @@ impl<'a> Session<'a> {
             settings,
         };
         s.timers.holding = buf.capacity() > 0;
+        s.timers.drain_until = drain_until;
         let (handle, rx) = SessionHandle::new(s.settings.queue);
         // The session is in the table before its backend hears of it: an answer to SessionOpen
         // or to the first frame finds it.
@@ -1075,11 +1218,17 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Tells the client to go elsewhere within the drain window, and starts that window.
+    /// Tells the client to go elsewhere within the drain window, and starts that window;
+    /// nothing when the client was told before its first frame (the window runs already).
     fn go_away(&mut self, out: &mut Output) {
+        if self.timers.drain_until.is_some() {
+            return;
+        }
         let drain = self.settings.drain;
-        let ms = u32::try_from(drain.as_millis()).unwrap_or(u32::MAX);
-        out.push(self.settings.go_away_message_id, &ms.to_le_bytes());
+        out.push(
+            self.settings.go_away_message_id,
+            &drain_ms(drain).to_le_bytes(),
+        );
         self.timers.drain_until = Some(Instant::now() + drain);
     }
 
@@ -1089,15 +1238,10 @@ impl<'a> Session<'a> {
         let app = self.app;
         let server_type = self.routes.first().map_or(0, |r| r.rule.server_type);
         app.table.remove(self.id);
+        let any_died = self.routes.iter().any(|r| r.attached.link_died());
         for (i, route) in std::mem::take(&mut self.routes).into_iter().enumerate() {
+            let outcome = call_outcome(reason, route.attached.link_died(), i == 0, any_died);
             route.attached.close(reason);
-            // Which of several backends failed is not told: the session's own (first) one is
-            // counted, as with one backend.
-            let outcome = if reason == CloseReason::BackendGone && i == 0 {
-                Outcome::BackendFailed
-            } else {
-                Outcome::Ok
-            };
             route.call.finish(outcome);
         }
         let flush = match reason {
@@ -1189,6 +1333,19 @@ async fn send_waiting(
 fn link_gone(e: LinkError) -> CloseReason {
     match e {
         LinkError::Closed | LinkError::Connect(_) => CloseReason::BackendGone,
+    }
+}
+
+/// How a backend call of a session that ended for `reason` ends, given whether its link `died`,
+/// whether it is the session's `first` and whether `any_died` of the session's links: with
+/// `backend_gone`, every backend whose link died failed (with `route: per_message` a session
+/// holds several, and only the dead ones are to blame); when none is seen dead, the first
+/// backend, the one the session was sent to. Anything else is no backend's fault.
+fn call_outcome(reason: CloseReason, died: bool, first: bool, any_died: bool) -> Outcome {
+    if reason == CloseReason::BackendGone && (died || (first && !any_died)) {
+        Outcome::BackendFailed
+    } else {
+        Outcome::Ok
     }
 }
 
@@ -1291,6 +1448,32 @@ mod tests {
             None,
             "trimming ends nothing"
         );
+    }
+
+    #[test]
+    fn backend_gone_blames_every_backend_whose_link_died_and_no_other() {
+        use Outcome::{BackendFailed as F, Ok as K};
+        let of = |reason, died: &[bool]| {
+            let any = died.contains(&true);
+            let each = died.iter().enumerate();
+            each.map(|(i, d)| call_outcome(reason, *d, i == 0, any))
+                .collect::<Vec<_>>()
+        };
+        let gone = CloseReason::BackendGone;
+        assert_eq!(
+            of(gone, &[false, true, false]),
+            [K, F, K],
+            "the second died"
+        );
+        assert_eq!(of(gone, &[true, true]), [F, F]);
+        assert_eq!(
+            of(gone, &[false, false]),
+            [F, K],
+            "none seen dead: the first"
+        );
+        assert_eq!(of(gone, &[true]), [F]);
+        assert_eq!(of(CloseReason::ClientClosed, &[true, false]), [K, K]);
+        assert_eq!(of(CloseReason::Shutdown, &[false]), [K]);
     }
 
     #[test]

@@ -10,6 +10,11 @@
 //! grace period the process runs with is raised to cover the longest drain plus the time a
 //! session takes to write its close frame; `server.grace_period` stays the floor (HTTP requests
 //! in flight keep what they had).
+//!
+//! The raised grace period is a ceiling, not a wait: the process exits on its own as soon as
+//! every game connection has closed (its client left, or its window ended), what was queued
+//! toward the backends is written and the shutdown housekeeping is done (`runtime::stop`, which
+//! reads each game listener's `app::Pending`). A gateway with no session open stops at once.
 
 use std::time::Duration;
 

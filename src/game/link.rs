@@ -221,6 +221,15 @@ impl Links {
         })
     }
 
+    /// Bytes queued toward this listener's backends and not written yet (among them the
+    /// SessionClose frames of sessions that just ended): a stopping process waits for them.
+    pub fn queued_bytes(&self) -> i64 {
+        lock(&self.link_metrics)
+            .values()
+            .map(|m| m.queue_bytes.get())
+            .sum()
+    }
+
     /// Attaches session `open.id` to a link to `backend` (reusing one, or connecting), and
     /// tells the backend of it when `proto.events`. Insert the session in the table first:
     /// the backend may answer at once.
@@ -959,6 +968,12 @@ impl Attached {
         self.link.backend
     }
 
+    /// The link died under the session (EOF, an error or a malformed frame from its backend):
+    /// what ended a session as `backend_gone` was this backend's doing.
+    pub fn link_died(&self) -> bool {
+        self.link.is_dead()
+    }
+
     /// Ends the session on this link: the backend gets a SessionClose with `reason` (with
     /// `events`), a per-session connection is closed once what is queued is written.
     pub fn close(mut self, reason: CloseReason) {
@@ -1363,6 +1378,71 @@ mod tests {
         assert_eq!(s[2].handle.reason(), None);
         a[2].send(&frame(1, b"still")).await.expect("send");
         assert_eq!(&s[2].recv().await.payload[..], b"still");
+    }
+
+    /// `events: false` governs what the gateway sends, not what it takes: a kick and a
+    /// broadcast from such a backend are acted on (README "Backend links and the zkgate opcodes").
+    #[tokio::test]
+    async fn a_backend_without_events_still_kicks_and_broadcasts() {
+        let mut b = backend(false).await;
+        let (table, links) = links("t-quiet-kick");
+        let up = upstream("quiet-kick");
+        let p = BackendProtocol {
+            links: 1,
+            ..proto(LinkMode::Multiplexed, false)
+        };
+        let mut s: Vec<Session> = (1..=2).map(|i| Session::new(&table, i, 8)).collect();
+        let mut a = Vec::new();
+        for x in &s {
+            a.push(
+                links
+                    .attach(&up, b.addr, p, &x.open())
+                    .await
+                    .expect("attach"),
+            );
+        }
+        for (x, a) in s.iter_mut().zip(&a) {
+            a.send(&frame(1, b"hi")).await.expect("send");
+            x.recv().await;
+        }
+        a[1].send(&frame(BROADCAST, b"news")).await.expect("send");
+        for x in &mut s {
+            assert_eq!(&x.recv().await.payload[..], b"news");
+        }
+        a[0].send(&frame(KICK_ME, b"")).await.expect("send");
+        assert_eq!(s[0].closed().await, CloseReason::Kicked);
+        assert_eq!(s[1].handle.reason(), None);
+        // Nothing but Trans went to the backend: it was told of no session.
+        while let Ok((_, f)) = b.frames.try_recv() {
+            assert_eq!(f.opcode, Opcode::Trans, "{f:?}");
+        }
+    }
+
+    /// A session on two backends (`route: per_message`) whose one backend dies: only that
+    /// attachment says its link died, so only that backend's call is counted as failed.
+    #[tokio::test]
+    async fn a_session_on_two_backends_knows_which_one_died() {
+        let (first, second) = (backend(false).await, backend(false).await);
+        let (table, links) = links("t-two");
+        let up = upstream("two");
+        let p = proto(LinkMode::Multiplexed, false);
+        let mut s = Session::new(&table, 1, 8);
+        let a = links
+            .attach(&up, first.addr, p, &s.open())
+            .await
+            .expect("a");
+        let b = links
+            .attach(&up, second.addr, p, &s.open())
+            .await
+            .expect("b");
+        for at in [&a, &b] {
+            at.send(&frame(1, b"hi")).await.expect("send");
+            s.recv().await;
+        }
+        b.send(&frame(DIE, b"")).await.expect("send");
+        assert_eq!(s.closed().await, CloseReason::BackendGone);
+        assert!(b.link_died(), "the second backend's link died");
+        assert!(!a.link_died(), "the first backend's link is fine");
     }
 
     #[tokio::test]

@@ -51,8 +51,9 @@ pub struct BackendProtocol {
     /// Links per backend in multiplexed mode.
     pub links: u8,
     pub gate: GateForm,
-    /// The backend gets SessionOpen/SessionClose and may send SessionClose and Broadcast
-    /// (zkgate's opcodes 2 to 4); `false` for backends that know only opcode 1.
+    /// The backend gets SessionOpen/SessionClose (zkgate's opcodes 2 and 3); `false` for
+    /// backends that know only opcode 1. What a backend sends (a kick, a broadcast) is acted on
+    /// either way: `events` says only what the gateway sends.
     pub events: bool,
     /// The largest backend frame accepted (its length field).
     pub max_frame: usize,
