@@ -229,11 +229,13 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let peer_addr = io.peer_addr();
+                    // Boxed, and before the spawn: a task holds the largest state of what it
+                    // awaits for the connection's whole life, and the TLS handshake's is several
+                    // KiB (the unstarted stream alone some hundred bytes), TLS or not.
+                    let handshake = Box::pin(io.handshake());
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        // Boxed: the TLS handshake's state is several KiB, and inline it would
-                        // be part of this task for the connection's whole life, TLS or not.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
+                        match timeout(Duration::from_secs(60), handshake).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
