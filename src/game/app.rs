@@ -50,7 +50,7 @@ use super::sniff::{self, Sniffed};
 use super::{ws, ClientProtocol, CloseReason, IdGen, SessionId};
 use crate::conn::log::{suppressed_note, LogLimiter};
 use crate::conn::proxy_protocol::{self, Carried, ProxyProtocol, ReadError};
-use crate::upstream::call::{Call, Outcome, Refusal};
+use crate::upstream::call::{Outcome, Refusal, Settled};
 
 /// Where a connection finds the listener's settings in force: the serving config's listener of
 /// this name, so that rules, upstreams and limits follow reloads. `None` when a reload dropped
@@ -739,7 +739,7 @@ struct Traffic<'a> {
 struct Route {
     rule: Arc<Rule>,
     attached: Attached,
-    call: Call,
+    call: Settled,
 }
 
 /// What woke the session's loop.
@@ -885,14 +885,17 @@ impl NoRoute {
 }
 
 impl<'a> Session<'a> {
-    async fn run(
+    /// The session from its first frame to its end. Its state is set up before the future is
+    /// made, and the future owns it directly: an `async fn`'s parameters would each be kept
+    /// twice (as given and as bound) for the session's whole life.
+    fn run(
         app: &'a GameApp,
         settings: Arc<GameSettings>,
-        mut wire: Wire,
-        mut buf: BytesMut,
+        wire: Wire,
+        buf: BytesMut,
         front: Front,
-        shutdown: &ShutdownWatch,
-    ) {
+        shutdown: &'a ShutdownWatch,
+    ) -> impl Future<Output = ()> + 'a {
         let Front {
             first,
             client,
@@ -900,6 +903,7 @@ impl<'a> Session<'a> {
             drain_until,
         } = front;
         let now = Instant::now();
+        let mut buf = buf;
         if buf.is_empty() {
             // The usual first frame came alone: the session waits for its next one without a
             // buffer (the next bytes get one, see `poll_fill_tcp`).
@@ -924,47 +928,50 @@ impl<'a> Session<'a> {
         // The session is in the table before its backend hears of it: an answer to SessionOpen
         // or to the first frame finds it.
         app.table.insert(s.id, handle);
-        if let Err(e) = s.route(first.server_id).await {
-            app.metrics.route_error(e.as_str());
-            app.warn(
-                Warn::Route,
-                format_args!(
-                    "client {client}: no backend for serverType {} world {} ({})",
-                    first.server_id.server_type(),
-                    first.server_id.world(),
-                    e.as_str()
-                ),
-            );
-            app.table.remove(s.id);
+        let mut wire = wire;
+        async move {
             let mut out = Output::new(rx, now);
-            out.push(
-                s.settings.close_message_id,
-                &CloseReason::NoRoute.code().to_le_bytes(),
-            );
-            Box::pin(close_wire(&mut wire, &mut out, CLOSE_FLUSH)).await;
-            app.metrics.closed(CloseReason::NoRoute);
-            s.log_line("closed", Some(CloseReason::NoRoute), &out);
-            return;
-        }
-        let server_type = s.routes[0].rule.server_type;
-        let traffic = Traffic {
-            to_client: app.metrics.traffic(Direction::ToClient, server_type),
-        };
-        app.metrics.opened(s.protocol.as_str());
-        app.metrics.active.inc();
-        let mut out = Output::new(rx, now);
-        let forwarded = s.forward(&first, &mut wire, &mut out, &traffic).await;
-        // Its payload is a view of the buffer it was read into: let go of both now, or an
-        // idle session keeps them for its life.
-        drop(first);
-        let reason = match forwarded {
-            Some(r) => r,
-            None => {
-                s.pump(&mut wire, &mut buf, &mut out, &traffic, shutdown)
-                    .await
+            if let Err(e) = s.route(first.server_id).await {
+                app.metrics.route_error(e.as_str());
+                app.warn(
+                    Warn::Route,
+                    format_args!(
+                        "client {}: no backend for serverType {} world {} ({})",
+                        s.client,
+                        first.server_id.server_type(),
+                        first.server_id.world(),
+                        e.as_str()
+                    ),
+                );
+                app.table.remove(s.id);
+                out.push(
+                    s.settings.close_message_id,
+                    &CloseReason::NoRoute.code().to_le_bytes(),
+                );
+                Box::pin(close_wire(&mut wire, &mut out, CLOSE_FLUSH)).await;
+                app.metrics.closed(CloseReason::NoRoute);
+                s.log_line("closed", Some(CloseReason::NoRoute), &out);
+                return;
             }
-        };
-        Box::pin(s.end(reason, wire, out)).await;
+            let server_type = s.routes[0].rule.server_type;
+            let traffic = Traffic {
+                to_client: app.metrics.traffic(Direction::ToClient, server_type),
+            };
+            app.metrics.opened(s.protocol.as_str());
+            app.metrics.active.inc();
+            let forwarded = s.forward(&first, &mut wire, &mut out, &traffic).await;
+            // Its payload is a view of the buffer it was read into: let go of both now, or an
+            // idle session keeps them for its life.
+            drop(first);
+            let reason = match forwarded {
+                Some(r) => r,
+                None => {
+                    s.pump(&mut wire, &mut buf, &mut out, &traffic, shutdown)
+                        .await
+                }
+            };
+            Box::pin(s.end(reason, wire, out)).await;
+        }
     }
 
     /// Attaches the session to a backend for `server_id`'s rule, unless one is attached for
@@ -1019,7 +1026,7 @@ impl<'a> Session<'a> {
                     self.routes.push(Route {
                         rule,
                         attached,
-                        call,
+                        call: call.settle(),
                     });
                     return Ok(self.routes.len() - 1);
                 }

@@ -208,15 +208,48 @@ impl Call {
     /// Ends the current attempt, if one is open: it leaves the in-flight count, and its
     /// outcome counts toward the backend's outlier detection.
     fn end_attempt(&mut self, failed: bool) {
-        if let Some(attempt) = self.attempt.take() {
-            self.upstream.record(attempt.state(), failed);
-        }
+        end_attempt(&self.upstream, &mut self.attempt, failed);
     }
 
     /// Ends the call: the last attempt's outcome goes to its backend, the call's to the
     /// breaker. Returns `true` when this call opened the circuit, which is logged here, once.
+    pub fn finish(self, outcome: Outcome) -> bool {
+        self.settle().finish(outcome)
+    }
+
+    /// The call, its backend found, kept for a long exchange: only what its end needs.
+    pub fn settle(self) -> Settled {
+        Settled {
+            upstream: self.upstream,
+            admitted: self.admitted,
+            attempt: self.attempt,
+        }
+    }
+}
+
+fn end_attempt(upstream: &Upstream, attempt: &mut Option<InFlight>, failed: bool) {
+    if let Some(attempt) = attempt.take() {
+        upstream.record(attempt.state(), failed);
+    }
+}
+
+/// A call settled on its backend for a long exchange, a game session's for its whole life:
+/// its attempt still counted in flight, the breaker's leave, and none of the retry state
+/// (the backends to avoid alone are 160 bytes) a call carries while it picks.
+pub struct Settled {
+    upstream: Arc<Upstream>,
+    admitted: Option<Admit>,
+    attempt: Option<InFlight>,
+}
+
+impl Settled {
+    /// As [`Call::finish`].
     pub fn finish(mut self, outcome: Outcome) -> bool {
-        self.end_attempt(outcome == Outcome::BackendFailed);
+        end_attempt(
+            &self.upstream,
+            &mut self.attempt,
+            outcome == Outcome::BackendFailed,
+        );
         let (Some(admitted), Some(breaker)) = (self.admitted, &self.upstream.policy.breaker) else {
             return false;
         };
