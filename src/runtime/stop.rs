@@ -19,10 +19,12 @@
 //! The quiet time covers a connection accepted just before the accept loops stopped, whose task
 //! has not counted itself yet (microseconds, for a plain TCP accept).
 //!
-//! Why not a vendored pingora-core patch ending the sleep when every service says it is
-//! drained: it would fork a large crate for one loop, and what Pingora does after the sleep
-//! (shut its runtimes down within `graceful_shutdown_timeout`, then `exit(0)`) has nothing left
-//! to wait for once everything here is drained; exiting skips only the dropping of idle tasks.
+//! Why an exit and not a patch ending the sleep when every service says it is drained: this was
+//! written before pingora-core was vendored (`vendor/README.md`), and what Pingora does after
+//! the sleep (shut its runtimes down within `graceful_shutdown_timeout`, then `exit(0)`) has
+//! nothing left to wait for once everything here is drained; exiting skips only the dropping of
+//! idle tasks. Now that the crate carries zkgate's patches, such a patch (upstreamable) is the
+//! cleaner way, and would let Pingora's own shutdown steps run.
 //! Not covered: the admin listener's requests (a scrape in flight at that moment is cut), and
 //! a daemonized server (zkgate does not daemonize).
 
