@@ -1207,6 +1207,28 @@ mod tests {
         }
     }
 
+    /// Attaches each session to `backend` and has it say hello (answered), as a client's first
+    /// frame would.
+    async fn attach_and_greet(
+        links: &Arc<Links>,
+        up: &Arc<Upstream>,
+        backend: SocketAddr,
+        p: BackendProtocol,
+        sessions: &mut [Session],
+    ) -> Vec<Attached> {
+        let mut attached = Vec::new();
+        for x in sessions.iter_mut() {
+            let a = links
+                .attach(up, backend, p, &x.open())
+                .await
+                .expect("attach");
+            a.send(&frame(1, b"hi")).await.expect("send");
+            x.recv().await;
+            attached.push(a);
+        }
+        attached
+    }
+
     fn links(listener: &str) -> (Arc<SessionTable>, Arc<Links>) {
         let table = Arc::new(SessionTable::new());
         let links = Links::new(table.clone(), Arc::new(GameMetrics::new(listener)));
@@ -1348,20 +1370,8 @@ mod tests {
             ..proto(LinkMode::Multiplexed, true)
         };
         let mut s: Vec<Session> = (1..=3).map(|i| Session::new(&table, i, 8)).collect();
-        let mut a = Vec::new();
-        for x in &s {
-            a.push(
-                links
-                    .attach(&up, b.addr, p, &x.open())
-                    .await
-                    .expect("attach"),
-            );
-        }
         // The backend learns of sessions from their frames.
-        for (x, a) in s.iter_mut().zip(&a) {
-            a.send(&frame(1, b"hi")).await.expect("send");
-            x.recv().await;
-        }
+        let a = attach_and_greet(&links, &up, b.addr, p, &mut s).await;
         a[0].send(&frame(KICK_ME, b"")).await.expect("send");
         assert_eq!(s[0].closed().await, CloseReason::Kicked);
         a[1].send(&frame(BROADCAST, b"news")).await.expect("send");
@@ -1392,19 +1402,7 @@ mod tests {
             ..proto(LinkMode::Multiplexed, false)
         };
         let mut s: Vec<Session> = (1..=2).map(|i| Session::new(&table, i, 8)).collect();
-        let mut a = Vec::new();
-        for x in &s {
-            a.push(
-                links
-                    .attach(&up, b.addr, p, &x.open())
-                    .await
-                    .expect("attach"),
-            );
-        }
-        for (x, a) in s.iter_mut().zip(&a) {
-            a.send(&frame(1, b"hi")).await.expect("send");
-            x.recv().await;
-        }
+        let a = attach_and_greet(&links, &up, b.addr, p, &mut s).await;
         a[1].send(&frame(BROADCAST, b"news")).await.expect("send");
         for x in &mut s {
             assert_eq!(&x.recv().await.payload[..], b"news");
