@@ -10,10 +10,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The README's "Try it" of the game section: its shell blocks, in order, and its plain
 /// blocks (the output it shows).
@@ -59,19 +56,6 @@ fn swap(text: &str, from: &str, to: &str) -> String {
         "Try it no longer has `{from}`:\n{text}"
     );
     text.replace(from, to)
-}
-
-/// Kills the whole process group of the shell (the servers and the gateway it put in the
-/// background), pass or fail.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 /// The `servers:` line's counts by name, and its `moved by the end` count.
@@ -161,39 +145,20 @@ fn the_readme_try_it_commands_spread_sessions_and_keep_them() {
     let port = || common::free_port().to_string();
     let (alpha, beta, game, admin) = (port(), port(), port(), port());
 
-    let child = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ALPHA_PORT", &alpha)
-        .env("BETA_PORT", &beta)
-        .env("GAME_PORT", &game)
-        .env("ADMIN_PORT", &admin)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("bash");
-    let mut group = Group(child);
-    // The commands end by themselves; what is left in the background is killed with the
-    // group. Both pipes are read to their end once the shell is done and the group gone.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = group.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = group.0.stdout.take().unwrap();
-    let mut err = group.0.stderr.take().unwrap();
-    drop(group);
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    out.read_to_string(&mut stdout).unwrap();
-    err.read_to_string(&mut stderr).unwrap();
+    let common::script::Ran {
+        status,
+        stdout,
+        stderr,
+    } = common::script::run_bash(
+        &script,
+        &[
+            ("ALPHA_PORT", alpha.as_str()),
+            ("BETA_PORT", beta.as_str()),
+            ("GAME_PORT", game.as_str()),
+            ("ADMIN_PORT", admin.as_str()),
+        ],
+        Duration::from_secs(120),
+    );
     let status = status
         .unwrap_or_else(|| panic!("Try it did not end in 120 s\n{stdout}\n--- stderr\n{stderr}"));
     let all = format!("{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");

@@ -7,10 +7,7 @@
 
 mod common;
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const START: &str = "<!-- o2ims-walkthrough:start -->";
 const END: &str = "<!-- o2ims-walkthrough:end -->";
@@ -56,19 +53,6 @@ fn swap(text: &str, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-/// Kills the whole process group of the walkthrough's shell (the fake and the gateway it put
-/// in the background), pass or fail.
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.0.id())])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 fn cache_statuses(output: &str) -> Vec<String> {
     output
         .lines()
@@ -103,35 +87,11 @@ fn the_readme_walkthrough_shows_a_hit_and_the_eviction() {
         &format!("--control-port {control}"),
     );
 
-    let child = Command::new("bash")
-        .arg("-c")
-        .arg(&script)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("bash");
-    let mut group = Group(child);
-    // The commands end by themselves; the background servers are killed with the group. Read
-    // both pipes to their end only once the shell is done (the servers hold them open).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = group.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = group.0.stdout.take().unwrap();
-    let mut err = group.0.stderr.take().unwrap();
-    drop(group);
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    out.read_to_string(&mut stdout).unwrap();
-    err.read_to_string(&mut stderr).unwrap();
+    let common::script::Ran {
+        status,
+        stdout,
+        stderr,
+    } = common::script::run_bash(&script, &[], Duration::from_secs(120));
     let status = status.unwrap_or_else(|| {
         panic!("the walkthrough did not end in 120 s\n{stdout}\n--- stderr\n{stderr}")
     });

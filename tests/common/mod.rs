@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod nginx;
 pub mod o2ims;
 pub mod redis;
+pub mod script;
 pub mod zk;
 
 // Each test file uses some of these names and the benches others.
