@@ -158,14 +158,13 @@ fn a_kick_and_a_broadcast_from_the_backend_reach_their_sessions() {
     }
 }
 
-#[test]
-fn per_message_rules_route_each_frame_by_its_own_server_id() {
-    let a = GameServer::start("lobby-a", &["--events"]);
-    let c = GameServer::start("battle-c", &["--events"]);
-    let gw = Gateway::start(&game_config(
+/// A gateway whose rules send serverType 4 to upstream `lobby` (server `a`) and 5 to `battle`
+/// (server `c`), each frame by its own ServerID; `upstream` is added to both upstreams' YAML.
+fn per_message_gateway(a: &GameServer, c: &GameServer, upstream: &str) -> Gateway {
+    Gateway::start(&game_config(
         None,
         &format!(
-            "  - {{ name: lobby, backends: [\"{}\"] }}\n  - {{ name: battle, backends: [\"{}\"] }}\n",
+            "  - {{ name: lobby, backends: [\"{}\"]{upstream} }}\n  - {{ name: battle, backends: [\"{}\"]{upstream} }}\n",
             a.addr, c.addr
         ),
         "      rules:
@@ -173,7 +172,14 @@ fn per_message_rules_route_each_frame_by_its_own_server_id() {
         - { server_type: 5, upstream: battle, route: per_message }
 ",
         "",
-    ));
+    ))
+}
+
+#[test]
+fn per_message_rules_route_each_frame_by_its_own_server_id() {
+    let a = GameServer::start("lobby-a", &["--events"]);
+    let c = GameServer::start("battle-c", &["--events"]);
+    let gw = per_message_gateway(&a, &c, "");
     let _log = LogOnPanic(&gw);
     let mut s = GameClient::connect(game_addr(&gw)).unwrap();
     // One client fanned out to two servers by each frame's serverType, back and forth.
@@ -196,18 +202,7 @@ fn a_per_message_session_blames_only_the_backend_that_died() {
     let a = GameServer::start("lobby-a", &["--events"]);
     let c = GameServer::start("battle-c", &["--events"]);
     let outlier = "outlier_detection: { consecutive_failures: 1, base_ejection_time: 60s, max_ejected_percent: 100 }";
-    let gw = Gateway::start(&game_config(
-        None,
-        &format!(
-            "  - {{ name: lobby, backends: [\"{}\"], {outlier} }}\n  - {{ name: battle, backends: [\"{}\"], {outlier} }}\n",
-            a.addr, c.addr
-        ),
-        "      rules:
-        - { server_type: 4, upstream: lobby, route: per_message }
-        - { server_type: 5, upstream: battle, route: per_message }
-",
-        "",
-    ));
+    let gw = per_message_gateway(&a, &c, &format!(", {outlier}"));
     let _log = LogOnPanic(&gw);
     let mut s = GameClient::connect(game_addr(&gw)).unwrap();
     assert_eq!(s.whoami(sid(1, 4, 0)), "lobby-a");
