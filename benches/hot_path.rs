@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the request-path pieces: path normalization, route match among 1,000
-//! routes (with and without `listeners` on them), path rewrites, and backend picks for each balancing algorithm. `tests/alloc_free.rs` proves the
+//! routes (with and without `listeners` on them), path rewrites, backend picks for each balancing
+//! algorithm, and the `X-Forwarded-For` value. `tests/alloc_free.rs` proves the
 //! same calls allocate nothing.
 
 use std::hint::black_box;
@@ -213,5 +214,28 @@ fn pick(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, normalize, route_match, rewrite, pick);
+/// The `X-Forwarded-For` value of a request whose peer is not a trusted proxy: formatted on the
+/// stack, against the `to_string` it replaced.
+fn forwarded_for(c: &mut Criterion) {
+    let mut g = c.benchmark_group("x_forwarded_for");
+    for ip in ["127.0.0.1", "203.0.113.254", "2001:db8::8a2e:370:7334"] {
+        let ip: std::net::IpAddr = ip.parse().expect("address");
+        g.bench_function(format!("stack {ip}"), |b| {
+            b.iter(|| black_box(zkgate::client_ip::ip_header_value(black_box(ip))))
+        });
+        g.bench_function(format!("to_string {ip}"), |b| {
+            b.iter(|| black_box(http::HeaderValue::try_from(black_box(ip).to_string())))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    normalize,
+    route_match,
+    rewrite,
+    pick,
+    forwarded_for
+);
 criterion_main!(benches);

@@ -182,6 +182,47 @@ pub fn forwarded_element(
 
 /// A byte of a `Host` value (RFC 3986 reg-name, IP literal, port): nothing that would need
 /// escaping inside a quoted string.
+/// `ip` as a header value (`X-Forwarded-For` without a trusted hop before it), formatted on
+/// the stack: this runs for every proxied request, and `to_string` goes through the formatting
+/// machinery and a `String` for what is at most 45 bytes.
+pub fn ip_header_value(ip: IpAddr) -> http::HeaderValue {
+    let mut buf = [0u8; 45];
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(v6) => {
+            let mut w = std::io::Cursor::new(&mut buf[..]);
+            // 45 bytes hold the longest IPv6 text form (an IPv4-mapped one, fully written).
+            if std::io::Write::write_fmt(&mut w, format_args!("{v6}")).is_err() {
+                return http::HeaderValue::from_str(&v6.to_string())
+                    .unwrap_or_else(|_| http::HeaderValue::from_static(""));
+            }
+            w.position() as usize
+        }
+    };
+    // Digits, dots, colons and hex letters only: always a valid header value.
+    http::HeaderValue::from_bytes(&buf[..len])
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
 fn is_host_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
 }
@@ -193,6 +234,27 @@ fn is_token_byte(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ip_header_value_is_the_address_text() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.30.40",
+            "100.200.255.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().expect("test address");
+            assert_eq!(
+                ip_header_value(ip).to_str().ok(),
+                Some(ip.to_string().as_str())
+            );
+        }
+    }
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {

@@ -523,8 +523,9 @@ impl ProxyHttp for Gateway {
                 .get(X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok());
             let xff = match prev {
-                Some(prev) if passes => format!("{prev}, {peer}"),
-                _ => peer.to_string(),
+                Some(prev) if passes => HeaderValue::try_from(format!("{prev}, {peer}"))
+                    .map_err(|e| Error::because(ErrorType::InternalError, "X-Forwarded-For", e))?,
+                _ => crate::client_ip::ip_header_value(peer),
             };
             if !passes {
                 upstream_request.remove_header(X_REAL_IP);
