@@ -327,7 +327,11 @@ impl TransportConnector {
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
+        // The watcher runs on this thread's runtime: the next request for this peer is most
+        // likely served here and must wait for the watcher to hand the stream back, which on
+        // another thread (pingora_runtime::current_handle() picks one at random) costs a
+        // cross-thread spawn and wake-up per request.
+        let rt = tokio::runtime::Handle::current();
         rt.spawn(async move {
             if pool
                 .idle_poll(
