@@ -34,6 +34,7 @@ fn main() {
         work_stealing: args.get(4).is_none_or(|w| w != "false"),
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_per_thread: true,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -40,6 +40,9 @@ pub fn server_conf(s: &ServerSettings) -> ServerConf {
     if let Some(n) = s.upstream_keepalive_pool_size {
         c.upstream_keepalive_pool_size = n;
     }
+    // Idle upstream connections wait in a list per worker thread: no task spawned per
+    // released connection and no wait to take one back (vendor/README.md, pingora-core patch 3).
+    c.upstream_keepalive_pool_per_thread = true;
     c.ca_file = s.ca_file.clone();
     if let Some(n) = s.listener_tasks_per_fd {
         c.listener_tasks_per_fd = n;

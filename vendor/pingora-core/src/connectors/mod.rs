@@ -16,6 +16,7 @@
 
 pub mod http;
 pub mod l4;
+mod local_pool;
 #[cfg(feature = "any_tls")]
 mod tls;
 
@@ -110,6 +111,19 @@ pub struct ConnectorOptions {
     /// Optional callback for observing how long upstream connections stayed idle
     /// before leaving the keep-alive pool without reuse.
     pub keepalive_pool_callback: Option<PoolCallback>,
+    /// `Some(n)`: keep idle streams in a LIFO list per thread, at most `n` per thread, instead of
+    /// the shared pool of `keepalive_pool_size`.
+    ///
+    /// The shared pool spawns an idle-watcher task on every release, and the next reuse waits
+    /// for that task to hand the stream back. The per-thread list does neither: a release
+    /// pushes, a reuse pops the most recently released stream of the peer and tests it as the
+    /// shared pool does (a peer's FIN/RST or stray bytes make it unusable). One sweeper task
+    /// per thread closes, every second, the streams past their idle timeout or closed by the
+    /// peer, so such a stream stays open at most about a second longer; none is reused past
+    /// its idle timeout. A stream is only reused by the thread that released it, so with
+    /// several threads the process may keep more connections to one peer than with the shared
+    /// pool. `keepalive_pool_callback` is called when a full list drops its oldest stream.
+    pub keepalive_pool_per_thread: Option<usize>,
 }
 
 impl ConnectorOptions {
@@ -147,6 +161,9 @@ impl ConnectorOptions {
             bind_to_v4,
             bind_to_v6,
             keepalive_pool_callback: None,
+            keepalive_pool_per_thread: server_conf
+                .upstream_keepalive_pool_per_thread
+                .then_some(server_conf.upstream_keepalive_pool_size),
         }
     }
 
@@ -163,6 +180,7 @@ impl ConnectorOptions {
             bind_to_v4: vec![],
             bind_to_v6: vec![],
             keepalive_pool_callback: None,
+            keepalive_pool_per_thread: None,
         }
     }
 }
@@ -179,6 +197,8 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    /// Used instead of `connection_pool` when [ConnectorOptions::keepalive_pool_per_thread] is set
+    local_pool: Option<local_pool::LocalPool>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -201,6 +221,10 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let local_pool = options
+            .as_ref()
+            .and_then(|o| o.keepalive_pool_per_thread)
+            .map(|n| local_pool::LocalPool::new(n, keepalive_pool_callback.clone()));
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
@@ -210,6 +234,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            local_pool,
         }
     }
 
@@ -249,6 +274,9 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        if let Some(local) = &self.local_pool {
+            return self.reused_local_stream(local, peer);
+        }
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
@@ -302,6 +330,36 @@ impl TransportConnector {
         }
     }
 
+    // Streams that fail the test are closed and the next one is tried: the per-thread list
+    // finds closed streams lazily, so after a peer restart it may hold several.
+    fn reused_local_stream<P: Peer + Send + Sync>(
+        &self,
+        local: &local_pool::LocalPool,
+        peer: &P,
+    ) -> Option<Stream> {
+        let key = peer.reuse_hash();
+        while let Some(mut stream) = local.take(key) {
+            #[cfg(unix)]
+            let same_peer = peer.matches_fd(stream.id());
+            #[cfg(windows)]
+            let same_peer = {
+                use std::os::windows::io::{AsRawSocket, RawSocket};
+                struct WrappedRawSocket(RawSocket);
+                impl AsRawSocket for WrappedRawSocket {
+                    fn as_raw_socket(&self) -> RawSocket {
+                        self.0
+                    }
+                }
+                peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+            };
+            if same_peer && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+                return Some(stream);
+            }
+        }
+        debug!("No reusable connection found for {peer}");
+        None
+    }
+
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
     ///
     /// Not all TCP/TLS connections can be reused. It is the caller's responsibility to make sure
@@ -318,6 +376,10 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
+        if let Some(local) = &self.local_pool {
+            local.put(key, stream, idle_timeout);
+            return;
+        }
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
@@ -327,7 +389,11 @@ impl TransportConnector {
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
+        // The watcher runs on this thread's runtime: the next request for this peer is most
+        // likely served here and must wait for the watcher to hand the stream back, which on
+        // another thread (pingora_runtime::current_handle() picks one at random) costs a
+        // cross-thread spawn and wake-up per request.
+        let rt = tokio::runtime::Handle::current();
         rt.spawn(async move {
             if pool
                 .idle_poll(
