@@ -461,4 +461,27 @@ mod tests {
         }
         assert!(refused, "a stream the peer closed kept being reused");
     }
+
+    #[tokio::test]
+    async fn a_stream_released_under_another_peers_key_is_not_taken() {
+        use crate::connectors::{ConnectorOptions, TransportConnector};
+        use crate::upstreams::peer::{BasicPeer, Peer};
+
+        let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer_a = BasicPeer::new(&a.local_addr().unwrap().to_string());
+        let peer_b = BasicPeer::new(&b.local_addr().unwrap().to_string());
+        let mut options = ConnectorOptions::new(4);
+        options.keepalive_pool_per_thread = Some(4);
+        let connector = TransportConnector::new(Some(options));
+
+        // A stream to A filed under B's key, as a reuse-hash collision would file it.
+        let stream = connector.new_stream(&peer_a).await.unwrap();
+        let _server = a.accept().await.unwrap();
+        connector.release_stream(stream, peer_b.reuse_hash(), None);
+        assert!(
+            connector.reused_stream(&peer_b).await.is_none(),
+            "a stream connected to another address was handed out"
+        );
+    }
 }

@@ -339,8 +339,17 @@ impl TransportConnector {
     ) -> Option<Stream> {
         let key = peer.reuse_hash();
         while let Some(mut stream) = local.take(key) {
+            // The reuse key is a hash: a stream must be checked to be for this peer. Its socket
+            // digest holds the address it was connected to, which answers that without the
+            // getpeername(2) `matches_fd` makes on every reuse (a proxied peer's stream was
+            // connected to the proxy, so that case still asks the socket).
             #[cfg(unix)]
-            let same_peer = peer.matches_fd(stream.id());
+            let same_peer = match stream.get_socket_digest() {
+                Some(d) if peer.get_proxy().is_none() => {
+                    d.peer_addr().is_some_and(|a| a == peer.address())
+                }
+                _ => peer.matches_fd(stream.id()),
+            };
             #[cfg(windows)]
             let same_peer = {
                 use std::os::windows::io::{AsRawSocket, RawSocket};
