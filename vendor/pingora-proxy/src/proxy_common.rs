@@ -22,6 +22,9 @@ const MAX_CONNECTION_NOMINATIONS: usize = 10;
 pub(crate) const KEEP_ALIVE: &str = "keep-alive";
 pub(crate) const PROXY_CONNECTION: &str = "proxy-connection";
 pub(crate) const HTTP2_SETTINGS: &str = "http2-settings";
+const KEEP_ALIVE_NAME: HeaderName = HeaderName::from_static(KEEP_ALIVE);
+const PROXY_CONNECTION_NAME: HeaderName = HeaderName::from_static(PROXY_CONNECTION);
+const HTTP2_SETTINGS_NAME: HeaderName = HeaderName::from_static(HTTP2_SETTINGS);
 
 /// Authority handling that avoids imposing standard HTTP semantics on custom downstream sessions.
 ///
@@ -172,6 +175,94 @@ impl ConnectionNominations {
         for name in self.headers.into_iter().take(self.len).flatten() {
             req.remove_header(&name);
         }
+    }
+}
+
+/// The hop-by-hop fields a request carries, found in one pass over its header names, so that the
+/// sanitizer removes only those present instead of looking up all ten in both header maps. Removal
+/// only shrinks the set, so a name absent here stays absent until the sanitizer inserts one.
+#[derive(Clone, Copy)]
+struct HopByHopPresent(u16);
+
+impl HopByHopPresent {
+    const KEEP_ALIVE: u16 = 1 << 0;
+    const PROXY_CONNECTION: u16 = 1 << 1;
+    const PROXY_AUTHENTICATE: u16 = 1 << 2;
+    const PROXY_AUTHORIZATION: u16 = 1 << 3;
+    const TE: u16 = 1 << 4;
+    const TRAILER: u16 = 1 << 5;
+    const TRANSFER_ENCODING: u16 = 1 << 6;
+    const CONNECTION: u16 = 1 << 7;
+    const UPGRADE: u16 = 1 << 8;
+    const HTTP2_SETTINGS: u16 = 1 << 9;
+
+    fn scan(req: &RequestHeader) -> Self {
+        let mut present = 0;
+        for name in req.headers.keys() {
+            present |= match name.as_str() {
+                KEEP_ALIVE => Self::KEEP_ALIVE,
+                PROXY_CONNECTION => Self::PROXY_CONNECTION,
+                "proxy-authenticate" => Self::PROXY_AUTHENTICATE,
+                "proxy-authorization" => Self::PROXY_AUTHORIZATION,
+                "te" => Self::TE,
+                "trailer" => Self::TRAILER,
+                "transfer-encoding" => Self::TRANSFER_ENCODING,
+                "connection" => Self::CONNECTION,
+                "upgrade" => Self::UPGRADE,
+                HTTP2_SETTINGS => Self::HTTP2_SETTINGS,
+                _ => 0,
+            };
+        }
+        Self(present)
+    }
+
+    fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Remove each of `names` (pairs of presence bit and field name) the request carried.
+    fn remove(self, req: &mut RequestHeader, names: &[(u16, &HeaderName)]) {
+        for (bit, name) in names {
+            if self.has(*bit) {
+                req.remove_header(*name);
+            }
+        }
+    }
+
+    fn strip_standard(self, req: &mut RequestHeader) {
+        if self.none() {
+            return;
+        }
+        self.remove(
+            req,
+            &[
+                (Self::KEEP_ALIVE, &KEEP_ALIVE_NAME),
+                (Self::PROXY_CONNECTION, &PROXY_CONNECTION_NAME),
+                (Self::PROXY_AUTHENTICATE, &header::PROXY_AUTHENTICATE),
+                (Self::PROXY_AUTHORIZATION, &header::PROXY_AUTHORIZATION),
+                (Self::TE, &header::TE),
+                (Self::TRAILER, &header::TRAILER),
+                (Self::TRANSFER_ENCODING, &header::TRANSFER_ENCODING),
+                (Self::CONNECTION, &header::CONNECTION),
+                (Self::UPGRADE, &header::UPGRADE),
+                (Self::HTTP2_SETTINGS, &HTTP2_SETTINGS_NAME),
+            ],
+        );
+    }
+
+    fn strip_upgrade(self, req: &mut RequestHeader) {
+        self.remove(
+            req,
+            &[
+                (Self::CONNECTION, &header::CONNECTION),
+                (Self::UPGRADE, &header::UPGRADE),
+                (Self::HTTP2_SETTINGS, &HTTP2_SETTINGS_NAME),
+            ],
+        );
     }
 }
 
@@ -337,42 +428,40 @@ pub(crate) fn sanitize_h1_upstream_request(
         return Ok(());
     }
 
-    let nominations = policy
-        .strip_connection_nominated
-        .then(|| ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations))
-        .transpose()?;
+    let present = HopByHopPresent::scan(req);
 
-    if policy.h1_upgrade == H1UpgradePolicy::Preserve && req.headers.contains_key(header::UPGRADE) {
+    // Without a Connection field there is nothing nominated (and nothing malformed to reject).
+    let nominations = (policy.strip_connection_nominated
+        && present.has(HopByHopPresent::CONNECTION))
+    .then(|| ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations))
+    .transpose()?;
+
+    if policy.h1_upgrade == H1UpgradePolicy::Preserve && present.has(HopByHopPresent::UPGRADE) {
         // An arbitrary upgrade may require any of the connection-nominated fields. Preserve the
         // complete request metadata rather than forwarding a partial handshake.
         return Ok(());
     }
 
     let websocket_upgrade = policy.h1_upgrade == H1UpgradePolicy::WebSocketOnly
+        && present.has(HopByHopPresent::UPGRADE)
         && is_websocket_upgrade_request(req, downstream_is_http11);
     if let Some(nominations) = nominations {
         nominations.remove_from(req);
     }
 
     if policy.strip_hop_by_hop {
-        strip_standard_hop_by_hop_headers(req);
+        present.strip_standard(req);
     }
 
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            present.strip_upgrade(req);
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
-        }
+        H1UpgradePolicy::Deny => present.strip_upgrade(req),
         H1UpgradePolicy::Preserve => {}
     }
 
@@ -891,5 +980,140 @@ mod tests {
         ds.reset(); // must not overwrite Errored
         assert!(ds.is_errored());
         assert!(!ds.can_poll());
+    }
+
+    /// `sanitize_h1_upstream_request` as published in 0.9.1, before the one-pass presence scan:
+    /// the reference the scan must match exactly.
+    fn sanitize_h1_reference(
+        req: &mut RequestHeader,
+        policy: HttpUpstreamRequestPolicy,
+        downstream_is_http11: bool,
+    ) -> Result<()> {
+        if policy == HttpUpstreamRequestPolicy::preserve() {
+            return Ok(());
+        }
+        let nominations = policy
+            .strip_connection_nominated
+            .then(|| {
+                ConnectionNominations::parse(req, policy.reject_malformed_connection_nominations)
+            })
+            .transpose()?;
+        if policy.h1_upgrade == H1UpgradePolicy::Preserve
+            && req.headers.contains_key(header::UPGRADE)
+        {
+            return Ok(());
+        }
+        let websocket_upgrade = policy.h1_upgrade == H1UpgradePolicy::WebSocketOnly
+            && is_websocket_upgrade_request(req, downstream_is_http11);
+        if let Some(nominations) = nominations {
+            nominations.remove_from(req);
+        }
+        if policy.strip_hop_by_hop {
+            strip_standard_hop_by_hop_headers(req);
+        }
+        match policy.h1_upgrade {
+            H1UpgradePolicy::WebSocketOnly => {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+                if websocket_upgrade {
+                    req.insert_header(header::CONNECTION, "Upgrade")?;
+                    req.insert_header(header::UPGRADE, "websocket")?;
+                }
+            }
+            H1UpgradePolicy::Deny => {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
+            H1UpgradePolicy::Preserve => {}
+        }
+        Ok(())
+    }
+
+    fn wire(req: &RequestHeader) -> Vec<u8> {
+        let mut buf = Vec::new();
+        req.header_to_h1_wire(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn h1_sanitize_matches_reference_for_every_policy() {
+        let fields: &[(&str, &str)] = &[
+            ("Host", "example.com"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Proxy-Authenticate", "Basic"),
+            ("Proxy-Authorization", "Basic Zm9v"),
+            ("TE", "trailers"),
+            ("Trailer", "X-T"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive"),
+            ("Connection", "Upgrade, X-Nominated"),
+            ("Connection", "close, te"),
+            ("Connection", "x-forwarded-for"),
+            ("Connection", "bad\"token"),
+            ("Upgrade", "websocket"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ("X-Nominated", "1"),
+            ("Accept", "*/*"),
+        ];
+        let mut policies = vec![HttpUpstreamRequestPolicy::preserve()];
+        for h1_upgrade in [
+            H1UpgradePolicy::WebSocketOnly,
+            H1UpgradePolicy::Deny,
+            H1UpgradePolicy::Preserve,
+        ] {
+            for bits in 0..8u8 {
+                let mut policy = HttpUpstreamRequestPolicy::standard();
+                policy.h1_upgrade = h1_upgrade;
+                policy.strip_hop_by_hop = bits & 1 != 0;
+                policy.strip_connection_nominated = bits & 2 != 0;
+                policy.reject_malformed_connection_nominations = bits & 4 != 0;
+                policies.push(policy);
+            }
+        }
+
+        // Every request made of Host plus a subset of up to three of the other fields, in order.
+        let mut requests = vec![vec![0]];
+        let n = fields.len();
+        for a in 1..n {
+            requests.push(vec![0, a]);
+            for b in a + 1..n {
+                requests.push(vec![0, a, b]);
+                for c in b + 1..n {
+                    requests.push(vec![0, a, b, c]);
+                }
+            }
+        }
+
+        let mut checked = 0;
+        for subset in &requests {
+            let headers: Vec<(&str, &str)> = subset.iter().map(|&i| fields[i]).collect();
+            for policy in &policies {
+                for http11 in [true, false] {
+                    let mut ours = request_with_headers(&headers);
+                    let mut reference = request_with_headers(&headers);
+                    let got = sanitize_h1_upstream_request(&mut ours, *policy, http11);
+                    let want = sanitize_h1_reference(&mut reference, *policy, http11);
+                    assert_eq!(
+                        got.is_ok(),
+                        want.is_ok(),
+                        "{headers:?} {policy:?} http11={http11}"
+                    );
+                    if let (Err(got), Err(want)) = (&got, &want) {
+                        assert_eq!(got.to_string(), want.to_string());
+                    }
+                    assert_eq!(
+                        wire(&ours),
+                        wire(&reference),
+                        "{headers:?} {policy:?} http11={http11}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000, "only {checked} cases");
     }
 }
