@@ -271,9 +271,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // Uninitialised slots: the parser writes the ones it fills, so the array costs
+                // no initialisation per response (it was 8 KiB written on every parse).
+                let mut headers = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -883,14 +886,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'headers, 'buf>(
+    resp: &mut httparse::Response<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -989,6 +993,30 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn read_response_header_limit_is_max_headers() {
+        init_log();
+        // The uninitialised header array holds MAX_HEADERS fields like the initialised one did:
+        // that many parse, one more is refused.
+        for (fields, ok) in [(MAX_HEADERS, true), (MAX_HEADERS + 1, false)] {
+            let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..fields {
+                input.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"\r\n");
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_response().await;
+            if ok {
+                assert_eq!(input.len(), res.unwrap());
+                assert_eq!(fields, http_stream.resp_header().unwrap().headers.len());
+                assert_eq!(http_stream.get_header("x-h255").unwrap(), "255");
+            } else {
+                assert_eq!(res.unwrap_err().etype(), &ErrorType::InvalidHTTPHeader);
+            }
+        }
     }
 
     #[tokio::test]
