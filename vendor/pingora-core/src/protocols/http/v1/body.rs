@@ -174,7 +174,11 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_with_capacity(buf_to_rewind, self.body_buf_size);
+    }
+
+    fn prepare_buf_with_capacity(&mut self, buf_to_rewind: &[u8], capacity: usize) {
+        let mut body_buf = BytesMut::with_capacity(capacity.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +250,13 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                if buf_to_rewind.len() >= cl {
+                    // The whole body came with the header, so nothing is ever read into this
+                    // buffer: hold those bytes, not a `body_buf_size` (64 KiB) buffer each.
+                    self.prepare_buf_with_capacity(buf_to_rewind, buf_to_rewind.len());
+                } else {
+                    self.prepare_buf(buf_to_rewind);
+                }
                 self.body_state = PS::Partial(0, cl);
             }
         }
@@ -2059,6 +2069,35 @@ mod tests {
         let second = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
         assert_eq!(body_reader.get_body(&second), b"bc");
         assert!(body_reader.body_buf.as_ref().unwrap().capacity() < BODY_BUFFER_SIZE);
+    }
+
+    #[tokio::test]
+    async fn content_length_body_read_with_header_is_held_in_its_own_size() {
+        init_log();
+        // A response whose body (and two stray bytes) came in the read of its header: the body
+        // is served from those bytes, the stray ones are overread, nothing is read from IO, and
+        // the buffer is their size rather than BODY_BUFFER_SIZE.
+        let mut mock_io = Builder::new().build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"abcde");
+        assert_eq!(body_reader.body_buf.as_ref().unwrap().capacity(), 5);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(res, BufRef::new(0, 3));
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
+        assert_eq!(body_reader.get_body(&res), b"abc");
+        assert_eq!(body_reader.get_body_overread(), Some(&b"de"[..]));
+        assert!(body_reader.read_body(&mut mock_io).await.unwrap().is_none());
+
+        // Part of the body still to come: the buffer is sized for reading as before.
+        let mut mock_io = Builder::new().read(b"c").build();
+        let mut body_reader = BodyReader::new(true);
+        body_reader.init_content_length(3, b"ab");
+        assert!(body_reader.body_buf.as_ref().unwrap().capacity() >= BODY_BUFFER_SIZE);
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"ab");
+        let res = body_reader.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(body_reader.get_body(&res), b"c");
+        assert_eq!(body_reader.body_state, ParseState::Complete(3));
     }
 
     #[tokio::test]

@@ -53,6 +53,8 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // What the session still needs of a response header that `read_response_task` moved out
+    taken_response: Option<RespFacts>,
     request_written: Option<Box<RequestHeader>>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
@@ -90,6 +92,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            taken_response: None,
             request_written: None,
             read_timeout: None,
             write_timeout: None,
@@ -271,9 +274,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // Uninitialised slots: the parser writes the ones it fills, so the array costs
+                // no initialisation per response (it was 8 KiB written on every parse).
+                let mut headers = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -337,6 +343,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.taken_response = None;
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
                         }
@@ -463,7 +470,37 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        match &self.response_header {
+            Some(h) => Some(h.status),
+            None => self.taken_response.map(|facts| facts.status),
+        }
+    }
+
+    /// The keep-alive facts of the response read, from its header or from what was kept of it
+    /// when `read_response_task` moved it out.
+    fn resp_facts(&self) -> Option<RespFacts> {
+        match &self.response_header {
+            Some(h) => Some(RespFacts::of(h)),
+            None => self.taken_response,
+        }
+    }
+
+    /// Move the response header just read out of the session, keeping what the session needs of
+    /// it later (status and keep-alive facts), instead of handing out a clone of it.
+    fn take_resp_header(&mut self) -> Box<ResponseHeader> {
+        // The body reader is initialised from the header (`read_response` and `is_body_done`
+        // did that), except after an informational header, which waits for the final one. Should
+        // that ever not hold, keep the header and hand out a copy as before.
+        let body_framed = !self.body_reader.need_init()
+            || self
+                .get_status()
+                .is_some_and(|status| status.is_informational());
+        if !body_framed {
+            return Box::new(self.resp_header().expect("just read").clone());
+        }
+        let header = self.response_header.take().expect("just read");
+        self.taken_response = Some(RespFacts::of(&header));
+        header
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -573,18 +610,15 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        let facts = self.resp_facts();
+        let version = facts.map(|f| f.version);
+        if version == Some(Version::HTTP_10) && facts.is_some_and(|f| f.transfer_encoding) {
             self.set_keepalive(None);
             return;
         }
         if let Some(keepalive) = self.is_connection_keepalive() {
             if keepalive {
-                let (timeout, _max_use) = self.get_keepalive_values();
+                let timeout = facts.and_then(|f| f.keepalive_timeout);
                 // TODO: respect max_use
                 match timeout {
                     Some(d) => self.set_keepalive(Some(d)),
@@ -593,7 +627,7 @@ impl HttpSession {
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if version == Some(Version::HTTP_11) {
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -614,7 +648,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => self.resp_facts().and_then(|f| f.connection_keepalive),
         }
     }
 
@@ -622,28 +656,9 @@ impl HttpSession {
     /// This is defined in the below spec, this not part of any RFC, so
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+    #[cfg(test)]
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
-            return (None, None);
-        };
-
-        let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
-            return (None, None);
-        };
-
-        let mut timeout = None;
-        let mut max = None;
-
-        for param in header_value.split(',') {
-            let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
-            match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
-                _ => {}
-            }
-        }
-
-        (timeout, max)
+        keepalive_values(self.get_header("Keep-Alive"))
     }
 
     /// Close the connection abruptly. This allows to signal the server that the connection is closed
@@ -808,10 +823,18 @@ impl HttpSession {
         }
     }
 
+    /// Read the next piece of the response: its header, a body chunk, or the end.
+    ///
+    /// A header is moved into the returned task rather than copied: afterwards
+    /// [`Self::resp_header()`] and [`Self::get_header()`] return `None` until the next header is
+    /// read, while [`Self::get_status()`] and the keep-alive decision still use it.
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            self.read_response().await?;
             let end_of_body = self.is_body_done();
+            // Moved out, not cloned: afterwards `resp_header()` is `None` for this response,
+            // `get_status()` still answers.
+            let resp_header = self.take_resp_header();
             debug!("Response header: {resp_header:?}");
             trace!(
                 "Raw Response header: {:?}",
@@ -882,15 +905,64 @@ impl HttpSession {
     }
 }
 
+/// `Keep-Alive: timeout=5, max=1000` => 5, 1000
+fn keepalive_values(keep_alive_header: Option<&HeaderValue>) -> (Option<u64>, Option<usize>) {
+    let Some(keep_alive_header) = keep_alive_header else {
+        return (None, None);
+    };
+
+    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+        return (None, None);
+    };
+
+    let mut timeout = None;
+    let mut max = None;
+
+    for param in header_value.split(',') {
+        let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+        match parts {
+            Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
+            Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+
+    (timeout, max)
+}
+
+/// What a client session needs of a response header after handing it to the caller by value
+/// (`read_response_task`): its status, and what `respect_keepalive` decides from.
+#[derive(Clone, Copy)]
+struct RespFacts {
+    status: StatusCode,
+    version: Version,
+    transfer_encoding: bool,
+    connection_keepalive: Option<bool>,
+    keepalive_timeout: Option<u64>,
+}
+
+impl RespFacts {
+    fn of(resp: &ResponseHeader) -> Self {
+        RespFacts {
+            status: resp.status,
+            version: resp.version,
+            transfer_encoding: resp.headers.contains_key(header::TRANSFER_ENCODING),
+            connection_keepalive: is_buf_keepalive(resp.headers.get(header::CONNECTION)),
+            keepalive_timeout: keepalive_values(resp.headers.get("Keep-Alive")).0,
+        }
+    }
+}
+
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'headers, 'buf>(
+    resp: &mut httparse::Response<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -989,6 +1061,30 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn read_response_header_limit_is_max_headers() {
+        init_log();
+        // The uninitialised header array holds MAX_HEADERS fields like the initialised one did:
+        // that many parse, one more is refused.
+        for (fields, ok) in [(MAX_HEADERS, true), (MAX_HEADERS + 1, false)] {
+            let mut input = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..fields {
+                input.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"\r\n");
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_response().await;
+            if ok {
+                assert_eq!(input.len(), res.unwrap());
+                assert_eq!(fields, http_stream.resp_header().unwrap().headers.len());
+                assert_eq!(http_stream.get_header("x-h255").unwrap(), "255");
+            } else {
+                assert_eq!(res.unwrap_err().etype(), &ErrorType::InvalidHTTPHeader);
+            }
+        }
     }
 
     #[tokio::test]
@@ -2175,6 +2271,68 @@ mod tests_stream {
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
         assert_eq!(http_stream.get_header("Foo").unwrap(), "Bar");
+    }
+
+    #[tokio::test]
+    async fn read_response_task_moves_the_header_and_keeps_its_facts() {
+        init_log();
+        // Each response read through read_response_task (header moved out) must end with the
+        // same status, framing and keep-alive decision as through read_response (header kept).
+        let responses: &[(&[u8], KeepaliveStatus)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", KeepaliveStatus::Infinite),
+            (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=7, max=5\r\nContent-Length: 1\r\n\r\nx", KeepaliveStatus::Timeout(Duration::from_secs(7))),
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx", KeepaliveStatus::Off),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", KeepaliveStatus::Off),
+            (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx", KeepaliveStatus::Infinite),
+            (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n", KeepaliveStatus::Off),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n", KeepaliveStatus::Infinite),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", KeepaliveStatus::Infinite),
+            (b"HTTP/1.1 304 Not Modified\r\nKeep-Alive: timeout=3\r\nConnection: keep-alive\r\n\r\n", KeepaliveStatus::Timeout(Duration::from_secs(3))),
+            (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx", KeepaliveStatus::Off),
+            (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", KeepaliveStatus::Infinite),
+        ];
+        for (response, keepalive) in responses {
+            let name = String::from_utf8_lossy(response);
+
+            let mut kept = HttpSession::new(Box::new(Builder::new().read(response).build()));
+            loop {
+                kept.read_response().await.unwrap();
+                if !kept.get_status().unwrap().is_informational() {
+                    break;
+                }
+            }
+            let mut kept_body = Vec::new();
+            while let Some(chunk) = kept.read_body_ref().await.unwrap() {
+                kept_body.extend_from_slice(chunk);
+            }
+            kept.respect_keepalive();
+
+            let mut moved = HttpSession::new(Box::new(Builder::new().read(response).build()));
+            let mut statuses = Vec::new();
+            let mut moved_body = Vec::new();
+            loop {
+                match moved.read_response_task().await.unwrap() {
+                    HttpTask::Header(header, _) => {
+                        assert!(moved.resp_header().is_none(), "{name}");
+                        assert_eq!(moved.get_status(), Some(header.status), "{name}");
+                        statuses.push(header.status);
+                    }
+                    HttpTask::Body(Some(body), _) => moved_body.extend_from_slice(&body),
+                    HttpTask::Body(None, _) => {}
+                    HttpTask::Done => break,
+                    task => panic!("{name}: unexpected {task:?}"),
+                }
+                if moved.is_body_done() && !moved.should_read_resp_header() {
+                    break;
+                }
+            }
+            moved.respect_keepalive();
+
+            assert_eq!(statuses.last().copied(), kept.get_status(), "{name}");
+            assert_eq!(moved_body, kept_body, "{name}");
+            assert_eq!(&kept.keepalive_timeout, keepalive, "{name}");
+            assert_eq!(moved.keepalive_timeout, kept.keepalive_timeout, "{name}");
+        }
     }
 
     #[tokio::test]

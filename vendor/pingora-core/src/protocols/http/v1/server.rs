@@ -331,9 +331,9 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                let mut headers = [HEADER_SLOT; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));
@@ -1793,24 +1793,46 @@ fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     }
 }
 
+/// A slot of the header array handed to the request parser. httparse parses into uninitialised
+/// slots, so the `MAX_HEADERS` array costs no initialisation per request (it was 8 KiB written
+/// on every parse); the patched parser takes initialised ones.
+#[cfg(not(feature = "patched_http1"))]
+type HeaderSlot<'buf> = std::mem::MaybeUninit<httparse::Header<'buf>>;
+#[cfg(not(feature = "patched_http1"))]
+const HEADER_SLOT: HeaderSlot<'static> = std::mem::MaybeUninit::uninit();
+#[cfg(feature = "patched_http1")]
+type HeaderSlot<'buf> = httparse::Header<'buf>;
+#[cfg(feature = "patched_http1")]
+const HEADER_SLOT: HeaderSlot<'static> = httparse::EMPTY_HEADER;
+
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'headers, 'buf>(
+    req: &mut httparse::Request<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [HeaderSlot<'buf>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [HeaderSlot<'buf>],
+    ) -> Result<usize> {
+        req.headers = headers;
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [HeaderSlot<'buf>],
+    ) -> Result<usize> {
+        req.parse_with_uninit_headers(buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1866,6 +1888,30 @@ mod tests_stream {
 
     fn init_log() {
         let _ = env_logger::builder().is_test(true).try_init();
+    }
+
+    #[tokio::test]
+    async fn read_request_header_limit_is_max_headers() {
+        init_log();
+        // The uninitialised header array holds MAX_HEADERS fields like the initialised one did:
+        // that many parse, one more is refused.
+        for (fields, ok) in [(MAX_HEADERS, true), (MAX_HEADERS + 1, false)] {
+            let mut input = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..fields {
+                input.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"\r\n");
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let res = http_stream.read_request().await;
+            if ok {
+                assert_eq!(input.len(), res.unwrap().unwrap());
+                assert_eq!(fields, http_stream.req_header().headers.len());
+                assert_eq!(http_stream.get_header("x-h255").unwrap(), "255");
+            } else {
+                assert_eq!(res.unwrap_err().etype(), &ErrorType::InvalidHTTPHeader);
+            }
+        }
     }
 
     #[tokio::test]
