@@ -38,6 +38,16 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const UPSTREAM_READ: Duration = Duration::from_secs(60);
 const IDLE_KEEP: usize = 256;
 
+/// The answers of a refused request, each closing the connection.
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const NOT_IMPLEMENTED: &[u8] =
+    b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const BAD_GATEWAY: &[u8] =
+    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
 thread_local! {
     /// Idle upstream connections of this thread, most recently used last.
     static IDLE: RefCell<Vec<Stream>> = const { RefCell::new(Vec::new()) };
@@ -96,6 +106,13 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+fn put_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
+    out.extend_from_slice(h.name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(h.value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Parses the request head in `buf` and writes its upstream form into `out`. `Ok(None)`: the
 /// head is not complete yet.
 fn request_head(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<Req>, End> {
@@ -104,11 +121,7 @@ fn request_head(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<Req>, End> {
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => {
-            return Err(End::Refuse(
-                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            ))
-        }
+        Err(_) => return Err(End::Refuse(BAD_REQUEST)),
     };
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(End::Close);
@@ -132,16 +145,14 @@ fn request_head(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<Req>, End> {
                 !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
             }) {
                 // Nominated hop-by-hop headers: the full proxy's business.
-                return Err(End::Refuse(b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"));
+                return Err(End::Refuse(NOT_IMPLEMENTED));
             }
             continue;
         }
         if h.name.eq_ignore_ascii_case("transfer-encoding")
             || h.name.eq_ignore_ascii_case("upgrade")
         {
-            return Err(End::Refuse(
-                b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            ));
+            return Err(End::Refuse(NOT_IMPLEMENTED));
         }
         if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
@@ -149,18 +160,13 @@ fn request_head(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<Req>, End> {
                 .and_then(|v| v.trim().parse().ok());
             match n {
                 Some(n) if body_len == 0 => body_len = n,
-                _ => return Err(End::Refuse(
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )),
+                _ => return Err(End::Refuse(BAD_REQUEST)),
             }
         }
         if is_hop(h.name) {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        put_header(out, h);
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(Req {
@@ -183,11 +189,7 @@ fn response_head(
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => {
-            return Err(End::Refuse(
-                b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            ))
-        }
+        Err(_) => return Err(End::Refuse(BAD_GATEWAY)),
     };
     let (Some(code), Some(version)) = (resp.code, resp.version) else {
         return Err(End::Close);
@@ -215,9 +217,12 @@ fn response_head(
         }
         if !matches!(body, Framing::None) {
             if h.name.eq_ignore_ascii_case("content-length") {
-                match std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()) {
+                match std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                {
                     Some(n) => body = Framing::Length(n),
-                    None => return Err(End::Refuse(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")),
+                    None => return Err(End::Refuse(BAD_GATEWAY)),
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding")
                 && has_token(h.value, "chunked")
@@ -231,10 +236,7 @@ fn response_head(
         if is_hop(h.name) {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        put_header(out, h);
     }
     let keep = keep_alive && !matches!(body, Framing::UntilClose);
     out.extend_from_slice(if keep {
@@ -313,7 +315,7 @@ impl Lean {
             let req = loop {
                 match request_head(&dbuf, &mut head) {
                     Ok(Some(r)) => break r,
-                    Ok(None) if dbuf.len() >= MAX_HEAD => return End::Refuse(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+                    Ok(None) if dbuf.len() >= MAX_HEAD => return End::Refuse(TOO_LARGE),
                     Ok(None) => {}
                     Err(e) => return e,
                 }
@@ -327,14 +329,10 @@ impl Lean {
             };
             dbuf.advance(req.head_len);
             let Some(mut up) = upstream(self).await else {
-                return End::Refuse(
-                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
+                return End::Refuse(BAD_GATEWAY);
             };
             if up.write_all(&head).await.is_err() {
-                return End::Refuse(
-                    b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
+                return End::Refuse(BAD_GATEWAY);
             }
             // The request body, by its Content-Length.
             let mut left = req.body_len;
@@ -354,7 +352,7 @@ impl Lean {
             let resp = loop {
                 match response_head(&ubuf, req.head_method, req.keep_alive, &mut head) {
                     Ok(Some(r)) => break r,
-                    Ok(None) if ubuf.len() >= MAX_HEAD => return End::Refuse(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+                    Ok(None) if ubuf.len() >= MAX_HEAD => return End::Refuse(BAD_GATEWAY),
                     Ok(None) => {}
                     Err(e) => return e,
                 }
@@ -363,7 +361,7 @@ impl Lean {
                     read_more(&mut up, &mut ubuf),
                 );
                 if !matches!(read.await, Ok(Some(_))) {
-                    return End::Refuse(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    return End::Refuse(BAD_GATEWAY);
                 }
             };
             ubuf.advance(resp.head_len);
