@@ -106,6 +106,16 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether a connection stays open after a `Connection` field with `value`, given what its
+/// HTTP version said.
+fn keep_alive_after(value: &[u8], version_default: bool) -> bool {
+    if has_token(value, "close") {
+        false
+    } else {
+        version_default || has_token(value, "keep-alive")
+    }
+}
+
 fn put_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
     out.extend_from_slice(h.name.as_bytes());
     out.extend_from_slice(b": ");
@@ -135,11 +145,7 @@ fn request_head(buf: &[u8], out: &mut Vec<u8>) -> Result<Option<Req>, End> {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                keep_alive = false;
-            } else if has_token(h.value, "keep-alive") {
-                keep_alive = true;
-            }
+            keep_alive = keep_alive_after(h.value, keep_alive);
             if h.value.split(|b| *b == b',').any(|t| {
                 let t = t.trim_ascii();
                 !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
@@ -202,17 +208,14 @@ fn response_head(
     };
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(code.to_string().as_bytes());
+    // The status line carries the three digits the backend sent (httparse checked them).
+    let _ = std::io::Write::write_fmt(out, format_args!("{code}"));
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                upstream_keep = false;
-            } else if has_token(h.value, "keep-alive") {
-                upstream_keep = true;
-            }
+            upstream_keep = keep_alive_after(h.value, upstream_keep);
             continue;
         }
         if !matches!(body, Framing::None) {
