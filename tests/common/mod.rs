@@ -20,43 +20,12 @@ pub mod zk;
 #[allow(unused_imports)]
 pub use {backend::*, client::*, gateway::*, zk::*};
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A loopback port nothing listens on, for a server a test starts.
-///
-/// The port is released before the server binds it. One the kernel hands out for `:0` is from
-/// its ephemeral range, where any test's outgoing connection may take it in between; so ports
-/// come from below that range, in turn from a place set by the process id, so that the tests
-/// of one binary never pick the same one and test binaries running side by side rarely do.
-pub fn free_port() -> u16 {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    const LOW: usize = 10_000;
-    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
-        .unwrap_or(32_768)
-        .min(u16::MAX as usize);
-    if high <= LOW + 1_000 {
-        return TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-    }
-    let span = high - LOW;
-    let start = std::process::id() as usize * 1_009 % span;
-    for _ in 0..span {
-        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {LOW}..{high}");
-}
+pub use zkgate_discovery::testkit::free_port;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_zkgate")
