@@ -573,9 +573,11 @@ static CURRENT_HANDLE: Lazy<ThreadLocal<Pools>> = Lazy::new(ThreadLocal::new);
 /// If the current thread is under a `NoSteal` runtime, the [Handle] of a random thread
 /// under this runtime is returned. This function will panic if called outside any runtime.
 pub fn current_handle() -> Handle {
-    if let Some(pools) = CURRENT_HANDLE.get() {
-        // safety: the CURRENT_HANDLE is set when the pool is being initialized in init_pools()
-        let pools = pools.get().unwrap();
+    // zkgate: the pools may be unset here. A runtime whose `init_pools()` failed part way (the
+    // system refused a thread) never sets them, yet its threads already made had registered
+    // them; `ThreadLocal` recycles the ids of exited threads, so a later thread can find them.
+    // The current runtime is then the one to use, as for a work-stealing one.
+    if let Some(pools) = CURRENT_HANDLE.get().and_then(|p| p.get()) {
         let mut rng = rand::thread_rng();
         let index = rng.gen_range(0..pools.len());
         pools[index].clone()
@@ -779,4 +781,19 @@ fn test_dial9_zero_worker_poll_interval_is_rejected() {
         err.to_string(),
         "dial9 worker_poll_interval must be greater than zero"
     );
+}
+
+// zkgate: a thread that finds pools never initialised (a runtime whose start failed part way,
+// met through a recycled thread id) uses its own runtime instead of panicking.
+#[test]
+fn current_handle_with_pools_never_initialised_is_the_current_runtime() {
+    let unset: Pools = Arc::new(OnceCell::new());
+    std::thread::spawn(move || {
+        CURRENT_HANDLE.get_or(|| unset);
+        let rt = Builder::new_current_thread().enable_all().build().unwrap();
+        let ran = rt.block_on(async { current_handle().spawn(async { 7 }).await.unwrap() });
+        assert_eq!(ran, 7);
+    })
+    .join()
+    .unwrap();
 }
