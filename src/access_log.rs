@@ -12,6 +12,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::protocols::tls::SslDigest;
 use pingora::proxy::Session;
 use serde::{Deserialize, Serialize};
@@ -119,25 +120,43 @@ impl AccessLog {
         cache: Option<&'static str>,
     ) {
         let req = session.req_header();
-        let client = session
-            .client_addr()
+        self.write(&Entry {
+            client: session.client_addr(),
+            method: req.method.as_str(),
+            target: &Target(&req.uri, req.version),
+            version: req.version,
+            status,
+            body_bytes: session.body_bytes_sent(),
+            elapsed,
+            route,
+            backend,
+            tls: session.digest().and_then(|d| d.ssl_digest.as_deref()),
+            cache,
+        });
+    }
+
+    /// Queues the line of `entry`, or drops (and counts) it when the writer is behind.
+    pub fn write(&self, entry: &Entry<'_>) {
+        let client = entry
+            .client
             .map_or_else(|| "-".to_owned(), |a| a.to_string());
-        let tls = session.digest().and_then(|d| d.ssl_digest.as_deref());
         let line = format!(
             "{} {} \"{} {} {:?}\" {} {} {:.3}ms route={} backend={} http={} {}{}\n",
             humantime::format_rfc3339_millis(SystemTime::now()),
             client,
-            req.method,
-            Target(&req.uri, req.version),
-            req.version,
-            status,
-            session.body_bytes_sent(),
-            elapsed.as_secs_f64() * 1000.0,
-            route.unwrap_or("-"),
-            backend.map_or_else(|| "-".to_owned(), |b| b.to_string()),
-            http_version(req.version),
-            TlsFields(tls),
-            CacheField(cache),
+            entry.method,
+            entry.target,
+            entry.version,
+            entry.status,
+            entry.body_bytes,
+            entry.elapsed.as_secs_f64() * 1000.0,
+            entry.route.unwrap_or("-"),
+            entry
+                .backend
+                .map_or_else(|| "-".to_owned(), |b| b.to_string()),
+            http_version(entry.version),
+            TlsFields(entry.tls),
+            CacheField(entry.cache),
         );
         match self.tx.try_send(line) {
             Ok(()) => {}
@@ -146,6 +165,23 @@ impl AccessLog {
             }
         }
     }
+}
+
+/// What a line says of one request, from whichever path served it.
+pub struct Entry<'a> {
+    pub client: Option<&'a PeerAddr>,
+    pub method: &'a str,
+    /// The request target as logged (see [`Target`] for a Pingora request).
+    pub target: &'a dyn std::fmt::Display,
+    pub version: http::Version,
+    pub status: u16,
+    /// Body bytes sent to the client.
+    pub body_bytes: usize,
+    pub elapsed: Duration,
+    pub route: Option<&'a str>,
+    pub backend: Option<SocketAddr>,
+    pub tls: Option<&'a SslDigest>,
+    pub cache: Option<&'static str>,
 }
 
 /// ` cache=hit` on a request of a cached route (a hit has no backend and no upstream time, so

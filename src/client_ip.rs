@@ -71,6 +71,12 @@ impl ClientIp {
         self.trusted.iter().any(|c| c.contains(ip))
     }
 
+    /// Whether the client of a request from `peer` is read from its `X-Forwarded-For`
+    /// (`peer` is a trusted proxy), rather than being `peer` itself.
+    pub fn resolves_from_headers(&self, peer: IpAddr) -> bool {
+        !self.trusted.is_empty() && self.trusts(peer)
+    }
+
     /// Whether the forwarding headers that `peer` sent reach the upstream (with the peer
     /// appended to `X-Forwarded-For`), rather than being replaced by the peer alone.
     pub fn passes_forwarded(&self, peer: IpAddr) -> bool {

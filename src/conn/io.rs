@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::{Buf, Bytes};
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
@@ -35,6 +36,9 @@ pub struct Guarded {
     /// its first reads: `stash[stashed]` is what is still to hand over.
     stash: [u8; PREFACE.len()],
     stashed: Range<usize>,
+    /// Bytes the HTTP/1 fast path read and gave back, for Pingora's session to read first
+    /// (see [`Guarded::unread`]). Empty, and so unallocated, on most connections.
+    pushback: Bytes,
     /// A tunnel's wake-up at the end of its silence, made at its first wait (a tunnel is rare
     /// and long: one allocation for its life, none per byte).
     silence: Option<Pin<Box<Sleep>>>,
@@ -57,6 +61,7 @@ impl Guarded {
             listener,
             stash: [0; PREFACE.len()],
             stashed: 0..0,
+            pushback: Bytes::new(),
             silence: None,
         }
     }
@@ -138,6 +143,14 @@ impl Guarded {
         Ok(self.stash[..self.stashed.end] == *prefix)
     }
 
+    /// Gives back `bytes`, read from this stream, to be read again before anything new: what
+    /// the fast path took of a request it leaves to Pingora's proxy. The first bytes kept by
+    /// [`Guarded::first_byte`] were read before them, so none may still be waiting.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.stashed.is_empty() && self.pushback.is_empty());
+        self.pushback = bytes;
+    }
+
     pub fn state(&self) -> &Arc<ConnState> {
         &self.state
     }
@@ -170,6 +183,12 @@ impl AsyncRead for Guarded {
                     return Poll::Ready(Err(e));
                 }
             }
+            return Poll::Ready(Ok(()));
+        }
+        if !self.pushback.is_empty() {
+            let n = self.pushback.len().min(buf.remaining());
+            buf.put_slice(&self.pushback[..n]);
+            self.pushback.advance(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -309,7 +328,10 @@ impl GetSocketDigest for Guarded {
 #[async_trait]
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        let stashed = &self.stash[self.stashed.clone()];
+        let mut stashed = &self.stash[self.stashed.clone()];
+        if stashed.is_empty() {
+            stashed = &self.pushback;
+        }
         if stashed.is_empty() {
             return self.inner.try_peek(buf).await;
         }

@@ -47,6 +47,16 @@ pub(super) fn gateway_text(e: &Error) -> Option<&str> {
     }
 }
 
+/// What a failure answer says when the error carries no text of the gateway's: for a backend
+/// that failed (502) or did not answer in time (504).
+pub(super) fn default_why(code: u16) -> &'static str {
+    match code {
+        502 => "bad gateway: the backend failed",
+        504 => "gateway timeout: the backend did not answer in time",
+        _ => "",
+    }
+}
+
 /// Writes a short plain-text answer from the gateway itself.
 pub(super) async fn answer(session: &mut Session, status: u16, body: &'static str) -> Result<()> {
     write_answer(session, plain_head(status, body)?, body).await

@@ -27,6 +27,11 @@ impl ForwardingValues {
         }
     }
 
+    /// The port the client connected to, from the connection's local port if known.
+    pub(super) fn port_number(&self, local: Option<u16>) -> u16 {
+        local.unwrap_or(self.port)
+    }
+
     /// The port the client connected to: the connection's local port, which is the
     /// listener's unless the address came from elsewhere (then it is made for this request).
     fn port(&self, session: &Session) -> HeaderValue {

@@ -32,6 +32,7 @@ use crate::upstream::call::{self, Call, Outcome};
 
 mod answer;
 mod ctx;
+pub mod fast;
 mod forwarding;
 mod listener;
 mod redirect;
@@ -145,6 +146,30 @@ fn one_content_length(req: &mut RequestHeader) -> Result<()> {
     if let (Some(first), Some(_)) = (values.next(), values.next()) {
         let first = first.clone();
         req.insert_header(CONTENT_LENGTH, first)?;
+    }
+    Ok(())
+}
+
+/// The route's timeout has passed: no try is left.
+struct RouteTimedOut;
+
+/// Bounds a try's connect and reads by the route's `retry.per_try_timeout` and by what is left
+/// of its `timeout` since the request started.
+fn bound_try(
+    route: &Route,
+    started: std::time::Instant,
+    o: &mut pingora::upstreams::peer::PeerOptions,
+) -> std::result::Result<(), RouteTimedOut> {
+    if let Some(t) = route.retry.per_try_timeout {
+        o.read_timeout = Some(t);
+    }
+    if let Some(timeout) = route.timeout {
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(RouteTimedOut);
+        }
+        o.read_timeout = Some(o.read_timeout.map_or(left, |t| t.min(left)));
+        o.connection_timeout = Some(o.connection_timeout.map_or(left, |t| t.min(left)));
     }
     Ok(())
 }
@@ -404,16 +429,6 @@ impl ProxyHttp for Gateway {
                 &mut ip_buf,
             )
         });
-        // What is left of the route's time, if it has a bound.
-        let left = route
-            .timeout
-            .map(|t| t.saturating_sub(ctx.started.elapsed()));
-        if left.is_some_and(|l| l.is_zero()) {
-            return Err(gateway_failure(
-                504,
-                "gateway timeout: the route's timeout passed",
-            ));
-        }
         let call = match &mut ctx.call {
             Some(call) => call,
             None => ctx
@@ -422,13 +437,9 @@ impl ProxyHttp for Gateway {
         };
         let mut peer = call.pick(key).map_err(|r| refused(r, upstream))?;
         let o = &mut peer.options;
-        if let Some(t) = route.retry.per_try_timeout {
-            o.read_timeout = Some(t);
-        }
-        if let Some(left) = left {
-            o.read_timeout = Some(o.read_timeout.map_or(left, |t| t.min(left)));
-            o.connection_timeout = Some(o.connection_timeout.map_or(left, |t| t.min(left)));
-        }
+        bound_try(route, ctx.started, o).map_err(|RouteTimedOut| {
+            gateway_failure(504, "gateway timeout: the route's timeout passed")
+        })?;
         upgrade::on_peer(session, route, ctx, o);
         Ok(peer)
     }
@@ -673,11 +684,7 @@ impl ProxyHttp for Gateway {
             },
         };
         if code > 0 && session.response_written().is_none() {
-            let why = gateway_text(e).unwrap_or(match code {
-                502 => "bad gateway: the backend failed",
-                504 => "gateway timeout: the backend did not answer in time",
-                _ => "",
-            });
+            let why = gateway_text(e).unwrap_or(answer::default_why(code));
             let body = match ctx.route().map(|r| &r.action) {
                 Some(Action::Proxy(u)) if code >= 500 => format!("{why}: upstream {}\n", u.name),
                 _ if why.is_empty() => String::new(),

@@ -33,6 +33,7 @@ use rustc_hash::FxHashMap;
 
 use crate::limit::{ConcurrencyLimit, RouteRate};
 use crate::metrics::RouteMetrics;
+use crate::upstream::hash_key::HashKey;
 use crate::upstream::Upstream;
 pub use config::{RouteEnv, RouteSection};
 use prefix::PrefixTree;
@@ -64,6 +65,34 @@ pub struct Route {
     pub plugin: Option<crate::plugin::RoutePlugin>,
     pub metrics: RouteMetrics,
     pub upgrades: upgrade::Upgrades,
+}
+
+impl Route {
+    /// Whether the route only forwards requests, so that the HTTP/1 fast path may serve them:
+    /// a plain HTTP/1.1 upstream (no TLS, no HTTP/2) picked without headers or cookies, and
+    /// nothing that edits, limits, answers, retries after sending or watches a request or its
+    /// answer (no plugin, rewrite, header edits, error-body cap, rate limit or cap in flight).
+    pub fn forwards_only(&self) -> bool {
+        let Action::Proxy(upstream) = &self.action else {
+            return false;
+        };
+        let policy = &upstream.policy;
+        let plain_upstream = policy.settings.protocol.is_http1()
+            && policy.settings.tls.is_none()
+            && !matches!(
+                policy.hash_key,
+                Some(HashKey::Header(_)) | Some(HashKey::Cookie(_))
+            );
+        plain_upstream
+            && self.plugin.is_none()
+            && self.rewrite.is_none()
+            && self.request_headers.is_empty()
+            && self.response_headers.is_empty()
+            && self.max_error_body.is_none()
+            && self.rate_limit.is_none()
+            && self.concurrency.is_none()
+            && !self.retry.after_send
+    }
 }
 
 /// When a request on this route is tried again, always on another backend.
@@ -351,6 +380,11 @@ pub struct RouteTable {
     /// Keyed by suffix with its leading dot (`.example.com`).
     wildcards: FxHashMap<Box<str>, HostRoutes>,
     any_host: HostRoutes,
+    /// Per route, whether its requests may take the HTTP/1 fast path ([`Route::forwards_only`]).
+    fast: Box<[bool]>,
+    /// Whether some route matches on request headers: the fast path, which matches without
+    /// a header map, must then leave every request to the full proxy.
+    header_conditions: bool,
 }
 
 impl RouteTable {
@@ -379,6 +413,8 @@ impl RouteTable {
             group.compile(&routes);
         }
         RouteTable {
+            fast: routes.iter().map(Route::forwards_only).collect(),
+            header_conditions: routes.iter().any(|r| !r.headers.is_empty()),
             routes: routes.into(),
             hosts,
             wildcards,
@@ -388,6 +424,19 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Whether a request of route `id` may take the HTTP/1 fast path, decided when the table
+    /// was built.
+    #[inline]
+    pub fn fast(&self, id: u32) -> bool {
+        self.fast.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether some route matches on request headers.
+    #[inline]
+    pub fn has_header_conditions(&self) -> bool {
+        self.header_conditions
     }
 
     /// Lets every route's rate limiter forget the keys whose buckets have refilled by `now`, so

@@ -116,6 +116,11 @@ pub struct HeaderOps {
 }
 
 impl HeaderOps {
+    /// No header is removed, set or added.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
     pub fn apply_request(&self, req: &mut RequestHeader) -> pingora::Result<()> {
         self.apply(req)
     }
