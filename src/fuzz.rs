@@ -71,3 +71,9 @@ pub fn game_frames(data: &[u8]) {
     crate::game::codec::exercise(data);
     crate::game::sniff::exercise(data);
 }
+
+/// Bytes through the HTTP/1 fast path's head parsers and editors and its chunked-body scanner
+/// ([`crate::proxy::fast::head::exercise`]).
+pub fn fast_head(data: &[u8]) {
+    crate::proxy::fast::head::exercise(data);
+}

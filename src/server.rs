@@ -7,6 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{http_proxy, HttpProxy};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -20,6 +21,7 @@ use crate::admin::Admin;
 use crate::config::Source;
 use crate::conn::{ConnApp, FdWatch, ListenerConns};
 use crate::game::rules_node::RulesNodeService;
+use crate::proxy::fast::FastPath;
 use crate::proxy::Gateway;
 use crate::runtime::{DiscoveryService, Housekeeping, Live, Reloader, Stop};
 use crate::snapshot::{Listener, ListenerKind, ServerSettings, Settings, Snapshot};
@@ -163,7 +165,16 @@ fn http_service(
     live: &Arc<Live>,
     l: &Listener,
     access_log: Option<AccessLog>,
-) -> Service<ConnApp<HttpProxy<Gateway>>> {
+) -> Service<ConnApp<HttpProxy<Gateway>, FastPath>> {
+    let fast = l.http1_fast_path.then(|| {
+        let connector = ConnectorOptions::from_server_conf(&server.configuration);
+        FastPath::new(
+            live.clone(),
+            l,
+            access_log.clone(),
+            TransportConnector::new(Some(connector)),
+        )
+    });
     let gateway = Gateway::new(live.clone(), l.clone(), access_log);
     let mut proxy: HttpProxy<Gateway> = http_proxy(&server.configuration, gateway);
     let mut options = HttpServerOptions::default();
@@ -173,7 +184,7 @@ fn http_service(
     proxy.server_options = Some(options);
     proxy.h2_options = Some(l.http2.h2_options());
     let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
-    let mut app = ConnApp::new(proxy, conns);
+    let mut app = ConnApp::new(proxy, conns).with_fast_path(fast);
     if let Some(source) = tls_source(live, l) {
         app = app.with_tls(source);
     }

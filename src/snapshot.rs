@@ -75,6 +75,8 @@ pub struct Listener {
     pub max_request_headers: usize,
     pub max_request_header_bytes: u64,
     pub keepalive_requests: Option<u32>,
+    /// Plain HTTP/1.1 requests that only need forwarding take `proxy::fast`.
+    pub http1_fast_path: bool,
     pub path: PathPolicy,
     /// Deadlines on slow and idle clients, and connection limits.
     pub conn: ConnSettings,

@@ -56,3 +56,8 @@ fn notification_corpus() {
 fn game_frames_corpus() {
     replay("game_frames", zkgate::fuzz::game_frames);
 }
+
+#[test]
+fn fast_head_corpus() {
+    replay("fast_head", zkgate::fuzz::fast_head);
+}

@@ -53,6 +53,10 @@ pub struct ListenerSection {
     /// HTTP/2: h2c on cleartext, and its limits.
     #[serde(default)]
     pub http2: Http2Section,
+    /// Plain HTTP/1.1 requests on routes that only forward them are served by the fast path
+    /// instead of Pingora's full proxy (on by default; `false` sends every request through
+    /// the full proxy).
+    pub http1_fast_path: Option<bool>,
     /// Makes this a game listener: framed game sessions routed by serverType and worldId.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub game: Option<GameSection>,
@@ -94,6 +98,7 @@ impl ListenerSection {
             max_request_headers: max_headers,
             max_request_header_bytes,
             keepalive_requests: self.keepalive_requests,
+            http1_fast_path: self.http1_fast_path.unwrap_or(true),
             path: self.path.build(),
             conn,
             http2,
@@ -116,7 +121,7 @@ impl ListenerSection {
             }
             return self.kind;
         }
-        let http_only: [(&str, bool, &str); 11] = [
+        let http_only: [(&str, bool, &str); 12] = [
             ("tls", self.tls.is_some(), "terminate TLS in front of it"),
             ("http2", self.http2 != Http2Section::default(), ""),
             ("path", self.path != PathSection::default(), ""),
@@ -131,6 +136,7 @@ impl ListenerSection {
                 "",
             ),
             ("keepalive_requests", self.keepalive_requests.is_some(), ""),
+            ("http1_fast_path", self.http1_fast_path.is_some(), ""),
             (
                 "keepalive_timeout",
                 self.keepalive_timeout.is_some(),

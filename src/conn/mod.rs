@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{Stream, ALPN};
+use pingora::protocols::{Ssl, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
@@ -351,12 +351,77 @@ pub fn client_body_timed_out(session: &ServerSession, e: &pingora::Error) -> boo
     true
 }
 
-/// Pingora's HTTP app wrapped in zkgate's connection handling, as a listener's `ServerApp`.
-pub struct ConnApp<A> {
+/// What became of a request served by an [`Http1Fast`] path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FastStep {
+    /// Answered; the connection waits for its next request.
+    Again,
+    /// Answered, or the client left: the connection closes.
+    Close,
+    /// The client paused its request body past `client_body_timeout`; it was answered 408
+    /// and the connection closes.
+    BodyTimeout,
+    /// Not the fast path's: the bytes it read were given back to the stream, and this request
+    /// and the connection's later ones go to Pingora's proxy.
+    Leave,
+}
+
+/// An HTTP/1 path that serves requests straight from a plain-TCP connection before Pingora's
+/// session is made (the gateway's is `proxy::fast`), under the same deadlines.
+pub trait Http1Fast: Send + Sync + 'static {
+    /// A connection's state on the path, made when its first request comes.
+    type Conn: Send;
+
+    fn conn(&self, io: &Guarded) -> Self::Conn;
+
+    /// Requests the path answered on the connection.
+    fn served(conn: &Self::Conn) -> u32;
+
+    /// Serves the connection's next request. `keep_alive`: the listener keeps connections
+    /// open; `remaining`: the requests the connection may still carry after this one, if
+    /// limited. A connection that is idle when `shutdown` turns true closes.
+    fn request<'a>(
+        &'a self,
+        io: &'a mut Guarded,
+        conn: &'a mut Self::Conn,
+        keep_alive: bool,
+        remaining: Option<u32>,
+        shutdown: &'a mut ShutdownWatch,
+    ) -> impl Future<Output = FastStep> + Send + 'a;
+}
+
+/// No fast path: every request goes to Pingora's proxy.
+pub struct NoFast;
+
+impl Http1Fast for NoFast {
+    type Conn = ();
+
+    fn conn(&self, _io: &Guarded) {}
+
+    fn served(_conn: &()) -> u32 {
+        0
+    }
+
+    async fn request<'a>(
+        &'a self,
+        _io: &'a mut Guarded,
+        _conn: &'a mut (),
+        _keep_alive: bool,
+        _remaining: Option<u32>,
+        _shutdown: &'a mut ShutdownWatch,
+    ) -> FastStep {
+        FastStep::Leave
+    }
+}
+
+/// Pingora's HTTP app wrapped in zkgate's connection handling, as a listener's `ServerApp`,
+/// with an optional HTTP/1 fast path in front of it.
+pub struct ConnApp<A, F = NoFast> {
     inner: Arc<A>,
     conns: Arc<ListenerConns>,
     /// The listener's TLS, when it terminates TLS (see [`tls`]).
     tls: Option<crate::tls::TlsSource>,
+    fast: Option<F>,
 }
 
 impl<A> ConnApp<A> {
@@ -365,6 +430,20 @@ impl<A> ConnApp<A> {
             inner: Arc::new(inner),
             conns,
             tls: None,
+            fast: None,
+        }
+    }
+}
+
+impl<A, F> ConnApp<A, F> {
+    /// The app with `fast`, when given, serving the HTTP/1 requests it takes (and only on
+    /// plain TCP).
+    pub fn with_fast_path<G>(self, fast: Option<G>) -> ConnApp<A, G> {
+        ConnApp {
+            inner: self.inner,
+            conns: self.conns,
+            tls: self.tls,
+            fast,
         }
     }
 
@@ -384,7 +463,7 @@ enum Outcome<T> {
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static, F: Http1Fast> ServerApp for ConnApp<A, F> {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         struct Open;
         impl Drop for Open {
@@ -433,7 +512,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
     }
 }
 
-impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static, F: Http1Fast> ConnApp<A, F> {
     /// One connection: its first bytes under the head deadline, then Pingora's HTTP/2 server
     /// if they are the HTTP/2 preface, else the HTTP/1 loop: what Pingora's own loop does, plus
     /// the deadlines.
@@ -492,13 +571,48 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
             Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
             Outcome::Stuck => return,
         }
+        let mut served = 0;
+        if let Some(fast) = self
+            .fast
+            .as_ref()
+            .filter(|_| guarded.get_ssl_digest().is_none())
+        {
+            let mut conn = fast.conn(&guarded);
+            let mut stopping = shutdown.clone();
+            loop {
+                let keep_alive = c.pingora_keepalive.is_some() && !*shutdown.borrow();
+                let remaining = c
+                    .keepalive_requests
+                    .map(|n| n.saturating_sub(F::served(&conn)));
+                let request = fast.request(
+                    &mut guarded,
+                    &mut conn,
+                    keep_alive,
+                    remaining,
+                    &mut stopping,
+                );
+                match watch(request, &state, sleep.as_mut(), evict.as_mut()).await {
+                    Outcome::Done(FastStep::Again) => state.on_reuse(clock::now()),
+                    Outcome::Done(FastStep::Leave) => break,
+                    Outcome::Done(FastStep::Close) => return,
+                    Outcome::Done(FastStep::BodyTimeout) => {
+                        return c.closed(Reason::BodyTimeout, peer)
+                    }
+                    Outcome::Expired(e) => return c.closed(e.into(), peer),
+                    Outcome::Evicted => return c.closed(Reason::FdPressure, peer),
+                    Outcome::Stuck => return,
+                }
+            }
+            served = F::served(&conn);
+        }
         let mut session = ServerSession::new_http1(guarded);
         session.set_keepalive(if *shutdown.borrow() {
             None
         } else {
             c.pingora_keepalive
         });
-        session.set_keepalive_reuses_remaining(c.keepalive_requests);
+        session
+            .set_keepalive_reuses_remaining(c.keepalive_requests.map(|n| n.saturating_sub(served)));
         // Requests sent before the previous answer are answered in order (RFC 9112 §9.3.2);
         // without this Pingora drops them after an answer that said keep-alive. Pingora carries
         // the setting over to the connection's later sessions.

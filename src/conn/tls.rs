@@ -9,7 +9,7 @@ use super::state::Nanos;
 use super::{clock, ConnApp, Reason};
 use crate::tls::{self, Refused, TlsSource};
 
-impl<A> ConnApp<A> {
+impl<A, F> ConnApp<A, F> {
     /// Makes the listener terminate TLS, with the acceptor `source` gives at each accept.
     pub fn with_tls(mut self, source: TlsSource) -> Self {
         self.tls = Some(source);
