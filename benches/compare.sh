@@ -11,7 +11,8 @@
 #
 # Environment: DURATION (wrk -d, default 10s), ROUNDS (default 3; 0 skips the wrk runs),
 # WARMUP (default 2s), CONNECTIONS (wrk -c, default 64), THREADS (threads or workers of each
-# proxy, default 1), PROXIES (default "zkgate zkgate-features pingora lean nginx haproxy"; also
+# proxy, default 1), PROXIES (default "zkgate zkgate-full zkgate-features pingora lean nginx
+# haproxy": zkgate-full is zkgate with the HTTP/1 fast path off; also
 # zkgate-ws and pingora-ws, with work stealing, and lean: examples/lean_h1.rs, the prototype of a
 # lean HTTP/1 forwarding loop on pingora-core), HALF (1: a run at half of each proxy's
 # saturation rate for its p99, default 1), INSTR_REQUESTS (requests counted under callgrind,
@@ -38,7 +39,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 HALF=${HALF:-1}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
-read -r -a PROXIES <<<"${PROXIES:-zkgate zkgate-features pingora lean nginx haproxy}"
+read -r -a PROXIES <<<"${PROXIES:-zkgate zkgate-full zkgate-features pingora lean nginx haproxy}"
 WRK_ARGS=(-t1 "-c$CONNECTIONS" "-d$DURATION" --latency)
 WARMUP_ARGS=(-t1 "-c$CONNECTIONS" "-d$WARMUP")
 INSTR_CONNECTIONS=16
@@ -48,7 +49,7 @@ INSTR_CONNECTIONS=16
 [[ "$INSTR_REQUESTS" =~ ^[0-9]+$ ]] || zk_die "INSTR_REQUESTS must be a whole number"
 for name in "${PROXIES[@]}"; do
     case "$name" in
-        zkgate | zkgate-ws | zkgate-features | pingora | pingora-ws | lean | nginx | haproxy) ;;
+        zkgate | zkgate-ws | zkgate-features | zkgate-full | pingora | pingora-ws | lean | nginx | haproxy) ;;
         *) zk_die "unknown proxy '$name' in PROXIES" ;;
     esac
 done
@@ -87,7 +88,8 @@ zk_start_nginx_backend "$BACKEND_PORT"
 # a proxy runs under (valgrind for the instruction counts); it then runs as one process.
 WRAP=()
 
-start_zkgate() { # VARIANT: zkgate (the default config), zkgate-ws (work stealing) or zkgate-features
+start_zkgate() { # VARIANT: zkgate (the default config), zkgate-ws (work stealing), zkgate-full
+    # (http1_fast_path: false) or zkgate-features
     local variant=$1 dir admin ws=false features=0
     dir="$ZK_TMP/$variant"
     rm -rf "$dir" && mkdir -p "$dir"
@@ -95,6 +97,7 @@ start_zkgate() { # VARIANT: zkgate (the default config), zkgate-ws (work stealin
     admin="$(zk_free_port)"
     [[ "$variant" == zkgate-ws ]] && ws=true
     [[ "$variant" == zkgate-features ]] && features=1
+    [[ "$variant" == zkgate-full ]] && features=full
     zk_gateway_config "$dir/zkgate.yaml" "$dir" "$admin" "$PROXY_PORT" "$BACKEND_PORT" "$THREADS" "$ws" "$features"
     zk_run_zkgate "$variant" "$dir/zkgate.yaml" "$admin" "${WRAP[@]}"
 }
@@ -194,7 +197,7 @@ EOF2
 
 start_proxy() {
     case "$1" in
-        zkgate | zkgate-ws | zkgate-features) start_zkgate "$1" ;;
+        zkgate | zkgate-ws | zkgate-features | zkgate-full) start_zkgate "$1" ;;
         pingora | pingora-ws) start_bare "$1" ;;
         lean) start_lean ;;
         nginx) start_nginx_proxy ;;
@@ -413,6 +416,7 @@ label() {
         zkgate) echo "zkgate (default: no work stealing)" ;;
         zkgate-ws) echo "zkgate (work_stealing: true)" ;;
         zkgate-features) echo "zkgate + health/outlier/breaker/retry/limit" ;;
+        zkgate-full) echo "zkgate, fast path off (full proxy)" ;;
         pingora) echo "bare Pingora (no work stealing)" ;;
         pingora-ws) echo "bare Pingora (work stealing)" ;;
         lean) echo "lean HTTP/1 loop on pingora-core (prototype)" ;;

@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the request-path pieces: path normalization, route match among 1,000
 //! routes (with and without `listeners` on them), path rewrites, backend picks for each balancing
-//! algorithm, and the `X-Forwarded-For` value. `tests/alloc_free.rs` proves the
+//! algorithm, the `X-Forwarded-For` value, and the HTTP/1 fast path's head parsing and editing. `tests/alloc_free.rs` proves the
 //! same calls allocate nothing.
 
 use std::hint::black_box;
@@ -230,12 +230,62 @@ fn forwarded_for(c: &mut Criterion) {
     g.finish();
 }
 
+/// The HTTP/1 fast path's head work per request: finding the end of a typical browser-like
+/// request head, parsing it, writing its upstream form with the forwarding headers, and
+/// editing a backend's answer head.
+fn fast_heads(c: &mut Criterion) {
+    use zkgate::client_ip::ForwardedMode;
+    use zkgate::proxy::fast::head;
+    let req: &[u8] = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: api.example.com\r\n\
+        User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\nAccept: application/json\r\n\
+        Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n\
+        Cookie: session=0123456789abcdef\r\nConnection: keep-alive\r\n\r\n";
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+        Content-Length: 19\r\nDate: Sun, 06 Dec 2026 05:00:00 GMT\r\nServer: nginx\r\n\
+        Connection: keep-alive\r\n\r\n{\"items\": [1, 2, 3]}";
+    let fwd = head::Forwarding {
+        peer: "203.0.113.7".parse().expect("address"),
+        passes: false,
+        tls: false,
+        port: 8080,
+        forwarded: ForwardedMode::Off,
+        by: None,
+    };
+    let mut g = c.benchmark_group("fast_path");
+    g.bench_function("request_len", |b| {
+        b.iter(|| black_box(head::request_len(black_box(req))))
+    });
+    let mut out = Vec::with_capacity(1024);
+    g.bench_function("request_and_upstream_head", |b| {
+        b.iter(|| {
+            let mut slots = head::slots();
+            if let Ok(r) = head::request(black_box(req), &mut slots) {
+                head::write_upstream(&r, &fwd, &mut out);
+            }
+            black_box(out.len())
+        })
+    });
+    g.bench_function("answer_head", |b| {
+        b.iter(|| {
+            black_box(head::response(
+                black_box(answer),
+                false,
+                true,
+                b"Sun, 06 Dec 2026 05:00:01 GMT",
+                &mut out,
+            ))
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     normalize,
     route_match,
     rewrite,
     pick,
-    forwarded_for
+    forwarded_for,
+    fast_heads
 );
 criterion_main!(benches);

@@ -311,9 +311,13 @@ zk_median() {
 zk_gateway_config() { # FILE DIR ADMIN PORT BACKEND THREADS WORK_STEALING [FEATURES]
     # FEATURES=1 adds what production configs carry: a health check, outlier detection, a
     # circuit breaker, retries after send, and a rate limit too high to refuse anything, so
-    # that their cost on the request path shows.
+    # that their cost on the request path shows (the last three keep requests off the HTTP/1
+    # fast path). FEATURES=full: the default config with the fast path off, every request
+    # through Pingora's proxy phases.
     local file=$1 dir=$2 admin=$3 port=$4 backend=$5 threads=$6 ws=$7 features=${8:-0}
-    local upstream_extra="" route_extra=""
+    local upstream_extra="" route_extra="" listener_extra=""
+    [[ "$features" == full ]] && listener_extra='
+    http1_fast_path: false'
     if [[ "$features" == 1 ]]; then
         upstream_extra='
     health_check: { type: tcp, interval: 1s, timeout: 500ms }
@@ -335,7 +339,7 @@ admin:
   listen: 127.0.0.1:$admin
 listeners:
   - name: web
-    listen: 127.0.0.1:$port
+    listen: 127.0.0.1:$port$listener_extra
 upstreams:
   - name: backend
     backends: ["127.0.0.1:$backend"]$upstream_extra

@@ -1,5 +1,5 @@
 //! The request-path pieces that must not allocate: path normalization of a path already in
-//! normal form, route matching and backend picks. A counting
+//! normal form, route matching, backend picks and the HTTP/1 fast path's head work. A counting
 //! allocator counts this thread's allocations around the calls.
 
 use http::{HeaderMap, Method};
@@ -131,5 +131,37 @@ fn an_upstream_call_allocates_nothing_beyond_its_picks() {
             "a call to {} allocated {calls} times where its picks alone do {picks}",
             u.name
         );
+    }
+}
+
+#[test]
+fn the_fast_paths_head_work_does_not_allocate_once_its_buffer_is_grown() {
+    use zkgate::client_ip::ForwardedMode;
+    use zkgate::proxy::fast::head;
+    let req: &[u8] = b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: api.example.com\r\n\
+        Accept: */*\r\nX-Forwarded-For: 10.0.0.1\r\nConnection: keep-alive\r\n\r\n";
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\nok";
+    for passes in [false, true] {
+        let fwd = head::Forwarding {
+            peer: "2001:db8::7".parse().expect("address"),
+            passes,
+            tls: false,
+            port: 8080,
+            // `Forwarded` is built in a String: that mode allocates, and is off by default.
+            forwarded: ForwardedMode::Off,
+            by: None,
+        };
+        let mut out = Vec::with_capacity(4096);
+        let n = counting_alloc::allocations(|| {
+            assert_eq!(head::request_len(req), Ok(Some(req.len())));
+            let mut slots = head::slots();
+            let r = head::request(req, &mut slots).expect("a fast request");
+            head::write_upstream(&r, &fwd, &mut out);
+            let a = head::response(answer, false, true, b"d", &mut out).expect("an answer");
+            assert!(a.is_some());
+            let mut chunked = head::Chunked::Size;
+            assert_eq!(chunked.advance(b"2\r\nok\r\n0\r\n\r\n"), Ok(12));
+        });
+        assert_eq!(n, 0, "passes: {passes}");
     }
 }

@@ -153,25 +153,28 @@ fn one_content_length(req: &mut RequestHeader) -> Result<()> {
 /// The route's timeout has passed: no try is left.
 struct RouteTimedOut;
 
-/// Bounds a try's connect and reads by the route's `retry.per_try_timeout` and by what is left
-/// of its `timeout` since the request started.
-fn bound_try(
+/// What is left of the route's `timeout` since the request started (`None`: it has none), for
+/// the next try: asked before a backend is picked, so that a route out of time says so.
+fn time_left(
     route: &Route,
     started: std::time::Instant,
-    o: &mut pingora::upstreams::peer::PeerOptions,
-) -> std::result::Result<(), RouteTimedOut> {
+) -> std::result::Result<Option<Duration>, RouteTimedOut> {
+    match route.timeout.map(|t| t.saturating_sub(started.elapsed())) {
+        Some(left) if left.is_zero() => Err(RouteTimedOut),
+        left => Ok(left),
+    }
+}
+
+/// Bounds a try's connect and reads by the route's `retry.per_try_timeout` and by `left`, what
+/// is left of its `timeout` ([`time_left`]).
+fn bound_try(route: &Route, left: Option<Duration>, o: &mut pingora::upstreams::peer::PeerOptions) {
     if let Some(t) = route.retry.per_try_timeout {
         o.read_timeout = Some(t);
     }
-    if let Some(timeout) = route.timeout {
-        let left = timeout.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(RouteTimedOut);
-        }
+    if let Some(left) = left {
         o.read_timeout = Some(o.read_timeout.map_or(left, |t| t.min(left)));
         o.connection_timeout = Some(o.connection_timeout.map_or(left, |t| t.min(left)));
     }
-    Ok(())
 }
 
 /// Header count and total size, checked against the listener's limits.
@@ -429,6 +432,9 @@ impl ProxyHttp for Gateway {
                 &mut ip_buf,
             )
         });
+        let left = time_left(route, ctx.started).map_err(|RouteTimedOut| {
+            gateway_failure(504, "gateway timeout: the route's timeout passed")
+        })?;
         let call = match &mut ctx.call {
             Some(call) => call,
             None => ctx
@@ -437,9 +443,7 @@ impl ProxyHttp for Gateway {
         };
         let mut peer = call.pick(key).map_err(|r| refused(r, upstream))?;
         let o = &mut peer.options;
-        bound_try(route, ctx.started, o).map_err(|RouteTimedOut| {
-            gateway_failure(504, "gateway timeout: the route's timeout passed")
-        })?;
+        bound_try(route, left, o);
         upgrade::on_peer(session, route, ctx, o);
         Ok(peer)
     }

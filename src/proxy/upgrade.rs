@@ -124,6 +124,10 @@ pub(super) fn on_peer(session: &Session, route: &Route, ctx: &RequestCtx, o: &mu
     }
 }
 
+/// The failure text of a `101` to a request that asked for no upgrade.
+pub(super) const UNASKED_SWITCH: &str =
+    "bad gateway: the backend switched protocols on a request that asked for no upgrade";
+
 /// In `upstream_response_filter`, for a `101`: the tunnel opens if the request asked for it;
 /// a backend switching protocols on a request that did not is a 502 (the client would get
 /// bytes of a protocol it never asked for).
@@ -134,10 +138,7 @@ pub(super) fn on_switch(
 ) -> Result<()> {
     debug_assert_eq!(resp.status, StatusCode::SWITCHING_PROTOCOLS);
     if !matches!(ctx.tunnel, Tunnel::Requested) {
-        return Err(gateway_failure(
-            502,
-            "bad gateway: the backend switched protocols on a request that asked for no upgrade",
-        ));
+        return Err(gateway_failure(502, UNASKED_SWITCH));
     }
     let Some(route) = ctx.route() else {
         return Err(gateway_failure(

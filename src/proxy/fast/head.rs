@@ -23,7 +23,12 @@ pub struct Leave;
 
 /// A backend's answer the gateway cannot forward: the request fails with a 502.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadAnswer;
+pub enum BadAnswer {
+    /// Not HTTP/1 as the gateway forwards it (malformed, framed ambiguously, too long a line).
+    Malformed,
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    Switched,
+}
 
 pub type Slots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
 
@@ -337,15 +342,14 @@ pub fn response(
     let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(BadAnswer),
+        Err(_) => return Err(BadAnswer::Malformed),
     };
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Err(BadAnswer);
+        return Err(BadAnswer::Malformed);
     };
     let informational = (100..200).contains(&status);
     if status == 101 {
-        // Switching protocols without an upgrade asked for.
-        return Err(BadAnswer);
+        return Err(BadAnswer::Switched);
     }
     let mut reusable = version == 1;
     let mut length = None;
@@ -353,15 +357,15 @@ pub fn response(
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let n = digits(h.value).ok_or(BadAnswer)?;
+            let n = digits(h.value).ok_or(BadAnswer::Malformed)?;
             if length.replace(n).is_some_and(|m| m != n) {
-                return Err(BadAnswer);
+                return Err(BadAnswer::Malformed);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = last_token_is(h.value, b"chunked");
             if !chunked {
                 // Another coding last: framed by the close, which the full proxy handles.
-                return Err(BadAnswer);
+                return Err(BadAnswer::Malformed);
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -475,7 +479,7 @@ impl Chunked {
                         };
                     }
                     Ok(httparse::Status::Partial) if rest.len() < MAX_LINE => return Ok(at),
-                    _ => return Err(BadAnswer),
+                    _ => return Err(BadAnswer::Malformed),
                 },
                 Chunked::Data(left) => {
                     if rest.is_empty() {
@@ -495,13 +499,13 @@ impl Chunked {
                         *self = Chunked::Size;
                     }
                     [] | [b'\r'] => return Ok(at),
-                    _ => return Err(BadAnswer),
+                    _ => return Err(BadAnswer::Malformed),
                 },
                 Chunked::Trailers => match rest.iter().position(|&b| b == b'\n') {
                     Some(end) => {
                         let line = &rest[..end];
                         if line.last() != Some(&b'\r') {
-                            return Err(BadAnswer);
+                            return Err(BadAnswer::Malformed);
                         }
                         at += end + 1;
                         if line.len() == 1 {
@@ -509,7 +513,7 @@ impl Chunked {
                         }
                     }
                     None if rest.len() < MAX_LINE => return Ok(at),
-                    None => return Err(BadAnswer),
+                    None => return Err(BadAnswer::Malformed),
                 },
             }
         }
@@ -584,7 +588,7 @@ pub fn exercise(data: &[u8]) {
                 taken += n;
                 buf.drain(..n);
             }
-            Err(BadAnswer) => return,
+            Err(_) => return,
         }
         if c == Chunked::Done {
             // The end is the same however the bytes were cut.
@@ -776,11 +780,14 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
-            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
         ] {
-            assert_eq!(down(bad, false, true).0, Err(BadAnswer));
+            assert_eq!(down(bad, false, true).0, Err(BadAnswer::Malformed));
         }
+        assert_eq!(
+            down(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false, true).0,
+            Err(BadAnswer::Switched)
+        );
         assert_eq!(down(b"HTTP/1.1 200 OK\r\n", false, true).0, Ok(None));
     }
 
@@ -815,10 +822,10 @@ mod tests {
         let mut more = body.to_vec();
         more.extend_from_slice(b"HTTP/1.1 200 OK");
         assert_eq!(Chunked::Size.advance(&more), Ok(body.len()));
-        assert_eq!(scan(b"3\r\nabcX\r\n", 64).0, Err(BadAnswer));
-        assert_eq!(scan(b"zz\r\n", 64).0, Err(BadAnswer));
-        assert_eq!(scan(b"0\r\nX: 1\n\r\n", 64).0, Err(BadAnswer));
+        assert_eq!(scan(b"3\r\nabcX\r\n", 64).0, Err(BadAnswer::Malformed));
+        assert_eq!(scan(b"zz\r\n", 64).0, Err(BadAnswer::Malformed));
+        assert_eq!(scan(b"0\r\nX: 1\n\r\n", 64).0, Err(BadAnswer::Malformed));
         let endless = vec![b'1'; MAX_LINE + 1];
-        assert_eq!(scan(&endless, MAX_LINE + 1).0, Err(BadAnswer));
+        assert_eq!(scan(&endless, MAX_LINE + 1).0, Err(BadAnswer::Malformed));
     }
 }

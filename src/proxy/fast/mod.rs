@@ -150,7 +150,7 @@ enum Failure {
     /// Connecting, sending or reading the answer's head failed; `timeout` when it was a timeout.
     Backend { timeout: bool, error: Box<Error> },
     /// The backend's answer could not be forwarded.
-    BadAnswer,
+    BadAnswer(BadAnswer),
     /// The client paused its body past `client_body_timeout`.
     BodyTimeout,
     /// The client went away.
@@ -359,10 +359,9 @@ impl FastPath {
                 k.extract(conn.peer_ip, path, query, &no_headers, &mut ip_buf)
                     .map(<[u8]>::to_vec)
             });
+            let left = super::time_left(route, plan.started).map_err(|_| Failure::RouteTimeout)?;
             let mut peer = call.pick(key.as_deref()).map_err(Failure::Refused)?;
-            if super::bound_try(route, plan.started, &mut peer.options).is_err() {
-                return Err(Failure::RouteTimeout);
-            }
+            super::bound_try(route, left, &mut peer.options);
             let reused = if fresh {
                 None
             } else {
@@ -438,7 +437,10 @@ impl FastPath {
         }
         let mut left = plan.body_len - at_hand as u64;
         if left == 0 {
-            return Ok(());
+            // A connection may buffer writes (Pingora's streams can): the request goes out now.
+            return within(write_timeout, up.flush())
+                .await
+                .map_err(|_| Sent::Stale);
         }
         // The rest of a large body: read and sent as it comes, under the body timeout. It is
         // not kept: such a request is not retried.
@@ -464,7 +466,9 @@ impl FastPath {
                 }
             }
         }
-        Ok(())
+        within(write_timeout, up.flush())
+            .await
+            .map_err(|e| Sent::Failed(backend_error(e)))
     }
 
     /// Reads the answer's head (forwarding informational ones) and forwards the answer.
@@ -502,7 +506,8 @@ impl FastPath {
                 }
                 Ok(Some(r)) => break r,
                 Ok(None) if conn.up.len() < MAX_ANSWER_HEAD => {}
-                _ => return Err(Sent::Failed(Failure::BadAnswer)),
+                Err(bad) => return Err(Sent::Failed(Failure::BadAnswer(bad))),
+                Ok(None) => return Err(Sent::Failed(Failure::BadAnswer(BadAnswer::Malformed))),
             }
             if conn.up.capacity() - conn.up.len() < 1024 {
                 conn.up.reserve(4096);
@@ -563,7 +568,10 @@ impl FastPath {
             Failure::Backend { timeout: true, .. } => {
                 (504, super::answer::default_why(504), Outcome::BackendFailed)
             }
-            Failure::Backend { .. } | Failure::BadAnswer => {
+            Failure::BadAnswer(BadAnswer::Switched) => {
+                (502, super::upgrade::UNASKED_SWITCH, Outcome::BackendFailed)
+            }
+            Failure::Backend { .. } | Failure::BadAnswer(_) => {
                 (502, super::answer::default_why(502), Outcome::BackendFailed)
             }
             Failure::BodyTimeout => (408, "", Outcome::Ok),
@@ -576,7 +584,7 @@ impl FastPath {
                 plan.method,
                 plan.target()
             ),
-            Failure::BadAnswer => log::error!(
+            Failure::BadAnswer(_) => log::error!(
                 "listener {}: {} {}: upstream {name} sent an answer that cannot be forwarded",
                 self.listener.name,
                 plan.method,
@@ -764,7 +772,7 @@ async fn forward_body(
             Framing::Chunked => {
                 let n = chunked
                     .advance(&conn.up)
-                    .map_err(|BadAnswer| BodyEnd::Backend)?;
+                    .map_err(|_| BodyEnd::Backend)?;
                 (n, chunked == Chunked::Done)
             }
             Framing::UntilClose => (conn.up.len(), false),
