@@ -10,6 +10,9 @@
 //! Gaps between body reads are Pingora's read timeout (`client_body_timeout`).
 //! A connection whose first bytes are the HTTP/2 preface (h2c, or after ALPN `h2`) goes to
 //! Pingora's HTTP/2 server instead, once those bytes came within the head deadline ([`h2`]).
+//! On plain TCP an [`Http1Fast`] path (the gateway's `proxy::fast`) may serve HTTP/1 requests
+//! first, under the same deadlines; the first request it leaves, and every later one, goes to
+//! Pingora's loop with the bytes already read given back to the stream ([`io::Guarded::unread`]).
 
 pub mod config;
 pub mod h2;
