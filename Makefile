@@ -94,9 +94,9 @@ bench-scale: deps-test
 ## bench-compare: zkgate against bare Pingora, nginx and HAProxy, one thread each, same backend:
 ##   req/s, p99 (and at half rate), CPU per request (wrk), instructions per request (callgrind)
 bench-compare: build
-	$(CARGO) build --release --example bare_pingora --example lean_h1
+	$(CARGO) build --release --example bare_pingora
 	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate BARE_BIN=$(TARGET_DIR)/release/examples/bare_pingora \
-		LEAN_BIN=$(TARGET_DIR)/release/examples/lean_h1 benches/compare.sh
+		benches/compare.sh
 
 ## bench-tls: zkgate against nginx as TLS terminators: new handshakes (ECDSA, RSA), keep-alive HTTPS, h2load
 bench-tls: build deps-test

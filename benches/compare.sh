@@ -11,12 +11,11 @@
 #
 # Environment: DURATION (wrk -d, default 10s), ROUNDS (default 3; 0 skips the wrk runs),
 # WARMUP (default 2s), CONNECTIONS (wrk -c, default 64), THREADS (threads or workers of each
-# proxy, default 1), PROXIES (default "zkgate zkgate-full zkgate-features pingora lean nginx
-# haproxy": zkgate-full is zkgate with the HTTP/1 fast path off; also
-# zkgate-ws and pingora-ws, with work stealing, and lean: examples/lean_h1.rs, the prototype of a
-# lean HTTP/1 forwarding loop on pingora-core), HALF (1: a run at half of each proxy's
+# proxy, default 1), PROXIES (default "zkgate zkgate-full zkgate-features pingora nginx haproxy":
+# zkgate-full is zkgate with the HTTP/1 fast path off; also zkgate-ws and pingora-ws, with work
+# stealing), HALF (1: a run at half of each proxy's
 # saturation rate for its p99, default 1), INSTR_REQUESTS (requests counted under callgrind,
-# default 20000; 0 skips), ZKGATE_BIN, BARE_BIN, LEAN_BIN, KEEP_TMP=1 (keep configs and logs).
+# default 20000; 0 skips), ZKGATE_BIN, BARE_BIN, KEEP_TMP=1 (keep configs and logs).
 #
 # The backend is one nginx worker answering a fixed 19-byte body. Nothing is pinned, so wrk, the
 # proxy and the backend share the cores: compare the ratios, not the absolute numbers.
@@ -39,7 +38,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-1}
 HALF=${HALF:-1}
 INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
-read -r -a PROXIES <<<"${PROXIES:-zkgate zkgate-full zkgate-features pingora lean nginx haproxy}"
+read -r -a PROXIES <<<"${PROXIES:-zkgate zkgate-full zkgate-features pingora nginx haproxy}"
 WRK_ARGS=(-t1 "-c$CONNECTIONS" "-d$DURATION" --latency)
 WARMUP_ARGS=(-t1 "-c$CONNECTIONS" "-d$WARMUP")
 INSTR_CONNECTIONS=16
@@ -49,7 +48,7 @@ INSTR_CONNECTIONS=16
 [[ "$INSTR_REQUESTS" =~ ^[0-9]+$ ]] || zk_die "INSTR_REQUESTS must be a whole number"
 for name in "${PROXIES[@]}"; do
     case "$name" in
-        zkgate | zkgate-ws | zkgate-features | zkgate-full | pingora | pingora-ws | lean | nginx | haproxy) ;;
+        zkgate | zkgate-ws | zkgate-features | zkgate-full | pingora | pingora-ws | nginx | haproxy) ;;
         *) zk_die "unknown proxy '$name' in PROXIES" ;;
     esac
 done
@@ -69,10 +68,6 @@ ZKGATE="$(zk_zkgate_bin)" || exit 1
 BARE="${BARE_BIN:-$(zk_target_dir)/release/examples/bare_pingora}"
 if [[ -z "${BARE_BIN:-}" ]]; then
     (cd "$ZK_REPO_ROOT" && cargo build --release --example bare_pingora >&2) || zk_die "cannot build examples/bare_pingora"
-fi
-LEAN="${LEAN_BIN:-$(zk_target_dir)/release/examples/lean_h1}"
-if [[ " ${PROXIES[*]} " == *" lean "* && -z "${LEAN_BIN:-}" ]]; then
-    (cd "$ZK_REPO_ROOT" && cargo build --release --example lean_h1 >&2) || zk_die "cannot build examples/lean_h1"
 fi
 CLK_TCK="$(getconf CLK_TCK)"
 
@@ -112,16 +107,6 @@ start_bare() { # VARIANT: pingora or pingora-ws: the engine alone (examples/bare
     zk_spawn "$PROXY_LOG" "${WRAP[@]}" "$BARE" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$BACKEND_PORT" "$THREADS" "$ws"
     PROXY_PID=$ZK_LAST_PID
     zk_wait_port "$PROXY_PORT" 60 "$PROXY_PID" "$PROXY_LOG" || zk_die "$variant did not start"
-}
-
-start_lean() { # the lean HTTP/1 prototype (examples/lean_h1.rs)
-    local dir="$ZK_TMP/lean"
-    rm -rf "$dir" && mkdir -p "$dir"
-    PROXY_PORT="$(zk_free_port)"
-    PROXY_LOG="$dir/lean.log"
-    zk_spawn "$PROXY_LOG" "${WRAP[@]}" "$LEAN" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$BACKEND_PORT" "$THREADS"
-    PROXY_PID=$ZK_LAST_PID
-    zk_wait_port "$PROXY_PORT" 60 "$PROXY_PID" "$PROXY_LOG" || zk_die "lean did not start"
 }
 
 start_nginx_proxy() {
@@ -199,7 +184,6 @@ start_proxy() {
     case "$1" in
         zkgate | zkgate-ws | zkgate-features | zkgate-full) start_zkgate "$1" ;;
         pingora | pingora-ws) start_bare "$1" ;;
-        lean) start_lean ;;
         nginx) start_nginx_proxy ;;
         haproxy) start_haproxy ;;
     esac
@@ -419,7 +403,6 @@ label() {
         zkgate-full) echo "zkgate, fast path off (full proxy)" ;;
         pingora) echo "bare Pingora (no work stealing)" ;;
         pingora-ws) echo "bare Pingora (work stealing)" ;;
-        lean) echo "lean HTTP/1 loop on pingora-core (prototype)" ;;
         nginx) echo "nginx (keepalive 256)" ;;
         haproxy) echo "haproxy (http-reuse always)" ;;
     esac
