@@ -770,9 +770,7 @@ async fn forward_body(
                 (n as usize, left == 0)
             }
             Framing::Chunked => {
-                let n = chunked
-                    .advance(&conn.up)
-                    .map_err(|_| BodyEnd::Backend)?;
+                let n = chunked.advance(&conn.up).map_err(|_| BodyEnd::Backend)?;
                 (n, chunked == Chunked::Done)
             }
             Framing::UntilClose => (conn.up.len(), false),
