@@ -171,7 +171,7 @@ impl AccessLog {
 pub struct Entry<'a> {
     pub client: Option<&'a PeerAddr>,
     pub method: &'a str,
-    /// The request target as logged (see [`Target`] for a Pingora request).
+    /// The request target as logged (a Pingora request's is its URI less any `user:password@`).
     pub target: &'a dyn std::fmt::Display,
     pub version: http::Version,
     pub status: u16,
