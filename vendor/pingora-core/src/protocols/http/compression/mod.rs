@@ -15,6 +15,10 @@
 //! HTTP response (de)compression libraries
 //!
 //! Gzip, Brotli, Zstd, and dictionary-compressed Zstd (dcz, [RFC 9842](https://datatracker.ietf.org/doc/html/rfc9842)) are supported.
+//!
+//! The codecs are behind the `compression` feature (on by default). Without it this module keeps
+//! its API, but no codec is built in: every [`ResponseCompressionCtx`] is disabled, as one created
+//! with level `0` and decompression off, and passes responses through untouched.
 
 use super::HttpTask;
 
@@ -27,12 +31,18 @@ use std::time::Duration;
 use strum::EnumCount;
 use strum_macros::EnumCount as EnumCountMacro;
 
+#[cfg(feature = "compression")]
 mod brotli;
+#[cfg(feature = "compression")]
 mod gzip;
+#[cfg(feature = "compression")]
 mod zstd;
 
-/// Re-export [RFC 9842](https://datatracker.ietf.org/doc/html/rfc9842) constants for external use.
-pub use zstd::{DCZ_HEADER_SIZE, DCZ_MAGIC};
+/// [RFC 9842](https://datatracker.ietf.org/doc/html/rfc9842) magic number for dcz.
+pub const DCZ_MAGIC: [u8; 8] = [0x5e, 0x2a, 0x4d, 0x18, 0x20, 0x00, 0x00, 0x00];
+
+/// [RFC 9842](https://datatracker.ietf.org/doc/html/rfc9842) header size: 8-byte magic + 32-byte SHA-256 hash.
+pub const DCZ_HEADER_SIZE: usize = 40;
 
 /// The type of error to return when (de)compression fails
 pub const COMPRESSION_ERROR: ErrorType = ErrorType::new("CompressionError");
@@ -105,7 +115,11 @@ impl ResponseCompressionCtx {
 
     /// Whether the encoder is enabled.
     /// The enablement will change according to the request and response filter by this ctx.
+    /// Always `false` without the `compression` feature.
     pub fn is_enabled(&self) -> bool {
+        if !cfg!(feature = "compression") {
+            return false;
+        }
         match &self.0 {
             CtxInner::HeaderPhase {
                 decompress_enable,
@@ -472,10 +486,13 @@ impl Algorithm {
             None
         } else {
             match self {
+                #[cfg(feature = "compression")]
                 Self::Gzip => Some(Box::new(gzip::Compressor::new(level))),
+                #[cfg(feature = "compression")]
                 Self::Brotli => Some(Box::new(brotli::Compressor::new(level))),
+                #[cfg(feature = "compression")]
                 Self::Zstd => Some(Box::new(zstd::Compressor::new(level))),
-                _ => None, // not implemented
+                _ => None, // not implemented, or built without the `compression` feature
             }
         }
     }
@@ -489,6 +506,7 @@ impl Algorithm {
             None
         } else {
             match self {
+                #[cfg(feature = "compression")]
                 Self::Dcz => {
                     match zstd::DictionaryCompressor::new(level, &dictionary.bytes, dictionary.hash)
                     {
@@ -499,7 +517,10 @@ impl Algorithm {
                         }
                     }
                 }
-                _ => None,
+                _ => {
+                    let _ = dictionary; // only the `compression` feature's dcz reads it
+                    None
+                }
             }
         }
     }
@@ -510,8 +531,13 @@ impl Algorithm {
     // has to state whether a decompressor exists for it.
     fn decompressor_impl(&self) -> Option<fn() -> Box<dyn Encode + Send + Sync>> {
         match self {
+            #[cfg(feature = "compression")]
             Self::Gzip => Some(|| Box::new(gzip::Decompressor::new())),
+            #[cfg(feature = "compression")]
             Self::Brotli => Some(|| Box::new(brotli::Decompressor::new())),
+            // built without the `compression` feature
+            #[cfg(not(feature = "compression"))]
+            Self::Gzip | Self::Brotli => None,
             // not implemented
             Self::Any | Self::Zstd | Self::Dcb | Self::Dcz | Self::Other => None,
         }
@@ -1298,7 +1324,7 @@ mod tests_dictionary_compression {
         let compressed = ctx.response_body_filter(Some(&input), true).unwrap();
 
         assert!(compressed.len() >= 40);
-        assert_eq!(&compressed[..8], &zstd::DCZ_MAGIC);
+        assert_eq!(&compressed[..8], &DCZ_MAGIC);
         assert_eq!(&compressed[8..40], &hash);
     }
 

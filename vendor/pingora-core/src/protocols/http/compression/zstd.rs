@@ -12,19 +12,13 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-use super::{Encode, COMPRESSION_ERROR};
+use super::{Encode, COMPRESSION_ERROR, DCZ_HEADER_SIZE, DCZ_MAGIC};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use pingora_error::{OrErr, Result};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use zstd::stream::write::Encoder;
-
-/// [RFC 9842](https://datatracker.ietf.org/doc/html/rfc9842) magic number for dcz.
-pub const DCZ_MAGIC: [u8; 8] = [0x5e, 0x2a, 0x4d, 0x18, 0x20, 0x00, 0x00, 0x00];
-
-/// [RFC 9842](https://datatracker.ietf.org/doc/html/rfc9842) header size: 8-byte magic + 32-byte SHA-256 hash.
-pub const DCZ_HEADER_SIZE: usize = 40;
 
 pub struct Compressor {
     compress: Mutex<Encoder<'static, Vec<u8>>>,
