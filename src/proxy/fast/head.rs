@@ -347,6 +347,11 @@ pub fn response(
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Err(BadAnswer::Malformed);
     };
+    // httparse takes any three digits; a status below 100 is no HTTP status (the full proxy's
+    // `StatusCode` refuses it too), and would not be three digits when written back.
+    if status < 100 {
+        return Err(BadAnswer::Malformed);
+    }
     let informational = (100..200).contains(&status);
     if status == 101 {
         return Err(BadAnswer::Switched);
@@ -781,6 +786,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            // Found by the fuzzer: three digits, but no status.
+            b"HTTP/1.1 020 OK\r\nContent-Length: 0\r\n\r\n",
         ] {
             assert_eq!(down(bad, false, true).0, Err(BadAnswer::Malformed));
         }
