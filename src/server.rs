@@ -184,7 +184,7 @@ fn http_service(
     proxy.server_options = Some(options);
     proxy.h2_options = Some(l.http2.h2_options());
     let conns = Arc::new(ListenerConns::new(&l.name, &l.conn, l.keepalive_requests));
-    let mut app = ConnApp::new(proxy, conns).with_fast_path(fast);
+    let mut app = ConnApp::new(proxy, conns, fast);
     if let Some(source) = tls_source(live, l) {
         app = app.with_tls(source);
     }

@@ -393,33 +393,9 @@ pub trait Http1Fast: Send + Sync + 'static {
     ) -> impl Future<Output = FastStep> + Send + 'a;
 }
 
-/// No fast path: every request goes to Pingora's proxy.
-pub struct NoFast;
-
-impl Http1Fast for NoFast {
-    type Conn = ();
-
-    fn conn(&self, _io: &Guarded) {}
-
-    fn served(_conn: &()) -> u32 {
-        0
-    }
-
-    async fn request<'a>(
-        &'a self,
-        _io: &'a mut Guarded,
-        _conn: &'a mut (),
-        _keep_alive: bool,
-        _remaining: Option<u32>,
-        _shutdown: &'a mut ShutdownWatch,
-    ) -> FastStep {
-        FastStep::Leave
-    }
-}
-
 /// Pingora's HTTP app wrapped in zkgate's connection handling, as a listener's `ServerApp`,
 /// with an optional HTTP/1 fast path in front of it.
-pub struct ConnApp<A, F = NoFast> {
+pub struct ConnApp<A, F> {
     inner: Arc<A>,
     conns: Arc<ListenerConns>,
     /// The listener's TLS, when it terminates TLS (see [`tls`]).
@@ -427,25 +403,14 @@ pub struct ConnApp<A, F = NoFast> {
     fast: Option<F>,
 }
 
-impl<A> ConnApp<A> {
-    pub fn new(inner: A, conns: Arc<ListenerConns>) -> Self {
+impl<A, F> ConnApp<A, F> {
+    /// The app, with `fast`, when given, serving the HTTP/1 requests it takes (on plain TCP
+    /// only) before Pingora's loop.
+    pub fn new(inner: A, conns: Arc<ListenerConns>, fast: Option<F>) -> Self {
         ConnApp {
             inner: Arc::new(inner),
             conns,
             tls: None,
-            fast: None,
-        }
-    }
-}
-
-impl<A, F> ConnApp<A, F> {
-    /// The app with `fast`, when given, serving the HTTP/1 requests it takes (and only on
-    /// plain TCP).
-    pub fn with_fast_path<G>(self, fast: Option<G>) -> ConnApp<A, G> {
-        ConnApp {
-            inner: self.inner,
-            conns: self.conns,
-            tls: self.tls,
             fast,
         }
     }

@@ -224,7 +224,7 @@ impl FastPath {
             }
         };
         let head = conn.down.split_to(head_len).freeze();
-        let Ok(mut plan) = self.plan(head.clone(), conn) else {
+        let Ok(mut plan) = self.plan(&head, conn) else {
             return leave(io, conn, head);
         };
         // The head is complete: its deadline no longer applies.
@@ -267,10 +267,10 @@ impl FastPath {
     }
 
     /// Decides from the head whether the request is this path's, and how it goes.
-    fn plan(&self, head: Bytes, conn: &mut Conn) -> Result<Plan, Leave> {
+    fn plan(&self, head: &Bytes, conn: &mut Conn) -> Result<Plan, Leave> {
         let started = Instant::now();
         let mut slots = head::slots();
-        let req = head::request(&head, &mut slots)?;
+        let req = head::request(head, &mut slots)?;
         let l = &self.listener;
         if !req.within(l.max_request_headers, l.max_request_header_bytes) {
             return Err(Leave);
