@@ -305,6 +305,7 @@ routes:
 "#,
         backend = backend.addr
     ));
+    gw.wait_listening(full);
     Pair {
         fast: gw.http,
         gw,
@@ -481,6 +482,7 @@ routes: [{{ name: app, match: {{ path_prefix: / }}, upstream: app }}]
 "#,
         backend.addr
     ));
+    gw.wait_listening(full);
     let p = Pair {
         fast: gw.http,
         gw,

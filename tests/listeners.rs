@@ -71,6 +71,7 @@ routes:
   - {{ name: both, match: {{ path: /both }}, respond: {{ body: "both\n" }} }}
 "#
     ));
+    gw.wait_listening(other);
     let web = gw.http;
     assert_eq!(curl(&[&url(web, "/only")]).body, "web\n");
     assert_eq!(curl(&[&url(other, "/only")]).status, 404);
@@ -165,6 +166,7 @@ routes:
     respond: {{ body: "app\n" }}
 "#
     ));
+    gw.wait_listening(tls_side);
     let plain = gw.http;
     let r = curl(&[
         "-H",
@@ -278,6 +280,7 @@ routes: [{{ name: all, upstream: echo }}]
 "#,
         backend.addr
     ));
+    gw.wait_listening(v6);
     let last = || {
         backend
             .seen()

@@ -146,6 +146,7 @@ routes:
         log = access_log.display(),
         backend = backend.addr,
     ));
+    gw.wait_listening(elsewhere);
     // The access log's directory lives as long as the gateway's.
     std::mem::forget(logs);
     Setup {

@@ -469,6 +469,7 @@ fn min_version_refuses_older_clients_and_a_silent_client_times_out() {
         "listeners:\n  - name: strict\n    listen: {{HTTP}}\n    client_header_timeout: 1s\n    tls: {{ certificates: [{0}], min_version: 1.3 }}\n  - name: v12\n    listen: \"{v12}\"\n    tls: {{ certificates: [{0}] }}\n{PING}",
         pki.pair("a")
     ));
+    gw.wait_listening(v12);
     let out = curl(
         &pki,
         "ca",
@@ -559,6 +560,7 @@ routes:
         opt = client_auth("optional"),
         b = backend.addr
     ));
+    gw.wait_listening(optional);
     let cert = |stem: &str| {
         vec![
             "--cert".to_owned(),

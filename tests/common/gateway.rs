@@ -118,6 +118,14 @@ impl Gateway {
         panic!("zkgate not ready in time:\n{}", self.log());
     }
 
+    /// Waits until `addr`, a listener of the config other than `{HTTP}`, accepts: start-up
+    /// waits only for the first, and Pingora binds each listener in its own service's runtime.
+    pub fn wait_listening(&self, addr: SocketAddr) {
+        if !super::eventually(Duration::from_secs(20), || TcpStream::connect(addr).is_ok()) {
+            panic!("zkgate not listening on {addr} in time:\n{}", self.log());
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("zkgate.log")).unwrap_or_default()
     }
