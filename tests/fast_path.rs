@@ -280,7 +280,9 @@ struct Pair {
     backend: Scripted,
 }
 
-fn start(extra_route: &str) -> Pair {
+/// A fast and a full listener on the same routes: `extra_routes` (YAML list items) come before
+/// the catch-all `app`, and may name the upstreams of `extra_upstreams`.
+fn start(extra_upstreams: &str, extra_routes: &str) -> Pair {
     let backend = Scripted::start();
     let full = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -294,14 +296,15 @@ upstreams:
     backends: ["{backend}"]
   - name: gone
     backends: ["{dead}"]
+{extra_upstreams}
 routes:
   - name: dead
     match: {{ path_prefix: /dead }}
     upstream: gone
+{extra_routes}
   - name: app
     match: {{ path_prefix: / }}
     upstream: app
-{extra_route}
 "#,
         backend = backend.addr
     ));
@@ -381,7 +384,7 @@ impl Pair {
 
 #[test]
 fn the_fast_path_forwards_what_the_full_proxy_forwards() {
-    let p = start("");
+    let p = start("", "");
     let before = p.fast_count();
     let cases: &[(&[u8], &[bool])] = &[
         (b"GET /a/b?c=d&e HTTP/1.1\r\nHost: app.test\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n", &[false]),
@@ -420,7 +423,7 @@ fn the_fast_path_forwards_what_the_full_proxy_forwards() {
 
 #[test]
 fn a_large_body_streams_through_the_fast_path() {
-    let p = start("");
+    let p = start("", "");
     let body = vec![b'x'; 300_000];
     let mut raw = format!(
         "PUT /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
@@ -438,7 +441,7 @@ fn a_large_body_streams_through_the_fast_path() {
 
 #[test]
 fn what_the_fast_path_leaves_reaches_the_full_proxy_on_the_same_connection() {
-    let p = start("");
+    let p = start("", "");
     let before = p.fast_count();
     // A fast request, then a chunked one (the full proxy's), then another plain one, which
     // the full proxy keeps for the rest of the connection.
@@ -467,7 +470,7 @@ fn what_the_fast_path_leaves_reaches_the_full_proxy_on_the_same_connection() {
 
 #[test]
 fn keepalive_requests_and_a_stopping_limit_hold_on_the_fast_path() {
-    let p = start("");
+    let p = start("", "");
     // Rebuilt with a limit of 1 reuse: the second answer says close, as the full proxy's does.
     drop(p);
     let backend = Scripted::start();
@@ -493,4 +496,86 @@ routes: [{{ name: app, match: {{ path_prefix: / }}, upstream: app }}]
     let answers = p.same(raw, &[false, false]);
     assert_eq!(answers[0].fields["connection"], ["keep-alive"]);
     assert_eq!(answers[1].fields["connection"], ["close"]);
+}
+
+#[test]
+fn a_routes_limits_answer_on_the_fast_path_as_on_the_full_proxy() {
+    // The two listeners share each route's limits: every exchange below runs on the full
+    // listener first, then on the fast one, so a bucket of 2 lets both through once.
+    // A backend that reads a request and never answers: a request to it holds its slot.
+    let hung = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_addr = hung.local_addr().expect("addr");
+    let (arrived, arrival) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut s in hung.incoming().flatten() {
+            let _ = s.read(&mut [0u8; 4096]);
+            let _ = arrived.send(());
+            held.push(s);
+        }
+    });
+    let p = start(
+        &format!(r#"  - {{ name: hung, backends: ["{hung_addr}"] }}"#),
+        r#"
+  - name: rated
+    match: { path_prefix: /rated }
+    upstream: app
+    rate_limit: { per_second: 0.001, burst: 2, key: "header:X-User" }
+  - name: capped
+    match: { path_prefix: /capped }
+    upstream: hung
+    max_in_flight: 1
+  - name: roomy
+    match: { path_prefix: /roomy }
+    upstream: app
+    max_in_flight: 1"#,
+    );
+    let mut holder = TcpStream::connect(p.fast).expect("connect");
+    holder
+        .write_all(b"GET /capped/hold HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("send");
+    arrival
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the held request reached its backend");
+    p.backend.take();
+    let before = p.fast_count();
+    let cases: &[(&[u8], &[bool])] = &[
+        (b"GET /rated HTTP/1.1\r\nHost: h\r\nX-User: a\r\n\r\n", &[false]),
+        // Over the rate: 429 with Retry-After, and the connection goes on.
+        (b"GET /rated HTTP/1.1\r\nHost: h\r\nX-User: a\r\n\r\nHEAD /rated HTTP/1.1\r\nHost: h\r\nx-user: a\r\n\r\nGET /next HTTP/1.1\r\nHost: h\r\n\r\n", &[false, true, false]),
+        (b"GET /rated HTTP/1.1\r\nHost: h\r\nX-User: a\r\nConnection: close\r\n\r\n", &[false]),
+        (b"GET /rated HTTP/1.1\r\nHost: h\r\nX-User: b\r\n\r\n", &[false]),
+        (b"GET /capped HTTP/1.1\r\nHost: h\r\n\r\n", &[false]),
+        (b"GET /roomy HTTP/1.1\r\nHost: h\r\n\r\nGET /roomy HTTP/1.1\r\nHost: h\r\n\r\n", &[false, false]),
+    ];
+    let mut answers = Vec::new();
+    for (raw, heads) in cases {
+        answers.extend(p.same(raw, heads));
+    }
+    let lines: Vec<&str> = answers.iter().map(|a| a.line.as_str()).collect();
+    assert_eq!(
+        lines,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 429 Too Many Requests",
+            "HTTP/1.1 429 Too Many Requests",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 429 Too Many Requests",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 503 Service Unavailable",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+        ]
+    );
+    assert_eq!(answers[1].fields["retry-after"], ["1000"]);
+    assert_eq!(p.fast_count() - before, 9.0);
+    // A request with a body on a limited route is the full proxy's (which drains the body of
+    // a refused one); it still takes its token.
+    let raw = b"POST /rated HTTP/1.1\r\nHost: h\r\nX-User: c\r\nContent-Length: 2\r\n\r\nhi";
+    let answers = p.same(raw, &[false]);
+    assert_eq!(answers[0].line, "HTTP/1.1 200 OK");
+    let answers = p.same(raw, &[false]);
+    assert_eq!(answers[0].line, "HTTP/1.1 429 Too Many Requests");
+    assert_eq!(p.fast_count() - before, 9.0);
+    drop(holder);
 }

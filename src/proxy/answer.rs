@@ -113,12 +113,27 @@ pub(super) enum Refused {
     Concurrency,
 }
 
+impl Refused {
+    /// The answer's status, text and `Retry-After` seconds.
+    pub(super) fn answer(&self) -> (http::StatusCode, &'static str, Option<u64>) {
+        match self {
+            Refused::Rate(wait) => (
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "too many requests\n",
+                Some(retry_after_secs(*wait)),
+            ),
+            Refused::Concurrency => (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "too many requests in flight\n",
+                None,
+            ),
+        }
+    }
+}
+
 pub(super) async fn refuse(session: &mut Session, refused: Refused) -> Result<bool> {
-    let (status, body, retry_after) = match refused {
-        Refused::Rate(wait) => (429, "too many requests\n", Some(retry_after_secs(wait))),
-        Refused::Concurrency => (503, "too many requests in flight\n", None),
-    };
-    let mut resp = plain_head(status, body)?;
+    let (status, body, retry_after) = refused.answer();
+    let mut resp = plain_head(status.as_u16(), body)?;
     if let Some(secs) = retry_after {
         resp.insert_header(http::header::RETRY_AFTER, secs)?;
     }

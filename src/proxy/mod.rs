@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::AccessLog;
-use crate::limit::RateKey;
+use crate::limit::{Permit, RateKey};
 use crate::metrics::RouteMetrics;
 use crate::plugin::RequestInfo;
 use crate::route::{normalize_host, path, Action, RequestView, RetryPolicy, Route};
@@ -82,15 +82,21 @@ fn client_went_away(e: &Error) -> bool {
         )
 }
 
-/// Applies the route's rate limit and cap on requests in flight; a request let through holds
-/// its slot in `ctx` until it ends.
-fn admit(route: &Route, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Option<Refused> {
+/// Applies the route's rate limit and cap on requests in flight: the permit a capped route's
+/// request holds until it ends, or why it is turned away. `header` looks up a request field,
+/// for a rate limit keyed by one.
+fn admit<'h>(
+    route: &Route,
+    client: Option<IpAddr>,
+    now: Instant,
+    header: impl FnOnce(&http::HeaderName) -> Option<&'h [u8]>,
+) -> std::result::Result<Option<Permit>, Refused> {
     if let Some(rate) = &route.rate_limit {
         let mut ip = [0u8; 16];
         let key: Option<&[u8]> = match &rate.key {
             RateKey::Route => None,
-            RateKey::Header(name) => headers.get(name).map(HeaderValue::as_bytes),
-            RateKey::ClientIp => ctx.client.map(|c| match c {
+            RateKey::Header(name) => header(name),
+            RateKey::ClientIp => client.map(|c| match c {
                 IpAddr::V4(v4) => {
                     ip[..4].copy_from_slice(&v4.octets());
                     &ip[..4]
@@ -101,21 +107,21 @@ fn admit(route: &Route, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Opti
                 }
             }),
         };
-        if let Err(wait) = rate.limiter.check(key, ctx.started) {
+        if let Err(wait) = rate.limiter.check(key, now) {
             route.metrics.rate_limited.inc();
-            return Some(Refused::Rate(wait));
+            return Err(Refused::Rate(wait));
         }
     }
-    if let Some(limit) = &route.concurrency {
-        match limit.try_acquire() {
-            Some(p) => ctx.permit = Some(p),
-            None => {
-                route.metrics.concurrency_limited.inc();
-                return Some(Refused::Concurrency);
-            }
+    let Some(limit) = &route.concurrency else {
+        return Ok(None);
+    };
+    match limit.try_acquire() {
+        Some(permit) => Ok(Some(permit)),
+        None => {
+            route.metrics.concurrency_limited.inc();
+            Err(Refused::Concurrency)
         }
     }
-    None
 }
 
 /// The one `Host` header, if any. An HTTP/1.1 request must carry exactly one (RFC 9112 §3.2);
@@ -254,7 +260,19 @@ impl ProxyHttp for Gateway {
         let admitted = if ctx.subrequest {
             None
         } else {
-            route.and_then(|r| admit(r, ctx, &session.req_header().headers))
+            let headers = &session.req_header().headers;
+            match route.map(|r| {
+                admit(r, ctx.client, ctx.started, |n| {
+                    headers.get(n).map(HeaderValue::as_bytes)
+                })
+            }) {
+                Some(Ok(permit)) => {
+                    ctx.permit = permit;
+                    None
+                }
+                Some(Err(refused)) => Some(refused),
+                None => None,
+            }
         };
         if let Some(refused) = admitted {
             let outcome = refuse(session, refused).await;

@@ -70,8 +70,9 @@ pub struct Route {
 impl Route {
     /// Whether the route only forwards requests, so that the HTTP/1 fast path may serve them:
     /// a plain HTTP/1.1 upstream (no TLS, no HTTP/2) picked without headers or cookies, and
-    /// nothing that edits, limits, answers, retries after sending or watches a request or its
-    /// answer (no plugin, rewrite, header edits, error-body cap, rate limit or cap in flight).
+    /// nothing that edits, answers, retries after sending or watches a request or its answer
+    /// (no plugin, rewrite, header edits or error-body cap). Its rate limit and cap in flight
+    /// the fast path applies itself, to requests without a body.
     pub fn forwards_only(&self) -> bool {
         let Action::Proxy(upstream) = &self.action else {
             return false;
@@ -89,8 +90,6 @@ impl Route {
             && self.request_headers.is_empty()
             && self.response_headers.is_empty()
             && self.max_error_body.is_none()
-            && self.rate_limit.is_none()
-            && self.concurrency.is_none()
             && !self.retry.after_send
     }
 }

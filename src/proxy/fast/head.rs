@@ -323,6 +323,42 @@ pub struct Response {
     pub reusable: bool,
 }
 
+/// Writes the gateway's own short plain-text answer into `out` (cleared first) as the full
+/// proxy's `write_answer` puts it on the wire: the status line, `Content-Type`,
+/// `Content-Length`, `Retry-After` when there is one, then Pingora's `Date` and `Connection`,
+/// and `body` unless the request was a HEAD.
+pub fn plain_answer(
+    status: http::StatusCode,
+    body: &str,
+    retry_after: Option<u64>,
+    head_request: bool,
+    keep_alive: bool,
+    date: &[u8],
+    out: &mut Vec<u8>,
+) {
+    use std::io::Write;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    if let Some(secs) = retry_after {
+        let _ = write!(out, "Retry-After: {secs}\r\n");
+    }
+    field(out, b"Date", date);
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n" as &[u8]
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
+    if !head_request {
+        out.extend_from_slice(body.as_bytes());
+    }
+}
+
 /// Parses the answer head in `buf` to a request (`head_request`: the request was a HEAD) and
 /// writes its downstream form into `out` (cleared first): the status line and the fields as the
 /// backend sent them, less `Connection` and `Date`, then the gateway's `Date` (`date`) and
@@ -617,6 +653,26 @@ mod tests {
             r.keep_alive,
             r.headers.len(),
         ))
+    }
+
+    #[test]
+    fn the_gateways_plain_answer_reads_as_pingora_writes_it() {
+        let mut out = Vec::new();
+        let status = http::StatusCode::TOO_MANY_REQUESTS;
+        plain_answer(status, "slow down\n", Some(2), false, true, b"D", &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 10\r\nRetry-After: 2\r\nDate: D\r\nConnection: keep-alive\r\n\r\n\
+             slow down\n"
+        );
+        let status = http::StatusCode::SERVICE_UNAVAILABLE;
+        plain_answer(status, "busy\n", None, true, false, b"D", &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 5\r\nDate: D\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]

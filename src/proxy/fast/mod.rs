@@ -6,12 +6,13 @@
 //! with its forwarding headers in one write, the answer's head edited the same way, and the
 //! body copied by its framing. Everything else stays the full proxy's, which gets the request's
 //! bytes back untouched ([`Step::Leave`]): TLS connections, HTTP/1.0, `Transfer-Encoding` or
-//! `Expect` or `Upgrade` requests, an unknown route or one that edits, limits or watches
-//! ([`crate::route::Route::forwards_only`]), a path the listener normalizes, a trusted peer's
-//! `X-Forwarded-For`, a head over the listener's limits. A connection handed over stays with the
-//! full proxy.
+//! `Expect` or `Upgrade` requests, an unknown route or one that edits or watches
+//! ([`crate::route::Route::forwards_only`]), a request with a body on a route with limits, a
+//! path the listener normalizes, a trusted peer's `X-Forwarded-For`, a head over the listener's
+//! limits. A connection handed over stays with the full proxy.
 //!
-//! What it shares with the full proxy: the snapshot, route table, upstream call (breaker, pick,
+//! What it shares with the full proxy: the snapshot, route table, the route's rate limit and cap
+//! in flight with their answers, upstream call (breaker, pick,
 //! retries on connect failure and on a stale pooled connection, outcome), the forwarding-header
 //! rule, the failure answers, the route metrics, the access log line and the listener's
 //! connection deadlines. Differences on the wire, none of meaning (RFC 9110 §5.3): fields keep
@@ -40,11 +41,13 @@ use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use self::head::{BadAnswer, Chunked, Forwarding, Framing, Leave};
+use super::answer::Refused;
 use super::forwarding::ForwardingValues;
 use super::listener::ListenerSlot;
 use crate::access_log::{AccessLog, Entry};
 use crate::conn::io::Guarded;
 use crate::conn::{FastStep as Step, Http1Fast};
+use crate::limit::Permit;
 use crate::route::{normalize_host, path, Action, RequestView, Route};
 use crate::runtime::Live;
 use crate::snapshot::{Listener, Snapshot};
@@ -128,6 +131,9 @@ struct Plan {
     body_len: u64,
     /// The client's connection stays open after the answer.
     keep_alive: bool,
+    /// The route's limits let the request through (holding its slot, on a capped route), or
+    /// turned it away.
+    admitted: Result<Option<Permit>, Refused>,
 }
 
 impl Plan {
@@ -231,6 +237,11 @@ impl FastPath {
         io.state().on_head();
         self.answered.inc();
         plan.keep_alive &= keep_alive && remaining != Some(0);
+        // Held until the exchange ends.
+        let _permit = match std::mem::replace(&mut plan.admitted, Ok(None)) {
+            Ok(permit) => permit,
+            Err(refused) => return self.refuse(io, conn, &plan, refused).await,
+        };
         let mut call = match plan.upstream.begin() {
             Ok(call) => call,
             Err(refusal) => {
@@ -307,6 +318,10 @@ impl FastPath {
         if route.max_request_body.is_some_and(|max| req.body_len > max) {
             return Err(Leave);
         }
+        // A refusal leaves the body unread; the full proxy drains it to keep the connection.
+        if req.body_len > 0 && (route.rate_limit.is_some() || route.concurrency.is_some()) {
+            return Err(Leave);
+        }
         let passes = snapshot.client_ip.passes_forwarded(peer);
         let fwd = Forwarding {
             peer,
@@ -317,6 +332,14 @@ impl FastPath {
             by: conn.local,
         };
         head::write_upstream(&req, &fwd, &mut conn.head);
+        // Last: a request counted against the limits is this path's from here on.
+        let admitted = super::admit(route, Some(peer), started, |name| {
+            let field = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name.as_str()));
+            field.map(|h| h.value)
+        });
         let offset = req.target.as_ptr() as usize - head.as_ptr() as usize;
         let path_end = offset + req.target.find('?').unwrap_or(req.target.len());
         Ok(Plan {
@@ -330,6 +353,7 @@ impl FastPath {
             keep_alive: req.keep_alive,
             head: head.clone(),
             snapshot,
+            admitted,
         })
     }
 
@@ -545,6 +569,41 @@ impl FastPath {
             Err(BodyEnd::Client) => {}
         }
         Ok(answered)
+    }
+
+    /// Answers a request the route's limits turned away, as the full proxy's `refuse` does; the
+    /// connection stays open (the request had no body).
+    async fn refuse(
+        &self,
+        io: &mut Guarded,
+        conn: &mut Conn,
+        plan: &Plan,
+        refused: Refused,
+    ) -> Step {
+        let (status, body, retry_after) = refused.answer();
+        let head_request = plan.method == http::Method::HEAD;
+        head::plain_answer(
+            status,
+            body,
+            retry_after,
+            head_request,
+            plan.keep_alive,
+            get_cached_date().as_bytes(),
+            &mut conn.answer,
+        );
+        let sent = io.write_all(&conn.answer).await.is_ok() && io.flush().await.is_ok();
+        let status = status.as_u16();
+        plan.route()
+            .metrics
+            .observe(status, plan.started.elapsed(), None);
+        let body_bytes = if head_request { 0 } else { body.len() };
+        self.log(conn, plan, status, body_bytes, None);
+        conn.served += 1;
+        if sent && plan.keep_alive {
+            Step::Again
+        } else {
+            Step::Close
+        }
     }
 
     /// Answers a request that failed before its answer began, as the full proxy's
