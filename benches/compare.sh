@@ -13,8 +13,8 @@
 # WARMUP (default 2s), CONNECTIONS (wrk -c, default 64), THREADS (threads or workers of each
 # proxy, default 1), PROXIES (default "zkgate zkgate-full zkgate-features pingora nginx haproxy":
 # zkgate-full is zkgate with the HTTP/1 fast path off; also zkgate-ws and pingora-ws, with work
-# stealing), HALF (1: a run at half of each proxy's
-# saturation rate for its p99, default 1), INSTR_REQUESTS (requests counted under callgrind,
+# stealing), HALF (1: runs at half of each proxy's saturation rate for its p99, paced by wrk
+# and by h2load, default 1), INSTR_REQUESTS (requests counted under callgrind,
 # default 20000; 0 skips), ZKGATE_BIN, BARE_BIN, KEEP_TMP=1 (keep configs and logs).
 #
 # The backend is one nginx worker answering a fixed 19-byte body. Nothing is pinned, so wrk, the
@@ -60,6 +60,8 @@ zk_ensure_cmd haproxy haproxy
 zk_ensure_cmd wrk wrk
 if ((INSTR_REQUESTS > 0)); then
     zk_ensure_cmd valgrind valgrind
+fi
+if ((INSTR_REQUESTS > 0)) || [[ "$HALF" == 1 ]]; then
     zk_ensure_cmd h2load nghttp2-client
 fi
 command -v python3 >/dev/null 2>&1 || zk_die "python3 is needed"
@@ -279,6 +281,37 @@ measure() {
     zk_log "$tag round $round: ${rps:-?} req/s, p99 ${p99:-?} ms, CPU per request (user system µs): $(tail -n1 "$RES/$tag.cpu" 2>/dev/null)"
 }
 
+# measure_paced NAME ROUND RATE: the half-rate p99 again, each of the CONNECTIONS connections
+# sending RATE / CONNECTIONS requests a second on h2load's timer (--rps), latencies from its
+# per-request log. wrk's delay() counts whole milliseconds: the pause is rounded down (a rate
+# above the one asked), and the connections whose answers came in the same millisecond send their
+# next requests together, so its figure is the time to drain such bursts. h2load keeps each
+# connection's own phase. Records p50, p99 and p99.9 (ms), the rate reached and CPU per request
+# under RES/NAME-paced.
+measure_paced() {
+    local name=$1 round=$2 rate=$3 out="$RES/$1.paced.$2" per b_u b_s a_u a_s total
+    per="$(awk -v r="$rate" -v c="$CONNECTIONS" 'BEGIN { printf "%.3f\n", r / c }')"
+    read -r b_u b_s < <(cpu_ticks "$PROXY_PID")
+    timeout 600 h2load --h1 -t1 "-c$CONNECTIONS" "--rps=$per" -D "$DURATION" --log-file="$out.log" \
+        "http://127.0.0.1:$PROXY_PORT/" >"$out.txt" 2>&1 || zk_log "h2load for $name-paced exited $?"
+    read -r a_u a_s < <(cpu_ticks "$PROXY_PID")
+    total="$(wc -l <"$out.log" 2>/dev/null || echo 0)"
+    if ((total == 0)) || ! grep -qE '^status codes: [0-9]+ 2xx' "$out.txt" || grep -qE '[1-9][0-9]* (failed|errored)' "$out.txt"; then
+        zk_log "FAIL $name-paced round $round: h2load saw failures"
+        cat "$out.txt" >&2
+        FAILED=1
+        echo "$name-paced round $round: failures" >>"$RES/failures"
+    fi
+    ((total > 0)) || return 0
+    sort -n -k3,3 "$out.log" | awk -v n="$total" -v d="${DURATION%s}" '
+        function at(p) { i = int(n * p); if (i < n * p) i++; return v[i > 0 ? i : 1] / 1000 }
+        { v[NR] = $3 }
+        END { printf "%.3f %.3f %.3f %.0f\n", at(0.5), at(0.99), at(0.999), n / d }' >>"$RES/$name-paced.lat"
+    awk -v u=$((a_u - b_u)) -v s=$((a_s - b_s)) -v n="$total" -v hz="$CLK_TCK" \
+        'BEGIN { printf "%.2f %.2f\n", u / hz * 1e6 / n, s / hz * 1e6 / n }' >>"$RES/$name-paced.cpu"
+    zk_log "$name-paced round $round: p50 p99 p99.9 (ms) and req/s: $(tail -n1 "$RES/$name-paced.lat"); CPU per request: $(tail -n1 "$RES/$name-paced.cpu")"
+}
+
 # bench NAME ROUND: warm up, load the running proxy on PROXY_PORT, then (HALF=1) load it again
 # at half the rate it just reached.
 bench() {
@@ -302,6 +335,7 @@ bench() {
         local rps
         rps="$(wrk_rps "$out")"
         [[ -n "$rps" ]] && measure "$name" "$round" "$RES/$name.half.$round.txt" "$(pause_ms "$(awk -v r="$rps" 'BEGIN { print r / 2 }')")"
+        [[ -n "$rps" ]] && measure_paced "$name" "$round" "$(awk -v r="$rps" 'BEGIN { print r / 2 }')"
     fi
 }
 
@@ -430,6 +464,18 @@ if ((ROUNDS > 0)); then
     if [[ "$HALF" == 1 ]]; then
         echo "half p99: each proxy again with wrk's connections paced to half the req/s it reached (closed loop);"
         echo "  rates reached: $(for n in "${PROXIES[@]}"; do printf '%s %s  ' "$n" "$(med "$RES/$n-half.rps" | cut -d. -f1)"; done)"
+        echo
+        echo "at half of saturation, paced by h2load (--rps per connection, $CONNECTIONS connections; latency in ms):"
+        printf '%-44s %9s %8s %8s %8s %9s\n' proxy "req/s" "p50" "p99" "p99.9" "CPU µs"
+        for name in "${PROXIES[@]}"; do
+            [[ -s "$RES/$name-paced.lat" ]] || continue
+            printf '%-44s %9s %8s %8s %8s %9s\n' "$(label "$name")" \
+                "$(zk_median $(awk '{ print $4 }' "$RES/$name-paced.lat"))" \
+                "$(zk_median $(awk '{ print $1 }' "$RES/$name-paced.lat"))" \
+                "$(zk_median $(awk '{ print $2 }' "$RES/$name-paced.lat"))" \
+                "$(zk_median $(awk '{ print $3 }' "$RES/$name-paced.lat"))" \
+                "$(cpu "$RES/$name-paced.cpu" 3)"
+        done
     fi
     echo
     echo "busiest threads in the last round (CPU ticks of $CLK_TCK/s over the measured run):"

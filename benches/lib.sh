@@ -310,10 +310,10 @@ zk_median() {
 # benchmarks run zkgate ($ZKGATE) with: one catch-all route to one backend, checked with `zkgate check`.
 zk_gateway_config() { # FILE DIR ADMIN PORT BACKEND THREADS WORK_STEALING [FEATURES]
     # FEATURES=1 adds what production configs carry: a health check, outlier detection, a
-    # circuit breaker, retries after send, and a rate limit too high to refuse anything, so
-    # that their cost on the request path shows (the last three keep requests off the HTTP/1
-    # fast path). FEATURES=full: the default config with the fast path off, every request
-    # through Pingora's proxy phases.
+    # circuit breaker, retries, a rate limit keyed by client too high to refuse anything and a
+    # cap on requests in flight, so that their cost on the request path shows (all of them on
+    # the HTTP/1 fast path, which retries after send would leave). FEATURES=full: the default
+    # config with the fast path off, every request through Pingora's proxy phases.
     local file=$1 dir=$2 admin=$3 port=$4 backend=$5 threads=$6 ws=$7 features=${8:-0}
     local upstream_extra="" route_extra="" listener_extra=""
     [[ "$features" == full ]] && listener_extra='
@@ -324,7 +324,7 @@ zk_gateway_config() { # FILE DIR ADMIN PORT BACKEND THREADS WORK_STEALING [FEATU
     outlier_detection: { consecutive_failures: 5 }
     circuit_breaker: { consecutive_failures: 20 }'
         route_extra='
-    retry: { attempts: 3, after_send: true }
+    retry: { attempts: 3 }
     rate_limit: { per_second: 10000000, burst: 10000000, key: client_ip }
     max_in_flight: 100000'
     fi
