@@ -513,13 +513,16 @@ impl<A: HttpServerApp + Send + Sync + 'static, F: Http1Fast> ConnApp<A, F> {
         // A server shutting down closes connections that asked for nothing yet, as Pingora does
         // with those waiting for a keep-alive request.
         let mut stopping = shutdown.clone();
-        let first_bytes = async {
-            tokio::select! {
-                got = h2::first_bytes(&mut guarded, alpn_h2 || h2c) => got,
-                _ = stopping.wait_for(|stop| *stop) => Ok(h2::First::Nothing),
-            }
+        let first = {
+            let first_bytes = pin!(async {
+                tokio::select! {
+                    got = h2::first_bytes(&mut guarded, alpn_h2 || h2c) => got,
+                    _ = stopping.wait_for(|stop| *stop) => Ok(h2::First::Nothing),
+                }
+            });
+            watch(first_bytes, &state, sleep.as_mut(), evict.as_mut()).await
         };
-        match watch(first_bytes, &state, sleep.as_mut(), evict.as_mut()).await {
+        match first {
             Outcome::Done(Ok(h2::First::Http2)) => {
                 c.versions.count(if alpn_h2 {
                     h2::Version::H2
@@ -552,13 +555,13 @@ impl<A: HttpServerApp + Send + Sync + 'static, F: Http1Fast> ConnApp<A, F> {
                 let remaining = c
                     .keepalive_requests
                     .map(|n| n.saturating_sub(F::served(&conn)));
-                let request = fast.request(
+                let request = pin!(fast.request(
                     &mut guarded,
                     &mut conn,
                     keep_alive,
                     remaining,
                     &mut stopping,
-                );
+                ));
                 match watch(request, &state, sleep.as_mut(), evict.as_mut()).await {
                     Outcome::Done(FastStep::Again) => state.on_reuse(clock::now()),
                     Outcome::Done(FastStep::Leave) => break,
@@ -587,7 +590,7 @@ impl<A: HttpServerApp + Send + Sync + 'static, F: Http1Fast> ConnApp<A, F> {
         session.set_pipelining_enabled(true);
         loop {
             session.set_read_timeout(Some(c.body_timeout));
-            let request = self.inner.process_new_http(session, shutdown);
+            let request = pin!(self.inner.process_new_http(session, shutdown));
             match watch(request, &state, sleep.as_mut(), evict.as_mut()).await {
                 Outcome::Done(Some(reused)) => {
                     let (stream, settings) = reused.consume();
@@ -608,14 +611,15 @@ impl<A: HttpServerApp + Send + Sync + 'static, F: Http1Fast> ConnApp<A, F> {
 
 /// Runs one request of a connection (or its wait for a first byte) under its deadline: the
 /// future is dropped (and the connection with it) when the deadline in force passes, or when fd
-/// pressure evicts the connection while it waits idle.
+/// pressure evicts the connection while it waits idle. The request comes pinned where its
+/// caller made it: a request's future is kilobytes (Pingora's HTTP session, the fast path's
+/// header slots), which moving it in here would copy once per request.
 async fn watch<F: Future>(
-    request: F,
+    mut request: Pin<&mut F>,
     state: &ConnState,
     mut sleep: Pin<&mut Sleep>,
     mut evict: Pin<&mut Notified<'static>>,
 ) -> Outcome<F::Output> {
-    let mut request = pin!(request);
     let mut armed: Option<Nanos> = None;
     poll_fn(|cx| {
         if let Poll::Ready(r) = request.as_mut().poll(cx) {
