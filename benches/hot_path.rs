@@ -244,7 +244,7 @@ fn fast_heads(c: &mut Criterion) {
         Content-Length: 19\r\nDate: Sun, 06 Dec 2026 05:00:00 GMT\r\nServer: nginx\r\n\
         Connection: keep-alive\r\n\r\n{\"items\": [1, 2, 3]}";
     let fwd = head::Forwarding {
-        peer: "203.0.113.7".parse().expect("address"),
+        peer: head::PeerIp::new("203.0.113.7".parse().expect("address")),
         passes: false,
         tls: false,
         port: 8080,

@@ -143,7 +143,7 @@ fn the_fast_paths_head_work_does_not_allocate_once_its_buffer_is_grown() {
     let answer: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: x\r\n\r\nok";
     for passes in [false, true] {
         let fwd = head::Forwarding {
-            peer: "2001:db8::7".parse().expect("address"),
+            peer: head::PeerIp::new("2001:db8::7".parse().expect("address")),
             passes,
             tls: false,
             port: 8080,

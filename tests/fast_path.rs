@@ -579,3 +579,49 @@ fn a_routes_limits_answer_on_the_fast_path_as_on_the_full_proxy() {
     assert_eq!(p.fast_count() - before, 9.0);
     drop(holder);
 }
+
+#[test]
+fn routes_that_match_on_headers_route_alike_on_the_fast_path() {
+    // The canary routes go to the dead upstream: the gateway's 502 tells that they matched.
+    let p = start(
+        "",
+        r#"
+  - name: canary
+    match: { path_prefix: /, headers: [{ name: X-Canary, value: "yes" }] }
+    upstream: gone
+  - name: versioned
+    match: { path_prefix: /v, headers: [{ name: x-version, regex: "^v[23]$" }] }
+    upstream: gone
+  - name: authorized
+    match: { path_prefix: /auth, headers: [{ name: authorization }] }
+    upstream: gone"#,
+    );
+    let before = p.fast_count();
+    let cases: &[&[u8]] = &[
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX-Canary: yes\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: h\r\nx-canary: no\r\n\r\n",
+        // Any of the field's values may match, as in the full proxy's header map.
+        b"GET /a HTTP/1.1\r\nHost: h\r\nX-Canary: no\r\nX-CANARY: yes\r\n\r\n",
+        b"GET /v1 HTTP/1.1\r\nHost: h\r\nX-Version: v3\r\n\r\n",
+        b"GET /v1 HTTP/1.1\r\nHost: h\r\nX-Version: v4\r\n\r\n",
+        b"GET /auth HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\n",
+        b"GET /auth HTTP/1.1\r\nHost: h\r\n\r\n",
+    ];
+    let lines: Vec<String> = cases
+        .iter()
+        .map(|raw| p.same(raw, &[false]).remove(0).line)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "HTTP/1.1 502 Bad Gateway",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 502 Bad Gateway",
+            "HTTP/1.1 502 Bad Gateway",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 502 Bad Gateway",
+            "HTTP/1.1 200 OK",
+        ]
+    );
+    assert_eq!(p.fast_count() - before, cases.len() as f64);
+}

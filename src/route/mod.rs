@@ -381,9 +381,9 @@ pub struct RouteTable {
     any_host: HostRoutes,
     /// Per route, whether its requests may take the HTTP/1 fast path ([`Route::forwards_only`]).
     fast: Box<[bool]>,
-    /// Whether some route matches on request headers: the fast path, which matches without
-    /// a header map, must then leave every request to the full proxy.
-    header_conditions: bool,
+    /// The fields some route's header conditions name, each once: all that the HTTP/1 fast
+    /// path puts in the header map it matches with.
+    condition_headers: Box<[HeaderName]>,
 }
 
 impl RouteTable {
@@ -411,9 +411,15 @@ impl RouteTable {
         for group in wildcards.values_mut() {
             group.compile(&routes);
         }
+        let mut condition_headers: Vec<HeaderName> = Vec::new();
+        for h in routes.iter().flat_map(|r| r.headers.iter()) {
+            if !condition_headers.contains(&h.name) {
+                condition_headers.push(h.name.clone());
+            }
+        }
         RouteTable {
             fast: routes.iter().map(Route::forwards_only).collect(),
-            header_conditions: routes.iter().any(|r| !r.headers.is_empty()),
+            condition_headers: condition_headers.into(),
             routes: routes.into(),
             hosts,
             wildcards,
@@ -432,10 +438,11 @@ impl RouteTable {
         self.fast.get(id as usize).copied().unwrap_or(false)
     }
 
-    /// Whether some route matches on request headers.
+    /// The request fields that some route's header conditions name (none, usually): a
+    /// [`RequestView`] with these fields matches as one with all of them.
     #[inline]
-    pub fn has_header_conditions(&self) -> bool {
-        self.header_conditions
+    pub fn condition_headers(&self) -> &[HeaderName] {
+        &self.condition_headers
     }
 
     /// Lets every route's rate limiter forget the keys whose buckets have refilled by `now`, so

@@ -176,9 +176,37 @@ fn is_text(v: &[u8]) -> bool {
     v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
+/// A client's address and its text for `X-Forwarded-For`, formatted once per connection
+/// rather than per request.
+#[derive(Clone, Copy)]
+pub struct PeerIp {
+    pub ip: IpAddr,
+    text: [u8; PeerIp::MAX_TEXT],
+    len: u8,
+}
+
+impl PeerIp {
+    /// INET6_ADDRSTRLEN less its NUL: the longest text of an address.
+    const MAX_TEXT: usize = 45;
+
+    pub fn new(ip: IpAddr) -> PeerIp {
+        use std::io::Write;
+        let mut text = [0u8; PeerIp::MAX_TEXT];
+        let mut rest = &mut text[..];
+        // No address's text is longer than the buffer.
+        let _ = write!(rest, "{ip}");
+        let len = (PeerIp::MAX_TEXT - rest.len()) as u8;
+        PeerIp { ip, text, len }
+    }
+
+    pub fn text(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+}
+
 /// What the forwarding headers of a request say about its connection.
 pub struct Forwarding {
-    pub peer: IpAddr,
+    pub peer: PeerIp,
     /// The peer's own forwarding headers reach the upstream (see
     /// [`crate::client_ip::ClientIp::passes_forwarded`]).
     pub passes: bool,
@@ -240,7 +268,7 @@ pub fn write_upstream(req: &Request<'_, '_>, fwd: &Forwarding, out: &mut Vec<u8>
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    put_ip(out, fwd.peer);
+    out.extend_from_slice(fwd.peer.text());
     out.extend_from_slice(b"\r\n");
     if !fwd.passes || !had_proto {
         out.extend_from_slice(if fwd.tls {
@@ -268,7 +296,7 @@ pub fn write_upstream(req: &Request<'_, '_>, fwd: &Forwarding, out: &mut Vec<u8>
             ForwardedMode::WithBy => fwd.by,
             _ => None,
         };
-        forwarded_element(&mut value, fwd.peer, fwd.tls, Some(req.host), by);
+        forwarded_element(&mut value, fwd.peer.ip, fwd.tls, Some(req.host), by);
         field(out, b"Forwarded", value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
@@ -279,12 +307,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    use std::io::Write;
-    // Formatting into a Vec cannot fail.
-    let _ = write!(out, "{ip}");
 }
 
 fn put_u64(out: &mut Vec<u8>, mut n: u64) {
@@ -572,7 +594,7 @@ pub fn exercise(data: &[u8]) {
         let mut s = slots();
         if let Ok(req) = request(&data[..n], &mut s) {
             let fwd = Forwarding {
-                peer: IpAddr::from([192, 0, 2, 1]),
+                peer: PeerIp::new(IpAddr::from([192, 0, 2, 1])),
                 passes: data.len().is_multiple_of(2),
                 tls: false,
                 port: 8080,
@@ -653,6 +675,21 @@ mod tests {
             r.keep_alive,
             r.headers.len(),
         ))
+    }
+
+    #[test]
+    fn a_peers_text_is_its_address_as_displayed_whatever_its_length() {
+        for ip in [
+            "1.2.3.4",
+            "255.255.255.255",
+            "::1",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "1111:2222:3333:4444:5555:6666:7777:8888",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(PeerIp::new(addr).text(), addr.to_string().as_bytes());
+        }
     }
 
     #[test]
@@ -748,7 +785,7 @@ mod tests {
 
     fn fwd(passes: bool, forwarded: ForwardedMode) -> Forwarding {
         Forwarding {
-            peer: "192.0.2.7".parse().unwrap(),
+            peer: PeerIp::new("192.0.2.7".parse().unwrap()),
             passes,
             tls: false,
             port: 8080,

@@ -22,7 +22,6 @@
 
 pub mod head;
 
-use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,7 @@ use pingora::{Error, ErrorType};
 use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use self::head::{BadAnswer, Chunked, Forwarding, Framing, Leave};
+use self::head::{BadAnswer, Chunked, Forwarding, Framing, Leave, PeerIp};
 use super::answer::Refused;
 use super::forwarding::ForwardingValues;
 use super::listener::ListenerSlot;
@@ -85,7 +84,7 @@ static ANSWERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// A connection's state on the fast path: its buffers, kept from request to request.
 pub struct Conn {
     peer: Option<PeerAddr>,
-    peer_ip: Option<IpAddr>,
+    peer_ip: Option<PeerIp>,
     local: Option<std::net::SocketAddr>,
     /// Requests answered on the connection so far.
     pub served: u32,
@@ -105,7 +104,10 @@ impl Conn {
             .as_ref()
             .and_then(|d| d.local_addr()?.as_inet().copied());
         Conn {
-            peer_ip: peer.as_ref().and_then(|p| p.as_inet()).map(|a| a.ip()),
+            peer_ip: peer
+                .as_ref()
+                .and_then(|p| p.as_inet())
+                .map(|a| PeerIp::new(a.ip())),
             peer,
             local,
             served: 0,
@@ -290,19 +292,19 @@ impl FastPath {
         if target.changed() {
             return Err(Leave);
         }
-        let peer = conn.peer_ip.ok_or(Leave)?;
+        let peer_ip = conn.peer_ip.ok_or(Leave)?;
+        let peer = peer_ip.ip;
         let snapshot = self.live.load_full();
-        if snapshot.client_ip.resolves_from_headers(peer) || snapshot.routes.has_header_conditions()
-        {
+        if snapshot.client_ip.resolves_from_headers(peer) {
             return Err(Leave);
         }
         let host = normalize_host(req.host);
-        let no_headers = http::HeaderMap::new();
+        let headers = condition_fields(&req, snapshot.routes.condition_headers())?;
         let view = RequestView {
             method: &req.method,
             host: host.as_deref(),
             path: &target.path,
-            headers: &no_headers,
+            headers: &headers,
         };
         let id = snapshot
             .routes
@@ -324,7 +326,7 @@ impl FastPath {
         }
         let passes = snapshot.client_ip.passes_forwarded(peer);
         let fwd = Forwarding {
-            peer,
+            peer: peer_ip,
             passes,
             tls: false,
             port: self.forwarding.port_number(conn.local.map(|a| a.port())),
@@ -380,7 +382,8 @@ impl FastPath {
                 let query = std::str::from_utf8(&plan.head[plan.path_end..plan.target.end])
                     .ok()
                     .and_then(|q| q.strip_prefix('?'));
-                k.extract(conn.peer_ip, path, query, &no_headers, &mut ip_buf)
+                let peer = conn.peer_ip.map(|p| p.ip);
+                k.extract(peer, path, query, &no_headers, &mut ip_buf)
                     .map(<[u8]>::to_vec)
             });
             let left = super::time_left(route, plan.started).map_err(|_| Failure::RouteTimeout)?;
@@ -731,6 +734,28 @@ impl Http1Fast for FastPath {
     ) -> impl std::future::Future<Output = Step> + Send + 'a {
         self.serve(io, conn, keep_alive, remaining, shutdown)
     }
+}
+
+/// The request's fields that route conditions name, as the header map routes match on: empty
+/// (which allocates nothing) unless some route matches on a header the request carries.
+fn condition_fields(
+    req: &head::Request,
+    names: &[http::HeaderName],
+) -> Result<http::HeaderMap, Leave> {
+    let mut map = http::HeaderMap::new();
+    for name in names {
+        for h in req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+        {
+            // httparse takes no byte that HeaderValue refuses; should one come, the full
+            // proxy decides.
+            let value = http::HeaderValue::from_bytes(h.value).map_err(|_| Leave)?;
+            map.append(name.clone(), value);
+        }
+    }
+    Ok(map)
 }
 
 /// Gives the request's bytes back to the stream for the full proxy: `head`, split off the
