@@ -12,7 +12,7 @@ ENSURE       := scripts/ensure-packages.sh
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := config alert_payload zk_instance path proxy_protocol notification game_frames fast_head
 
-.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-tls bench-webhook bench-cache bench-cache-propagation bench-game docker deps deps-test deps-musl zk-up zk-down clean
+.PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-pgo bench-tls bench-webhook bench-cache bench-cache-propagation bench-game docker deps deps-test deps-musl zk-up zk-down clean
 
 # `make` alone installs the build's packages, as it always has; `make help` lists the targets.
 .DEFAULT_GOAL := deps
@@ -108,6 +108,10 @@ bench-compare: build
 	$(CARGO) build --release --example bare_pingora
 	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate BARE_BIN=$(TARGET_DIR)/release/examples/bare_pingora \
 		benches/compare.sh
+
+## bench-pgo: the static binary with profile-guided optimisation against without: size, instructions per request
+bench-pgo: deps-musl
+	benches/pgo.sh
 
 ## bench-tls: zkgate against nginx as TLS terminators: new handshakes (ECDSA, RSA), keep-alive HTTPS, h2load
 bench-tls: build deps-test
