@@ -257,27 +257,22 @@ impl ProxyHttp for Gateway {
         // A cache entry's background refresh is the gateway's own request: the client it
         // stands for was admitted already, so it takes neither a rate token nor a slot.
         ctx.subrequest = session.subrequest_ctx.is_some();
-        let admitted = if ctx.subrequest {
-            None
-        } else {
-            let headers = &session.req_header().headers;
-            match route.map(|r| {
+        let admitted = match route.filter(|_| !ctx.subrequest) {
+            Some(r) => {
+                let headers = &session.req_header().headers;
                 admit(r, ctx.client, ctx.started, |n| {
                     headers.get(n).map(HeaderValue::as_bytes)
                 })
-            }) {
-                Some(Ok(permit)) => {
-                    ctx.permit = permit;
-                    None
-                }
-                Some(Err(refused)) => Some(refused),
-                None => None,
             }
+            None => Ok(None),
         };
-        if let Some(refused) = admitted {
-            let outcome = refuse(session, refused).await;
-            ctx.snapshot = Some(snapshot);
-            return outcome;
+        match admitted {
+            Ok(permit) => ctx.permit = permit,
+            Err(refused) => {
+                let outcome = refuse(session, refused).await;
+                ctx.snapshot = Some(snapshot);
+                return outcome;
+            }
         }
         if let (Some(to), Some(route)) = (redirect_to, route) {
             let outcome = match to {
