@@ -302,6 +302,15 @@ pub fn write_upstream(req: &Request<'_, '_>, fwd: &Forwarding, out: &mut Vec<u8>
     out.extend_from_slice(b"\r\n");
 }
 
+/// `HTTP/1.1`, the status and its reason phrase, as Pingora writes a status line.
+pub fn status_line(out: &mut Vec<u8>, status: http::StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -358,17 +367,15 @@ pub fn plain_answer(
     date: &[u8],
     out: &mut Vec<u8>,
 ) {
-    use std::io::Write;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\n");
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    status_line(out, status);
+    out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+    put_u64(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
     if let Some(secs) = retry_after {
-        let _ = write!(out, "Retry-After: {secs}\r\n");
+        out.extend_from_slice(b"Retry-After: ");
+        put_u64(out, secs);
+        out.extend_from_slice(b"\r\n");
     }
     field(out, b"Date", date);
     out.extend_from_slice(if keep_alive {

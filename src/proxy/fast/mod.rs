@@ -929,11 +929,7 @@ fn error_answer(code: u16, body: &str, head_request: bool, out: &mut Vec<u8>) {
     let _ = resp.insert_header(DATE, get_cached_date());
     let _ = resp.insert_header(CONNECTION, "close");
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(resp.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    head::status_line(out, resp.status);
     resp.header_to_h1_wire(out);
     out.extend_from_slice(b"\r\n");
     if !head_request {
