@@ -2,6 +2,9 @@
 //! costs beyond its body (live bytes from a counting allocator over 100k entries, as
 //! `tests/alloc_free.rs` counts allocations). TinyUFO, the other candidate of the design, is
 //! not in the lock file (no pingora crate here depends on it), so quick_cache is measured alone.
+//! And Pingora's meta of an entry, read back from its stored bytes on every hit and written on
+//! every store: its response header is zstd-compressed (pingora-header-serde), so this is where
+//! zstd's build options (`.cargo/config.toml`) show.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -10,6 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures::FutureExt;
+use pingora::cache::CacheMeta;
+use pingora::http::ResponseHeader;
 use zkgate::plugin::cache::store::memory::{weight, ENTRY_OVERHEAD, TAG_OVERHEAD};
 use zkgate::plugin::cache::store::{Entry, KeyHash, Store, StoreClass, StoreConfig, TagId};
 
@@ -130,12 +135,42 @@ fn hits(c: &mut Criterion) {
     }
 }
 
+/// A meta as an O2 IMS answer leaves it: a JSON body's header, fresh for a minute.
+fn meta() -> CacheMeta {
+    let mut h = ResponseHeader::build(200, Some(8)).expect("a response header");
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("content-length", "2048"),
+        ("cache-control", "max-age=60"),
+        ("etag", "\"5f2c9d1e-7a3b\""),
+        ("date", "Sun, 06 Dec 2026 10:00:00 GMT"),
+        ("vary", "Authorization"),
+        ("x-request-id", "0b3c1f4e-8a2d-4c61-9e57-3d2a6b1f0c88"),
+    ] {
+        h.append_header(name, value).expect("a header");
+    }
+    let now = std::time::SystemTime::now();
+    CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, h)
+}
+
+fn metas(c: &mut Criterion) {
+    let m = meta();
+    let (internal, header) = m.serialize().expect("serialize");
+    println!("cache_meta: the header stored in {} bytes", header.len());
+    c.bench_function("cache_meta/serialize", |b| {
+        b.iter(|| black_box(m.serialize().expect("serialize")))
+    });
+    c.bench_function("cache_meta/deserialize", |b| {
+        b.iter(|| black_box(CacheMeta::deserialize(&internal, &header).expect("deserialize")))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = hits
+    targets = hits, metas
 }
 criterion_main!(benches);
