@@ -68,7 +68,7 @@ command -v python3 >/dev/null 2>&1 || zk_die "python3 is needed"
 HAPROXY="$(zk_haproxy_bin)"
 ZKGATE="$(zk_zkgate_bin)" || exit 1
 BARE="${BARE_BIN:-$(zk_target_dir)/release/examples/bare_pingora}"
-if [[ -z "${BARE_BIN:-}" ]]; then
+if [[ -z "${BARE_BIN:-}" && " ${PROXIES[*]} " == *" pingora "* ]]; then
     (cd "$ZK_REPO_ROOT" && cargo build --release --example bare_pingora >&2) || zk_die "cannot build examples/bare_pingora"
 fi
 CLK_TCK="$(getconf CLK_TCK)"
