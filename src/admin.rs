@@ -146,8 +146,9 @@ impl Admin {
         json!({ "upstreams": list })
     }
 
-    /// Each route: the listeners it serves (`null` for all) and what it does. Match values
-    /// are left out (a header condition may hold a credential); `/config` has them, redacted.
+    /// Each route: the listeners it serves (`null` for all), what it does and, for a route with
+    /// `max_in_flight`, its requests in flight. Match values are left out (a header condition
+    /// may hold a credential); `/config` has them, redacted.
     fn routes(&self) -> serde_json::Value {
         let snap = self.shared.load();
         let list: Vec<_> = snap
@@ -164,7 +165,15 @@ impl Admin {
                     Action::Redirect(x) => json!({ "redirect": x.status.as_u16() }),
                     Action::Plugin => json!({ "plugin": true }),
                 };
-                json!({ "name": &*r.name, "listeners": listeners, "action": action })
+                let mut route =
+                    json!({ "name": &*r.name, "listeners": listeners, "action": action });
+                // A capped route's occupancy, as HAProxy's stats give each proxy's `scur`
+                // beside its `slim`: how near the cap it runs, and whether a request is stuck.
+                if let Some(cap) = &r.concurrency {
+                    route["max_in_flight"] = cap.max().into();
+                    route["in_flight"] = cap.in_flight().into();
+                }
+                route
             })
             .collect();
         json!({ "generation": snap.generation, "routes": list })

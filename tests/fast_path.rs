@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use common::{free_port, Gateway};
+use common::{eventually, free_port, get, Gateway};
 
 /// What a scripted backend answers to a target (by its path), as raw bytes.
 fn script(path: &str) -> Vec<u8> {
@@ -326,9 +326,18 @@ impl Pair {
         )
     }
 
+    /// Each capped route's requests in flight, from the admin listener's `/routes`.
+    fn in_flight(&self) -> Vec<(String, u64)> {
+        let routes = get(self.gw.admin, "/routes").json();
+        let list = routes["routes"].as_array().expect("routes").iter();
+        list.filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["in_flight"].as_u64()?)))
+            .collect()
+    }
+
     /// Sends `raw` (one or more requests) on a new connection to `to` and reads `answers`
     /// responses; returns them and what the backend received meanwhile.
     fn exchange(&self, to: SocketAddr, raw: &[u8], answers: &[bool]) -> (Vec<Seen>, Vec<Upstream>) {
+        let idle = self.in_flight();
         let mut s = TcpStream::connect(to).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -342,6 +351,13 @@ impl Pair {
             }
         }
         drop(s);
+        // A request gives its `max_in_flight` slot back after its answer is written, so the
+        // client can read the answer first; the next exchange must not find the slot taken.
+        assert!(
+            eventually(Duration::from_secs(10), || self.in_flight() == idle),
+            "the requests in flight stay {:?}, were {idle:?}",
+            self.in_flight()
+        );
         // The backend records before it answers: what it saw is in by now.
         let seen = self
             .backend
@@ -538,6 +554,20 @@ fn a_routes_limits_answer_on_the_fast_path_as_on_the_full_proxy() {
         .recv_timeout(Duration::from_secs(10))
         .expect("the held request reached its backend");
     p.backend.take();
+    // The admin listener shows each capped route's occupancy: the held request is counted.
+    assert_eq!(
+        p.in_flight(),
+        [("capped".to_owned(), 1), ("roomy".to_owned(), 0)]
+    );
+    let routes = get(p.gw.admin, "/routes").json();
+    let caps: Vec<_> = routes["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| (r["name"].as_str(), r["max_in_flight"].as_u64()))
+        .collect();
+    assert!(caps.contains(&(Some("capped"), Some(1))), "{caps:?}");
+    assert!(caps.contains(&(Some("rated"), None)), "{caps:?}");
     let before = p.fast_count();
     let cases: &[(&[u8], &[bool])] = &[
         (b"GET /rated HTTP/1.1\r\nHost: h\r\nX-User: a\r\n\r\n", &[false]),
