@@ -326,18 +326,10 @@ impl Pair {
         )
     }
 
-    /// Each capped route's requests in flight, from the admin listener's `/routes`.
-    fn in_flight(&self) -> Vec<(String, u64)> {
-        let routes = get(self.gw.admin, "/routes").json();
-        let list = routes["routes"].as_array().expect("routes").iter();
-        list.filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["in_flight"].as_u64()?)))
-            .collect()
-    }
-
     /// Sends `raw` (one or more requests) on a new connection to `to` and reads `answers`
     /// responses; returns them and what the backend received meanwhile.
     fn exchange(&self, to: SocketAddr, raw: &[u8], answers: &[bool]) -> (Vec<Seen>, Vec<Upstream>) {
-        let idle = self.in_flight();
+        let idle = self.gw.in_flight();
         let mut s = TcpStream::connect(to).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -354,9 +346,9 @@ impl Pair {
         // A request gives its `max_in_flight` slot back after its answer is written, so the
         // client can read the answer first; the next exchange must not find the slot taken.
         assert!(
-            eventually(Duration::from_secs(10), || self.in_flight() == idle),
+            eventually(Duration::from_secs(10), || self.gw.in_flight() == idle),
             "the requests in flight stay {:?}, were {idle:?}",
-            self.in_flight()
+            self.gw.in_flight()
         );
         // The backend records before it answers: what it saw is in by now.
         let seen = self
@@ -556,7 +548,7 @@ fn a_routes_limits_answer_on_the_fast_path_as_on_the_full_proxy() {
     p.backend.take();
     // The admin listener shows each capped route's occupancy: the held request is counted.
     assert_eq!(
-        p.in_flight(),
+        p.gw.in_flight(),
         [("capped".to_owned(), 1), ("roomy".to_owned(), 0)]
     );
     let routes = get(p.gw.admin, "/routes").json();

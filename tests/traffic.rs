@@ -595,7 +595,12 @@ routes:
             thread::spawn(move || get(addr, "/slow"))
         })
         .collect();
-    thread::sleep(Duration::from_millis(200));
+    let both = || gw.in_flight() == [("slow".to_owned(), 2)];
+    assert!(
+        eventually(Duration::from_secs(10), both),
+        "{:?}",
+        gw.in_flight()
+    );
     let third = gw.get("/slow");
     assert_eq!(third.status, 503, "{}", third.text());
     assert!(third.text().contains("in flight"));
@@ -603,5 +608,12 @@ routes:
         assert_eq!(t.join().unwrap().status, 200);
     }
     a.behave(Behaviour::Normal);
+    // A slot comes back after its answer is written, so maybe after the client has read it.
+    let none = || gw.in_flight() == [("slow".to_owned(), 0)];
+    assert!(
+        eventually(Duration::from_secs(10), none),
+        "{:?}",
+        gw.in_flight()
+    );
     assert_eq!(gw.get("/slow").status, 200, "the slots were given back");
 }

@@ -181,6 +181,14 @@ impl Gateway {
     pub fn metrics(&self) -> String {
         get(self.admin, "/metrics").text()
     }
+
+    /// Each capped route's name and requests in flight, from the admin listener's `/routes`.
+    pub fn in_flight(&self) -> Vec<(String, u64)> {
+        let routes = get(self.admin, "/routes").json();
+        let list = routes["routes"].as_array().expect("routes").iter();
+        list.filter_map(|r| Some((r["name"].as_str()?.to_owned(), r["in_flight"].as_u64()?)))
+            .collect()
+    }
 }
 
 impl Drop for Gateway {
