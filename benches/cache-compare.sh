@@ -5,10 +5,11 @@
 #   benches/cache-compare.sh                                   # 3 rounds of 10 s per figure
 #   DURATION=5s ROUNDS=1 benches/cache-compare.sh              # quick look
 #   ZKGATE_BIN=target/release/zkgate benches/cache-compare.sh  # skip cargo build
+#   ROUNDS=0 benches/cache-compare.sh                          # zkgate's instruction counts only
 #
-# Environment: DURATION (default 10s), ROUNDS (default 3), CONNECTIONS (wrk -c, default 64),
-# PROXIES (default "zkgate nginx varnish"), MISSES (default 1; 0 skips the miss runs), ZKGATE_BIN,
-# KEEP_TMP=1.
+# Environment: DURATION (default 10s), ROUNDS (default 3; 0 runs no wrk round), CONNECTIONS (wrk
+# -c, default 64), PROXIES (default "zkgate nginx varnish"), MISSES (default 1; 0 skips the miss
+# runs), INSTR_REQUESTS (default 20000; 0 skips the count), ZKGATE_BIN, KEEP_TMP=1.
 #
 # Every proxy runs pinned to CPU 1 and wrk to CPU 0 (`taskset`), since Varnish has no
 # single-thread mode: the figure is what one CPU of each cache serves. A warm-up pass fills each
@@ -21,6 +22,12 @@
 # carries a query value of its own (`?miss=<round>-<n>`), so each is a miss that goes to the
 # origin and is stored, the whole cost of a miss; the run checks that the origin saw at least
 # as many requests as wrk counted.
+#
+# Instructions per request, a figure machine noise does not move: zkgate under valgrind's
+# callgrind (all threads) over INSTR_REQUESTS hits of each object (h2load --h1 -c 16, after a
+# warm-up that fills the cache), and as many misses of the small one, each stored (one
+# connection walking a list of targets of their own, since h2load starts every connection at
+# the top of its list). The origin's log is checked as for the wrk runs.
 set -euo pipefail
 
 # shellcheck source=benches/lib.sh
@@ -31,7 +38,9 @@ ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 PROXIES=${PROXIES:-zkgate nginx varnish}
 MISSES=${MISSES:-1}
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || zk_die "ROUNDS must be a positive integer"
+INSTR_REQUESTS=${INSTR_REQUESTS:-20000}
+[[ "$ROUNDS" =~ ^[0-9]+$ ]] || zk_die "ROUNDS must be a non-negative integer"
+[[ "$INSTR_REQUESTS" =~ ^[0-9]+$ ]] || zk_die "INSTR_REQUESTS must be a non-negative integer"
 
 zk_init zkgate-cache-compare
 # The origin nginx's worker and Varnish's unprivileged user read files under it (mktemp's 0700).
@@ -41,6 +50,10 @@ zk_ensure_cmd wrk wrk
 zk_ensure_cmd taskset util-linux
 if [[ " $PROXIES " == *" varnish "* ]]; then zk_ensure_cmd varnishd varnish; fi
 if [[ " $PROXIES " == *" zkgate "* ]]; then ZKGATE="$(zk_zkgate_bin)" || exit 1; fi
+if [[ " $PROXIES " == *" zkgate "* ]] && ((INSTR_REQUESTS > 0)); then
+    zk_ensure_cmd valgrind valgrind
+    zk_ensure_cmd h2load nghttp2-client
+fi
 
 RES="$ZK_TMP/results"
 mkdir -p "$RES"
@@ -145,8 +158,9 @@ routes:
 EOF
     "$ZKGATE" check -c "$dir/zkgate.yaml" >"$dir/check.log" 2>&1 \
         || { cat "$dir/check.log" >&2; zk_die "zkgate check rejected its cache config"; }
-    zk_run_zkgate zkgate "$dir/zkgate.yaml" "$admin" taskset -c "$PROXY_CPU"
+    zk_run_zkgate zkgate "$dir/zkgate.yaml" "$admin" taskset -c "$PROXY_CPU" "${WRAP[@]}"
 }
+WRAP=()
 
 start_nginx() {
     local dir="$ZK_TMP/nginx"
@@ -258,7 +272,54 @@ measure_miss() {
     zk_log "$label round $round: $rps req/s, p99 $p99 ms, $cpu us CPU/request"
 }
 
+# callgrind_total PHASE H2LOAD_ARGS...: zeroes zkgate's counters, runs h2load, dumps them and
+# writes the instructions per request to RES/zkgate-PHASE.instr (every request answered 2xx).
+callgrind_total() {
+    local phase=$1 out="$ZK_TMP/callgrind/$1.h2load" ok dump total
+    shift
+    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 || zk_die "callgrind_control could not zero zkgate's counters"
+    h2load --h1 -n "$INSTR_REQUESTS" "$@" >"$out" 2>&1 || true
+    callgrind_control -d "$PROXY_PID" >/dev/null 2>&1 || zk_die "callgrind_control could not dump zkgate's counters"
+    ok="$(awk '/^status codes:/ { gsub(/,/, ""); print $3; exit }' "$out")"
+    [[ "${ok:-0}" == "$INSTR_REQUESTS" ]] || fail "zkgate $phase under callgrind: ${ok:-0} of $INSTR_REQUESTS answered 2xx"
+    # shellcheck disable=SC2012
+    dump="$(ls -t "$ZK_TMP/callgrind/zkgate.$PROXY_PID".* 2>/dev/null | head -n1)"
+    total="$(awk '/^totals:/ { print $2; exit }' "$dump" 2>/dev/null)"
+    [[ -n "$total" ]] || { fail "zkgate $phase: no callgrind totals"; return; }
+    awk -v t="$total" -v n="$INSTR_REQUESTS" 'BEGIN { printf "%.0f\n", t / n }' >"$RES/zkgate-$phase.instr"
+    zk_log "zkgate $phase: $(cat "$RES/zkgate-$phase.instr") instructions per request"
+}
+
+# count_instructions: zkgate under callgrind, hits of each object, then misses of the small one.
+count_instructions() {
+    local object before url
+    mkdir -p "$ZK_TMP/callgrind"
+    WRAP=(valgrind --tool=callgrind --cache-sim=no "--callgrind-out-file=$ZK_TMP/callgrind/zkgate.%p")
+    start_zkgate
+    WRAP=()
+    for object in small big; do
+        url="http://127.0.0.1:$PROXY_PORT/$object"
+        # The warm-up fills the entry and lets valgrind translate the hit path before the count.
+        h2load --h1 -n 2000 -c 16 "$url" >"$ZK_TMP/callgrind/$object.warmup" 2>&1 || true
+        before="$(origin_requests)"
+        callgrind_total "hit-$object" -c 16 "$url"
+        (($(origin_requests) == before)) || fail "zkgate hit-$object under callgrind: the origin saw requests"
+    done
+    if [[ "$MISSES" != 0 ]]; then
+        seq 1 "$INSTR_REQUESTS" | sed "s|^|http://127.0.0.1:$PROXY_PORT/small?miss=instr-|" >"$ZK_TMP/callgrind/misses"
+        before="$(origin_requests)"
+        callgrind_total miss-small -c 1 -i "$ZK_TMP/callgrind/misses"
+        (($(origin_requests) - before >= INSTR_REQUESTS)) || fail "zkgate miss-small under callgrind: some were hits"
+    fi
+    zk_stop "$PROXY_PID" 30
+}
+if [[ " $PROXIES " == *" zkgate "* ]] && ((INSTR_REQUESTS > 0)); then
+    zk_log "instructions per request: callgrind, h2load --h1 -n $INSTR_REQUESTS"
+    count_instructions
+fi
+
 for proxy in $PROXIES; do
+    ((ROUNDS > 0)) || break
     "start_$proxy"
     for round in $(seq 1 "$ROUNDS"); do
         for object in small big; do measure "$proxy" "$object" "$round"; done
@@ -275,6 +336,13 @@ median_of() { # FILE
     zk_median $(cat "$1")
 }
 
+if compgen -G "$RES/zkgate-*.instr" >/dev/null; then
+    printf '\nzkgate, instructions per request (callgrind, all threads, %s requests each)\n' "$INSTR_REQUESTS"
+    for phase in hit-small hit-big miss-small; do
+        [[ -s "$RES/zkgate-$phase.instr" ]] && printf '  %-12s %9s\n' "$phase" "$(cat "$RES/zkgate-$phase.instr")"
+    done
+fi
+((ROUNDS > 0)) || exit "$FAILED"
 printf '\nCache hits, one CPU per proxy, wrk -c%s -d%s, median of %s rounds\n' "$CONNECTIONS" "$DURATION" "$ROUNDS"
 printf '%-8s %-7s %12s %10s %14s\n' proxy object 'req/s' 'p99 ms' 'CPU us/req'
 for object in small big; do
