@@ -62,10 +62,7 @@ impl HeaderSerde {
             }
         } else {
             HeaderSerde {
-                compression: ZstdCompression::Default(
-                    thread_zstd::Compression::new(),
-                    COMPRESS_LEVEL,
-                ),
+                compression: ZstdCompression::Default(thread_zstd::Compression::new()),
                 buf: ThreadLocal::new(),
             }
         }
@@ -100,7 +97,9 @@ impl HeaderSerde {
 // Wrapper type to unify compressing with and withuot a dictionary,
 // since the two structs have different inputs for their APIs.
 enum ZstdCompression {
-    Default(thread_zstd::Compression, i32),
+    /// Without a dictionary a header is written as a stored frame ([`stored_frame`]) and read
+    /// with the decoder, which also reads the compressed frames earlier versions wrote.
+    Default(thread_zstd::Compression),
     WithDict(thread_zstd::CompressionWithDict),
 }
 
@@ -112,9 +111,7 @@ fn into_error<S: Into<ImmutStr>>(e: &'static str, context: S) -> Box<Error> {
 impl ZstdCompression {
     fn compress(&self, data: &[u8]) -> Result<Vec<u8>> {
         match &self {
-            ZstdCompression::Default(c, level) => c
-                .compress(data, *level)
-                .map_err(|e| into_error(e, "compress header")),
+            ZstdCompression::Default(_) => Ok(stored_frame(data)),
             ZstdCompression::WithDict(c) => c
                 .compress(data)
                 .map_err(|e| into_error(e, "compress header")),
@@ -123,7 +120,7 @@ impl ZstdCompression {
 
     fn decompress_to_buffer(&self, source: &[u8], destination: &mut Vec<u8>) -> Result<usize> {
         match &self {
-            ZstdCompression::Default(c, _) => {
+            ZstdCompression::Default(c) => {
                 c.decompress_to_buffer(source, destination).map_err(|e| {
                     into_error(
                         e,
@@ -147,6 +144,47 @@ impl ZstdCompression {
             }
         }
     }
+}
+
+/// The largest block of a zstd frame (RFC 8878 §3.1.1.2.4, `Block_Maximum_Size`).
+const BLOCK_SIZE_MAX: usize = 128 * 1024;
+
+/// `data` as a zstd frame of raw (uncompressed) blocks, RFC 8878 §3.1.1: any zstd decoder reads
+/// it back, and reading it is a copy.
+///
+/// A header is a few hundred bytes, which level 3 shrinks by 15 to 25 %, for a Huffman table
+/// to build on every read: most of the time of a cache hit's meta read, and of every write's.
+/// Raw blocks are what zstd's own encoder writes for input it cannot compress; this frame is
+/// single-segment (its window is its content size), with a 4-byte content size, no dictionary
+/// and no checksum.
+fn stored_frame(data: &[u8]) -> Vec<u8> {
+    const MAGIC: u32 = 0xFD2F_B528;
+    // Frame_Header_Descriptor: Frame_Content_Size_Flag 2 (four bytes), Single_Segment_Flag.
+    const DESCRIPTOR: u8 = 0b1010_0000;
+    let blocks = data.len().div_ceil(BLOCK_SIZE_MAX).max(1);
+    let mut frame = Vec::with_capacity(9 + 3 * blocks + data.len());
+    frame.extend_from_slice(&MAGIC.to_le_bytes());
+    frame.push(DESCRIPTOR);
+    // A response header is far below 4 GiB: the buffer it is read back into holds 128 KiB.
+    frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    let mut chunks = data.chunks(BLOCK_SIZE_MAX).peekable();
+    if chunks.peek().is_none() {
+        // An empty frame still ends with a last block, of size 0.
+        frame.extend_from_slice(&block_header(true, 0));
+    }
+    while let Some(chunk) = chunks.next() {
+        frame.extend_from_slice(&block_header(chunks.peek().is_none(), chunk.len()));
+        frame.extend_from_slice(chunk);
+    }
+    frame
+}
+
+/// A raw block's header: `Last_Block`, `Block_Type` 0 (raw) and `Block_Size`, little-endian in
+/// three bytes.
+fn block_header(last: bool, size: usize) -> [u8; 3] {
+    let word = (size as u32) << 3 | u32::from(last);
+    let [a, b, c, _] = word.to_le_bytes();
+    [a, b, c]
 }
 
 #[inline]
@@ -255,10 +293,69 @@ mod tests {
         header.append_header("foo", "barbarbar").unwrap();
         header.append_header("Server", "Pingora").unwrap();
 
-        let compressed = serde.serialize(&header).unwrap();
+        // Without a dictionary the header is stored: the wire format in one raw block.
+        let stored = serde.serialize(&header).unwrap();
         let mut buf = vec![];
-        let uncompressed = resp_header_to_buf(&header, &mut buf);
-        assert!(compressed.len() < uncompressed);
+        let len = resp_header_to_buf(&header, &mut buf);
+        assert_eq!(stored.len(), 4 + 1 + 4 + 3 + len);
+        assert_eq!(&stored[12..], &buf[..]);
+        assert_eq!(zstd_safe::decompress(&mut vec![0; len], &stored), Ok(len));
+    }
+
+    /// Every size a frame's blocks split differently: each is read back by zstd's own decoder,
+    /// which also reports the content size the frame declares.
+    #[test]
+    fn test_stored_frames_are_zstd_frames() {
+        for len in [
+            0,
+            1,
+            255,
+            256,
+            65_791,
+            65_792,
+            BLOCK_SIZE_MAX - 1,
+            BLOCK_SIZE_MAX,
+            BLOCK_SIZE_MAX + 1,
+            3 * BLOCK_SIZE_MAX + 7,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let frame = stored_frame(&data);
+            assert_eq!(
+                zstd_safe::get_frame_content_size(&frame).ok(),
+                Some(Some(len as u64)),
+                "{len}"
+            );
+            let mut out = vec![0xAA; len + 1];
+            assert_eq!(
+                zstd_safe::decompress(&mut out[..], &frame),
+                Ok(len),
+                "{len}"
+            );
+            assert_eq!(&out[..len], &data[..], "{len}");
+            // A frame cut short is an error, not a shorter header.
+            if len > 0 {
+                let cut = &frame[..frame.len() - 1];
+                assert!(zstd_safe::decompress(&mut out[..], cut).is_err(), "{len}");
+            }
+        }
+    }
+
+    /// Headers an earlier version stored compressed (level 3) are still read.
+    #[test]
+    fn test_de_compressed_frames() {
+        let serde = HeaderSerde::new(None);
+        let mut header = ResponseHeader::build(304, None).unwrap();
+        header.append_header("ETag", "\"abc\"").unwrap();
+        header.append_header("cache-control", "max-age=60").unwrap();
+        let mut buf = vec![];
+        resp_header_to_buf(&header, &mut buf);
+        let mut compressed = vec![0; zstd_safe::compress_bound(buf.len())];
+        let n = zstd_safe::compress(&mut compressed[..], &buf, COMPRESS_LEVEL).unwrap();
+        compressed.truncate(n);
+        assert_ne!(compressed[4..], stored_frame(&buf)[4..]);
+        let header2 = serde.deserialize(&compressed).unwrap();
+        assert_eq!(header.status, header2.status);
+        assert_eq!(header.headers, header2.headers);
     }
 
     #[test]

@@ -32,21 +32,6 @@ impl Compression {
         Compression(CompressionInner::new())
     }
 
-    pub fn compress_to_buffer<C: zstd_safe::WriteBuf + ?Sized>(
-        &self,
-        source: &[u8],
-        destination: &mut C,
-        level: i32,
-    ) -> Result<usize, &'static str> {
-        self.0.compress_to_buffer(source, destination, level)
-    }
-
-    pub fn compress(&self, data: &[u8], level: i32) -> Result<Vec<u8>, &'static str> {
-        let mut buffer = make_compressed_data_buffer(data.len());
-        self.compress_to_buffer(data, &mut buffer, level)?;
-        Ok(buffer)
-    }
-
     pub fn decompress_to_buffer<C: zstd_safe::WriteBuf + ?Sized>(
         &self,
         source: &[u8],
@@ -125,17 +110,6 @@ impl CompressionInner {
         self.de_context
             .get_or(|| RefCell::new(DCtx::create()))
             .borrow_mut()
-    }
-
-    fn compress_to_buffer<C: zstd_safe::WriteBuf + ?Sized>(
-        &self,
-        source: &[u8],
-        destination: &mut C,
-        level: i32,
-    ) -> Result<usize, &'static str> {
-        self.get_com_context()
-            .compress(destination, source, level)
-            .map_err(zstd_safe::get_error_name)
     }
 
     fn decompress_to_buffer<C: zstd_safe::WriteBuf + ?Sized>(
