@@ -121,7 +121,7 @@ bench-tls: build deps-test
 bench-webhook: build
 	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate benches/webhook.sh
 
-## bench-cache: cache hits through zkgate against nginx proxy_cache and Varnish, 200 B and 20 KiB, one CPU each
+## bench-cache: cache hits through zkgate against nginx proxy_cache and Varnish, 200 B and 20 KiB, one CPU each; zkgate's instructions per hit and per miss
 bench-cache: build deps-test
 	ZKGATE_BIN=$(TARGET_DIR)/release/zkgate benches/cache-compare.sh
 
