@@ -4,7 +4,7 @@
 //! One request through the cache: `request_filter` (rule, scope, tags; a bypass stops there)
 //! → `request_cache_filter` (the adapter enables Pingora's cache) → `cache_key_callback` →
 //! `cache_hit_filter` → `response_cache_filter` (admission) → `response_filter`
-//! (`Cache-Status`) → `logging` (metrics, invalidation). Only `adapter.rs` calls into
+//! (`Cache-Status`, an unsafe request's invalidation) → `logging` (metrics). Only `adapter.rs` calls into
 //! `pingora::cache`; this file forwards the hooks' Pingora types to it unopened.
 
 pub mod adapter;
@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use http::Method;
+use http::{Method, StatusCode};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -398,7 +398,8 @@ impl HttpPlugin for Cache {
         Some(Ok(meta))
     }
 
-    /// `Cache-Status` on every answer of the route, from the store or the origin.
+    /// `Cache-Status` on every answer of the route, from the store or the origin; and the
+    /// invalidation by an unsafe request that succeeded.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -406,6 +407,11 @@ impl HttpPlugin for Cache {
         response: &mut ResponseHeader,
         st: &mut CacheState,
     ) -> pingora::Result<()> {
+        // Before the answer leaves rather than after it (in `logging`): a client that reads
+        // the answer to its write and asks again must not get what the write changed.
+        if !st.invalidate.is_empty() && succeeded(response.status) {
+            self.invalidate(&std::mem::take(&mut st.invalidate));
+        }
         if st.rule.is_some() {
             st.outcome = match st.stale_on_error {
                 Some(code) => status::CacheOutcome::StaleIfError(code),
@@ -430,8 +436,8 @@ impl HttpPlugin for Cache {
         Ok(())
     }
 
-    /// Metrics, and the invalidation by a successful unsafe request, here and (through the
-    /// bus) on every replica.
+    /// Metrics, and the invalidation by a successful unsafe request whose answer did not pass
+    /// `response_filter` (one the gateway wrote itself).
     fn logging(
         &self,
         session: &Session,
@@ -450,10 +456,8 @@ impl HttpPlugin for Cache {
         if adapter::lock_timed_out(session) {
             self.metrics.lock_timeouts.inc();
         }
-        let succeeded = session
-            .response_written()
-            .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
-        if !st.invalidate.is_empty() && succeeded {
+        let answered = session.response_written().is_some_and(|r| succeeded(r.status));
+        if !st.invalidate.is_empty() && answered {
             self.invalidate(&st.invalidate);
         }
     }
@@ -540,6 +544,11 @@ pub(crate) fn admission(
         max_object_size,
     };
     adapter::cacheable(&adm, resp, now, facts)
+}
+
+/// An unsafe request that changed something at the origin: a 2xx or 3xx answer.
+fn succeeded(status: StatusCode) -> bool {
+    status.is_success() || status.is_redirection()
 }
 
 impl Cache {
