@@ -305,7 +305,8 @@ fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
             thread::spawn(move || get(addr, "/x"))
         })
         .collect();
-    thread::sleep(Duration::from_millis(150));
+    let on_b = || backend_state(&gw, "app", b.addr)["in_flight"].as_u64() > Some(0);
+    assert!(eventually(Duration::from_secs(5), on_b), "no request reached b");
     let drained = request(
         gw.admin,
         "POST",
