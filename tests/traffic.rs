@@ -306,7 +306,10 @@ fn a_drained_backend_gets_no_new_requests_and_a_new_one_starts_slowly() {
         })
         .collect();
     let on_b = || backend_state(&gw, "app", b.addr)["in_flight"].as_u64() > Some(0);
-    assert!(eventually(Duration::from_secs(5), on_b), "no request reached b");
+    assert!(
+        eventually(Duration::from_secs(5), on_b),
+        "no request reached b"
+    );
     let drained = request(
         gw.admin,
         "POST",

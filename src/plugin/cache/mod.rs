@@ -456,7 +456,9 @@ impl HttpPlugin for Cache {
         if adapter::lock_timed_out(session) {
             self.metrics.lock_timeouts.inc();
         }
-        let answered = session.response_written().is_some_and(|r| succeeded(r.status));
+        let answered = session
+            .response_written()
+            .is_some_and(|r| succeeded(r.status));
         if !st.invalidate.is_empty() && answered {
             self.invalidate(&st.invalidate);
         }
