@@ -10,7 +10,7 @@ CONFIG       ?= conf/zkgate.yaml
 ENSURE       := scripts/ensure-packages.sh
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := config alert_payload zk_instance path proxy_protocol notification game_frames fast_head
+FUZZ_TARGETS := config alert_payload zk_instance path proxy_protocol notification game_frames fast_head redis_entry
 
 .PHONY: help fuzz run test lint doc unit-and-e2e test-static build build-optimized load-test bench bench-propagation bench-scale bench-compare bench-pgo bench-tls bench-webhook bench-cache bench-cache-propagation bench-game docker deps deps-test deps-musl zk-up zk-down clean
 
@@ -142,7 +142,7 @@ docker: build-optimized
 	mkdir -p dist/tmp && cp $(STATIC_BIN) dist/zkgate && cp /etc/ssl/certs/ca-certificates.crt dist/
 	docker build -f Dockerfile.scratch -t zkgate:latest .
 
-## fuzz: each fuzz target (config, alert_payload, zk_instance, path, proxy_protocol, notification, game_frames, fast_head) for FUZZ_SECONDS (default 60) from
+## fuzz: each fuzz target (config, alert_payload, zk_instance, path, proxy_protocol, notification, game_frames, fast_head, redis_entry) for FUZZ_SECONDS (default 60) from
 ## its corpus in fuzz/corpus. cargo-fuzz is installed if missing; RUSTC_BOOTSTRAP lets the stable
 ## toolchain take its sanitizer flags. New inputs go to target/fuzz-corpus (the committed corpora
 ## stay small); a crash or an input slower than 10 s is saved under fuzz/artifacts and fails.

@@ -77,3 +77,25 @@ pub fn game_frames(data: &[u8]) {
 pub fn fast_head(data: &[u8]) {
     crate::proxy::fast::head::exercise(data);
 }
+
+/// A value read from the cache's Redis tier through the entry decoder and, when it decodes, its
+/// meta through Pingora's `CacheMeta::deserialize`, as a hit reads it: a Redis that holds
+/// anything costs a miss, never a panic. Checked: the head decoder (purges by prefix) reads
+/// what the entry decoder reads, and a decoded entry encodes back to the same bytes.
+pub fn redis_entry(data: &[u8]) {
+    use crate::plugin::cache::store::redis;
+    let head = redis::decode_head(data);
+    let Some(entry) = redis::decode(bytes::Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let head = head.expect("decode_head reads every value decode reads");
+    assert_eq!(
+        (head.created_ms, head.target.as_str()),
+        (entry.created_ms, &*entry.target)
+    );
+    assert!(
+        redis::encode(&entry) == data,
+        "decode then encode changed the value"
+    );
+    let _ = pingora::cache::CacheMeta::deserialize(&entry.meta.0, &entry.meta.1);
+}

@@ -61,3 +61,8 @@ fn game_frames_corpus() {
 fn fast_head_corpus() {
     replay("fast_head", zkgate::fuzz::fast_head);
 }
+
+#[test]
+fn redis_entry_corpus() {
+    replay("redis_entry", zkgate::fuzz::redis_entry);
+}
