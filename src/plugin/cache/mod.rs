@@ -4,8 +4,8 @@
 //! One request through the cache: `request_filter` (rule, scope, tags; a bypass stops there)
 //! → `request_cache_filter` (the adapter enables Pingora's cache) → `cache_key_callback` →
 //! `cache_hit_filter` → `response_cache_filter` (admission) → `response_filter`
-//! (`Cache-Status`, an unsafe request's invalidation) → `logging` (metrics). Only `adapter.rs` calls into
-//! `pingora::cache`; this file forwards the hooks' Pingora types to it unopened.
+//! (`Cache-Status`, an unsafe request's invalidation) → `logging` (metrics). Only `adapter.rs`
+//! calls into `pingora::cache`; this file forwards the hooks' Pingora types to it unopened.
 
 pub mod adapter;
 pub mod admin;
