@@ -272,22 +272,17 @@ measure_miss() {
     zk_log "$label round $round: $rps req/s, p99 $p99 ms, $cpu us CPU/request"
 }
 
-# callgrind_total PHASE H2LOAD_ARGS...: zeroes zkgate's counters, runs h2load, dumps them and
-# writes the instructions per request to RES/zkgate-PHASE.instr (every request answered 2xx).
+# callgrind_total PHASE H2LOAD_ARGS...: zkgate's instructions per request over INSTR_REQUESTS
+# requests into RES/zkgate-PHASE.instr (every request answered 2xx).
 callgrind_total() {
-    local phase=$1 out="$ZK_TMP/callgrind/$1.h2load" ok dump total
+    local phase=$1 ok instr
     shift
-    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 || zk_die "callgrind_control could not zero zkgate's counters"
-    h2load --h1 -n "$INSTR_REQUESTS" "$@" >"$out" 2>&1 || true
-    callgrind_control -d "$PROXY_PID" >/dev/null 2>&1 || zk_die "callgrind_control could not dump zkgate's counters"
-    ok="$(awk '/^status codes:/ { gsub(/,/, ""); print $3; exit }' "$out")"
-    [[ "${ok:-0}" == "$INSTR_REQUESTS" ]] || fail "zkgate $phase under callgrind: ${ok:-0} of $INSTR_REQUESTS answered 2xx"
-    # shellcheck disable=SC2012
-    dump="$(ls -t "$ZK_TMP/callgrind/zkgate.$PROXY_PID".* 2>/dev/null | head -n1)"
-    total="$(awk '/^totals:/ { print $2; exit }' "$dump" 2>/dev/null)"
-    [[ -n "$total" ]] || { fail "zkgate $phase: no callgrind totals"; return; }
-    awk -v t="$total" -v n="$INSTR_REQUESTS" 'BEGIN { printf "%.0f\n", t / n }' >"$RES/zkgate-$phase.instr"
-    zk_log "zkgate $phase: $(cat "$RES/zkgate-$phase.instr") instructions per request"
+    read -r ok instr < <(zk_callgrind_count "$PROXY_PID" "$ZK_TMP/callgrind/zkgate" "$INSTR_REQUESTS" \
+        "$ZK_TMP/callgrind/$phase.h2load" "$@")
+    [[ "$ok" == "$INSTR_REQUESTS" ]] || fail "zkgate $phase under callgrind: $ok of $INSTR_REQUESTS answered 2xx"
+    [[ -n "$instr" ]] || { fail "zkgate $phase: no callgrind totals"; return; }
+    echo "$instr" >"$RES/zkgate-$phase.instr"
+    zk_log "zkgate $phase: $instr instructions per request"
 }
 
 # count_instructions: zkgate under callgrind, hits of each object, then misses of the small one.

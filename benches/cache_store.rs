@@ -3,8 +3,9 @@
 //! `tests/alloc_free.rs` counts allocations). TinyUFO, the other candidate of the design, is
 //! not in the lock file (no pingora crate here depends on it), so quick_cache is measured alone.
 //! And Pingora's meta of an entry, read back from its stored bytes on every hit and written on
-//! every store: its response header is zstd-compressed (pingora-header-serde), so this is where
-//! zstd's build options (`.cargo/config.toml`) show.
+//! every store: its response header goes in a zstd frame (pingora-header-serde; stored, not
+//! compressed, since that crate's patch 2), so this is where zstd's decoder and its build
+//! options (`.cargo/config.toml`) show.
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -360,29 +360,24 @@ stop_proxy() {
 # count_instructions NAME: the proxy under callgrind; prints instructions per request into
 # RES/NAME.instr (h2load's counts checked: every request answered 2xx).
 count_instructions() {
-    local name=$1 dir="$ZK_TMP/callgrind" url out dump total ok
+    local name=$1 dir="$ZK_TMP/callgrind" url ok instr
     mkdir -p "$dir"
     WRAP=(valgrind --tool=callgrind --cache-sim=no "--callgrind-out-file=$dir/$name.%p")
     start_proxy "$name"
     WRAP=()
     url="http://127.0.0.1:$PROXY_PORT/"
-    out="$dir/$name.h2load"
     # The warm-up also lets valgrind translate the request path's code before the count.
-    h2load --h1 -n 2000 -c "$INSTR_CONNECTIONS" "$url" >"$out.warmup" 2>&1 || true
-    callgrind_control -z "$PROXY_PID" >/dev/null 2>&1 || zk_die "callgrind_control could not zero $name's counters"
-    h2load --h1 -n "$INSTR_REQUESTS" -c "$INSTR_CONNECTIONS" "$url" >"$out" 2>&1 || true
-    callgrind_control -d "$PROXY_PID" >/dev/null 2>&1 || zk_die "callgrind_control could not dump $name's counters"
-    ok="$(awk '/^status codes:/ { gsub(/,/, ""); print $3; exit }' "$out")"
-    if [[ "${ok:-0}" != "$INSTR_REQUESTS" ]]; then
-        zk_log "FAIL $name under callgrind: ${ok:-0} of $INSTR_REQUESTS requests answered 2xx"
+    h2load --h1 -n 2000 -c "$INSTR_CONNECTIONS" "$url" >"$dir/$name.h2load.warmup" 2>&1 || true
+    read -r ok instr < <(zk_callgrind_count "$PROXY_PID" "$dir/$name" "$INSTR_REQUESTS" \
+        "$dir/$name.h2load" -c "$INSTR_CONNECTIONS" "$url")
+    if [[ "$ok" != "$INSTR_REQUESTS" ]]; then
+        zk_log "FAIL $name under callgrind: $ok of $INSTR_REQUESTS requests answered 2xx"
         FAILED=1
-        echo "$name callgrind: ${ok:-0} of $INSTR_REQUESTS answered 2xx" >>"$RES/failures"
+        echo "$name callgrind: $ok of $INSTR_REQUESTS answered 2xx" >>"$RES/failures"
     fi
-    dump="$(ls "$dir/$name.$PROXY_PID".* 2>/dev/null | head -n1)"
-    total="$(awk '/^totals:/ { print $2; exit }' "$dump" 2>/dev/null)"
-    if [[ -n "$total" ]]; then
-        awk -v t="$total" -v n="$INSTR_REQUESTS" 'BEGIN { printf "%.0f\n", t / n }' >"$RES/$name.instr"
-        zk_log "$name: $(cat "$RES/$name.instr") instructions per request ($INSTR_REQUESTS requests)"
+    if [[ -n "$instr" ]]; then
+        echo "$instr" >"$RES/$name.instr"
+        zk_log "$name: $instr instructions per request ($INSTR_REQUESTS requests)"
     fi
     stop_proxy "$name" callgrind
 }

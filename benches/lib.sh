@@ -298,6 +298,25 @@ zk_rss_mb() {
     awk '/^VmRSS:/ { printf "%.1f\n", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || printf 'n/a\n'
 }
 
+# zk_callgrind_count PID PREFIX N LOG H2LOAD_ARGS...: for a process under callgrind (started
+# with --callgrind-out-file=PREFIX.%p), zeroes its counters, sends N requests with `h2load --h1`
+# (output in LOG), dumps the counters and prints two fields: how many requests were answered 2xx
+# and the instructions per request (empty when callgrind wrote no totals).
+zk_callgrind_count() {
+    local pid=$1 prefix=$2 n=$3 log=$4 ok dump total
+    shift 4
+    callgrind_control -z "$pid" >/dev/null 2>&1 || zk_die "callgrind_control could not zero $pid's counters"
+    h2load --h1 -n "$n" "$@" >"$log" 2>&1 || true
+    callgrind_control -d "$pid" >/dev/null 2>&1 || zk_die "callgrind_control could not dump $pid's counters"
+    ok="$(awk '/^status codes:/ { gsub(/,/, ""); print $3; exit }' "$log")"
+    # The newest dump: a process counted in several phases writes one per phase.
+    # shellcheck disable=SC2012
+    dump="$(ls -t "$prefix.$pid".* 2>/dev/null | head -n1)"
+    total="$(awk '/^totals:/ { print $2; exit }' "$dump" 2>/dev/null)"
+    awk -v ok="${ok:-0}" -v t="$total" -v n="$n" \
+        'BEGIN { if (t != "") printf "%s %.0f\n", ok, t / n; else print ok }'
+}
+
 # zk_median V1 V2 ...: print the median of numbers (mean of the middle two for an even count).
 zk_median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {

@@ -167,11 +167,11 @@ fn stored_frame(data: &[u8]) -> Vec<u8> {
     frame.push(DESCRIPTOR);
     // A response header is far below 4 GiB: the buffer it is read back into holds 128 KiB.
     frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    let mut chunks = data.chunks(BLOCK_SIZE_MAX).peekable();
-    if chunks.peek().is_none() {
+    if data.is_empty() {
         // An empty frame still ends with a last block, of size 0.
         frame.extend_from_slice(&block_header(true, 0));
     }
+    let mut chunks = data.chunks(BLOCK_SIZE_MAX).peekable();
     while let Some(chunk) = chunks.next() {
         frame.extend_from_slice(&block_header(chunks.peek().is_none(), chunk.len()));
         frame.extend_from_slice(chunk);
